@@ -1,1 +1,83 @@
-//! placeholder
+//! Results of a sweep: tables (polars), claims and a report, read from the sweep's SQLite state
+//! database. This crate knows nothing of candle (Architecture Invariant); it only reads the
+//! database the coordinator writes.
+//!
+//! [`write_all`] is the entry point. It writes into the output directory:
+//!
+//! | file | content |
+//! |---|---|
+//! | `trials.parquet`, `trials.csv` | one row per trial: hash, idx, in_sweep, config keys, status, attempts, diverged_step, final metrics, wall_seconds |
+//! | `curves.parquet` | one row per checkpoint, with the config keys useful for grouping |
+//! | `claims.csv` | `claim, scope, statistic, expected, tolerance, verdict` |
+//! | `report.md` | claims, key tables, plot links, out-of-sweep and failed trials |
+//! | `plots/*.svg` | gap per checkpoint with C, samples vs data, a metric vs σ_max |
+//!
+//! Modules: [`state`] reads the database, [`table`] builds the frames, [`claims`] checks the
+//! claims, [`plots`] draws, [`report`] writes the Markdown.
+
+pub mod claims;
+mod error;
+pub mod plots;
+pub mod report;
+pub mod state;
+pub mod table;
+
+use std::path::Path;
+
+pub use claims::{ClaimRow, Verdict};
+pub use error::ResultsError;
+
+/// What [`write_all`] found, for the coordinator to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// (claim, scope, verdict) per claim row; verdict is `pass`, `fail` or `not enough data`.
+    pub claims: Vec<(String, String, String)>,
+    /// Trials that belong to the current sweep (`in_sweep = 1`).
+    pub trials: usize,
+    /// Of those, trials with status `done`.
+    pub done: usize,
+    /// Of those, trials that ended without a usable result: `failed`, `timeout`, `diverged`,
+    /// `cancelled`.
+    pub failed: usize,
+}
+
+/// The files [`write_all`] writes, relative to the output directory (plots aside).
+pub const FILES: [&str; 5] = ["trials.parquet", "trials.csv", "curves.parquet", "claims.csv", "report.md"];
+
+/// Reads the state database at `db_path` (read-only) and writes the tables, claims, plots and
+/// report into `out_dir` (created if missing). Running it again overwrites the same files.
+pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError> {
+    let state = state::State::load(db_path)?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|source| ResultsError::Io { path: out_dir.to_path_buf(), source })?;
+
+    let frame_err = |name: &str| {
+        let path = out_dir.join(name);
+        move |source| ResultsError::Table { path, source }
+    };
+    let mut trials = table::trials_frame(&state).map_err(frame_err("trials.parquet"))?;
+    table::write_parquet(&mut trials, &out_dir.join("trials.parquet"))?;
+    table::write_csv(&mut trials, &out_dir.join("trials.csv"))?;
+    let mut curves = table::curves_frame(&state).map_err(frame_err("curves.parquet"))?;
+    table::write_parquet(&mut curves, &out_dir.join("curves.parquet"))?;
+
+    let claim_rows = claims::evaluate(&state);
+    let mut claims_df = claims::claims_frame(&claim_rows).map_err(frame_err("claims.csv"))?;
+    table::write_csv(&mut claims_df, &out_dir.join("claims.csv"))?;
+
+    let plots = plots::write_plots(&state, out_dir)?;
+    let md = report::render(&state, &claim_rows, &plots, &FILES);
+    let report_path = out_dir.join("report.md");
+    std::fs::write(&report_path, md).map_err(|source| ResultsError::Io { path: report_path, source })?;
+
+    let in_sweep: Vec<&state::Trial> = state.in_sweep().collect();
+    Ok(Summary {
+        claims: claim_rows
+            .iter()
+            .map(|c| (c.claim.to_string(), c.scope.clone(), c.verdict.as_str().to_string()))
+            .collect(),
+        trials: in_sweep.len(),
+        done: in_sweep.iter().filter(|t| t.status == "done").count(),
+        failed: in_sweep.iter().filter(|t| report::FAILED_STATUSES.contains(&t.status.as_str())).count(),
+    })
+}

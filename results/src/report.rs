@@ -1,0 +1,295 @@
+//! `report.md`: the claims, the tolerances behind them, key tables (metrics against the σ
+//! ladder, the sampler's step size, the objective, …), links to the plots, the trials that no
+//! longer belong to the sweep and the failed trials with their errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::claims::{ClaimRow, TOLERANCES, fmt_num};
+use crate::plots::Plot;
+use crate::state::{State, Trial};
+
+/// Metrics summarised in the key tables, in column order (those no trial has are left out).
+const TABLE_METRICS: [&str; 13] = [
+    "l_esm", "l_ism", "gap", "c_true", "l_dsm", "dsm_gap", "fd", "swd", "mmd", "mode_weight_err", "nll",
+    "kl", "train_seconds",
+];
+
+/// Config prefixes whose varying keys get a key table, in report order: the σ ladder first,
+/// then the sampler (step size, steps), the objective and the model.
+const TABLE_PREFIXES: [&str; 4] = ["objective.noise.", "sampler.", "objective.", "model."];
+
+/// Trial statuses that count as failures in the report.
+pub const FAILED_STATUSES: [&str; 4] = ["failed", "timeout", "diverged", "cancelled"];
+
+/// Renders the whole report.
+pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]) -> String {
+    let mut md = String::new();
+    let name = state.sweep.as_ref().map_or("(unnamed sweep)", |s| s.name.as_str());
+    let _ = writeln!(md, "# Sweep report: {name}\n");
+    if let Some(s) = &state.sweep {
+        let _ = writeln!(md, "Sweep file: `{}` · last update: {} (unix seconds)\n", s.file, fmt_num(s.updated_at));
+    }
+    let _ = writeln!(md, "State database: `{}`\n", state.path.display());
+    trials_section(&mut md, state);
+    claims_section(&mut md, claims);
+    key_tables(&mut md, state);
+    plots_section(&mut md, plots);
+    out_of_sweep_section(&mut md, state);
+    failed_section(&mut md, state);
+    let _ = writeln!(md, "## Files\n");
+    for f in files {
+        let _ = writeln!(md, "- [`{f}`]({f})");
+    }
+    md
+}
+
+fn trials_section(md: &mut String, state: &State) {
+    let in_sweep: Vec<&Trial> = state.in_sweep().collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &in_sweep {
+        *counts.entry(t.status.as_str()).or_default() += 1;
+    }
+    let _ = writeln!(md, "## Trials\n");
+    let by_status: Vec<String> = counts.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    let _ = writeln!(
+        md,
+        "{} trial(s) in the sweep ({}); {} more in the database no longer belong to it.\n",
+        in_sweep.len(),
+        if by_status.is_empty() { "none".to_string() } else { by_status.join(", ") },
+        state.trials.len() - in_sweep.len(),
+    );
+    let _ = writeln!(md, "One row per trial: [`trials.csv`](trials.csv), [`trials.parquet`](trials.parquet); per checkpoint: [`curves.parquet`](curves.parquet).\n");
+}
+
+fn claims_section(md: &mut String, claims: &[ClaimRow]) {
+    let _ = writeln!(md, "## Claims\n");
+    let _ = writeln!(md, "Evaluated on the trials that belong to the sweep, per data distribution (its `data.*` keys). Also in [`claims.csv`](claims.csv).\n");
+    let _ = writeln!(md, "| claim | scope | statistic | expected | tolerance | verdict | details |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for c in claims {
+        let verdict = match c.verdict.as_str() {
+            "pass" => "**pass**".to_string(),
+            "fail" => "**FAIL**".to_string(),
+            other => other.to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            c.claim,
+            cell(&c.scope),
+            c.statistic.map_or("—".to_string(), fmt_num),
+            cell(&c.expected),
+            fmt_num(c.tolerance),
+            verdict,
+            cell(&c.details),
+        );
+    }
+    let _ = writeln!(md, "\n### Tolerances\n");
+    let _ = writeln!(md, "| name | value | why |\n|---|---|---|");
+    for (name, value, why) in TOLERANCES {
+        let _ = writeln!(md, "| `{name}` | {} | {} |", fmt_num(value), cell(why));
+    }
+    let _ = writeln!(
+        md,
+        "\n`ism_at_best` uses |L_ESM/C| ≤ {}: since L_ISM = L_ESM − C, the statistic (L_ISM + C)/C is \
+         the ESM left at the best θ relative to C; a well-trained score leaves it small, an untrained \
+         one leaves it near 1, and a clearly negative value would break L_ESM ≥ 0.\n",
+        fmt_num(crate::claims::ISM_AT_BEST_MAX_REL)
+    );
+}
+
+/// Keys whose value differs between in-sweep trials, ordered by [`TABLE_PREFIXES`].
+fn table_keys(trials: &[&Trial]) -> Vec<String> {
+    let keys: BTreeSet<String> = trials.iter().flat_map(|t| t.config.keys().cloned()).collect();
+    let varying: Vec<String> = keys
+        .into_iter()
+        .filter(|k| {
+            let values: BTreeSet<Option<String>> =
+                trials.iter().map(|t| t.config.get(k).map(Value::to_string)).collect();
+            values.len() > 1
+        })
+        .collect();
+    let mut out = Vec::new();
+    for prefix in TABLE_PREFIXES {
+        for k in &varying {
+            if k.starts_with(prefix) && !out.contains(k) {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+fn key_tables(md: &mut String, state: &State) {
+    let trials: Vec<&Trial> = state.in_sweep().filter(|t| t.result.is_some()).collect();
+    let _ = writeln!(md, "## Key tables\n");
+    let keys = table_keys(&trials);
+    if keys.is_empty() {
+        let _ = writeln!(md, "No sweep key varies between finished trials.\n");
+        return;
+    }
+    let _ = writeln!(md, "Means over the finished trials of the sweep, per data distribution and value of one swept key.\n");
+    for key in keys {
+        key_table(md, &trials, &key);
+    }
+}
+
+fn key_table(md: &mut String, trials: &[&Trial], key: &str) {
+    let metrics: Vec<&str> =
+        TABLE_METRICS.iter().copied().filter(|m| trials.iter().any(|t| t.metric(m).is_some())).collect();
+    // Group by (scope, value); numeric values sort numerically.
+    let mut groups: BTreeMap<(String, SortKey), Vec<&Trial>> = BTreeMap::new();
+    for t in trials {
+        let value = t.config.get(key);
+        groups.entry((t.scope(), SortKey::of(value))).or_default().push(t);
+    }
+    let _ = writeln!(md, "### Metrics vs `{key}`\n");
+    let _ = write!(md, "| scope | {key} | n |");
+    for m in &metrics {
+        let _ = write!(md, " {m} |");
+    }
+    let _ = write!(md, "\n|---|---|---|");
+    for _ in &metrics {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for ((scope, value), group) in &groups {
+        let _ = write!(md, "| {} | {} | {} |", cell(scope), cell(&value.label), group.len());
+        for m in &metrics {
+            let xs: Vec<f64> = group.iter().filter_map(|t| t.metric(m)).collect();
+            let mean = (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+            let _ = write!(md, " {} |", mean.map_or("—".to_string(), fmt_num));
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+/// Orders config values: numbers by value, then strings, with absent last.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey {
+    rank: u8,
+    num: OrdF64,
+    label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl SortKey {
+    fn of(value: Option<&Value>) -> SortKey {
+        match value {
+            Some(v) if v.is_number() => SortKey {
+                rank: 0,
+                num: OrdF64(v.as_f64().unwrap_or(f64::NAN)),
+                label: v.to_string(),
+            },
+            Some(v) => SortKey { rank: 1, num: OrdF64(0.0), label: crate::state::display_value(v) },
+            None => SortKey { rank: 2, num: OrdF64(0.0), label: "(absent)".to_string() },
+        }
+    }
+}
+
+fn plots_section(md: &mut String, plots: &[Plot]) {
+    let _ = writeln!(md, "## Plots\n");
+    if plots.is_empty() {
+        let _ = writeln!(md, "No plot: no trial has checkpoint gaps, 2D samples or a σ_max with a sample metric.\n");
+        return;
+    }
+    for p in plots {
+        let _ = writeln!(md, "- [{}]({})", p.title, p.rel_path);
+    }
+    md.push('\n');
+}
+
+fn out_of_sweep_section(md: &mut String, state: &State) {
+    let _ = writeln!(md, "## Trials no longer in the sweep\n");
+    let old: Vec<&Trial> = state.trials.iter().filter(|t| !t.in_sweep).collect();
+    if old.is_empty() {
+        let _ = writeln!(md, "None: every trial in the database belongs to the current sweep.\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "These trials were in an earlier version of the sweep file. They stay in the tables \
+         (`in_sweep = false`) but take no part in the claims.\n"
+    );
+    let _ = writeln!(md, "| hash | idx | status | scope | config |\n|---|---|---|---|---|");
+    for t in old {
+        let config: Vec<String> = t
+            .config
+            .iter()
+            .filter(|(k, _)| !k.starts_with("data."))
+            .map(|(k, v)| format!("{k}={}", crate::state::display_value(v)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} | {} |",
+            t.hash,
+            t.idx,
+            t.status,
+            cell(&t.scope()),
+            cell(&truncate(&config.join(", "), 300))
+        );
+    }
+    md.push('\n');
+}
+
+fn failed_section(md: &mut String, state: &State) {
+    let _ = writeln!(md, "## Failed trials\n");
+    let failed: Vec<&Trial> =
+        state.trials.iter().filter(|t| FAILED_STATUSES.contains(&t.status.as_str())).collect();
+    if failed.is_empty() {
+        let _ = writeln!(md, "None.\n");
+        return;
+    }
+    let _ = writeln!(md, "| hash | idx | in sweep | status | attempts | diverged at step | last error |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for t in failed {
+        let error = t
+            .last_error
+            .as_ref()
+            .map_or("—".to_string(), |(outcome, e)| format!("{outcome}: {}", truncate(e, 400)));
+        let diverged = t.result.as_ref().and_then(|r| r.diverged_step).map_or("—".to_string(), |s| s.to_string());
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} | {} | {} | {} |",
+            t.hash,
+            t.idx,
+            if t.in_sweep { "yes" } else { "no" },
+            t.status,
+            t.attempts,
+            diverged,
+            cell(&error)
+        );
+    }
+    md.push('\n');
+}
+
+/// Makes text safe inside a Markdown table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(max_chars).collect();
+        format!("{head}…")
+    }
+}

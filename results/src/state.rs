@@ -1,0 +1,363 @@
+//! Reading the sweep state database (read-only) into plain Rust values.
+//!
+//! The schema is owned by the coordinator; this module only reads the tables `sweep`, `trials`,
+//! `attempts`, `results`, `curves` and `samples`. JSON columns are parsed here so the rest of
+//! the crate works on typed values: configs as dotted key → JSON scalar, metrics and curve rows
+//! as name → f64 (a JSON `null`, which is how a NaN is serialized, becomes "absent").
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+
+use crate::error::ResultsError;
+
+/// The row of the `sweep` table, if the coordinator wrote one.
+#[derive(Debug, Clone)]
+pub struct SweepInfo {
+    pub name: String,
+    pub file: String,
+    pub updated_at: f64,
+}
+
+/// The final result of a trial (`results` table).
+#[derive(Debug, Clone)]
+pub struct TrialResult {
+    /// `ok` or `diverged`.
+    pub status: String,
+    pub diverged_step: Option<i64>,
+    pub metrics: BTreeMap<String, f64>,
+    pub wall_seconds: f64,
+}
+
+/// Samples drawn by a trial next to an exact sample of its data distribution.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    pub dim: usize,
+    pub samples: Vec<Vec<f64>>,
+    pub data: Vec<Vec<f64>>,
+}
+
+/// One trial with everything the database knows about it.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub hash: String,
+    pub idx: i64,
+    /// Flattened dotted keys → JSON scalar (arrays/objects are kept as they are).
+    pub config: BTreeMap<String, Value>,
+    pub in_sweep: bool,
+    /// `queued|leased|done|failed|diverged|timeout|cancelled`.
+    pub status: String,
+    pub attempts: i64,
+    pub result: Option<TrialResult>,
+    /// Checkpoint rows in `row` order: column name → value.
+    pub curve: Vec<BTreeMap<String, f64>>,
+    pub samples: Option<Samples>,
+    /// The error of the latest attempt that recorded one, with that attempt's outcome.
+    pub last_error: Option<(String, String)>,
+}
+
+impl Trial {
+    /// A final metric, if recorded and finite.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.result
+            .as_ref()
+            .and_then(|r| r.metrics.get(name).copied())
+            .filter(|v| v.is_finite())
+    }
+
+    /// A config value rendered for display (strings without quotes).
+    pub fn config_display(&self, key: &str) -> Option<String> {
+        self.config.get(key).map(display_value)
+    }
+
+    /// The data distribution this trial samples from: its `data.*` config keys, as
+    /// `data.preset=ncsn2d, data.dim=2` (sorted), or `all` when it has none. Claims are
+    /// grouped by this string.
+    pub fn scope(&self) -> String {
+        let parts: Vec<String> = self
+            .config
+            .iter()
+            .filter(|(k, _)| k.starts_with("data."))
+            .map(|(k, v)| format!("{k}={}", display_value(v)))
+            .collect();
+        if parts.is_empty() { "all".to_string() } else { parts.join(", ") }
+    }
+
+    /// The short hash used in reports and file names.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..self.hash.len().min(10)]
+    }
+}
+
+/// Renders a JSON scalar the way a person would write it in a sweep file.
+pub fn display_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The whole database, trials ordered by `idx` then hash.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub path: PathBuf,
+    pub sweep: Option<SweepInfo>,
+    pub trials: Vec<Trial>,
+}
+
+impl State {
+    /// Opens `db_path` read-only and loads every table.
+    pub fn load(db_path: &Path) -> Result<State, ResultsError> {
+        let conn = Connection::open_with_flags(
+            db_path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| ResultsError::OpenDb { path: db_path.to_path_buf(), source })?;
+        let reader = Reader { conn: &conn, path: db_path };
+        let sweep = reader.sweep()?;
+        let mut trials = reader.trials()?;
+        let mut results = reader.results()?;
+        let mut curves = reader.curves()?;
+        let mut samples = reader.samples()?;
+        let mut errors = reader.last_errors()?;
+        for t in &mut trials {
+            t.result = results.remove(&t.hash);
+            t.curve = curves.remove(&t.hash).unwrap_or_default();
+            t.samples = samples.remove(&t.hash);
+            t.last_error = errors.remove(&t.hash);
+        }
+        trials.sort_by(|a, b| a.idx.cmp(&b.idx).then_with(|| a.hash.cmp(&b.hash)));
+        Ok(State { path: db_path.to_path_buf(), sweep, trials })
+    }
+
+    /// Trials that belong to the current sweep (the claims are about these only).
+    pub fn in_sweep(&self) -> impl Iterator<Item = &Trial> {
+        self.trials.iter().filter(|t| t.in_sweep)
+    }
+}
+
+struct Reader<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+}
+
+impl Reader<'_> {
+    fn query_err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> ResultsError + '_ {
+        move |source| ResultsError::Query { path: self.path.to_path_buf(), what, source }
+    }
+
+    fn json(&self, column: &'static str, trial: &str, text: &str) -> Result<Value, ResultsError> {
+        serde_json::from_str(text).map_err(|source| ResultsError::Json {
+            path: self.path.to_path_buf(),
+            column,
+            trial: trial.to_string(),
+            source,
+        })
+    }
+
+    fn shape(&self, column: &'static str, trial: &str, detail: impl Into<String>) -> ResultsError {
+        ResultsError::Shape {
+            path: self.path.to_path_buf(),
+            column,
+            trial: trial.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Parses a flat JSON object of numbers; `null` and non-numbers are dropped.
+    fn numbers(
+        &self,
+        column: &'static str,
+        trial: &str,
+        text: &str,
+    ) -> Result<BTreeMap<String, f64>, ResultsError> {
+        match self.json(column, trial, text)? {
+            Value::Object(map) => Ok(map
+                .into_iter()
+                .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
+                .collect()),
+            other => Err(self.shape(column, trial, format!("expected an object, got {other}"))),
+        }
+    }
+
+    fn sweep(&self) -> Result<Option<SweepInfo>, ResultsError> {
+        let err = self.query_err("the sweep row");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, file, updated_at FROM sweep WHERE id = 1")
+            .map_err(&err)?;
+        let mut rows = stmt
+            .query_map([], |r| {
+                Ok(SweepInfo { name: r.get(0)?, file: r.get(1)?, updated_at: r.get(2)? })
+            })
+            .map_err(&err)?;
+        rows.next().transpose().map_err(err)
+    }
+
+    fn trials(&self) -> Result<Vec<Trial>, ResultsError> {
+        let err = self.query_err("trials");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash, idx, config_json, in_sweep, status, attempts FROM trials")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, idx, config_json, in_sweep, status, attempts) = row.map_err(&err)?;
+            let config = match self.json("config_json", &hash, &config_json)? {
+                Value::Object(map) => map.into_iter().collect(),
+                other => {
+                    return Err(self.shape(
+                        "config_json",
+                        &hash,
+                        format!("expected an object of dotted keys, got {other}"),
+                    ));
+                }
+            };
+            out.push(Trial {
+                hash,
+                idx,
+                config,
+                in_sweep: in_sweep != 0,
+                status,
+                attempts,
+                result: None,
+                curve: Vec::new(),
+                samples: None,
+                last_error: None,
+            });
+        }
+        Ok(out)
+    }
+
+    fn results(&self) -> Result<HashMap<String, TrialResult>, ResultsError> {
+        let err = self.query_err("results");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT trial_hash, status, diverged_step, metrics_json, wall_seconds FROM results",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, f64>(4)?,
+                ))
+            })
+            .map_err(&err)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (hash, status, diverged_step, metrics_json, wall_seconds) = row.map_err(&err)?;
+            let metrics = self.numbers("metrics_json", &hash, &metrics_json)?;
+            out.insert(hash, TrialResult { status, diverged_step, metrics, wall_seconds });
+        }
+        Ok(out)
+    }
+
+    fn curves(&self) -> Result<HashMap<String, Vec<BTreeMap<String, f64>>>, ResultsError> {
+        let err = self.query_err("curves");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT trial_hash, values_json FROM curves ORDER BY trial_hash, row")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(&err)?;
+        let mut out: HashMap<String, Vec<_>> = HashMap::new();
+        for row in rows {
+            let (hash, values_json) = row.map_err(&err)?;
+            let values = self.numbers("values_json", &hash, &values_json)?;
+            out.entry(hash).or_default().push(values);
+        }
+        Ok(out)
+    }
+
+    fn samples(&self) -> Result<HashMap<String, Samples>, ResultsError> {
+        let err = self.query_err("samples");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT trial_hash, dim, samples_json, data_json FROM samples")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(&err)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (hash, dim, samples_json, data_json) = row.map_err(&err)?;
+            let samples = self.points("samples_json", &hash, &samples_json)?;
+            let data = self.points("data_json", &hash, &data_json)?;
+            let dim = usize::try_from(dim)
+                .map_err(|_| self.shape("dim", &hash, format!("negative dimension {dim}")))?;
+            out.insert(hash, Samples { dim, samples, data });
+        }
+        Ok(out)
+    }
+
+    fn points(
+        &self,
+        column: &'static str,
+        trial: &str,
+        text: &str,
+    ) -> Result<Vec<Vec<f64>>, ResultsError> {
+        let value = self.json(column, trial, text)?;
+        let Value::Array(rows) = value else {
+            return Err(self.shape(column, trial, "expected an array of points"));
+        };
+        rows.into_iter()
+            .map(|row| match row {
+                Value::Array(xs) => Ok(xs.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()),
+                // A 1D sample may be stored as a flat list of numbers.
+                Value::Number(n) => Ok(vec![n.as_f64().unwrap_or(f64::NAN)]),
+                other => Err(self.shape(column, trial, format!("expected a point, got {other}"))),
+            })
+            .collect()
+    }
+
+    /// The error text of the latest attempt per trial that recorded one.
+    fn last_errors(&self) -> Result<HashMap<String, (String, String)>, ResultsError> {
+        let err = self.query_err("attempts");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT trial_hash, outcome, error FROM attempts \
+                 WHERE error IS NOT NULL ORDER BY id",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(&err)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (hash, outcome, error) = row.map_err(&err)?;
+            out.insert(hash, (outcome, error)); // later ids overwrite earlier ones
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,383 @@
+//! End-to-end tests of `results::write_all` on small state databases built by hand with the
+//! coordinator's schema: tables, claims (pass, fail and "not enough data"), report and plots.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use results::{ResultsError, Summary, write_all};
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+
+/// The coordinator's schema, verbatim.
+const SCHEMA: &str = "
+CREATE TABLE sweep(id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE trials(hash TEXT PRIMARY KEY, idx INTEGER NOT NULL, config_json TEXT NOT NULL, in_sweep INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, finished_at REAL);
+CREATE TABLE attempts(id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, worker TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL, outcome TEXT NOT NULL, error TEXT);
+CREATE TABLE results(trial_hash TEXT PRIMARY KEY, attempt_id INTEGER NOT NULL, status TEXT NOT NULL, diverged_step INTEGER, metrics_json TEXT NOT NULL, wall_seconds REAL NOT NULL);
+CREATE TABLE curves(trial_hash TEXT NOT NULL, row INTEGER NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_hash, row));
+CREATE TABLE samples(trial_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, samples_json TEXT NOT NULL, data_json TEXT NOT NULL);
+";
+
+/// A state database under construction (WAL mode, like the coordinator's).
+struct Db {
+    path: PathBuf,
+    conn: Connection,
+    attempt: i64,
+}
+
+impl Db {
+    fn new(dir: &Path) -> Db {
+        let path = dir.join("state.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO sweep VALUES (1, 'sigma', 'sweeps/sigma.toml', '[base]', 1700000000.0)",
+            [],
+        )
+        .unwrap();
+        Db { path, conn, attempt: 0 }
+    }
+
+    /// A trial with one attempt; `error` is recorded on that attempt.
+    fn trial(&mut self, hash: &str, idx: i64, config: Value, in_sweep: bool, status: &str, error: Option<&str>) {
+        self.attempt += 1;
+        self.conn
+            .execute(
+                "INSERT INTO trials VALUES (?1, ?2, ?3, ?4, ?5, 1, 0.0, 1.0)",
+                params![hash, idx, config.to_string(), in_sweep as i64, status],
+            )
+            .unwrap();
+        let outcome = if error.is_some() { "failed" } else { "done" };
+        self.conn
+            .execute(
+                "INSERT INTO attempts VALUES (?1, ?2, 'w0', 0.0, 60.0, 1.0, ?3, ?4)",
+                params![self.attempt, hash, outcome, error],
+            )
+            .unwrap();
+    }
+
+    fn result(&self, hash: &str, metrics: Value) {
+        self.conn
+            .execute(
+                "INSERT INTO results VALUES (?1, ?2, 'ok', NULL, ?3, 1.5)",
+                params![hash, self.attempt, metrics.to_string()],
+            )
+            .unwrap();
+    }
+
+    fn curve(&self, hash: &str, rows: &[Value]) {
+        for (i, r) in rows.iter().enumerate() {
+            self.conn
+                .execute("INSERT INTO curves VALUES (?1, ?2, ?3)", params![hash, i as i64, r.to_string()])
+                .unwrap();
+        }
+    }
+
+    fn samples(&self, hash: &str, samples: Value, data: Value) {
+        self.conn
+            .execute(
+                "INSERT INTO samples VALUES (?1, 2, ?2, ?3)",
+                params![hash, samples.to_string(), data.to_string()],
+            )
+            .unwrap();
+    }
+}
+
+fn config(preset: &str, objective: &str, sigma_max: f64, sampler: &str, seed: i64) -> Value {
+    json!({
+        "data.preset": preset,
+        "objective.kind": objective,
+        "objective.noise.sigma_max": sigma_max,
+        "sampler.kind": sampler,
+        "sampler.eps": 2e-5,
+        "model.kind": "mlp",
+        "seed": seed,
+    })
+}
+
+/// Checkpoint rows whose ESM−ISM gap matches C = 2 within a standard error or so, and whose
+/// DSM−ESM_σ gap is 10 standard errors off C_σ (so that claim fails).
+fn good_curve() -> Vec<Value> {
+    [2.01, 1.99, 2.03]
+        .iter()
+        .enumerate()
+        .map(|(i, gap)| {
+            json!({
+                "step": i * 100, "train_loss": 1.0 / (i as f64 + 1.0),
+                "l_esm": 0.5, "l_ism": 0.5 - gap, "gap": gap, "gap_se": 0.02, "c_true": 2.0, "c_se": 0.01,
+                "dsm_gap": 1.2, "dsm_gap_se": 0.01, "c_dsm": 1.0, "c_dsm_se": 0.0, "dsm_sigma": 0.1,
+            })
+        })
+        .collect()
+}
+
+/// Final metrics of an ncsn2d trial (true mode weight 0.5).
+fn metrics(l_ism: f64, mode_w_0: f64, fd: f64) -> Value {
+    json!({
+        "l_esm": l_ism + 2.0, "l_ism": l_ism, "gap": 2.0, "gap_se": 0.02, "c_true": 2.0, "c_se": 0.01,
+        "fd": fd, "mode_w_0": mode_w_0, "true_w_0": 0.5, "mode_weight_err": (mode_w_0 - 0.5f64).abs(),
+        "train_seconds": 1.0,
+    })
+}
+
+fn points(center: f64) -> Value {
+    json!([[center, 0.0], [center + 0.1, 0.2], [-center, 0.1], [-center - 0.1, -0.2]])
+}
+
+/// The main fixture: ncsn2d with three good trials (two annealed, one plain Langevin), a failed
+/// trial and an out-of-sweep trial; gmm1d with one trial whose gap is 100 SE off C.
+fn main_db(dir: &Path) -> Db {
+    let mut db = Db::new(dir);
+    db.trial("aaaa1111", 0, config("ncsn2d", "dsm", 1.0, "annealed_langevin", 0), true, "done", None);
+    db.result("aaaa1111", metrics(-1.8, 0.51, 0.4));
+    db.curve("aaaa1111", &good_curve());
+    db.samples("aaaa1111", points(1.0), points(1.05));
+
+    db.trial("bbbb2222", 1, config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0), true, "done", None);
+    db.result("bbbb2222", metrics(-1.95, 0.52, 0.1)); // best θ: (−1.95 + 2)/2 = 0.025
+    db.curve("bbbb2222", &good_curve());
+
+    db.trial("cccc3333", 2, config("ncsn2d", "ism", 10.0, "langevin", 0), true, "done", None);
+    db.result("cccc3333", metrics(-1.9, 0.8, 0.9)); // plain Langevin misses w_0 by 0.3
+    db.curve("cccc3333", &good_curve()[..2]);
+    db.samples("cccc3333", points(1.5), points(1.05));
+
+    db.trial("dddd4444", 3, config("ncsn2d", "ssm", 5.0, "langevin", 0), true, "failed", Some("boom: out of memory"));
+
+    let mut old = config("ncsn2d", "esm", 20.0, "langevin", 7);
+    old["model.width"] = json!(64);
+    db.trial("eeee5555", 4, old, false, "done", None);
+    db.result("eeee5555", metrics(-1.0, 0.9, 2.0));
+
+    db.trial("ffff6666", 5, config("gmm1d", "ism", 1.0, "annealed_langevin", 0), true, "done", None);
+    db.result("ffff6666", json!({"l_ism": -1.0, "c_true": 2.0, "gap": 3.0, "gap_se": 0.01, "c_se": 0.0}));
+    db.curve(
+        "ffff6666",
+        &[json!({"step": 0, "gap": 3.0, "gap_se": 0.01, "c_true": 2.0, "c_se": 0.0}),
+          json!({"step": 100, "gap": 3.0, "gap_se": 0.01, "c_true": 2.0})],
+    );
+    db
+}
+
+fn read_parquet(path: &Path) -> DataFrame {
+    ParquetReader::new(File::open(path).unwrap()).finish().unwrap()
+}
+
+fn read_csv(path: &Path) -> DataFrame {
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(path.into()))
+        .unwrap()
+        .finish()
+        .unwrap()
+}
+
+fn names(df: &DataFrame) -> Vec<String> {
+    df.get_column_names().iter().map(|n| n.to_string()).collect()
+}
+
+fn strings(df: &DataFrame, column: &str) -> Vec<String> {
+    df.column(column)
+        .unwrap()
+        .str()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.unwrap_or("").to_string())
+        .collect()
+}
+
+/// Runs `write_all` on the main fixture (keeping the writer connection open, as the
+/// coordinator does) and returns the output directory and summary.
+fn run_main() -> (tempfile::TempDir, PathBuf, Summary) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = main_db(dir.path());
+    let out = dir.path().join("out");
+    let summary = write_all(&db.path, &out).unwrap();
+    (dir, out, summary)
+}
+
+#[test]
+fn trial_table_has_one_row_per_trial_and_union_of_columns() {
+    let (_dir, out, summary) = run_main();
+    assert_eq!((summary.trials, summary.done, summary.failed), (5, 4, 1));
+    let csv = read_csv(&out.join("trials.csv"));
+    let parquet = read_parquet(&out.join("trials.parquet"));
+    assert_eq!(csv.height(), 6);
+    assert_eq!(parquet.height(), 6);
+    assert_eq!(names(&csv), names(&parquet));
+    let cols = names(&parquet);
+    let want_order = [
+        "hash", "idx", "in_sweep", "data.preset", "model.kind", "model.width", "objective.kind",
+        "objective.noise.sigma_max", "sampler.eps", "sampler.kind", "seed", "status", "attempts",
+        "diverged_step",
+    ];
+    assert_eq!(&cols[..want_order.len()], &want_order, "leading columns");
+    for metric in ["l_esm", "l_ism", "gap", "c_true", "fd", "mode_w_0", "true_w_0", "wall_seconds"] {
+        assert!(cols.iter().any(|c| c == metric), "missing metric column {metric} in {cols:?}");
+    }
+    assert_eq!(cols.last().unwrap(), "wall_seconds");
+    // model.width exists only in the out-of-sweep trial: null elsewhere.
+    assert_eq!(parquet.column("model.width").unwrap().null_count(), 5);
+    assert_eq!(parquet.column("objective.noise.sigma_max").unwrap().dtype(), &DataType::Float64);
+    assert_eq!(parquet.column("seed").unwrap().dtype(), &DataType::Int64);
+    assert_eq!(parquet.column("in_sweep").unwrap().dtype(), &DataType::Boolean);
+    assert_eq!(strings(&parquet, "hash")[0], "aaaa1111", "ordered by idx");
+    // The failed trial has no result and the gmm1d trial no l_esm: null in both.
+    assert_eq!(parquet.column("l_esm").unwrap().null_count(), 2);
+}
+
+#[test]
+fn curves_table_has_one_row_per_checkpoint() {
+    let (_dir, out, _) = run_main();
+    let curves = read_parquet(&out.join("curves.parquet"));
+    assert_eq!(curves.height(), 3 + 3 + 2 + 2);
+    let cols = names(&curves);
+    for c in ["hash", "data.preset", "objective.kind", "sampler.kind", "row", "step", "train_loss", "gap", "c_true"] {
+        assert!(cols.iter().any(|x| x == c), "missing {c} in {cols:?}");
+    }
+    // Constant keys (model.kind, sampler.eps) are not useful for grouping.
+    assert!(!cols.iter().any(|x| x == "model.kind"), "{cols:?}");
+    assert_eq!(curves.column("step").unwrap().dtype(), &DataType::Int64);
+}
+
+#[test]
+fn claims_pass_fail_and_lack_data_per_scope() {
+    let (_dir, out, summary) = run_main();
+    let claims = read_csv(&out.join("claims.csv"));
+    assert_eq!(names(&claims), ["claim", "scope", "statistic", "expected", "tolerance", "verdict"]);
+    let got: Vec<(String, String, String)> = strings(&claims, "claim")
+        .into_iter()
+        .zip(strings(&claims, "scope"))
+        .zip(strings(&claims, "verdict"))
+        .map(|((c, s), v)| (c, s, v))
+        .collect();
+    let want = [
+        ("esm_ism_offset", "data.preset=gmm1d", "fail"),
+        ("esm_ism_offset", "data.preset=ncsn2d", "pass"),
+        ("dsm_esm_sigma_offset", "data.preset=gmm1d", "not enough data"),
+        ("dsm_esm_sigma_offset", "data.preset=ncsn2d, dsm_sigma=0.1", "fail"),
+        ("ism_at_best", "data.preset=gmm1d", "not enough data"),
+        ("ism_at_best", "data.preset=ncsn2d", "pass"),
+        ("annealed_vs_plain_langevin", "data.preset=gmm1d", "not enough data"),
+        ("annealed_vs_plain_langevin", "data.preset=ncsn2d", "pass"),
+    ];
+    let want: Vec<(String, String, String)> =
+        want.iter().map(|(c, s, v)| (c.to_string(), s.to_string(), v.to_string())).collect();
+    assert_eq!(got, want);
+    assert_eq!(summary.claims, want, "summary mirrors claims.csv");
+
+    let stat = |i: usize| claims.column("statistic").unwrap().f64().unwrap().get(i);
+    // gmm1d: (3 − 2)/0.01 = 100 standard errors.
+    assert!((stat(0).unwrap() - 100.0).abs() < 1e-9);
+    // ncsn2d: worst row is gap 2.03 → 0.03/sqrt(0.02² + 0.01²) ≈ 1.342.
+    assert!((stat(1).unwrap() - 0.03 / 0.02f64.hypot(0.01)).abs() < 1e-9);
+    assert_eq!(stat(2), None, "no statistic without data");
+    assert!((stat(5).unwrap() - 0.025).abs() < 1e-9, "L_ESM/C at the best θ");
+    assert!((stat(7).unwrap() - 0.015).abs() < 1e-9, "mean annealed weight error");
+}
+
+#[test]
+fn one_trial_is_not_enough_data_for_any_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    db.trial("solo", 0, config("ncsn2d", "ism", 1.0, "annealed_langevin", 0), true, "done", None);
+    db.result("solo", metrics(-1.9, 0.5, 0.1));
+    db.curve("solo", &good_curve()[..1]);
+    drop(db.conn); // also checks that a closed WAL database opens read-only
+    let summary = write_all(&db.path, &dir.path().join("out")).unwrap();
+    let verdicts: Vec<(&str, &str)> =
+        summary.claims.iter().map(|(c, _, v)| (c.as_str(), v.as_str())).collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("esm_ism_offset", "not enough data"),
+            ("dsm_esm_sigma_offset", "not enough data"),
+            ("ism_at_best", "not enough data"),
+            ("annealed_vs_plain_langevin", "not enough data"),
+        ]
+    );
+    assert_eq!((summary.trials, summary.done, summary.failed), (1, 1, 0));
+}
+
+#[test]
+fn empty_database_writes_empty_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::new(dir.path());
+    let out = dir.path().join("out");
+    let summary = write_all(&db.path, &out).unwrap();
+    assert_eq!(summary.trials, 0);
+    assert!(summary.claims.iter().all(|(_, scope, v)| scope == "all" && v == "not enough data"));
+    assert_eq!(read_parquet(&out.join("trials.parquet")).height(), 0);
+    assert_eq!(read_parquet(&out.join("curves.parquet")).height(), 0);
+    assert!(out.join("report.md").exists());
+}
+
+#[test]
+fn report_lists_claims_out_of_sweep_and_failed_trials() {
+    let (_dir, out, _) = run_main();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let section = |title: &str| -> String {
+        let start = report.find(title).unwrap_or_else(|| panic!("no section {title}:\n{report}"));
+        let rest = &report[start + title.len()..];
+        rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
+    };
+    for (title, must_contain, must_not) in [
+        ("## Trials no longer in the sweep", vec!["eeee5555", "model.width=64"], vec!["aaaa1111", "dddd4444"]),
+        ("## Failed trials", vec!["dddd4444", "boom: out of memory"], vec!["aaaa1111"]),
+        ("## Claims", vec!["esm_ism_offset", "**FAIL**", "**pass**", "not enough data", "spread"], vec![]),
+        ("## Key tables", vec!["objective.noise.sigma_max", "objective.kind", "sampler.kind"], vec![]),
+        ("## Plots", vec!["plots/gap_vs_checkpoint_data.preset-ncsn2d.svg", "plots/fd_vs_sigma_max_data.preset-ncsn2d.svg"], vec![]),
+    ] {
+        let text = section(title);
+        for s in must_contain {
+            assert!(text.contains(s), "{title} lacks {s:?}:\n{text}");
+        }
+        for s in must_not {
+            assert!(!text.contains(s), "{title} should not mention {s:?}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn plots_are_written_as_svg() {
+    let (_dir, out, _) = run_main();
+    for file in [
+        "gap_vs_checkpoint_data.preset-ncsn2d.svg",
+        "gap_vs_checkpoint_data.preset-gmm1d.svg",
+        "samples_aaaa1111.svg",
+        "samples_cccc3333.svg",
+        "fd_vs_sigma_max_data.preset-ncsn2d.svg",
+    ] {
+        let path = out.join("plots").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(text.contains("<svg") && text.contains("</svg>"), "{file} is not SVG");
+        assert!(text.contains("<circle") || text.contains("<polyline"), "{file} draws nothing");
+    }
+}
+
+#[test]
+fn errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+
+    let missing = dir.path().join("missing.db");
+    let err = write_all(&missing, &out).unwrap_err();
+    assert!(matches!(err, ResultsError::OpenDb { .. }), "{err:?}");
+    assert!(err.to_string().contains("missing.db"), "{err}");
+
+    let db = Db::new(dir.path());
+    db.conn
+        .execute("INSERT INTO trials VALUES ('bad', 0, '{not json', 1, 'queued', 0, 0.0, NULL)", [])
+        .unwrap();
+    let err = write_all(&db.path, &out).unwrap_err();
+    assert!(matches!(err, ResultsError::Json { column: "config_json", .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("state.db") && msg.contains("bad"), "{msg}");
+
+    let plain = dir.path().join("not-a-db.db");
+    std::fs::write(&plain, "hello").unwrap();
+    let err = write_all(&plain, &out).unwrap_err();
+    assert!(err.to_string().contains("not-a-db.db"), "{err}");
+}
