@@ -1,1 +1,13 @@
-//! placeholder
+//! scoresweep's engine: Gaussian-mixture data with exact densities, score models with
+//! forward-mode tangents, score-matching objectives, noise ladders, samplers, metrics, and the
+//! runner of one trial. Nothing here knows about gRPC (see ARCHITECTURE.md).
+
+pub mod config;
+pub mod ladder;
+pub mod metrics;
+pub mod mixture;
+pub mod nets;
+pub mod objectives;
+pub mod rng;
+pub mod samplers;
+pub mod trial;

@@ -1,1 +1,90 @@
-fn main(){}
+//! The `worker` binary: `worker trial FILE.toml --out DIR` runs one trial standalone;
+//! `worker --coordinator URL` joins a sweep and runs trials leased over gRPC (see `agent`).
+
+mod agent;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use scoresweep_engine::config::TrialConfig;
+use scoresweep_engine::trial;
+
+#[derive(Parser)]
+#[command(name = "worker", version, about = "scoresweep worker: trains and samples score models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Join the coordinator at this URL (e.g. http://127.0.0.1:50051) and run leased trials.
+    #[arg(long)]
+    coordinator: Option<String>,
+    #[command(flatten)]
+    agent: agent::AgentArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one trial file and write metrics.json, curve.csv, samples.csv, model.safetensors.
+    Trial {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Print progress every N training steps (0: only checkpoints).
+        #[arg(long, default_value_t = 0)]
+        progress_every: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match (cli.command, cli.coordinator) {
+        (Some(Command::Trial { file, out, progress_every }), _) => run_trial(&file, &out, progress_every),
+        (None, Some(url)) => match agent::run(&url, &cli.agent) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("worker: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        (None, None) => {
+            eprintln!("worker: give a subcommand (`worker trial FILE --out DIR`) or --coordinator URL");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64) -> ExitCode {
+    let cfg = match TrialConfig::from_file(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cancel = AtomicBool::new(false);
+    let mut last_eval = u64::MAX;
+    let mut report = |p: &trial::Progress| {
+        let at_checkpoint = !p.latest.is_empty() && p.step != last_eval;
+        if at_checkpoint || (progress_every > 0 && p.step % progress_every == 0) {
+            let latest: Vec<String> = p.latest.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+            eprintln!("[{}/{}] loss={:.5} {}", p.step, p.total_steps, p.train_loss, latest.join(" "));
+            if at_checkpoint {
+                last_eval = p.step;
+            }
+        }
+    };
+    let outcome = match trial::run_trial(&cfg, &mut report, &cancel) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("worker: trial failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = trial::write_outputs(&outcome, out) {
+        eprintln!("worker: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("status = {}; wrote {}", outcome.status, out.display());
+    ExitCode::SUCCESS
+}

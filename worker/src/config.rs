@@ -1,0 +1,666 @@
+//! The trial schema: a raw serde form that mirrors the TOML file (`deny_unknown_fields`
+//! everywhere), then a validated [`TrialConfig`] the rest of the engine can trust. Errors name
+//! the dotted key; [`TrialConfig::from_file`] adds the file, line and column.
+//!
+//! ```toml
+//! seed = 0
+//! [data]       # preset = "seed1d" | "ncsn2d" | "ring8" | "iso" (dim, components, separation)
+//! preset = "ncsn2d"   # | "custom" (weights, means, stds)
+//! [model]      # kind = "mlp" | "energy_mlp"; hidden; depth; activation = silu|softplus|tanh|relu; scale_by_sigma
+//! kind = "mlp"
+//! [objective]  # kind = esm | ism | ssm | ssm_vr | dsm; probes; probe = rademacher|gaussian; trace_chunk
+//! kind = "dsm"
+//! noise = { ladder = "geometric", sigma_max = 10.0, sigma_min = 0.1, levels = 10 }
+//! #       { ladder = "list", sigmas = [1.0, 0.5] } | { ladder = "auto", sigma_min = 0.01, levels = 10 }
+//! [train]      # steps, batch, lr, eval_every, n_train (fixed training set; default: fresh samples)
+//! steps = 3000
+//! [eval]       # n, dsm_sigma, c_samples
+//! [sampler]    # kind = annealed_langevin | langevin | score_ascent | none; steps_per_level; steps;
+//!              # eps (number or "auto"); n; denoise; box
+//! kind = "annealed_langevin"
+//! ```
+//! A trial with a top-level `[sleep] seconds = x` only sleeps (scheduler benchmarks).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::mixture::Mixture;
+use crate::nets::Activation;
+use crate::objectives::{ObjectiveKind, ProbeDist};
+
+/// A validation error on one key of a trial given as a TOML value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    /// Dotted path such as `objective.noise.sigma_min`; empty for the whole document.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() { write!(f, "{}", self.message) } else { write!(f, "key `{}`: {}", self.key, self.message) }
+    }
+}
+
+fn field(key: &str, message: impl Into<String>) -> FieldError {
+    FieldError { key: key.to_string(), message: message.into() }
+}
+
+/// A trial file that could not be read or is invalid, located in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}:{column}: invalid TOML: {message}", path.display())]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}:{line}:{column}: key `{key}`: {message}", path.display())]
+    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
+}
+
+// ---------------------------------------------------------------- raw form (mirrors the file)
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrial {
+    #[serde(default)]
+    seed: u64,
+    name: Option<String>,
+    data: Option<RawData>,
+    model: Option<RawModel>,
+    objective: Option<RawObjective>,
+    train: Option<RawTrain>,
+    eval: Option<RawEval>,
+    sampler: Option<RawSampler>,
+    sleep: Option<RawSleep>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    preset: String,
+    dim: Option<usize>,
+    components: Option<usize>,
+    separation: Option<f64>,
+    weights: Option<Vec<f64>>,
+    means: Option<Vec<Vec<f64>>>,
+    stds: Option<Vec<f64>>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Mlp,
+    EnergyMlp,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    kind: ModelKind,
+    #[serde(default = "d_hidden")]
+    hidden: usize,
+    #[serde(default = "d_depth")]
+    depth: usize,
+    #[serde(default = "d_act")]
+    activation: Activation,
+    #[serde(default)]
+    scale_by_sigma: bool,
+}
+fn d_hidden() -> usize { 128 }
+fn d_depth() -> usize { 2 }
+fn d_act() -> Activation { Activation::Silu }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawObjective {
+    kind: ObjectiveKind,
+    noise: Option<RawNoise>,
+    #[serde(default = "d_one")]
+    probes: usize,
+    #[serde(default = "d_probe")]
+    probe: ProbeDist,
+    #[serde(default = "d_chunk")]
+    trace_chunk: usize,
+}
+fn d_one() -> usize { 1 }
+fn d_probe() -> ProbeDist { ProbeDist::Rademacher }
+fn d_chunk() -> usize { 64 }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawNoise {
+    ladder: String,
+    sigma_max: Option<f64>,
+    sigma_min: Option<f64>,
+    levels: Option<usize>,
+    sigmas: Option<Vec<f64>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    steps: u64,
+    #[serde(default = "d_batch")]
+    batch: usize,
+    #[serde(default = "d_lr")]
+    lr: f64,
+    #[serde(default)]
+    eval_every: u64,
+    n_train: Option<usize>,
+}
+fn d_batch() -> usize { 256 }
+fn d_lr() -> f64 { 1e-3 }
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEval {
+    n: Option<usize>,
+    dsm_sigma: Option<f64>,
+    c_samples: Option<usize>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    AnnealedLangevin,
+    Langevin,
+    ScoreAscent,
+    None,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum RawEps {
+    Value(f64),
+    Word(String),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSampler {
+    kind: SamplerKind,
+    #[serde(default = "d_spl")]
+    steps_per_level: usize,
+    steps: Option<usize>,
+    eps: Option<RawEps>,
+    #[serde(default = "d_n")]
+    n: usize,
+    #[serde(default = "d_true")]
+    denoise: bool,
+    #[serde(rename = "box")]
+    box_half: Option<f64>,
+}
+fn d_spl() -> usize { 100 }
+fn d_n() -> usize { 2000 }
+fn d_true() -> bool { true }
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSleep {
+    seconds: f64,
+}
+
+// ---------------------------------------------------------------- validated form
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoiseSpec {
+    Geometric { sigma_max: f64, sigma_min: f64, levels: usize },
+    List(Vec<f64>),
+    /// NCSNv2: σ₁ from the data, γ from D; `levels` is used only where the γ rule has no root.
+    Auto { sigma_min: f64, levels: usize },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub kind: ModelKind,
+    pub hidden: usize,
+    pub depth: usize,
+    pub activation: Activation,
+    pub scale_by_sigma: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectiveSpec {
+    pub kind: ObjectiveKind,
+    pub noise: Option<NoiseSpec>,
+    pub probes: usize,
+    pub probe: ProbeDist,
+    pub trace_chunk: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSpec {
+    pub steps: u64,
+    pub batch: usize,
+    pub lr: f64,
+    /// Evaluate every this many steps (and at step 0 and at the end).
+    pub eval_every: u64,
+    pub n_train: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalSpec {
+    pub n: usize,
+    pub dsm_sigma: Option<f64>,
+    pub c_samples: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSpec {
+    pub kind: SamplerKind,
+    pub steps_per_level: usize,
+    /// Total steps of plain Langevin / score ascent.
+    pub steps: usize,
+    /// None: the NCSNv2 T/ε rule.
+    pub eps: Option<f64>,
+    pub n: usize,
+    pub denoise: bool,
+    pub box_half: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialConfig {
+    pub seed: u64,
+    pub name: Option<String>,
+    /// Preset name (or "custom").
+    pub data_label: String,
+    pub mixture: Mixture,
+    pub model: ModelSpec,
+    pub objective: ObjectiveSpec,
+    pub train: TrainSpec,
+    pub eval: EvalSpec,
+    pub sampler: SamplerSpec,
+    /// Sleep trials only sleep; the other sections are placeholders then.
+    pub sleep: Option<f64>,
+}
+
+/// Largest accepted sizes, to refuse trials that could not fit in memory.
+const MAX_DIM: usize = 4096;
+const MAX_HIDDEN: usize = 8192;
+const MAX_POINTS: usize = 10_000_000;
+
+fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
+    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(field(key, format!("must be a positive finite number (got {v})"))) }
+}
+
+fn in_range(key: &str, v: usize, lo: usize, hi: usize) -> Result<usize, FieldError> {
+    if (lo..=hi).contains(&v) { Ok(v) } else { Err(field(key, format!("must be between {lo} and {hi} (got {v})"))) }
+}
+
+fn required<T>(key: &str, v: Option<T>) -> Result<T, FieldError> {
+    v.ok_or_else(|| field(key, "is required"))
+}
+
+impl TrialConfig {
+    /// Validate a trial given as a TOML table (a sweep's `[base]` with expansions applied).
+    pub fn from_value(v: &toml::Value) -> Result<TrialConfig, FieldError> {
+        let raw: RawTrial = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+            let mut key = e.path().to_string();
+            if key == "." {
+                key.clear();
+            }
+            let msg = e.inner().to_string();
+            // Unknown keys: point at the key itself, not its table.
+            if let Some(rest) = msg.strip_prefix("unknown field `") {
+                if let Some(name) = rest.split('`').next() {
+                    if !(key == name || key.ends_with(&format!(".{name}"))) {
+                        key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+                    }
+                }
+            }
+            FieldError { key, message: msg }
+        })?;
+        validate(raw)
+    }
+
+    /// Parse and validate a trial file; errors carry file, line, column and key.
+    pub fn from_file(path: &Path) -> Result<TrialConfig, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Self::from_str_at(&src, path)
+    }
+
+    /// As [`from_file`](Self::from_file) for source text already read from `path`.
+    pub fn from_str_at(src: &str, path: &Path) -> Result<TrialConfig, ConfigError> {
+        let value: toml::Value = toml::from_str(src).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(src, s.start)).unwrap_or((1, 1));
+            ConfigError::Syntax { path: path.to_path_buf(), line, column, message: e.message().to_string() }
+        })?;
+        Self::from_value(&value).map_err(|e| {
+            let (line, column) = locate(src, &e.key).unwrap_or((1, 1));
+            ConfigError::Invalid { path: path.to_path_buf(), line, column, key: e.key, message: e.message }
+        })
+    }
+
+    pub fn is_sleep(&self) -> bool {
+        self.sleep.is_some()
+    }
+
+    /// GPU trials are not built yet: the engine runs on CPU.
+    pub fn uses_gpu(&self) -> bool {
+        false
+    }
+
+    /// Whether the score net takes σ (a noise ladder is configured).
+    pub fn conditional(&self) -> bool {
+        self.objective.noise.is_some()
+    }
+}
+
+fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
+    if let Some(s) = &raw.sleep {
+        let seconds = positive("sleep.seconds", s.seconds)?;
+        if seconds > 86_400.0 {
+            return Err(field("sleep.seconds", "must be at most one day"));
+        }
+        let mut cfg = validate(RawTrial {
+            seed: raw.seed,
+            data: Some(RawData { preset: "seed1d".into(), dim: None, components: None, separation: None, weights: None, means: None, stds: None }),
+            model: Some(RawModel { kind: ModelKind::Mlp, hidden: 1, depth: 1, activation: Activation::Silu, scale_by_sigma: false }),
+            objective: Some(RawObjective { kind: ObjectiveKind::Esm, noise: None, probes: 1, probe: ProbeDist::Rademacher, trace_chunk: 1 }),
+            train: Some(RawTrain { steps: 0, batch: 1, lr: 1e-3, eval_every: 0, n_train: None }),
+            sampler: Some(RawSampler { kind: SamplerKind::None, steps_per_level: 1, steps: None, eps: None, n: 1, denoise: false, box_half: None }),
+            ..Default::default()
+        })?;
+        cfg.sleep = Some(seconds);
+        cfg.name = raw.name;
+        return Ok(cfg);
+    }
+    let data = required("data", raw.data)?;
+    let (data_label, mixture) = validate_data(&data)?;
+    let dim = mixture.dim;
+
+    let m = required("model", raw.model)?;
+    in_range("model.hidden", m.hidden, 1, MAX_HIDDEN)?;
+    in_range("model.depth", m.depth, 1, 16)?;
+    if m.kind == ModelKind::EnergyMlp && !m.activation.is_smooth() {
+        return Err(field("model.activation", format!("energy_mlp needs a smooth activation (its score uses a' and a''); `{}` is not", m.activation.name())));
+    }
+    let model = ModelSpec { kind: m.kind, hidden: m.hidden, depth: m.depth, activation: m.activation, scale_by_sigma: m.scale_by_sigma };
+
+    let o = required("objective", raw.objective)?;
+    if o.kind.needs_jacobian() && !m.activation.is_smooth() {
+        return Err(field("model.activation", format!("objective `{}` differentiates ∂S/∂x in θ and needs a smooth activation; `{}` is not", o.kind.name(), m.activation.name())));
+    }
+    in_range("objective.probes", o.probes, 1, 1024)?;
+    in_range("objective.trace_chunk", o.trace_chunk, 1, MAX_DIM)?;
+    let noise = o.noise.as_ref().map(validate_noise).transpose()?;
+    if o.kind == ObjectiveKind::Dsm && noise.is_none() {
+        return Err(field("objective.noise", "dsm needs a noise ladder (e.g. noise = { ladder = \"list\", sigmas = [0.5] })"));
+    }
+    if model.scale_by_sigma && noise.is_none() {
+        return Err(field("model.scale_by_sigma", "needs a noise ladder (objective.noise)"));
+    }
+    let objective = ObjectiveSpec { kind: o.kind, noise, probes: o.probes, probe: o.probe, trace_chunk: o.trace_chunk };
+
+    let t = required("train", raw.train)?;
+    if t.steps > 10_000_000 {
+        return Err(field("train.steps", format!("must be at most 10000000 (got {})", t.steps)));
+    }
+    in_range("train.batch", t.batch, 1, 1 << 20)?;
+    positive("train.lr", t.lr)?;
+    if let Some(n) = t.n_train {
+        in_range("train.n_train", n, 2, MAX_POINTS)?;
+    }
+    let eval_every = if t.eval_every == 0 { t.steps.max(1) } else { t.eval_every };
+    let train = TrainSpec { steps: t.steps, batch: t.batch, lr: t.lr, eval_every, n_train: t.n_train };
+
+    let e = raw.eval.unwrap_or_default();
+    let n_eval = in_range("eval.n", e.n.unwrap_or(if dim <= 2 { 100_000 } else { 20_000 }), 2, MAX_POINTS)?;
+    if let Some(s) = e.dsm_sigma {
+        positive("eval.dsm_sigma", s)?;
+        if objective.noise.is_none() {
+            return Err(field("eval.dsm_sigma", "needs a noise-conditional model (objective.noise)"));
+        }
+    }
+    let c_samples = in_range("eval.c_samples", e.c_samples.unwrap_or(200_000), 2, MAX_POINTS)?;
+    let eval = EvalSpec { n: n_eval, dsm_sigma: e.dsm_sigma, c_samples };
+
+    let s = required("sampler", raw.sampler)?;
+    in_range("sampler.steps_per_level", s.steps_per_level, 1, 1_000_000)?;
+    in_range("sampler.n", s.n, 1, MAX_POINTS)?;
+    let eps = match &s.eps {
+        None => Some(if s.kind == SamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
+        Some(RawEps::Value(v)) => Some(positive("sampler.eps", *v)?),
+        Some(RawEps::Word(w)) if w == "auto" => {
+            if objective.noise.is_none() {
+                return Err(field("sampler.eps", "\"auto\" needs a noise ladder (objective.noise)"));
+            }
+            None
+        }
+        Some(RawEps::Word(w)) => return Err(field("sampler.eps", format!("must be a positive number or \"auto\" (got \"{w}\")"))),
+    };
+    if s.kind == SamplerKind::AnnealedLangevin && objective.noise.is_none() {
+        return Err(field("sampler.kind", "annealed_langevin needs a noise ladder (objective.noise)"));
+    }
+    let levels = match &objective.noise {
+        Some(NoiseSpec::Geometric { levels, .. }) | Some(NoiseSpec::Auto { levels, .. }) => *levels,
+        Some(NoiseSpec::List(v)) => v.len(),
+        None => 1,
+    };
+    let steps = in_range("sampler.steps", s.steps.unwrap_or(levels * s.steps_per_level), 1, 100_000_000)?;
+    let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.stds.iter().cloned().fold(0.0, f64::max)))?;
+    let sampler = SamplerSpec { kind: s.kind, steps_per_level: s.steps_per_level, steps, eps, n: s.n, denoise: s.denoise, box_half };
+
+    Ok(TrialConfig { seed: raw.seed, name: raw.name, data_label, mixture, model, objective, train, eval, sampler, sleep: None })
+}
+
+fn validate_data(d: &RawData) -> Result<(String, Mixture), FieldError> {
+    let only = |allowed: &[&str]| -> Result<(), FieldError> {
+        let given = [("dim", d.dim.is_some()), ("components", d.components.is_some()), ("separation", d.separation.is_some()), ("weights", d.weights.is_some()), ("means", d.means.is_some()), ("stds", d.stds.is_some())];
+        for (k, set) in given {
+            if set && !allowed.contains(&k) {
+                return Err(field(&format!("data.{k}"), format!("does not apply to preset `{}`", d.preset)));
+            }
+        }
+        Ok(())
+    };
+    let mix = match d.preset.as_str() {
+        "seed1d" => { only(&[])?; Mixture::seed1d() }
+        "ncsn2d" => { only(&[])?; Mixture::ncsn2d() }
+        "ring8" => { only(&[])?; Mixture::ring8() }
+        "iso" => {
+            only(&["dim", "components", "separation"])?;
+            let dim = in_range("data.dim", required("data.dim", d.dim)?, 1, MAX_DIM)?;
+            let k = in_range("data.components", d.components.unwrap_or(2.min(dim)), 1, dim)?;
+            let sep = positive("data.separation", d.separation.unwrap_or(4.0))?;
+            Mixture::iso(dim, k, sep)
+        }
+        "custom" => {
+            only(&["weights", "means", "stds"])?;
+            let w = required("data.weights", d.weights.clone())?;
+            let means = required("data.means", d.means.clone())?;
+            let stds = required("data.stds", d.stds.clone())?;
+            if w.is_empty() {
+                return Err(field("data.weights", "must not be empty"));
+            }
+            if means.len() != w.len() || stds.len() != w.len() {
+                return Err(field("data.means", format!("weights, means and stds need one entry per component ({}, {}, {})", w.len(), means.len(), stds.len())));
+            }
+            let dim = means[0].len();
+            in_range("data.means", dim, 1, MAX_DIM)?;
+            for (i, m) in means.iter().enumerate() {
+                if m.len() != dim || m.iter().any(|v| !v.is_finite()) {
+                    return Err(field(&format!("data.means[{i}]"), format!("must be {dim} finite numbers")));
+                }
+            }
+            for (i, &x) in w.iter().enumerate() {
+                positive(&format!("data.weights[{i}]"), x)?;
+            }
+            for (i, &x) in stds.iter().enumerate() {
+                positive(&format!("data.stds[{i}]"), x)?;
+            }
+            let total: f64 = w.iter().sum();
+            if (total - 1.0).abs() > 1e-6 {
+                return Err(field("data.weights", format!("must sum to 1 (got {total})")));
+            }
+            Mixture { dim, weights: w, means, stds }
+        }
+        other => return Err(field("data.preset", format!("unknown preset `{other}` (expected seed1d, ncsn2d, ring8, iso or custom)"))),
+    };
+    Ok((d.preset.clone(), mix))
+}
+
+fn validate_noise(n: &RawNoise) -> Result<NoiseSpec, FieldError> {
+    let only = |allowed: &[&str]| -> Result<(), FieldError> {
+        let given = [("sigma_max", n.sigma_max.is_some()), ("sigma_min", n.sigma_min.is_some()), ("levels", n.levels.is_some()), ("sigmas", n.sigmas.is_some())];
+        for (k, set) in given {
+            if set && !allowed.contains(&k) {
+                return Err(field(&format!("objective.noise.{k}"), format!("does not apply to ladder `{}`", n.ladder)));
+            }
+        }
+        Ok(())
+    };
+    match n.ladder.as_str() {
+        "geometric" => {
+            only(&["sigma_max", "sigma_min", "levels"])?;
+            let hi = positive("objective.noise.sigma_max", required("objective.noise.sigma_max", n.sigma_max)?)?;
+            let lo = positive("objective.noise.sigma_min", required("objective.noise.sigma_min", n.sigma_min)?)?;
+            let levels = in_range("objective.noise.levels", required("objective.noise.levels", n.levels)?, 1, 10_000)?;
+            if lo > hi || (levels > 1 && lo == hi) {
+                return Err(field("objective.noise.sigma_min", format!("must be below sigma_max ({lo} ≥ {hi})")));
+            }
+            Ok(NoiseSpec::Geometric { sigma_max: hi, sigma_min: lo, levels })
+        }
+        "list" => {
+            only(&["sigmas"])?;
+            let s = required("objective.noise.sigmas", n.sigmas.clone())?;
+            if s.is_empty() {
+                return Err(field("objective.noise.sigmas", "the ladder is empty"));
+            }
+            for (i, &v) in s.iter().enumerate() {
+                positive(&format!("objective.noise.sigmas[{i}]"), v)?;
+            }
+            if s.windows(2).any(|w| w[1] >= w[0]) {
+                return Err(field("objective.noise.sigmas", "must be strictly decreasing (σ₁ > σ₂ > … > σ_L)"));
+            }
+            Ok(NoiseSpec::List(s))
+        }
+        "auto" => {
+            only(&["sigma_min", "levels"])?;
+            let lo = positive("objective.noise.sigma_min", n.sigma_min.unwrap_or(0.01))?;
+            let levels = in_range("objective.noise.levels", n.levels.unwrap_or(10), 1, 10_000)?;
+            Ok(NoiseSpec::Auto { sigma_min: lo, levels })
+        }
+        other => Err(field("objective.noise.ladder", format!("unknown ladder `{other}` (expected geometric, list or auto)"))),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|i| before[i + 1..].chars().count() + 1).unwrap_or(before.chars().count() + 1);
+    (line, col)
+}
+
+/// 1-based (line, column) of a dotted key (segments may end in `[i]`) in TOML source: the key
+/// itself, or the deepest enclosing key that exists. None if the source does not parse or no
+/// segment is found.
+pub fn locate(src: &str, dotted_key: &str) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(src).ok()?;
+    let mut table = doc.get_ref();
+    let mut found: Option<usize> = None;
+    let segments: Vec<&str> = dotted_key.split('.').filter(|s| !s.is_empty()).collect();
+    for seg in segments {
+        let (name, index) = match seg.find('[') {
+            Some(i) => (&seg[..i], seg[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else { break };
+        found = Some(k.span().start);
+        let mut value = v;
+        if let (Some(i), DeValue::Array(arr)) = (index, value.get_ref()) {
+            let items: &[toml::Spanned<DeValue>] = std::borrow::Borrow::borrow(arr);
+            if let Some(item) = items.get(i) {
+                found = Some(item.span().start);
+                value = item;
+            }
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    found.map(|o| line_col(src, o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+seed = 3
+[data]
+preset = "ncsn2d"
+[model]
+kind = "mlp"
+[objective]
+kind = "dsm"
+noise = { ladder = "geometric", sigma_max = 10.0, sigma_min = 0.1, levels = 10 }
+[train]
+steps = 100
+[sampler]
+kind = "annealed_langevin"
+"#;
+
+    fn check_err(src: &str, key: &str, line: usize, msg_part: &str) {
+        let e = TrialConfig::from_str_at(src, Path::new("t.toml")).unwrap_err();
+        match &e {
+            ConfigError::Invalid { key: k, line: l, message, .. } => {
+                assert_eq!(k, key, "{e}");
+                assert_eq!(*l, line, "{e}");
+                assert!(message.contains(msg_part), "{e}");
+            }
+            ConfigError::Syntax { line: l, message, .. } => {
+                assert_eq!(key, "<syntax>", "{e}");
+                assert_eq!(*l, line, "{e}");
+                assert!(message.contains(msg_part), "{e}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(e.to_string().starts_with("t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn good_trial_validates() {
+        let c = TrialConfig::from_str_at(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(c.seed, 3);
+        assert_eq!(c.objective.noise, Some(NoiseSpec::Geometric { sigma_max: 10.0, sigma_min: 0.1, levels: 10 }));
+        assert_eq!(c.sampler.steps, 1000);
+        assert_eq!(c.eval.n, 100_000);
+    }
+
+    /// Table of bad inputs: (edit of GOOD, expected key, line, message fragment).
+    #[test]
+    fn bad_trials_are_located() {
+        let cases: Vec<(String, &str, usize, &str)> = vec![
+            (GOOD.replace("sigma_min = 0.1", "sigma_min = -0.1"), "objective.noise.sigma_min", 9, "positive"),
+            (GOOD.replace("ladder = \"geometric\", sigma_max = 10.0, sigma_min = 0.1, levels = 10", "ladder = \"list\", sigmas = []"), "objective.noise.sigmas", 9, "empty"),
+            (GOOD.replace("kind = \"dsm\"", "kind = \"ism\"").replace("kind = \"mlp\"", "kind = \"mlp\"\nactivation = \"relu\""), "model.activation", 7, "smooth"),
+            (GOOD.replace("steps = 100", "steps = 100\nlearning_rate = 0.1"), "train.learning_rate", 12, "unknown field"),
+            (GOOD.replace("preset = \"ncsn2d\"", "preset = \"moons\""), "data.preset", 4, "unknown preset"),
+            (GOOD.replace("steps = 100", "steps = \"many\""), "train.steps", 11, "invalid type"),
+            (GOOD.replace("[train]\nsteps = 100\n", ""), "train", 1, "required"),
+            (GOOD.replace("seed = 3", "seed = = 3"), "<syntax>", 2, ""),
+        ];
+        for (src, key, line, msg) in cases {
+            check_err(&src, key, line, msg);
+        }
+    }
+
+    #[test]
+    fn locate_finds_nested_and_indexed_keys() {
+        let src = "a = 1\n[b]\nc = { d = [1, 2, 3] }\n";
+        assert_eq!(locate(src, "b.c.d"), Some((3, 7)));
+        assert_eq!(locate(src, "b.c.d[2]"), Some((3, 18)));
+        assert_eq!(locate(src, "b.zzz"), Some((2, 2)));
+    }
+
+    #[test]
+    fn sleep_trials_need_nothing_else() {
+        let v: toml::Value = toml::from_str("[sleep]\nseconds = 0.5").unwrap();
+        assert_eq!(TrialConfig::from_value(&v).unwrap().sleep, Some(0.5));
+    }
+}
