@@ -179,8 +179,8 @@ fn gap_vs_checkpoint(path: &Path, scope: &str, trials: &[&Trial]) -> DrawResult 
     let legend = lines.len() <= MAX_LEGEND;
     for (i, (t, pts)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let series = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?;
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+        let series = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?;
         if legend {
             series
                 .label(format!("{} {}", t.short_hash(), describe(t)))
@@ -314,10 +314,10 @@ fn metric_vs_sigma(path: &Path, scope: &str, metric: &str, trials: &[&Trial]) ->
             .iter()
             .map(|(bits, ms)| (f64::from_bits(*bits).log10(), ms.iter().sum::<f64>() / ms.len() as f64))
             .collect();
-        let series = chart.draw_series(LineSeries::new(means, color.stroke_width(2)))?;
         chart.draw_series(by_sigma.iter().flat_map(|(bits, ms)| {
             ms.iter().map(move |m| Circle::new((f64::from_bits(*bits).log10(), *m), 4, color.filled()))
         }))?;
+        let series = chart.draw_series(LineSeries::new(means, color.stroke_width(2)))?;
         if legend {
             let label = if label.is_empty() { "trials".to_string() } else { label.clone() };
             series

@@ -43,7 +43,7 @@ pub fn trials_frame(state: &State) -> PolarsResult<DataFrame> {
             .iter()
             .map(|t| t.result.as_ref().and_then(|r| r.metrics.get(name).copied()))
             .collect();
-        cols.push_renamed(name, "metric.", values);
+        cols.push(Column::new(cols.unique(name, "metric."), values));
     }
     cols.push(Column::new(
         "wall_seconds".into(),
@@ -78,9 +78,9 @@ pub fn curves_frame(state: &State) -> PolarsResult<DataFrame> {
         let values: Vec<Option<f64>> = rows.iter().map(|(_, _, r)| r.get(&name).copied()).collect();
         if name == "step" && values.iter().flatten().all(|v| v.fract() == 0.0) {
             let steps: Vec<Option<i64>> = values.iter().map(|v| v.map(|x| x as i64)).collect();
-            cols.push_renamed(&name, "curve.", steps);
+            cols.push(Column::new(cols.unique(&name, "curve."), steps));
         } else {
-            cols.push_renamed(&name, "curve.", values);
+            cols.push(Column::new(cols.unique(&name, "curve."), values));
         }
     }
     DataFrame::new(rows.len(), cols.0)
@@ -117,13 +117,10 @@ impl Columns {
         self.0.push(column);
     }
 
-    fn push_renamed<T>(&mut self, name: &str, prefix: &str, values: Vec<T>)
-    where
-        Column: NamedFrom<Vec<T>, [T]>,
-    {
+    /// `name`, or `prefix` + `name` when a column of that name exists already.
+    fn unique(&self, name: &str, prefix: &str) -> PlSmallStr {
         let taken = self.0.iter().any(|c| c.name().as_str() == name);
-        let name = if taken { format!("{prefix}{name}") } else { name.to_string() };
-        self.0.push(Column::new(name.into(), values));
+        if taken { format!("{prefix}{name}").into() } else { name.into() }
     }
 }
 

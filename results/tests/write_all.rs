@@ -183,7 +183,7 @@ fn strings(df: &DataFrame, column: &str) -> Vec<String> {
         .unwrap()
         .str()
         .unwrap()
-        .into_iter()
+        .iter()
         .map(|s| s.unwrap_or("").to_string())
         .collect()
 }
