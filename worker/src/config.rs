@@ -300,7 +300,8 @@ impl TrialConfig {
             if key == "." {
                 key.clear();
             }
-            let msg = e.inner().to_string();
+            // toml appends "\nin `table`"; the key already says where.
+            let msg = e.inner().to_string().lines().next().unwrap_or_default().to_string();
             // Unknown keys: point at the key itself, not its table.
             if let Some(rest) = msg.strip_prefix("unknown field `") {
                 if let Some(name) = rest.split('`').next() {

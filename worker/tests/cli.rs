@@ -1,0 +1,75 @@
+//! The `worker trial` command line: outputs on success, located errors with exit code 2 and
+//! nothing written on bad input, and `status = diverged` with the step on blow-up.
+
+use std::path::Path;
+use std::process::Command;
+
+fn worker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_worker"))
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("scoresweep-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const TINY: &str = "seed = 2\n[data]\npreset = \"seed1d\"\n[model]\nkind = \"mlp\"\nhidden = 16\n[objective]\nkind = \"dsm\"\nnoise = { ladder = \"geometric\", sigma_max = 4.0, sigma_min = 0.2, levels = 4 }\n[train]\nsteps = 40\nbatch = 64\neval_every = 20\n[eval]\nn = 2000\n[sampler]\nkind = \"annealed_langevin\"\nsteps_per_level = 5\nn = 50\n";
+
+#[test]
+fn trial_writes_its_outputs() {
+    let dir = tmpdir("ok");
+    let file = dir.join("t.toml");
+    std::fs::write(&file, TINY).unwrap();
+    let out = dir.join("out");
+    let st = worker().args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["status"], "ok");
+    for k in ["l_esm", "l_ism", "gap", "gap_se", "c_true", "l_dsm", "dsm_gap", "c_dsm", "fd", "swd", "mmd", "mode_weight_err"] {
+        assert!(metrics[k].is_number(), "metrics.json lacks {k}");
+    }
+    let curve = std::fs::read_to_string(out.join("curve.csv")).unwrap();
+    let mut lines = curve.lines();
+    assert!(lines.next().unwrap().starts_with("step,train_loss,l_esm,l_ism,gap,gap_se,c_true"));
+    assert_eq!(lines.count(), 3, "checkpoints at steps 0, 20, 40");
+    assert_eq!(std::fs::read_to_string(out.join("samples.csv")).unwrap().lines().count(), 51);
+    assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() > 0);
+}
+
+/// (edit of TINY, key, line:column in the message).
+#[test]
+fn bad_trials_exit_2_with_location_and_write_nothing() {
+    let cases = [
+        (TINY.replace("sigma_min = 0.2", "sigma_min = -0.2"), "objective.noise.sigma_min", ":9:"),
+        (TINY.replace("levels = 4", "levels = 0"), "objective.noise.levels", ":9:"),
+        (TINY.replace("kind = \"dsm\"", "kind = \"ism\"").replace("hidden = 16", "hidden = 16\nactivation = \"relu\""), "model.activation", ":7:"),
+        (TINY.replace("batch = 64", "batch = 64\nbatchsize = 3"), "train.batchsize", ":13:"),
+    ];
+    for (i, (src, key, at)) in cases.iter().enumerate() {
+        let dir = tmpdir(&format!("bad{i}"));
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, src).unwrap();
+        let out = dir.join("out");
+        let st = worker().args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert_eq!(st.status.code(), Some(2), "{err}");
+        assert!(err.contains("bad.toml") && err.contains(key) && err.contains(at), "case {i}: {err}");
+        assert!(!Path::new(&out).exists(), "case {i}: output written for a bad trial");
+    }
+}
+
+#[test]
+fn divergence_is_reported_with_its_step() {
+    let dir = tmpdir("nan");
+    let file = dir.join("t.toml");
+    std::fs::write(&file, TINY.replace("eval_every = 20", "eval_every = 20\nlr = 1e12")).unwrap();
+    let out = dir.join("out");
+    let st = worker().args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "diverged", "{m}");
+    let step = m["diverged_step"].as_u64().unwrap();
+    assert!(step > 0 && step < 40, "diverged at {step}");
+}
