@@ -234,6 +234,39 @@ impl MlpScore {
         }
     }
 
+    /// S and the exact trace in closed form for depth ≤ 2, using the cyclic property:
+    /// tr(W_out D₂ W₂ D₁ W₁ₓ) = d₂ᵀ (W₂ ⊙ Mᵀ) d₁ with M = W₁ₓ W_out (H×H, parameters only) and
+    /// d_l = a'(z_l); depth 1: d₁ · diag(M). Cost N·H² instead of D·N·H² for D tangents.
+    /// None for deeper nets (use tangents).
+    pub fn score_and_trace_closed(&self, x: &Tensor, sigma: Option<&Tensor>) -> Result<Option<(Tensor, Tensor)>> {
+        if self.arch.depth > 2 {
+            return Ok(None);
+        }
+        let (mut h, scale) = inputs(&self.arch, x, sigma)?;
+        let mut d1s = Vec::with_capacity(2);
+        for l in &self.layers {
+            let (a, d1, _) = self.arch.activation.eval(&l.forward(&h)?, 1)?;
+            d1s.push(d1.expect("order 1"));
+            h = a;
+        }
+        let mut s = self.out.forward(&h)?;
+        let w1x = self.layers[0].w.narrow(1, 0, self.arch.dim)?;
+        let m = w1x.matmul(&self.out.w)?; // (H, H)
+        let mut tr = if self.arch.depth == 1 {
+            let n = m.dim(0)?;
+            let diag = (m * Tensor::eye(n, x.dtype(), x.device())?)?.sum(1)?; // (H,)
+            d1s[0].broadcast_mul(&diag)?.sum(1)?
+        } else {
+            let a = (&self.layers[1].w * m.t()?)?; // (H, H)
+            (d1s[0].matmul(&a.t()?)? * &d1s[1])?.sum(1)?
+        };
+        if let Some(c) = &scale {
+            s = s.broadcast_mul(c)?;
+            tr = (tr * c.squeeze(1)?)?;
+        }
+        Ok(Some((s, tr)))
+    }
+
     pub fn tangents(&self, x: &Tensor, sigma: Option<&Tensor>, probes: &Probes) -> Result<Tangents> {
         let (mut h, scale) = inputs(&self.arch, x, sigma)?;
         let mut dz = first_tangent(&self.layers[0].w, self.arch.dim, probes)?;
@@ -393,8 +426,19 @@ impl Model {
         }
     }
 
-    /// S and the exact trace tr(∂S/∂x) per point, D basis tangents in chunks of `chunk`.
+    /// S and the exact trace tr(∂S/∂x) per point: in closed form where the model has one
+    /// (MLP score nets of depth ≤ 2), else from D basis tangents in chunks of `chunk`.
     pub fn score_and_trace(&self, x: &Tensor, sigma: Option<&Tensor>, chunk: usize) -> Result<(Tensor, Tensor)> {
+        if let Model::Mlp(m) = self {
+            if let Some(st) = m.score_and_trace_closed(x, sigma)? {
+                return Ok(st);
+            }
+        }
+        self.score_and_trace_tangents(x, sigma, chunk)
+    }
+
+    /// The exact trace from D basis tangents in chunks of `chunk` (the reference method).
+    pub fn score_and_trace_tangents(&self, x: &Tensor, sigma: Option<&Tensor>, chunk: usize) -> Result<(Tensor, Tensor)> {
         let d = self.arch().dim;
         let mut score = None;
         let mut trace: Option<Tensor> = None;

@@ -155,6 +155,11 @@ pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64
             sink(weighted_mean(esm_terms(&s, &target)?)?)
         }
         ObjectiveKind::Ism => {
+            if let Model::Mlp(m) = model {
+                if let Some((s, tr)) = m.score_and_trace_closed(&x, sig_ref)? {
+                    return sink(weighted_mean(ism_terms(&s, &tr)?)?);
+                }
+            }
             let mut start = 0;
             while start < d {
                 let len = obj.trace_chunk.min(d - start);
