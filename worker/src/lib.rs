@@ -2,7 +2,9 @@
 //! forward-mode tangents, score-matching objectives, noise ladders, samplers, metrics, and the
 //! runner of one trial. Nothing here knows about gRPC (see ARCHITECTURE.md).
 
+pub mod bench;
 pub mod config;
+pub mod fastmlp;
 pub mod ladder;
 pub mod metrics;
 pub mod mixture;

@@ -34,12 +34,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         progress_every: u64,
     },
+    /// Time one engine case (JSON line on stdout); see benches/compare.sh for the side-by-side run.
+    Bench {
+        /// dsm | ssm | ssm_vr | ism | sample
+        #[arg(long)]
+        case: String,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Data dimension (ism only).
+        #[arg(long, default_value_t = 2)]
+        dim: usize,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.coordinator) {
         (Some(Command::Trial { file, out, progress_every }), _) => run_trial(&file, &out, progress_every),
+        (Some(Command::Bench { case, threads, dim, iters }), _) => run_bench(&case, threads, dim, iters),
         (None, Some(url)) => match agent::run(&url, &cli.agent) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -87,4 +101,29 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
     }
     eprintln!("status = {}; wrote {}", outcome.status, out.display());
     ExitCode::SUCCESS
+}
+
+fn run_bench(case: &str, threads: usize, dim: usize, iters: usize) -> ExitCode {
+    use scoresweep_engine::bench;
+    let Some(c) = bench::Case::parse(case) else {
+        eprintln!("error: unknown bench case `{case}` (dsm, ssm, ssm_vr, ism, sample)");
+        return ExitCode::from(2);
+    };
+    if threads == 0 || dim == 0 {
+        eprintln!("error: --threads and --dim must be at least 1");
+        return ExitCode::from(2);
+    }
+    // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS; set it before any
+    // tensor work starts (still single-threaded here).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    match bench::run(c, dim, iters) {
+        Ok(r) => {
+            println!("{}", r.json(threads));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("worker: bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

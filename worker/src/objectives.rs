@@ -96,6 +96,29 @@ pub struct TrainObjective {
     pub trace_chunk: usize,
 }
 
+/// A batch perturbed at one ladder level per point: x̃ = x₀ + σε.
+pub struct Perturbed {
+    pub xt: Vec<f32>,
+    pub eps: Vec<f32>,
+    pub sigma: Vec<f32>,
+}
+
+/// Draws a level (uniformly) and ε ~ N(0, I) for each of the row-major points `x0`.
+pub fn perturb(x0: &[f64], d: usize, levels: &[f64], rng: &mut Rng) -> Perturbed {
+    let n = x0.len() / d;
+    let mut p = Perturbed { xt: Vec::with_capacity(x0.len()), eps: Vec::with_capacity(x0.len()), sigma: Vec::with_capacity(n) };
+    for i in 0..n {
+        let s = levels[rng.below(levels.len())];
+        p.sigma.push(s as f32);
+        for j in 0..d {
+            let e = rng.normal();
+            p.eps.push(e as f32);
+            p.xt.push((x0[i * d + j] + s * e) as f32);
+        }
+    }
+    p
+}
+
 /// The training loss of one batch of clean points `x0`, handed to `sink` as pieces whose sum is
 /// the loss; `sink` back-propagates each piece before the next is built, so the exact-trace
 /// graph never holds more than one chunk of tangents.
@@ -105,21 +128,10 @@ pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64
     // Perturb at one ladder level per point (λ(σ) = σ² weights), or keep the clean points.
     let (x, eps, sig, weight) = match &obj.sigmas {
         Some(levels) => {
-            let mut xs = Vec::with_capacity(x0.len());
-            let mut es = Vec::with_capacity(x0.len());
-            let mut ss = Vec::with_capacity(n);
-            for i in 0..n {
-                let s = levels[rng.below(levels.len())];
-                ss.push(s as f32);
-                for j in 0..d {
-                    let e = rng.normal();
-                    es.push(e as f32);
-                    xs.push((x0[i * d + j] + s * e) as f32);
-                }
-            }
-            let sig = Tensor::from_vec(ss, (n, 1), dev)?;
+            let p = perturb(x0, d, levels, rng);
+            let sig = Tensor::from_vec(p.sigma, (n, 1), dev)?;
             let w = sig.sqr()?.squeeze(1)?;
-            (Tensor::from_vec(xs, (n, d), dev)?, Some(Tensor::from_vec(es, (n, d), dev)?), Some(sig), Some(w))
+            (Tensor::from_vec(p.xt, (n, d), dev)?, Some(Tensor::from_vec(p.eps, (n, d), dev)?), Some(sig), Some(w))
         }
         None => (crate::nets::points(x0, d, dev)?, None, None, None),
     };

@@ -16,6 +16,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
+use crate::fastmlp::FastDsm;
 use crate::config::{ModelKind, NoiseSpec, SamplerKind, TrialConfig};
 use crate::ladder;
 use crate::metrics;
@@ -331,6 +332,18 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
         Ok(row)
     };
 
+    // Multi-σ DSM on an MLP trains with the hand-derived step (same loss, see fastmlp).
+    let mut fast = match (&model, cfg.objective.kind, &sigmas) {
+        (Model::Mlp(m), ObjectiveKind::Dsm, Some(_)) => Some(FastDsm::new(m, cfg.train.batch, cfg.train.lr)?),
+        _ => None,
+    };
+    let sync = |fast: &Option<FastDsm>| -> candle_core::Result<()> {
+        match (fast, &model) {
+            (Some(f), Model::Mlp(m)) => f.store(m, &varmap),
+            _ => Ok(()),
+        }
+    };
+
     let t_train = Instant::now();
     let vars = varmap.all_vars();
     let mut status = TrialStatus::Ok;
@@ -338,6 +351,7 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
     let mut steps_done = 0;
     for step in 0..=cfg.train.steps {
         if step % cfg.train.eval_every == 0 || step == cfg.train.steps {
+            sync(&fast)?;
             let row = evaluate(step, last_loss)?;
             let latest: Vec<(String, f64)> = columns.iter().cloned().zip(row.iter().cloned()).skip(1).collect();
             let finite = row[2..].iter().all(|v| v.is_finite());
@@ -365,6 +379,18 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
             }
             None => mix.sample(cfg.train.batch, &mut train_rng),
         };
+        if let Some(f) = fast.as_mut() {
+            let p = objectives::perturb(&batch, d, sigmas.as_deref().expect("dsm has a ladder"), &mut train_rng);
+            let loss = f.step(&p.xt, &p.eps, &p.sigma);
+            last_loss = loss;
+            if !loss.is_finite() {
+                status = TrialStatus::Diverged { step };
+                break;
+            }
+            steps_done = step + 1;
+            progress(&Progress { step: steps_done, total_steps: cfg.train.steps, train_loss: loss, latest: vec![] });
+            continue;
+        }
         let mut loss = 0.0;
         let mut grads: Option<GradStore> = None;
         objectives::loss_pieces(&model, &train_obj, mix, &batch, &mut train_rng, &dev, &mut |piece| {
@@ -395,6 +421,7 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
         steps_done = step + 1;
         progress(&Progress { step: steps_done, total_steps: cfg.train.steps, train_loss: loss, latest: vec![] });
     }
+    sync(&fast)?;
     let train_seconds = t_train.elapsed().as_secs_f64() - (eval_seconds - t_eval0.elapsed().as_secs_f64()).max(0.0);
 
     let mut metrics: Vec<(String, f64)> = Vec::new();
