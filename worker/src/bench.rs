@@ -143,6 +143,21 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         )?;
         return Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() });
     }
+    if matches!(case, Case::Ssm | Case::SsmVr) {
+        let Model::Mlp(m) = &model else { unreachable!() };
+        let mut fast = crate::fastmlp::FastSsm::new(m, case == Case::SsmVr, 1e-3)?;
+        let ms = median_ms(
+            || {
+                let x: Vec<f32> = mix.sample(batch, &mut rng).into_iter().map(|v| v as f32).collect();
+                let v = objectives::probe_values(1, batch, dim, ProbeDist::Rademacher, &mut rng);
+                fast.step(&x, &v, None);
+                Ok(())
+            },
+            3,
+            iters,
+        )?;
+        return Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() });
+    }
     let ms = median_ms(
         || {
             let x0 = mix.sample(batch, &mut rng);

@@ -1,5 +1,5 @@
 //! A hand-derived DSM training step for the MLP score net: forward, backward and Adam in plain
-//! Rust over preallocated buffers, with matrix products by `gemm` (the kernel candle itself
+//! Rust over preallocated buffers (and the same for SSM / SSM-VR, [`FastSsm`]), with matrix products by `gemm` (the kernel candle itself
 //! uses) and a fused, vectorisable SiLU/sigmoid. It replaces candle's autograd for the hottest
 //! loop (multi-σ DSM on small MLPs), where per-op allocation and graph bookkeeping, not FLOPs,
 //! dominated. The candle model stays the source of truth for evaluation: parameters are copied
@@ -214,20 +214,10 @@ impl FastDsm {
         loss
     }
 
-    /// One Adam step (candle's AdamW formula with weight decay 0, β = (0.9, 0.999), ε = 1e-8).
+    /// One Adam step.
     pub fn adam_step(&mut self) {
         self.t += 1;
-        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        let sm = 1.0 / (1.0 - 0.9f64.powi(self.t)) as f32;
-        let sv = 1.0 / (1.0 - 0.999f64.powi(self.t)) as f32;
-        let lr = self.lr as f32;
-        for p in self.params.iter_mut().flat_map(|(w, b)| [w, b]) {
-            for (((w, m), v), g) in p.w.iter_mut().zip(p.m.iter_mut()).zip(p.v.iter_mut()).zip(&p.g) {
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
-            }
-        }
+        adam(&mut self.params, self.t, self.lr);
     }
 
     /// One training step; returns the loss before the update.
@@ -246,14 +236,249 @@ impl FastDsm {
 
     /// Writes the parameters back into the candle model's variables.
     pub fn store(&self, model: &MlpScore, vars: &candle_nn::VarMap) -> Result<()> {
-        let data = vars.data().lock().expect("varmap lock");
-        let layers: Vec<&crate::nets::Dense> = model.layers.iter().chain(std::iter::once(&model.out)).collect();
-        for (l, (w, b)) in self.params.iter().enumerate() {
-            for (p, t) in [(w, &layers[l].w), (b, &layers[l].b)] {
-                let var = data.values().find(|v| v.as_tensor().id() == t.id()).expect("layer tensor is a VarMap variable");
-                var.set(&Tensor::from_slice(&p.w, t.shape(), &Device::Cpu)?)?;
+        store(&self.params, model, vars)
+    }
+}
+
+/// a(z), a'(z) and a''(z).
+fn activate2(act: Activation, z: &[f32], a: &mut [f32], d1: &mut [f32], d2: &mut [f32]) {
+    activate(act, z, a, d1);
+    match act {
+        Activation::Silu => {
+            for (z, d2) in z.iter().zip(d2.iter_mut()) {
+                let s = 1.0 / (1.0 + exp_f32(-z));
+                *d2 = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
             }
         }
-        Ok(())
+        Activation::Softplus => {
+            for (d1, d2) in d1.iter().zip(d2.iter_mut()) {
+                *d2 = d1 * (1.0 - d1);
+            }
+        }
+        Activation::Tanh => {
+            for (a, (d1, d2)) in a.iter().zip(d1.iter().zip(d2.iter_mut())) {
+                *d2 = -2.0 * a * d1;
+            }
+        }
+        Activation::Relu => d2.iter_mut().for_each(|v| *v = 0.0),
     }
+}
+
+/// Hand-derived SSM / SSM-VR step for the MLP score net: the primal rows and the K·N tangent
+/// rows (J·v pushed forward) share every matrix product, stacked as one (1+K)·N-row matrix, and
+/// the backward pass runs through both paths (it needs a'').
+///
+/// Per point (weights w_i = σ_i² with a ladder, else 1; c_i = 1/σ_i when `scale_by_sigma`):
+/// SSM ℓ = (1/K)Σ_k (v_kᵀS)² + (2/K)Σ_k v_kᵀJv_k; SSM-VR ℓ = ‖S‖² + (2/K)Σ_k v_kᵀJv_k.
+pub struct FastSsm {
+    act: Activation,
+    dims: Vec<usize>,
+    dim: usize,
+    conditional: bool,
+    scale_by_sigma: bool,
+    vr: bool,
+    params: Vec<(Param, Param)>,
+    lr: f64,
+    t: i32,
+    par: Parallelism,
+}
+
+impl FastSsm {
+    pub fn new(model: &MlpScore, vr: bool, lr: f64) -> Result<Self> {
+        let arch = &model.arch;
+        let mut dims = vec![arch.dim + arch.conditional as usize];
+        dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
+        dims.push(arch.dim);
+        let mut params = Vec::new();
+        for l in model.layers.iter().chain(std::iter::once(&model.out)) {
+            params.push((Param::new(&l.w)?, Param::new(&l.b)?));
+        }
+        let threads = candle_core::utils::get_num_threads();
+        Ok(FastSsm {
+            act: arch.activation,
+            dims,
+            dim: arch.dim,
+            conditional: arch.conditional,
+            scale_by_sigma: arch.scale_by_sigma,
+            vr,
+            params,
+            lr,
+            t: 0,
+            par: if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+        })
+    }
+
+    /// Loss and gradients for points `x` (N×D), probes `v` (K×N×D, probe-major) and per-point
+    /// σ (None: unconditional, unweighted).
+    pub fn loss_and_grad(&mut self, x: &[f32], v: &[f32], sigma: Option<&[f32]>) -> f64 {
+        let d = self.dim;
+        let n = x.len() / d;
+        let k = v.len() / (n * d);
+        let rows = n * (1 + k);
+        let nl = self.params.len();
+        let w0 = self.dims[0];
+        // X[0] = [h0; t0].
+        let mut xs: Vec<Vec<f32>> = Vec::with_capacity(nl);
+        let mut x0 = vec![0.0f32; rows * w0];
+        for i in 0..n {
+            x0[i * w0..i * w0 + d].copy_from_slice(&x[i * d..(i + 1) * d]);
+            if let (true, Some(s)) = (self.conditional, sigma) {
+                x0[i * w0 + d] = s[i].ln();
+            }
+        }
+        for r in 0..k * n {
+            x0[(n + r) * w0..(n + r) * w0 + d].copy_from_slice(&v[r * d..(r + 1) * d]);
+        }
+        xs.push(x0);
+        let (mut d1s, mut d2s, mut us) = (Vec::new(), Vec::new(), Vec::new());
+        for l in 0..nl - 1 {
+            let (fi, fo) = (self.dims[l], self.dims[l + 1]);
+            let mut y = vec![0.0f32; rows * fo];
+            for i in 0..n {
+                y[i * fo..(i + 1) * fo].copy_from_slice(&self.params[l].1.w);
+            }
+            mm(&mut y, &xs[l], &self.params[l].0.w, rows, fo, fi, false, true, true, self.par);
+            let mut next = vec![0.0f32; rows * fo];
+            let (mut d1, mut d2) = (vec![0.0f32; n * fo], vec![0.0f32; n * fo]);
+            activate2(self.act, &y[..n * fo], &mut next[..n * fo], &mut d1, &mut d2);
+            for r in 0..k * n {
+                let i = r % n;
+                let (t, u) = (&mut next[(n + r) * fo..(n + r + 1) * fo], &y[(n + r) * fo..(n + r + 1) * fo]);
+                for ((t, u), dd) in t.iter_mut().zip(u).zip(&d1[i * fo..(i + 1) * fo]) {
+                    *t = u * dd;
+                }
+            }
+            d1s.push(d1);
+            d2s.push(d2);
+            us.push(y);
+            xs.push(next);
+        }
+        // Output rows: o (primal) and J·v (tangent), before the per-point scale c.
+        let (fi, fo) = (self.dims[nl - 1], d);
+        let mut o = vec![0.0f32; rows * fo];
+        for i in 0..n {
+            o[i * fo..(i + 1) * fo].copy_from_slice(&self.params[nl - 1].1.w);
+        }
+        mm(&mut o, &xs[nl - 1], &self.params[nl - 1].0.w, rows, fo, fi, false, true, true, self.par);
+        // Loss and ∂L/∂(output rows).
+        let mut go = vec![0.0f32; rows * fo];
+        let mut loss = 0.0f64;
+        for i in 0..n {
+            let c = match (self.scale_by_sigma, sigma) {
+                (true, Some(s)) => 1.0 / s[i],
+                _ => 1.0,
+            };
+            let w = sigma.map_or(1.0, |s| s[i] * s[i]);
+            let base = w / n as f32;
+            let si: Vec<f32> = o[i * d..(i + 1) * d].iter().map(|v| c * v).collect();
+            let mut li = 0.0f32;
+            if self.vr {
+                li += si.iter().map(|s| s * s).sum::<f32>();
+                for j in 0..d {
+                    go[i * d + j] = c * base * 2.0 * si[j];
+                }
+            }
+            for kk in 0..k {
+                let r = n + kk * n + i;
+                let vr = &v[(kk * n + i) * d..(kk * n + i + 1) * d];
+                let vjv: f32 = vr.iter().zip(&o[r * d..(r + 1) * d]).map(|(a, b)| a * c * b).sum();
+                li += 2.0 * vjv / k as f32;
+                for j in 0..d {
+                    go[r * d + j] = c * base * 2.0 / k as f32 * vr[j];
+                }
+                if !self.vr {
+                    let vs: f32 = vr.iter().zip(&si).map(|(a, b)| a * b).sum();
+                    li += vs * vs / k as f32;
+                    for j in 0..d {
+                        go[i * d + j] += c * base * 2.0 / k as f32 * vs * vr[j];
+                    }
+                }
+            }
+            loss += (w * li) as f64;
+        }
+        loss /= n as f64;
+        // Backward through the output layer.
+        let mut g = go;
+        for l in (0..nl).rev() {
+            let (fi, fo) = (self.dims[l], self.dims[l + 1]);
+            if l + 1 < nl {
+                // g = [g_h; g_t] (rows × fo) → [g_z; g_u].
+                let (d1, d2, u) = (&d1s[l], &d2s[l], &us[l]);
+                let mut gz = vec![0.0f32; n * fo];
+                for i in 0..n {
+                    for j in 0..fo {
+                        gz[i * fo + j] = g[i * fo + j] * d1[i * fo + j];
+                    }
+                }
+                for r in 0..k * n {
+                    let i = r % n;
+                    for j in 0..fo {
+                        let gt = g[(n + r) * fo + j];
+                        gz[i * fo + j] += gt * u[(n + r) * fo + j] * d2[i * fo + j];
+                        g[(n + r) * fo + j] = gt * d1[i * fo + j];
+                    }
+                }
+                g[..n * fo].copy_from_slice(&gz);
+            }
+            let (wp, bp) = &mut self.params[l];
+            mm(&mut wp.g, &g, &xs[l], fo, fi, rows, true, false, false, self.par);
+            bp.g.iter_mut().for_each(|v| *v = 0.0);
+            for i in 0..n {
+                for (gb, v) in bp.g.iter_mut().zip(&g[i * fo..(i + 1) * fo]) {
+                    *gb += v;
+                }
+            }
+            if l > 0 {
+                let mut gx = vec![0.0f32; rows * fi];
+                mm(&mut gx, &g, &wp.w, rows, fi, fo, false, false, false, self.par);
+                g = gx;
+            }
+        }
+        loss
+    }
+
+    pub fn grads(&self, l: usize) -> (&[f32], &[f32]) {
+        (&self.params[l].0.g, &self.params[l].1.g)
+    }
+
+    pub fn step(&mut self, x: &[f32], v: &[f32], sigma: Option<&[f32]>) -> f64 {
+        let l = self.loss_and_grad(x, v, sigma);
+        if l.is_finite() {
+            self.t += 1;
+            adam(&mut self.params, self.t, self.lr);
+        }
+        l
+    }
+
+    pub fn store(&self, model: &MlpScore, vars: &candle_nn::VarMap) -> Result<()> {
+        store(&self.params, model, vars)
+    }
+}
+
+/// Adam (candle's AdamW formula with weight decay 0, β = (0.9, 0.999), ε = 1e-8).
+fn adam(params: &mut [(Param, Param)], t: i32, lr: f64) {
+    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let sm = 1.0 / (1.0 - 0.9f64.powi(t)) as f32;
+    let sv = 1.0 / (1.0 - 0.999f64.powi(t)) as f32;
+    let lr = lr as f32;
+    for p in params.iter_mut().flat_map(|(w, b)| [w, b]) {
+        for (((w, m), v), g) in p.w.iter_mut().zip(p.m.iter_mut()).zip(p.v.iter_mut()).zip(&p.g) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
+        }
+    }
+}
+
+/// Writes parameters back into the candle model's variables.
+fn store(params: &[(Param, Param)], model: &MlpScore, vars: &candle_nn::VarMap) -> Result<()> {
+    let data = vars.data().lock().expect("varmap lock");
+    let layers: Vec<&crate::nets::Dense> = model.layers.iter().chain(std::iter::once(&model.out)).collect();
+    for (l, (w, b)) in params.iter().enumerate() {
+        for (p, t) in [(w, &layers[l].w), (b, &layers[l].b)] {
+            let var = data.values().find(|v| v.as_tensor().id() == t.id()).expect("layer tensor is a VarMap variable");
+            var.set(&Tensor::from_slice(&p.w, t.shape(), &Device::Cpu)?)?;
+        }
+    }
+    Ok(())
 }

@@ -73,15 +73,19 @@ pub fn dsm_terms(s: &Tensor, eps: &Tensor, sigma: &Tensor) -> Result<Tensor> {
     (s + eps.broadcast_div(sigma)?)?.sqr()?.sum(1)
 }
 
-/// K probe vectors per point, shape (K, N, D).
-pub fn probes(k: usize, n: usize, d: usize, dist: ProbeDist, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..k * n * d)
+/// K probe vectors per point, probe-major (K × N × D values).
+pub fn probe_values(k: usize, n: usize, d: usize, dist: ProbeDist, rng: &mut Rng) -> Vec<f32> {
+    (0..k * n * d)
         .map(|_| match dist {
             ProbeDist::Rademacher => rng.rademacher() as f32,
             ProbeDist::Gaussian => rng.normal() as f32,
         })
-        .collect();
-    Tensor::from_vec(v, (k, n, d), dev)
+        .collect()
+}
+
+/// K probe vectors per point, shape (K, N, D).
+pub fn probes(k: usize, n: usize, d: usize, dist: ProbeDist, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+    Tensor::from_vec(probe_values(k, n, d, dist, rng), (k, n, d), dev)
 }
 
 /// What a training step needs to know.

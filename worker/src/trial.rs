@@ -16,7 +16,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
-use crate::fastmlp::FastDsm;
+use crate::fastmlp::{FastDsm, FastSsm};
 use crate::config::{ModelKind, NoiseSpec, SamplerKind, TrialConfig};
 use crate::ladder;
 use crate::metrics;
@@ -260,6 +260,12 @@ fn sleep_trial(seconds: f64, progress: &mut dyn FnMut(&Progress), cancel: &Atomi
     }
 }
 
+/// A hand-derived training step replacing candle autograd for MLP score nets.
+enum Fast {
+    Dsm(FastDsm),
+    Ssm(FastSsm),
+}
+
 /// Runs one trial on the calling thread (CPU heavy: call it off any async executor). Checks
 /// `cancel` between steps.
 pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
@@ -332,14 +338,16 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
         Ok(row)
     };
 
-    // Multi-σ DSM on an MLP trains with the hand-derived step (same loss, see fastmlp).
-    let mut fast = match (&model, cfg.objective.kind, &sigmas) {
-        (Model::Mlp(m), ObjectiveKind::Dsm, Some(_)) => Some(FastDsm::new(m, cfg.train.batch, cfg.train.lr)?),
+    // DSM and SSM(-VR) on MLPs train with hand-derived steps (same losses, see fastmlp).
+    let mut fast = match (&model, cfg.objective.kind) {
+        (Model::Mlp(m), ObjectiveKind::Dsm) => Some(Fast::Dsm(FastDsm::new(m, cfg.train.batch, cfg.train.lr)?)),
+        (Model::Mlp(m), ObjectiveKind::Ssm | ObjectiveKind::SsmVr) => Some(Fast::Ssm(FastSsm::new(m, cfg.objective.kind == ObjectiveKind::SsmVr, cfg.train.lr)?)),
         _ => None,
     };
-    let sync = |fast: &Option<FastDsm>| -> candle_core::Result<()> {
+    let sync = |fast: &Option<Fast>| -> candle_core::Result<()> {
         match (fast, &model) {
-            (Some(f), Model::Mlp(m)) => f.store(m, &varmap),
+            (Some(Fast::Dsm(f)), Model::Mlp(m)) => f.store(m, &varmap),
+            (Some(Fast::Ssm(f)), Model::Mlp(m)) => f.store(m, &varmap),
             _ => Ok(()),
         }
     };
@@ -380,8 +388,26 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
             None => mix.sample(cfg.train.batch, &mut train_rng),
         };
         if let Some(f) = fast.as_mut() {
-            let p = objectives::perturb(&batch, d, sigmas.as_deref().expect("dsm has a ladder"), &mut train_rng);
-            let loss = f.step(&p.xt, &p.eps, &p.sigma);
+            let loss = match f {
+                Fast::Dsm(f) => {
+                    let p = objectives::perturb(&batch, d, sigmas.as_deref().expect("dsm has a ladder"), &mut train_rng);
+                    f.step(&p.xt, &p.eps, &p.sigma)
+                }
+                Fast::Ssm(f) => {
+                    let n = batch.len() / d;
+                    let p = sigmas.as_deref().map(|s| objectives::perturb(&batch, d, s, &mut train_rng));
+                    let clean: Vec<f32>;
+                    let x = match &p {
+                        Some(p) => &p.xt,
+                        None => {
+                            clean = batch.iter().map(|&v| v as f32).collect();
+                            &clean
+                        }
+                    };
+                    let v = objectives::probe_values(cfg.objective.probes, n, d, cfg.objective.probe, &mut train_rng);
+                    f.step(x, &v, p.as_ref().map(|p| &p.sigma[..]))
+                }
+            };
             last_loss = loss;
             if !loss.is_finite() {
                 status = TrialStatus::Diverged { step };

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use scoresweep_engine::fastmlp::{exp_f32, FastDsm};
+use scoresweep_engine::fastmlp::{exp_f32, FastDsm, FastSsm};
+use scoresweep_engine::nets::Probes;
 use scoresweep_engine::nets::{Activation, Arch, MlpScore};
 use scoresweep_engine::objectives;
 use scoresweep_engine::rng::Rng;
@@ -70,6 +71,48 @@ fn fast_dsm_matches_candle_autograd() {
             // Adam moves each weight by ≤ lr = 1e-2; a sign flip of a tiny gradient could move it
             // by 2e-2, so 1e-3 catches any real mismatch.
             assert!(d < 1e-3, "case {ci}: weights differ by {d} after one step");
+        }
+    }
+}
+
+/// The hand-derived SSM / SSM-VR step against candle autograd through the forward tangents
+/// (objectives::ssm_terms), with K = 1 and K = 3 probes, with and without a ladder; tolerance as
+/// for DSM (1e-4 of each tensor's largest gradient).
+#[test]
+fn fast_ssm_matches_candle_autograd() {
+    let cases = [(Activation::Silu, false, false, 2, 1, true), (Activation::Silu, true, true, 2, 3, false), (Activation::Softplus, true, false, 1, 2, true), (Activation::Tanh, false, false, 3, 1, false)];
+    for (ci, &(act, cond, scale, depth, k, vr)) in cases.iter().enumerate() {
+        let dev = Device::Cpu;
+        let dim = 3;
+        let arch = Arch { dim, hidden: 24, depth, activation: act, conditional: cond, scale_by_sigma: scale };
+        let vm = VarMap::new();
+        let mut rng = Rng::new(50 + ci as u64);
+        let model = MlpScore::new(arch, &vm, &mut rng, &dev).unwrap();
+        let n = 40;
+        let x: Vec<f32> = (0..n * dim).map(|_| 2.0 * rng.normal() as f32).collect();
+        let v: Vec<f32> = (0..k * n * dim).map(|_| rng.rademacher() as f32).collect();
+        let sig: Vec<f32> = (0..n).map(|i| 0.3 + 0.2 * (i % 5) as f32).collect();
+        let mut fast = FastSsm::new(&model, vr, 1e-2).unwrap();
+        let fast_loss = fast.loss_and_grad(&x, &v, if cond { Some(&sig) } else { None });
+
+        let xt = Tensor::from_slice(&x, (n, dim), &dev).unwrap();
+        let vt = Tensor::from_slice(&v, (k, n, dim), &dev).unwrap();
+        let st = Tensor::from_slice(&sig, (n, 1), &dev).unwrap();
+        let tg = model.tangents(&xt, if cond { Some(&st) } else { None }, &Probes::Vectors(&vt)).unwrap();
+        let terms = objectives::ssm_terms(&tg, &vt, vr).unwrap();
+        let loss = if cond { (terms * st.sqr().unwrap().squeeze(1).unwrap()).unwrap().mean_all().unwrap() } else { terms.mean_all().unwrap() };
+        let l: f32 = loss.to_scalar().unwrap();
+        assert!((fast_loss - l as f64).abs() < 1e-4 * (1.0 + l.abs() as f64), "case {ci}: loss {fast_loss} vs {l}");
+        let grads = loss.backward().unwrap();
+        for (li, layer) in model.layers.iter().chain(std::iter::once(&model.out)).enumerate() {
+            let (gw, gb) = fast.grads(li);
+            for (fastg, t) in [(gw, &layer.w), (gb, &layer.b)] {
+                let reference: Vec<f32> = grads.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+                for (a, b) in fastg.iter().zip(&reference) {
+                    assert!((a - b).abs() < 1e-4 * scale, "case {ci} layer {li}: {a} vs {b} (max {scale})");
+                }
+            }
         }
     }
 }
