@@ -104,9 +104,9 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         let sigmas = crate::ladder::geometric(20.0, 1.0, 10);
         let ms = median_ms(
             || {
-                let init = samplers::uniform_box(batch, 2, 8.0, &mut rng, &dev)?;
-                samplers::annealed_langevin(&model, init, &sigmas, 0.1, 100, false, &mut rng, &mut || {})?;
-                Ok(())
+                let mut x = samplers::uniform_box(batch, 2, 8.0, &mut rng);
+                let mut scorer = samplers::scorer_for(&model, &dev)?;
+                samplers::annealed_langevin(scorer.as_mut(), &mut x, &sigmas, 0.1, 100, false, &mut rng, &mut || {})
             },
             1,
             iters.max(1),

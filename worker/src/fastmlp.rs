@@ -22,7 +22,9 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n without a float→int conversion (which blocks vectorisation): n + 127 + 2²³ holds the
+    // biased exponent in its low mantissa bits; shift it into the exponent field.
+    p * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
 /// C (m×n, row-major) = [C +] op(A)·op(B); A is m×k (or k×m stored when `at`), B is k×n (or
@@ -38,16 +40,39 @@ fn mm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, at: boo
     }
 }
 
+/// SiLU and its derivative over equal-length slices, written index-wise so it vectorises.
+#[inline(always)]
+fn silu_body(z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    let n = z.len();
+    let (a, d) = (&mut a[..n], &mut d[..n]);
+    for i in 0..n {
+        let zi = z[i];
+        let s = 1.0 / (1.0 + exp_f32(-zi));
+        a[i] = zi * s;
+        d[i] = s * (1.0 + zi * (1.0 - s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_avx2(z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    silu_body(z, a, d)
+}
+
+/// SiLU with AVX2/FMA where the CPU has them (checked at run time), plain code otherwise.
+fn silu(z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were detected on this CPU.
+        return unsafe { silu_avx2(z, a, d) };
+    }
+    silu_body(z, a, d)
+}
+
 /// a(z) into `a` and a'(z) into `d`.
 fn activate(act: Activation, z: &[f32], a: &mut [f32], d: &mut [f32]) {
     match act {
-        Activation::Silu => {
-            for ((z, a), d) in z.iter().zip(a.iter_mut()).zip(d.iter_mut()) {
-                let s = 1.0 / (1.0 + exp_f32(-z));
-                *a = z * s;
-                *d = s * (1.0 + z * (1.0 - s));
-            }
-        }
+        Activation::Silu => silu(z, a, d),
         Activation::Softplus => {
             for ((z, a), d) in z.iter().zip(a.iter_mut()).zip(d.iter_mut()) {
                 *a = z.max(0.0) + (1.0 + exp_f32(-z.abs())).ln();
@@ -481,4 +506,76 @@ fn store(params: &[(Param, Param)], model: &MlpScore, vars: &candle_nn::VarMap) 
         }
     }
     Ok(())
+}
+
+/// Inference-only forward pass of the MLP score net over plain buffers (the samplers' hot loop).
+pub struct FastForward {
+    act: Activation,
+    dims: Vec<usize>,
+    conditional: bool,
+    scale_by_sigma: bool,
+    params: Vec<(Vec<f32>, Vec<f32>)>,
+    par: Parallelism,
+    bufs: [Vec<f32>; 3],
+}
+
+impl FastForward {
+    pub fn new(model: &MlpScore) -> Result<Self> {
+        let arch = &model.arch;
+        let mut dims = vec![arch.dim + arch.conditional as usize];
+        dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
+        dims.push(arch.dim);
+        let mut params = Vec::new();
+        for l in model.layers.iter().chain(std::iter::once(&model.out)) {
+            // Stored transposed (fan_in × fan_out) so the product streams contiguous rows.
+            params.push((l.w.t()?.contiguous()?.flatten_all()?.to_vec1()?, l.b.flatten_all()?.to_vec1()?));
+        }
+        let threads = candle_core::utils::get_num_threads();
+        Ok(FastForward {
+            act: arch.activation,
+            dims,
+            conditional: arch.conditional,
+            scale_by_sigma: arch.scale_by_sigma,
+            params,
+            par: if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+            bufs: [Vec::new(), Vec::new(), Vec::new()],
+        })
+    }
+
+    /// S(x, σ) for row-major points `x` into `out` (same shape).
+    pub fn score(&mut self, x: &[f32], sigma: Option<f32>, out: &mut [f32]) {
+        let d = *self.dims.last().expect("dims");
+        let n = x.len() / d;
+        let w0 = self.dims[0];
+        let [h, z, dd] = &mut self.bufs;
+        h.resize(n * w0, 0.0);
+        for i in 0..n {
+            h[i * w0..i * w0 + d].copy_from_slice(&x[i * d..(i + 1) * d]);
+            if let (true, Some(s)) = (self.conditional, sigma) {
+                h[i * w0 + d] = s.ln();
+            }
+        }
+        let nl = self.params.len();
+        for l in 0..nl {
+            let (fi, fo) = (self.dims[l], self.dims[l + 1]);
+            let (w, b) = &self.params[l];
+            z.resize(n * fo, 0.0);
+            for i in 0..n {
+                z[i * fo..(i + 1) * fo].copy_from_slice(b);
+            }
+            mm(z, h, w, n, fo, fi, false, false, true, self.par);
+            if l + 1 < nl {
+                h.resize(n * fo, 0.0);
+                dd.resize(n * fo, 0.0);
+                activate(self.act, &z[..n * fo], &mut h[..n * fo], &mut dd[..n * fo]);
+            }
+        }
+        let c = match (self.scale_by_sigma, sigma) {
+            (true, Some(s)) => 1.0 / s,
+            _ => 1.0,
+        };
+        for (o, v) in out.iter_mut().zip(&z[..n * d]) {
+            *o = c * v;
+        }
+    }
 }

@@ -471,7 +471,8 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
     if status == TrialStatus::Ok && cfg.sampler.kind != SamplerKind::None {
         let mut srng = Rng::stream(seed, Stream::Sampler);
         let s = &cfg.sampler;
-        let init = samplers::uniform_box(s.n, d, s.box_half, &mut srng, &dev)?;
+        let mut x = samplers::uniform_box(s.n, d, s.box_half, &mut srng);
+        let mut scorer = samplers::scorer_for(&model, &dev)?;
         let eps = match (s.eps, &ladder) {
             (Some(e), _) => e,
             (None, Some((sig, g))) => ladder::ncsnv2_step_size(*sig.last().expect("non-empty"), *g, s.steps_per_level),
@@ -489,13 +490,13 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
                 progress(&Progress { step: cfg.train.steps, total_steps: cfg.train.steps, train_loss: last_loss, latest: vec![("sampling_step".into(), k as f64), ("sampling_total".into(), total as f64)] });
             }
         };
-        let x = match s.kind {
-            SamplerKind::AnnealedLangevin => samplers::annealed_langevin(&model, init, sigmas.as_ref().expect("validated"), eps, s.steps_per_level, s.denoise, &mut srng, &mut tick)?,
-            SamplerKind::Langevin => samplers::langevin(&model, init, sigma_clean, eps, s.steps, &mut srng, &mut tick)?,
-            SamplerKind::ScoreAscent => samplers::score_ascent(&model, init, sigma_clean, eps, s.steps, &mut tick)?,
+        match s.kind {
+            SamplerKind::AnnealedLangevin => samplers::annealed_langevin(scorer.as_mut(), &mut x, sigmas.as_ref().expect("validated"), eps, s.steps_per_level, s.denoise, &mut srng, &mut tick)?,
+            SamplerKind::Langevin => samplers::langevin(scorer.as_mut(), &mut x, sigma_clean, eps, s.steps, &mut srng, &mut tick)?,
+            SamplerKind::ScoreAscent => samplers::score_ascent(scorer.as_mut(), &mut x, sigma_clean, eps, s.steps, &mut tick)?,
             SamplerKind::None => unreachable!(),
-        };
-        let xs: Vec<f64> = x.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
+        }
+        let xs: Vec<f64> = x.into_iter().map(f64::from).collect();
         let reference = mix.sample(s.n, &mut Rng::stream(seed, Stream::Reference));
         let finite: Vec<f64> = xs.chunks(d).filter(|p| p.iter().all(|v| v.is_finite())).flatten().cloned().collect();
         metrics.push(("samples_nonfinite".into(), ((xs.len() - finite.len()) / d) as f64));

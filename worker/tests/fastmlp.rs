@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use scoresweep_engine::fastmlp::{exp_f32, FastDsm, FastSsm};
+use scoresweep_engine::fastmlp::{exp_f32, FastDsm, FastForward, FastSsm};
 use scoresweep_engine::nets::Probes;
 use scoresweep_engine::nets::{Activation, Arch, MlpScore};
 use scoresweep_engine::objectives;
@@ -113,6 +113,29 @@ fn fast_ssm_matches_candle_autograd() {
                     assert!((a - b).abs() < 1e-4 * scale, "case {ci} layer {li}: {a} vs {b} (max {scale})");
                 }
             }
+        }
+    }
+}
+
+/// The samplers' plain forward pass equals candle's S(x, σ) (f32 rounding and the polynomial
+/// exp: 1e-5 of the largest output).
+#[test]
+fn fast_forward_matches_candle_score() {
+    for (ci, &(act, cond, scale, depth)) in [(Activation::Silu, true, true, 2), (Activation::Softplus, false, false, 3), (Activation::Tanh, true, false, 1)].iter().enumerate() {
+        let dev = Device::Cpu;
+        let arch = Arch { dim: 2, hidden: 32, depth, activation: act, conditional: cond, scale_by_sigma: scale };
+        let vm = VarMap::new();
+        let mut rng = Rng::new(7 + ci as u64);
+        let model = MlpScore::new(arch, &vm, &mut rng, &dev).unwrap();
+        let x: Vec<f32> = (0..2 * 100).map(|_| 4.0 * rng.normal() as f32).collect();
+        let sigma = 0.7f32;
+        let mut out = vec![0.0f32; x.len()];
+        FastForward::new(&model).unwrap().score(&x, cond.then_some(sigma), &mut out);
+        let st = Tensor::full(sigma, (100, 1), &dev).unwrap();
+        let reference: Vec<f32> = model.score(&Tensor::from_slice(&x, (100, 2), &dev).unwrap(), cond.then_some(&st)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+        for (a, b) in out.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5 * scale, "case {ci}: {a} vs {b}");
         }
     }
 }
