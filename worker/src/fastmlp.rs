@@ -95,6 +95,21 @@ fn activate(act: Activation, z: &[f32], a: &mut [f32], d: &mut [f32]) {
     }
 }
 
+/// [input, H, …, H, D] of an MLP score net.
+fn layer_widths(model: &MlpScore) -> Vec<usize> {
+    let arch = &model.arch;
+    let mut dims = vec![arch.dim + arch.conditional as usize];
+    dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
+    dims.push(arch.dim);
+    dims
+}
+
+/// gemm threading from candle's thread count (RAYON_NUM_THREADS).
+fn parallelism() -> Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
+}
+
 struct Param {
     w: Vec<f32>,
     m: Vec<f32>,
@@ -133,14 +148,9 @@ pub struct FastDsm {
 impl FastDsm {
     pub fn new(model: &MlpScore, batch: usize, lr: f64) -> Result<Self> {
         let arch = &model.arch;
-        let mut dims = vec![arch.dim + arch.conditional as usize];
-        dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
-        dims.push(arch.dim);
-        let mut params = Vec::new();
-        for l in model.layers.iter().chain(std::iter::once(&model.out)) {
-            params.push((Param::new(&l.w)?, Param::new(&l.b)?));
-        }
-        let threads = candle_core::utils::get_num_threads();
+        let dims = layer_widths(model);
+        let params = model.layers.iter().chain(std::iter::once(&model.out)).map(|l| Ok((Param::new(&l.w)?, Param::new(&l.b)?))).collect::<Result<Vec<_>>>()?;
+        let par = parallelism();
         let h = dims[..dims.len() - 1].iter().map(|&w| vec![0.0; batch * w]).collect();
         let d = dims[1..dims.len() - 1].iter().map(|&w| vec![0.0; batch * w]).collect();
         Ok(FastDsm {
@@ -151,7 +161,7 @@ impl FastDsm {
             params,
             lr,
             t: 0,
-            par: if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+            par,
             h,
             d,
             out: vec![0.0; batch * arch.dim],
@@ -311,14 +321,9 @@ pub struct FastSsm {
 impl FastSsm {
     pub fn new(model: &MlpScore, vr: bool, lr: f64) -> Result<Self> {
         let arch = &model.arch;
-        let mut dims = vec![arch.dim + arch.conditional as usize];
-        dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
-        dims.push(arch.dim);
-        let mut params = Vec::new();
-        for l in model.layers.iter().chain(std::iter::once(&model.out)) {
-            params.push((Param::new(&l.w)?, Param::new(&l.b)?));
-        }
-        let threads = candle_core::utils::get_num_threads();
+        let dims = layer_widths(model);
+        let params = model.layers.iter().chain(std::iter::once(&model.out)).map(|l| Ok((Param::new(&l.w)?, Param::new(&l.b)?))).collect::<Result<Vec<_>>>()?;
+        let par = parallelism();
         Ok(FastSsm {
             act: arch.activation,
             dims,
@@ -329,7 +334,7 @@ impl FastSsm {
             params,
             lr,
             t: 0,
-            par: if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+            par,
         })
     }
 
@@ -522,22 +527,19 @@ pub struct FastForward {
 impl FastForward {
     pub fn new(model: &MlpScore) -> Result<Self> {
         let arch = &model.arch;
-        let mut dims = vec![arch.dim + arch.conditional as usize];
-        dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
-        dims.push(arch.dim);
+        let dims = layer_widths(model);
         let mut params = Vec::new();
         for l in model.layers.iter().chain(std::iter::once(&model.out)) {
             // Stored transposed (fan_in × fan_out) so the product streams contiguous rows.
             params.push((l.w.t()?.contiguous()?.flatten_all()?.to_vec1()?, l.b.flatten_all()?.to_vec1()?));
         }
-        let threads = candle_core::utils::get_num_threads();
         Ok(FastForward {
             act: arch.activation,
             dims,
             conditional: arch.conditional,
             scale_by_sigma: arch.scale_by_sigma,
             params,
-            par: if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+            par: parallelism(),
             bufs: [Vec::new(), Vec::new(), Vec::new()],
         })
     }

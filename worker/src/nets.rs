@@ -190,6 +190,17 @@ fn inputs(arch: &Arch, x: &Tensor, sigma: Option<&Tensor>) -> Result<(Tensor, Op
     }
 }
 
+/// Hidden layers `l0…` and an output layer `out` of width `out_dim`, registered in `varmap`.
+fn build_layers(arch: &Arch, out_dim: usize, varmap: &VarMap, rng: &mut Rng, dev: &Device) -> Result<(Vec<Dense>, Dense)> {
+    let mut layers = Vec::with_capacity(arch.depth);
+    let mut fan_in = arch.dim + arch.conditional as usize;
+    for l in 0..arch.depth {
+        layers.push(Dense::new(varmap, &format!("l{l}"), fan_in, arch.hidden, rng, dev)?);
+        fan_in = arch.hidden;
+    }
+    Ok((layers, Dense::new(varmap, "out", fan_in, out_dim, rng, dev)?))
+}
+
 /// dz₁ for the given probes: V·W₁ₓᵀ, or columns of W₁ₓ for basis probes.
 fn first_tangent(w1: &Tensor, dim: usize, probes: &Probes) -> Result<Tensor> {
     let w1x = w1.narrow(1, 0, dim)?; // (H, D)
@@ -212,13 +223,7 @@ pub struct MlpScore {
 
 impl MlpScore {
     pub fn new(arch: Arch, varmap: &VarMap, rng: &mut Rng, dev: &Device) -> Result<Self> {
-        let mut layers = Vec::with_capacity(arch.depth);
-        let mut fan_in = arch.dim + arch.conditional as usize;
-        for l in 0..arch.depth {
-            layers.push(Dense::new(varmap, &format!("l{l}"), fan_in, arch.hidden, rng, dev)?);
-            fan_in = arch.hidden;
-        }
-        let out = Dense::new(varmap, "out", fan_in, arch.dim, rng, dev)?;
+        let (layers, out) = build_layers(&arch, arch.dim, varmap, rng, dev)?;
         Ok(MlpScore { arch, layers, out })
     }
 
@@ -296,13 +301,7 @@ pub struct EnergyNet {
 
 impl EnergyNet {
     pub fn new(arch: Arch, varmap: &VarMap, rng: &mut Rng, dev: &Device) -> Result<Self> {
-        let mut layers = Vec::with_capacity(arch.depth);
-        let mut fan_in = arch.dim + arch.conditional as usize;
-        for l in 0..arch.depth {
-            layers.push(Dense::new(varmap, &format!("l{l}"), fan_in, arch.hidden, rng, dev)?);
-            fan_in = arch.hidden;
-        }
-        let out = Dense::new(varmap, "out", fan_in, 1, rng, dev)?;
+        let (layers, out) = build_layers(&arch, 1, varmap, rng, dev)?;
         Ok(EnergyNet { arch, layers, out })
     }
 
