@@ -1,1 +1,117 @@
-fn main(){}
+//! The `coordinator` binary: `run`, `serve`, `status` and `report` over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use coordinator::run::{db_path, run, RunOptions};
+use coordinator::sweep::Sweep;
+
+#[derive(Parser)]
+#[command(name = "coordinator", version, about = "scoresweep: run score-matching experiment sweeps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Expand, persist and run a sweep with local workers (re-running resumes).
+    Run {
+        sweep: PathBuf,
+        /// Local worker processes (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Output directory (default: out/<sweep name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Re-queue trials that failed or timed out in an earlier run.
+        #[arg(long)]
+        retry_failed: bool,
+        /// Seconds a lease lives without a heartbeat.
+        #[arg(long, default_value_t = 30.0)]
+        lease_secs: f64,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Like `run` without spawning workers: workers started elsewhere join with
+    /// `worker --coordinator URL`.
+    Serve {
+        sweep: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        #[arg(long)]
+        retry_failed: bool,
+        #[arg(long, default_value_t = 30.0)]
+        lease_secs: f64,
+    },
+    /// Counts of a finished or interrupted run.
+    Status { dir: PathBuf },
+    /// Re-write tables, claims, plots and report.md from a run's state database.
+    Report { dir: PathBuf },
+}
+
+fn default_out(sweep: &Sweep) -> PathBuf {
+    PathBuf::from("out").join(&sweep.name)
+}
+
+fn load(path: &PathBuf) -> Result<Sweep, ExitCode> {
+    Sweep::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn print_summary(s: &results::Summary, out: &std::path::Path) {
+    eprintln!("{} trials: {} done, {} failed; results in {}", s.trials, s.done, s.failed, out.display());
+    for (claim, scope, verdict) in &s.claims {
+        eprintln!("  {claim} [{scope}]: {verdict}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, quiet } => {
+            let sw = match load(&sweep) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let out = out.unwrap_or_else(|| default_out(&sw));
+            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let opts = RunOptions { sweep, out: out.clone(), listen, workers, retry_failed, lease_secs, worker_bin: None, quiet };
+            run(&opts, sw).map(|s| print_summary(&s, &out))
+        }
+        Command::Serve { sweep, out, listen, retry_failed, lease_secs } => {
+            let sw = match load(&sweep) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let out = out.unwrap_or_else(|| default_out(&sw));
+            let opts = RunOptions { sweep, out: out.clone(), listen, workers: 0, retry_failed, lease_secs, worker_bin: None, quiet: false };
+            run(&opts, sw).map(|s| print_summary(&s, &out))
+        }
+        Command::Status { dir } => status(&dir),
+        Command::Report { dir } => results::write_all(&db_path(&dir), &dir).map(|s| print_summary(&s, &dir)).map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(dir: &std::path::Path) -> anyhow::Result<()> {
+    let db = db_path(dir);
+    anyhow::ensure!(db.exists(), "{} has no state database (state.db)", dir.display());
+    let st = coordinator::state::State::open(&db, 1, f64::INFINITY)?;
+    let c = st.counts()?;
+    println!("{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed);
+    Ok(())
+}

@@ -1,8 +1,166 @@
-//! gRPC agent of `worker --coordinator URL` (owned by the runner work; placeholder until it lands).
+//! `worker --coordinator URL`: the gRPC client loop. Registers, leases trials, runs each on a
+//! plain thread (training never blocks the async executor, so heartbeats keep going during long
+//! steps), reports results, and exits when the coordinator says the sweep is done. Connection
+//! failures are retried with backoff, and a finished result is kept until it is delivered — a
+//! restarted coordinator still receives it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use scoresweep_engine::config::TrialConfig;
+use scoresweep_engine::trial::{self, TrialOutcome, TrialStatus};
+use sweep_proto::pb::sweep_client::SweepClient;
+use sweep_proto::pb::{self, lease_reply};
+use sweep_proto::PROTOCOL_VERSION;
+use tonic::transport::Channel;
 
 #[derive(clap::Args, Default)]
-pub struct AgentArgs {}
+pub struct AgentArgs {
+    /// Name shown in the coordinator's attempt records.
+    #[arg(long, default_value = "worker")]
+    pub name: String,
+    /// Give up after the coordinator has been unreachable this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub max_unreachable: f64,
+}
 
-pub fn run(url: &str, _args: &AgentArgs) -> anyhow::Result<()> {
-    anyhow::bail!("agent mode is not built yet (coordinator {url})")
+/// Samples sent back for plots.
+const MAX_SAMPLES: usize = 2000;
+
+pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(agent(url, args))
+}
+
+/// Retries `f` with exponential backoff (0.1 s … 5 s) while the error is a transport failure.
+async fn retry<T, F, Fut>(args: &AgentArgs, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) => {
+                if start.elapsed().as_secs_f64() > args.max_unreachable {
+                    anyhow::bail!("coordinator unreachable for {:.0}s during {what}: {s}", args.max_unreachable);
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(s) => anyhow::bail!("{what} refused: {}", s.message()),
+        }
+    }
+}
+
+async fn agent(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(url.to_string()).context("bad coordinator URL")?.connect_lazy();
+    let client = SweepClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let register = pb::RegisterRequest { protocol_version: PROTOCOL_VERSION, name: args.name.clone(), cores, gpus: 0, version: env!("CARGO_PKG_VERSION").into() };
+    let id = retry(args, "register", || {
+        let mut c = client.clone();
+        let r = register.clone();
+        async move { c.register(r).await }
+    })
+    .await?
+    .into_inner()
+    .worker_id;
+    loop {
+        let reply = retry(args, "lease", || {
+            let mut c = client.clone();
+            let req = pb::LeaseRequest { worker_id: id.clone() };
+            async move { c.lease(req).await }
+        })
+        .await?
+        .into_inner();
+        match reply.reply {
+            Some(lease_reply::Reply::Lease(lease)) => run_lease(&client, &id, lease, args).await?,
+            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.01, 30.0))).await,
+            Some(lease_reply::Reply::Done(_)) | None => return Ok(()),
+        }
+    }
+}
+
+struct Shared {
+    progress: Mutex<trial::Progress>,
+    cancel: AtomicBool,
+}
+
+async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, args: &AgentArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let shared = Arc::new(Shared { progress: Mutex::new(trial::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
+    {
+        let shared = shared.clone();
+        let src = lease.trial_toml.clone();
+        std::thread::spawn(move || {
+            let out = (|| {
+                let v: toml::Value = toml::from_str(&src).map_err(|e| format!("trial TOML: {e}"))?;
+                let cfg = TrialConfig::from_value(&v).map_err(|e| format!("invalid trial: {e}"))?;
+                trial::run_trial(&cfg, &mut |p| *shared.progress.lock().expect("progress lock") = p.clone(), &shared.cancel).map_err(|e| e.to_string())
+            })();
+            let _ = tx.send(out);
+        });
+    }
+    let beat = Duration::from_secs_f64(lease.heartbeat_seconds.clamp(0.02, 30.0));
+    let outcome = loop {
+        tokio::select! {
+            r = &mut rx => break r.unwrap_or_else(|_| Err("trial thread panicked".into())),
+            _ = tokio::time::sleep(beat) => {
+                let p = shared.progress.lock().expect("progress lock").clone();
+                let req = pb::HeartbeatRequest { worker_id: id.into(), attempt_id: lease.attempt_id, step: p.step, total_steps: p.total_steps, train_loss: p.train_loss };
+                // A missed heartbeat is not fatal: the result is still delivered later.
+                if let Ok(r) = client.clone().heartbeat(req).await {
+                    if r.into_inner().cancel {
+                        shared.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    };
+    let report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
+    retry(args, "report", || {
+        let mut c = client.clone();
+        let r = report.clone();
+        async move { c.report(r).await }
+    })
+    .await?;
+    Ok(())
+}
+
+fn num(v: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+}
+
+fn points(p: &[Vec<f32>]) -> String {
+    serde_json::to_string(&p.iter().take(MAX_SAMPLES).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>, wall: f64) -> pb::ReportRequest {
+    let mut r = pb::ReportRequest { worker_id: id.into(), attempt_id: lease.attempt_id, trial_hash: lease.trial_hash.clone(), wall_seconds: wall, curve_json: "[]".into(), metrics_json: "{}".into(), ..Default::default() };
+    match outcome {
+        Err(e) => {
+            r.status = "failed".into();
+            r.error = e;
+        }
+        Ok(o) => {
+            r.status = o.status.to_string();
+            if let TrialStatus::Diverged { step } = o.status {
+                r.diverged_step = Some(step);
+            }
+            let m: serde_json::Map<String, serde_json::Value> = o.metrics.iter().map(|(k, v)| (k.clone(), num(*v))).collect();
+            r.metrics_json = serde_json::Value::Object(m).to_string();
+            let rows: Vec<serde_json::Value> = o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| num(*v))).collect())).collect();
+            r.curve_json = serde_json::Value::Array(rows).to_string();
+            r.dim = o.samples.first().map_or(0, |s| s.len() as u32);
+            r.samples_json = points(&o.samples);
+            r.data_json = points(&o.data_sample);
+        }
+    }
+    r
 }

@@ -559,12 +559,18 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
 /// itself, or the deepest enclosing key that exists. None if the source does not parse or no
 /// segment is found.
 pub fn locate(src: &str, dotted_key: &str) -> Option<(usize, usize)> {
+    let segments: Vec<&str> = dotted_key.split('.').filter(|s| !s.is_empty()).collect();
+    locate_path(src, &segments)
+}
+
+/// As [`locate`], with the key path given as literal segments (a segment may itself contain
+/// dots, as the quoted keys of a sweep's `[grid]` do).
+pub fn locate_path(src: &str, segments: &[&str]) -> Option<(usize, usize)> {
     use toml::de::{DeTable, DeValue};
     let doc = DeTable::parse(src).ok()?;
     let mut table = doc.get_ref();
     let mut found: Option<usize> = None;
-    let segments: Vec<&str> = dotted_key.split('.').filter(|s| !s.is_empty()).collect();
-    for seg in segments {
+    for &seg in segments {
         let (name, index) = match seg.find('[') {
             Some(i) => (&seg[..i], seg[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
             None => (seg, None),

@@ -1,0 +1,147 @@
+//! `coordinator run` / `serve`: expand and persist the sweep, serve it, spawn local workers,
+//! show progress, handle Ctrl-C, and write the results.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::service::{serve, Shared};
+use crate::state::State;
+use crate::sweep::Sweep;
+
+pub struct RunOptions {
+    pub sweep: PathBuf,
+    pub out: PathBuf,
+    pub listen: String,
+    /// Local worker processes to spawn (0 for `serve`).
+    pub workers: usize,
+    pub retry_failed: bool,
+    /// Seconds a lease lives without a heartbeat.
+    pub lease_secs: f64,
+    pub worker_bin: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// The `worker` binary next to this executable, unless given.
+fn worker_binary(given: &Option<PathBuf>) -> PathBuf {
+    given.clone().or_else(|| std::env::var_os("SCORESWEEP_WORKER").map(PathBuf::from)).unwrap_or_else(|| {
+        let me = std::env::current_exe().unwrap_or_default();
+        me.parent().map(|d| d.join("worker")).unwrap_or_else(|| PathBuf::from("worker"))
+    })
+}
+
+pub fn db_path(out: &Path) -> PathBuf {
+    out.join("state.db")
+}
+
+/// Runs (or resumes) a sweep to completion; the sweep is validated before anything is written.
+pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> {
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("failed to create {}", opts.out.display()))?;
+    let mut state = State::open(&db_path(&opts.out), sweep.retries + 1, sweep.timeout).context("failed to open the state database")?;
+    let sync = state.sync(&sweep, opts.retry_failed).context("failed to record the sweep")?;
+    if !opts.quiet {
+        eprintln!(
+            "sweep `{}`: {} trials ({} new, {} already finished, {} re-queued, {} no longer in the sweep)",
+            sweep.name, sweep.trials.len(), sync.new, sync.finished, sync.requeued, sync.out_of_sweep
+        );
+    }
+    let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
+    let shared = Shared::new(state, trials, opts.lease_secs);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&opts.listen).await.with_context(|| format!("failed to listen on {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        if !opts.quiet {
+            eprintln!("serving on {url}");
+        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, shared.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        // Lease expiry.
+        let expiry = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    if let Ok(mut st) = shared.state.lock() {
+                        let _ = st.expire();
+                    }
+                }
+            })
+        };
+        // Ctrl-C: first stops leasing, second cancels running attempts.
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\nstopping: no new trials; running ones finish (Ctrl-C again to cancel them)");
+                    shared.stopping.store(true, Ordering::SeqCst);
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        eprintln!("\ncancelling running trials");
+                        shared.cancel_all.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        let mut children = Vec::new();
+        if opts.workers > 0 {
+            let bin = worker_binary(&opts.worker_bin);
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let threads = (cores / opts.workers).max(1);
+            for i in 0..opts.workers {
+                let child = tokio::process::Command::new(&bin)
+                    .args(["--coordinator", &url, "--name", &format!("local{i}")])
+                    .env("RAYON_NUM_THREADS", threads.to_string())
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("failed to start worker {}", bin.display()))?;
+                children.push(child);
+            }
+        }
+        let bar = if opts.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+        bar.set_style(indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg} (ETA {eta})").expect("template"));
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let c = shared.state.lock().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.counts()?;
+            bar.set_length(c.total() as u64);
+            bar.set_position(c.finished() as u64);
+            bar.set_message(format!("done {} running {} failed {} queued {}", c.done, c.running, c.failed, c.queued));
+            let stopping = shared.stopping.load(Ordering::SeqCst);
+            if c.queued + c.running == 0 || (stopping && c.running == 0) {
+                break;
+            }
+            if opts.workers > 0 && !children.is_empty() && children.iter_mut().all(|ch| matches!(ch.try_wait(), Ok(Some(_)))) && c.running == 0 {
+                anyhow::bail!("all local workers exited with {} trials still queued", c.queued);
+            }
+        }
+        bar.finish();
+        if !opts.quiet {
+            eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
+        }
+        // Let workers see "done", then stop.
+        shared.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for ch in &mut children {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, ch.wait()).await.is_err() {
+                let _ = ch.kill().await;
+            }
+        }
+        expiry.abort();
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        anyhow::Ok(())
+    })?;
+    drop(shared);
+    let summary = results::write_all(&db_path(&opts.out), &opts.out).context("failed to write the results")?;
+    Ok(summary)
+}

@@ -1,0 +1,279 @@
+//! Sweep files: a raw serde form mirroring the TOML, expanded into validated trials.
+//!
+//! ```toml
+//! name = "sigma"            # optional; defaults to the file stem
+//! timeout = 600             # seconds per attempt
+//! retries = 1               # extra attempts after a failure or an expired lease
+//! gpu = false               # resources each trial needs
+//! repeats = 2               # seeds base.seed, base.seed+1, … (or: seeds = [0, 7])
+//! [base]                    # one trial in the engine's schema (worker/src/config.rs)
+//! [grid]                    # cartesian product over dotted keys
+//! "objective.noise.sigma_max" = [1.0, 5.0, 20.0]
+//! [[zip]]                   # lists that vary together (one zip group per [[zip]])
+//! "sampler.eps" = [1e-5, 1e-4]
+//! "sampler.steps_per_level" = [200, 50]
+//! [[variants]]              # extra trials: each entry is a dotted key whose value replaces
+//! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
+//! ```
+//! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
+//! engine before anything runs; errors name the file, line, column, key and the expansion.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use scoresweep_engine::config::{line_col, locate_path, TrialConfig};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Refuse sweeps that expand to more trials than this.
+pub const MAX_TRIALS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("failed to read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}:{line}:{column}: key `{key}`: {message}{}", path.display(), expansion.as_ref().map(|e| format!(" (in trial {e})")).unwrap_or_default())]
+    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String, expansion: Option<String> },
+    #[error("{}: the sweep expands to {count} trials, more than the limit of {MAX_TRIALS}", path.display())]
+    TooLarge { path: PathBuf, count: usize },
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSweep {
+    name: Option<String>,
+    #[serde(default = "d_timeout")]
+    timeout: f64,
+    #[serde(default = "d_retries")]
+    retries: u32,
+    #[serde(default)]
+    gpu: bool,
+    repeats: Option<u32>,
+    seeds: Option<Vec<u64>>,
+    base: toml::Table,
+    #[serde(default)]
+    grid: BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    zip: Vec<BTreeMap<String, Vec<toml::Value>>>,
+    #[serde(default)]
+    variants: Vec<toml::Table>,
+}
+fn d_timeout() -> f64 { 3600.0 }
+fn d_retries() -> u32 { 1 }
+
+/// One expanded, validated trial.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub hash: String,
+    pub idx: usize,
+    /// The full trial as TOML (sent to workers).
+    pub toml: String,
+    /// Flattened dotted keys → scalars (arrays as JSON text).
+    pub flat: serde_json::Map<String, serde_json::Value>,
+    /// What produced it, e.g. `grid objective.noise.sigma_max=5, seed=1`.
+    pub label: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub name: String,
+    pub file: PathBuf,
+    pub source: String,
+    pub timeout: f64,
+    pub retries: u32,
+    pub gpu: bool,
+    pub trials: Vec<Trial>,
+}
+
+/// Sets a dotted key in a TOML table, creating tables on the way.
+pub fn set_dotted(t: &mut toml::Table, key: &str, v: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = t;
+    for p in &parts[..parts.len() - 1] {
+        let e = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = e.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), v);
+    Ok(())
+}
+
+/// Flattens nested tables into dotted keys with JSON scalar values.
+pub fn flatten(t: &toml::Table) -> serde_json::Map<String, serde_json::Value> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut serde_json::Map<String, serde_json::Value>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                toml::Value::Array(_) => {
+                    out.insert(key, serde_json::Value::String(serde_json::to_string(&serde_json::to_value(v).unwrap_or_default()).unwrap_or_default()));
+                }
+                other => {
+                    out.insert(key, serde_json::to_value(other).unwrap_or_default());
+                }
+            }
+        }
+    }
+    let mut out = serde_json::Map::new();
+    walk("", t, &mut out);
+    out
+}
+
+/// sha256 of the canonical JSON (sorted keys) of a trial.
+pub fn trial_hash(t: &toml::Table) -> String {
+    let json = serde_json::to_string(&serde_json::to_value(t).unwrap_or_default()).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(json.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fmt_value(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Where an expansion override lives in the file.
+#[derive(Clone, Debug)]
+enum Origin {
+    Grid(String),
+    Zip(usize, String),
+    Variant(usize, String),
+    Seeds,
+}
+
+impl Sweep {
+    pub fn load(path: &Path) -> Result<Sweep, SweepError> {
+        let src = std::fs::read_to_string(path).map_err(|source| SweepError::Io { path: path.to_path_buf(), source })?;
+        Self::parse(&src, path)
+    }
+
+    pub fn parse(src: &str, path: &Path) -> Result<Sweep, SweepError> {
+        let syntax = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = span.map(|s| line_col(src, s.start)).unwrap_or((1, 1));
+            SweepError::Syntax { path: path.to_path_buf(), line, column, message }
+        };
+        let value: toml::Value = toml::from_str(src).map_err(|e| syntax(e.span(), e.message().to_string()))?;
+        let raw: RawSweep = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let segs: Vec<&str> = key.split('.').collect();
+            let (line, column) = locate_path(src, &segs).unwrap_or((1, 1));
+            let message = e.inner().to_string().lines().next().unwrap_or_default().to_string();
+            SweepError::Invalid { path: path.to_path_buf(), line, column, key, message, expansion: None }
+        })?;
+        let invalid = |segs: &[&str], key: &str, message: String, expansion: Option<String>| {
+            let (line, column) = locate_path(src, segs).unwrap_or((1, 1));
+            SweepError::Invalid { path: path.to_path_buf(), line, column, key: key.to_string(), message, expansion }
+        };
+        if !(raw.timeout.is_finite() && raw.timeout > 0.0) {
+            return Err(invalid(&["timeout"], "timeout", format!("must be a positive number of seconds (got {})", raw.timeout), None));
+        }
+        if raw.repeats.is_some() && raw.seeds.is_some() {
+            return Err(invalid(&["seeds"], "seeds", "give either repeats or seeds, not both".into(), None));
+        }
+        if raw.repeats == Some(0) {
+            return Err(invalid(&["repeats"], "repeats", "must be at least 1".into(), None));
+        }
+        for (k, vals) in &raw.grid {
+            if vals.is_empty() {
+                return Err(invalid(&["grid", k], &format!("grid.{k}"), "the list is empty".into(), None));
+            }
+        }
+        for (i, z) in raw.zip.iter().enumerate() {
+            let lens: Vec<usize> = z.values().map(|v| v.len()).collect();
+            if let Some((k, _)) = z.iter().find(|(_, v)| v.len() != lens[0] || v.is_empty()) {
+                return Err(invalid(&[&format!("zip[{i}]"), k], &format!("zip[{i}].{k}"), format!("lists of one [[zip]] group must have the same, non-zero length ({lens:?})"), None));
+            }
+        }
+        let base_seed = raw.base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64;
+        let seeds: Vec<u64> = match (&raw.seeds, raw.repeats) {
+            (Some(s), _) => s.clone(),
+            (None, Some(r)) => (0..r as u64).map(|i| base_seed + i).collect(),
+            (None, None) => vec![base_seed],
+        };
+        let seeded = raw.seeds.is_some() || raw.repeats.is_some();
+
+        // Points: grid × zip groups, plus variants.
+        let mut points: Vec<Vec<(String, toml::Value, Origin)>> = vec![vec![]];
+        for (k, vals) in &raw.grid {
+            points = points.into_iter().flat_map(|p| vals.iter().map(move |v| {
+                let mut q = p.clone();
+                q.push((k.clone(), v.clone(), Origin::Grid(k.clone())));
+                q
+            })).collect();
+        }
+        for (i, z) in raw.zip.iter().enumerate() {
+            let n = z.values().next().map_or(0, |v| v.len());
+            points = points.into_iter().flat_map(|p| (0..n).map(move |j| {
+                let mut q = p.clone();
+                for (k, vals) in z {
+                    q.push((k.clone(), vals[j].clone(), Origin::Zip(i, k.clone())));
+                }
+                q
+            })).collect();
+        }
+        // Each entry of a variant is a dotted key whose value replaces the base's.
+        for (i, v) in raw.variants.iter().enumerate() {
+            points.push(v.iter().map(|(k, val)| (k.clone(), val.clone(), Origin::Variant(i, k.clone()))).collect());
+        }
+        let count = points.len() * seeds.len();
+        if count > MAX_TRIALS {
+            return Err(SweepError::TooLarge { path: path.to_path_buf(), count });
+        }
+
+        let mut trials = Vec::with_capacity(count);
+        let mut seen = std::collections::HashSet::new();
+        for p in &points {
+            for &seed in &seeds {
+                let mut t = raw.base.clone();
+                let mut label = Vec::new();
+                for (k, v, origin) in p {
+                    set_dotted(&mut t, k, v.clone()).map_err(|m| {
+                        let (segs, key) = origin_path(origin);
+                        invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, m, None)
+                    })?;
+                    label.push(format!("{k}={}", fmt_value(v)));
+                }
+                if seeded {
+                    t.insert("seed".into(), toml::Value::Integer(seed as i64));
+                    label.push(format!("seed={seed}"));
+                }
+                let label = if label.is_empty() { "base".to_string() } else { label.join(", ") };
+                if let Err(e) = TrialConfig::from_value(&toml::Value::Table(t.clone())) {
+                    // Point at the expansion that set the key (or a parent of it), else at base.
+                    let origin = p.iter().find(|(k, _, _)| e.key == *k || e.key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{}.", e.key))).map(|(_, _, o)| o.clone());
+                    let origin = origin.or(if e.key == "seed" && seeded { Some(Origin::Seeds) } else { None });
+                    let (segs, _) = match &origin {
+                        Some(o) => origin_path(o),
+                        None => {
+                            let mut s = vec!["base".to_string()];
+                            s.extend(e.key.split('.').map(String::from));
+                            (s, String::new())
+                        }
+                    };
+                    let key = if e.key.is_empty() { "base".to_string() } else { e.key.clone() };
+                    return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, e.message, Some(label)));
+                }
+                let hash = trial_hash(&t);
+                if !seen.insert(hash.clone()) {
+                    continue; // the same trial twice (e.g. a variant equal to a grid point)
+                }
+                let toml = toml::to_string(&t).map_err(|e| invalid(&["base"], "base", e.to_string(), None))?;
+                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label });
+            }
+        }
+        let name = raw.name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));
+        Ok(Sweep { name, file: path.to_path_buf(), source: src.to_string(), timeout: raw.timeout, retries: raw.retries, gpu: raw.gpu, trials })
+    }
+}
+
+fn origin_path(o: &Origin) -> (Vec<String>, String) {
+    match o {
+        Origin::Grid(k) => (vec!["grid".into(), k.clone()], format!("grid.{k}")),
+        Origin::Zip(i, k) => (vec![format!("zip[{i}]"), k.clone()], format!("zip[{i}].{k}")),
+        Origin::Variant(i, k) => (vec![format!("variants[{i}]"), k.clone()], format!("variants[{i}].{k}")),
+        Origin::Seeds => (vec!["seeds".into()], "seeds".into()),
+    }
+}
