@@ -43,12 +43,36 @@ pub const ISM_AT_BEST_MIN_TRIALS: usize = 2;
 
 /// The tolerance table as printed in the report: (name, value, why).
 pub const TOLERANCES: [(&str, f64, &str); 6] = [
-    ("OFFSET_MAX_Z", OFFSET_MAX_Z, "max |gap − C| / combined SE per θ row; ~6e-5 chance per row under the identity"),
-    ("ISM_AT_BEST_MAX_REL", ISM_AT_BEST_MAX_REL, "max |L_ESM/C| at the best θ; a learnt score leaves ESM small relative to C"),
-    ("ANNEALED_MAX_WEIGHT_ERR", ANNEALED_MAX_WEIGHT_ERR, "annealed |mode_w_0 − true_w_0|; ≈ 2 SE of a weight from 1000 samples"),
-    ("PLAIN_MIN_WEIGHT_ERR", PLAIN_MIN_WEIGHT_ERR, "plain Langevin must miss true_w_0 by more than this"),
-    ("OFFSET_MIN_ROWS", OFFSET_MIN_ROWS as f64, "fewer θ rows → not enough data"),
-    ("ISM_AT_BEST_MIN_TRIALS", ISM_AT_BEST_MIN_TRIALS as f64, "fewer trials with L_ISM → not enough data"),
+    (
+        "OFFSET_MAX_Z",
+        OFFSET_MAX_Z,
+        "max |gap − C| / combined SE per θ row; ~6e-5 chance per row under the identity",
+    ),
+    (
+        "ISM_AT_BEST_MAX_REL",
+        ISM_AT_BEST_MAX_REL,
+        "max |L_ESM/C| at the best θ; a learnt score leaves ESM small relative to C",
+    ),
+    (
+        "ANNEALED_MAX_WEIGHT_ERR",
+        ANNEALED_MAX_WEIGHT_ERR,
+        "annealed |mode_w_0 − true_w_0|; ≈ 2 SE of a weight from 1000 samples",
+    ),
+    (
+        "PLAIN_MIN_WEIGHT_ERR",
+        PLAIN_MIN_WEIGHT_ERR,
+        "plain Langevin must miss true_w_0 by more than this",
+    ),
+    (
+        "OFFSET_MIN_ROWS",
+        OFFSET_MIN_ROWS as f64,
+        "fewer θ rows → not enough data",
+    ),
+    (
+        "ISM_AT_BEST_MIN_TRIALS",
+        ISM_AT_BEST_MIN_TRIALS as f64,
+        "fewer trials with L_ISM → not enough data",
+    ),
 ];
 
 /// The outcome of one claim in one scope.
@@ -117,14 +141,26 @@ pub fn claims_frame(rows: &[ClaimRow]) -> PolarsResult<DataFrame> {
     DataFrame::new(
         rows.len(),
         vec![
-            Column::new("claim".into(), rows.iter().map(|r| r.claim).collect::<Vec<_>>()),
-            Column::new("scope".into(), rows.iter().map(|r| r.scope.as_str()).collect::<Vec<_>>()),
-            Column::new("statistic".into(), rows.iter().map(|r| r.statistic).collect::<Vec<_>>()),
+            Column::new(
+                "claim".into(),
+                rows.iter().map(|r| r.claim).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "scope".into(),
+                rows.iter().map(|r| r.scope.as_str()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "statistic".into(),
+                rows.iter().map(|r| r.statistic).collect::<Vec<_>>(),
+            ),
             Column::new(
                 "expected".into(),
                 rows.iter().map(|r| r.expected.as_str()).collect::<Vec<_>>(),
             ),
-            Column::new("tolerance".into(), rows.iter().map(|r| r.tolerance).collect::<Vec<_>>()),
+            Column::new(
+                "tolerance".into(),
+                rows.iter().map(|r| r.tolerance).collect::<Vec<_>>(),
+            ),
             Column::new(
                 "verdict".into(),
                 rows.iter().map(|r| r.verdict.as_str()).collect::<Vec<_>>(),
@@ -167,10 +203,18 @@ struct OffsetColumns {
     c_se: &'static str,
 }
 
-const ESM_ISM: OffsetColumns =
-    OffsetColumns { gap: "gap", gap_se: "gap_se", c: "c_true", c_se: "c_se" };
-const DSM_ESM_SIGMA: OffsetColumns =
-    OffsetColumns { gap: "dsm_gap", gap_se: "dsm_gap_se", c: "c_dsm", c_se: "c_dsm_se" };
+const ESM_ISM: OffsetColumns = OffsetColumns {
+    gap: "gap",
+    gap_se: "gap_se",
+    c: "c_true",
+    c_se: "c_se",
+};
+const DSM_ESM_SIGMA: OffsetColumns = OffsetColumns {
+    gap: "dsm_gap",
+    gap_se: "dsm_gap_se",
+    c: "c_dsm",
+    c_se: "c_dsm_se",
+};
 
 /// The θ rows of `trial` for an offset claim: every checkpoint row that has the gap and C,
 /// or the final metrics when no checkpoint row does. Missing SEs count as 0 (C by quadrature).
@@ -187,18 +231,35 @@ fn offset_rows<'a>(trial: &'a Trial, cols: &OffsetColumns) -> Vec<(OffsetRow<'a>
         };
         Some((r, get("dsm_sigma")))
     };
-    let rows: Vec<_> =
-        trial.curve.iter().enumerate().filter_map(|(i, m)| pick(m, Some(i))).collect();
+    let rows: Vec<_> = trial
+        .curve
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| pick(m, Some(i)))
+        .collect();
     if !rows.is_empty() {
         return rows;
     }
-    trial.result.as_ref().and_then(|r| pick(&r.metrics, None)).into_iter().collect()
+    trial
+        .result
+        .as_ref()
+        .and_then(|r| pick(&r.metrics, None))
+        .into_iter()
+        .collect()
 }
 
 fn esm_ism_offset(scope: &str, trials: &[&Trial]) -> ClaimRow {
-    let rows: Vec<OffsetRow> =
-        trials.iter().flat_map(|t| offset_rows(t, &ESM_ISM)).map(|(r, _)| r).collect();
-    offset_claim("esm_ism_offset", scope.to_string(), "L_ESM − L_ISM = C", &rows)
+    let rows: Vec<OffsetRow> = trials
+        .iter()
+        .flat_map(|t| offset_rows(t, &ESM_ISM))
+        .map(|(r, _)| r)
+        .collect();
+    offset_claim(
+        "esm_ism_offset",
+        scope.to_string(),
+        "L_ESM − L_ISM = C",
+        &rows,
+    )
 }
 
 fn dsm_esm_sigma_offset(scope: &str, trials: &[&Trial]) -> Vec<ClaimRow> {
@@ -213,22 +274,39 @@ fn dsm_esm_sigma_offset(scope: &str, trials: &[&Trial]) -> Vec<ClaimRow> {
         }
     }
     if by_sigma.is_empty() {
-        return vec![offset_claim("dsm_esm_sigma_offset", scope.to_string(), DSM_EXPECTED, &[])];
+        return vec![offset_claim(
+            "dsm_esm_sigma_offset",
+            scope.to_string(),
+            DSM_EXPECTED,
+            &[],
+        )];
     }
-    let mut sigmas: Vec<(f64, Vec<OffsetRow>)> =
-        by_sigma.into_iter().map(|(bits, rows)| (f64::from_bits(bits), rows)).collect();
+    let mut sigmas: Vec<(f64, Vec<OffsetRow>)> = by_sigma
+        .into_iter()
+        .map(|(bits, rows)| (f64::from_bits(bits), rows))
+        .collect();
     sigmas.sort_by(|a, b| a.0.total_cmp(&b.0));
     sigmas
         .into_iter()
         .map(|(sigma, rows)| {
-            offset_claim("dsm_esm_sigma_offset", format!("{scope}, dsm_sigma={sigma}"), DSM_EXPECTED, &rows)
+            offset_claim(
+                "dsm_esm_sigma_offset",
+                format!("{scope}, dsm_sigma={sigma}"),
+                DSM_EXPECTED,
+                &rows,
+            )
         })
         .collect()
 }
 
 const DSM_EXPECTED: &str = "L_DSM − L_ESM_σ = C_σ";
 
-fn offset_claim(claim: &'static str, scope: String, identity: &str, rows: &[OffsetRow]) -> ClaimRow {
+fn offset_claim(
+    claim: &'static str,
+    scope: String,
+    identity: &str,
+    rows: &[OffsetRow],
+) -> ClaimRow {
     let expected = format!("{identity}: |z| ≤ {OFFSET_MAX_Z} on every θ");
     if rows.len() < OFFSET_MIN_ROWS {
         return ClaimRow {
@@ -248,7 +326,9 @@ fn offset_claim(claim: &'static str, scope: String, identity: &str, rows: &[Offs
     let max_z = worst.z().abs();
     let (lo, hi) = rows
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r.gap), hi.max(r.gap)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(r.gap), hi.max(r.gap))
+        });
     let c_mean = rows.iter().map(|r| r.c).sum::<f64>() / rows.len() as f64;
     let n_trials = {
         let mut hashes: Vec<&str> = rows.iter().map(|r| r.trial.hash.as_str()).collect();
@@ -285,7 +365,8 @@ fn ism_at_best(scope: &str, trials: &[&Trial]) -> ClaimRow {
         .iter()
         .filter_map(|t| Some((*t, t.metric("l_ism")?, t.metric("c_true")?)))
         .collect();
-    let expected = format!("|(L_ISM + C)/C| = |L_ESM/C| ≤ {ISM_AT_BEST_MAX_REL} at the lowest L_ISM");
+    let expected =
+        format!("|(L_ISM + C)/C| = |L_ESM/C| ≤ {ISM_AT_BEST_MAX_REL} at the lowest L_ISM");
     let mut row = ClaimRow {
         claim: "ism_at_best",
         scope: scope.to_string(),
@@ -308,7 +389,11 @@ fn ism_at_best(scope: &str, trials: &[&Trial]) -> ClaimRow {
         .expect("candidates is not empty");
     if c <= 0.0 {
         row.verdict = Verdict::Fail;
-        row.details = format!("C = {} at trial {} is not positive", fmt_num(c), best.short_hash());
+        row.details = format!(
+            "C = {} at trial {} is not positive",
+            fmt_num(c),
+            best.short_hash()
+        );
         return row;
     }
     let rel = (l_ism + c) / c;
@@ -381,7 +466,11 @@ pub fn fmt_num(x: f64) -> String {
     }
     let decimals = (3 - mag.floor() as i32).max(0) as usize;
     let s = format!("{x:.decimals$}");
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]

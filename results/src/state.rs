@@ -82,7 +82,11 @@ impl Trial {
             .filter(|(k, _)| k.starts_with("data."))
             .map(|(k, v)| format!("{k}={}", display_value(v)))
             .collect();
-        if parts.is_empty() { "all".to_string() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "all".to_string()
+        } else {
+            parts.join(", ")
+        }
     }
 
     /// The short hash used in reports and file names.
@@ -115,8 +119,14 @@ impl State {
             db_path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| ResultsError::OpenDb { path: db_path.to_path_buf(), source })?;
-        let reader = Reader { conn: &conn, path: db_path };
+        .map_err(|source| ResultsError::OpenDb {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
+        let reader = Reader {
+            conn: &conn,
+            path: db_path,
+        };
         let sweep = reader.sweep()?;
         let mut trials = reader.trials()?;
         let mut results = reader.results()?;
@@ -130,7 +140,11 @@ impl State {
             t.last_error = errors.remove(&t.hash);
         }
         trials.sort_by(|a, b| a.idx.cmp(&b.idx).then_with(|| a.hash.cmp(&b.hash)));
-        Ok(State { path: db_path.to_path_buf(), sweep, trials })
+        Ok(State {
+            path: db_path.to_path_buf(),
+            sweep,
+            trials,
+        })
     }
 
     /// Trials that belong to the current sweep (the claims are about these only).
@@ -146,7 +160,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn query_err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> ResultsError + '_ {
-        move |source| ResultsError::Query { path: self.path.to_path_buf(), what, source }
+        move |source| ResultsError::Query {
+            path: self.path.to_path_buf(),
+            what,
+            source,
+        }
     }
 
     fn json(&self, column: &'static str, trial: &str, text: &str) -> Result<Value, ResultsError> {
@@ -191,7 +209,11 @@ impl Reader<'_> {
             .map_err(&err)?;
         let mut rows = stmt
             .query_map([], |r| {
-                Ok(SweepInfo { name: r.get(0)?, file: r.get(1)?, updated_at: r.get(2)? })
+                Ok(SweepInfo {
+                    name: r.get(0)?,
+                    file: r.get(1)?,
+                    updated_at: r.get(2)?,
+                })
             })
             .map_err(&err)?;
         rows.next().transpose().map_err(err)
@@ -267,7 +289,15 @@ impl Reader<'_> {
         for row in rows {
             let (hash, status, diverged_step, metrics_json, wall_seconds) = row.map_err(&err)?;
             let metrics = self.numbers("metrics_json", &hash, &metrics_json)?;
-            out.insert(hash, TrialResult { status, diverged_step, metrics, wall_seconds });
+            out.insert(
+                hash,
+                TrialResult {
+                    status,
+                    diverged_step,
+                    metrics,
+                    wall_seconds,
+                },
+            );
         }
         Ok(out)
     }
@@ -350,7 +380,11 @@ impl Reader<'_> {
             .map_err(&err)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .map_err(&err)?;
         let mut out = HashMap::new();
