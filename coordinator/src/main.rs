@@ -53,6 +53,14 @@ enum Command {
     Status { dir: PathBuf },
     /// Re-write tables, claims, plots and report.md from a run's state database.
     Report { dir: PathBuf },
+    /// Run as a worker (what `run` spawns; same as `worker --coordinator URL`).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        coordinator: String,
+        #[command(flatten)]
+        args: scoresweep_engine::agent::AgentArgs,
+    },
 }
 
 fn default_out(sweep: &Sweep) -> PathBuf {
@@ -96,6 +104,7 @@ fn main() -> ExitCode {
             run(&opts, sw).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),
+        Command::Agent { coordinator, args } => scoresweep_engine::agent::run(&coordinator, &args),
         Command::Report { dir } => results::write_all(&db_path(&dir), &dir).map(|s| print_summary(&s, &dir)).map_err(anyhow::Error::from),
     };
     match result {

@@ -21,15 +21,18 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// Seconds a lease lives without a heartbeat.
     pub lease_secs: f64,
+    /// Worker executable; None runs this executable's hidden `agent` subcommand.
     pub worker_bin: Option<PathBuf>,
     pub quiet: bool,
 }
 
-/// The `worker` binary next to this executable, unless given.
-fn worker_binary(given: &Option<PathBuf>) -> PathBuf {
-    given.clone().or_else(|| std::env::var_os("SCORESWEEP_WORKER").map(PathBuf::from)).unwrap_or_else(|| {
-        let me = std::env::current_exe().unwrap_or_default();
-        me.parent().map(|d| d.join("worker")).unwrap_or_else(|| PathBuf::from("worker"))
+/// How to start a local worker: the given executable (`worker --coordinator URL`), or this
+/// executable's `agent --coordinator URL` (the same agent code, so `cargo run -p coordinator`
+/// needs no other binary).
+fn worker_command(given: &Option<PathBuf>) -> anyhow::Result<(PathBuf, Vec<&'static str>)> {
+    Ok(match given {
+        Some(p) => (p.clone(), vec![]),
+        None => (std::env::current_exe().context("cannot find this executable")?, vec!["agent"]),
     })
 }
 
@@ -92,11 +95,12 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         }
         let mut children = Vec::new();
         if opts.workers > 0 {
-            let bin = worker_binary(&opts.worker_bin);
+            let (bin, pre) = worker_command(&opts.worker_bin)?;
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             let threads = (cores / opts.workers).max(1);
             for i in 0..opts.workers {
                 let child = tokio::process::Command::new(&bin)
+                    .args(pre.iter().copied())
                     .args(["--coordinator", &url, "--name", &format!("local{i}")])
                     .env("RAYON_NUM_THREADS", threads.to_string())
                     .stdin(std::process::Stdio::null())

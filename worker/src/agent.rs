@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use scoresweep_engine::config::TrialConfig;
-use scoresweep_engine::trial::{self, TrialOutcome, TrialStatus};
+use crate::config::TrialConfig;
+use crate::trial::{self, TrialOutcome, TrialStatus};
 use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
 use sweep_proto::PROTOCOL_VERSION;

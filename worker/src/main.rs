@@ -1,13 +1,12 @@
 //! The `worker` binary: `worker trial FILE.toml --out DIR` runs one trial standalone;
 //! `worker --coordinator URL` joins a sweep and runs trials leased over gRPC (see `agent`).
 
-mod agent;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
+use scoresweep_engine::agent;
 use scoresweep_engine::config::TrialConfig;
 use scoresweep_engine::trial;
 
