@@ -361,8 +361,11 @@ fn offset_claim(
 }
 
 fn ism_at_best(scope: &str, trials: &[&Trial]) -> ClaimRow {
+    // Only models of the clean score count: a noise-conditional model (it reports `dsm_sigma`)
+    // learns ∇log p_σ, whose best L_ISM on clean data is not −C.
     let candidates: Vec<(&Trial, f64, f64)> = trials
         .iter()
+        .filter(|t| t.metric("dsm_sigma").is_none())
         .filter_map(|t| Some((*t, t.metric("l_ism")?, t.metric("c_true")?)))
         .collect();
     let expected =
@@ -378,7 +381,7 @@ fn ism_at_best(scope: &str, trials: &[&Trial]) -> ClaimRow {
     };
     if candidates.len() < ISM_AT_BEST_MIN_TRIALS {
         row.details = format!(
-            "{} trial(s) with l_ism and c_true; need {ISM_AT_BEST_MIN_TRIALS}",
+            "{} clean-score trial(s) (no noise ladder) with l_ism and c_true; need {ISM_AT_BEST_MIN_TRIALS}",
             candidates.len()
         );
         return row;
