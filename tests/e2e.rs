@@ -1,1 +1,239 @@
-//! End-to-end tests of the real binaries on loopback (filled in by the runner work).
+//! End-to-end tests of the real binaries on loopback: a small sweep completes with the exact
+//! row count and a passing ESM−ISM claim and resumes without re-running; bad sweep files give
+//! located errors and write nothing; a worker killed with SIGKILL mid-trial loses nothing; a
+//! coordinator killed with SIGKILL resumes to the same table as an undisturbed run.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps; the binaries sit one level up.
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(p.exists(), "{} not built (run `cargo test --workspace`)", p.display());
+    p
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("scoresweep-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const SMALL: &str = r#"
+name = "small"
+timeout = 120
+[base]
+seed = 0
+[base.data]
+preset = "seed1d"
+[base.model]
+kind = "mlp"
+hidden = 32
+[base.objective]
+kind = "ism"
+[base.train]
+steps = 150
+batch = 128
+lr = 3e-3
+eval_every = 50
+[base.eval]
+n = 20000
+[base.sampler]
+kind = "none"
+[grid]
+"data.preset" = ["seed1d", "ncsn2d"]
+"objective.kind" = ["ism", "ssm_vr"]
+"#;
+
+fn run(sweep: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(bin("coordinator")).arg("run").arg(sweep).arg("--out").arg(out).args(["--workers", "2"]).args(extra).output().unwrap()
+}
+
+fn db(out: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(out.join("state.db")).unwrap()
+}
+
+fn count(out: &Path, sql: &str) -> i64 {
+    db(out).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// trials.csv without timing columns, sorted by hash.
+fn table(out: &Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = header.iter().enumerate().filter(|(_, h)| !h.ends_with("seconds") && **h != "attempts").map(|(i, _)| i).collect();
+    let mut rows: Vec<String> = lines.map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        keep.iter().map(|&i| f.get(i).copied().unwrap_or("")).collect::<Vec<_>>().join(",")
+    }).collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn small_sweep_completes_resumes_and_tracks_edits() {
+    let dir = tmp("small");
+    let sweep = dir.join("small.toml");
+    std::fs::write(&sweep, SMALL).unwrap();
+    let out = dir.join("out");
+    let o = run(&sweep, &out, &["--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(table(&out).len(), 4, "one row per trial");
+    let claims = std::fs::read_to_string(out.join("claims.csv")).unwrap();
+    let offset: Vec<&str> = claims.lines().filter(|l| l.starts_with("esm_ism_offset,")).collect();
+    assert_eq!(offset.len(), 2, "{claims}");
+    assert!(offset.iter().all(|l| l.ends_with(",pass")), "{claims}");
+    for f in ["trials.parquet", "curves.parquet", "report.md"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 4);
+
+    // Same command again: nothing re-runs.
+    let o = run(&sweep, &out, &[]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 new, 4 already finished"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 4);
+
+    // An edited sweep adds its new trials and marks the dropped ones.
+    std::fs::write(&sweep, SMALL.replace("[\"ism\", \"ssm_vr\"]", "[\"ism\", \"esm\"]")).unwrap();
+    let o = run(&sweep, &out, &["--quiet"]);
+    assert!(o.status.success());
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 6, "only the two new trials ran");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM trials WHERE in_sweep = 0"), 2);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.to_lowercase().contains("no longer"), "report lists out-of-sweep trials");
+}
+
+#[test]
+fn bad_sweeps_are_located_and_write_nothing() {
+    // (edit of SMALL, fragments the message must contain)
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (SMALL.replace("[\"ism\", \"ssm_vr\"]", "[\"ism\", \"sm\"]"), vec!["small.toml:24:", "objective.kind", "sm"]),
+        (SMALL.replace("[grid]", "[grid]\n\"objective.noise\" = [{ ladder = \"geometric\", sigma_max = 1.0, sigma_min = -2.0, levels = 3 }]"), vec!["small.toml:23:", "objective.noise.sigma_min", "positive", "in trial"]),
+        (SMALL.replace("steps = 150", "stepz = 150"), vec!["small.toml:", "stepz"]),
+        (SMALL.replace("timeout = 120", "timeout = -1"), vec!["small.toml:3:", "timeout"]),
+        (SMALL.replace("[grid]", "[grid]\n\"seed\" = [0]\n\"train.lr\" = [1e-3]\n[[zip]]\n\"eval.n\" = [100, 200]\n\"train.batch\" = [8]"), vec!["zip[0]", "same"]),
+        (SMALL.replace("[grid]", "[grid]\n\"train.lr\" = [\n"), vec!["small.toml:25:", "invalid TOML"]),
+        (format!("repeats = 100\n{}", SMALL.replace("[grid]", "[grid]\n\"model.hidden\" = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30]")), vec!["expands to 12000 trials"]),
+    ];
+    for (i, (src, want)) in cases.iter().enumerate() {
+        let dir = tmp(&format!("bad{i}"));
+        let sweep = dir.join("small.toml");
+        std::fs::write(&sweep, src).unwrap();
+        let out = dir.join("out");
+        let o = run(&sweep, &out, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "case {i}: {err}");
+        for w in want {
+            assert!(err.contains(w), "case {i}: `{w}` not in: {err}");
+        }
+        assert!(!out.exists(), "case {i}: output written");
+    }
+}
+
+/// Starts `coordinator serve` on port 0 and returns it with its URL.
+fn serve(sweep: &Path, out: &Path, lease_secs: &str) -> (std::process::Child, String) {
+    let mut child = Command::new(bin("coordinator")).arg("serve").arg(sweep).arg("--out").arg(out).args(["--listen", "127.0.0.1:0", "--lease-secs", lease_secs]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let l = lines.next().expect("coordinator exited").unwrap();
+        if let Some(u) = l.strip_prefix("serving on ") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn wait_for(what: &str, secs: f64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed().as_secs_f64() < secs, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn worker_killed_mid_trial_loses_nothing() {
+    let dir = tmp("killworker");
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "timeout = 60\nretries = 2\nrepeats = 3\n[base]\nseed = 0\n[base.sleep]\nseconds = 1.5\n").unwrap();
+    let out = dir.join("out");
+    let (mut coord, url) = serve(&sweep, &out, "1.0");
+    let mut victim = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "victim"]).spawn().unwrap();
+    wait_for("a lease", 20.0, || out.join("state.db").exists() && count(&out, "SELECT COUNT(*) FROM attempts WHERE worker LIKE 'victim%'") > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    let mut rescuer = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "rescuer"]).spawn().unwrap();
+    assert!(rescuer.wait().unwrap().success());
+    assert!(coord.wait().unwrap().success());
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 3, "each trial once");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM trials WHERE status = 'done'"), 3);
+    assert!(count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'") >= 1, "the killed attempt expired and is kept");
+}
+
+const RESUME: &str = r#"
+timeout = 120
+repeats = 3
+[base]
+seed = 0
+[base.data]
+preset = "ring8"
+[base.model]
+kind = "mlp"
+hidden = 32
+[base.objective]
+kind = "dsm"
+noise = { ladder = "geometric", sigma_max = 4.0, sigma_min = 0.2, levels = 4 }
+[base.train]
+steps = 3000
+batch = 128
+eval_every = 1000
+[base.eval]
+n = 5000
+[base.sampler]
+kind = "annealed_langevin"
+steps_per_level = 200
+n = 2000
+[grid]
+"objective.kind" = ["dsm", "ssm_vr"]
+"#;
+
+#[test]
+fn coordinator_killed_mid_sweep_resumes_to_the_same_table() {
+    let dir = tmp("killcoord");
+    let sweep = dir.join("resume.toml");
+    std::fs::write(&sweep, RESUME).unwrap();
+    let reference = dir.join("reference");
+    assert!(run(&sweep, &reference, &["--quiet"]).status.success());
+
+    let out = dir.join("out");
+    // Own process group, so SIGKILL takes the coordinator and its local workers down together.
+    let mut child = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).args(["--workers", "2", "--quiet"]).process_group(0).spawn().unwrap();
+    wait_for("a finished trial", 120.0, || out.join("state.db").exists() && count(&out, "SELECT COUNT(*) FROM results") >= 1);
+    let pgid = child.id();
+    assert!(Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status().unwrap().success());
+    let _ = child.wait();
+    let finished: Vec<(String, i64)> = {
+        let c = db(&out);
+        let mut st = c.prepare("SELECT trial_hash, attempt_id FROM results ORDER BY trial_hash").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+    };
+    assert!(finished.len() < 6, "killed before the end");
+
+    let o = run(&sweep, &out, &["--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (hash, attempt) in &finished {
+        let a: i64 = db(&out).query_row("SELECT attempt_id FROM results WHERE trial_hash = ?1", [hash], |r| r.get(0)).unwrap();
+        assert_eq!(a, *attempt, "finished trial {hash} re-ran");
+    }
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 6);
+    assert_eq!(table(&out), table(&reference), "same seeds, same metrics as an undisturbed run");
+}

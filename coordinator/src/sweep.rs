@@ -32,7 +32,7 @@ pub const MAX_TRIALS: usize = 10_000;
 pub enum SweepError {
     #[error("failed to read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{}:{line}:{column}: {message}", path.display())]
+    #[error("{}:{line}:{column}: invalid TOML: {message}", path.display())]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{}:{line}:{column}: key `{key}`: {message}{}", path.display(), expansion.as_ref().map(|e| format!(" (in trial {e})")).unwrap_or_default())]
     Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String, expansion: Option<String> },
