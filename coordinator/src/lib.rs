@@ -1,6 +1,7 @@
 //! scoresweep's coordinator: sweep expansion (`sweep`), durable state (`state`), the gRPC
 //! service (`service`) and the run loop (`run`). The `coordinator` binary is glue over these.
 
+pub mod bench;
 pub mod run;
 pub mod service;
 pub mod state;

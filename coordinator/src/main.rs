@@ -53,6 +53,18 @@ enum Command {
     Status { dir: PathBuf },
     /// Re-write tables, claims, plots and report.md from a run's state database.
     Report { dir: PathBuf },
+    /// Scheduler benchmark: lease + report round trips per second on loopback, and the
+    /// wall-clock overhead of a sweep of one-second trials.
+    Bench {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
     /// Run as a worker (what `run` spawns; same as `worker --coordinator URL`).
     #[command(hide = true)]
     Agent {
@@ -104,6 +116,7 @@ fn main() -> ExitCode {
             run(&opts, sw).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),
+        Command::Bench { clients, seconds, trials, workers } => bench(clients, seconds, trials, workers),
         Command::Agent { coordinator, args } => scoresweep_engine::agent::run(&coordinator, &args),
         Command::Report { dir } => results::write_all(&db_path(&dir), &dir).map(|s| print_summary(&s, &dir)).map_err(anyhow::Error::from),
     };
@@ -122,5 +135,16 @@ fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     let st = coordinator::state::State::open(&db, 1, f64::INFINITY)?;
     let c = st.counts()?;
     println!("{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed);
+    Ok(())
+}
+
+fn bench(clients: usize, seconds: f64, trials: usize, workers: usize) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("scoresweep-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let rate = coordinator::bench::round_trips(&dir, clients, seconds)?;
+    println!("round trips (lease + report), {clients} concurrent clients: {rate:.0}/s");
+    let (wall, ideal) = coordinator::bench::overhead(&dir, trials, workers)?;
+    println!("{trials} one-second trials on {workers} local workers: {wall:.2} s against {ideal:.0} s ideal ({:+.1}% overhead)", 100.0 * (wall / ideal - 1.0));
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -114,7 +114,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         bar.set_style(indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg} (ETA {eta})").expect("template"));
         let started = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let c = shared.state.lock().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.counts()?;
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);

@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS trials(hash TEXT PRIMARY KEY, idx INTEGER NOT NULL, c
 CREATE TABLE IF NOT EXISTS attempts(id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, worker TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL, outcome TEXT NOT NULL, error TEXT);
 CREATE TABLE IF NOT EXISTS results(trial_hash TEXT PRIMARY KEY, attempt_id INTEGER NOT NULL, status TEXT NOT NULL, diverged_step INTEGER, metrics_json TEXT NOT NULL, wall_seconds REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS curves(trial_hash TEXT NOT NULL, row INTEGER NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_hash, row));
+CREATE INDEX IF NOT EXISTS trials_queue ON trials(status, in_sweep, idx);
+CREATE INDEX IF NOT EXISTS attempts_open ON attempts(outcome, deadline);
+CREATE INDEX IF NOT EXISTS attempts_trial ON attempts(trial_hash);
 CREATE TABLE IF NOT EXISTS samples(trial_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, samples_json TEXT NOT NULL, data_json TEXT NOT NULL);
 ";
 
