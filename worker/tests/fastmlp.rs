@@ -9,6 +9,21 @@ use scoresweep_engine::nets::{Activation, Arch, MlpScore};
 use scoresweep_engine::objectives;
 use scoresweep_engine::rng::Rng;
 
+/// Each layer's hand-derived (weight, bias) gradients equal autograd's to 1e-4 of the largest
+/// entry of each tensor.
+fn assert_grads_match<'a>(ci: usize, model: &MlpScore, grads: &candle_core::backprop::GradStore, fast: impl Fn(usize) -> (&'a [f32], &'a [f32])) {
+    for (li, layer) in model.layers.iter().chain(std::iter::once(&model.out)).enumerate() {
+        let (gw, gb) = fast(li);
+        for (fastg, t) in [(gw, &layer.w), (gb, &layer.b)] {
+            let reference: Vec<f32> = grads.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+            for (a, b) in fastg.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-4 * scale, "case {ci} layer {li}: {a} vs {b} (max {scale})");
+            }
+        }
+    }
+}
+
 #[test]
 fn fast_exp_is_accurate() {
     // Relative error of the degree-6 polynomial is < 2e-7 on the reduced range, so 1e-6 bounds
@@ -49,16 +64,7 @@ fn fast_dsm_matches_candle_autograd() {
         assert!((fast_loss - l as f64).abs() < 1e-5 * (1.0 + l.abs() as f64), "case {ci}: loss {fast_loss} vs {l}");
         let grads = loss.backward().unwrap();
         let layers: Vec<_> = model.layers.iter().chain(std::iter::once(&model.out)).collect();
-        for (li, layer) in layers.iter().enumerate() {
-            let (gw, gb) = fast.grads(li);
-            for (fastg, t) in [(gw, &layer.w), (gb, &layer.b)] {
-                let reference: Vec<f32> = grads.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
-                for (a, b) in fastg.iter().zip(&reference) {
-                    assert!((a - b).abs() < 1e-4 * scale, "case {ci} layer {li}: {a} vs {b} (max {scale})");
-                }
-            }
-        }
+        assert_grads_match(ci, &model, &grads, |l| fast.grads(l));
         // One Adam step on both sides; parameters agree afterwards.
         let mut opt = AdamW::new(vm.all_vars(), ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
         opt.step(&grads).unwrap();
@@ -104,16 +110,7 @@ fn fast_ssm_matches_candle_autograd() {
         let l: f32 = loss.to_scalar().unwrap();
         assert!((fast_loss - l as f64).abs() < 1e-4 * (1.0 + l.abs() as f64), "case {ci}: loss {fast_loss} vs {l}");
         let grads = loss.backward().unwrap();
-        for (li, layer) in model.layers.iter().chain(std::iter::once(&model.out)).enumerate() {
-            let (gw, gb) = fast.grads(li);
-            for (fastg, t) in [(gw, &layer.w), (gb, &layer.b)] {
-                let reference: Vec<f32> = grads.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
-                for (a, b) in fastg.iter().zip(&reference) {
-                    assert!((a - b).abs() < 1e-4 * scale, "case {ci} layer {li}: {a} vs {b} (max {scale})");
-                }
-            }
-        }
+        assert_grads_match(ci, &model, &grads, |l| fast.grads(l));
     }
 }
 
