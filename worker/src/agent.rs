@@ -133,10 +133,6 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
     Ok(())
 }
 
-fn num(v: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
-}
-
 fn points(p: &[Vec<f32>]) -> String {
     serde_json::to_string(&p.iter().take(MAX_SAMPLES).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
 }
@@ -153,9 +149,9 @@ fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>,
             if let TrialStatus::Diverged { step } = o.status {
                 r.diverged_step = Some(step);
             }
-            let m: serde_json::Map<String, serde_json::Value> = o.metrics.iter().map(|(k, v)| (k.clone(), num(*v))).collect();
+            let m: serde_json::Map<String, serde_json::Value> = o.metrics.iter().map(|(k, v)| (k.clone(), trial::json_number(*v))).collect();
             r.metrics_json = serde_json::Value::Object(m).to_string();
-            let rows: Vec<serde_json::Value> = o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| num(*v))).collect())).collect();
+            let rows: Vec<serde_json::Value> = o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| trial::json_number(*v))).collect())).collect();
             r.curve_json = serde_json::Value::Array(rows).to_string();
             r.dim = o.samples.first().map_or(0, |s| s.len() as u32);
             r.samples_json = points(&o.samples);

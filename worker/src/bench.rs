@@ -113,19 +113,6 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         )?;
         return Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() });
     }
-    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
-    let obj = TrainObjective {
-        kind: match case {
-            Case::Dsm => ObjectiveKind::Dsm,
-            Case::Ssm => ObjectiveKind::Ssm,
-            Case::SsmVr => ObjectiveKind::SsmVr,
-            _ => ObjectiveKind::Ism,
-        },
-        sigmas: None,
-        probes: 1,
-        probe: ProbeDist::Rademacher,
-        trace_chunk: 64,
-    };
     if case == Case::Dsm {
         // The hand-derived step the trials use for DSM on MLPs.
         let Model::Mlp(m) = &model else { unreachable!() };
@@ -158,6 +145,9 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         )?;
         return Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() });
     }
+    // Exact ISM through candle's autograd (closed-form trace).
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+    let obj = TrainObjective { kind: ObjectiveKind::Ism, sigmas: None, probes: 1, probe: ProbeDist::Rademacher, trace_chunk: 64 };
     let ms = median_ms(
         || {
             let x0 = mix.sample(batch, &mut rng);

@@ -584,7 +584,8 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<(), EngineError> {
     std::fs::write(&tmp, contents).and_then(|_| std::fs::rename(&tmp, path)).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })
 }
 
-fn json_number(v: f64) -> serde_json::Value {
+/// A JSON number, or null for NaN/inf (JSON has no such numbers).
+pub fn json_number(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
 }
 
