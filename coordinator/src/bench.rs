@@ -13,7 +13,10 @@ use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
 
 use crate::run::{run, RunOptions};
-use crate::service::{serve, Shared};
+use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
+use tonic::{Request, Response, Status};
+
+use crate::service::{incoming, Service, Shared};
 use crate::state::State;
 use crate::sweep::Sweep;
 
@@ -24,48 +27,140 @@ fn sleep_sweep(dir: &Path, trials: usize, seconds: f64) -> anyhow::Result<Sweep>
     Ok(Sweep::parse(&src, &path)?)
 }
 
-/// Round trips per second with `clients` concurrent clients for about `seconds`.
-pub fn round_trips(dir: &Path, clients: usize, seconds: f64) -> anyhow::Result<f64> {
-    let sweep = sleep_sweep(dir, 9_999, 0.001)?;
-    let mut state = State::open(&dir.join("rt.db"), 1, 600.0)?;
-    state.sync(&sweep, false)?;
-    let shared = Shared::new(state, sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect(), 60.0);
+/// Round trips (lease + report) per second, measured four ways.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundTrips {
+    /// The real service; a Lease call and a Report call per trial.
+    pub two_calls: f64,
+    /// The no-op baseline, two calls.
+    pub two_calls_baseline: f64,
+    /// The real service; the next lease rides on the report (`lease_next`, what workers do).
+    pub piggyback: f64,
+    /// The no-op baseline, piggybacked.
+    pub piggyback_baseline: f64,
+    /// Mean requests per commit in the piggybacked run (group commit at work).
+    pub batch_mean: f64,
+    /// Share of the piggybacked run's wall time the store thread was busy.
+    pub store_busy: f64,
+}
+
+/// Round trips per second with `clients` concurrent clients for about `seconds` each, against
+/// the real service (SQLite state, group commit) and, as a baseline, against a no-op service
+/// that answers at once without state. The baseline is the gRPC/HTTP2 ceiling of this
+/// machine (clients included), so the ratio shows what the scheduler itself costs.
+pub fn round_trips(dir: &Path, clients: usize, seconds: f64) -> anyhow::Result<RoundTrips> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, shared, async {
-            let _ = stop_rx.await;
-        }));
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let url = url.clone();
-            let done = done.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut client = SweepClient::connect(url).await?;
-                let id = format!("bench{c}");
-                while Instant::now() < deadline {
-                    let reply = client.lease(pb::LeaseRequest { worker_id: id.clone() }).await?.into_inner();
-                    let Some(lease_reply::Reply::Lease(l)) = reply.reply else { break };
-                    let report = pb::ReportRequest { worker_id: id.clone(), attempt_id: l.attempt_id, trial_hash: l.trial_hash, status: "ok".into(), metrics_json: "{}".into(), curve_json: "[]".into(), ..Default::default() };
-                    client.report(report).await?;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(())
-            }));
+    // Enough queued trials that no run drains the queue (the sweep file format caps a sweep
+    // at 10k trials; the bench replicates them under fresh hashes).
+    let base = sleep_sweep(dir, 10_000, 0.001)?;
+    let copies = ((seconds * 40_000.0) as usize).div_ceil(base.trials.len()).max(1);
+    let mut sweep = base.clone();
+    sweep.trials = (0..copies)
+        .flat_map(|k| base.trials.iter().map(move |t| (k, t)))
+        .enumerate()
+        .map(|(i, (k, t))| crate::sweep::Trial { hash: format!("{}-{k}", t.hash), idx: i, ..t.clone() })
+        .collect();
+    let real = |piggyback: bool| -> anyhow::Result<(f64, crate::store::StoreStats)> {
+        let db = dir.join(format!("rt{}.db", piggyback as u8));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
         }
-        let start = Instant::now();
-        for t in tasks {
-            t.await??;
-        }
-        let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-        let _ = stop_tx.send(());
-        let _ = server.await;
-        anyhow::Ok(rate)
+        let mut state = State::open(&db, 1, 600.0)?;
+        state.sync(&sweep, false)?;
+        let shared = Shared::new(state, sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect(), 60.0);
+        let before = shared.store.stats();
+        let rate = rt.block_on(drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback))?;
+        let after = shared.store.stats();
+        shared.store.close();
+        let d = crate::store::StoreStats { batches: after.batches - before.batches, requests: after.requests - before.requests, busy_seconds: after.busy_seconds - before.busy_seconds };
+        Ok((rate, d))
+    };
+    let (two_calls, _) = real(false)?;
+    let (piggyback, st) = real(true)?;
+    Ok(RoundTrips {
+        two_calls,
+        piggyback,
+        batch_mean: st.requests as f64 / st.batches.max(1) as f64,
+        store_busy: st.busy_seconds / seconds,
+        two_calls_baseline: rt.block_on(drive(SweepServer::new(NullService), clients, seconds, false))?,
+        piggyback_baseline: rt.block_on(drive(SweepServer::new(NullService), clients, seconds, true))?,
     })
+}
+
+/// Serves `svc` on a loopback port and runs `clients` lease → report loops against it.
+async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, piggyback: bool) -> anyhow::Result<f64> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = url.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = SweepClient::connect(url).await?;
+            let id = format!("bench{c}");
+            let mut next: Option<pb::LeaseReply> = None;
+            while Instant::now() < deadline {
+                let reply = match next.take() {
+                    Some(r @ pb::LeaseReply { reply: Some(lease_reply::Reply::Lease(_)) }) => r,
+                    _ => client.lease(pb::LeaseRequest { worker_id: id.clone() }).await?.into_inner(),
+                };
+                let Some(lease_reply::Reply::Lease(l)) = reply.reply else { break };
+                let report = pb::ReportRequest { worker_id: id.clone(), attempt_id: l.attempt_id, trial_hash: l.trial_hash, status: "ok".into(), metrics_json: "{}".into(), curve_json: "[]".into(), lease_next: piggyback, ..Default::default() };
+                let r = client.report(report).await?.into_inner();
+                anyhow::ensure!(r.recorded, "report not recorded: {}", r.note);
+                next = r.next;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await??;
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(rate)
+}
+
+fn null_lease() -> pb::LeaseReply {
+    let lease = pb::Lease { trial_hash: "0".repeat(16), attempt_id: 1, trial_toml: "[sleep]\nseconds = 0.001\n".into(), deadline_unix: 0.0, heartbeat_seconds: 1.0 };
+    pb::LeaseReply { reply: Some(lease_reply::Reply::Lease(lease)) }
+}
+
+/// The baseline: the same protocol with no state behind it (every lease is attempt 1 of a
+/// fixed trial, every report is accepted).
+struct NullService;
+
+#[tonic::async_trait]
+impl SweepRpc for NullService {
+    async fn register(&self, _: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
+        Ok(Response::new(pb::RegisterReply { worker_id: "null".into() }))
+    }
+    async fn lease(&self, _: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
+        Ok(Response::new(null_lease()))
+    }
+    async fn heartbeat(&self, _: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+        Ok(Response::new(pb::HeartbeatReply { cancel: false, deadline_unix: 0.0 }))
+    }
+    async fn report(&self, r: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
+        let next = if r.into_inner().lease_next { Some(null_lease()) } else { None };
+        Ok(Response::new(pb::ReportReply { recorded: true, note: String::new(), next }))
+    }
+    async fn cancel(&self, _: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
+        Ok(Response::new(pb::CancelReply {}))
+    }
 }
 
 /// (wall seconds, ideal seconds) of a sweep of one-second trials with `workers` workers.

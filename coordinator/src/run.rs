@@ -73,9 +73,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tick.tick().await;
-                    if let Ok(mut st) = shared.state.lock() {
-                        let _ = st.expire();
-                    }
+                    let _ = shared.store.call(|st| st.expire()).await;
                 }
             })
         };
@@ -85,7 +83,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     eprintln!("\nstopping: no new trials; running ones finish (Ctrl-C again to cancel them)");
-                    shared.stopping.store(true, Ordering::SeqCst);
+                    shared.stop_leasing();
                     if tokio::signal::ctrl_c().await.is_ok() {
                         eprintln!("\ncancelling running trials");
                         shared.cancel_all.store(true, Ordering::SeqCst);
@@ -113,9 +111,13 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         let bar = if opts.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
         bar.set_style(indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg} (ETA {eta})").expect("template"));
         let started = Instant::now();
+        // Woken by every finished or re-queued attempt (and a stop); the timeout keeps the
+        // progress bar and the worker-exit check going in between.
+        let mut changed = shared.store.changed();
         loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let c = shared.state.lock().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.counts()?;
+            let _ = tokio::time::timeout(Duration::from_millis(250), changed.changed()).await;
+            changed.borrow_and_update();
+            let c = shared.store.call(|st| st.counts()).await?;
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);
             bar.set_message(format!("done {} running {} failed {} queued {}", c.done, c.running, c.failed, c.queued));
@@ -131,8 +133,8 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         if !opts.quiet {
             eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
         }
-        // Let workers see "done", then stop.
-        shared.stopping.store(true, Ordering::SeqCst);
+        // Let workers see "done" (held Lease calls answer at once), then stop.
+        shared.stop_leasing();
         let deadline = Instant::now() + Duration::from_secs(5);
         for ch in &mut children {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -145,6 +147,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         let _ = server.await;
         anyhow::Ok(())
     })?;
+    shared.store.close();
     drop(shared);
     let summary = results::write_all(&db_path(&opts.out), &opts.out).context("failed to write the results")?;
     Ok(summary)

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
 use sweep_proto::pb::{self, lease_reply};
@@ -12,11 +13,12 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::state::{AttemptResult, State};
+use crate::store::Store;
 
-/// Server state shared by the gRPC handlers and the run loop. A std Mutex guards the database:
-/// it is never held across an `.await`, and every critical section is one short transaction.
+/// Server state shared by the gRPC handlers and the run loop. All database access goes through
+/// the [`Store`] thread (group commit); handlers only await its answers.
 pub struct Shared {
-    pub state: Mutex<State>,
+    pub store: Store,
     /// Trial TOML by hash, sent with each lease.
     pub trials: HashMap<String, String>,
     pub lease_secs: f64,
@@ -28,10 +30,13 @@ pub struct Shared {
     next_worker: AtomicU64,
 }
 
+/// Longest a Lease call is held while nothing is queued (the worker then calls again).
+const LONG_POLL: Duration = Duration::from_secs(5);
+
 impl Shared {
     pub fn new(state: State, trials: HashMap<String, String>, lease_secs: f64) -> Arc<Shared> {
         Arc::new(Shared {
-            state: Mutex::new(state),
+            store: Store::spawn(state),
             trials,
             lease_secs,
             heartbeat_secs: (lease_secs / 4.0).clamp(0.05, 10.0),
@@ -41,14 +46,79 @@ impl Shared {
         })
     }
 
-    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> rusqlite::Result<T>) -> Result<T, Status> {
-        let mut st = self.state.lock().map_err(|_| Status::internal("state lock poisoned"))?;
-        f(&mut st).map_err(|e| Status::internal(format!("state database: {e}")))
+    /// Stops leasing and wakes every held Lease call so it answers "done".
+    pub fn stop_leasing(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.store.wake_all();
+    }
+
+    async fn with_state<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static) -> Result<T, Status> {
+        self.store.call(f).await.map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn lease_of(&self, hash: String, attempt: u64, deadline: f64) -> Result<lease_reply::Reply, Status> {
+        let toml = self.trials.get(&hash).cloned().ok_or_else(|| Status::internal(format!("trial {hash} is not in the loaded sweep")))?;
+        Ok(lease_reply::Reply::Lease(pb::Lease { trial_hash: hash, attempt_id: attempt, trial_toml: toml, deadline_unix: deadline, heartbeat_seconds: self.heartbeat_secs }))
+    }
+
+    /// One lease attempt: a lease, "done" (nothing queued, nothing running, or stopping), or
+    /// None (nothing queued while attempts run).
+    async fn try_lease(&self, worker: &str) -> Result<Option<lease_reply::Reply>, Status> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(Some(lease_reply::Reply::Done(true)));
+        }
+        let (w, secs) = (worker.to_string(), self.lease_secs);
+        let got = self
+            .with_state(move |st| {
+                Ok(match st.lease(&w, secs)? {
+                    Some(l) => Ok(l),
+                    None => Err(st.counts()?.running),
+                })
+            })
+            .await?;
+        match got {
+            Ok((hash, attempt, deadline)) => Ok(Some(self.lease_of(hash, attempt, deadline)?)),
+            Err(0) => Ok(Some(lease_reply::Reply::Done(true))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Lease with long polling: while nothing is queued but attempts run, waits for a change
+    /// (a re-queued trial, a finished attempt, a stop) instead of telling the worker to sleep,
+    /// so the tail of a sweep and its end reach workers at once.
+    async fn lease_wait(&self, worker: &str) -> Result<lease_reply::Reply, Status> {
+        let until = tokio::time::Instant::now() + LONG_POLL;
+        let mut changed = self.store.changed();
+        loop {
+            changed.borrow_and_update();
+            if let Some(r) = self.try_lease(worker).await? {
+                return Ok(r);
+            }
+            match tokio::time::timeout_at(until, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(lease_reply::Reply::WaitSeconds(0.0)),
+            }
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Service(pub Arc<Shared>);
+
+fn to_domain(r: &mut pb::ReportRequest) -> Result<AttemptResult, Status> {
+    let curve: Vec<serde_json::Value> = serde_json::from_str(&r.curve_json).map_err(|e| Status::invalid_argument(format!("curve_json: {e}")))?;
+    Ok(AttemptResult {
+        status: std::mem::take(&mut r.status),
+        diverged_step: r.diverged_step,
+        metrics_json: std::mem::take(&mut r.metrics_json),
+        curve_rows: curve.iter().map(|v| v.to_string()).collect(),
+        dim: r.dim,
+        samples_json: std::mem::take(&mut r.samples_json),
+        data_json: std::mem::take(&mut r.data_json),
+        wall_seconds: r.wall_seconds,
+        error: std::mem::take(&mut r.error),
+    })
+}
 
 #[tonic::async_trait]
 impl SweepRpc for Service {
@@ -66,58 +136,53 @@ impl SweepRpc for Service {
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
         let worker = req.into_inner().worker_id;
-        let s = &self.0;
-        if s.stopping.load(Ordering::Relaxed) {
-            return Ok(Response::new(pb::LeaseReply { reply: Some(lease_reply::Reply::Done(true)) }));
-        }
-        let leased = s.with_state(|st| st.lease(&worker, s.lease_secs))?;
-        let reply = match leased {
-            Some((hash, attempt, deadline)) => {
-                let toml = s.trials.get(&hash).cloned().ok_or_else(|| Status::internal(format!("trial {hash} is not in the loaded sweep")))?;
-                lease_reply::Reply::Lease(pb::Lease { trial_hash: hash, attempt_id: attempt, trial_toml: toml, deadline_unix: deadline, heartbeat_seconds: s.heartbeat_secs })
-            }
-            None => {
-                // Nothing queued: wait while attempts run (they may fail and be re-queued).
-                let c = s.with_state(|st| st.counts())?;
-                if c.running > 0 { lease_reply::Reply::WaitSeconds(0.2) } else { lease_reply::Reply::Done(true) }
-            }
-        };
+        let reply = self.0.lease_wait(&worker).await?;
         Ok(Response::new(pb::LeaseReply { reply: Some(reply) }))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
         let r = req.into_inner();
         let s = &self.0;
-        let (cancel, deadline) = s.with_state(|st| st.heartbeat(r.attempt_id, s.lease_secs, s.cancel_all.load(Ordering::Relaxed)))?;
+        let (secs, cancel_all) = (s.lease_secs, s.cancel_all.load(Ordering::Relaxed));
+        let (cancel, deadline) = s.with_state(move |st| st.heartbeat(r.attempt_id, secs, cancel_all)).await?;
         Ok(Response::new(pb::HeartbeatReply { cancel, deadline_unix: deadline }))
     }
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
-        let r = req.into_inner();
-        let curve: Vec<serde_json::Value> = serde_json::from_str(&r.curve_json).map_err(|e| Status::invalid_argument(format!("curve_json: {e}")))?;
-        let result = AttemptResult {
-            status: r.status,
-            diverged_step: r.diverged_step,
-            metrics_json: r.metrics_json,
-            curve_rows: curve.iter().map(|v| v.to_string()).collect(),
-            dim: r.dim,
-            samples_json: r.samples_json,
-            data_json: r.data_json,
-            wall_seconds: r.wall_seconds,
-            error: r.error,
+        let mut r = req.into_inner();
+        let result = to_domain(&mut r)?;
+        let s = &self.0;
+        // With lease_next, the report and the next lease are one atomic change (one job).
+        let lease_next = r.lease_next && !s.stopping.load(Ordering::SeqCst);
+        let (attempt, hash, worker, secs) = (r.attempt_id, r.trial_hash, r.worker_id, s.lease_secs);
+        let (recorded, next) = s
+            .with_state(move |st| {
+                let recorded = st.report(attempt, &hash, &result)?;
+                let next = if lease_next { st.lease(&worker, secs)? } else { None };
+                Ok((recorded, next))
+            })
+            .await?;
+        let next = match next {
+            Some((hash, attempt, deadline)) => Some(pb::LeaseReply { reply: Some(s.lease_of(hash, attempt, deadline)?) }),
+            // Nothing to hand out at once: the worker asks with Lease (which long-polls).
+            None if r.lease_next => Some(pb::LeaseReply { reply: Some(lease_reply::Reply::WaitSeconds(0.0)) }),
+            None => None,
         };
-        let recorded = self.0.with_state(|st| st.report(r.attempt_id, &r.trial_hash, &result))?;
         let note = if recorded { String::new() } else { "attempt no longer running or trial already has a result: ignored".into() };
-        Ok(Response::new(pb::ReportReply { recorded, note }))
+        Ok(Response::new(pb::ReportReply { recorded, note, next }))
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
         let r = req.into_inner();
-        let hash: Option<String> = self.0.with_state(|st| st.attempt_trial(r.attempt_id))?;
-        if let Some(hash) = hash {
-            let res = AttemptResult { status: "cancelled".into(), diverged_step: None, metrics_json: "{}".into(), curve_rows: vec![], dim: 0, samples_json: String::new(), data_json: String::new(), wall_seconds: 0.0, error: String::new() };
-            self.0.with_state(|st| st.report(r.attempt_id, &hash, &res))?;
-        }
+        self.0
+            .with_state(move |st| {
+                if let Some(hash) = st.attempt_trial(r.attempt_id)? {
+                    let res = AttemptResult { status: "cancelled".into(), diverged_step: None, metrics_json: "{}".into(), curve_rows: vec![], dim: 0, samples_json: String::new(), data_json: String::new(), wall_seconds: 0.0, error: String::new() };
+                    st.report(r.attempt_id, &hash, &res)?;
+                }
+                Ok(())
+            })
+            .await?;
         Ok(Response::new(pb::CancelReply {}))
     }
 }
@@ -126,6 +191,16 @@ impl SweepRpc for Service {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(SweepServer::new(Service(shared)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off (small request/reply messages).
+pub fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }

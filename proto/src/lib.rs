@@ -3,7 +3,7 @@
 //! everything else works on domain types.
 
 /// Version both sides must speak; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[allow(clippy::all)]
 pub mod pb {

@@ -70,17 +70,23 @@ async fn agent(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
     .await?
     .into_inner()
     .worker_id;
+    // The next lease rides on each report (`lease_next`); Lease is called only when the
+    // report brought none (nothing queued at that moment; Lease then long-polls).
+    let mut next: Option<pb::LeaseReply> = None;
     loop {
-        let reply = retry(args, "lease", || {
-            let mut c = client.clone();
-            let req = pb::LeaseRequest { worker_id: id.clone() };
-            async move { c.lease(req).await }
-        })
-        .await?
-        .into_inner();
+        let reply = match next.take() {
+            Some(r @ pb::LeaseReply { reply: Some(lease_reply::Reply::Lease(_) | lease_reply::Reply::Done(_)) }) => r,
+            _ => retry(args, "lease", || {
+                let mut c = client.clone();
+                let req = pb::LeaseRequest { worker_id: id.clone() };
+                async move { c.lease(req).await }
+            })
+            .await?
+            .into_inner(),
+        };
         match reply.reply {
-            Some(lease_reply::Reply::Lease(lease)) => run_lease(&client, &id, lease, args).await?,
-            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.01, 30.0))).await,
+            Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args).await?,
+            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.0, 30.0))).await,
             Some(lease_reply::Reply::Done(_)) | None => return Ok(()),
         }
     }
@@ -91,7 +97,9 @@ struct Shared {
     cancel: AtomicBool,
 }
 
-async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, args: &AgentArgs) -> anyhow::Result<()> {
+/// Runs one leased trial, heartbeating meanwhile, and delivers its report; returns the next
+/// lease the coordinator sent back with the report, if any.
+async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, args: &AgentArgs) -> anyhow::Result<Option<pb::LeaseReply>> {
     let started = Instant::now();
     let shared = Arc::new(Shared { progress: Mutex::new(trial::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
@@ -123,14 +131,15 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
             }
         }
     };
-    let report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
-    retry(args, "report", || {
+    let mut report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
+    report.lease_next = true;
+    let reply = retry(args, "report", || {
         let mut c = client.clone();
         let r = report.clone();
         async move { c.report(r).await }
     })
     .await?;
-    Ok(())
+    Ok(reply.into_inner().next)
 }
 
 fn points(p: &[Vec<f32>]) -> String {
