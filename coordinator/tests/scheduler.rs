@@ -1,0 +1,212 @@
+//! The scheduler's moving parts, in process: group commit in the state store (one commit per
+//! batch, a failing request rolled back alone), long-polled leases (held while attempts run,
+//! answered as soon as a trial is re-queued or the sweep ends), the next lease riding on a
+//! report, and the refusal of a state database in another layout.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coordinator::service::{serve, Shared};
+use coordinator::state::State;
+use coordinator::store::Store;
+use coordinator::sweep::Sweep;
+use sweep_proto::pb::sweep_client::SweepClient;
+use sweep_proto::pb::{self, lease_reply};
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("scoresweep-sched-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A sweep of `n` one-millisecond sleep trials, synced into a fresh state database.
+fn setup(dir: &Path, n: usize, retries: u32) -> (State, Sweep) {
+    let seeds: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let src = format!("name = \"t\"\nretries = {retries}\nseeds = [{}]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n", seeds.join(","));
+    let path = dir.join("t.toml");
+    std::fs::write(&path, &src).unwrap();
+    let sweep = Sweep::parse(&src, &path).unwrap();
+    let mut st = State::open(&dir.join("state.db"), sweep.retries + 1, sweep.timeout).unwrap();
+    st.sync(&sweep, false).unwrap();
+    (st, sweep)
+}
+
+fn count(dir: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(dir.join("state.db")).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Holds the store thread inside a request until `release` is dropped, so that the requests
+/// sent meanwhile queue up and form the next batch.
+fn hold(store: &Arc<Store>, rt: &tokio::runtime::Runtime) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let s = store.clone();
+    let h = rt.spawn(async move {
+        s.call(move |_| {
+            let _ = entered_tx.send(());
+            let _ = wait.lock().unwrap().recv();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    });
+    entered.recv_timeout(Duration::from_secs(10)).expect("the holding request started");
+    (release, h)
+}
+
+#[test]
+fn queued_requests_share_one_commit_and_all_get_answers() {
+    let dir = tmpdir("batch");
+    let (st, _) = setup(&dir, 60, 0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = Arc::new(Store::spawn(st));
+    let (release, held) = hold(&store, &rt);
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let s = store.clone();
+            rt.spawn(async move { s.call(move |st| st.lease(&format!("w{i}"), 60.0)).await })
+        })
+        .collect();
+    // Let every call reach the queue, then let the store go on.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(release);
+    let leased: Vec<String> = rt.block_on(async {
+        held.await.unwrap();
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(c.await.unwrap().unwrap().expect("a queued trial").0);
+        }
+        out
+    });
+    let distinct: std::collections::HashSet<_> = leased.iter().collect();
+    assert_eq!(distinct.len(), 50, "each request leased its own trial");
+    let stats = store.stats();
+    assert_eq!((stats.requests, stats.batches), (51, 2), "the holding request alone, then the 50 queued ones in one commit");
+    store.close();
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'"), 50);
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM trials WHERE status = 'leased'"), 50);
+}
+
+#[test]
+fn a_failing_request_is_rolled_back_alone() {
+    let dir = tmpdir("rollback");
+    let (st, _) = setup(&dir, 10, 0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = Arc::new(Store::spawn(st));
+    let (release, held) = hold(&store, &rt);
+    let spawn_lease = |fail: bool| {
+        let s = store.clone();
+        rt.spawn(async move {
+            s.call(move |st| {
+                let got = st.lease("w", 60.0)?;
+                if fail {
+                    // After a change: the request must leave nothing behind.
+                    return Err(rusqlite::Error::InvalidQuery);
+                }
+                Ok(got)
+            })
+            .await
+        })
+    };
+    let (a, b, c) = (spawn_lease(false), spawn_lease(true), spawn_lease(false));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(release);
+    let (a, b, c) = rt.block_on(async {
+        held.await.unwrap();
+        (a.await.unwrap(), b.await.unwrap(), c.await.unwrap())
+    });
+    assert!(a.unwrap().is_some() && c.unwrap().is_some(), "the other requests of the batch committed");
+    assert!(b.is_err(), "the failing request reports its error");
+    store.close();
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM attempts"), 2, "no attempt row from the failed request");
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM trials WHERE status = 'leased'"), 2);
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM trials WHERE status = 'queued'"), 8);
+}
+
+fn lease_of(r: pb::LeaseReply) -> pb::Lease {
+    match r.reply {
+        Some(lease_reply::Reply::Lease(l)) => l,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+fn report(worker: &str, l: &pb::Lease, status: &str, lease_next: bool) -> pb::ReportRequest {
+    pb::ReportRequest { worker_id: worker.into(), attempt_id: l.attempt_id, trial_hash: l.trial_hash.clone(), status: status.into(), metrics_json: "{}".into(), curve_json: "[]".into(), error: "boom".into(), lease_next, ..Default::default() }
+}
+
+#[test]
+fn leases_long_poll_and_the_next_lease_rides_on_the_report() {
+    let dir = tmpdir("poll");
+    // Three trials, one retry each.
+    let (st, sweep) = setup(&dir, 3, 1);
+    let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
+    let shared = Shared::new(st, trials, 60.0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, shared.clone(), async {
+            let _ = stopped.await;
+        }));
+        let mut a = SweepClient::connect(url.clone()).await.unwrap();
+        let mut b = SweepClient::connect(url.clone()).await.unwrap();
+        let mut c = SweepClient::connect(url).await.unwrap();
+        let la = lease_of(a.lease(pb::LeaseRequest { worker_id: "a".into() }).await.unwrap().into_inner());
+        let lb = lease_of(b.lease(pb::LeaseRequest { worker_id: "b".into() }).await.unwrap().into_inner());
+
+        // B finishes and gets the third trial with its report, in one call.
+        let rb = b.report(report("b", &lb, "ok", true)).await.unwrap().into_inner();
+        assert!(rb.recorded);
+        let lb2 = lease_of(rb.next.expect("a next lease"));
+        assert_ne!(lb2.trial_hash, la.trial_hash);
+        assert_ne!(lb2.trial_hash, lb.trial_hash);
+
+        // Nothing queued, two attempts running: C's Lease is held...
+        let started = Instant::now();
+        let held = tokio::spawn(async move { c.lease(pb::LeaseRequest { worker_id: "c".into() }).await.map(|r| r.into_inner()) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!held.is_finished(), "a lease with nothing queued is held while attempts run");
+        // ...until A's attempt fails and its trial goes back to the queue: C gets it at once,
+        // well before the 5 s long-poll limit.
+        let ra = a.report(report("a", &la, "failed", false)).await.unwrap().into_inner();
+        assert!(ra.recorded && ra.next.is_none(), "no next lease unless asked");
+        let lc = lease_of(held.await.unwrap().unwrap());
+        assert_eq!(lc.trial_hash, la.trial_hash, "the re-queued trial");
+        assert!(started.elapsed() < Duration::from_secs(3), "answered by the re-queue, not the timeout");
+
+        // Last two finish; a report asking for more when nothing is queued says "ask Lease".
+        let r = b.report(report("b", &lb2, "ok", true)).await.unwrap().into_inner();
+        assert!(matches!(r.next, Some(pb::LeaseReply { reply: Some(lease_reply::Reply::WaitSeconds(_)) })), "{:?}", r.next);
+        // A Lease held now ends with "done" the moment the last attempt finishes.
+        let mut a2 = a.clone();
+        let waiting = tokio::spawn(async move { a2.lease(pb::LeaseRequest { worker_id: "a".into() }).await.map(|r| r.into_inner()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished());
+        let t = Instant::now();
+        let mut c2 = b.clone();
+        c2.report(report("c", &lc, "ok", false)).await.unwrap();
+        let done = waiting.await.unwrap().unwrap();
+        assert!(matches!(done.reply, Some(lease_reply::Reply::Done(true))), "{done:?}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    });
+    shared.store.close();
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM results"), 3);
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM attempts"), 4, "three trials, one retried");
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM attempts WHERE outcome = 'failed'"), 1);
+}
+
+#[test]
+fn a_state_database_in_another_layout_is_refused() {
+    let dir = tmpdir("layout");
+    let db = dir.join("state.db");
+    rusqlite::Connection::open(&db).unwrap().execute_batch("CREATE TABLE trials(hash TEXT PRIMARY KEY, idx INTEGER NOT NULL);").unwrap();
+    let err = State::open(&db, 1, 60.0).err().expect("refused").to_string();
+    assert!(err.contains("layout") && err.contains("state.db"), "{err}");
+}
