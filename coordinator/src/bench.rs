@@ -40,7 +40,7 @@ pub struct RoundTrips {
     pub piggyback_baseline: f64,
     /// Mean requests per commit in the piggybacked run (group commit at work).
     pub batch_mean: f64,
-    /// Share of the piggybacked run's wall time the store thread was busy.
+    /// Share of the piggybacked run's wall time the store spent running batches.
     pub store_busy: f64,
 }
 

@@ -145,7 +145,7 @@ fn bench(clients: usize, seconds: f64, trials: usize, workers: usize) -> anyhow:
     println!("round trips (lease + report), {clients} concurrent clients:");
     println!("  two calls (Lease, Report):        {:>7.0}/s   no-op baseline {:>7.0}/s   ratio {:.2}", r.two_calls, r.two_calls_baseline, r.two_calls / r.two_calls_baseline);
     println!("  piggybacked (Report+lease_next):  {:>7.0}/s   no-op baseline {:>7.0}/s   ratio {:.2}", r.piggyback, r.piggyback_baseline, r.piggyback / r.piggyback_baseline);
-    println!("  group commit: {:.1} requests per transaction; store thread busy {:.0}% of the time", r.batch_mean, 100.0 * r.store_busy);
+    println!("  group commit: {:.1} requests per transaction; state store busy (SQLite work) {:.0}% of the time", r.batch_mean, 100.0 * r.store_busy);
     let (wall, ideal) = coordinator::bench::overhead(&dir, trials, workers)?;
     println!("{trials} one-second trials on {workers} local workers: {wall:.2} s against {ideal:.0} s ideal ({:+.1}% overhead)", 100.0 * (wall / ideal - 1.0));
     let _ = std::fs::remove_dir_all(&dir);

@@ -12,6 +12,9 @@ use crate::service::{serve, Shared};
 use crate::state::State;
 use crate::sweep::Sweep;
 
+/// How long `serve` keeps answering "done" after the sweep ends.
+const SERVE_GRACE: Duration = Duration::from_millis(500);
+
 pub struct RunOptions {
     pub sweep: PathBuf,
     pub out: PathBuf,
@@ -141,6 +144,10 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
             if tokio::time::timeout(left, ch.wait()).await.is_err() {
                 let _ = ch.kill().await;
             }
+        }
+        if children.is_empty() {
+            // `serve`: remote workers between two calls get "done" rather than a closed port.
+            tokio::time::sleep(SERVE_GRACE).await;
         }
         expiry.abort();
         let _ = stop_tx.send(());

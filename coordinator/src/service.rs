@@ -36,7 +36,7 @@ const LONG_POLL: Duration = Duration::from_secs(5);
 impl Shared {
     pub fn new(state: State, trials: HashMap<String, String>, lease_secs: f64) -> Arc<Shared> {
         Arc::new(Shared {
-            store: Store::spawn(state),
+            store: Store::new(state),
             trials,
             lease_secs,
             heartbeat_secs: (lease_secs / 4.0).clamp(0.05, 10.0),
@@ -158,16 +158,27 @@ impl SweepRpc for Service {
         let (recorded, next) = s
             .with_state(move |st| {
                 let recorded = st.report(attempt, &hash, &result)?;
-                let next = if lease_next { st.lease(&worker, secs)? } else { None };
+                let next = match lease_next {
+                    false => None,
+                    true => Some(match st.lease(&worker, secs)? {
+                        Some(l) => Ok(l),
+                        None => Err(st.counts()?.running),
+                    }),
+                };
                 Ok((recorded, next))
             })
             .await?;
-        let next = match next {
-            Some((hash, attempt, deadline)) => Some(pb::LeaseReply { reply: Some(s.lease_of(hash, attempt, deadline)?) }),
+        let reply = match next {
+            Some(Ok((hash, attempt, deadline))) => Some(s.lease_of(hash, attempt, deadline)?),
+            // Nothing queued or running: the sweep is over (the coordinator may exit at once).
+            Some(Err(0)) => Some(lease_reply::Reply::Done(true)),
             // Nothing to hand out at once: the worker asks with Lease (which long-polls).
-            None if r.lease_next => Some(pb::LeaseReply { reply: Some(lease_reply::Reply::WaitSeconds(0.0)) }),
+            Some(Err(_)) => Some(lease_reply::Reply::WaitSeconds(0.0)),
+            // Asked for, but the coordinator is stopping.
+            None if r.lease_next => Some(lease_reply::Reply::Done(true)),
             None => None,
         };
+        let next = reply.map(|reply| pb::LeaseReply { reply: Some(reply) });
         let note = if recorded { String::new() } else { "attempt no longer running or trial already has a result: ignored".into() };
         Ok(Response::new(pb::ReportReply { recorded, note, next }))
     }

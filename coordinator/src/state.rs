@@ -118,11 +118,11 @@ impl State {
 
     /// Starts a batch transaction (the store groups many requests into one commit).
     pub(crate) fn begin(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")
+        Self::exec(&self.conn, "BEGIN IMMEDIATE", []).map(drop)
     }
 
     pub(crate) fn commit(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")
+        Self::exec(&self.conn, "COMMIT", []).map(drop)
     }
 
     pub(crate) fn rollback(&self) {
@@ -251,13 +251,16 @@ impl State {
     /// `ignored`) when the attempt is no longer running or the trial already has a result.
     pub fn report(&mut self, attempt: u64, hash: &str, r: &AttemptResult) -> rusqlite::Result<bool> {
         let t = now();
-        let row: Option<(i64, String, String)> = self.conn.prepare_cached("SELECT trial_id, trial_hash, outcome FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        let row: Option<(i64, String, String, bool)> = self
+            .conn
+            .prepare_cached("SELECT a.trial_id, a.trial_hash, a.outcome, EXISTS (SELECT 1 FROM results r WHERE r.trial_id = a.trial_id) FROM attempts a WHERE a.id = ?1")?
+            .query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
         let trial = match &row {
-            Some((id, h, o)) if h == hash && (o == "running" || o == "expired") => *id,
+            Some((id, h, o, false)) if h == hash && (o == "running" || o == "expired") => *id,
             _ => -1,
         };
-        let has_result = trial >= 0 && self.conn.prepare_cached("SELECT 1 FROM results WHERE trial_id = ?1")?.exists(params![trial])?;
-        if trial < 0 || has_result {
+        if trial < 0 {
             if row.is_some() {
                 Self::exec(&self.conn, "UPDATE attempts SET outcome = 'ignored', finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome != 'done'", params![attempt as i64, t])?;
             }

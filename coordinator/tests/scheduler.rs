@@ -63,7 +63,7 @@ fn queued_requests_share_one_commit_and_all_get_answers() {
     let dir = tmpdir("batch");
     let (st, _) = setup(&dir, 60, 0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let store = Arc::new(Store::spawn(st));
+    let store = Arc::new(Store::new(st));
     let (release, held) = hold(&store, &rt);
     let calls: Vec<_> = (0..50)
         .map(|i| {
@@ -96,7 +96,7 @@ fn a_failing_request_is_rolled_back_alone() {
     let dir = tmpdir("rollback");
     let (st, _) = setup(&dir, 10, 0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let store = Arc::new(Store::spawn(st));
+    let store = Arc::new(Store::new(st));
     let (release, held) = hold(&store, &rt);
     let spawn_lease = |fail: bool| {
         let s = store.clone();
@@ -182,14 +182,16 @@ fn leases_long_poll_and_the_next_lease_rides_on_the_report() {
         // Last two finish; a report asking for more when nothing is queued says "ask Lease".
         let r = b.report(report("b", &lb2, "ok", true)).await.unwrap().into_inner();
         assert!(matches!(r.next, Some(pb::LeaseReply { reply: Some(lease_reply::Reply::WaitSeconds(_)) })), "{:?}", r.next);
-        // A Lease held now ends with "done" the moment the last attempt finishes.
+        // A Lease held now ends with "done" the moment the last attempt finishes, and so does
+        // the next lease asked for with that last report.
         let mut a2 = a.clone();
         let waiting = tokio::spawn(async move { a2.lease(pb::LeaseRequest { worker_id: "a".into() }).await.map(|r| r.into_inner()) });
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waiting.is_finished());
         let t = Instant::now();
         let mut c2 = b.clone();
-        c2.report(report("c", &lc, "ok", false)).await.unwrap();
+        let last = c2.report(report("c", &lc, "ok", true)).await.unwrap().into_inner();
+        assert!(matches!(last.next, Some(pb::LeaseReply { reply: Some(lease_reply::Reply::Done(true)) })), "the last report learns the sweep is over: {:?}", last.next);
         let done = waiting.await.unwrap().unwrap();
         assert!(matches!(done.reply, Some(lease_reply::Reply::Done(true))), "{done:?}");
         assert!(t.elapsed() < Duration::from_secs(3));
