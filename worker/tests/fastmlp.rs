@@ -137,6 +137,60 @@ fn fast_forward_matches_candle_score() {
     }
 }
 
+/// Loss and every gradient of two trainers agree to `tol` (relative to the largest entry).
+fn assert_same(what: &str, l1: f64, lt: f64, tol: f64, nlayers: usize, g1: impl Fn(usize) -> (Vec<f32>, Vec<f32>), gt: impl Fn(usize) -> (Vec<f32>, Vec<f32>)) {
+    assert!((l1 - lt).abs() <= tol * l1.abs().max(1e-12), "{what}: loss {l1} vs {lt}");
+    for l in 0..nlayers {
+        let ((w1, b1), (wt, bt)) = (g1(l), gt(l));
+        for (a, b) in [(w1, wt), (b1, bt)] {
+            let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= tol as f32 * scale, "{what}, layer {l}: {x} vs {y}");
+            }
+        }
+    }
+}
+
+/// SSM/SSM-VR split over threads equals the one-slice step (f32 rounding), for uneven splits
+/// and several probes; buffers reused across steps of different sizes leave no trace (a
+/// trainer that ran a bigger batch first gives the same bits as a fresh one).
+#[test]
+fn fast_ssm_slices_match_single_thread_and_reuse_buffers() {
+    let dev = Device::Cpu;
+    let dim = 3;
+    for (ci, &(vr, cond, k)) in [(false, true, 2usize), (true, false, 1), (false, false, 3)].iter().enumerate() {
+        let arch = Arch { dim, hidden: 48, depth: 2, activation: Activation::Silu, conditional: cond, scale_by_sigma: cond };
+        let vm = VarMap::new();
+        let mut rng = Rng::new(300 + ci as u64);
+        let model = MlpScore::new(arch, &vm, &mut rng, &dev).unwrap();
+        let batch = |n: usize, rng: &mut Rng| {
+            let x: Vec<f32> = (0..n * dim).map(|_| 2.0 * rng.normal() as f32).collect();
+            let v: Vec<f32> = (0..k * n * dim).map(|_| rng.rademacher() as f32).collect();
+            let sig: Vec<f32> = (0..n).map(|i| 0.2 + 0.1 * (i % 7) as f32).collect();
+            (x, v, sig)
+        };
+        let (x, v, sig) = batch(777, &mut rng);
+        let s = if cond { Some(&sig[..]) } else { None };
+        let mut one = FastSsm::with_threads(&model, vr, 1e-3, 1).unwrap();
+        let l1 = one.loss_and_grad(&x, &v, s);
+        for threads in [2, 3] {
+            let mut many = FastSsm::with_threads(&model, vr, 1e-3, threads).unwrap();
+            let lt = many.loss_and_grad(&x, &v, s);
+            assert_same(&format!("case {ci}, {threads} threads"), l1, lt, 1e-5, 3, |l| (one.grads(l).0.to_vec(), one.grads(l).1.to_vec()), |l| (many.grads(l).0.to_vec(), many.grads(l).1.to_vec()));
+        }
+        // Reuse: after the 777-point step, a 300-point step equals a fresh trainer's, bit for bit.
+        let (x2, v2, sig2) = batch(300, &mut rng);
+        let s2 = if cond { Some(&sig2[..]) } else { None };
+        let mut fresh = FastSsm::with_threads(&model, vr, 1e-3, 2).unwrap();
+        let mut used = FastSsm::with_threads(&model, vr, 1e-3, 2).unwrap();
+        used.loss_and_grad(&x, &v, s);
+        let (lf, lu) = (fresh.loss_and_grad(&x2, &v2, s2), used.loss_and_grad(&x2, &v2, s2));
+        assert_eq!(lf.to_bits(), lu.to_bits(), "case {ci}: reused buffers changed the loss");
+        assert_eq!(fresh.grads(0).0, used.grads(0).0, "case {ci}: reused buffers changed the gradients");
+        assert_eq!(fresh.grads(2).1, used.grads(2).1, "case {ci}: reused buffers changed the gradients");
+    }
+}
+
 /// Splitting the batch over threads changes only the order of the gradient sums: loss and
 /// gradients equal the single-slice step to f32 rounding, for even and uneven splits and for
 /// a partial last batch, and the same thread count gives the same bits twice.
