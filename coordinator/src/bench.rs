@@ -46,12 +46,15 @@ pub struct RoundTrips {
 
 /// Round trips per second with `clients` concurrent clients for about `seconds` each, against
 /// the real service (SQLite state, group commit) and, as a baseline, against a no-op service
-/// that answers at once without state. The baseline is the gRPC/HTTP2 ceiling of this
-/// machine (clients included), so the ratio shows what the scheduler itself costs.
-pub fn round_trips(dir: &Path, clients: usize, seconds: f64) -> anyhow::Result<RoundTrips> {
+/// that answers at once without state — the gRPC/HTTP2 ceiling of this machine, clients
+/// included — so the ratio shows what the scheduler itself costs. The four runs are
+/// interleaved (real, baseline, real, baseline) and the whole set repeated `repeat` times, so
+/// that load from elsewhere hits both sides alike; one result per repetition.
+pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> anyhow::Result<Vec<RoundTrips>> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // Enough queued trials that no run drains the queue (the sweep file format caps a sweep
-    // at 10k trials; the bench replicates them under fresh hashes).
+    // at 10k trials; the bench replicates them under fresh hashes). Synced once into a
+    // template database that each run starts from a copy of.
     let base = sleep_sweep(dir, 10_000, 0.001)?;
     let copies = ((seconds * 40_000.0) as usize).div_ceil(base.trials.len()).max(1);
     let mut sweep = base.clone();
@@ -60,31 +63,48 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64) -> anyhow::Result<R
         .enumerate()
         .map(|(i, (k, t))| crate::sweep::Trial { hash: format!("{}-{k}", t.hash), idx: i, ..t.clone() })
         .collect();
-    let real = |piggyback: bool| -> anyhow::Result<(f64, crate::store::StoreStats)> {
-        let db = dir.join(format!("rt{}.db", piggyback as u8));
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-        }
-        let mut state = State::open(&db, 1, 600.0)?;
+    let template = dir.join("template.db");
+    remove_db(&template);
+    {
+        let mut state = State::open(&template, 1, 600.0)?;
         state.sync(&sweep, false)?;
-        let shared = Shared::new(state, sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect(), 60.0);
-        let before = shared.store.stats();
+    }
+    let trials: std::collections::HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
+    let real = |piggyback: bool| -> anyhow::Result<(f64, crate::store::StoreStats)> {
+        let db = dir.join("rt.db");
+        remove_db(&db);
+        std::fs::copy(&template, &db)?;
+        let shared = Shared::new(State::open(&db, 1, 600.0)?, trials.clone(), 60.0);
         let rate = rt.block_on(drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback))?;
-        let after = shared.store.stats();
+        let stats = shared.store.stats();
         shared.store.close();
-        let d = crate::store::StoreStats { batches: after.batches - before.batches, requests: after.requests - before.requests, busy_seconds: after.busy_seconds - before.busy_seconds };
-        Ok((rate, d))
+        Ok((rate, stats))
     };
-    let (two_calls, _) = real(false)?;
-    let (piggyback, st) = real(true)?;
-    Ok(RoundTrips {
-        two_calls,
-        piggyback,
-        batch_mean: st.requests as f64 / st.batches.max(1) as f64,
-        store_busy: st.busy_seconds / seconds,
-        two_calls_baseline: rt.block_on(drive(SweepServer::new(NullService), clients, seconds, false))?,
-        piggyback_baseline: rt.block_on(drive(SweepServer::new(NullService), clients, seconds, true))?,
-    })
+    let baseline = |piggyback: bool| rt.block_on(drive(SweepServer::new(NullService), clients, seconds, piggyback));
+    let mut out = Vec::with_capacity(repeat);
+    for _ in 0..repeat.max(1) {
+        let (two_calls, _) = real(false)?;
+        let two_calls_baseline = baseline(false)?;
+        let (piggyback, st) = real(true)?;
+        let piggyback_baseline = baseline(true)?;
+        out.push(RoundTrips {
+            two_calls,
+            two_calls_baseline,
+            piggyback,
+            piggyback_baseline,
+            batch_mean: st.requests as f64 / st.batches.max(1) as f64,
+            store_busy: st.busy_seconds / seconds,
+        });
+    }
+    remove_db(&template);
+    remove_db(&dir.join("rt.db"));
+    Ok(out)
+}
+
+fn remove_db(db: &Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
 }
 
 /// Serves `svc` on a loopback port and runs `clients` lease → report loops against it.

@@ -56,12 +56,19 @@ enum Command {
     /// Scheduler benchmark: lease + report round trips per second on loopback, and the
     /// wall-clock overhead of a sweep of one-second trials.
     Bench {
+        /// Concurrent gRPC clients in the round-trip runs.
         #[arg(long, default_value_t = 64)]
         clients: usize,
-        #[arg(long, default_value_t = 3.0)]
+        /// Seconds per round-trip run.
+        #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Repetitions of the four interleaved round-trip runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// One-second sleep trials in the overhead run.
         #[arg(long, default_value_t = 20)]
         trials: usize,
+        /// Local worker processes in the overhead run.
         #[arg(long, default_value_t = 4)]
         workers: usize,
     },
@@ -116,7 +123,7 @@ fn main() -> ExitCode {
             run(&opts, sw).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),
-        Command::Bench { clients, seconds, trials, workers } => bench(clients, seconds, trials, workers),
+        Command::Bench { clients, seconds, repeat, trials, workers } => bench(clients, seconds, repeat, trials, workers),
         Command::Agent { coordinator, args } => scoresweep_engine::agent::run(&coordinator, &args),
         Command::Report { dir } => results::write_all(&db_path(&dir), &dir).map(|s| print_summary(&s, &dir)).map_err(anyhow::Error::from),
     };
@@ -129,6 +136,15 @@ fn main() -> ExitCode {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
 fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     let db = db_path(dir);
     anyhow::ensure!(db.exists(), "{} has no state database (state.db)", dir.display());
@@ -138,14 +154,26 @@ fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(clients: usize, seconds: f64, trials: usize, workers: usize) -> anyhow::Result<()> {
+fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("scoresweep-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let r = coordinator::bench::round_trips(&dir, clients, seconds)?;
-    println!("round trips (lease + report), {clients} concurrent clients:");
-    println!("  two calls (Lease, Report):        {:>7.0}/s   no-op baseline {:>7.0}/s   ratio {:.2}", r.two_calls, r.two_calls_baseline, r.two_calls / r.two_calls_baseline);
-    println!("  piggybacked (Report+lease_next):  {:>7.0}/s   no-op baseline {:>7.0}/s   ratio {:.2}", r.piggyback, r.piggyback_baseline, r.piggyback / r.piggyback_baseline);
-    println!("  group commit: {:.1} requests per transaction; state store busy (SQLite work) {:.0}% of the time", r.batch_mean, 100.0 * r.store_busy);
+    let runs = coordinator::bench::round_trips(&dir, clients, seconds, repeat)?;
+    println!("round trips (lease + report) per second, {clients} concurrent clients, {} repetitions of {seconds} s runs:", runs.len());
+    println!("  {:<42} {:>9} {:>16} {:>7}", "", "scheduler", "no-op baseline", "ratio");
+    type Pick = fn(&coordinator::bench::RoundTrips) -> (f64, f64);
+    let rows: [(&str, Pick); 2] = [("two calls (Lease, Report)", |r| (r.two_calls, r.two_calls_baseline)), ("piggybacked (Report + lease_next)", |r| (r.piggyback, r.piggyback_baseline))];
+    for (name, pick) in rows {
+        for (i, r) in runs.iter().enumerate() {
+            let (a, b) = pick(r);
+            println!("  {:<42} {a:>9.0} {b:>16.0} {:>7.2}", format!("{name} #{}", i + 1), a / b);
+        }
+        let med = |f: &dyn Fn(&coordinator::bench::RoundTrips) -> f64| median(runs.iter().map(f).collect());
+        let (a, b) = (med(&|r| pick(r).0), med(&|r| pick(r).1));
+        println!("  {:<42} {a:>9.0} {b:>16.0} {:>7.2}", format!("{name}, median"), med(&|r| pick(r).0 / pick(r).1));
+    }
+    let batch = median(runs.iter().map(|r| r.batch_mean).collect());
+    let busy = median(runs.iter().map(|r| r.store_busy).collect());
+    println!("  group commit (piggybacked, median): {batch:.1} requests per transaction; state store busy (SQLite work) {:.0}% of the time", 100.0 * busy);
     let (wall, ideal) = coordinator::bench::overhead(&dir, trials, workers)?;
     println!("{trials} one-second trials on {workers} local workers: {wall:.2} s against {ideal:.0} s ideal ({:+.1}% overhead)", 100.0 * (wall / ideal - 1.0));
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,8 +18,10 @@ pub const SCHEMA_VERSION: i64 = 2;
 
 /// Tables keyed by the trial's integer id (rowid, assigned in sweep order) rather than its
 /// hash: trials are leased and finished roughly in id order, so results, curves and attempt
-/// indexes are appended to the same few B-tree pages instead of scattered over random ones —
-/// a commit writes a handful of pages. Readers (the `results` crate) use the named
+/// rows are appended to the same few B-tree pages instead of scattered over random ones — a
+/// commit writes a handful of pages. The two indexes are partial: they hold only what the hot
+/// queries look for (queued trials by sweep order, running attempts by deadline), so finishing
+/// an attempt removes entries and adds none. Readers (the `results` crate) use the named
 /// `trial_hash` columns, which every table keeps.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sweep(id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -28,9 +30,8 @@ CREATE TABLE IF NOT EXISTS attempts(id INTEGER PRIMARY KEY, trial_id INTEGER NOT
 CREATE TABLE IF NOT EXISTS results(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, attempt_id INTEGER NOT NULL, status TEXT NOT NULL, diverged_step INTEGER, metrics_json TEXT NOT NULL, wall_seconds REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS curves(trial_id INTEGER NOT NULL, row INTEGER NOT NULL, trial_hash TEXT NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_id, row)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS samples(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, dim INTEGER NOT NULL, samples_json TEXT NOT NULL, data_json TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS trials_queue ON trials(status, in_sweep, idx);
-CREATE INDEX IF NOT EXISTS attempts_open ON attempts(outcome, deadline);
-CREATE INDEX IF NOT EXISTS attempts_trial ON attempts(trial_id);
+CREATE INDEX IF NOT EXISTS trials_queued ON trials(in_sweep, idx) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS attempts_running ON attempts(deadline) WHERE outcome = 'running';
 ";
 
 pub fn now() -> f64 {
