@@ -119,6 +119,11 @@ impl State {
 
     /// Starts a batch transaction (the store groups many requests into one commit).
     pub(crate) fn begin(&self) -> rusqlite::Result<()> {
+        // A batch that panicked mid-transaction left it open: its changes were never
+        // acknowledged, so drop them.
+        if !self.conn.is_autocommit() {
+            self.rollback();
+        }
         Self::exec(&self.conn, "BEGIN IMMEDIATE", []).map(drop)
     }
 

@@ -163,6 +163,17 @@ impl Inner {
     }
 
     async fn drain(self: Arc<Self>) {
+        // Should a request panic, the next request must still find a drain: clear the flag
+        // on the way out (the panicked batch's callers see their answer channel closed).
+        struct Unwind<'a>(&'a AtomicBool);
+        impl Drop for Unwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        let _unwind = Unwind(&self.draining);
         loop {
             // Behind the handlers already runnable: their requests join this batch.
             tokio::task::yield_now().await;

@@ -212,3 +212,20 @@ fn a_state_database_in_another_layout_is_refused() {
     let err = State::open(&db, 1, 60.0).err().expect("refused").to_string();
     assert!(err.contains("layout") && err.contains("state.db"), "{err}");
 }
+
+#[test]
+fn a_panicking_request_does_not_stall_the_store() {
+    let dir = tmpdir("panic");
+    let (st, _) = setup(&dir, 4, 0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = Store::new(st);
+    rt.block_on(async {
+        let s = store.clone();
+        let bad = tokio::spawn(async move { s.call(|_| -> rusqlite::Result<()> { panic!("a bug in a request") }).await });
+        assert!(bad.await.map(|r| r.is_err()).unwrap_or(true), "the panicking request gets no answer");
+        let got = tokio::time::timeout(Duration::from_secs(5), store.call(|st| st.lease("w", 60.0))).await.expect("the store still answers");
+        assert!(got.unwrap().is_some());
+    });
+    store.close();
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM attempts"), 1, "the lease after the panic was committed");
+}
