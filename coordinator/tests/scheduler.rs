@@ -1,7 +1,8 @@
 //! The scheduler's moving parts, in process: group commit in the state store (one commit per
 //! batch, a failing request rolled back alone), long-polled leases (held while attempts run,
 //! answered as soon as a trial is re-queued or the sweep ends), the next lease riding on a
-//! report, and the refusal of a state database in another layout.
+//! report, a panicking request that leaves the store working, and the refusal of a state
+//! database in another layout.
 
 use std::collections::HashMap;
 use std::path::Path;
