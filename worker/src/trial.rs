@@ -16,7 +16,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
-use crate::fastmlp::{FastDsm, FastSsm};
+use crate::fastmlp::{FastDsm, FastIsm, FastSsm};
 use crate::config::{ModelKind, NoiseSpec, SamplerKind, TrialConfig};
 use crate::ladder;
 use crate::metrics;
@@ -264,6 +264,7 @@ fn sleep_trial(seconds: f64, progress: &mut dyn FnMut(&Progress), cancel: &Atomi
 enum Fast {
     Dsm(FastDsm),
     Ssm(FastSsm),
+    Ism(FastIsm),
 }
 
 /// Runs one trial on the calling thread (CPU heavy: call it off any async executor). Checks
@@ -338,16 +339,19 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
         Ok(row)
     };
 
-    // DSM and SSM(-VR) on MLPs train with hand-derived steps (same losses, see fastmlp).
+    // DSM, SSM(-VR) and (depth-2) exact ISM on MLPs train with hand-derived steps (same
+    // losses, see fastmlp).
     let mut fast = match (&model, cfg.objective.kind) {
         (Model::Mlp(m), ObjectiveKind::Dsm) => Some(Fast::Dsm(FastDsm::new(m, cfg.train.batch, cfg.train.lr)?)),
         (Model::Mlp(m), ObjectiveKind::Ssm | ObjectiveKind::SsmVr) => Some(Fast::Ssm(FastSsm::new(m, cfg.objective.kind == ObjectiveKind::SsmVr, cfg.train.lr)?)),
+        (Model::Mlp(m), ObjectiveKind::Ism) => FastIsm::new(m, cfg.train.lr)?.map(Fast::Ism),
         _ => None,
     };
     let sync = |fast: &Option<Fast>| -> candle_core::Result<()> {
         match (fast, &model) {
             (Some(Fast::Dsm(f)), Model::Mlp(m)) => f.store(m, &varmap),
             (Some(Fast::Ssm(f)), Model::Mlp(m)) => f.store(m, &varmap),
+            (Some(Fast::Ism(f)), Model::Mlp(m)) => f.store(m, &varmap),
             _ => Ok(()),
         }
     };
@@ -406,6 +410,19 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
                     };
                     let v = objectives::probe_values(cfg.objective.probes, n, d, cfg.objective.probe, &mut train_rng);
                     f.step(x, &v, p.as_ref().map(|p| &p.sigma[..]))
+                }
+                Fast::Ism(f) => {
+                    // The same draws as the autograd path (`objectives::loss_pieces`).
+                    let p = sigmas.as_deref().map(|s| objectives::perturb(&batch, d, s, &mut train_rng));
+                    let clean: Vec<f32>;
+                    let x = match &p {
+                        Some(p) => &p.xt,
+                        None => {
+                            clean = batch.iter().map(|&v| v as f32).collect();
+                            &clean
+                        }
+                    };
+                    f.step(x, p.as_ref().map(|p| &p.sigma[..]))
                 }
             };
             last_loss = loss;
