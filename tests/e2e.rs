@@ -1,7 +1,8 @@
 //! End-to-end tests of the real binaries on loopback: a small sweep completes with the exact
 //! row count and a passing ESM−ISM claim and resumes without re-running; bad sweep files give
 //! located errors and write nothing; a worker killed with SIGKILL mid-trial loses nothing; a
-//! coordinator killed with SIGKILL resumes to the same table as an undisturbed run.
+//! coordinator killed with SIGKILL resumes to the same table as an undisturbed run; Ctrl-C lets
+//! running trials finish, and the rerun does the rest.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -63,6 +64,14 @@ fn count(out: &Path, sql: &str) -> i64 {
 }
 
 /// trials.csv without timing columns, sorted by hash.
+/// `count` while the database may not exist yet or have no tables yet.
+fn try_count(out: &Path, sql: &str) -> Option<i64> {
+    if !out.join("state.db").exists() {
+        return None;
+    }
+    rusqlite::Connection::open(out.join("state.db")).ok()?.query_row(sql, [], |r| r.get(0)).ok()
+}
+
 fn table(out: &Path) -> Vec<String> {
     let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
     let mut lines = csv.lines();
@@ -236,4 +245,32 @@ fn coordinator_killed_mid_sweep_resumes_to_the_same_table() {
     }
     assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 6);
     assert_eq!(table(&out), table(&reference), "same seeds, same metrics as an undisturbed run");
+}
+
+/// Ctrl-C at a terminal sends SIGINT to the whole process group: the coordinator and its local
+/// workers. The first stops leasing while the running trials finish and are recorded (the
+/// workers do not die with it); the same command then runs only what is left.
+#[test]
+fn ctrl_c_lets_running_trials_finish_then_resume_runs_the_rest() {
+    let dir = tmp("ctrlc");
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "timeout = 60\nrepeats = 5\n[base]\nseed = 0\n[base.sleep]\nseconds = 2.0\n").unwrap();
+    let out = dir.join("out");
+    let child = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).args(["--workers", "2", "--quiet"]).process_group(0).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("two running trials", 30.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'") == Some(2));
+    let pgid = child.id();
+    assert!(Command::new("kill").args(["-s", "INT", "--", &format!("-{pgid}")]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 2, "the two running trials finished and were recorded");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 2, "nothing leased after the Ctrl-C");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome != 'done'"), 0, "no attempt lost with a dead worker");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM trials WHERE status = 'queued'"), 3);
+
+    let o = run(&sweep, &out, &["--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 5);
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 5, "each trial ran once");
 }

@@ -102,7 +102,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
             for i in 0..opts.workers {
                 let child = tokio::process::Command::new(&bin)
                     .args(pre.iter().copied())
-                    .args(["--coordinator", &url, "--name", &format!("local{i}")])
+                    .args(["--coordinator", &url, "--name", &format!("local{i}"), "--ignore-interrupt"])
                     .env("RAYON_NUM_THREADS", threads.to_string())
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true)

@@ -24,6 +24,11 @@ pub struct AgentArgs {
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, default_value_t = 600.0)]
     pub max_unreachable: f64,
+    /// Ignore SIGINT: a terminal's Ctrl-C reaches every process of its group, including the
+    /// local workers of `coordinator run`, and stopping is the coordinator's call (first
+    /// Ctrl-C: running trials finish; second: they are cancelled through heartbeats).
+    #[arg(long, hide = true)]
+    pub ignore_interrupt: bool,
 }
 
 /// Samples sent back for plots.
@@ -31,7 +36,14 @@ const MAX_SAMPLES: usize = 2000;
 
 pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(agent(url, args))
+    rt.block_on(async {
+        if args.ignore_interrupt {
+            // Listening replaces the default action (exit) for the life of the process.
+            let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+            tokio::spawn(async move { while sigint.recv().await.is_some() {} });
+        }
+        agent(url, args).await
+    })
 }
 
 /// Retries `f` with exponential backoff (0.1 s … 5 s) while the error is a transport failure.
