@@ -1,22 +1,23 @@
 //! Group commit: every request is queued, and one task on the async runtime (started when
 //! the queue gets its first request, ended when it runs dry) runs everything queued as one
-//! transaction, commits, answers each caller, and repeats while requests keep arriving. Each caller gets its answer only after the commit that holds its
-//! change, so an acknowledged lease or report is as durable as with one transaction per
-//! change, while the per-commit cost (locks, WAL frames) is paid once per batch. There is no
-//! store thread: handing each request to one and back cost more than the SQLite work itself
-//! (measured with a no-op request: the loopback round-trip ceiling fell from ~41k/s to ~29k/s).
+//! transaction, commits, answers each caller, and repeats while requests keep arriving. Each
+//! caller gets its answer only after the commit that holds its change, so an acknowledged
+//! lease or report is as durable as with one transaction per change, while the per-commit
+//! cost (locks, WAL frames) is paid once per batch. There is no store thread: handing each
+//! request to one and back cost more than the SQLite work itself (measured with a no-op
+//! request: the loopback round-trip ceiling fell from ~41k/s to ~29k/s).
 //!
 //! Each request stays all-or-nothing without paying for a savepoint: a batch is run
 //! optimistically as one transaction, and if any request in it fails, the whole batch is
 //! rolled back and every request is run again on its own (requests are `Fn`, re-runnable), so
 //! a failing request never leaves half its changes and never takes the others down.
 //!
-//! Because that task is scheduled behind the handlers already runnable, requests pile up
+//! Because the drain task is scheduled behind the handlers already runnable, requests pile up
 //! while it waits, and batches grow with load by themselves. It blocks its executor thread only
 //! for one batch at a time (well under a millisecond) and yields every few rounds so that the
-//! handlers it has answered get to run. Callers outside a runtime run the queue themselves.
-//! The run loop and the expiry timer go through the same queue, so all access to the database
-//! is serialized here.
+//! handlers it has answered get to run. Outside a runtime (`close` after the server has
+//! stopped) the caller runs the queue itself. The run loop and the expiry timer go through the
+//! same queue, so all access to the database is serialized here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,11 +114,6 @@ impl Store {
     /// run twice (the first run rolled back), so it must not have effects outside the state.
     pub async fn call<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static) -> Result<T, StoreError> {
         self.submit(f)?.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// `call` for threads outside the async runtime.
-    pub fn call_blocking<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static) -> Result<T, StoreError> {
-        self.submit(f)?.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// A receiver that sees a new value whenever a trial may have been re-queued or the sweep
