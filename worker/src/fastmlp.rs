@@ -585,7 +585,7 @@ fn ssm_slice(net: &SsmNet, params: &[(Param, Param)], sh: &mut SsmShard, x: &[f3
     let mut loss = 0.0f64;
     let mut si = vec![0.0f32; d];
     for i in 0..n {
-        let c = match (net.scale_by_sigma, sigma) {
+        let c = match (net.conditional && net.scale_by_sigma, sigma) {
             (true, Some(s)) => 1.0 / s[i],
             _ => 1.0,
         };
@@ -747,7 +747,7 @@ impl FastIsm {
             }
         }
         let coef = |i: usize| -> (f32, f32) {
-            let c = match (self.scale_by_sigma, sigma) {
+            let c = match (self.conditional && self.scale_by_sigma, sigma) {
                 (true, Some(s)) => 1.0 / s[i],
                 _ => 1.0,
             };
@@ -967,7 +967,7 @@ impl FastForward {
                 activate(self.act, &z[..n * fo], &mut h[..n * fo], &mut dd[..n * fo]);
             }
         }
-        let c = match (self.scale_by_sigma, sigma) {
+        let c = match (self.conditional && self.scale_by_sigma, sigma) {
             (true, Some(s)) => 1.0 / s,
             _ => 1.0,
         };
