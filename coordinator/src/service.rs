@@ -69,12 +69,7 @@ impl Shared {
         }
         let (w, secs) = (worker.to_string(), self.lease_secs);
         let got = self
-            .with_state(move |st| {
-                Ok(match st.lease(&w, secs)? {
-                    Some(l) => Ok(l),
-                    None => Err(st.counts()?.running),
-                })
-            })
+            .with_state(move |st| st.lease_or_running(&w, secs))
             .await?;
         match got {
             Ok((hash, attempt, deadline)) => Ok(Some(self.lease_of(hash, attempt, deadline)?)),
@@ -158,13 +153,7 @@ impl SweepRpc for Service {
         let (recorded, next) = s
             .with_state(move |st| {
                 let recorded = st.report(attempt, &hash, &result)?;
-                let next = match lease_next {
-                    false => None,
-                    true => Some(match st.lease(&worker, secs)? {
-                        Some(l) => Ok(l),
-                        None => Err(st.counts()?.running),
-                    }),
-                };
+                let next = if lease_next { Some(st.lease_or_running(&worker, secs)?) } else { None };
                 Ok((recorded, next))
             })
             .await?;

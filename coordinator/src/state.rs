@@ -202,6 +202,15 @@ impl State {
         Ok(Some((hash, id, deadline)))
     }
 
+    /// A lease as from [`State::lease`], or, with nothing queued, how many trials are running
+    /// (0: the sweep is over).
+    pub fn lease_or_running(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Result<(String, u64, f64), usize>> {
+        Ok(match self.lease(worker, lease_secs)? {
+            Some(l) => Ok(l),
+            None => Err(self.counts()?.running),
+        })
+    }
+
     /// Extends a running attempt's deadline; returns (cancel, deadline). An attempt past the
     /// trial timeout is closed as `timeout` and told to cancel.
     pub fn heartbeat(&mut self, attempt: u64, lease_secs: f64, cancel_all: bool) -> rusqlite::Result<(bool, f64)> {

@@ -151,10 +151,12 @@ impl Inner {
                 let me = self.clone();
                 rt.spawn(async move { me.drain().await });
             }
-            Err(_) => {
+            Err(_) => loop {
                 while self.batch() {}
-                self.finish_drain_then(|| while self.batch() {});
-            }
+                if self.stop_draining() {
+                    break;
+                }
+            },
         }
     }
 
@@ -190,12 +192,6 @@ impl Inner {
         self.draining.store(false, Ordering::SeqCst);
         let pending = self.queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
         !(pending && !self.draining.swap(true, Ordering::SeqCst))
-    }
-
-    fn finish_drain_then(&self, mut again: impl FnMut()) {
-        while !self.stop_draining() {
-            again();
-        }
     }
 
     /// Runs and commits everything queued; false when the queue was empty.

@@ -205,39 +205,15 @@ impl FastDsm {
         let ns = self.shards.len();
         let rows = n.div_ceil(ns);
         let (net, params, par) = (&self.net, &self.params, self.par);
-        let mut sums = vec![0.0f64; ns];
-        if ns == 1 {
-            sums[0] = dsm_slice(net, params, &mut self.shards[0], xt, eps, sigma, n, par);
+        let sums = if ns == 1 {
+            vec![dsm_slice(net, params, &mut self.shards[0], xt, eps, sigma, n, par)]
         } else {
-            // On rayon's pool (RAYON_NUM_THREADS threads, already running): no thread start per
-            // step. Each slice writes only its own buffers and sum.
-            let (xt, eps, sigma) = (&xt[..n * d], &eps[..n * d], &sigma[..n]);
-            rayon::in_place_scope(|scope| {
-                let mut last = None;
-                for (k, (sh, sum)) in self.shards.iter_mut().zip(sums.iter_mut()).enumerate() {
-                    let (lo, hi) = ((k * rows).min(n), ((k + 1) * rows).min(n));
-                    let mut job = move || *sum = dsm_slice(net, params, sh, &xt[lo * d..hi * d], &eps[lo * d..hi * d], &sigma[lo..hi], n, Parallelism::None);
-                    if k + 1 == ns {
-                        last = Some(job);
-                    } else {
-                        scope.spawn(move |_| job());
-                    }
-                }
-                // The last slice runs on the calling thread meanwhile.
-                if let Some(mut job) = last {
-                    job();
-                }
-            });
-        }
-        // Parameter gradients: the slices' sum, in slice order.
-        for (l, (wp, bp)) in self.params.iter_mut().enumerate() {
-            wp.g.copy_from_slice(&self.shards[0].grads[l].0);
-            bp.g.copy_from_slice(&self.shards[0].grads[l].1);
-            for sh in &self.shards[1..] {
-                wp.g.iter_mut().zip(&sh.grads[l].0).for_each(|(a, b)| *a += b);
-                bp.g.iter_mut().zip(&sh.grads[l].1).for_each(|(a, b)| *a += b);
-            }
-        }
+            run_slices(&mut self.shards, |k, sh| {
+                let (lo, hi) = ((k * rows).min(n), ((k + 1) * rows).min(n));
+                dsm_slice(net, params, sh, &xt[lo * d..hi * d], &eps[lo * d..hi * d], &sigma[lo..hi], n, Parallelism::None)
+            })
+        };
+        sum_slice_grads(&mut self.params, self.shards.iter().map(|sh| &sh.grads));
         sums.iter().sum::<f64>() / n as f64
     }
 
@@ -268,6 +244,45 @@ impl FastDsm {
 }
 
 /// a(z), a'(z) and a''(z).
+/// Runs `slice(k, shard)` for every shard at once on rayon's pool (RAYON_NUM_THREADS threads,
+/// already running: no thread start per step), the last one on the calling thread; returns
+/// each slice's result in order. Each slice writes only its own shard.
+fn run_slices<S: Send>(shards: &mut [S], slice: impl Fn(usize, &mut S) -> f64 + Sync) -> Vec<f64> {
+    let ns = shards.len();
+    let mut sums = vec![0.0f64; ns];
+    let slice = &slice;
+    rayon::in_place_scope(|scope| {
+        let mut last = None;
+        for (k, (sh, sum)) in shards.iter_mut().zip(sums.iter_mut()).enumerate() {
+            if k + 1 == ns {
+                last = Some((sh, sum));
+            } else {
+                scope.spawn(move |_| *sum = slice(k, sh));
+            }
+        }
+        if let Some((sh, sum)) = last {
+            *sum = slice(ns - 1, sh);
+        }
+    });
+    sums
+}
+
+/// Parameter gradients = the slices' (weight, bias) gradients summed in slice order, so the
+/// same slices give the same bits.
+fn sum_slice_grads<'a>(params: &mut [(Param, Param)], mut slices: impl Iterator<Item = &'a Vec<(Vec<f32>, Vec<f32>)>>) {
+    let first = slices.next().expect("at least one slice");
+    for ((wp, bp), (gw, gb)) in params.iter_mut().zip(first) {
+        wp.g.copy_from_slice(gw);
+        bp.g.copy_from_slice(gb);
+    }
+    for grads in slices {
+        for ((wp, bp), (gw, gb)) in params.iter_mut().zip(grads) {
+            wp.g.iter_mut().zip(gw).for_each(|(a, b)| *a += b);
+            bp.g.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+        }
+    }
+}
+
 /// Forward and backward of DSM on one slice of the batch (`sigma.len()` rows of a batch of
 /// `n_total`): returns Σ‖r‖² over the slice and leaves the slice's parameter gradients (already
 /// scaled by 1/`n_total`) in `sh.grads`.
@@ -457,36 +472,16 @@ impl FastSsm {
         let ns = if self.threads > 1 && n >= 2 * MIN_SHARD { self.threads.min(n / MIN_SHARD) } else { 1 };
         let rows = n.div_ceil(ns);
         let (net, params) = (&self.net, &self.params);
-        let mut sums = vec![0.0f64; ns];
-        if ns == 1 {
+        let sums = if ns == 1 {
             let par = if self.threads > 1 { Parallelism::Rayon(self.threads) } else { Parallelism::None };
-            sums[0] = ssm_slice(net, params, &mut self.shards[0], x, v, k, 0, n, n, sigma, par);
+            vec![ssm_slice(net, params, &mut self.shards[0], x, v, k, 0, n, n, sigma, par)]
         } else {
-            rayon::in_place_scope(|scope| {
-                let mut last = None;
-                for (i, (sh, sum)) in self.shards.iter_mut().take(ns).zip(sums.iter_mut()).enumerate() {
-                    let (lo, hi) = ((i * rows).min(n), ((i + 1) * rows).min(n));
-                    let mut job = move || *sum = ssm_slice(net, params, sh, x, v, k, lo, hi, n, sigma, Parallelism::None);
-                    if i + 1 == ns {
-                        last = Some(job);
-                    } else {
-                        scope.spawn(move |_| job());
-                    }
-                }
-                // The last slice runs on the calling thread meanwhile.
-                if let Some(mut job) = last {
-                    job();
-                }
-            });
-        }
-        for (l, (wp, bp)) in self.params.iter_mut().enumerate() {
-            wp.g.copy_from_slice(&self.shards[0].grads[l].0);
-            bp.g.copy_from_slice(&self.shards[0].grads[l].1);
-            for sh in &self.shards[1..ns] {
-                wp.g.iter_mut().zip(&sh.grads[l].0).for_each(|(a, b)| *a += b);
-                bp.g.iter_mut().zip(&sh.grads[l].1).for_each(|(a, b)| *a += b);
-            }
-        }
+            run_slices(&mut self.shards[..ns], |i, sh| {
+                let (lo, hi) = ((i * rows).min(n), ((i + 1) * rows).min(n));
+                ssm_slice(net, params, sh, x, v, k, lo, hi, n, sigma, Parallelism::None)
+            })
+        };
+        sum_slice_grads(&mut self.params, self.shards[..ns].iter().map(|sh| &sh.grads));
         sums.iter().sum::<f64>() / n as f64
     }
 
@@ -702,6 +697,7 @@ struct IsmBuffers {
     gq: Vec<f32>,
     dp: Vec<f32>,
     tmp: Vec<f32>,
+    betas: Vec<f32>,
 }
 
 impl FastIsm {
@@ -783,7 +779,7 @@ impl FastIsm {
         mm(sized(&mut b.v, n * h), &b.d2, &b.q, n, h, h, false, false, false, par);
         let go = sized(&mut b.go, n * d);
         let mut loss = 0.0f64;
-        let mut betas = Vec::with_capacity(n);
+        let betas = sized(&mut b.betas, n);
         for i in 0..n {
             let (c, w) = coef(i);
             let t: f32 = b.d2[i * h..(i + 1) * h].iter().zip(&b.u[i * h..(i + 1) * h]).map(|(a, b)| a * b).sum();
@@ -793,7 +789,7 @@ impl FastIsm {
             for j in 0..d {
                 go[i * d + j] = alpha * 2.0 * c * c * b.o[i * d + j];
             }
-            betas.push(alpha * 2.0 * c);
+            betas[i] = alpha * 2.0 * c;
         }
         loss /= n as f64;
         // Backward. Output layer.

@@ -260,6 +260,19 @@ fn sleep_trial(seconds: f64, progress: &mut dyn FnMut(&Progress), cancel: &Atomi
     }
 }
 
+/// The points an SSM/ISM fast step trains on: each perturbed at a random ladder level (with
+/// its σ), or the clean batch without a ladder — the same draws as the autograd path
+/// (`objectives::loss_pieces`).
+fn training_points(batch: &[f64], d: usize, sigmas: Option<&[f64]>, rng: &mut Rng) -> (Vec<f32>, Option<Vec<f32>>) {
+    match sigmas {
+        Some(levels) => {
+            let p = objectives::perturb(batch, d, levels, rng);
+            (p.xt, Some(p.sigma))
+        }
+        None => (batch.iter().map(|&v| v as f32).collect(), None),
+    }
+}
+
 /// A hand-derived training step replacing candle autograd for MLP score nets.
 enum Fast {
     Dsm(FastDsm),
@@ -399,30 +412,13 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
                 }
                 Fast::Ssm(f) => {
                     let n = batch.len() / d;
-                    let p = sigmas.as_deref().map(|s| objectives::perturb(&batch, d, s, &mut train_rng));
-                    let clean: Vec<f32>;
-                    let x = match &p {
-                        Some(p) => &p.xt,
-                        None => {
-                            clean = batch.iter().map(|&v| v as f32).collect();
-                            &clean
-                        }
-                    };
+                    let (x, sig) = training_points(&batch, d, sigmas.as_deref(), &mut train_rng);
                     let v = objectives::probe_values(cfg.objective.probes, n, d, cfg.objective.probe, &mut train_rng);
-                    f.step(x, &v, p.as_ref().map(|p| &p.sigma[..]))
+                    f.step(&x, &v, sig.as_deref())
                 }
                 Fast::Ism(f) => {
-                    // The same draws as the autograd path (`objectives::loss_pieces`).
-                    let p = sigmas.as_deref().map(|s| objectives::perturb(&batch, d, s, &mut train_rng));
-                    let clean: Vec<f32>;
-                    let x = match &p {
-                        Some(p) => &p.xt,
-                        None => {
-                            clean = batch.iter().map(|&v| v as f32).collect();
-                            &clean
-                        }
-                    };
-                    f.step(x, p.as_ref().map(|p| &p.sigma[..]))
+                    let (x, sig) = training_points(&batch, d, sigmas.as_deref(), &mut train_rng);
+                    f.step(&x, sig.as_deref())
                 }
             };
             last_loss = loss;
