@@ -798,23 +798,13 @@ impl FastIsm {
         col_sums(gb, &b.go, n, d);
         let g2 = sized(&mut b.g2, n * h);
         mm(g2, &b.go, w3, n, h, d, false, false, false, par);
-        for i in 0..n {
-            let beta = betas[i];
-            for j in i * h..(i + 1) * h {
-                g2[j] = g2[j] * b.d2[j] + beta * b.e2[j] * b.u[j];
-            }
-        }
+        through_activation(g2, &b.d2, &b.e2, &b.u, betas, h);
         let (gw, gb) = (&mut l2w.g, &mut l2b.g);
         mm(gw, &b.g2, &b.a1, h, h, n, true, false, false, par);
         col_sums(gb, &b.g2, n, h);
         let g1 = sized(&mut b.g1, n * h);
         mm(g1, &b.g2, w2, n, h, h, false, false, false, par);
-        for i in 0..n {
-            let beta = betas[i];
-            for j in i * h..(i + 1) * h {
-                g1[j] = g1[j] * b.d1[j] + beta * b.e1[j] * b.v[j];
-            }
-        }
+        through_activation(g1, &b.d1, &b.e1, &b.v, betas, h);
         let (gw, gb) = (&mut l1w.g, &mut l1b.g);
         mm(gw, &b.g1, &b.h0, h, w0, n, true, false, false, par);
         col_sums(gb, &b.g1, n, h);
@@ -863,6 +853,16 @@ impl FastIsm {
 
     pub fn store(&self, model: &MlpScore, vars: &candle_nn::VarMap) -> Result<()> {
         store(&self.params, model, vars)
+    }
+}
+
+/// ∂L/∂z from ∂L/∂a at a layer of width `h` whose derivative d = a'(z) also enters the loss
+/// through the trace: g ← g ⊙ d + β_i · a''(z) ⊙ (∂t/∂d), row i scaled by β_i.
+fn through_activation(g: &mut [f32], d: &[f32], e: &[f32], dt: &[f32], betas: &[f32], h: usize) {
+    for (i, &beta) in betas.iter().enumerate() {
+        for j in i * h..(i + 1) * h {
+            g[j] = g[j] * d[j] + beta * e[j] * dt[j];
+        }
     }
 }
 
