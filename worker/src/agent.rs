@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crate::config::TrialConfig;
-use crate::trial::{self, TrialOutcome, TrialStatus};
+use engine::outputs::{json_number, weights_safetensors};
+use engine::trial::{self, TrialOutcome, TrialStatus};
+use schema::{Status, TrialConfig};
 use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
-use sweep_proto::PROTOCOL_VERSION;
+use sweep_proto::{status_to_wire, MAX_CHUNK_BYTES, PROTOCOL_VERSION};
 use tonic::transport::Channel;
 
 #[derive(clap::Args, Default)]
@@ -143,7 +144,22 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
             }
         }
     };
+    // The checkpoint travels as an artifact, streamed in chunks before the report; a refusal
+    // (over the coordinator's size limit) is logged and the report goes on without it.
+    let checkpoint = match &outcome {
+        Ok(o) if o.status != TrialStatus::Cancelled => weights_safetensors(&o.weights).unwrap_or_else(|e| {
+            eprintln!("worker: checkpoint not serialised: {e}");
+            None
+        }),
+        _ => None,
+    };
     let mut report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
+    if let Some(bytes) = checkpoint {
+        match upload(client, id, lease.attempt_id, "model.safetensors", "application/x-safetensors", bytes, args).await {
+            Ok(()) => report.artifacts.push("model.safetensors".into()),
+            Err(e) => eprintln!("worker: artifact model.safetensors not delivered: {e:#}"),
+        }
+    }
     report.lease_next = true;
     let reply = retry(args, "report", || {
         let mut c = client.clone();
@@ -154,29 +170,60 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
     Ok(reply.into_inner().next)
 }
 
-fn points(p: &[Vec<f32>]) -> String {
-    serde_json::to_string(&p.iter().take(MAX_SAMPLES).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+/// Streams one artifact in chunks of at most `MAX_CHUNK_BYTES`; transport failures are
+/// retried as a whole, a refusal (e.g. over the size limit) is returned.
+async fn upload(client: &SweepClient<Channel>, id: &str, attempt: u64, name: &str, media_type: &str, bytes: Vec<u8>, args: &AgentArgs) -> anyhow::Result<()> {
+    let bytes = Arc::new(bytes);
+    retry(args, "artifact upload", || {
+        let mut c = client.clone();
+        let bytes = bytes.clone();
+        let total = bytes.len() as u64;
+        let mut chunks: Vec<pb::ArtifactChunk> = bytes
+            .chunks(MAX_CHUNK_BYTES)
+            .map(|data| pb::ArtifactChunk { worker_id: id.into(), attempt_id: attempt, data: data.to_vec(), ..Default::default() })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(pb::ArtifactChunk { worker_id: id.into(), attempt_id: attempt, ..Default::default() });
+        }
+        chunks[0].name = name.into();
+        chunks[0].media_type = media_type.into();
+        chunks[0].total_bytes = total;
+        async move { c.upload_artifact(tokio_stream_iter(chunks)).await }
+    })
+    .await?;
+    Ok(())
+}
+
+/// A request stream over prepared chunks.
+fn tokio_stream_iter(chunks: Vec<pb::ArtifactChunk>) -> impl tonic::codegen::tokio_stream::Stream<Item = pb::ArtifactChunk> + Send + 'static {
+    tonic::codegen::tokio_stream::iter(chunks)
+}
+
+/// At most `MAX_SAMPLES` row-major points as little-endian f32 bytes.
+fn points(p: &[Vec<f32>]) -> pb::Points {
+    let dim = p.first().map_or(0, |s| s.len() as u32);
+    let flat: Vec<f32> = p.iter().take(MAX_SAMPLES).flatten().copied().collect();
+    pb::Points::from_f32(dim, &flat)
 }
 
 fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>, wall: f64) -> pb::ReportRequest {
     let mut r = pb::ReportRequest { worker_id: id.into(), attempt_id: lease.attempt_id, trial_hash: lease.trial_hash.clone(), wall_seconds: wall, curve_json: "[]".into(), metrics_json: "{}".into(), ..Default::default() };
     match outcome {
         Err(e) => {
-            r.status = "failed".into();
+            r.status = status_to_wire(Status::Failed);
             r.error = e;
         }
         Ok(o) => {
-            r.status = o.status.to_string();
+            r.status = status_to_wire(o.status.into());
             if let TrialStatus::Diverged { step } = o.status {
                 r.diverged_step = Some(step);
             }
-            let m: serde_json::Map<String, serde_json::Value> = o.metrics.iter().map(|(k, v)| (k.clone(), trial::json_number(*v))).collect();
+            let m: serde_json::Map<String, serde_json::Value> = o.metrics.iter().map(|(k, v)| (k.clone(), json_number(*v))).collect();
             r.metrics_json = serde_json::Value::Object(m).to_string();
-            let rows: Vec<serde_json::Value> = o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| trial::json_number(*v))).collect())).collect();
+            let rows: Vec<serde_json::Value> = o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| json_number(*v))).collect())).collect();
             r.curve_json = serde_json::Value::Array(rows).to_string();
-            r.dim = o.samples.first().map_or(0, |s| s.len() as u32);
-            r.samples_json = points(&o.samples);
-            r.data_json = points(&o.data_sample);
+            r.samples = Some(points(&o.samples));
+            r.data = Some(points(&o.data_sample));
         }
     }
     r

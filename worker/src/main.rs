@@ -1,14 +1,17 @@
 //! The `worker` binary: `worker trial FILE.toml --out DIR` runs one trial standalone;
-//! `worker --coordinator URL` joins a sweep and runs trials leased over gRPC (see `agent`).
+//! `worker --coordinator URL` joins a sweep and runs trials leased over gRPC (see `agent`);
+//! `worker bench` times one engine case. The engine itself (crate `engine`) knows nothing of
+//! gRPC: this binary is the only place where the two meet.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
-use scoresweep_engine::agent;
-use scoresweep_engine::config::TrialConfig;
-use scoresweep_engine::trial;
+use engine::{outputs, trial};
+use schema::TrialConfig;
+
+mod agent;
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "scoresweep worker: trains and samples score models")]
@@ -94,7 +97,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = trial::write_outputs(&outcome, out) {
+    if let Err(e) = outputs::write_outputs(&outcome, out) {
         eprintln!("worker: {e}");
         return ExitCode::FAILURE;
     }
@@ -103,7 +106,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
 }
 
 fn run_bench(case: &str, threads: usize, dim: usize, iters: usize) -> ExitCode {
-    use scoresweep_engine::bench;
+    use engine::bench;
     let Some(c) = bench::Case::parse(case) else {
         eprintln!("error: unknown bench case `{case}` (dsm, ssm, ssm_vr, ism, sample)");
         return ExitCode::from(2);

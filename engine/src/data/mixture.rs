@@ -5,69 +5,66 @@
 //! (needed by ESM_σ and the DSM constant) is exact too. All arithmetic here is f64 on plain
 //! row-major slices; the engine converts to candle tensors at the edge.
 
+use schema::data::MixtureSpec;
+
 use crate::rng::Rng;
 
+/// A Gaussian mixture with exact density: the schema's [`MixtureSpec`] (dereferenced for its
+/// fields) with the density, score and sampling.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Mixture {
-    pub dim: usize,
-    pub weights: Vec<f64>,
-    pub means: Vec<Vec<f64>>,
-    pub stds: Vec<f64>,
+pub struct Mixture(MixtureSpec);
+
+impl std::ops::Deref for Mixture {
+    type Target = MixtureSpec;
+    fn deref(&self) -> &MixtureSpec {
+        &self.0
+    }
+}
+
+impl From<MixtureSpec> for Mixture {
+    fn from(spec: MixtureSpec) -> Self {
+        Mixture(spec)
+    }
 }
 
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
 impl Mixture {
-    /// The two-mode 1D example of the write-up: 0.3·N(−4, 1) + 0.7·N(0, 1).
+    pub fn new(dim: usize, weights: Vec<f64>, means: Vec<Vec<f64>>, stds: Vec<f64>) -> Self {
+        Mixture(MixtureSpec { dim, weights, means, stds })
+    }
+
+    pub fn spec(&self) -> &MixtureSpec {
+        &self.0
+    }
+
+    /// The write-up's 1D example (see [`MixtureSpec::seed1d`]).
     pub fn seed1d() -> Self {
-        Mixture { dim: 1, weights: vec![0.3, 0.7], means: vec![vec![-4.0], vec![0.0]], stds: vec![1.0, 1.0] }
+        MixtureSpec::seed1d().into()
     }
 
-    /// The NCSN toy: 0.8·N((5,5), I) + 0.2·N((−5,−5), I).
+    /// The NCSN toy (see [`MixtureSpec::ncsn2d`]).
     pub fn ncsn2d() -> Self {
-        Mixture {
-            dim: 2,
-            weights: vec![0.8, 0.2],
-            means: vec![vec![5.0, 5.0], vec![-5.0, -5.0]],
-            stds: vec![1.0, 1.0],
-        }
+        MixtureSpec::ncsn2d().into()
     }
 
-    /// Eight equal Gaussians of std 0.5 on a circle of radius 4.
+    /// Eight Gaussians on a circle (see [`MixtureSpec::ring8`]).
     pub fn ring8() -> Self {
-        let means = (0..8)
-            .map(|k| {
-                let a = 2.0 * std::f64::consts::PI * k as f64 / 8.0;
-                vec![4.0 * a.cos(), 4.0 * a.sin()]
-            })
-            .collect();
-        Mixture { dim: 2, weights: vec![1.0 / 8.0; 8], means, stds: vec![0.5; 8] }
+        MixtureSpec::ring8().into()
     }
 
-    /// `components` (≤ dim) equal-weight unit Gaussians in R^dim with means (sep/√2)·e_k, so
-    /// every pair of means is `sep` apart.
+    /// Equal-weight unit Gaussians (see [`MixtureSpec::iso`]).
     pub fn iso(dim: usize, components: usize, sep: f64) -> Self {
-        let means = (0..components)
-            .map(|k| {
-                let mut m = vec![0.0; dim];
-                m[k] = sep / std::f64::consts::SQRT_2;
-                m
-            })
-            .collect();
-        Mixture { dim, weights: vec![1.0 / components as f64; components], means, stds: vec![1.0; components] }
-    }
-
-    pub fn components(&self) -> usize {
-        self.weights.len()
+        MixtureSpec::iso(dim, components, sep).into()
     }
 
     /// The density of x + σε, ε ~ N(0, I).
     pub fn perturbed(&self, sigma: f64) -> Self {
-        let mut m = self.clone();
+        let mut m = self.0.clone();
         for s in &mut m.stds {
             *s = (*s * *s + sigma * sigma).sqrt();
         }
-        m
+        Mixture(m)
     }
 
     /// Per-component log π_k + log N(x; μ_k, s_k²I) into `out`.
@@ -157,13 +154,6 @@ impl Mixture {
             }
         }
         (mu, cov)
-    }
-
-    /// Half-width of a box centred at 0 that holds essentially all the mass (|μ| + 6 s).
-    pub fn extent(&self) -> f64 {
-        let m = self.means.iter().flatten().fold(0.0f64, |a, b| a.max(b.abs()));
-        let s = self.stds.iter().fold(0.0f64, |a, b| a.max(*b));
-        m + 6.0 * s
     }
 
     /// C = E_p‖∇log p‖² and its standard error: by quadrature in 1D and 2D (error far below

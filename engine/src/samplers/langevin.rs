@@ -3,52 +3,12 @@
 //! α_i = ε·σ_i²/σ_L², T steps per level, optional final denoising x + σ_L² S(x, σ_L)), and
 //! deterministic score ascent x ← x + α S(x), which collapses samples onto the modes.
 //! Every Langevin step is x ← x + (α/2) S(x) + √α z, z ~ N(0, I) from the sampler stream.
-//! Samplers work on plain row-major f32 buffers through [`Scorer`], so MLP score nets run the
-//! allocation-free [`FastForward`] and other models go through candle.
+//! Every chain runs on a plain row-major f32 buffer through [`Scorer`].
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::Result;
 
-use crate::fastmlp::FastForward;
-use crate::nets::Model;
+use super::{Sampler, Scorer};
 use crate::rng::Rng;
-
-/// Anything that evaluates S(x, σ) on row-major points.
-pub trait Scorer {
-    fn score(&mut self, x: &[f32], sigma: Option<f32>, out: &mut [f32]) -> Result<()>;
-}
-
-impl Scorer for FastForward {
-    fn score(&mut self, x: &[f32], sigma: Option<f32>, out: &mut [f32]) -> Result<()> {
-        FastForward::score(self, x, sigma, out);
-        Ok(())
-    }
-}
-
-/// A candle model as a [`Scorer`].
-pub struct CandleScorer<'a> {
-    pub model: &'a Model,
-    pub dim: usize,
-    pub device: Device,
-}
-
-impl Scorer for CandleScorer<'_> {
-    fn score(&mut self, x: &[f32], sigma: Option<f32>, out: &mut [f32]) -> Result<()> {
-        let n = x.len() / self.dim;
-        let xt = Tensor::from_slice(x, (n, self.dim), &self.device)?;
-        let sig = sigma.map(|s| Tensor::full(s, (n, 1), &self.device)).transpose()?;
-        let s: Vec<f32> = self.model.score(&xt, sig.as_ref())?.detach().flatten_all()?.to_vec1()?;
-        out.copy_from_slice(&s);
-        Ok(())
-    }
-}
-
-/// The fastest scorer for a model: the plain forward pass for MLP score nets, candle otherwise.
-pub fn scorer_for<'a>(model: &'a Model, device: &Device) -> Result<Box<dyn Scorer + 'a>> {
-    Ok(match model {
-        Model::Mlp(m) => Box::new(FastForward::new(m)?),
-        other => Box::new(CandleScorer { model: other, dim: other.arch().dim, device: device.clone() }),
-    })
-}
 
 /// n points uniform in [−half, half]^dim.
 pub fn uniform_box(n: usize, dim: usize, half: f64, rng: &mut Rng) -> Vec<f32> {
@@ -99,4 +59,62 @@ pub fn score_ascent(scorer: &mut dyn Scorer, x: &mut [f32], sigma: Option<f64>, 
         progress();
     }
     Ok(())
+}
+
+/// NCSN's annealed Langevin over a ladder.
+pub struct AnnealedLangevin {
+    pub sigmas: Vec<f64>,
+    pub eps: f64,
+    pub steps_per_level: usize,
+    pub denoise: bool,
+}
+
+impl Sampler for AnnealedLangevin {
+    fn name(&self) -> &'static str {
+        "annealed_langevin"
+    }
+    fn steps(&self) -> u64 {
+        (self.sigmas.len() * self.steps_per_level) as u64
+    }
+    fn run(&self, scorer: &mut dyn Scorer, x: &mut [f32], rng: &mut Rng, progress: &mut dyn FnMut()) -> Result<()> {
+        annealed_langevin(scorer, x, &self.sigmas, self.eps, self.steps_per_level, self.denoise, rng, progress)
+    }
+}
+
+/// Plain Langevin at one σ (or the unconditional score).
+pub struct Langevin {
+    pub sigma: Option<f64>,
+    pub alpha: f64,
+    pub steps: usize,
+}
+
+impl Sampler for Langevin {
+    fn name(&self) -> &'static str {
+        "langevin"
+    }
+    fn steps(&self) -> u64 {
+        self.steps as u64
+    }
+    fn run(&self, scorer: &mut dyn Scorer, x: &mut [f32], rng: &mut Rng, progress: &mut dyn FnMut()) -> Result<()> {
+        langevin(scorer, x, self.sigma, self.alpha, self.steps, rng, progress)
+    }
+}
+
+/// Deterministic score ascent.
+pub struct ScoreAscent {
+    pub sigma: Option<f64>,
+    pub alpha: f64,
+    pub steps: usize,
+}
+
+impl Sampler for ScoreAscent {
+    fn name(&self) -> &'static str {
+        "score_ascent"
+    }
+    fn steps(&self) -> u64 {
+        self.steps as u64
+    }
+    fn run(&self, scorer: &mut dyn Scorer, x: &mut [f32], _rng: &mut Rng, progress: &mut dyn FnMut()) -> Result<()> {
+        score_ascent(scorer, x, self.sigma, self.alpha, self.steps, progress)
+    }
 }

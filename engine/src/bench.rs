@@ -7,8 +7,9 @@ use std::time::Instant;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
-use crate::mixture::Mixture;
-use crate::nets::{Activation, Arch, MlpScore, Model};
+use crate::data::{Mixture, MixtureSource};
+use crate::models::{Activation, Arch, MlpScore};
+use crate::train::fast::{FastDsm, FastIsm, FastSsm};
 use crate::objectives::{self, ObjectiveKind, ProbeDist, TrainObjective};
 use crate::rng::Rng;
 use crate::samplers;
@@ -96,16 +97,16 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         Case::Sample => (2, 128, 10_000),
         _ => (2, 128, 1024),
     };
-    let mix = if dim == 2 { Mixture::ncsn2d() } else { Mixture { dim, weights: vec![1.0], means: vec![vec![0.0; dim]], stds: vec![1.0] } };
+    let mix = if dim == 2 { Mixture::ncsn2d() } else { Mixture::new(dim, vec![1.0], vec![vec![0.0; dim]], vec![1.0]) };
     let arch = Arch { dim, hidden, depth: 2, activation: Activation::Silu, conditional: case == Case::Sample, scale_by_sigma: false };
     let varmap = VarMap::new();
-    let model = Model::Mlp(MlpScore::new(arch, &varmap, &mut rng, &dev)?);
+    let m = MlpScore::new(arch, &varmap, &mut rng, &dev)?;
     if case == Case::Sample {
         let sigmas = crate::ladder::geometric(20.0, 1.0, 10);
         let ms = median_ms(
             || {
                 let mut x = samplers::uniform_box(batch, 2, 8.0, &mut rng);
-                let mut scorer = samplers::scorer_for(&model, &dev)?;
+                let mut scorer = samplers::scorer_for(&m, &dev)?;
                 samplers::annealed_langevin(scorer.as_mut(), &mut x, &sigmas, 0.1, 100, false, &mut rng, &mut || {})
             },
             1,
@@ -115,8 +116,7 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
     }
     if case == Case::Dsm {
         // The hand-derived step the trials use for DSM on MLPs.
-        let Model::Mlp(m) = &model else { unreachable!() };
-        let mut fast = crate::fastmlp::FastDsm::new(m, batch, 1e-3)?;
+        let mut fast = FastDsm::new(&m, batch, 1e-3)?;
         let sigma = vec![0.5f32; batch];
         let ms = median_ms(
             || {
@@ -131,8 +131,7 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         return Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() });
     }
     if matches!(case, Case::Ssm | Case::SsmVr) {
-        let Model::Mlp(m) = &model else { unreachable!() };
-        let mut fast = crate::fastmlp::FastSsm::new(m, case == Case::SsmVr, 1e-3)?;
+        let mut fast = FastSsm::new(&m, case == Case::SsmVr, 1e-3)?;
         let ms = median_ms(
             || {
                 let x: Vec<f32> = mix.sample(batch, &mut rng).into_iter().map(|v| v as f32).collect();
@@ -145,9 +144,9 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         )?;
         return Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() });
     }
-    if let (Case::Ism, Model::Mlp(m)) = (case, &model) {
+    if case == Case::Ism {
         // The hand-derived exact-ISM step the trials use for depth-2 MLPs.
-        if let Some(mut fast) = crate::fastmlp::FastIsm::new(m, 1e-3)? {
+        if let Some(mut fast) = FastIsm::new(&m, 1e-3)? {
             let ms = median_ms(
                 || {
                     let x: Vec<f32> = mix.sample(batch, &mut rng).into_iter().map(|v| v as f32).collect();
@@ -163,11 +162,12 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
     // Exact ISM through candle's autograd (closed-form trace), for other depths.
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
     let obj = TrainObjective { kind: ObjectiveKind::Ism, sigmas: None, probes: 1, probe: ProbeDist::Rademacher, trace_chunk: 64 };
+    let data = MixtureSource { label: "bench".into(), mixture: mix.clone() };
     let ms = median_ms(
         || {
             let x0 = mix.sample(batch, &mut rng);
             let mut grads = None;
-            objectives::loss_pieces(&model, &obj, &mix, &x0, &mut rng, &dev, &mut |piece: Tensor| {
+            objectives::loss_pieces(&m, &obj, &data, &x0, &mut rng, &dev, &mut |piece: Tensor| {
                 grads = Some(piece.backward()?);
                 Ok(())
             })?;

@@ -1,6 +1,9 @@
 //! The trial schema: a raw serde form that mirrors the TOML file (`deny_unknown_fields`
-//! everywhere), then a validated [`TrialConfig`] the rest of the engine can trust. Errors name
-//! the dotted key; [`TrialConfig::from_file`] adds the file, line and column.
+//! everywhere, so errors name the exact key), then a validated [`TrialConfig`] whose sections
+//! are tagged enums (one variant per data preset, model kind, objective and sampler, each with
+//! only the fields that apply), so the engine matches on what a trial is and never on
+//! placeholder values. Errors name the dotted key; [`TrialConfig::from_file`] adds the file,
+//! line and column.
 //!
 //! ```toml
 //! seed = 0
@@ -19,15 +22,22 @@
 //!              # eps (number or "auto"); n; denoise; box
 //! kind = "annealed_langevin"
 //! ```
-//! A trial with a top-level `[sleep] seconds = x` only sleeps (scheduler benchmarks).
+//! A trial with a top-level `[sleep] seconds = x` only sleeps (scheduler benchmarks) and takes
+//! no other section: it is its own variant, [`TrialConfig::Sleep`].
+//!
+//! What validation resolves: every default, the evaluation sizes, the sampler's step counts and
+//! initial box, and the capability checks (an objective the model or the data cannot serve is
+//! refused here). What depends on data the engine draws (the `auto` ladder's σ₁, hence an
+//! `auto` step size and the default evaluation σ) is resolved by the engine's trial plan before
+//! any training.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::mixture::Mixture;
-use crate::nets::Activation;
-use crate::objectives::{ObjectiveKind, ProbeDist};
+use crate::caps::{self, DataCaps, ModelCaps, Needs};
+use crate::data::MixtureSpec;
+use crate::locate::{line_col, locate};
 
 /// A validation error on one key of a trial given as a TOML value.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +53,9 @@ impl std::fmt::Display for FieldError {
     }
 }
 
-fn field(key: &str, message: impl Into<String>) -> FieldError {
+impl std::error::Error for FieldError {}
+
+pub fn field(key: &str, message: impl Into<String>) -> FieldError {
     FieldError { key: key.to_string(), message: message.into() }
 }
 
@@ -52,10 +64,85 @@ fn field(key: &str, message: impl Into<String>) -> FieldError {
 pub enum ConfigError {
     #[error("failed to read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:1:1: not UTF-8 text (byte {offset} is invalid)", path.display())]
+    NotUtf8 { path: PathBuf, offset: usize },
     #[error("{}:{line}:{column}: invalid TOML: {message}", path.display())]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{}:{line}:{column}: key `{key}`: {message}", path.display())]
     Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
+}
+
+// ---------------------------------------------------------------- plain enums of the file
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    Softplus,
+    Tanh,
+    Relu,
+}
+
+impl Activation {
+    /// Has a continuous second derivative (needed where ∂S/∂x is differentiated in θ).
+    pub fn is_smooth(self) -> bool {
+        !matches!(self, Activation::Relu)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::Softplus => "softplus",
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    Esm,
+    Ism,
+    Ssm,
+    SsmVr,
+    Dsm,
+}
+
+impl ObjectiveKind {
+    /// Differentiates ∂S/∂x (a trace or a projection) in θ.
+    pub fn needs_jacobian(self) -> bool {
+        matches!(self, ObjectiveKind::Ism | ObjectiveKind::Ssm | ObjectiveKind::SsmVr)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectiveKind::Esm => "esm",
+            ObjectiveKind::Ism => "ism",
+            ObjectiveKind::Ssm => "ssm",
+            ObjectiveKind::SsmVr => "ssm_vr",
+            ObjectiveKind::Dsm => "dsm",
+        }
+    }
+
+    /// What this objective needs of the model and the data.
+    pub fn needs(self) -> Needs {
+        let none = Needs { exact_score: false, exact_trace: false, tangents: false, noise_ladder: false };
+        match self {
+            ObjectiveKind::Esm => Needs { exact_score: true, ..none },
+            ObjectiveKind::Ism => Needs { exact_trace: true, ..none },
+            ObjectiveKind::Ssm | ObjectiveKind::SsmVr => Needs { tangents: true, ..none },
+            ObjectiveKind::Dsm => Needs { noise_ladder: true, ..none },
+        }
+    }
+}
+
+/// Distribution of SSM's random projections v.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeDist {
+    Rademacher,
+    Gaussian,
 }
 
 // ---------------------------------------------------------------- raw form (mirrors the file)
@@ -89,7 +176,7 @@ struct RawData {
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum ModelKind {
+enum RawModelKind {
     Mlp,
     EnergyMlp,
 }
@@ -97,7 +184,7 @@ pub enum ModelKind {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
-    kind: ModelKind,
+    kind: RawModelKind,
     #[serde(default = "d_hidden")]
     hidden: usize,
     #[serde(default = "d_depth")]
@@ -107,9 +194,15 @@ struct RawModel {
     #[serde(default)]
     scale_by_sigma: bool,
 }
-fn d_hidden() -> usize { 128 }
-fn d_depth() -> usize { 2 }
-fn d_act() -> Activation { Activation::Silu }
+fn d_hidden() -> usize {
+    128
+}
+fn d_depth() -> usize {
+    2
+}
+fn d_act() -> Activation {
+    Activation::Silu
+}
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -123,9 +216,15 @@ struct RawObjective {
     #[serde(default = "d_chunk")]
     trace_chunk: usize,
 }
-fn d_one() -> usize { 1 }
-fn d_probe() -> ProbeDist { ProbeDist::Rademacher }
-fn d_chunk() -> usize { 64 }
+fn d_one() -> usize {
+    1
+}
+fn d_probe() -> ProbeDist {
+    ProbeDist::Rademacher
+}
+fn d_chunk() -> usize {
+    64
+}
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -149,8 +248,12 @@ struct RawTrain {
     eval_every: u64,
     n_train: Option<usize>,
 }
-fn d_batch() -> usize { 256 }
-fn d_lr() -> f64 { 1e-3 }
+fn d_batch() -> usize {
+    256
+}
+fn d_lr() -> f64 {
+    1e-3
+}
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -162,7 +265,7 @@ struct RawEval {
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum SamplerKind {
+enum RawSamplerKind {
     AnnealedLangevin,
     Langevin,
     ScoreAscent,
@@ -179,7 +282,7 @@ enum RawEps {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawSampler {
-    kind: SamplerKind,
+    kind: RawSamplerKind,
     #[serde(default = "d_spl")]
     steps_per_level: usize,
     steps: Option<usize>,
@@ -191,9 +294,15 @@ struct RawSampler {
     #[serde(rename = "box")]
     box_half: Option<f64>,
 }
-fn d_spl() -> usize { 100 }
-fn d_n() -> usize { 2000 }
-fn d_true() -> bool { true }
+fn d_spl() -> usize {
+    100
+}
+fn d_n() -> usize {
+    2000
+}
+fn d_true() -> bool {
+    true
+}
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +312,115 @@ struct RawSleep {
 
 // ---------------------------------------------------------------- validated form
 
+/// A validated trial: a scheduler benchmark that only sleeps, or a training trial.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrialConfig {
+    Sleep(SleepTrial),
+    Train(Box<TrainTrial>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SleepTrial {
+    pub seed: u64,
+    pub name: Option<String>,
+    pub seconds: f64,
+}
+
+/// A training trial: every section validated and every file-level default resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainTrial {
+    pub seed: u64,
+    pub name: Option<String>,
+    pub data: DataSpec,
+    pub model: ModelSpec,
+    pub objective: ObjectiveSpec,
+    /// The noise ladder (`objective.noise`); with one, the model is noise-conditional.
+    pub noise: Option<NoiseSpec>,
+    pub train: TrainSpec,
+    pub eval: EvalSpec,
+    pub sampler: SamplerSpec,
+}
+
+/// Where training points come from (one variant per data kind).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSpec {
+    /// A Gaussian mixture: a preset (`seed1d`, `ncsn2d`, `ring8`, `iso`) or `custom`.
+    Mixture { preset: String, mixture: MixtureSpec },
+}
+
+impl DataSpec {
+    pub fn dim(&self) -> usize {
+        match self {
+            DataSpec::Mixture { mixture, .. } => mixture.dim,
+        }
+    }
+
+    /// The label in tables (the preset name).
+    pub fn label(&self) -> &str {
+        match self {
+            DataSpec::Mixture { preset, .. } => preset,
+        }
+    }
+
+    pub fn caps(&self) -> DataCaps {
+        match self {
+            DataSpec::Mixture { .. } => DataCaps { exact_score: true, labels: false },
+        }
+    }
+}
+
+/// Shape of an MLP (score net or energy net).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpSpec {
+    pub hidden: usize,
+    pub depth: usize,
+    pub activation: Activation,
+    /// Multiply the score by 1/σ (NCSNv2's s(x)/σ).
+    pub scale_by_sigma: bool,
+}
+
+/// The score model (one variant per model kind).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    /// S(x, σ) = MLP([x, log σ]).
+    Mlp(MlpSpec),
+    /// S = ∇ₓ q(x, σ) of a scalar MLP energy q.
+    EnergyMlp(MlpSpec),
+}
+
+impl ModelSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelSpec::Mlp(_) => "mlp",
+            ModelSpec::EnergyMlp(_) => "energy_mlp",
+        }
+    }
+
+    /// What this model kind computes; the engine's model registry is tested against it.
+    pub fn caps(&self) -> ModelCaps {
+        match self {
+            ModelSpec::Mlp(m) => ModelCaps { tangents: true, closed_trace: m.depth <= 2 },
+            ModelSpec::EnergyMlp(_) => ModelCaps { tangents: true, closed_trace: false },
+        }
+    }
+
+    pub fn mlp(&self) -> &MlpSpec {
+        match self {
+            ModelSpec::Mlp(m) | ModelSpec::EnergyMlp(m) => m,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectiveSpec {
+    pub kind: ObjectiveKind,
+    /// SSM probes per point and their distribution (also used to evaluate L_SSM).
+    pub probes: usize,
+    pub probe: ProbeDist,
+    /// Basis tangents per chunk for the exact trace (bounds memory).
+    pub trace_chunk: usize,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum NoiseSpec {
     Geometric { sigma_max: f64, sigma_min: f64, levels: usize },
@@ -211,22 +429,14 @@ pub enum NoiseSpec {
     Auto { sigma_min: f64, levels: usize },
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    pub kind: ModelKind,
-    pub hidden: usize,
-    pub depth: usize,
-    pub activation: Activation,
-    pub scale_by_sigma: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectiveSpec {
-    pub kind: ObjectiveKind,
-    pub noise: Option<NoiseSpec>,
-    pub probes: usize,
-    pub probe: ProbeDist,
-    pub trace_chunk: usize,
+impl NoiseSpec {
+    /// The number of levels as configured (an `auto` ladder may end up with another count).
+    pub fn levels(&self) -> usize {
+        match self {
+            NoiseSpec::Geometric { levels, .. } | NoiseSpec::Auto { levels, .. } => *levels,
+            NoiseSpec::List(v) => v.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -242,37 +452,47 @@ pub struct TrainSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalSpec {
     pub n: usize,
+    /// σ of the DSM gap; None: the middle level of the ladder (resolved by the engine's plan).
     pub dsm_sigma: Option<f64>,
     pub c_samples: usize,
 }
 
+/// A Langevin step size: a number, or NCSNv2's rule for the ladder (`"auto"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepSize {
+    Fixed(f64),
+    Auto,
+}
+
+/// Where chains start: n points uniform in [−box, box]^D.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SamplerSpec {
-    pub kind: SamplerKind,
-    pub steps_per_level: usize,
-    /// Total steps of plain Langevin / score ascent.
-    pub steps: usize,
-    /// None: the NCSNv2 T/ε rule.
-    pub eps: Option<f64>,
+pub struct Init {
     pub n: usize,
-    pub denoise: bool,
     pub box_half: f64,
 }
 
+/// How samples are drawn (one variant per sampler).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TrialConfig {
-    pub seed: u64,
-    pub name: Option<String>,
-    /// Preset name (or "custom").
-    pub data_label: String,
-    pub mixture: Mixture,
-    pub model: ModelSpec,
-    pub objective: ObjectiveSpec,
-    pub train: TrainSpec,
-    pub eval: EvalSpec,
-    pub sampler: SamplerSpec,
-    /// Sleep trials only sleep; the other sections are placeholders then.
-    pub sleep: Option<f64>,
+pub enum SamplerSpec {
+    None,
+    /// NCSN: `steps_per_level` steps at each level with α_i = ε σ_i²/σ_L², then optionally
+    /// x + σ_L² S(x, σ_L).
+    AnnealedLangevin { init: Init, steps_per_level: usize, eps: StepSize, denoise: bool },
+    /// `steps` steps x ← x + (α/2) S + √α z at the smallest σ (or the unconditional score).
+    Langevin { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
+    /// `steps` steps x ← x + α S.
+    ScoreAscent { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
+}
+
+impl SamplerSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplerSpec::None => "none",
+            SamplerSpec::AnnealedLangevin { .. } => "annealed_langevin",
+            SamplerSpec::Langevin { .. } => "langevin",
+            SamplerSpec::ScoreAscent { .. } => "score_ascent",
+        }
+    }
 }
 
 /// Largest accepted sizes, to refuse trials that could not fit in memory.
@@ -317,7 +537,8 @@ impl TrialConfig {
 
     /// Parse and validate a trial file; errors carry file, line, column and key.
     pub fn from_file(path: &Path) -> Result<TrialConfig, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let src = String::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })?;
         Self::from_str_at(&src, path)
     }
 
@@ -333,18 +554,30 @@ impl TrialConfig {
         })
     }
 
+    pub fn seed(&self) -> u64 {
+        match self {
+            TrialConfig::Sleep(s) => s.seed,
+            TrialConfig::Train(t) => t.seed,
+        }
+    }
+
     pub fn is_sleep(&self) -> bool {
-        self.sleep.is_some()
+        matches!(self, TrialConfig::Sleep(_))
     }
 
-    /// GPU trials are not built yet: the engine runs on CPU.
-    pub fn uses_gpu(&self) -> bool {
-        false
+    /// The training trial, if this is one.
+    pub fn train(&self) -> Option<&TrainTrial> {
+        match self {
+            TrialConfig::Train(t) => Some(t),
+            TrialConfig::Sleep(_) => None,
+        }
     }
+}
 
+impl TrainTrial {
     /// Whether the score net takes σ (a noise ladder is configured).
     pub fn conditional(&self) -> bool {
-        self.objective.noise.is_some()
+        self.noise.is_some()
     }
 }
 
@@ -354,30 +587,28 @@ fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
         if seconds > 86_400.0 {
             return Err(field("sleep.seconds", "must be at most one day"));
         }
-        let mut cfg = validate(RawTrial {
-            seed: raw.seed,
-            data: Some(RawData { preset: "seed1d".into(), dim: None, components: None, separation: None, weights: None, means: None, stds: None }),
-            model: Some(RawModel { kind: ModelKind::Mlp, hidden: 1, depth: 1, activation: Activation::Silu, scale_by_sigma: false }),
-            objective: Some(RawObjective { kind: ObjectiveKind::Esm, noise: None, probes: 1, probe: ProbeDist::Rademacher, trace_chunk: 1 }),
-            train: Some(RawTrain { steps: 0, batch: 1, lr: 1e-3, eval_every: 0, n_train: None }),
-            sampler: Some(RawSampler { kind: SamplerKind::None, steps_per_level: 1, steps: None, eps: None, n: 1, denoise: false, box_half: None }),
-            ..Default::default()
-        })?;
-        cfg.sleep = Some(seconds);
-        cfg.name = raw.name;
-        return Ok(cfg);
+        let others = [("data", raw.data.is_some()), ("model", raw.model.is_some()), ("objective", raw.objective.is_some()), ("train", raw.train.is_some()), ("eval", raw.eval.is_some()), ("sampler", raw.sampler.is_some())];
+        if let Some((k, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(field(k, "does not apply to a sleep trial ([sleep] takes no other section)"));
+        }
+        return Ok(TrialConfig::Sleep(SleepTrial { seed: raw.seed, name: raw.name, seconds }));
     }
-    let data = required("data", raw.data)?;
-    let (data_label, mixture) = validate_data(&data)?;
-    let dim = mixture.dim;
+    let data = validate_data(&required("data", raw.data)?)?;
+    let dim = data.dim();
 
     let m = required("model", raw.model)?;
     in_range("model.hidden", m.hidden, 1, MAX_HIDDEN)?;
     in_range("model.depth", m.depth, 1, 16)?;
-    if m.kind == ModelKind::EnergyMlp && !m.activation.is_smooth() {
-        return Err(field("model.activation", format!("energy_mlp needs a smooth activation (its score uses a' and a''); `{}` is not", m.activation.name())));
-    }
-    let model = ModelSpec { kind: m.kind, hidden: m.hidden, depth: m.depth, activation: m.activation, scale_by_sigma: m.scale_by_sigma };
+    let mlp = MlpSpec { hidden: m.hidden, depth: m.depth, activation: m.activation, scale_by_sigma: m.scale_by_sigma };
+    let model = match m.kind {
+        RawModelKind::Mlp => ModelSpec::Mlp(mlp),
+        RawModelKind::EnergyMlp => {
+            if !m.activation.is_smooth() {
+                return Err(field("model.activation", format!("energy_mlp needs a smooth activation (its score uses a' and a''); `{}` is not", m.activation.name())));
+            }
+            ModelSpec::EnergyMlp(mlp)
+        }
+    };
 
     let o = required("objective", raw.objective)?;
     if o.kind.needs_jacobian() && !m.activation.is_smooth() {
@@ -386,13 +617,11 @@ fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
     in_range("objective.probes", o.probes, 1, 1024)?;
     in_range("objective.trace_chunk", o.trace_chunk, 1, MAX_DIM)?;
     let noise = o.noise.as_ref().map(validate_noise).transpose()?;
-    if o.kind == ObjectiveKind::Dsm && noise.is_none() {
-        return Err(field("objective.noise", "dsm needs a noise ladder (e.g. noise = { ladder = \"list\", sigmas = [0.5] })"));
-    }
-    if model.scale_by_sigma && noise.is_none() {
+    caps::check(o.kind.name(), o.kind.needs(), model.name(), model.caps(), data.label(), data.caps(), noise.is_some())?;
+    if m.scale_by_sigma && noise.is_none() {
         return Err(field("model.scale_by_sigma", "needs a noise ladder (objective.noise)"));
     }
-    let objective = ObjectiveSpec { kind: o.kind, noise, probes: o.probes, probe: o.probe, trace_chunk: o.trace_chunk };
+    let objective = ObjectiveSpec { kind: o.kind, probes: o.probes, probe: o.probe, trace_chunk: o.trace_chunk };
 
     let t = required("train", raw.train)?;
     if t.steps > 10_000_000 {
@@ -410,43 +639,50 @@ fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
     let n_eval = in_range("eval.n", e.n.unwrap_or(if dim <= 2 { 100_000 } else { 20_000 }), 2, MAX_POINTS)?;
     if let Some(s) = e.dsm_sigma {
         positive("eval.dsm_sigma", s)?;
-        if objective.noise.is_none() {
+        if noise.is_none() {
             return Err(field("eval.dsm_sigma", "needs a noise-conditional model (objective.noise)"));
         }
     }
     let c_samples = in_range("eval.c_samples", e.c_samples.unwrap_or(200_000), 2, MAX_POINTS)?;
     let eval = EvalSpec { n: n_eval, dsm_sigma: e.dsm_sigma, c_samples };
 
-    let s = required("sampler", raw.sampler)?;
+    let sampler = validate_sampler(&required("sampler", raw.sampler)?, &data, noise.as_ref())?;
+    Ok(TrialConfig::Train(Box::new(TrainTrial { seed: raw.seed, name: raw.name, data, model, objective, noise, train, eval, sampler })))
+}
+
+fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) -> Result<SamplerSpec, FieldError> {
     in_range("sampler.steps_per_level", s.steps_per_level, 1, 1_000_000)?;
     in_range("sampler.n", s.n, 1, MAX_POINTS)?;
     let eps = match &s.eps {
-        None => Some(if s.kind == SamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
-        Some(RawEps::Value(v)) => Some(positive("sampler.eps", *v)?),
+        None => StepSize::Fixed(if s.kind == RawSamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
+        Some(RawEps::Value(v)) => StepSize::Fixed(positive("sampler.eps", *v)?),
         Some(RawEps::Word(w)) if w == "auto" => {
-            if objective.noise.is_none() {
+            if noise.is_none() {
                 return Err(field("sampler.eps", "\"auto\" needs a noise ladder (objective.noise)"));
             }
-            None
+            StepSize::Auto
         }
         Some(RawEps::Word(w)) => return Err(field("sampler.eps", format!("must be a positive number or \"auto\" (got \"{w}\")"))),
     };
-    if s.kind == SamplerKind::AnnealedLangevin && objective.noise.is_none() {
-        return Err(field("sampler.kind", "annealed_langevin needs a noise ladder (objective.noise)"));
-    }
-    let levels = match &objective.noise {
-        Some(NoiseSpec::Geometric { levels, .. }) | Some(NoiseSpec::Auto { levels, .. }) => *levels,
-        Some(NoiseSpec::List(v)) => v.len(),
-        None => 1,
-    };
+    let levels = noise.map_or(1, NoiseSpec::levels);
     let steps = in_range("sampler.steps", s.steps.unwrap_or(levels * s.steps_per_level), 1, 100_000_000)?;
-    let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.stds.iter().cloned().fold(0.0, f64::max)))?;
-    let sampler = SamplerSpec { kind: s.kind, steps_per_level: s.steps_per_level, steps, eps, n: s.n, denoise: s.denoise, box_half };
-
-    Ok(TrialConfig { seed: raw.seed, name: raw.name, data_label, mixture, model, objective, train, eval, sampler, sleep: None })
+    let DataSpec::Mixture { mixture, .. } = data;
+    let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.max_std()))?;
+    let init = Init { n: s.n, box_half };
+    Ok(match s.kind {
+        RawSamplerKind::None => SamplerSpec::None,
+        RawSamplerKind::AnnealedLangevin => {
+            if noise.is_none() {
+                return Err(field("sampler.kind", "annealed_langevin needs a noise ladder (objective.noise)"));
+            }
+            SamplerSpec::AnnealedLangevin { init, steps_per_level: s.steps_per_level, eps, denoise: s.denoise }
+        }
+        RawSamplerKind::Langevin => SamplerSpec::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
+        RawSamplerKind::ScoreAscent => SamplerSpec::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
+    })
 }
 
-fn validate_data(d: &RawData) -> Result<(String, Mixture), FieldError> {
+fn validate_data(d: &RawData) -> Result<DataSpec, FieldError> {
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
         let given = [("dim", d.dim.is_some()), ("components", d.components.is_some()), ("separation", d.separation.is_some()), ("weights", d.weights.is_some()), ("means", d.means.is_some()), ("stds", d.stds.is_some())];
         for (k, set) in given {
@@ -457,15 +693,24 @@ fn validate_data(d: &RawData) -> Result<(String, Mixture), FieldError> {
         Ok(())
     };
     let mix = match d.preset.as_str() {
-        "seed1d" => { only(&[])?; Mixture::seed1d() }
-        "ncsn2d" => { only(&[])?; Mixture::ncsn2d() }
-        "ring8" => { only(&[])?; Mixture::ring8() }
+        "seed1d" => {
+            only(&[])?;
+            MixtureSpec::seed1d()
+        }
+        "ncsn2d" => {
+            only(&[])?;
+            MixtureSpec::ncsn2d()
+        }
+        "ring8" => {
+            only(&[])?;
+            MixtureSpec::ring8()
+        }
         "iso" => {
             only(&["dim", "components", "separation"])?;
             let dim = in_range("data.dim", required("data.dim", d.dim)?, 1, MAX_DIM)?;
             let k = in_range("data.components", d.components.unwrap_or(2.min(dim)), 1, dim)?;
             let sep = positive("data.separation", d.separation.unwrap_or(4.0))?;
-            Mixture::iso(dim, k, sep)
+            MixtureSpec::iso(dim, k, sep)
         }
         "custom" => {
             only(&["weights", "means", "stds"])?;
@@ -495,11 +740,11 @@ fn validate_data(d: &RawData) -> Result<(String, Mixture), FieldError> {
             if (total - 1.0).abs() > 1e-6 {
                 return Err(field("data.weights", format!("must sum to 1 (got {total})")));
             }
-            Mixture { dim, weights: w, means, stds }
+            MixtureSpec { dim, weights: w, means, stds }
         }
         other => return Err(field("data.preset", format!("unknown preset `{other}` (expected seed1d, ncsn2d, ring8, iso or custom)"))),
     };
-    Ok((d.preset.clone(), mix))
+    Ok(DataSpec::Mixture { preset: d.preset.clone(), mixture: mix })
 }
 
 fn validate_noise(n: &RawNoise) -> Result<NoiseSpec, FieldError> {
@@ -547,52 +792,6 @@ fn validate_noise(n: &RawNoise) -> Result<NoiseSpec, FieldError> {
     }
 }
 
-/// 1-based line and column of a byte offset.
-pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let before = &src[..offset.min(src.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|i| before[i + 1..].chars().count() + 1).unwrap_or(before.chars().count() + 1);
-    (line, col)
-}
-
-/// 1-based (line, column) of a dotted key (segments may end in `[i]`) in TOML source: the key
-/// itself, or the deepest enclosing key that exists. None if the source does not parse or no
-/// segment is found.
-pub fn locate(src: &str, dotted_key: &str) -> Option<(usize, usize)> {
-    let segments: Vec<&str> = dotted_key.split('.').filter(|s| !s.is_empty()).collect();
-    locate_path(src, &segments)
-}
-
-/// As [`locate`], with the key path given as literal segments (a segment may itself contain
-/// dots, as the quoted keys of a sweep's `[grid]` do).
-pub fn locate_path(src: &str, segments: &[&str]) -> Option<(usize, usize)> {
-    use toml::de::{DeTable, DeValue};
-    let doc = DeTable::parse(src).ok()?;
-    let mut table = doc.get_ref();
-    let mut found: Option<usize> = None;
-    for &seg in segments {
-        let (name, index) = match seg.find('[') {
-            Some(i) => (&seg[..i], seg[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
-            None => (seg, None),
-        };
-        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else { break };
-        found = Some(k.span().start);
-        let mut value = v;
-        if let (Some(i), DeValue::Array(arr)) = (index, value.get_ref()) {
-            let items: &[toml::Spanned<DeValue>] = std::borrow::Borrow::borrow(arr);
-            if let Some(item) = items.get(i) {
-                found = Some(item.span().start);
-                value = item;
-            }
-        }
-        match value.get_ref() {
-            DeValue::Table(t) => table = t,
-            _ => break,
-        }
-    }
-    found.map(|o| line_col(src, o))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,12 +830,25 @@ kind = "annealed_langevin"
     }
 
     #[test]
-    fn good_trial_validates() {
+    fn good_trial_validates_into_its_variants() {
         let c = TrialConfig::from_str_at(GOOD, Path::new("t.toml")).unwrap();
-        assert_eq!(c.seed, 3);
-        assert_eq!(c.objective.noise, Some(NoiseSpec::Geometric { sigma_max: 10.0, sigma_min: 0.1, levels: 10 }));
-        assert_eq!(c.sampler.steps, 1000);
-        assert_eq!(c.eval.n, 100_000);
+        let t = c.train().expect("a training trial");
+        assert_eq!(t.seed, 3);
+        assert_eq!(t.noise, Some(NoiseSpec::Geometric { sigma_max: 10.0, sigma_min: 0.1, levels: 10 }));
+        assert_eq!(t.eval.n, 100_000);
+        match &t.sampler {
+            SamplerSpec::AnnealedLangevin { steps_per_level, eps, init, denoise } => {
+                assert_eq!((*steps_per_level, *eps, *denoise), (100, StepSize::Fixed(2e-5), true));
+                assert_eq!(init.n, 2000);
+                assert!((init.box_half - (5.0 + 6.0 - 3.0)).abs() < 1e-12);
+            }
+            other => panic!("{other:?}"),
+        }
+        let plain = GOOD.replace("annealed_langevin", "langevin");
+        match TrialConfig::from_str_at(&plain, Path::new("t.toml")).unwrap().train().unwrap().sampler {
+            SamplerSpec::Langevin { steps, .. } => assert_eq!(steps, 1000, "levels × steps_per_level"),
+            ref other => panic!("{other:?}"),
+        }
     }
 
     /// Table of bad inputs: (edit of GOOD, expected key, line, message fragment).
@@ -651,6 +863,8 @@ kind = "annealed_langevin"
             (GOOD.replace("steps = 100", "steps = \"many\""), "train.steps", 11, "invalid type"),
             (GOOD.replace("[train]\nsteps = 100\n", ""), "train", 1, "required"),
             (GOOD.replace("seed = 3", "seed = = 3"), "<syntax>", 2, ""),
+            (GOOD.replace("noise = { ladder = \"geometric\", sigma_max = 10.0, sigma_min = 0.1, levels = 10 }", ""), "objective.noise", 7, "needs a noise ladder"),
+            (GOOD.replace("[sampler]", "[sleep]\nseconds = 1\n[sampler]"), "data", 3, "sleep"),
         ];
         for (src, key, line, msg) in cases {
             check_err(&src, key, line, msg);
@@ -658,16 +872,20 @@ kind = "annealed_langevin"
     }
 
     #[test]
-    fn locate_finds_nested_and_indexed_keys() {
-        let src = "a = 1\n[b]\nc = { d = [1, 2, 3] }\n";
-        assert_eq!(locate(src, "b.c.d"), Some((3, 7)));
-        assert_eq!(locate(src, "b.c.d[2]"), Some((3, 18)));
-        assert_eq!(locate(src, "b.zzz"), Some((2, 2)));
+    fn sleep_trials_need_nothing_else() {
+        let v: toml::Value = toml::from_str("[sleep]\nseconds = 0.5").unwrap();
+        assert_eq!(TrialConfig::from_value(&v).unwrap(), TrialConfig::Sleep(SleepTrial { seed: 0, name: None, seconds: 0.5 }));
     }
 
     #[test]
-    fn sleep_trials_need_nothing_else() {
-        let v: toml::Value = toml::from_str("[sleep]\nseconds = 0.5").unwrap();
-        assert_eq!(TrialConfig::from_value(&v).unwrap().sleep, Some(0.5));
+    fn files_that_are_not_utf8_are_refused_with_the_file() {
+        let dir = std::env::temp_dir().join(format!("schema-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, b"seed = 1\n# \xff\xfe\n").unwrap();
+        let e = TrialConfig::from_file(&p).unwrap_err();
+        assert!(matches!(e, ConfigError::NotUtf8 { offset: 11, .. }), "{e}");
+        assert!(e.to_string().contains("bad.toml:1:1"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -3,11 +3,10 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use scoresweep_engine::fastmlp::{exp_f32, FastDsm, FastForward, FastIsm, FastSsm};
-use scoresweep_engine::nets::Probes;
-use scoresweep_engine::nets::{Activation, Arch, MlpScore};
-use scoresweep_engine::objectives;
-use scoresweep_engine::rng::Rng;
+use engine::models::{Activation, Arch, MlpScore, Probes};
+use engine::objectives;
+use engine::rng::Rng;
+use engine::train::fast::{exp_f32, FastDsm, FastForward, FastIsm, FastSsm};
 
 /// Each layer's hand-derived (weight, bias) gradients equal autograd's to 1e-4 of the largest
 /// entry of each tensor.

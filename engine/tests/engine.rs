@@ -6,11 +6,14 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use scoresweep_engine::config::TrialConfig;
-use scoresweep_engine::nets::{Activation, Arch, Dense, EnergyNet, MlpScore, Model, Probes};
-use scoresweep_engine::objectives::{self, ProbeDist};
-use scoresweep_engine::rng::Rng;
-use scoresweep_engine::trial::{self, TrialOutcome, TrialStatus};
+use engine::models::layers::Dense;
+use engine::models::{self, Activation, Arch, EnergyNet, MlpScore, Probes, ScoreModel};
+use engine::objectives::{self, ProbeDist};
+use engine::rng::Rng;
+use engine::trial::{self, TrialOutcome, TrialStatus};
+use schema::TrialConfig;
+
+type Model = Box<dyn ScoreModel>;
 
 fn f64_dense(d: &Dense) -> Dense {
     Dense { w: d.w.to_dtype(DType::F64).unwrap(), b: d.b.to_dtype(DType::F64).unwrap() }
@@ -28,11 +31,19 @@ fn model_f64_depth(energy: bool, act: Activation, dim: usize, depth: usize, cond
     let dev = Device::Cpu;
     if energy {
         let m = EnergyNet::new(arch, &vm, &mut rng, &dev).unwrap();
-        Model::Energy(EnergyNet { arch: m.arch, layers: m.layers.iter().map(f64_dense).collect(), out: f64_dense(&m.out) })
+        Box::new(EnergyNet { arch: m.arch, layers: m.layers.iter().map(f64_dense).collect(), out: f64_dense(&m.out) })
     } else {
-        let m = MlpScore::new(arch, &vm, &mut rng, &dev).unwrap();
-        Model::Mlp(MlpScore { arch: m.arch, layers: m.layers.iter().map(f64_dense).collect(), out: f64_dense(&m.out) })
+        Box::new(mlp_f64(arch, seed))
     }
+}
+
+fn mlp_f64(arch: Arch, seed: u64) -> MlpScore {
+    let m = MlpScore::new(arch, &VarMap::new(), &mut Rng::new(seed), &Device::Cpu).unwrap();
+    MlpScore { arch: m.arch, layers: m.layers.iter().map(f64_dense).collect(), out: f64_dense(&m.out) }
+}
+
+fn mlp_f64_depth(act: Activation, dim: usize, depth: usize, conditional: bool, scale: bool, seed: u64) -> MlpScore {
+    mlp_f64(Arch { dim, hidden: 16, depth, activation: act, conditional, scale_by_sigma: scale }, seed)
 }
 
 fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {
@@ -62,12 +73,12 @@ fn tangents_match_finite_differences() {
         let x = randn(&[n, dim], &mut rng);
         let sig = if cond { Some(Tensor::from_vec((0..n).map(|k| 0.3 + 0.2 * k as f64).collect::<Vec<_>>(), (n, 1), &Device::Cpu).unwrap()) } else { None };
         let v = randn(&[3, n, dim], &mut rng);
-        let tg = model.tangents(&x, sig.as_ref(), &Probes::Vectors(&v)).unwrap();
+        let tg = model.tangents().unwrap().tangents(&x, sig.as_ref(), &Probes::Vectors(&v)).unwrap();
         let jv: Vec<Vec<Vec<f64>>> = tg.jv().unwrap().to_vec3().unwrap();
         for k in 0..3 {
             let vk = v.get(k).unwrap();
-            let sp = model.score(&(&x + vk.affine(h, 0.0).unwrap()).unwrap(), sig.as_ref()).unwrap();
-            let sm = model.score(&(&x - vk.affine(h, 0.0).unwrap()).unwrap(), sig.as_ref()).unwrap();
+            let sp = model.score(&(&x + vk.affine(h, 0.0).unwrap()).unwrap(), sig.as_ref(), None).unwrap();
+            let sm = model.score(&(&x - vk.affine(h, 0.0).unwrap()).unwrap(), sig.as_ref(), None).unwrap();
             let fd: Vec<Vec<f64>> = ((sp - sm).unwrap() / (2.0 * h)).unwrap().to_vec2().unwrap();
             for p in 0..n {
                 for j in 0..dim {
@@ -77,7 +88,7 @@ fn tangents_match_finite_differences() {
             }
         }
         // Exact trace (chunk 1, so chunking is exercised) against finite-difference diagonals.
-        let (_, tr) = model.score_and_trace(&x, sig.as_ref(), 1).unwrap();
+        let (_, tr) = models::score_and_trace(model.as_ref(), &x, sig.as_ref(), 1).unwrap();
         let tr: Vec<f64> = tr.to_vec1().unwrap();
         let mut fd_tr = vec![0.0; n];
         for j in 0..dim {
@@ -86,8 +97,8 @@ fn tangents_match_finite_differences() {
                 e[p * dim + j] = h;
             }
             let e = Tensor::from_vec(e, (n, dim), &Device::Cpu).unwrap();
-            let sp: Vec<Vec<f64>> = model.score(&(&x + &e).unwrap(), sig.as_ref()).unwrap().to_vec2().unwrap();
-            let sm: Vec<Vec<f64>> = model.score(&(&x - &e).unwrap(), sig.as_ref()).unwrap().to_vec2().unwrap();
+            let sp: Vec<Vec<f64>> = model.score(&(&x + &e).unwrap(), sig.as_ref(), None).unwrap().to_vec2().unwrap();
+            let sm: Vec<Vec<f64>> = model.score(&(&x - &e).unwrap(), sig.as_ref(), None).unwrap().to_vec2().unwrap();
             for p in 0..n {
                 fd_tr[p] += (sp[p][j] - sm[p][j]) / (2.0 * h);
             }
@@ -95,7 +106,7 @@ fn tangents_match_finite_differences() {
         for p in 0..n {
             assert!((tr[p] - fd_tr[p]).abs() < 1e-7 * (1.0 + fd_tr[p].abs()), "case {i} trace {} vs {}", tr[p], fd_tr[p]);
         }
-        if let Model::Energy(net) = &model {
+        if let Some(net) = model.as_any().downcast_ref::<EnergyNet>() {
             let s: Vec<Vec<f64>> = net.score(&x, sig.as_ref()).unwrap().to_vec2().unwrap();
             for j in 0..dim {
                 let mut e = vec![0.0; n * dim];
@@ -120,13 +131,12 @@ fn tangents_match_finite_differences() {
 #[test]
 fn closed_form_trace_matches_tangent_trace() {
     for (i, &(depth, dim, cond, scale, act)) in [(1, 3, false, false, Activation::Silu), (2, 5, true, true, Activation::Softplus), (2, 1, true, false, Activation::Tanh), (2, 7, false, false, Activation::Silu)].iter().enumerate() {
-        let Model::Mlp(m) = model_f64_depth(false, act, dim, depth, cond, scale, 40 + i as u64) else { unreachable!() };
+        let m = mlp_f64_depth(act, dim, depth, cond, scale, 40 + i as u64);
         let mut rng = Rng::new(i as u64);
         let x = randn(&[9, dim], &mut rng);
         let sig = if cond { Some(Tensor::from_vec((0..9).map(|k| 0.1 + 0.3 * k as f64).collect::<Vec<_>>(), (9, 1), &Device::Cpu).unwrap()) } else { None };
         let (s1, t1) = m.score_and_trace_closed(&x, sig.as_ref()).unwrap().expect("depth ≤ 2 has a closed form");
-        let model = Model::Mlp(m);
-        let (s2, t2) = model.score_and_trace_tangents(&x, sig.as_ref(), 2).unwrap();
+        let (s2, t2) = models::score_and_trace_tangents(&m, &x, sig.as_ref(), 2).unwrap();
         let (t1, t2): (Vec<f64>, Vec<f64>) = (t1.to_vec1().unwrap(), t2.to_vec1().unwrap());
         for (a, b) in t1.iter().zip(&t2) {
             assert!((a - b).abs() < 1e-10 * (1.0 + b.abs()), "case {i}: closed {a} vs tangents {b}");
@@ -134,7 +144,7 @@ fn closed_form_trace_matches_tangent_trace() {
         let ds = (s1 - s2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(ds < 1e-12);
     }
-    let Model::Mlp(deep) = model_f64_depth(false, Activation::Silu, 2, 3, false, false, 1) else { unreachable!() };
+    let deep = mlp_f64_depth(Activation::Silu, 2, 3, false, false, 1);
     assert!(deep.score_and_trace_closed(&randn(&[2, 2], &mut Rng::new(0)), None).unwrap().is_none());
 }
 
@@ -149,15 +159,15 @@ fn ssm_trace_estimate_is_unbiased() {
         let (n, k) = (5, 4000);
         let x = randn(&[n, 4], &mut rng);
         let v = objectives::probes(k, n, 4, dist, &mut rng, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
-        let tg = model.tangents(&x, None, &Probes::Vectors(&v)).unwrap();
+        let tg = model.tangents().unwrap().tangents(&x, None, &Probes::Vectors(&v)).unwrap();
         let vjv: Vec<Vec<f64>> = (&v * tg.jv().unwrap()).unwrap().sum(2).unwrap().to_vec2().unwrap(); // (K, N)
         let vs: Vec<Vec<f64>> = v.broadcast_mul(&tg.score.unsqueeze(0).unwrap()).unwrap().sum(2).unwrap().sqr().unwrap().to_vec2().unwrap();
-        let (_, tr) = model.score_and_trace(&x, None, 4).unwrap();
+        let (_, tr) = models::score_and_trace(model.as_ref(), &x, None, 4).unwrap();
         let tr: Vec<f64> = tr.to_vec1().unwrap();
         let s2: Vec<f64> = tg.score.sqr().unwrap().sum(1).unwrap().to_vec1().unwrap();
         for p in 0..n {
             for (est, exact) in [((0..k).map(|i| vjv[i][p]).collect::<Vec<_>>(), tr[p]), ((0..k).map(|i| vs[i][p]).collect(), s2[p])] {
-                let (m, se) = scoresweep_engine::mixture::mean_se(&est);
+                let (m, se) = engine::data::mixture::mean_se(&est);
                 assert!((m - exact).abs() < 4.0 * se + 1e-9, "{dist:?}: probe mean {m} ± {se} vs exact {exact}");
             }
         }
@@ -274,7 +284,7 @@ fn same_seed_same_metrics() {
 fn energy_net_likelihood_is_normalised() {
     let o = run(&trial_src("seed1d", "energy_mlp", "ism", 1500, 1500, ""));
     let (nll, kl) = (o.metric("nll").unwrap(), o.metric("kl").unwrap());
-    let mix = scoresweep_engine::mixture::Mixture::seed1d();
+    let mix = engine::data::mixture::Mixture::seed1d();
     let entropy = mix.quadrature(|m, x| -m.log_prob(x));
     assert!(kl >= -1e-6 && kl < 0.05, "KL {kl}");
     assert!((nll - (entropy + kl)).abs() < 0.03, "NLL {nll} vs H + KL = {}", entropy + kl);

@@ -10,42 +10,12 @@
 
 use candle_core::{Device, Result, Tensor, D};
 
-use crate::mixture::Mixture;
-use crate::nets::{Model, Probes, Tangents};
+pub use schema::trial::{ObjectiveKind, ProbeDist};
+
+use crate::data::DataSource;
+use crate::models::{layers, ScoreModel};
+use crate::models::{Probes, Tangents};
 use crate::rng::Rng;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectiveKind {
-    Esm,
-    Ism,
-    Ssm,
-    SsmVr,
-    Dsm,
-}
-
-impl ObjectiveKind {
-    /// Needs ∂S/∂x inside the graph (hence a smooth activation).
-    pub fn needs_jacobian(self) -> bool {
-        matches!(self, ObjectiveKind::Ism | ObjectiveKind::Ssm | ObjectiveKind::SsmVr)
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            ObjectiveKind::Esm => "esm",
-            ObjectiveKind::Ism => "ism",
-            ObjectiveKind::Ssm => "ssm",
-            ObjectiveKind::SsmVr => "ssm_vr",
-            ObjectiveKind::Dsm => "dsm",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeDist {
-    Rademacher,
-    Gaussian,
-}
 
 /// ‖S − target‖² per point.
 pub fn esm_terms(s: &Tensor, target: &Tensor) -> Result<Tensor> {
@@ -126,8 +96,8 @@ pub fn perturb(x0: &[f64], d: usize, levels: &[f64], rng: &mut Rng) -> Perturbed
 /// The training loss of one batch of clean points `x0`, handed to `sink` as pieces whose sum is
 /// the loss; `sink` back-propagates each piece before the next is built, so the exact-trace
 /// graph never holds more than one chunk of tangents.
-pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64], rng: &mut Rng, dev: &Device, sink: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
-    let d = mix.dim;
+pub fn loss_pieces(model: &dyn ScoreModel, obj: &TrainObjective, data: &dyn DataSource, x0: &[f64], rng: &mut Rng, dev: &Device, sink: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
+    let d = data.dim();
     let n = x0.len() / d;
     // Perturb at one ladder level per point (λ(σ) = σ² weights), or keep the clean points.
     let (x, eps, sig, weight) = match &obj.sigmas {
@@ -137,7 +107,7 @@ pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64
             let w = sig.sqr()?.squeeze(1)?;
             (Tensor::from_vec(p.xt, (n, d), dev)?, Some(Tensor::from_vec(p.eps, (n, d), dev)?), Some(sig), Some(w))
         }
-        None => (crate::nets::points(x0, d, dev)?, None, None, None),
+        None => (layers::points(x0, d, dev)?, None, None, None),
     };
     let weighted_mean = |terms: Tensor| -> Result<Tensor> {
         match &weight {
@@ -149,10 +119,11 @@ pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64
     match obj.kind {
         ObjectiveKind::Dsm => {
             let (eps, sig) = (eps.as_ref().expect("dsm has a ladder"), sig.as_ref().expect("dsm has a ladder"));
-            let s = model.score(&x, Some(sig))?;
+            let s = model.score(&x, Some(sig), None)?;
             sink(weighted_mean(dsm_terms(&s, eps, sig)?)?)
         }
         ObjectiveKind::Esm => {
+            let Some(mix) = data.exact() else { candle_core::bail!("esm needs the exact score of the data (validation refuses this trial)") };
             let xf: Vec<f64> = x.flatten_all()?.to_vec1::<f32>()?.iter().map(|&v| v as f64).collect();
             let target = match &obj.sigmas {
                 Some(_) => {
@@ -165,21 +136,21 @@ pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64
                     }
                     Tensor::from_vec(t, (n, d), dev)?
                 }
-                None => crate::nets::points(&mix.scores(&xf), d, dev)?,
+                None => layers::points(&mix.scores(&xf), d, dev)?,
             };
-            let s = model.score(&x, sig_ref)?;
+            let s = model.score(&x, sig_ref, None)?;
             sink(weighted_mean(esm_terms(&s, &target)?)?)
         }
         ObjectiveKind::Ism => {
-            if let Model::Mlp(m) = model {
-                if let Some((s, tr)) = m.score_and_trace_closed(&x, sig_ref)? {
-                    return sink(weighted_mean(ism_terms(&s, &tr)?)?);
-                }
+            if let Some(c) = model.closed_trace() {
+                let (s, tr) = c.score_and_trace(&x, sig_ref)?;
+                return sink(weighted_mean(ism_terms(&s, &tr)?)?);
             }
+            let Some(tm) = model.tangents() else { candle_core::bail!("ism needs tangents or a closed-form trace (validation refuses this trial)") };
             let mut start = 0;
             while start < d {
                 let len = obj.trace_chunk.min(d - start);
-                let tg = model.tangents(&x, sig_ref, &Probes::Basis { start, len })?;
+                let tg = tm.tangents(&x, sig_ref, &Probes::Basis { start, len })?;
                 let tr2 = tg.diag(start, len)?.sum(0)?.affine(2.0, 0.0)?;
                 let terms = if start == 0 { (tg.score.sqr()?.sum(1)? + tr2)? } else { tr2 };
                 sink(weighted_mean(terms)?)?;
@@ -188,8 +159,9 @@ pub fn loss_pieces(model: &Model, obj: &TrainObjective, mix: &Mixture, x0: &[f64
             Ok(())
         }
         ObjectiveKind::Ssm | ObjectiveKind::SsmVr => {
+            let Some(tm) = model.tangents() else { candle_core::bail!("ssm needs tangents (validation refuses this trial)") };
             let v = probes(obj.probes, n, d, obj.probe, rng, dev)?;
-            let tg = model.tangents(&x, sig_ref, &Probes::Vectors(&v))?;
+            let tg = tm.tangents(&x, sig_ref, &Probes::Vectors(&v))?;
             sink(weighted_mean(ssm_terms(&tg, &v, obj.kind == ObjectiveKind::SsmVr)?)?)
         }
     }

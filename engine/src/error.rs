@@ -1,0 +1,11 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("failed to write {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}

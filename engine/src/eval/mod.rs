@@ -1,0 +1,20 @@
+//! Evaluators: what a trial measures. At every checkpoint, [`Checkpoint`] evaluators add
+//! columns to the curve (loss gaps need the exact score, so they exist only for data that has
+//! one); after sampling, [`samples::sample_metrics`]; for energy models with exact data in
+//! 1-2D, [`energy::energy_metrics`]. Evaluation sets are drawn once per trial, independent of
+//! the model, so every checkpoint is measured on the same points.
+
+use candle_core::Result;
+
+use crate::models::ScoreModel;
+
+pub mod energy;
+pub mod gaps;
+pub mod samples;
+
+/// Columns measured on the model at every checkpoint.
+pub trait Checkpoint {
+    fn columns(&self) -> &'static [&'static str];
+    /// One value per column.
+    fn evaluate(&self, model: &dyn ScoreModel) -> Result<Vec<f64>>;
+}

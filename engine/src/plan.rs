@@ -1,0 +1,117 @@
+//! A trial's plan: everything the schema could not resolve from the file alone, resolved once
+//! before any training — the data source, the fixed training set, the noise ladder (an `auto`
+//! ladder's σ₁ comes from the data), the sampler's step size (NCSNv2's rule needs the ladder),
+//! the σ of the DSM gap, and the device. The runner then only follows the plan.
+
+use candle_core::Device;
+use schema::trial::{NoiseSpec, SamplerSpec, StepSize, TrainTrial};
+
+use crate::data::DataSource;
+use crate::ladder;
+use crate::rng::{Rng, Stream};
+
+/// A resolved noise ladder (descending) and its ratio γ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ladder {
+    pub sigmas: Vec<f64>,
+    pub gamma: f64,
+}
+
+impl Ladder {
+    /// σ_L, the smallest level.
+    pub fn smallest(&self) -> f64 {
+        *self.sigmas.last().expect("a ladder has a level")
+    }
+}
+
+pub struct TrialPlan<'a> {
+    pub cfg: &'a TrainTrial,
+    pub data: &'a dyn DataSource,
+    pub device: Device,
+    /// The trial's training stream, after drawing the fixed training set (if any).
+    pub train_rng: Rng,
+    /// A fixed training set of `train.n_train` points (None: fresh points every step).
+    pub train_set: Option<Vec<f64>>,
+    pub ladder: Option<Ladder>,
+    /// The sampler's step size ε (or α), None without a sampler.
+    pub eps: Option<f64>,
+    /// σ of the DSM gap: with exact data and a ladder only.
+    pub dsm_sigma: Option<f64>,
+}
+
+impl<'a> TrialPlan<'a> {
+    /// `data` is the source built from `cfg.data` (`data::build`).
+    pub fn resolve(cfg: &'a TrainTrial, data: &'a dyn DataSource, device: Device) -> Self {
+        let mut train_rng = Rng::stream(cfg.seed, Stream::Train);
+        let train_set = cfg.train.n_train.map(|n| data.sample(n, &mut train_rng).x);
+        let ladder = cfg.noise.as_ref().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
+        let eps = match (&cfg.sampler, &ladder) {
+            (SamplerSpec::None, _) => None,
+            (SamplerSpec::AnnealedLangevin { eps, steps_per_level, .. } | SamplerSpec::Langevin { eps, steps_per_level, .. } | SamplerSpec::ScoreAscent { eps, steps_per_level, .. }, l) => Some(match (eps, l) {
+                (StepSize::Fixed(e), _) => *e,
+                (StepSize::Auto, Some(l)) => ladder::ncsnv2_step_size(l.smallest(), l.gamma, *steps_per_level),
+                // Validation refuses `auto` without a ladder; fall back to the schema default.
+                (StepSize::Auto, None) => 2e-5,
+            }),
+        };
+        let dsm_sigma = match (&ladder, data.exact()) {
+            (Some(l), Some(_)) => Some(cfg.eval.dsm_sigma.unwrap_or(l.sigmas[l.sigmas.len() / 2])),
+            _ => None,
+        };
+        TrialPlan { cfg, data, device, train_rng, train_set, ladder, eps, dsm_sigma }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.data.dim()
+    }
+
+    /// The σ at which clean-data quantities are evaluated: the smallest level, or None for an
+    /// unconditional model.
+    pub fn sigma_clean(&self) -> Option<f64> {
+        self.ladder.as_ref().map(Ladder::smallest)
+    }
+
+    /// The next training batch: drawn from the fixed set with replacement, or fresh.
+    pub fn next_batch(&mut self) -> Vec<f64> {
+        let (d, b) = (self.dim(), self.cfg.train.batch);
+        match &self.train_set {
+            Some(t) => {
+                let n = t.len() / d;
+                (0..b)
+                    .flat_map(|_| {
+                        let i = self.train_rng.below(n);
+                        t[i * d..(i + 1) * d].to_vec()
+                    })
+                    .collect()
+            }
+            None => self.data.sample(b, &mut self.train_rng).x,
+        }
+    }
+}
+
+/// The σ ladder (descending) and its ratio γ.
+pub fn resolve_ladder(noise: &NoiseSpec, data: &dyn DataSource, train_set: Option<&[f64]>, seed: u64) -> Ladder {
+    let ratio = |s: &[f64]| if s.len() > 1 { (s[0] / s[s.len() - 1]).powf(1.0 / (s.len() - 1) as f64) } else { 1.0 };
+    match noise {
+        NoiseSpec::Geometric { sigma_max, sigma_min, levels } => {
+            let s = ladder::geometric(*sigma_max, *sigma_min, *levels);
+            let gamma = ratio(&s);
+            Ladder { sigmas: s, gamma }
+        }
+        NoiseSpec::List(s) => Ladder { sigmas: s.clone(), gamma: ratio(s) },
+        NoiseSpec::Auto { sigma_min, levels } => {
+            // σ₁ is exact over at most 4000 training points (O(n²·D)).
+            let d = data.dim();
+            let owned;
+            let pts = match train_set {
+                Some(t) => &t[..t.len().min(4000 * d)],
+                None => {
+                    owned = data.sample(2000, &mut Rng::stream(seed, Stream::Ladder)).x;
+                    &owned[..]
+                }
+            };
+            let (sigmas, gamma, _) = ladder::auto(pts, d, *sigma_min, *levels);
+            Ladder { sigmas, gamma }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Hand-derived training steps for MLP score nets, and their inference forward pass: forward,
+//! backward and Adam in plain Rust over preallocated buffers, with matrix products by `gemm`
+//! (the kernel candle itself uses) and a fused, vectorisable SiLU/sigmoid. They replace candle's
+//! autograd for the hottest loops, where per-op allocation and graph bookkeeping, not FLOPs,
+//! dominated. The candle model stays the source of truth for evaluation: parameters are copied
+//! in at construction and written back with `store`.
+//!
+//! - [`dsm`]: multi-σ DSM (λ(σ) = σ²), the batch split over threads;
+//! - [`ssm`]: SSM / SSM-VR with the tangent rows stacked under the primal rows;
+//! - [`ism`]: exact ISM on the closed-form trace (depth 2);
+//! - [`forward`]: S(x, σ) for the samplers.
+//!
+//! Architecture Invariant: each step is pinned to candle's autograd of the same loss by tests
+//! (`engine/tests/fastmlp.rs`).
+
+use candle_core::{Device, Result, Tensor};
+use gemm::Parallelism;
+
+use crate::models::layers::Dense;
+use crate::models::mlp::MlpScore;
+use schema::trial::Activation;
+
+/// Smallest slice worth a thread of its own: below it the split costs more than it saves.
+const MIN_SHARD: usize = 128;
+
+pub mod dsm;
+pub mod forward;
+pub mod ism;
+pub mod ssm;
+
+pub use dsm::FastDsm;
+pub use forward::FastForward;
+pub use ism::FastIsm;
+pub use ssm::FastSsm;
+
+/// e^x for f32 without libm: 2^n · p(r), r = x − n·ln2 ∈ [−ln2/2, ln2/2], degree-6 Taylor
+/// polynomial (relative error < 2e-7). Written so loops over it auto-vectorise.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5·2²³ trick (no floor/round call).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // 2^n without a float→int conversion (which blocks vectorisation): n + 127 + 2²³ holds the
+    // biased exponent in its low mantissa bits; shift it into the exponent field.
+    p * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
+}
+
+/// C (m×n, row-major) = [C +] op(A)·op(B); A is m×k (or k×m stored when `at`), B is k×n (or
+/// n×k stored when `bt`).
+#[allow(clippy::too_many_arguments)]
+fn mm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, at: bool, bt: bool, acc: bool, par: Parallelism) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let (a_cs, a_rs) = if at { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if bt { (k as isize, 1) } else { (1, n as isize) };
+    // SAFETY: the asserts above bound every index gemm touches for these strides.
+    unsafe {
+        gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, acc, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 1.0f32, 1.0f32, false, false, false, par);
+    }
+}
+
+/// SiLU and its derivative over equal-length slices, written index-wise so it vectorises.
+#[inline(always)]
+fn silu_body(z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    let n = z.len();
+    let (a, d) = (&mut a[..n], &mut d[..n]);
+    for i in 0..n {
+        let zi = z[i];
+        let s = 1.0 / (1.0 + exp_f32(-zi));
+        a[i] = zi * s;
+        d[i] = s * (1.0 + zi * (1.0 - s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_avx2(z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    silu_body(z, a, d)
+}
+
+/// SiLU with AVX2/FMA where the CPU has them (checked at run time), plain code otherwise.
+fn silu(z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were detected on this CPU.
+        return unsafe { silu_avx2(z, a, d) };
+    }
+    silu_body(z, a, d)
+}
+
+/// a(z) into `a` and a'(z) into `d`.
+fn activate(act: Activation, z: &[f32], a: &mut [f32], d: &mut [f32]) {
+    match act {
+        Activation::Silu => silu(z, a, d),
+        Activation::Softplus => {
+            for ((z, a), d) in z.iter().zip(a.iter_mut()).zip(d.iter_mut()) {
+                *a = z.max(0.0) + (1.0 + exp_f32(-z.abs())).ln();
+                *d = 1.0 / (1.0 + exp_f32(-z));
+            }
+        }
+        Activation::Tanh => {
+            for ((z, a), d) in z.iter().zip(a.iter_mut()).zip(d.iter_mut()) {
+                let t = z.tanh();
+                *a = t;
+                *d = 1.0 - t * t;
+            }
+        }
+        Activation::Relu => {
+            for ((z, a), d) in z.iter().zip(a.iter_mut()).zip(d.iter_mut()) {
+                *a = z.max(0.0);
+                *d = if *z >= 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// [input, H, …, H, D] of an MLP score net.
+fn layer_widths(model: &MlpScore) -> Vec<usize> {
+    let arch = &model.arch;
+    let mut dims = vec![arch.dim + arch.conditional as usize];
+    dims.extend(std::iter::repeat_n(arch.hidden, arch.depth));
+    dims.push(arch.dim);
+    dims
+}
+
+/// gemm threading from candle's thread count (RAYON_NUM_THREADS).
+fn parallelism() -> Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None }
+}
+
+struct Param {
+    w: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+}
+
+impl Param {
+    fn new(t: &Tensor) -> Result<Self> {
+        let w: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let n = w.len();
+        Ok(Param { w, m: vec![0.0; n], v: vec![0.0; n], g: vec![0.0; n] })
+    }
+}
+
+
+/// Runs `slice(k, shard)` for every shard at once on rayon's pool (RAYON_NUM_THREADS threads,
+/// already running: no thread start per step), the last one on the calling thread; returns
+/// each slice's result in order. Each slice writes only its own shard.
+fn run_slices<S: Send>(shards: &mut [S], slice: impl Fn(usize, &mut S) -> f64 + Sync) -> Vec<f64> {
+    let ns = shards.len();
+    let mut sums = vec![0.0f64; ns];
+    let slice = &slice;
+    rayon::in_place_scope(|scope| {
+        let mut last = None;
+        for (k, (sh, sum)) in shards.iter_mut().zip(sums.iter_mut()).enumerate() {
+            if k + 1 == ns {
+                last = Some((sh, sum));
+            } else {
+                scope.spawn(move |_| *sum = slice(k, sh));
+            }
+        }
+        if let Some((sh, sum)) = last {
+            *sum = slice(ns - 1, sh);
+        }
+    });
+    sums
+}
+
+/// Parameter gradients = the slices' (weight, bias) gradients summed in slice order, so the
+/// same slices give the same bits.
+fn sum_slice_grads<'a>(params: &mut [(Param, Param)], mut slices: impl Iterator<Item = &'a Vec<(Vec<f32>, Vec<f32>)>>) {
+    let first = slices.next().expect("at least one slice");
+    for ((wp, bp), (gw, gb)) in params.iter_mut().zip(first) {
+        wp.g.copy_from_slice(gw);
+        bp.g.copy_from_slice(gb);
+    }
+    for grads in slices {
+        for ((wp, bp), (gw, gb)) in params.iter_mut().zip(grads) {
+            wp.g.iter_mut().zip(gw).for_each(|(a, b)| *a += b);
+            bp.g.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
+        }
+    }
+}
+
+/// a(z), a'(z) and a''(z).
+fn activate2(act: Activation, z: &[f32], a: &mut [f32], d1: &mut [f32], d2: &mut [f32]) {
+    activate(act, z, a, d1);
+    match act {
+        Activation::Silu => {
+            for (z, d2) in z.iter().zip(d2.iter_mut()) {
+                let s = 1.0 / (1.0 + exp_f32(-z));
+                *d2 = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
+            }
+        }
+        Activation::Softplus => {
+            for (d1, d2) in d1.iter().zip(d2.iter_mut()) {
+                *d2 = d1 * (1.0 - d1);
+            }
+        }
+        Activation::Tanh => {
+            for (a, (d1, d2)) in a.iter().zip(d1.iter().zip(d2.iter_mut())) {
+                *d2 = -2.0 * a * d1;
+            }
+        }
+        Activation::Relu => d2.iter_mut().for_each(|v| *v = 0.0),
+    }
+}
+
+
+/// `buf` with at least `len` elements (contents unspecified).
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+
+/// ∂L/∂z from ∂L/∂a at a layer of width `h` whose derivative d = a'(z) also enters the loss
+/// through the trace: g ← g ⊙ d + β_i · a''(z) ⊙ (∂t/∂d), row i scaled by β_i.
+fn through_activation(g: &mut [f32], d: &[f32], e: &[f32], dt: &[f32], betas: &[f32], h: usize) {
+    for (i, &beta) in betas.iter().enumerate() {
+        for j in i * h..(i + 1) * h {
+            g[j] = g[j] * d[j] + beta * e[j] * dt[j];
+        }
+    }
+}
+
+/// out[j] = Σ_i m[i·w + j] over the n rows of an n×w matrix.
+fn col_sums(out: &mut [f32], m: &[f32], n: usize, w: usize) {
+    out.iter_mut().for_each(|v| *v = 0.0);
+    for i in 0..n {
+        for (o, v) in out.iter_mut().zip(&m[i * w..(i + 1) * w]) {
+            *o += v;
+        }
+    }
+}
+
+/// Adam (candle's AdamW formula with weight decay 0, β = (0.9, 0.999), ε = 1e-8).
+fn adam(params: &mut [(Param, Param)], t: i32, lr: f64) {
+    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let sm = 1.0 / (1.0 - 0.9f64.powi(t)) as f32;
+    let sv = 1.0 / (1.0 - 0.999f64.powi(t)) as f32;
+    let lr = lr as f32;
+    for p in params.iter_mut().flat_map(|(w, b)| [w, b]) {
+        for (((w, m), v), g) in p.w.iter_mut().zip(p.m.iter_mut()).zip(p.v.iter_mut()).zip(&p.g) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
+        }
+    }
+}
+
+/// Writes parameters back into the candle model's variables.
+fn store(params: &[(Param, Param)], model: &MlpScore, vars: &candle_nn::VarMap) -> Result<()> {
+    let data = vars.data().lock().expect("varmap lock");
+    let layers: Vec<&Dense> = model.layers.iter().chain(std::iter::once(&model.out)).collect();
+    for (l, (w, b)) in params.iter().enumerate() {
+        for (p, t) in [(w, &layers[l].w), (b, &layers[l].b)] {
+            let var = data.values().find(|v| v.as_tensor().id() == t.id()).expect("layer tensor is a VarMap variable");
+            var.set(&Tensor::from_slice(&p.w, t.shape(), &Device::Cpu)?)?;
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,293 @@
+//! Runs one trial by its plan: build the model, train it with the chosen trainer while the
+//! checkpoint evaluators measure loss gaps, sample, and compute sample (and energy) metrics.
+//! Everything random comes from the trial seed's streams (`rng`), so the same trial gives the
+//! same metrics on CPU.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use schema::trial::{ObjectiveKind, SleepTrial, TrainTrial, TrialConfig};
+
+pub use crate::error::EngineError;
+use crate::eval::gaps::{self, DsmGap, EsmIsmGap, EvalSet, SsmLoss};
+use crate::eval::{energy, samples, Checkpoint};
+use crate::models::{self, ScoreModel};
+use crate::objectives::TrainObjective;
+use crate::plan::TrialPlan;
+use crate::rng::{Rng, Stream};
+use crate::samplers;
+use crate::train::{self, TrainSetup, Trainer};
+
+/// Reported to the caller during training and sampling.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub step: u64,
+    pub total_steps: u64,
+    pub train_loss: f64,
+    /// The latest checkpoint's values (empty between checkpoints).
+    pub latest: Vec<(String, f64)>,
+}
+
+/// How a run of the engine ended (the attempt's status is derived from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialStatus {
+    Ok,
+    Diverged { step: u64 },
+    Cancelled,
+}
+
+impl std::fmt::Display for TrialStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrialStatus::Ok => "ok",
+            TrialStatus::Diverged { .. } => "diverged",
+            TrialStatus::Cancelled => "cancelled",
+        })
+    }
+}
+
+impl From<TrialStatus> for schema::Status {
+    fn from(s: TrialStatus) -> Self {
+        match s {
+            TrialStatus::Ok => schema::Status::Done,
+            TrialStatus::Diverged { .. } => schema::Status::Diverged,
+            TrialStatus::Cancelled => schema::Status::Cancelled,
+        }
+    }
+}
+
+pub struct TrialOutcome {
+    pub status: TrialStatus,
+    pub metrics: Vec<(String, f64)>,
+    pub curve_columns: Vec<String>,
+    pub curve_rows: Vec<Vec<f64>>,
+    pub samples: Vec<Vec<f32>>,
+    pub data_sample: Vec<Vec<f32>>,
+    /// Named parameters of the trained model (empty for sleep trials).
+    pub weights: Vec<(String, Tensor)>,
+}
+
+impl TrialOutcome {
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+}
+
+/// Runs one trial on the calling thread (CPU heavy: call it off any async executor). Checks
+/// `cancel` between steps.
+pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+    match cfg {
+        TrialConfig::Sleep(s) => Ok(sleep_trial(s, progress, cancel)),
+        TrialConfig::Train(t) => run_training(t, Device::Cpu, progress, cancel),
+    }
+}
+
+fn sleep_trial(s: &SleepTrial, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> TrialOutcome {
+    let seconds = s.seconds;
+    let start = Instant::now();
+    let total = (seconds * 1000.0).ceil() as u64;
+    let mut status = TrialStatus::Ok;
+    loop {
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= seconds {
+            break;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            status = TrialStatus::Cancelled;
+            break;
+        }
+        progress(&Progress { step: (elapsed * 1000.0) as u64, total_steps: total, train_loss: 0.0, latest: vec![] });
+        std::thread::sleep(std::time::Duration::from_secs_f64((seconds - elapsed).min(0.05)));
+    }
+    TrialOutcome {
+        status,
+        metrics: vec![("slept_seconds".into(), start.elapsed().as_secs_f64())],
+        curve_columns: vec!["step".into()],
+        curve_rows: vec![],
+        samples: vec![],
+        data_sample: vec![],
+        weights: vec![],
+    }
+}
+
+/// The checkpoint evaluators this trial's data and objective call for, built on evaluation
+/// sets drawn once (independent of the model).
+fn checkpoints(plan: &TrialPlan, objective: &TrainObjective) -> candle_core::Result<Vec<Box<dyn Checkpoint>>> {
+    let cfg = plan.cfg;
+    let (d, seed, dev) = (plan.dim(), cfg.seed, &plan.device);
+    let mut eval_rng = Rng::stream(seed, Stream::Eval);
+    let mut c_rng = Rng::stream(seed, Stream::Constant);
+    let eval_pts = plan.data.sample(cfg.eval.n, &mut eval_rng).x;
+    let mut out: Vec<Box<dyn Checkpoint>> = Vec::new();
+    let set = match plan.data.exact() {
+        Some(mix) => EvalSet::new(&eval_pts, &mix.scores(&eval_pts), d, dev)?,
+        None => EvalSet::new(&eval_pts, &eval_pts, d, dev)?,
+    };
+    let xs = set.xs.clone();
+    if let Some(mix) = plan.data.exact() {
+        let (c, c_se) = mix.score_norm_constant(cfg.eval.c_samples, &mut c_rng);
+        out.push(Box::new(EsmIsmGap { set, sigma: plan.sigma_clean(), trace_chunk: cfg.objective.trace_chunk, c, c_se }));
+        if let Some(sig) = plan.dsm_sigma {
+            let set = gaps::dsm_eval_set(mix, sig, cfg.eval.n, &mut eval_rng, dev)?;
+            let (c, c_se) = gaps::dsm_constant(mix, sig, cfg.eval.c_samples, &mut c_rng);
+            out.push(Box::new(DsmGap { set, c, c_se }));
+        }
+    }
+    if matches!(cfg.objective.kind, ObjectiveKind::Ssm | ObjectiveKind::SsmVr) {
+        out.push(Box::new(SsmLoss { xs, sigma: plan.sigma_clean(), objective: objective.clone(), seed }));
+    }
+    Ok(out)
+}
+
+/// What training produced.
+struct Trained {
+    status: TrialStatus,
+    columns: Vec<String>,
+    rows: Vec<Vec<f64>>,
+    steps_done: u64,
+    last_loss: f64,
+    train_seconds: f64,
+    eval_seconds: f64,
+}
+
+/// Trains for `train.steps` steps, evaluating at step 0, every `eval_every` steps and at the
+/// end; stops at a non-finite loss or checkpoint value (diverged) or on `cancel`.
+fn train_loop(plan: &mut TrialPlan, model: &dyn ScoreModel, trainer: &mut dyn Trainer, evals: &[Box<dyn Checkpoint>], progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> candle_core::Result<Trained> {
+    let spec = plan.cfg.train.clone();
+    let mut columns: Vec<String> = vec!["step".into(), "train_loss".into()];
+    columns.extend(evals.iter().flat_map(|e| e.columns().iter().map(|c| c.to_string())));
+    let mut out = Trained { status: TrialStatus::Ok, columns, rows: Vec::new(), steps_done: 0, last_loss: f64::NAN, train_seconds: 0.0, eval_seconds: 0.0 };
+    let t_train = Instant::now();
+    for step in 0..=spec.steps {
+        if step % spec.eval_every == 0 || step == spec.steps {
+            let t0 = Instant::now();
+            trainer.sync()?;
+            let mut row = vec![step as f64, out.last_loss];
+            for e in evals {
+                row.extend(e.evaluate(model)?);
+            }
+            out.eval_seconds += t0.elapsed().as_secs_f64();
+            let latest: Vec<(String, f64)> = out.columns.iter().cloned().zip(row.iter().cloned()).skip(1).collect();
+            let finite = row[2..].iter().all(|v| v.is_finite());
+            out.rows.push(row);
+            progress(&Progress { step, total_steps: spec.steps, train_loss: out.last_loss, latest });
+            if !finite {
+                out.status = TrialStatus::Diverged { step };
+                break;
+            }
+        }
+        if step == spec.steps {
+            break;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            out.status = TrialStatus::Cancelled;
+            break;
+        }
+        let batch = plan.next_batch();
+        let loss = trainer.step(&batch, &mut plan.train_rng)?;
+        out.last_loss = loss;
+        if !loss.is_finite() {
+            out.status = TrialStatus::Diverged { step };
+            break;
+        }
+        out.steps_done = step + 1;
+        progress(&Progress { step: out.steps_done, total_steps: spec.steps, train_loss: loss, latest: vec![] });
+    }
+    trainer.sync()?;
+    // Training time excludes the checkpoints' evaluation time.
+    out.train_seconds = (t_train.elapsed().as_secs_f64() - out.eval_seconds).max(0.0);
+    Ok(out)
+}
+
+fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+    let data = crate::data::build(&cfg.data);
+    let mut plan = TrialPlan::resolve(cfg, data.as_ref(), device.clone());
+    let d = plan.dim();
+    let seed = cfg.seed;
+    let sigmas = plan.ladder.as_ref().map(|l| l.sigmas.clone());
+
+    let varmap = VarMap::new();
+    let model = models::build(&cfg.model, d, cfg.conditional(), &varmap, &mut Rng::stream(seed, Stream::Init), &device)?;
+    let objective = TrainObjective { kind: cfg.objective.kind, sigmas: sigmas.clone(), probes: cfg.objective.probes, probe: cfg.objective.probe, trace_chunk: cfg.objective.trace_chunk };
+
+    let t_eval0 = Instant::now();
+    let evals = checkpoints(&plan, &objective)?;
+    let setup_eval_seconds = t_eval0.elapsed().as_secs_f64();
+
+    let mut trainer = train::build(TrainSetup { model: model.as_ref(), varmap: &varmap, data: data.as_ref(), objective, batch: cfg.train.batch, lr: cfg.train.lr, device: device.clone() })?;
+    let trained = train_loop(&mut plan, model.as_ref(), trainer.as_mut(), &evals, progress, cancel)?;
+    drop(trainer);
+
+    let mut metrics: Vec<(String, f64)> = Vec::new();
+    if let Some(last) = trained.rows.last() {
+        for (k, v) in trained.columns.iter().zip(last).skip(2) {
+            metrics.push((k.clone(), *v));
+        }
+    }
+    metrics.push(("steps_done".into(), trained.steps_done as f64));
+    if let Some(l) = &plan.ladder {
+        metrics.push(("levels".into(), l.sigmas.len() as f64));
+        metrics.push(("sigma_max_used".into(), l.sigmas[0]));
+        metrics.push(("sigma_min_used".into(), l.smallest()));
+        metrics.push(("gamma".into(), l.gamma));
+    }
+
+    // Sampling and sample metrics.
+    let t_sample = Instant::now();
+    let mut samples_out = Vec::new();
+    let mut data_out = Vec::new();
+    let sampler = samplers::build(&cfg.sampler, sigmas.as_deref(), plan.eps.unwrap_or(0.0));
+    if let (TrialStatus::Ok, Some(sampler), Some(init)) = (trained.status, sampler, sampler_init(cfg)) {
+        let mut srng = Rng::stream(seed, Stream::Sampler);
+        let mut x = samplers::uniform_box(init.n, d, init.box_half, &mut srng);
+        let mut scorer = samplers::scorer_for(model.as_ref(), &device)?;
+        metrics.push(("eps_used".into(), plan.eps.unwrap_or(f64::NAN)));
+        let total = sampler.steps();
+        let mut k = 0u64;
+        let mut tick = || {
+            k += 1;
+            if k % 100 == 0 {
+                progress(&Progress { step: cfg.train.steps, total_steps: cfg.train.steps, train_loss: trained.last_loss, latest: vec![("sampling_step".into(), k as f64), ("sampling_total".into(), total as f64)] });
+            }
+        };
+        let nfe = samplers::sample(sampler.as_ref(), scorer.as_mut(), &mut x, &mut srng, &mut tick)?;
+        metrics.push(("nfe".into(), nfe as f64));
+        let xs: Vec<f64> = x.into_iter().map(f64::from).collect();
+        let reference = plan.data.sample(init.n, &mut Rng::stream(seed, Stream::Reference)).x;
+        let finite: Vec<f64> = xs.chunks(d).filter(|p| p.iter().all(|v| v.is_finite())).flatten().cloned().collect();
+        metrics.push(("samples_nonfinite".into(), ((xs.len() - finite.len()) / d) as f64));
+        if finite.len() >= 2 * d {
+            let mut mrng = Rng::stream(seed, Stream::Metrics);
+            metrics.extend(samples::sample_metrics(&finite, &reference, d, plan.data.exact(), &mut mrng));
+        }
+        samples_out = xs.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
+        data_out = reference.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
+    }
+    if let (TrialStatus::Ok, Some(net), Some(mix)) = (trained.status, model.energy(), plan.data.exact()) {
+        if d <= 2 {
+            // The held-out points are the evaluation sample (drawn again from its stream).
+            let held_out = plan.data.sample(cfg.eval.n, &mut Rng::stream(seed, Stream::Eval)).x;
+            for (k, v) in energy::energy_metrics(net, mix, plan.sigma_clean(), &held_out, &device)? {
+                metrics.push((k.into(), v));
+            }
+        }
+    }
+    metrics.push(("train_seconds".into(), trained.train_seconds));
+    metrics.push(("eval_seconds".into(), setup_eval_seconds + trained.eval_seconds));
+    metrics.push(("sample_seconds".into(), t_sample.elapsed().as_secs_f64()));
+
+    let mut weights: Vec<(String, Tensor)> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(TrialOutcome { status: trained.status, metrics, curve_columns: trained.columns, curve_rows: trained.rows, samples: samples_out, data_sample: data_out, weights })
+}
+
+/// Where the sampler's chains start (None without a sampler).
+fn sampler_init(cfg: &TrainTrial) -> Option<&schema::trial::Init> {
+    use schema::trial::SamplerSpec;
+    match &cfg.sampler {
+        SamplerSpec::None => None,
+        SamplerSpec::AnnealedLangevin { init, .. } | SamplerSpec::Langevin { init, .. } | SamplerSpec::ScoreAscent { init, .. } => Some(init),
+    }
+}

@@ -1,0 +1,21 @@
+//! scoresweep's schema: what a trial file means, checked before any work, and the few types
+//! every crate agrees on. Nothing here knows about candle, tonic or SQLite (Architecture
+//! Invariant), so the coordinator validates trials with exactly the rules the engine runs by
+//! without building the engine.
+//!
+//! - [`trial`]: the trial file (raw TOML → validated [`trial::TrialConfig`], sections as tagged
+//!   enums, located errors);
+//! - [`data`]: data-set presets as plain numbers ([`data::MixtureSpec`]);
+//! - [`caps`]: what each model kind can compute and what each objective needs of a model;
+//! - [`status`]: the one status enum of trials and attempts shared by the proto, the
+//!   coordinator and the results;
+//! - [`locate`]: line and column of a dotted key in TOML source.
+
+pub mod caps;
+pub mod data;
+pub mod locate;
+pub mod status;
+pub mod trial;
+
+pub use status::Status;
+pub use trial::{ConfigError, FieldError, TrialConfig};
