@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch eager (CPU) side of the engine-vs-PyTorch benchmarks (issue 4).
 
-Mirrors `worker bench --case CASE --threads T [--dim D] [--iters N]` (worker/src/bench.rs): same
+Mirrors `worker bench --case CASE --threads T [--dim D] [--iters N]` (engine/src/bench.rs): same
 cases, same shapes, same JSON line on stdout, with "side":"torch". PyTorch is used for benchmarks
 only and is never a dependency of the product; run it from a separate venv, e.g.
 

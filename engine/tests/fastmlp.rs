@@ -170,18 +170,18 @@ fn fast_ssm_slices_match_single_thread_and_reuse_buffers() {
         };
         let (x, v, sig) = batch(777, &mut rng);
         let s = if cond { Some(&sig[..]) } else { None };
-        let mut one = FastSsm::with_threads(&model, vr, 1e-3, 1).unwrap();
+        let mut one = FastSsm::with_slices(&model, vr, 1e-3, 1).unwrap();
         let l1 = one.loss_and_grad(&x, &v, s);
         for threads in [2, 3] {
-            let mut many = FastSsm::with_threads(&model, vr, 1e-3, threads).unwrap();
+            let mut many = FastSsm::with_slices(&model, vr, 1e-3, threads).unwrap();
             let lt = many.loss_and_grad(&x, &v, s);
             assert_same(&format!("case {ci}, {threads} threads"), l1, lt, 1e-5, 3, |l| (one.grads(l).0.to_vec(), one.grads(l).1.to_vec()), |l| (many.grads(l).0.to_vec(), many.grads(l).1.to_vec()));
         }
         // Reuse: after the 777-point step, a 300-point step equals a fresh trainer's, bit for bit.
         let (x2, v2, sig2) = batch(300, &mut rng);
         let s2 = if cond { Some(&sig2[..]) } else { None };
-        let mut fresh = FastSsm::with_threads(&model, vr, 1e-3, 2).unwrap();
-        let mut used = FastSsm::with_threads(&model, vr, 1e-3, 2).unwrap();
+        let mut fresh = FastSsm::with_slices(&model, vr, 1e-3, 2).unwrap();
+        let mut used = FastSsm::with_slices(&model, vr, 1e-3, 2).unwrap();
         used.loss_and_grad(&x, &v, s);
         let (lf, lu) = (fresh.loss_and_grad(&x2, &v2, s2), used.loss_and_grad(&x2, &v2, s2));
         assert_eq!(lf.to_bits(), lu.to_bits(), "case {ci}: reused buffers changed the loss");
@@ -206,8 +206,8 @@ fn fast_dsm_slices_match_single_thread() {
         let xt: Vec<f32> = (0..n * dim).map(|_| 3.0 * rng.normal() as f32).collect();
         let eps: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
         let sig: Vec<f32> = (0..n).map(|i| 0.1 + 0.05 * (i % 11) as f32).collect();
-        let mut one = FastDsm::with_threads(&model, batch, 1e-3, 1).unwrap();
-        let mut many = FastDsm::with_threads(&model, batch, 1e-3, threads).unwrap();
+        let mut one = FastDsm::with_slices(&model, batch, 1e-3, 1).unwrap();
+        let mut many = FastDsm::with_slices(&model, batch, 1e-3, threads).unwrap();
         let (l1, lt) = (one.loss_and_grad(&xt, &eps, &sig), many.loss_and_grad(&xt, &eps, &sig));
         assert!((l1 - lt).abs() < 1e-6 * l1.abs(), "threads {threads}, n {n}: loss {l1} vs {lt}");
         for l in 0..3 {
@@ -219,9 +219,9 @@ fn fast_dsm_slices_match_single_thread() {
                 }
             }
         }
-        let again = FastDsm::with_threads(&model, batch, 1e-3, threads).unwrap().loss_and_grad(&xt, &eps, &sig);
+        let again = FastDsm::with_slices(&model, batch, 1e-3, threads).unwrap().loss_and_grad(&xt, &eps, &sig);
         assert_eq!(again.to_bits(), lt.to_bits(), "threads {threads}: not deterministic");
-        let mut again = FastDsm::with_threads(&model, batch, 1e-3, threads).unwrap();
+        let mut again = FastDsm::with_slices(&model, batch, 1e-3, threads).unwrap();
         again.loss_and_grad(&xt, &eps, &sig);
         assert_eq!(again.grads(0).0, many.grads(0).0, "threads {threads}: gradients not deterministic");
     }

@@ -523,12 +523,11 @@ impl TrialConfig {
             // toml appends "\nin `table`"; the key already says where.
             let msg = e.inner().to_string().lines().next().unwrap_or_default().to_string();
             // Unknown keys: point at the key itself, not its table.
-            if let Some(rest) = msg.strip_prefix("unknown field `") {
-                if let Some(name) = rest.split('`').next() {
-                    if !(key == name || key.ends_with(&format!(".{name}"))) {
-                        key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
-                    }
-                }
+            if let Some(rest) = msg.strip_prefix("unknown field `")
+                && let Some(name) = rest.split('`').next()
+                && !(key == name || key.ends_with(&format!(".{name}")))
+            {
+                key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
             }
             FieldError { key, message: msg }
         })?;

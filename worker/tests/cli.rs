@@ -73,3 +73,32 @@ fn divergence_is_reported_with_its_step() {
     let step = m["diverged_step"].as_u64().unwrap();
     assert!(step > 0 && step < 40, "diverged at {step}");
 }
+
+/// A trial's metrics do not depend on the thread count it runs with (ARCHITECTURE.md:
+/// determinism): the same trial under RAYON_NUM_THREADS = 1, 2 and 3 gives the same metrics
+/// bit for bit (timings aside), for the hand-derived DSM and SSM steps at a batch that is split
+/// into slices, and for candle's autograd (ESM).
+#[test]
+fn metrics_do_not_depend_on_the_thread_count() {
+    let big = TINY.replace("batch = 64", "batch = 1024").replace("steps = 40", "steps = 30");
+    let cases = [("dsm", big.clone()), ("ssm", big.replace("kind = \"dsm\"", "kind = \"ssm_vr\"")), ("esm", big.replace("kind = \"dsm\"", "kind = \"esm\""))];
+    for (name, src) in cases {
+        let dir = tmpdir(&format!("threads-{name}"));
+        let file = dir.join("t.toml");
+        std::fs::write(&file, &src).unwrap();
+        let mut seen: Option<serde_json::Map<String, serde_json::Value>> = None;
+        for threads in ["1", "2", "3"] {
+            let out = dir.join(format!("out{threads}"));
+            let st = worker().env("RAYON_NUM_THREADS", threads).args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+            assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+            let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+            let mut m = m.as_object().unwrap().clone();
+            m.retain(|k, _| !k.ends_with("_seconds"));
+            assert!(m["l_esm"].is_number(), "{name}: {m:?}");
+            match &seen {
+                None => seen = Some(m),
+                Some(first) => assert_eq!(first, &m, "{name}: metrics differ between 1 and {threads} threads"),
+            }
+        }
+    }
+}

@@ -30,37 +30,35 @@ struct DsmNet {
 
 /// Preallocated DSM trainer for one MLP score net and batch size.
 ///
-/// With T > 1 threads and a batch of at least 2·`MIN_SHARD`, the batch is split into T
-/// contiguous slices that run forward and backward at once on T threads (each with
-/// single-threaded products), and their parameter gradients are summed in a fixed order —
-/// products of 1024×128 are too small for gemm's own threading to pay, so splitting the data
-/// is what makes a second core useful. With one thread, one slice uses gemm as is.
-/// The result does not depend on scheduling: the same T gives the same bits.
+/// The batch is split into [`slices_for`]`(batch)` contiguous slices (a function of the batch
+/// size only) that run forward and backward at once on rayon's pool, each with single-threaded
+/// products, and their parameter gradients are summed in slice order — products of 1024×128
+/// are too small for gemm's own threading to pay, so splitting the data is what makes a second
+/// core useful. The result depends neither on scheduling nor on the thread count.
 pub struct FastDsm {
     net: DsmNet,
     /// (weight, bias) per layer, the output layer last.
     params: Vec<(Param, Param)>,
     lr: f64,
     t: i32,
-    /// gemm threading inside a slice (only when there is a single slice).
+    /// gemm threading inside a slice (none: slices are the unit of parallelism).
     par: Parallelism,
     shards: Vec<DsmShard>,
 }
 
 impl FastDsm {
-    /// Trainer with the thread count from RAYON_NUM_THREADS (what candle uses).
+    /// Trainer with the batch split into [`slices_for`]`(batch)` slices.
     pub fn new(model: &MlpScore, batch: usize, lr: f64) -> Result<Self> {
-        Self::with_threads(model, batch, lr, candle_core::utils::get_num_threads())
+        Self::with_slices(model, batch, lr, slices_for(batch))
     }
 
-    /// Trainer that splits each batch over `threads` threads (see the type's docs).
-    pub fn with_threads(model: &MlpScore, batch: usize, lr: f64, threads: usize) -> Result<Self> {
+    /// Trainer that splits each batch into `slices` slices (see the type's docs).
+    pub fn with_slices(model: &MlpScore, batch: usize, lr: f64, slices: usize) -> Result<Self> {
         let arch = &model.arch;
         let dims = layer_widths(model);
         let params: Vec<(Param, Param)> = model.layers.iter().chain(std::iter::once(&model.out)).map(|l| Ok((Param::new(&l.w)?, Param::new(&l.b)?))).collect::<Result<Vec<_>>>()?;
-        let threads = threads.max(1);
-        let nshards = if threads > 1 && batch >= 2 * MIN_SHARD { threads.min(batch / MIN_SHARD) } else { 1 };
-        let par = if nshards == 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        let nshards = slices.clamp(1, batch.max(1));
+        let par = Parallelism::None;
         let rows = batch.div_ceil(nshards);
         let wmax = arch.hidden.max(arch.dim);
         let shards = (0..nshards)

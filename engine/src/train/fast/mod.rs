@@ -20,8 +20,15 @@ use crate::models::layers::Dense;
 use crate::models::mlp::MlpScore;
 use schema::trial::Activation;
 
-/// Smallest slice worth a thread of its own: below it the split costs more than it saves.
-const MIN_SHARD: usize = 128;
+
+/// Rows per slice of a batch. The number of slices depends on the batch size only, never on
+/// the thread count, so a trial's numbers do not depend on how many threads run it.
+pub const SLICE_ROWS: usize = 256;
+
+/// Slices of a batch of `n` points: one per `SLICE_ROWS` rows, at least one, at most 16.
+pub fn slices_for(n: usize) -> usize {
+    (n / SLICE_ROWS).clamp(1, 16)
+}
 
 pub mod dsm;
 pub mod forward;

@@ -40,31 +40,37 @@ struct SsmNet {
 /// Per point (weights w_i = σ_i² with a ladder, else 1; c_i = 1/σ_i when `scale_by_sigma`):
 /// SSM ℓ = (1/K)Σ_k (v_kᵀS)² + (2/K)Σ_k v_kᵀJv_k; SSM-VR ℓ = ‖S‖² + (2/K)Σ_k v_kᵀJv_k.
 ///
-/// Buffers persist across steps (grown on first use); with several threads the points of a
-/// batch are split into slices run at once, as in [`FastDsm`].
+/// Buffers persist across steps (grown on first use); the points of a batch are split into
+/// [`slices_for`]`(n)` slices (a function of the batch size only) run at once, as in
+/// [`FastDsm`](super::FastDsm).
 pub struct FastSsm {
     net: SsmNet,
     params: Vec<(Param, Param)>,
     lr: f64,
     t: i32,
-    threads: usize,
+    /// Slices per batch; None: [`slices_for`] of each batch's size.
+    slices: Option<usize>,
     shards: Vec<SsmShard>,
 }
 
 impl FastSsm {
     pub fn new(model: &MlpScore, vr: bool, lr: f64) -> Result<Self> {
-        Self::with_threads(model, vr, lr, candle_core::utils::get_num_threads())
+        Self::build(model, vr, lr, None)
     }
 
-    pub fn with_threads(model: &MlpScore, vr: bool, lr: f64, threads: usize) -> Result<Self> {
+    /// A trainer that splits every batch into `slices` slices.
+    pub fn with_slices(model: &MlpScore, vr: bool, lr: f64, slices: usize) -> Result<Self> {
+        Self::build(model, vr, lr, Some(slices.max(1)))
+    }
+
+    fn build(model: &MlpScore, vr: bool, lr: f64, slices: Option<usize>) -> Result<Self> {
         let arch = &model.arch;
         let params: Vec<(Param, Param)> = model.layers.iter().chain(std::iter::once(&model.out)).map(|l| Ok((Param::new(&l.w)?, Param::new(&l.b)?))).collect::<Result<Vec<_>>>()?;
-        let threads = threads.max(1);
-        let shards = (0..threads)
+        let shards = (0..slices.unwrap_or(16))
             .map(|_| SsmShard { grads: params.iter().map(|(w, b)| (vec![0.0; w.w.len()], vec![0.0; b.w.len()])).collect(), ..Default::default() })
             .collect();
         let net = SsmNet { act: arch.activation, dims: layer_widths(model), dim: arch.dim, conditional: arch.conditional, scale_by_sigma: arch.scale_by_sigma, vr };
-        Ok(FastSsm { net, params, lr, t: 0, threads, shards })
+        Ok(FastSsm { net, params, lr, t: 0, slices, shards })
     }
 
     /// Loss and gradients for points `x` (N×D), probes `v` (K×N×D, probe-major) and per-point
@@ -73,14 +79,12 @@ impl FastSsm {
         let d = self.net.dim;
         let n = x.len() / d;
         let k = v.len() / (n * d).max(1);
-        // One slice per thread when each gets at least MIN_SHARD points; else one slice with
-        // gemm's own threading.
-        let ns = if self.threads > 1 && n >= 2 * MIN_SHARD { self.threads.min(n / MIN_SHARD) } else { 1 };
+        // The slice count depends on the batch size only (never on the thread count).
+        let ns = self.slices.unwrap_or_else(|| slices_for(n)).clamp(1, n.max(1)).min(self.shards.len());
         let rows = n.div_ceil(ns);
         let (net, params) = (&self.net, &self.params);
         let sums = if ns == 1 {
-            let par = if self.threads > 1 { Parallelism::Rayon(self.threads) } else { Parallelism::None };
-            vec![ssm_slice(net, params, &mut self.shards[0], x, v, k, 0, n, n, sigma, par)]
+            vec![ssm_slice(net, params, &mut self.shards[0], x, v, k, 0, n, n, sigma, Parallelism::None)]
         } else {
             run_slices(&mut self.shards[..ns], |i, sh| {
                 let (lo, hi) = ((i * rows).min(n), ((i + 1) * rows).min(n));
