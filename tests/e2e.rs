@@ -2,7 +2,8 @@
 //! row count and a passing ESM−ISM claim and resumes without re-running; bad sweep files give
 //! located errors and write nothing; a worker killed with SIGKILL mid-trial loses nothing; a
 //! coordinator killed with SIGKILL resumes to the same table as an undisturbed run; Ctrl-C lets
-//! running trials finish, and the rerun does the rest.
+//! running trials finish, and the rerun does the rest; a missing worker executable or an
+//! unknown launcher is refused before anything is written.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -144,6 +145,29 @@ fn bad_sweeps_are_located_and_write_nothing() {
         }
         assert!(!out.exists(), "case {i}: output written");
     }
+}
+
+#[test]
+fn a_missing_worker_or_unknown_launcher_is_refused_before_anything_runs() {
+    let dir = tmp("noworker");
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "repeats = 2\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.1\n").unwrap();
+    let out = dir.join("out");
+    let missing = dir.join("no-such-worker");
+    let o = run(&sweep, &out, &["--worker-bin", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("worker executable not found at") && err.contains("no-such-worker") && err.contains("cargo build --release -p worker") && err.contains("--worker-bin"), "{err}");
+    assert!(!out.exists(), "output written");
+    // The environment variable is the fallback of --worker-bin.
+    let o = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).env("SCORESWEEP_WORKER", &missing).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-worker"));
+    let o = run(&sweep, &out, &["--launcher", "slurm"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown launcher `slurm`") && err.contains("local"), "{err}");
+    assert!(!out.exists(), "output written");
 }
 
 /// Starts `coordinator serve` on port 0 and returns it with its URL.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
 
+use crate::artifacts::{Artifacts, DEFAULT_MAX_BYTES};
+use crate::launch::{LaunchConfig, Launcher};
 use crate::run::{run, RunOptions};
 use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
 use tonic::{Request, Response, Status};
@@ -74,7 +76,7 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> a
         let db = dir.join("rt.db");
         remove_db(&db);
         std::fs::copy(&template, &db)?;
-        let shared = Shared::new(State::open(&db, 1, 600.0)?, trials.clone(), 60.0);
+        let shared = Shared::new(State::open(&db, 1, 600.0)?, trials.clone(), 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
         let rate = rt.block_on(drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback))?;
         let stats = shared.store.stats();
         shared.store.close();
@@ -135,7 +137,7 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
                     _ => client.lease(pb::LeaseRequest { worker_id: id.clone() }).await?.into_inner(),
                 };
                 let Some(lease_reply::Reply::Lease(l)) = reply.reply else { break };
-                let report = pb::ReportRequest { worker_id: id.clone(), attempt_id: l.attempt_id, trial_hash: l.trial_hash, status: "ok".into(), metrics_json: "{}".into(), curve_json: "[]".into(), lease_next: piggyback, ..Default::default() };
+                let report = pb::ReportRequest { worker_id: id.clone(), attempt_id: l.attempt_id, trial_hash: l.trial_hash, status: sweep_proto::status_to_wire(schema::Status::Done), metrics_json: "{}".into(), curve_json: "[]".into(), lease_next: piggyback, ..Default::default() };
                 let r = client.report(report).await?.into_inner();
                 anyhow::ensure!(r.recorded, "report not recorded: {}", r.note);
                 next = r.next;
@@ -181,16 +183,26 @@ impl SweepRpc for NullService {
     async fn cancel(&self, _: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
         Ok(Response::new(pb::CancelReply {}))
     }
+    async fn upload_artifact(&self, r: Request<tonic::Streaming<pb::ArtifactChunk>>) -> Result<Response<pb::ArtifactReply>, Status> {
+        let mut chunks = r.into_inner();
+        let mut bytes = 0;
+        while let Some(c) = chunks.message().await? {
+            bytes += c.data.len() as u64;
+        }
+        Ok(Response::new(pb::ArtifactReply { bytes, sha256: String::new() }))
+    }
 }
 
-/// (wall seconds, ideal seconds) of a sweep of one-second trials with `workers` workers.
-pub fn overhead(dir: &Path, trials: usize, workers: usize) -> anyhow::Result<(f64, f64)> {
+/// (wall seconds, ideal seconds) of a sweep of one-second trials with `workers` local workers
+/// running `worker_bin`.
+pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) -> anyhow::Result<(f64, f64)> {
     let sweep = sleep_sweep(dir, trials, 1.0)?;
     let out = dir.join("overhead");
     let _ = std::fs::remove_dir_all(&out);
-    let opts = RunOptions { sweep: dir.join("bench.toml"), out, listen: "127.0.0.1:0".into(), workers, retry_failed: false, lease_secs: 30.0, worker_bin: None, quiet: true };
+    let opts = RunOptions { sweep: dir.join("bench.toml"), out, listen: "127.0.0.1:0".into(), retry_failed: false, lease_secs: 30.0, max_artifact_bytes: DEFAULT_MAX_BYTES, quiet: true };
+    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers })?;
     let start = Instant::now();
-    run(&opts, sweep)?;
+    run(&opts, sweep, Some(Box::new(launcher)))?;
     let wall = start.elapsed().as_secs_f64();
     Ok((wall, trials.div_ceil(workers) as f64))
 }

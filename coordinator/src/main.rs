@@ -1,9 +1,11 @@
-//! The `coordinator` binary: `run`, `serve`, `status` and `report` over the library.
+//! The `coordinator` binary: `run`, `serve`, `status`, `report` and `bench` over the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use coordinator::artifacts::DEFAULT_MAX_BYTES;
+use coordinator::launch::{self, LaunchConfig, Launcher};
 use coordinator::run::{db_path, run, RunOptions};
 use coordinator::sweep::Sweep;
 
@@ -33,6 +35,15 @@ enum Command {
         /// Seconds a lease lives without a heartbeat.
         #[arg(long, default_value_t = 30.0)]
         lease_secs: f64,
+        /// How workers are started (`local`: processes on this machine).
+        #[arg(long, default_value = "local")]
+        launcher: String,
+        /// Worker executable (default: $SCORESWEEP_WORKER, else `worker` next to this one).
+        #[arg(long)]
+        worker_bin: Option<PathBuf>,
+        /// Largest artifact (e.g. model file) a trial may upload, in bytes.
+        #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
+        max_artifact_bytes: u64,
         #[arg(long)]
         quiet: bool,
     },
@@ -48,6 +59,9 @@ enum Command {
         retry_failed: bool,
         #[arg(long, default_value_t = 30.0)]
         lease_secs: f64,
+        /// Largest artifact (e.g. model file) a trial may upload, in bytes.
+        #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
+        max_artifact_bytes: u64,
     },
     /// Counts of a finished or interrupted run.
     Status { dir: PathBuf },
@@ -71,14 +85,9 @@ enum Command {
         /// Local worker processes in the overhead run.
         #[arg(long, default_value_t = 4)]
         workers: usize,
-    },
-    /// Run as a worker (what `run` spawns; same as `worker --coordinator URL`).
-    #[command(hide = true)]
-    Agent {
+        /// Worker executable for the overhead run (default as for `run`).
         #[arg(long)]
-        coordinator: String,
-        #[command(flatten)]
-        args: scoresweep_engine::agent::AgentArgs,
+        worker_bin: Option<PathBuf>,
     },
 }
 
@@ -93,6 +102,20 @@ fn load(path: &PathBuf) -> Result<Sweep, ExitCode> {
     })
 }
 
+/// The launcher of `run`, built before anything is written; an unknown kind or a missing worker
+/// executable is a usage error (exit code 2).
+fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usize) -> Result<Box<dyn Launcher>, ExitCode> {
+    let usage = |e: launch::LaunchError| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    if !launch::KINDS.contains(&kind) {
+        return Err(usage(launch::LaunchError::UnknownKind { kind: kind.to_string() }));
+    }
+    let worker_bin = launch::worker_executable(worker_bin).map_err(usage)?;
+    launch::launcher(kind, &LaunchConfig { worker_bin, workers }).map_err(usage)
+}
+
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
     eprintln!("{} trials: {} done, {} failed; results in {}", s.trials, s.done, s.failed, out.display());
     for (claim, scope, verdict) in &s.claims {
@@ -103,28 +126,44 @@ fn print_summary(s: &results::Summary, out: &std::path::Path) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, quiet } => {
+        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, launcher, worker_bin, max_artifact_bytes, quiet } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let opts = RunOptions { sweep, out: out.clone(), listen, workers, retry_failed, lease_secs, worker_bin: None, quiet };
-            run(&opts, sw).map(|s| print_summary(&s, &out))
+            let launcher = if workers == 0 {
+                None
+            } else {
+                match make_launcher(&launcher, worker_bin.as_deref(), workers) {
+                    Ok(l) => Some(l),
+                    Err(code) => return code,
+                }
+            };
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, quiet };
+            run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
         }
-        Command::Serve { sweep, out, listen, retry_failed, lease_secs } => {
+        Command::Serve { sweep, out, listen, retry_failed, lease_secs, max_artifact_bytes } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
-            let opts = RunOptions { sweep, out: out.clone(), listen, workers: 0, retry_failed, lease_secs, worker_bin: None, quiet: false };
-            run(&opts, sw).map(|s| print_summary(&s, &out))
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, quiet: false };
+            run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),
-        Command::Bench { clients, seconds, repeat, trials, workers } => bench(clients, seconds, repeat, trials, workers),
-        Command::Agent { coordinator, args } => scoresweep_engine::agent::run(&coordinator, &args),
+        Command::Bench { clients, seconds, repeat, trials, workers, worker_bin } => {
+            let worker_bin = match launch::worker_executable(worker_bin.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            bench(clients, seconds, repeat, trials, workers, &worker_bin)
+        }
         Command::Report { dir } => results::write_all(&db_path(&dir), &dir).map(|s| print_summary(&s, &dir)).map_err(anyhow::Error::from),
     };
     match result {
@@ -150,11 +189,13 @@ fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     anyhow::ensure!(db.exists(), "{} has no state database (state.db)", dir.display());
     let st = coordinator::state::State::open(&db, 1, f64::INFINITY)?;
     let c = st.counts()?;
+    // `failed` counts every finished trial without a usable result (diverged and timed out
+    // too), as the run summary does.
     println!("{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed);
     Ok(())
 }
 
-fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: usize) -> anyhow::Result<()> {
+fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: usize, worker_bin: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("scoresweep-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let runs = coordinator::bench::round_trips(&dir, clients, seconds, repeat)?;
@@ -174,7 +215,7 @@ fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: us
     let batch = median(runs.iter().map(|r| r.batch_mean).collect());
     let busy = median(runs.iter().map(|r| r.store_busy).collect());
     println!("  group commit (piggybacked, median): {batch:.1} requests per transaction; state store busy (SQLite work) {:.0}% of the time", 100.0 * busy);
-    let (wall, ideal) = coordinator::bench::overhead(&dir, trials, workers)?;
+    let (wall, ideal) = coordinator::bench::overhead(&dir, trials, workers, worker_bin)?;
     println!("{trials} one-second trials on {workers} local workers: {wall:.2} s against {ideal:.0} s ideal ({:+.1}% overhead)", 100.0 * (wall / ideal - 1.0));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -1,5 +1,5 @@
-//! `coordinator run` / `serve`: expand and persist the sweep, serve it, spawn local workers,
-//! show progress, handle Ctrl-C, and write the results.
+//! `coordinator run` / `serve`: expand and persist the sweep, serve it, start workers through a
+//! [`Launcher`] (none for `serve`), show progress, handle Ctrl-C, and write the results.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::artifacts::Artifacts;
+use crate::launch::Launcher;
 use crate::service::{serve, Shared};
 use crate::state::State;
 use crate::sweep::Sweep;
@@ -19,32 +21,25 @@ pub struct RunOptions {
     pub sweep: PathBuf,
     pub out: PathBuf,
     pub listen: String,
-    /// Local worker processes to spawn (0 for `serve`).
-    pub workers: usize,
     pub retry_failed: bool,
     /// Seconds a lease lives without a heartbeat.
     pub lease_secs: f64,
-    /// Worker executable; None runs this executable's hidden `agent` subcommand.
-    pub worker_bin: Option<PathBuf>,
+    /// Largest artifact an attempt may upload, in bytes.
+    pub max_artifact_bytes: u64,
     pub quiet: bool,
 }
 
-/// How to start a local worker: the given executable (`worker --coordinator URL`), or this
-/// executable's `agent --coordinator URL` (the same agent code, so `cargo run -p coordinator`
-/// needs no other binary).
-fn worker_command(given: &Option<PathBuf>) -> anyhow::Result<(PathBuf, Vec<&'static str>)> {
-    Ok(match given {
-        Some(p) => (p.clone(), vec![]),
-        None => (std::env::current_exe().context("cannot find this executable")?, vec!["agent"]),
-    })
-}
+/// How long stopping waits for workers to exit on their own before killing them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub fn db_path(out: &Path) -> PathBuf {
     out.join("state.db")
 }
 
-/// Runs (or resumes) a sweep to completion; the sweep is validated before anything is written.
-pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> {
+/// Runs (or resumes) a sweep to completion with the workers of `launcher` (None: `serve`,
+/// workers join from elsewhere); the sweep is validated, and the launcher built, before
+/// anything is written.
+pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launcher>>) -> anyhow::Result<results::Summary> {
     std::fs::create_dir_all(&opts.out).with_context(|| format!("failed to create {}", opts.out.display()))?;
     let mut state = State::open(&db_path(&opts.out), sweep.retries + 1, sweep.timeout).context("failed to open the state database")?;
     let sync = state.sync(&sweep, opts.retry_failed).context("failed to record the sweep")?;
@@ -55,7 +50,10 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         );
     }
     let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
-    let shared = Shared::new(state, trials, opts.lease_secs);
+    let artifacts = Artifacts::new(&opts.out, opts.max_artifact_bytes);
+    // Partial uploads of an earlier run can no longer be reported.
+    artifacts.clear_partial();
+    let shared = Shared::new(state, trials, opts.lease_secs, artifacts);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
@@ -94,22 +92,8 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
                 }
             });
         }
-        let mut children = Vec::new();
-        if opts.workers > 0 {
-            let (bin, pre) = worker_command(&opts.worker_bin)?;
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-            let threads = (cores / opts.workers).max(1);
-            for i in 0..opts.workers {
-                let child = tokio::process::Command::new(&bin)
-                    .args(pre.iter().copied())
-                    .args(["--coordinator", &url, "--name", &format!("local{i}"), "--ignore-interrupt"])
-                    .env("RAYON_NUM_THREADS", threads.to_string())
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("failed to start worker {}", bin.display()))?;
-                children.push(child);
-            }
+        if let Some(l) = launcher.as_mut() {
+            l.start(&url)?;
         }
         let bar = if opts.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
         bar.set_style(indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg} (ETA {eta})").expect("template"));
@@ -128,8 +112,15 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
             if c.queued + c.running == 0 || (stopping && c.running == 0) {
                 break;
             }
-            if opts.workers > 0 && !children.is_empty() && children.iter_mut().all(|ch| matches!(ch.try_wait(), Ok(Some(_)))) && c.running == 0 {
-                anyhow::bail!("all local workers exited with {} trials still queued", c.queued);
+            if let Some(l) = launcher.as_mut() {
+                for e in l.poll() {
+                    if e.code != Some(0) && !opts.quiet {
+                        bar.println(format!("worker {} exited with {}", e.name, e.code.map_or("a signal".to_string(), |c| format!("code {c}"))));
+                    }
+                }
+                if l.alive() == 0 && c.running == 0 {
+                    anyhow::bail!("all local workers exited with {} trials still queued", c.queued);
+                }
             }
         }
         bar.finish();
@@ -138,14 +129,9 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         }
         // Let workers see "done" (held Lease calls answer at once), then stop.
         shared.stop_leasing();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for ch in &mut children {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, ch.wait()).await.is_err() {
-                let _ = ch.kill().await;
-            }
-        }
-        if children.is_empty() {
+        if let Some(l) = launcher.as_mut() {
+            l.stop(STOP_GRACE).await;
+        } else {
             // `serve`: remote workers between two calls get "done" rather than a closed port.
             tokio::time::sleep(SERVE_GRACE).await;
         }
@@ -155,6 +141,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep) -> anyhow::Result<results::Summary> 
         anyhow::Ok(())
     })?;
     shared.store.close();
+    shared.artifacts.clear_partial();
     drop(shared);
     let summary = results::write_all(&db_path(&opts.out), &opts.out).context("failed to write the results")?;
     Ok(summary)

@@ -1,19 +1,27 @@
 //! The gRPC adapter: a thin tonic service over [`Shared`] that converts wire types to domain
-//! types and maps errors to `Status` in one place. Scheduling decisions live in `state`.
+//! types (statuses through `sweep_proto`'s conversions, `Points` to sample BLOBs) and maps
+//! errors to `Status` in one place. Scheduling decisions live in `state`; artifact files in
+//! `artifacts`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use schema::Status as TrialStatus;
 use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
 use sweep_proto::pb::{self, lease_reply};
 use sweep_proto::PROTOCOL_VERSION;
 use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::state::{AttemptResult, State};
+use crate::artifacts::{Artifacts, UploadError};
+use crate::state::{AttemptResult, Lease, LeaseOutcome, Samples, State};
 use crate::store::Store;
+
+/// Largest message the server decodes (a Report with samples and curves; artifacts stream in
+/// chunks of at most 1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Server state shared by the gRPC handlers and the run loop. All database access goes through
 /// the [`Store`] thread (group commit); handlers only await its answers.
@@ -27,6 +35,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Second Ctrl-C: ask running attempts to cancel.
     pub cancel_all: AtomicBool,
+    /// Uploaded files waiting for their report, and where recorded ones go.
+    pub artifacts: Artifacts,
     next_worker: AtomicU64,
 }
 
@@ -34,8 +44,9 @@ pub struct Shared {
 const LONG_POLL: Duration = Duration::from_secs(5);
 
 impl Shared {
-    pub fn new(state: State, trials: HashMap<String, String>, lease_secs: f64) -> Arc<Shared> {
+    pub fn new(state: State, trials: HashMap<String, String>, lease_secs: f64, artifacts: Artifacts) -> Arc<Shared> {
         Arc::new(Shared {
+            artifacts,
             store: Store::new(state),
             trials,
             lease_secs,
@@ -56,9 +67,9 @@ impl Shared {
         self.store.call(f).await.map_err(|e| Status::internal(e.to_string()))
     }
 
-    fn lease_of(&self, hash: String, attempt: u64, deadline: f64) -> Result<lease_reply::Reply, Status> {
-        let toml = self.trials.get(&hash).cloned().ok_or_else(|| Status::internal(format!("trial {hash} is not in the loaded sweep")))?;
-        Ok(lease_reply::Reply::Lease(pb::Lease { trial_hash: hash, attempt_id: attempt, trial_toml: toml, deadline_unix: deadline, heartbeat_seconds: self.heartbeat_secs }))
+    fn lease_of(&self, l: Lease) -> Result<lease_reply::Reply, Status> {
+        let toml = self.trials.get(&l.hash).cloned().ok_or_else(|| Status::internal(format!("trial {} is not in the loaded sweep", l.hash)))?;
+        Ok(lease_reply::Reply::Lease(pb::Lease { trial_hash: l.hash, attempt_id: l.attempt, trial_toml: toml, deadline_unix: l.deadline, heartbeat_seconds: self.heartbeat_secs }))
     }
 
     /// One lease attempt: a lease, "done" (nothing queued, nothing running, or stopping), or
@@ -68,13 +79,10 @@ impl Shared {
             return Ok(Some(lease_reply::Reply::Done(true)));
         }
         let (w, secs) = (worker.to_string(), self.lease_secs);
-        let got = self
-            .with_state(move |st| st.lease_or_running(&w, secs))
-            .await?;
-        match got {
-            Ok((hash, attempt, deadline)) => Ok(Some(self.lease_of(hash, attempt, deadline)?)),
-            Err(0) => Ok(Some(lease_reply::Reply::Done(true))),
-            Err(_) => Ok(None),
+        match self.with_state(move |st| st.next_lease(&w, secs)).await? {
+            LeaseOutcome::Leased(l) => Ok(Some(self.lease_of(l)?)),
+            LeaseOutcome::Done => Ok(Some(lease_reply::Reply::Done(true))),
+            LeaseOutcome::Wait { .. } => Ok(None),
         }
     }
 
@@ -100,19 +108,56 @@ impl Shared {
 #[derive(Clone)]
 pub struct Service(pub Arc<Shared>);
 
+/// The domain form of a report. A status other than DONE, DIVERGED, CANCELLED or FAILED makes
+/// the report a malformed one, recorded as FAILED with the reason.
 fn to_domain(r: &mut pb::ReportRequest) -> Result<AttemptResult, Status> {
     let curve: Vec<serde_json::Value> = serde_json::from_str(&r.curve_json).map_err(|e| Status::invalid_argument(format!("curve_json: {e}")))?;
+    let mut error = std::mem::take(&mut r.error);
+    let status = match sweep_proto::status_from_wire(r.status) {
+        Ok(s @ (TrialStatus::Done | TrialStatus::Diverged | TrialStatus::Cancelled | TrialStatus::Failed)) => s,
+        other => {
+            let what = match other {
+                Ok(s) => format!("status {s}"),
+                Err(e) => e.to_string(),
+            };
+            error = format!("malformed report ({what}); {error}");
+            TrialStatus::Failed
+        }
+    };
     Ok(AttemptResult {
-        status: std::mem::take(&mut r.status),
+        status,
         diverged_step: r.diverged_step,
         metrics_json: std::mem::take(&mut r.metrics_json),
         curve_rows: curve.iter().map(|v| v.to_string()).collect(),
-        dim: r.dim,
-        samples_json: std::mem::take(&mut r.samples_json),
-        data_json: std::mem::take(&mut r.data_json),
+        samples: samples(r.samples.take(), r.data.take())?,
         wall_seconds: r.wall_seconds,
-        error: std::mem::take(&mut r.error),
+        error,
+        artifacts: Vec::new(),
     })
+}
+
+/// Samples and data points as BLOBs of the same dimension; None when there are no samples.
+fn samples(samples: Option<pb::Points>, data: Option<pb::Points>) -> Result<Option<Samples>, Status> {
+    let (samples, data) = (samples.unwrap_or_default(), data.unwrap_or_default());
+    for (what, p) in [("samples", &samples), ("data", &data)] {
+        p.to_f32().map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+    }
+    if samples.is_empty() {
+        return Ok(None);
+    }
+    if !data.is_empty() && data.dim != samples.dim {
+        return Err(Status::invalid_argument(format!("samples have dimension {} but data {}", samples.dim, data.dim)));
+    }
+    Ok(Some(Samples { dim: samples.dim, samples: samples.f32_le, data: data.f32_le }))
+}
+
+/// The gRPC status of a refused upload.
+fn upload_status(e: UploadError) -> Status {
+    match e {
+        UploadError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        UploadError::BadName(..) | UploadError::Malformed { .. } => Status::invalid_argument(e.to_string()),
+        UploadError::Io { .. } => Status::internal(e.to_string()),
+    }
 }
 
 #[tonic::async_trait]
@@ -145,31 +190,51 @@ impl SweepRpc for Service {
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
         let mut r = req.into_inner();
-        let result = to_domain(&mut r)?;
+        let mut result = to_domain(&mut r)?;
         let s = &self.0;
+        let (kept, missing) = s.artifacts.lookup(r.attempt_id, &r.artifacts);
+        result.artifacts = kept;
+        let with_result = matches!(result.status, TrialStatus::Done | TrialStatus::Diverged);
         // With lease_next, the report and the next lease are one atomic change (one job).
         let lease_next = r.lease_next && !s.stopping.load(Ordering::SeqCst);
         let (attempt, hash, worker, secs) = (r.attempt_id, r.trial_hash, r.worker_id, s.lease_secs);
-        let (recorded, next) = s
-            .with_state(move |st| {
+        let artifacts = result.artifacts.clone();
+        let (recorded, next) = {
+            let hash = hash.clone();
+            s.with_state(move |st| {
                 let recorded = st.report(attempt, &hash, &result)?;
-                let next = if lease_next { Some(st.lease_or_running(&worker, secs)?) } else { None };
+                let next = if lease_next { Some(st.next_lease(&worker, secs)?) } else { None };
                 Ok((recorded, next))
             })
-            .await?;
+            .await?
+        };
+        // After the commit: recorded artifacts move into place, the others are dropped.
+        let mut note = Vec::new();
+        if recorded && with_result {
+            if let Err(e) = s.artifacts.keep(attempt, &hash, &artifacts) {
+                eprintln!("coordinator: failed to move the artifacts of trial {hash} into place: {e}");
+            }
+        } else {
+            s.artifacts.discard(attempt);
+        }
+        if !recorded {
+            note.push("attempt no longer running or trial already has a result: ignored".to_string());
+        }
+        if !missing.is_empty() {
+            note.push(format!("artifact(s) not uploaded, not recorded: {}", missing.join(", ")));
+        }
         let reply = match next {
-            Some(Ok((hash, attempt, deadline))) => Some(s.lease_of(hash, attempt, deadline)?),
+            Some(LeaseOutcome::Leased(l)) => Some(s.lease_of(l)?),
             // Nothing queued or running: the sweep is over (the coordinator may exit at once).
-            Some(Err(0)) => Some(lease_reply::Reply::Done(true)),
+            Some(LeaseOutcome::Done) => Some(lease_reply::Reply::Done(true)),
             // Nothing to hand out at once: the worker asks with Lease (which long-polls).
-            Some(Err(_)) => Some(lease_reply::Reply::WaitSeconds(0.0)),
+            Some(LeaseOutcome::Wait { .. }) => Some(lease_reply::Reply::WaitSeconds(0.0)),
             // Asked for, but the coordinator is stopping.
             None if r.lease_next => Some(lease_reply::Reply::Done(true)),
             None => None,
         };
         let next = reply.map(|reply| pb::LeaseReply { reply: Some(reply) });
-        let note = if recorded { String::new() } else { "attempt no longer running or trial already has a result: ignored".into() };
-        Ok(Response::new(pb::ReportReply { recorded, note, next }))
+        Ok(Response::new(pb::ReportReply { recorded, note: note.join("; "), next }))
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
@@ -177,20 +242,43 @@ impl SweepRpc for Service {
         self.0
             .with_state(move |st| {
                 if let Some(hash) = st.attempt_trial(r.attempt_id)? {
-                    let res = AttemptResult { status: "cancelled".into(), diverged_step: None, metrics_json: "{}".into(), curve_rows: vec![], dim: 0, samples_json: String::new(), data_json: String::new(), wall_seconds: 0.0, error: String::new() };
-                    st.report(r.attempt_id, &hash, &res)?;
+                    st.report(r.attempt_id, &hash, &AttemptResult::cancelled())?;
                 }
                 Ok(())
             })
             .await?;
+        self.0.artifacts.discard(r.attempt_id);
         Ok(Response::new(pb::CancelReply {}))
+    }
+
+    /// Streams an artifact of a running attempt into a partial file (see `artifacts`).
+    async fn upload_artifact(&self, req: Request<Streaming<pb::ArtifactChunk>>) -> Result<Response<pb::ArtifactReply>, Status> {
+        let mut chunks = req.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty artifact stream: the first chunk names the artifact"))?;
+        let attempt = first.attempt_id;
+        crate::artifacts::check_name(&first.name).map_err(upload_status)?;
+        match self.0.with_state(move |st| st.attempt_outcome(attempt)).await? {
+            Some(TrialStatus::Running) => {}
+            Some(other) => return Err(Status::failed_precondition(format!("attempt {attempt} is {other}, not running: artifact `{}` refused", first.name))),
+            None => return Err(Status::not_found(format!("unknown attempt {attempt}: artifact `{}` refused", first.name))),
+        }
+        let mut upload = self.0.artifacts.begin(attempt, &first.name, &first.media_type, first.total_bytes).await.map_err(upload_status)?;
+        upload.write(&first.data).await.map_err(upload_status)?;
+        while let Some(chunk) = chunks.message().await? {
+            if chunk.attempt_id != attempt {
+                return Err(Status::invalid_argument(format!("artifact `{}`: a chunk of attempt {} in the stream of attempt {attempt}", first.name, chunk.attempt_id)));
+            }
+            upload.write(&chunk.data).await.map_err(upload_status)?;
+        }
+        let a = upload.finish().await.map_err(upload_status)?;
+        Ok(Response::new(pb::ArtifactReply { bytes: a.bytes, sha256: a.sha256 }))
     }
 }
 
 /// Serves the protocol on a bound listener until `shutdown` resolves (tests bind port 0).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(SweepServer::new(Service(shared)))
+        .add_service(SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

@@ -1,38 +1,37 @@
 //! Durable sweep state in SQLite (`<out>/state.db`, WAL; every state change is atomic, and the
 //! [`crate::store`] groups concurrent changes into one commit):
-//! trials, attempts, results, curves and samples. The `results` crate reads the same schema.
+//! trials, attempts, results, curves, samples and artifacts. The layout (tables, indexes,
+//! version) is defined once in [`results::layout`], which the `results` crate reads by.
 //!
-//! Trial lifecycle (see ARCHITECTURE.md for the diagram):
-//! queued → leased → done | diverged | failed | timeout, with an expired, failed or timed-out
+//! Trial lifecycle (see ARCHITECTURE.md for the diagram), in [`Status`] terms:
+//! queued → running → done | diverged | failed | timeout, with an expired, failed or timed-out
 //! attempt going back to queued while attempts remain (attempt rows are kept), and a report for
 //! an attempt that is no longer running recorded as `ignored` (never a second result).
+//! Summaries classify with [`Status::is_success`] / [`Status::is_unusable`] only.
 
 use std::path::Path;
+use std::sync::LazyLock;
 
+use results::layout::{self, LayoutError};
 use rusqlite::{params, Connection, OptionalExtension};
+use schema::Status;
 
 use crate::sweep::Sweep;
 
-/// Layout version, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Layout version of the state database (see [`results::layout::LAYOUT_VERSION`]).
+pub const SCHEMA_VERSION: i64 = layout::LAYOUT_VERSION;
 
-/// Tables keyed by the trial's integer id (rowid, assigned in sweep order) rather than its
-/// hash: trials are leased and finished roughly in id order, so results, curves and attempt
-/// rows are appended to the same few B-tree pages instead of scattered over random ones — a
-/// commit writes a handful of pages. The two indexes are partial: they hold only what the hot
-/// queries look for (queued trials by sweep order, running attempts by deadline), so finishing
-/// an attempt removes entries and adds none. Readers (the `results` crate) use the named
-/// `trial_hash` columns, which every table keeps.
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sweep(id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS trials(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, idx INTEGER NOT NULL, config_json TEXT NOT NULL, in_sweep INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, finished_at REAL);
-CREATE TABLE IF NOT EXISTS attempts(id INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, worker TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL, outcome TEXT NOT NULL, error TEXT);
-CREATE TABLE IF NOT EXISTS results(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, attempt_id INTEGER NOT NULL, status TEXT NOT NULL, diverged_step INTEGER, metrics_json TEXT NOT NULL, wall_seconds REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS curves(trial_id INTEGER NOT NULL, row INTEGER NOT NULL, trial_hash TEXT NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_id, row)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS samples(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, dim INTEGER NOT NULL, samples_json TEXT NOT NULL, data_json TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS trials_queued ON trials(in_sweep, idx) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS attempts_running ON attempts(deadline) WHERE outcome = 'running';
-";
+/// A status as an SQL literal, for the statements whose partial index (see
+/// [`results::layout::SCHEMA_SQL`]) must see the value in the text: with a bound parameter
+/// SQLite would re-prepare the statement at every bind to check the index still applies.
+fn lit(s: Status) -> String {
+    format!("'{}'", s.as_str())
+}
+
+/// The next queued trial of the sweep (uses the `trials_queued` index).
+static NEXT_QUEUED: LazyLock<String> = LazyLock::new(|| format!("SELECT id, hash FROM trials WHERE status = {} AND in_sweep = 1 ORDER BY idx LIMIT 1", lit(Status::Queued)));
+/// Running attempts past a deadline (uses the `attempts_running` index).
+static STALE_RUNNING: LazyLock<String> = LazyLock::new(|| format!("SELECT id, trial_id, leased_at FROM attempts WHERE outcome = {} AND deadline < ?1", lit(Status::Running)));
 
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -41,16 +40,60 @@ pub fn now() -> f64 {
 /// What a worker reports for an attempt (domain form of the wire message).
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
-    /// ok | diverged | cancelled | failed
-    pub status: String,
+    /// Done, Diverged, Cancelled or Failed (anything else is recorded as Failed).
+    pub status: Status,
     pub diverged_step: Option<u64>,
     pub metrics_json: String,
     pub curve_rows: Vec<String>,
-    pub dim: u32,
-    pub samples_json: String,
-    pub data_json: String,
+    pub samples: Option<Samples>,
     pub wall_seconds: f64,
     pub error: String,
+    /// Uploaded artifacts the report names (recorded with a Done or Diverged result).
+    pub artifacts: Vec<Artifact>,
+}
+
+impl AttemptResult {
+    /// A cancellation (the worker gave its lease back).
+    pub fn cancelled() -> AttemptResult {
+        AttemptResult { status: Status::Cancelled, diverged_step: None, metrics_json: "{}".into(), curve_rows: vec![], samples: None, wall_seconds: 0.0, error: String::new(), artifacts: vec![] }
+    }
+}
+
+/// Samples and data points of a result: row-major little-endian f32 of dimension `dim`, as
+/// kept in the `samples` table's BLOBs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    pub dim: u32,
+    pub samples: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+/// An uploaded file of an attempt (a row of the `artifacts` table once recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub name: String,
+    pub media_type: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// A lease of a trial: its hash, the attempt id and the attempt's deadline (unix seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub hash: String,
+    pub attempt: u64,
+    pub deadline: f64,
+}
+
+/// What a worker asking for work gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseOutcome {
+    /// A queued trial, now running.
+    Leased(Lease),
+    /// Nothing queued, but `running` attempts may still fail and re-queue their trials.
+    Wait { running: usize },
+    /// Nothing queued and nothing running: the sweep is over.
+    Done,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -62,6 +105,19 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Adds `n` trials in status `s`: finished ones by [`Status::is_success`] /
+    /// [`Status::is_unusable`], the one classification every summary uses.
+    pub fn add(&mut self, s: Status, n: usize) {
+        match s {
+            Status::Queued => self.queued += n,
+            Status::Running => self.running += n,
+            s if s.is_success() => self.done += n,
+            s if s.is_unusable() => self.failed += n,
+            // Attempt outcomes never stand for a trial; count them as failed rather than lose them.
+            _ => self.failed += n,
+        }
+    }
+
     pub fn finished(&self) -> usize {
         self.done + self.failed
     }
@@ -87,27 +143,20 @@ pub struct State {
     pub(crate) woke: bool,
 }
 
-const FINISHED: &str = "('done','diverged','failed','timeout')";
-
 impl State {
-    pub fn open(path: &Path, max_attempts: u32, timeout: f64) -> rusqlite::Result<State> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // Savepoint sub-journals in memory, not temp files.
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.set_prepared_statement_cache_capacity(64);
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let has_tables: bool = conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'")?.exists([])?;
-        if has_tables && version != SCHEMA_VERSION {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-                Some(format!("{} has state layout {version}, this coordinator writes layout {SCHEMA_VERSION}; use a fresh --out directory (or the matching scoresweep version)", path.display())),
-            ));
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    /// Opens (or creates) the state database; one in another layout is refused with a message
+    /// naming the file and both versions.
+    pub fn open(path: &Path, max_attempts: u32, timeout: f64) -> Result<State, LayoutError> {
+        let conn = layout::open_checked(path)?;
+        let setup = || -> rusqlite::Result<()> {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // Savepoint sub-journals in memory, not temp files.
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.set_prepared_statement_cache_capacity(64);
+            Ok(())
+        };
+        setup().map_err(|source| LayoutError::Sql { path: path.to_path_buf(), source })?;
         Ok(State { conn, max_attempts, timeout, woke: false })
     }
 
@@ -168,18 +217,26 @@ impl State {
             let config = serde_json::Value::Object(tr.flat.clone()).to_string();
             let n = Self::exec(&tx, "UPDATE trials SET in_sweep = 1, idx = ?2 WHERE hash = ?1", params![tr.hash, tr.idx as i64])?;
             if n == 0 {
-                Self::exec(&tx, "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES (?1, ?2, ?3, 1, 'queued', 0, ?4)", params![tr.hash, tr.idx as i64, config, t])?;
+                Self::exec(&tx, "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES (?1, ?2, ?3, 1, ?4, 0, ?5)", params![tr.hash, tr.idx as i64, config, Status::Queued.as_str(), t])?;
                 s.new += 1;
             }
         }
         // Attempts left running by a previous coordinator: their workers may still report, so
         // they stay open until their deadline; the trials go back to the queue after it.
-        s.requeued = tx.execute("UPDATE attempts SET outcome = 'expired', finished_at = ?1 WHERE outcome = 'running' AND deadline < ?1", params![t])?;
-        tx.execute("UPDATE trials SET status = 'queued' WHERE status = 'leased' AND id NOT IN (SELECT trial_id FROM attempts WHERE outcome = 'running')", [])?;
+        let (queued, running) = (Status::Queued.as_str(), Status::Running.as_str());
+        s.requeued = tx.execute("UPDATE attempts SET outcome = ?2, finished_at = ?1 WHERE outcome = ?3 AND deadline < ?1", params![t, Status::Expired.as_str(), running])?;
+        tx.execute("UPDATE trials SET status = ?1 WHERE status = ?2 AND id NOT IN (SELECT trial_id FROM attempts WHERE outcome = ?2)", params![queued, running])?;
         if retry_failed {
-            s.requeued += tx.execute("UPDATE trials SET status = 'queued', attempts = 0, finished_at = NULL WHERE status IN ('failed','timeout') AND in_sweep = 1", [])?;
+            s.requeued += tx.execute("UPDATE trials SET status = ?1, attempts = 0, finished_at = NULL WHERE status IN (?2, ?3) AND in_sweep = 1", params![queued, Status::Failed.as_str(), Status::Timeout.as_str()])?;
         }
-        s.finished = tx.query_row(&format!("SELECT COUNT(*) FROM trials WHERE in_sweep = 1 AND status IN {FINISHED}"), [], |r| r.get::<_, i64>(0))? as usize;
+        let mut by_status = tx.prepare("SELECT status, COUNT(*) FROM trials WHERE in_sweep = 1 GROUP BY status")?;
+        for row in by_status.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))? {
+            let (status, n) = row?;
+            if parse_status(&status)?.is_finished() {
+                s.finished += n;
+            }
+        }
+        drop(by_status);
         s.out_of_sweep = tx.query_row("SELECT COUNT(*) FROM trials WHERE in_sweep = 0", [], |r| r.get::<_, i64>(0))? as usize;
         tx.commit()?;
         Ok(s)
@@ -189,25 +246,28 @@ impl State {
     // without a savepoint of their own: the store runs each request inside `atomic`, which
     // makes it all-or-nothing. Callers outside the store wrap them in `atomic` too.
 
-    /// Leases the next queued trial of the sweep to `worker`: (hash, attempt id, deadline).
-    pub fn lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Option<(String, u64, f64)>> {
+    /// Leases the next queued trial of the sweep to `worker`, or None when nothing is queued.
+    pub fn lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Option<Lease>> {
         let t = now();
         let tx = &self.conn;
-        let next: Option<(i64, String)> = tx.prepare_cached("SELECT id, hash FROM trials WHERE status = 'queued' AND in_sweep = 1 ORDER BY idx LIMIT 1")?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let next: Option<(i64, String)> = tx.prepare_cached(&NEXT_QUEUED)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         let Some((trial, hash)) = next else { return Ok(None) };
         let deadline = t + lease_secs.min(self.timeout);
-        Self::exec(tx, "INSERT INTO attempts(trial_id, trial_hash, worker, leased_at, deadline, outcome) VALUES (?1, ?2, ?3, ?4, ?5, 'running')", params![trial, hash, worker, t, deadline])?;
-        let id = tx.last_insert_rowid() as u64;
-        Self::exec(tx, "UPDATE trials SET status = 'leased', attempts = attempts + 1 WHERE id = ?1", params![trial])?;
-        Ok(Some((hash, id, deadline)))
+        Self::exec(tx, "INSERT INTO attempts(trial_id, trial_hash, worker, leased_at, deadline, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![trial, hash, worker, t, deadline, Status::Running.as_str()])?;
+        let attempt = tx.last_insert_rowid() as u64;
+        Self::exec(tx, "UPDATE trials SET status = ?2, attempts = attempts + 1 WHERE id = ?1", params![trial, Status::Running.as_str()])?;
+        Ok(Some(Lease { hash, attempt, deadline }))
     }
 
-    /// A lease as from [`State::lease`], or, with nothing queued, how many trials are running
-    /// (0: the sweep is over).
-    pub fn lease_or_running(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Result<(String, u64, f64), usize>> {
+    /// A lease as from [`State::lease`]; with nothing queued, [`LeaseOutcome::Wait`] while
+    /// attempts run and [`LeaseOutcome::Done`] once none does.
+    pub fn next_lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<LeaseOutcome> {
         Ok(match self.lease(worker, lease_secs)? {
-            Some(l) => Ok(l),
-            None => Err(self.counts()?.running),
+            Some(l) => LeaseOutcome::Leased(l),
+            None => match self.counts()?.running {
+                0 => LeaseOutcome::Done,
+                running => LeaseOutcome::Wait { running },
+            },
         })
     }
 
@@ -217,11 +277,11 @@ impl State {
         let t = now();
         let row: Option<(i64, f64, String)> = self.conn.prepare_cached("SELECT trial_id, leased_at, outcome FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
         let Some((trial, leased_at, outcome)) = row else { return Ok((true, t)) };
-        if outcome != "running" {
+        if parse_status(&outcome)? != Status::Running {
             return Ok((true, t));
         }
         if t > leased_at + self.timeout {
-            self.close_attempt(attempt, trial, "timeout", "trial timeout exceeded")?;
+            self.close_attempt(attempt, trial, Status::Timeout, "trial timeout exceeded")?;
             return Ok((true, t));
         }
         let deadline = (t + lease_secs).min(leased_at + self.timeout);
@@ -229,20 +289,22 @@ impl State {
         Ok((cancel_all, deadline))
     }
 
-    /// Closes a running attempt with `outcome` and re-queues its trial while attempts remain.
-    fn close_attempt(&mut self, attempt: u64, trial: i64, outcome: &str, error: &str) -> rusqlite::Result<()> {
+    /// Closes a running attempt with `outcome` (Failed, Timeout, Expired or Cancelled) and
+    /// re-queues its trial while attempts remain; a cancelled attempt does not count.
+    fn close_attempt(&mut self, attempt: u64, trial: i64, outcome: Status, error: &str) -> rusqlite::Result<()> {
         let t = now();
         self.woke = true;
         let tx = &self.conn;
-        Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3, error = ?4 WHERE id = ?1", params![attempt as i64, outcome, t, error])?;
+        let (queued, running) = (Status::Queued.as_str(), Status::Running.as_str());
+        Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3, error = ?4 WHERE id = ?1", params![attempt as i64, outcome.as_str(), t, error])?;
         let attempts: i64 = tx.prepare_cached("SELECT attempts FROM trials WHERE id = ?1")?.query_row(params![trial], |r| r.get(0))?;
-        let final_status = if outcome == "timeout" { "timeout" } else { "failed" };
-        if outcome == "cancelled" {
-            Self::exec(tx, "UPDATE trials SET status = 'queued', attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND status = 'leased'", params![trial])?;
+        let final_status = if outcome == Status::Timeout { Status::Timeout } else { Status::Failed };
+        if outcome == Status::Cancelled {
+            Self::exec(tx, "UPDATE trials SET status = ?2, attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND status = ?3", params![trial, queued, running])?;
         } else if attempts < self.max_attempts as i64 {
-            Self::exec(tx, "UPDATE trials SET status = 'queued' WHERE id = ?1 AND status = 'leased'", params![trial])?;
+            Self::exec(tx, "UPDATE trials SET status = ?2 WHERE id = ?1 AND status = ?3", params![trial, queued, running])?;
         } else {
-            Self::exec(tx, "UPDATE trials SET status = ?2, finished_at = ?3 WHERE id = ?1 AND status = 'leased'", params![trial, final_status, t])?;
+            Self::exec(tx, "UPDATE trials SET status = ?2, finished_at = ?3 WHERE id = ?1 AND status = ?4", params![trial, final_status.as_str(), t, running])?;
         }
         Ok(())
     }
@@ -251,19 +313,23 @@ impl State {
     pub fn expire(&mut self) -> rusqlite::Result<usize> {
         let t = now();
         let stale: Vec<(u64, i64, f64)> = {
-            let mut st = self.conn.prepare_cached("SELECT id, trial_id, leased_at FROM attempts WHERE outcome = 'running' AND deadline < ?1")?;
+            let mut st = self.conn.prepare_cached(&STALE_RUNNING)?;
             let rows = st.query_map(params![t], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
             rows
         };
         for (id, trial, leased_at) in &stale {
             let timed_out = t > leased_at + self.timeout;
-            self.close_attempt(*id, *trial, if timed_out { "timeout" } else { "expired" }, if timed_out { "trial timeout exceeded" } else { "lease expired without a heartbeat" })?;
+            let (outcome, why) = if timed_out { (Status::Timeout, "trial timeout exceeded") } else { (Status::Expired, "lease expired without a heartbeat") };
+            self.close_attempt(*id, *trial, outcome, why)?;
         }
         Ok(stale.len())
     }
 
     /// Records an attempt's result exactly once; returns false (and marks the attempt
-    /// `ignored`) when the attempt is no longer running or the trial already has a result.
+    /// `ignored`) when the attempt is no longer running or the trial already has a result. A
+    /// Done or Diverged result is recorded with its curve, samples and artifacts; Cancelled and
+    /// Failed close the attempt (re-queueing the trial as [`State::close_attempt`] says); any
+    /// other status counts as Failed.
     pub fn report(&mut self, attempt: u64, hash: &str, r: &AttemptResult) -> rusqlite::Result<bool> {
         let t = now();
         let row: Option<(i64, String, String, bool)> = self
@@ -271,45 +337,59 @@ impl State {
             .prepare_cached("SELECT a.trial_id, a.trial_hash, a.outcome, EXISTS (SELECT 1 FROM results r WHERE r.trial_id = a.trial_id) FROM attempts a WHERE a.id = ?1")?
             .query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
+        let open = |outcome: &str| matches!(outcome.parse(), Ok(Status::Running | Status::Expired));
         let trial = match &row {
-            Some((id, h, o, false)) if h == hash && (o == "running" || o == "expired") => *id,
+            Some((id, h, o, false)) if h == hash && open(o) => *id,
             _ => -1,
         };
         if trial < 0 {
             if row.is_some() {
-                Self::exec(&self.conn, "UPDATE attempts SET outcome = 'ignored', finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome != 'done'", params![attempt as i64, t])?;
+                Self::exec(&self.conn, "UPDATE attempts SET outcome = ?3, finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome NOT IN (?4, ?5)", params![attempt as i64, t, Status::Ignored.as_str(), Status::Done.as_str(), Status::Diverged.as_str()])?;
             }
             return Ok(false);
         }
-        match r.status.as_str() {
-            "ok" | "diverged" => {
+        match r.status {
+            Status::Done | Status::Diverged => {
                 self.woke = true;
-                let outcome = if r.status == "ok" { "done" } else { "diverged" };
+                let status = r.status.as_str();
                 let tx = &self.conn;
-                Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3 WHERE id = ?1", params![attempt as i64, outcome, t])?;
+                Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3 WHERE id = ?1", params![attempt as i64, status, t])?;
                 Self::exec(
-                    &tx,
+                    tx,
                     "INSERT INTO results(trial_id, trial_hash, attempt_id, status, diverged_step, metrics_json, wall_seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![trial, hash, attempt as i64, r.status, r.diverged_step.map(|s| s as i64), r.metrics_json, r.wall_seconds],
+                    params![trial, hash, attempt as i64, status, r.diverged_step.map(|s| s as i64), r.metrics_json, r.wall_seconds],
                 )?;
                 for (i, row) in r.curve_rows.iter().enumerate() {
                     Self::exec(tx, "INSERT INTO curves(trial_id, row, trial_hash, values_json) VALUES (?1, ?2, ?3, ?4)", params![trial, i as i64, hash, row])?;
                 }
-                if r.dim > 0 {
-                    Self::exec(tx, "INSERT INTO samples(trial_id, trial_hash, dim, samples_json, data_json) VALUES (?1, ?2, ?3, ?4, ?5)", params![trial, hash, r.dim, r.samples_json, r.data_json])?;
+                if let Some(s) = &r.samples {
+                    Self::exec(tx, "INSERT INTO samples(trial_id, trial_hash, dim, samples, data) VALUES (?1, ?2, ?3, ?4, ?5)", params![trial, hash, s.dim, s.samples, s.data])?;
                 }
-                Self::exec(tx, "UPDATE trials SET status = ?2, finished_at = ?3 WHERE id = ?1", params![trial, outcome, t])?;
+                for a in &r.artifacts {
+                    Self::exec(
+                        tx,
+                        "INSERT OR REPLACE INTO artifacts(trial_id, trial_hash, name, media_type, bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![trial, hash, a.name, a.media_type, a.bytes as i64, a.sha256],
+                    )?;
+                }
+                Self::exec(tx, "UPDATE trials SET status = ?2, finished_at = ?3 WHERE id = ?1", params![trial, status, t])?;
                 Ok(true)
             }
-            "cancelled" => {
-                self.close_attempt(attempt, trial, "cancelled", "cancelled")?;
+            Status::Cancelled => {
+                self.close_attempt(attempt, trial, Status::Cancelled, "cancelled")?;
                 Ok(true)
             }
             _ => {
-                self.close_attempt(attempt, trial, "failed", &r.error)?;
+                self.close_attempt(attempt, trial, Status::Failed, &r.error)?;
                 Ok(true)
             }
         }
+    }
+
+    /// How an attempt stands (Running while it may still report), or None for an unknown one.
+    pub fn attempt_outcome(&self, attempt: u64) -> rusqlite::Result<Option<Status>> {
+        let outcome: Option<String> = self.conn.prepare_cached("SELECT outcome FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| r.get(0)).optional()?;
+        outcome.map(|o| parse_status(&o)).transpose()
     }
 
     /// The trial of an attempt.
@@ -317,19 +397,21 @@ impl State {
         self.conn.prepare_cached("SELECT trial_hash FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| r.get(0)).optional()
     }
 
+    /// Trials of the sweep by status class (see [`Counts::add`]).
     pub fn counts(&self) -> rusqlite::Result<Counts> {
         let mut c = Counts::default();
         let mut st = self.conn.prepare_cached("SELECT status, COUNT(*) FROM trials WHERE in_sweep = 1 GROUP BY status")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?;
         for row in rows {
             let (s, n) = row?;
-            match s.as_str() {
-                "queued" => c.queued += n,
-                "leased" => c.running += n,
-                "done" | "diverged" => c.done += n,
-                _ => c.failed += n,
-            }
+            c.add(parse_status(&s)?, n);
         }
         Ok(c)
     }
+}
+
+/// A status text of the database; an unknown one is a conversion error (the database was
+/// written by something else).
+fn parse_status(text: &str) -> rusqlite::Result<Status> {
+    text.parse().map_err(|e: schema::status::UnknownStatus| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }

@@ -6,7 +6,7 @@
 //! retries = 1               # extra attempts after a failure or an expired lease
 //! gpu = false               # resources each trial needs
 //! repeats = 2               # seeds base.seed, base.seed+1, … (or: seeds = [0, 7])
-//! [base]                    # one trial in the engine's schema (worker/src/config.rs)
+//! [base]                    # one trial in the trial schema (schema/src/trial.rs)
 //! [grid]                    # cartesian product over dotted keys
 //! "objective.noise.sigma_max" = [1.0, 5.0, 20.0]
 //! [[zip]]                   # lists that vary together (one zip group per [[zip]])
@@ -16,12 +16,14 @@
 //! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
 //! ```
 //! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
-//! engine before anything runs; errors name the file, line, column, key and the expansion.
+//! trial schema (`schema`: the rules the engine runs by, without building the engine) before
+//! anything runs; errors name the file, line, column, key and the expansion.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use scoresweep_engine::config::{line_col, locate_path, TrialConfig};
+use schema::locate::{line_col, locate_path};
+use schema::trial::TrialConfig;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 

@@ -248,7 +248,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
         let mut k = 0u64;
         let mut tick = || {
             k += 1;
-            if k % 100 == 0 {
+            if k.is_multiple_of(100) {
                 progress(&Progress { step: cfg.train.steps, total_steps: cfg.train.steps, train_loss: trained.last_loss, latest: vec![("sampling_step".into(), k as f64), ("sampling_total".into(), total as f64)] });
             }
         };
@@ -265,13 +265,13 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
         samples_out = xs.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
         data_out = reference.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
     }
-    if let (TrialStatus::Ok, Some(net), Some(mix)) = (trained.status, model.energy(), plan.data.exact()) {
-        if d <= 2 {
-            // The held-out points are the evaluation sample (drawn again from its stream).
-            let held_out = plan.data.sample(cfg.eval.n, &mut Rng::stream(seed, Stream::Eval)).x;
-            for (k, v) in energy::energy_metrics(net, mix, plan.sigma_clean(), &held_out, &device)? {
-                metrics.push((k.into(), v));
-            }
+    if let (TrialStatus::Ok, Some(net), Some(mix)) = (trained.status, model.energy(), plan.data.exact())
+        && d <= 2
+    {
+        // The held-out points are the evaluation sample (drawn again from its stream).
+        let held_out = plan.data.sample(cfg.eval.n, &mut Rng::stream(seed, Stream::Eval)).x;
+        for (k, v) in energy::energy_metrics(net, mix, plan.sigma_clean(), &held_out, &device)? {
+            metrics.push((k.into(), v));
         }
     }
     metrics.push(("train_seconds".into(), trained.train_seconds));

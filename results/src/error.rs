@@ -14,6 +14,9 @@ pub enum ResultsError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The state database is in another layout than this crate reads.
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
     /// A query against the state database failed (missing table, wrong column type, …).
     #[error("could not read {what} from state database {path}")]
     Query {

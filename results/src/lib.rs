@@ -9,14 +9,16 @@
 //! | `trials.parquet`, `trials.csv` | one row per trial: hash, idx, in_sweep, config keys, status, attempts, diverged_step, final metrics, wall_seconds |
 //! | `curves.parquet` | one row per checkpoint, with the config keys useful for grouping |
 //! | `claims.csv` | `claim, scope, statistic, expected, tolerance, verdict` |
-//! | `report.md` | claims, key tables, plot links, out-of-sweep and failed trials |
+//! | `report.md` | claims, key tables, plot links, artifacts, out-of-sweep and failed trials |
 //! | `plots/*.svg` | gap per checkpoint with C, samples vs data, a metric vs σ_max |
 //!
-//! Modules: [`state`] reads the database, [`table`] builds the frames, [`claims`] checks the
+//! Modules: [`layout`] defines the database (shared with the coordinator), [`state`] reads it,
+//! [`table`] builds the frames, [`claims`] checks the
 //! claims, [`plots`] draws, [`report`] writes the Markdown.
 
 pub mod claims;
 mod error;
+pub mod layout;
 pub mod plots;
 pub mod report;
 pub mod state;
@@ -34,10 +36,10 @@ pub struct Summary {
     pub claims: Vec<(String, String, String)>,
     /// Trials that belong to the current sweep (`in_sweep = 1`).
     pub trials: usize,
-    /// Of those, trials with status `done`.
+    /// Of those, trials finished with a usable result ([`schema::Status::is_success`]).
     pub done: usize,
-    /// Of those, trials that ended without a usable result: `failed`, `timeout`, `diverged`,
-    /// `cancelled`.
+    /// Of those, trials finished without one ([`schema::Status::is_unusable`]: `failed`,
+    /// `timeout`, `diverged`).
     pub failed: usize,
 }
 
@@ -94,10 +96,7 @@ pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError
             })
             .collect(),
         trials: in_sweep.len(),
-        done: in_sweep.iter().filter(|t| t.status == "done").count(),
-        failed: in_sweep
-            .iter()
-            .filter(|t| report::FAILED_STATUSES.contains(&t.status.as_str()))
-            .count(),
+        done: in_sweep.iter().filter(|t| t.status.is_success()).count(),
+        failed: in_sweep.iter().filter(|t| t.status.is_unusable()).count(),
     })
 }

@@ -1,6 +1,7 @@
 //! `report.md`: the claims, the tolerances behind them, key tables (metrics against the σ
-//! ladder, the sampler's step size, the objective, …), links to the plots, the trials that no
-//! longer belong to the sweep and the failed trials with their errors.
+//! ladder, the sampler's step size, the objective, …), links to the plots, the artifacts each
+//! trial uploaded, the trials that no longer belong to the sweep and the failed trials (every
+//! status [`schema::Status::is_unusable`] classifies so) with their errors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -32,9 +33,6 @@ const TABLE_METRICS: [&str; 13] = [
 /// then the sampler (step size, steps), the objective and the model.
 const TABLE_PREFIXES: [&str; 4] = ["objective.noise.", "sampler.", "objective.", "model."];
 
-/// Trial statuses that count as failures in the report.
-pub const FAILED_STATUSES: [&str; 4] = ["failed", "timeout", "diverged", "cancelled"];
-
 /// Renders the whole report.
 pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]) -> String {
     let mut md = String::new();
@@ -55,6 +53,7 @@ pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]
     claims_section(&mut md, claims);
     key_tables(&mut md, state);
     plots_section(&mut md, plots);
+    artifacts_section(&mut md, state);
     out_of_sweep_section(&mut md, state);
     failed_section(&mut md, state);
     let _ = writeln!(md, "## Files\n");
@@ -278,6 +277,39 @@ fn plots_section(md: &mut String, plots: &[Plot]) {
     md.push('\n');
 }
 
+fn artifacts_section(md: &mut String, state: &State) {
+    let _ = writeln!(md, "## Artifacts\n");
+    let with: Vec<&Trial> = state
+        .trials
+        .iter()
+        .filter(|t| !t.artifacts.is_empty())
+        .collect();
+    if with.is_empty() {
+        let _ = writeln!(md, "None: no trial uploaded an artifact.\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Files uploaded by the attempt that produced each result, under `artifacts/<hash>/`.\n"
+    );
+    let _ = writeln!(md, "| hash | name | bytes | path | sha256 |\n|---|---|---|---|---|");
+    for t in with {
+        for a in &t.artifacts {
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} | [`{}`]({}) | `{}` |",
+                t.short_hash(),
+                cell(&a.name),
+                a.bytes,
+                a.rel_path,
+                a.rel_path,
+                a.sha256
+            );
+        }
+    }
+    md.push('\n');
+}
+
 fn out_of_sweep_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "## Trials no longer in the sweep\n");
     let old: Vec<&Trial> = state.trials.iter().filter(|t| !t.in_sweep).collect();
@@ -322,7 +354,7 @@ fn failed_section(md: &mut String, state: &State) {
     let failed: Vec<&Trial> = state
         .trials
         .iter()
-        .filter(|t| FAILED_STATUSES.contains(&t.status.as_str()))
+        .filter(|t| t.status.is_unusable())
         .collect();
     if failed.is_empty() {
         let _ = writeln!(md, "None.\n");

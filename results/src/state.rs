@@ -1,14 +1,17 @@
 //! Reading the sweep state database (read-only) into plain Rust values.
 //!
-//! The schema is owned by the coordinator; this module only reads the tables `sweep`, `trials`,
-//! `attempts`, `results`, `curves` and `samples`. JSON columns are parsed here so the rest of
-//! the crate works on typed values: configs as dotted key → JSON scalar, metrics and curve rows
-//! as name → f64 (a JSON `null`, which is how a NaN is serialized, becomes "absent").
+//! The layout is defined in [`crate::layout`] (shared with the coordinator, which writes it);
+//! this module only reads the tables `sweep`, `trials`, `attempts`, `results`, `curves`,
+//! `samples` and `artifacts`, after checking the layout version. JSON columns are parsed here
+//! so the rest of the crate works on typed values: configs as dotted key → JSON scalar, metrics
+//! and curve rows as name → f64 (a JSON `null`, which is how a NaN is serialized, becomes
+//! "absent"), statuses as [`Status`], sample BLOBs as points.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
+use schema::Status;
 use serde_json::Value;
 
 use crate::error::ResultsError;
@@ -24,8 +27,8 @@ pub struct SweepInfo {
 /// The final result of a trial (`results` table).
 #[derive(Debug, Clone)]
 pub struct TrialResult {
-    /// `ok` or `diverged`.
-    pub status: String,
+    /// `Done` or `Diverged`.
+    pub status: Status,
     pub diverged_step: Option<i64>,
     pub metrics: BTreeMap<String, f64>,
     pub wall_seconds: f64,
@@ -39,6 +42,18 @@ pub struct Samples {
     pub data: Vec<Vec<f64>>,
 }
 
+/// A file a trial's attempt uploaded (`artifacts` table), kept at [`Artifact::rel_path`]
+/// under the output directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub name: String,
+    pub media_type: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// `artifacts/<trial_hash>/<name>`, relative to the output directory.
+    pub rel_path: String,
+}
+
 /// One trial with everything the database knows about it.
 #[derive(Debug, Clone)]
 pub struct Trial {
@@ -47,13 +62,15 @@ pub struct Trial {
     /// Flattened dotted keys → JSON scalar (arrays/objects are kept as they are).
     pub config: BTreeMap<String, Value>,
     pub in_sweep: bool,
-    /// `queued|leased|done|failed|diverged|timeout|cancelled`.
-    pub status: String,
+    /// `Queued`, `Running`, or one of the finished statuses.
+    pub status: Status,
     pub attempts: i64,
     pub result: Option<TrialResult>,
     /// Checkpoint rows in `row` order: column name → value.
     pub curve: Vec<BTreeMap<String, f64>>,
     pub samples: Option<Samples>,
+    /// Uploaded artifacts, by name.
+    pub artifacts: Vec<Artifact>,
     /// The error of the latest attempt that recorded one, with that attempt's outcome.
     pub last_error: Option<(String, String)>,
 }
@@ -123,6 +140,7 @@ impl State {
             path: db_path.to_path_buf(),
             source,
         })?;
+        crate::layout::check_version(&conn, db_path)?;
         let reader = Reader {
             conn: &conn,
             path: db_path,
@@ -133,7 +151,9 @@ impl State {
         let mut curves = reader.curves()?;
         let mut samples = reader.samples()?;
         let mut errors = reader.last_errors()?;
+        let mut artifacts = reader.artifacts()?;
         for t in &mut trials {
+            t.artifacts = artifacts.remove(&t.hash).unwrap_or_default();
             t.result = results.remove(&t.hash);
             t.curve = curves.remove(&t.hash).unwrap_or_default();
             t.samples = samples.remove(&t.hash);
@@ -240,6 +260,7 @@ impl Reader<'_> {
         let mut out = Vec::new();
         for row in rows {
             let (hash, idx, config_json, in_sweep, status, attempts) = row.map_err(&err)?;
+            let status = self.status("status", &hash, &status)?;
             let config = match self.json("config_json", &hash, &config_json)? {
                 Value::Object(map) => map.into_iter().collect(),
                 other => {
@@ -260,6 +281,7 @@ impl Reader<'_> {
                 result: None,
                 curve: Vec::new(),
                 samples: None,
+                artifacts: Vec::new(),
                 last_error: None,
             });
         }
@@ -289,6 +311,7 @@ impl Reader<'_> {
         for row in rows {
             let (hash, status, diverged_step, metrics_json, wall_seconds) = row.map_err(&err)?;
             let metrics = self.numbers("metrics_json", &hash, &metrics_json)?;
+            let status = self.status("results.status", &hash, &status)?;
             out.insert(
                 hash,
                 TrialResult {
@@ -324,48 +347,78 @@ impl Reader<'_> {
         let err = self.query_err("samples");
         let mut stmt = self
             .conn
-            .prepare("SELECT trial_hash, dim, samples_json, data_json FROM samples")
+            .prepare("SELECT trial_hash, dim, samples, data FROM samples")
             .map_err(&err)?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
                 ))
             })
             .map_err(&err)?;
         let mut out = HashMap::new();
         for row in rows {
-            let (hash, dim, samples_json, data_json) = row.map_err(&err)?;
-            let samples = self.points("samples_json", &hash, &samples_json)?;
-            let data = self.points("data_json", &hash, &data_json)?;
+            let (hash, dim, samples, data) = row.map_err(&err)?;
             let dim = usize::try_from(dim)
                 .map_err(|_| self.shape("dim", &hash, format!("negative dimension {dim}")))?;
+            let points = |column: &'static str, blob: &[u8]| {
+                crate::layout::points(dim, blob).ok_or_else(|| {
+                    self.shape(
+                        column,
+                        &hash,
+                        format!("{} bytes are not whole f32 points of dimension {dim}", blob.len()),
+                    )
+                })
+            };
+            let (samples, data) = (points("samples", &samples)?, points("data", &data)?);
             out.insert(hash, Samples { dim, samples, data });
         }
         Ok(out)
     }
 
-    fn points(
-        &self,
-        column: &'static str,
-        trial: &str,
-        text: &str,
-    ) -> Result<Vec<Vec<f64>>, ResultsError> {
-        let value = self.json(column, trial, text)?;
-        let Value::Array(rows) = value else {
-            return Err(self.shape(column, trial, "expected an array of points"));
-        };
-        rows.into_iter()
-            .map(|row| match row {
-                Value::Array(xs) => Ok(xs.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()),
-                // A 1D sample may be stored as a flat list of numbers.
-                Value::Number(n) => Ok(vec![n.as_f64().unwrap_or(f64::NAN)]),
-                other => Err(self.shape(column, trial, format!("expected a point, got {other}"))),
+    /// A status text of the database as a [`Status`].
+    fn status(&self, column: &'static str, trial: &str, text: &str) -> Result<Status, ResultsError> {
+        text.parse()
+            .map_err(|e: schema::status::UnknownStatus| self.shape(column, trial, e.to_string()))
+    }
+
+    /// Uploaded artifacts per trial, by name.
+    fn artifacts(&self) -> Result<HashMap<String, Vec<Artifact>>, ResultsError> {
+        let err = self.query_err("artifacts");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT trial_hash, name, media_type, bytes, sha256 FROM artifacts \
+                 ORDER BY trial_hash, name",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
             })
-            .collect()
+            .map_err(&err)?;
+        let mut out: HashMap<String, Vec<Artifact>> = HashMap::new();
+        for row in rows {
+            let (hash, name, media_type, bytes, sha256) = row.map_err(&err)?;
+            let rel_path = format!("artifacts/{hash}/{name}");
+            out.entry(hash).or_default().push(Artifact {
+                name,
+                media_type,
+                bytes: bytes.max(0) as u64,
+                sha256,
+                rel_path,
+            });
+        }
+        Ok(out)
     }
 
     /// The error text of the latest attempt per trial that recorded one.

@@ -41,7 +41,10 @@ pub fn trials_frame(state: &State) -> PolarsResult<DataFrame> {
     }
     cols.push(Column::new(
         "status".into(),
-        trials.iter().map(|t| t.status.clone()).collect::<Vec<_>>(),
+        trials
+            .iter()
+            .map(|t| t.status.as_str())
+            .collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
         "attempts".into(),

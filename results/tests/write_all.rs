@@ -1,39 +1,35 @@
-//! End-to-end tests of `results::write_all` on small state databases built by hand with the
-//! coordinator's schema: tables, claims (pass, fail and "not enough data"), report and plots.
+//! End-to-end tests of `results::write_all` on small state databases built by hand through the
+//! shared layout (`results::layout`, the one the coordinator writes): tables, claims (pass,
+//! fail and "not enough data"), report (with artifacts), plots, and the refusal of a database
+//! in another layout.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
+use results::layout::{self, LAYOUT_VERSION};
 use results::{ResultsError, Summary, write_all};
 use rusqlite::{Connection, params};
+use schema::Status;
 use serde_json::{Value, json};
 
-/// The coordinator's schema, verbatim.
-const SCHEMA: &str = "
-CREATE TABLE sweep(id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE trials(hash TEXT PRIMARY KEY, idx INTEGER NOT NULL, config_json TEXT NOT NULL, in_sweep INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, finished_at REAL);
-CREATE TABLE attempts(id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, worker TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL, outcome TEXT NOT NULL, error TEXT);
-CREATE TABLE results(trial_hash TEXT PRIMARY KEY, attempt_id INTEGER NOT NULL, status TEXT NOT NULL, diverged_step INTEGER, metrics_json TEXT NOT NULL, wall_seconds REAL NOT NULL);
-CREATE TABLE curves(trial_hash TEXT NOT NULL, row INTEGER NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_hash, row));
-CREATE TABLE samples(trial_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, samples_json TEXT NOT NULL, data_json TEXT NOT NULL);
-";
-
-/// A state database under construction (WAL mode, like the coordinator's).
+/// A state database under construction (created by `layout::open_checked`, WAL mode, like
+/// the coordinator's).
 struct Db {
     path: PathBuf,
     conn: Connection,
     attempt: i64,
+    /// Trial id by hash.
+    ids: HashMap<String, i64>,
 }
 
 impl Db {
     fn new(dir: &Path) -> Db {
         let path = dir.join("state.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "journal_mode", "wal").unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let conn = layout::open_checked(&path).unwrap();
         conn.execute(
-            "INSERT INTO sweep VALUES (1, 'sigma', 'sweeps/sigma.toml', '[base]', 1700000000.0)",
+            "INSERT INTO sweep(id, name, file, source, updated_at) VALUES (1, 'sigma', 'sweeps/sigma.toml', '[base]', 1700000000.0)",
             [],
         )
         .unwrap();
@@ -41,7 +37,12 @@ impl Db {
             path,
             conn,
             attempt: 0,
+            ids: HashMap::new(),
         }
+    }
+
+    fn id(&self, hash: &str) -> i64 {
+        self.ids[hash]
     }
 
     /// A trial with one attempt; `error` is recorded on that attempt.
@@ -51,21 +52,27 @@ impl Db {
         idx: i64,
         config: Value,
         in_sweep: bool,
-        status: &str,
+        status: Status,
         error: Option<&str>,
     ) {
         self.attempt += 1;
         self.conn
             .execute(
-                "INSERT INTO trials VALUES (?1, ?2, ?3, ?4, ?5, 1, 0.0, 1.0)",
-                params![hash, idx, config.to_string(), in_sweep as i64, status],
+                "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, 1, 0.0, 1.0)",
+                params![hash, idx, config.to_string(), in_sweep as i64, status.as_str()],
             )
             .unwrap();
-        let outcome = if error.is_some() { "failed" } else { "done" };
+        let id = self.conn.last_insert_rowid();
+        self.ids.insert(hash.to_string(), id);
+        let outcome = if error.is_some() {
+            Status::Failed
+        } else {
+            status
+        };
         self.conn
             .execute(
-                "INSERT INTO attempts VALUES (?1, ?2, 'w0', 0.0, 60.0, 1.0, ?3, ?4)",
-                params![self.attempt, hash, outcome, error],
+                "INSERT INTO attempts(id, trial_id, trial_hash, worker, leased_at, deadline, finished_at, outcome, error) VALUES (?1, ?2, ?3, 'w0', 0.0, 60.0, 1.0, ?4, ?5)",
+                params![self.attempt, id, hash, outcome.as_str(), error],
             )
             .unwrap();
     }
@@ -73,8 +80,8 @@ impl Db {
     fn result(&self, hash: &str, metrics: Value) {
         self.conn
             .execute(
-                "INSERT INTO results VALUES (?1, ?2, 'ok', NULL, ?3, 1.5)",
-                params![hash, self.attempt, metrics.to_string()],
+                "INSERT INTO results(trial_id, trial_hash, attempt_id, status, diverged_step, metrics_json, wall_seconds) VALUES (?1, ?2, ?3, ?4, NULL, ?5, 1.5)",
+                params![self.id(hash), hash, self.attempt, Status::Done.as_str(), metrics.to_string()],
             )
             .unwrap();
     }
@@ -83,18 +90,27 @@ impl Db {
         for (i, r) in rows.iter().enumerate() {
             self.conn
                 .execute(
-                    "INSERT INTO curves VALUES (?1, ?2, ?3)",
-                    params![hash, i as i64, r.to_string()],
+                    "INSERT INTO curves(trial_id, row, trial_hash, values_json) VALUES (?1, ?2, ?3, ?4)",
+                    params![self.id(hash), i as i64, hash, r.to_string()],
                 )
                 .unwrap();
         }
     }
 
-    fn samples(&self, hash: &str, samples: Value, data: Value) {
+    fn samples(&self, hash: &str, samples: &[f32], data: &[f32]) {
         self.conn
             .execute(
-                "INSERT INTO samples VALUES (?1, 2, ?2, ?3)",
-                params![hash, samples.to_string(), data.to_string()],
+                "INSERT INTO samples(trial_id, trial_hash, dim, samples, data) VALUES (?1, ?2, 2, ?3, ?4)",
+                params![self.id(hash), hash, layout::f32_le(samples), layout::f32_le(data)],
+            )
+            .unwrap();
+    }
+
+    fn artifact(&self, hash: &str, name: &str, bytes: i64, sha256: &str) {
+        self.conn
+            .execute(
+                "INSERT INTO artifacts(trial_id, trial_hash, name, media_type, bytes, sha256) VALUES (?1, ?2, ?3, 'application/octet-stream', ?4, ?5)",
+                params![self.id(hash), hash, name, bytes, sha256],
             )
             .unwrap();
     }
@@ -137,13 +153,18 @@ fn metrics(l_ism: f64, mode_w_0: f64, fd: f64) -> Value {
     })
 }
 
-fn points(center: f64) -> Value {
-    json!([
-        [center, 0.0],
-        [center + 0.1, 0.2],
-        [-center, 0.1],
-        [-center - 0.1, -0.2]
-    ])
+/// Four 2D points, row-major.
+fn points(center: f32) -> Vec<f32> {
+    vec![
+        center,
+        0.0,
+        center + 0.1,
+        0.2,
+        -center,
+        0.1,
+        -center - 0.1,
+        -0.2,
+    ]
 }
 
 /// The main fixture: ncsn2d with three good trials (two annealed, one plain Langevin), a failed
@@ -155,19 +176,20 @@ fn main_db(dir: &Path) -> Db {
         0,
         config("ncsn2d", "dsm", 1.0, "annealed_langevin", 0),
         true,
-        "done",
+        Status::Done,
         None,
     );
     db.result("aaaa1111", metrics(-1.8, 0.51, 0.4));
     db.curve("aaaa1111", &good_curve());
-    db.samples("aaaa1111", points(1.0), points(1.05));
+    db.samples("aaaa1111", &points(1.0), &points(1.05));
+    db.artifact("aaaa1111", "model.safetensors", 1234, &"ab".repeat(32));
 
     db.trial(
         "bbbb2222",
         1,
         config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0),
         true,
-        "done",
+        Status::Done,
         None,
     );
     db.result("bbbb2222", metrics(-1.95, 0.52, 0.1)); // best θ: (−1.95 + 2)/2 = 0.025
@@ -178,25 +200,25 @@ fn main_db(dir: &Path) -> Db {
         2,
         config("ncsn2d", "ism", 10.0, "langevin", 0),
         true,
-        "done",
+        Status::Done,
         None,
     );
     db.result("cccc3333", metrics(-1.9, 0.8, 0.9)); // plain Langevin misses w_0 by 0.3
     db.curve("cccc3333", &good_curve()[..2]);
-    db.samples("cccc3333", points(1.5), points(1.05));
+    db.samples("cccc3333", &points(1.5), &points(1.05));
 
     db.trial(
         "dddd4444",
         3,
         config("ncsn2d", "ssm", 5.0, "langevin", 0),
         true,
-        "failed",
+        Status::Failed,
         Some("boom: out of memory"),
     );
 
     let mut old = config("ncsn2d", "esm", 20.0, "langevin", 7);
     old["model.width"] = json!(64);
-    db.trial("eeee5555", 4, old, false, "done", None);
+    db.trial("eeee5555", 4, old, false, Status::Done, None);
     db.result("eeee5555", metrics(-1.0, 0.9, 2.0));
 
     db.trial(
@@ -204,7 +226,7 @@ fn main_db(dir: &Path) -> Db {
         5,
         config("gmm1d", "ism", 1.0, "annealed_langevin", 0),
         true,
-        "done",
+        Status::Done,
         None,
     );
     db.result(
@@ -425,7 +447,7 @@ fn one_trial_is_not_enough_data_for_any_claim() {
         0,
         config("ncsn2d", "ism", 1.0, "annealed_langevin", 0),
         true,
-        "done",
+        Status::Done,
         None,
     );
     db.result("solo", metrics(-1.9, 0.5, 0.1));
@@ -568,7 +590,7 @@ fn errors_name_the_file() {
     let db = Db::new(dir.path());
     db.conn
         .execute(
-            "INSERT INTO trials VALUES ('bad', 0, '{not json', 1, 'queued', 0, 0.0, NULL)",
+            "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES ('bad', 0, '{not json', 1, 'queued', 0, 0.0)",
             [],
         )
         .unwrap();
@@ -590,4 +612,86 @@ fn errors_name_the_file() {
     std::fs::write(&plain, "hello").unwrap();
     let err = write_all(&plain, &out).unwrap_err();
     assert!(err.to_string().contains("not-a-db.db"), "{err}");
+}
+
+#[test]
+fn report_lists_artifacts_per_trial() {
+    let (_dir, out, _) = run_main();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let start = report.find("## Artifacts").expect("an artifacts section");
+    let rest = &report[start..];
+    let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
+    for s in [
+        "aaaa1111",
+        "model.safetensors",
+        "1234",
+        "artifacts/aaaa1111/model.safetensors",
+    ] {
+        assert!(section.contains(s), "artifacts section lacks {s:?}:\n{section}");
+    }
+    assert!(!section.contains("bbbb2222"), "{section}");
+}
+
+#[test]
+fn a_diverged_trial_is_finished_but_not_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    db.trial(
+        "good",
+        0,
+        config("ncsn2d", "ism", 1.0, "langevin", 0),
+        true,
+        Status::Done,
+        None,
+    );
+    db.result("good", metrics(-1.9, 0.5, 0.1));
+    db.trial(
+        "wild",
+        1,
+        config("ncsn2d", "ism", 2.0, "langevin", 0),
+        true,
+        Status::Diverged,
+        None,
+    );
+    db.conn
+        .execute(
+            "INSERT INTO results(trial_id, trial_hash, attempt_id, status, diverged_step, metrics_json, wall_seconds) VALUES (?1, 'wild', ?2, ?3, 17, '{}', 1.0)",
+            params![db.id("wild"), db.attempt, Status::Diverged.as_str()],
+        )
+        .unwrap();
+    let out = dir.path().join("out");
+    let summary = write_all(&db.path, &out).unwrap();
+    assert_eq!(
+        (summary.trials, summary.done, summary.failed),
+        (2, 1, 1),
+        "diverged counts as unusable"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let failed = &report[report.find("## Failed trials").unwrap()..];
+    assert!(
+        failed.contains("`wild`") && failed.contains("| 17 |"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn a_database_in_another_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE trials(id INTEGER PRIMARY KEY, hash TEXT);")
+            .unwrap();
+        conn.pragma_update(None, "user_version", LAYOUT_VERSION - 1)
+            .unwrap();
+    }
+    let err = write_all(&path, &dir.path().join("out")).unwrap_err();
+    assert!(matches!(err, ResultsError::Layout(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("layout") && msg.contains("state.db") && msg.contains("--out"),
+        "{msg}"
+    );
+    let err = layout::open_checked(&path).unwrap_err().to_string();
+    assert!(err.contains("layout"), "{err}");
 }

@@ -136,10 +136,10 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
                 let p = shared.progress.lock().expect("progress lock").clone();
                 let req = pb::HeartbeatRequest { worker_id: id.into(), attempt_id: lease.attempt_id, step: p.step, total_steps: p.total_steps, train_loss: p.train_loss };
                 // A missed heartbeat is not fatal: the result is still delivered later.
-                if let Ok(r) = client.clone().heartbeat(req).await {
-                    if r.into_inner().cancel {
-                        shared.cancel.store(true, Ordering::Relaxed);
-                    }
+                if let Ok(r) = client.clone().heartbeat(req).await
+                    && r.into_inner().cancel
+                {
+                    shared.cancel.store(true, Ordering::Relaxed);
                 }
             }
         }

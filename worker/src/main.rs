@@ -82,7 +82,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
     let mut last_eval = u64::MAX;
     let mut report = |p: &trial::Progress| {
         let at_checkpoint = !p.latest.is_empty() && p.step != last_eval;
-        if at_checkpoint || (progress_every > 0 && p.step % progress_every == 0) {
+        if at_checkpoint || (progress_every > 0 && p.step.is_multiple_of(progress_every)) {
             let latest: Vec<String> = p.latest.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
             eprintln!("[{}/{}] loss={:.5} {}", p.step, p.total_steps, p.train_loss, latest.join(" "));
             if at_checkpoint {

@@ -58,10 +58,10 @@ impl Trainer for Autograd<'_> {
             Ok(())
         })?;
         // A non-finite loss is reported before any update (the trial stops as diverged).
-        if loss.is_finite() {
-            if let Some(g) = grads.as_ref() {
-                self.opt.step(g)?;
-            }
+        if loss.is_finite()
+            && let Some(g) = grads.as_ref()
+        {
+            self.opt.step(g)?;
         }
         Ok(loss)
     }

@@ -54,12 +54,12 @@ fn fast_trainer<'a>(s: &TrainSetup<'a>) -> Result<Option<Box<dyn Trainer + 'a>>>
     let sigmas = s.objective.sigmas.clone();
     let step: FastStep = match s.objective.kind {
         ObjectiveKind::Dsm => match sigmas.clone() {
-            Some(levels) => FastStep::Dsm(fast::FastDsm::new(m, s.batch, s.lr)?, levels),
+            Some(levels) => FastStep::Dsm(Box::new(fast::FastDsm::new(m, s.batch, s.lr)?), levels),
             None => return Ok(None),
         },
-        ObjectiveKind::Ssm | ObjectiveKind::SsmVr => FastStep::Ssm(fast::FastSsm::new(m, s.objective.kind == ObjectiveKind::SsmVr, s.lr)?),
+        ObjectiveKind::Ssm | ObjectiveKind::SsmVr => FastStep::Ssm(Box::new(fast::FastSsm::new(m, s.objective.kind == ObjectiveKind::SsmVr, s.lr)?)),
         ObjectiveKind::Ism => match fast::FastIsm::new(m, s.lr)? {
-            Some(f) => FastStep::Ism(f),
+            Some(f) => FastStep::Ism(Box::new(f)),
             None => return Ok(None),
         },
         ObjectiveKind::Esm => return Ok(None),
@@ -68,9 +68,9 @@ fn fast_trainer<'a>(s: &TrainSetup<'a>) -> Result<Option<Box<dyn Trainer + 'a>>>
 }
 
 enum FastStep {
-    Dsm(fast::FastDsm, Vec<f64>),
-    Ssm(fast::FastSsm),
-    Ism(fast::FastIsm),
+    Dsm(Box<fast::FastDsm>, Vec<f64>),
+    Ssm(Box<fast::FastSsm>),
+    Ism(Box<fast::FastIsm>),
 }
 
 /// A hand-derived step with the same random draws as the autograd path

@@ -1,0 +1,243 @@
+//! Artifacts: files a running attempt uploads (`UploadArtifact`, a stream of chunks) before the
+//! report that names them, e.g. `model.safetensors`.
+//!
+//! An upload streams into `<out>/artifacts/.partial/<attempt>/.<name>.<n>.tmp` (sha256 and size
+//! counted on the way), is renamed to `.partial/<attempt>/<name>` when complete, and is
+//! remembered in memory for its attempt. When the report naming it is recorded as `done` or
+//! `diverged`, the file moves to `<out>/artifacts/<trial_hash>/<name>` (after the commit that
+//! records its `artifacts` row); any other report (failed, cancelled, ignored) drops the
+//! attempt's partial files. An upload over the limit (`--max-artifact-bytes`) is refused with
+//! `RESOURCE_EXHAUSTED` and leaves nothing behind; the attempt and its later report are not
+//! affected. `.partial` is cleared when a run starts and ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::state::Artifact;
+
+/// Default of `--max-artifact-bytes`: 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// Longest artifact name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Why an upload was refused (the gRPC adapter maps each to a status code).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("artifact name {0:?}: {1}")]
+    BadName(String, &'static str),
+    #[error("artifact `{name}` ({size} bytes) exceeds the artifact size limit of {limit} bytes (--max-artifact-bytes)")]
+    TooLarge { name: String, size: String, limit: u64 },
+    #[error("artifact `{name}`: {message}")]
+    Malformed { name: String, message: String },
+    #[error("artifact `{name}`: {source}")]
+    Io {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks that `name` is a plain file name: not empty, at most [`MAX_NAME_CHARS`] characters,
+/// no path separator, no `..`, not starting with a dot, no control characters.
+pub fn check_name(name: &str) -> Result<(), UploadError> {
+    let bad = |why| Err(UploadError::BadName(name.to_string(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return bad("longer than 128 characters");
+    }
+    if name.contains(['/', '\\']) {
+        return bad("contains a path separator");
+    }
+    if name.contains("..") {
+        return bad("contains `..`");
+    }
+    if name.starts_with('.') {
+        return bad("starts with a dot");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    Ok(())
+}
+
+/// The artifacts of a run: where they go, the size limit, and the uploads waiting for their
+/// report.
+pub struct Artifacts {
+    /// `<out>/artifacts`.
+    root: PathBuf,
+    /// Largest artifact accepted, in bytes.
+    pub max_bytes: u64,
+    /// Complete uploads by attempt, then name.
+    uploads: Mutex<HashMap<u64, BTreeMap<String, Artifact>>>,
+    /// Makes temporary file names unique.
+    seq: AtomicU64,
+}
+
+/// An upload in progress: a temporary file removed on drop unless finished.
+pub struct Upload<'a> {
+    store: &'a Artifacts,
+    attempt: u64,
+    name: String,
+    media_type: String,
+    tmp: PathBuf,
+    file: Option<tokio::fs::File>,
+    hasher: Sha256,
+    received: u64,
+    total: u64,
+}
+
+impl Artifacts {
+    /// Artifacts under `<out>/artifacts`, each at most `max_bytes`.
+    pub fn new(out: &Path, max_bytes: u64) -> Artifacts {
+        Artifacts { root: out.join("artifacts"), max_bytes, uploads: Mutex::new(HashMap::new()), seq: AtomicU64::new(0) }
+    }
+
+    fn partial_dir(&self, attempt: u64) -> PathBuf {
+        self.root.join(".partial").join(attempt.to_string())
+    }
+
+    /// Where a recorded artifact lives.
+    pub fn path(&self, trial_hash: &str, name: &str) -> PathBuf {
+        self.root.join(trial_hash).join(name)
+    }
+
+    /// Drops every partial upload (at the start and the end of a run, when no attempt of this
+    /// coordinator is running).
+    pub fn clear_partial(&self) {
+        let _ = std::fs::remove_dir_all(self.root.join(".partial"));
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn too_large(&self, name: &str, size: String) -> UploadError {
+        UploadError::TooLarge { name: name.to_string(), size, limit: self.max_bytes }
+    }
+
+    /// Starts an upload from its first chunk's header; refused when the name is not a plain
+    /// file name or the announced size is over the limit.
+    pub async fn begin(&self, attempt: u64, name: &str, media_type: &str, total_bytes: u64) -> Result<Upload<'_>, UploadError> {
+        check_name(name)?;
+        if total_bytes > self.max_bytes {
+            return Err(self.too_large(name, total_bytes.to_string()));
+        }
+        let dir = self.partial_dir(attempt);
+        let io = |source| UploadError::Io { name: name.to_string(), source };
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", self.seq.fetch_add(1, Ordering::Relaxed)));
+        let file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        Ok(Upload { store: self, attempt, name: name.to_string(), media_type: media_type.to_string(), tmp, file: Some(file), hasher: Sha256::new(), received: 0, total: total_bytes })
+    }
+
+    /// The complete uploads of `attempt` among `names`, and the names that have none.
+    pub fn lookup(&self, attempt: u64, names: &[String]) -> (Vec<Artifact>, Vec<String>) {
+        let uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = uploads.get(&attempt);
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for n in names {
+            match mine.and_then(|m| m.get(n)) {
+                Some(a) if !found.contains(a) => found.push(a.clone()),
+                Some(_) => {}
+                None => missing.push(n.clone()),
+            }
+        }
+        (found, missing)
+    }
+
+    /// After the commit that recorded `keep` for `attempt`'s trial: moves those files to
+    /// `artifacts/<trial_hash>/`, then drops the attempt's other partial files.
+    pub fn keep(&self, attempt: u64, trial_hash: &str, keep: &[Artifact]) -> std::io::Result<()> {
+        let mut result = Ok(());
+        if !keep.is_empty() {
+            let dir = self.root.join(trial_hash);
+            result = std::fs::create_dir_all(&dir);
+            for a in keep {
+                if result.is_ok() {
+                    result = std::fs::rename(self.partial_dir(attempt).join(&a.name), dir.join(&a.name));
+                }
+            }
+        }
+        self.discard(attempt);
+        result
+    }
+
+    /// Drops `attempt`'s partial files (its report was not recorded with a result).
+    pub fn discard(&self, attempt: u64) {
+        let had = self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt).is_some();
+        let dir = self.partial_dir(attempt);
+        if had || dir.exists() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Upload<'_> {
+    /// Appends one chunk's data; refused (the file removed) once over the limit.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), UploadError> {
+        use tokio::io::AsyncWriteExt;
+        if data.len() > sweep_proto::MAX_CHUNK_BYTES {
+            return Err(UploadError::Malformed { name: self.name.clone(), message: format!("a chunk of {} bytes is over the 1 MiB chunk limit", data.len()) });
+        }
+        let received = self.received + data.len() as u64;
+        if received > self.store.max_bytes {
+            return Err(self.store.too_large(&self.name, format!("at least {received}")));
+        }
+        let file = self.file.as_mut().expect("an open upload");
+        file.write_all(data).await.map_err(|source| UploadError::Io { name: self.name.clone(), source })?;
+        self.hasher.update(data);
+        self.received = received;
+        Ok(())
+    }
+
+    /// Completes the upload: checks the size announced, moves the file into place and
+    /// remembers it for its attempt's report.
+    pub async fn finish(mut self) -> Result<Artifact, UploadError> {
+        use tokio::io::AsyncWriteExt;
+        if self.received != self.total {
+            return Err(UploadError::Malformed { name: self.name.clone(), message: format!("received {} bytes, announced {}", self.received, self.total) });
+        }
+        let mut file = self.file.take().expect("an open upload");
+        let io = |name: &str| {
+            let name = name.to_string();
+            move |source| UploadError::Io { name, source }
+        };
+        file.flush().await.map_err(io(&self.name))?;
+        drop(file);
+        let dest = self.store.partial_dir(self.attempt).join(&self.name);
+        tokio::fs::rename(&self.tmp, &dest).await.map_err(io(&self.name))?;
+        let sha256 = std::mem::take(&mut self.hasher).finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let artifact = Artifact { name: self.name.clone(), media_type: self.media_type.clone(), bytes: self.received, sha256 };
+        self.store.uploads.lock().unwrap_or_else(|p| p.into_inner()).entry(self.attempt).or_default().insert(self.name.clone(), artifact.clone());
+        self.tmp = PathBuf::new();
+        Ok(artifact)
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_plain_file_names() {
+        for ok in ["model.safetensors", "curve v2.csv", &"x".repeat(128)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a\\b", "..", "x..y", ".hidden", "a\nb", &"x".repeat(129)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

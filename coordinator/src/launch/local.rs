@@ -1,0 +1,73 @@
+//! The `local` launcher: worker processes on this machine, one per `--workers`, each with
+//! `RAYON_NUM_THREADS` = cores / workers. They stay in the coordinator's process group, so a
+//! terminal's Ctrl-C (SIGINT to the whole group) reaches them too; they are started with
+//! `--ignore-interrupt`, so stopping stays the coordinator's call (first Ctrl-C: no new
+//! leases, running trials finish; second: cancel). `kill -9` of the group takes them down with
+//! the coordinator, and a dropped launcher kills its children.
+
+use std::time::{Duration, Instant};
+
+use super::{BoxFuture, Exited, LaunchConfig, LaunchError, Launcher};
+
+pub struct LocalLauncher {
+    config: LaunchConfig,
+    /// (name, process) of the workers not yet seen exiting.
+    children: Vec<(String, tokio::process::Child)>,
+}
+
+impl Launcher for LocalLauncher {
+    fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
+        Ok(LocalLauncher { config: config.clone(), children: Vec::new() })
+    }
+
+    fn start(&mut self, url: &str) -> Result<(), LaunchError> {
+        let bin = &self.config.worker_bin;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = (cores / self.config.workers.max(1)).max(1);
+        for i in 0..self.config.workers {
+            let name = format!("local{i}");
+            let child = tokio::process::Command::new(bin)
+                .args(["--coordinator", url, "--name", &name, "--ignore-interrupt"])
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| LaunchError::Spawn { path: bin.clone(), source })?;
+            self.children.push((name, child));
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Vec<Exited> {
+        let mut exited = Vec::new();
+        self.children.retain_mut(|(name, child)| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                exited.push(Exited { name: name.clone(), code: status.code() });
+                false
+            }
+            Err(_) => {
+                exited.push(Exited { name: name.clone(), code: None });
+                false
+            }
+        });
+        exited
+    }
+
+    fn alive(&self) -> usize {
+        self.children.len()
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let deadline = Instant::now() + grace;
+            for (_, child) in &mut self.children {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+            self.children.clear();
+        })
+    }
+}

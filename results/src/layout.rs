@@ -1,0 +1,141 @@
+//! The one definition of the state database's layout (`<out>/state.db`): the tables, their
+//! indexes and the layout version kept in `PRAGMA user_version`. The coordinator creates and
+//! writes the database through [`open_checked`]; this crate reads it after [`check_version`];
+//! test fixtures build their databases with [`open_checked`] too, so there is no second copy.
+//!
+//! Tables are keyed by the trial's integer id (rowid, assigned in sweep order) rather than its
+//! hash: trials are leased and finished roughly in id order, so results, curves and attempt
+//! rows are appended to the same few B-tree pages instead of scattered over random ones — a
+//! commit writes a handful of pages. The two indexes are partial: they hold only what the hot
+//! queries look for (queued trials by sweep order, running attempts by deadline), so finishing
+//! an attempt removes entries and adds none. Readers use the named `trial_hash` columns, which
+//! every table keeps.
+//!
+//! Status columns (`trials.status`, `attempts.outcome`, `results.status`) hold
+//! [`schema::Status::as_str`] texts. Samples are BLOBs of row-major little-endian f32 with their
+//! dimension beside them ([`f32_le`], [`points`]). Artifacts are files under
+//! `<out>/artifacts/<trial_hash>/<name>`, one `artifacts` row each.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+/// Layout version, kept in `PRAGMA user_version`. 3: status `running` (was `leased`), samples
+/// as f32 BLOBs, the `artifacts` table.
+pub const LAYOUT_VERSION: i64 = 3;
+
+/// Creates every table and index (idempotent).
+pub const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS sweep(id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT NOT NULL, file TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS trials(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, idx INTEGER NOT NULL, config_json TEXT NOT NULL, in_sweep INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, finished_at REAL);
+CREATE TABLE IF NOT EXISTS attempts(id INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, worker TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL, outcome TEXT NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS results(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, attempt_id INTEGER NOT NULL, status TEXT NOT NULL, diverged_step INTEGER, metrics_json TEXT NOT NULL, wall_seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS curves(trial_id INTEGER NOT NULL, row INTEGER NOT NULL, trial_hash TEXT NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_id, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, dim INTEGER NOT NULL, samples BLOB NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts(trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, name TEXT NOT NULL, media_type TEXT NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (trial_id, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trials_queued ON trials(in_sweep, idx) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS attempts_running ON attempts(deadline) WHERE outcome = 'running';
+";
+
+/// Why a state database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("could not open state database {}: {source}", path.display())]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{} has state layout {found}, this scoresweep uses layout {LAYOUT_VERSION}; use a fresh --out directory (or the matching scoresweep version)",
+        path.display()
+    )]
+    Mismatch { path: PathBuf, found: i64 },
+}
+
+/// Refuses a database that has tables in another layout (an empty one passes).
+pub fn check_version(conn: &Connection, path: &Path) -> Result<(), LayoutError> {
+    let sql = |source| LayoutError::Sql {
+        path: path.to_path_buf(),
+        source,
+    };
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    let has_tables = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(sql)?;
+    if has_tables && found != LAYOUT_VERSION {
+        return Err(LayoutError::Mismatch {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Opens (creating if missing) a state database for writing, in WAL mode: refused when it
+/// holds another layout, else its tables are created and its version set.
+pub fn open_checked(path: &Path) -> Result<Connection, LayoutError> {
+    let sql = |source| LayoutError::Sql {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql)?;
+    check_version(&conn, path)?;
+    conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
+    conn.pragma_update(None, "user_version", LAYOUT_VERSION)
+        .map_err(sql)?;
+    Ok(conn)
+}
+
+/// Row-major values as the little-endian f32 bytes of a samples BLOB.
+pub fn f32_le(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The points of a samples BLOB of dimension `dim`, or None when the bytes do not make whole
+/// points.
+pub fn points(dim: usize, blob: &[u8]) -> Option<Vec<Vec<f64>>> {
+    if blob.is_empty() {
+        return Some(Vec::new());
+    }
+    if dim == 0 || blob.len() % (4 * dim) != 0 {
+        return None;
+    }
+    Some(
+        blob.chunks_exact(4 * dim)
+            .map(|p| {
+                p.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schema::Status;
+
+    #[test]
+    fn partial_indexes_name_the_status_texts() {
+        assert!(SCHEMA_SQL.contains(&format!("WHERE status = '{}'", Status::Queued)));
+        assert!(SCHEMA_SQL.contains(&format!("WHERE outcome = '{}'", Status::Running)));
+    }
+
+    #[test]
+    fn blobs_round_trip() {
+        let blob = f32_le(&[1.0, 2.0, -3.5, 4.0]);
+        assert_eq!(
+            points(2, &blob).unwrap(),
+            vec![vec![1.0, 2.0], vec![-3.5, 4.0]]
+        );
+        assert!(points(3, &blob).is_none());
+        assert!(points(0, &[]).unwrap().is_empty());
+    }
+}
