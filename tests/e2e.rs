@@ -78,10 +78,12 @@ fn table(out: &Path) -> Vec<String> {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let keep: Vec<usize> = header.iter().enumerate().filter(|(_, h)| !h.ends_with("seconds") && **h != "attempts").map(|(i, _)| i).collect();
-    let mut rows: Vec<String> = lines.map(|l| {
-        let f: Vec<&str> = l.split(',').collect();
-        keep.iter().map(|&i| f.get(i).copied().unwrap_or("")).collect::<Vec<_>>().join(",")
-    }).collect();
+    let mut rows: Vec<String> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            keep.iter().map(|&i| f.get(i).copied().unwrap_or("")).collect::<Vec<_>>().join(",")
+        })
+        .collect();
     rows.sort();
     rows
 }
@@ -125,12 +127,18 @@ fn bad_sweeps_are_located_and_write_nothing() {
     // (edit of SMALL, fragments the message must contain)
     let cases: Vec<(String, Vec<&str>)> = vec![
         (SMALL.replace("[\"ism\", \"ssm_vr\"]", "[\"ism\", \"sm\"]"), vec!["small.toml:24:", "objective.kind", "sm"]),
-        (SMALL.replace("[grid]", "[grid]\n\"objective.noise\" = [{ ladder = \"geometric\", sigma_max = 1.0, sigma_min = -2.0, levels = 3 }]"), vec!["small.toml:23:", "objective.noise.sigma_min", "positive", "in trial"]),
+        (
+            SMALL.replace("[grid]", "[grid]\n\"objective.noise\" = [{ ladder = \"geometric\", sigma_max = 1.0, sigma_min = -2.0, levels = 3 }]"),
+            vec!["small.toml:23:", "objective.noise.sigma_min", "positive", "in trial"],
+        ),
         (SMALL.replace("steps = 150", "stepz = 150"), vec!["small.toml:", "stepz"]),
         (SMALL.replace("timeout = 120", "timeout = -1"), vec!["small.toml:3:", "timeout"]),
         (SMALL.replace("[grid]", "[grid]\n\"seed\" = [0]\n\"train.lr\" = [1e-3]\n[[zip]]\n\"eval.n\" = [100, 200]\n\"train.batch\" = [8]"), vec!["zip[0]", "same"]),
         (SMALL.replace("[grid]", "[grid]\n\"train.lr\" = [\n"), vec!["small.toml:25:", "invalid TOML"]),
-        (format!("repeats = 100\n{}", SMALL.replace("[grid]", "[grid]\n\"model.hidden\" = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30]")), vec!["expands to 12000 trials"]),
+        (
+            format!("repeats = 100\n{}", SMALL.replace("[grid]", "[grid]\n\"model.hidden\" = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30]")),
+            vec!["expands to 12000 trials"],
+        ),
     ];
     for (i, (src, want)) in cases.iter().enumerate() {
         let dir = tmp(&format!("bad{i}"));
@@ -157,7 +165,10 @@ fn a_missing_worker_or_unknown_launcher_is_refused_before_anything_runs() {
     let o = run(&sweep, &out, &["--worker-bin", missing.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("worker executable not found at") && err.contains("no-such-worker") && err.contains("cargo build --release -p worker") && err.contains("--worker-bin"), "{err}");
+    assert!(
+        err.contains("worker executable not found at") && err.contains("no-such-worker") && err.contains("cargo build --release -p worker") && err.contains("--worker-bin"),
+        "{err}"
+    );
     assert!(!out.exists(), "output written");
     // The environment variable is the fallback of --worker-bin.
     let o = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).env("SCORESWEEP_WORKER", &missing).output().unwrap();
@@ -172,7 +183,15 @@ fn a_missing_worker_or_unknown_launcher_is_refused_before_anything_runs() {
 
 /// Starts `coordinator serve` on port 0 and returns it with its URL.
 fn serve(sweep: &Path, out: &Path, lease_secs: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(bin("coordinator")).arg("serve").arg(sweep).arg("--out").arg(out).args(["--listen", "127.0.0.1:0", "--lease-secs", lease_secs]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(bin("coordinator"))
+        .arg("serve")
+        .arg(sweep)
+        .arg("--out")
+        .arg(out)
+        .args(["--listen", "127.0.0.1:0", "--lease-secs", lease_secs])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = loop {
         let l = lines.next().expect("coordinator exited").unwrap();
@@ -280,7 +299,8 @@ fn ctrl_c_lets_running_trials_finish_then_resume_runs_the_rest() {
     let sweep = dir.join("sleep.toml");
     std::fs::write(&sweep, "timeout = 60\nrepeats = 5\n[base]\nseed = 0\n[base.sleep]\nseconds = 2.0\n").unwrap();
     let out = dir.join("out");
-    let child = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).args(["--workers", "2", "--quiet"]).process_group(0).stderr(Stdio::piped()).spawn().unwrap();
+    let child =
+        Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).args(["--workers", "2", "--quiet"]).process_group(0).stderr(Stdio::piped()).spawn().unwrap();
     wait_for("two running trials", 30.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'") == Some(2));
     let pgid = child.id();
     assert!(Command::new("kill").args(["-s", "INT", "--", &format!("-{pgid}")]).status().unwrap().success());

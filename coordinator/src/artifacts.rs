@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -131,7 +131,17 @@ impl Artifacts {
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
         let tmp = dir.join(format!(".{name}.{}.tmp", self.seq.fetch_add(1, Ordering::Relaxed)));
         let file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        Ok(Upload { store: self, attempt, name: name.to_string(), media_type: media_type.to_string(), tmp, file: Some(file), hasher: Sha256::new(), received: 0, total: total_bytes })
+        Ok(Upload {
+            store: self,
+            attempt,
+            name: name.to_string(),
+            media_type: media_type.to_string(),
+            tmp,
+            file: Some(file),
+            hasher: Sha256::new(),
+            received: 0,
+            total: total_bytes,
+        })
     }
 
     /// The complete uploads of `attempt` among `names`, and the names that have none.

@@ -5,8 +5,8 @@
 //!    ideal ceil(T/W) seconds.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sweep_proto::pb::sweep_client::SweepClient;
@@ -14,16 +14,19 @@ use sweep_proto::pb::{self, lease_reply};
 
 use crate::artifacts::{Artifacts, DEFAULT_MAX_BYTES};
 use crate::launch::{LaunchConfig, Launcher};
-use crate::run::{run, RunOptions};
+use crate::run::{RunOptions, run};
 use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
 use tonic::{Request, Response, Status};
 
-use crate::service::{incoming, Service, Shared};
+use crate::service::{Service, Shared, incoming};
 use crate::state::State;
 use crate::sweep::Sweep;
 
 fn sleep_sweep(dir: &Path, trials: usize, seconds: f64) -> anyhow::Result<Sweep> {
-    let src = format!("name = \"bench\"\ntimeout = 600\nseeds = [{}]\n[base]\nseed = 0\n[base.sleep]\nseconds = {seconds}\n", (0..trials).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+    let src = format!(
+        "name = \"bench\"\ntimeout = 600\nseeds = [{}]\n[base]\nseed = 0\n[base.sleep]\nseconds = {seconds}\n",
+        (0..trials).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    );
     let path = dir.join("bench.toml");
     std::fs::write(&path, &src)?;
     Ok(Sweep::parse(&src, &path)?)
@@ -114,13 +117,9 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming(listener), async {
-                let _ = stop_rx.await;
-            }),
-    );
+    let server = tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming(listener), async {
+        let _ = stop_rx.await;
+    }));
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
@@ -137,7 +136,16 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
                     _ => client.lease(pb::LeaseRequest { worker_id: id.clone() }).await?.into_inner(),
                 };
                 let Some(lease_reply::Reply::Lease(l)) = reply.reply else { break };
-                let report = pb::ReportRequest { worker_id: id.clone(), attempt_id: l.attempt_id, trial_hash: l.trial_hash, status: sweep_proto::status_to_wire(schema::Status::Done), metrics_json: "{}".into(), curve_json: "[]".into(), lease_next: piggyback, ..Default::default() };
+                let report = pb::ReportRequest {
+                    worker_id: id.clone(),
+                    attempt_id: l.attempt_id,
+                    trial_hash: l.trial_hash,
+                    status: sweep_proto::status_to_wire(schema::Status::Done),
+                    metrics_json: "{}".into(),
+                    curve_json: "[]".into(),
+                    lease_next: piggyback,
+                    ..Default::default()
+                };
                 let r = client.report(report).await?.into_inner();
                 anyhow::ensure!(r.recorded, "report not recorded: {}", r.note);
                 next = r.next;
@@ -199,7 +207,8 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
     let sweep = sleep_sweep(dir, trials, 1.0)?;
     let out = dir.join("overhead");
     let _ = std::fs::remove_dir_all(&out);
-    let opts = RunOptions { sweep: dir.join("bench.toml"), out, listen: "127.0.0.1:0".into(), retry_failed: false, lease_secs: 30.0, max_artifact_bytes: DEFAULT_MAX_BYTES, quiet: true };
+    let opts =
+        RunOptions { sweep: dir.join("bench.toml"), out, listen: "127.0.0.1:0".into(), retry_failed: false, lease_secs: 30.0, max_artifact_bytes: DEFAULT_MAX_BYTES, quiet: true };
     let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers })?;
     let start = Instant::now();
     run(&opts, sweep, Some(Box::new(launcher)))?;

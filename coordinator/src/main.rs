@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use coordinator::artifacts::DEFAULT_MAX_BYTES;
 use coordinator::launch::{self, LaunchConfig, Launcher};
-use coordinator::run::{db_path, run, RunOptions};
+use coordinator::run::{RunOptions, db_path, run};
 use coordinator::sweep::Sweep;
 
 #[derive(Parser)]
@@ -95,7 +95,7 @@ fn default_out(sweep: &Sweep) -> PathBuf {
     PathBuf::from("out").join(&sweep.name)
 }
 
-fn load(path: &PathBuf) -> Result<Sweep, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Sweep, ExitCode> {
     Sweep::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
@@ -202,7 +202,8 @@ fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: us
     println!("round trips (lease + report) per second, {clients} concurrent clients, {} repetitions of {seconds} s runs:", runs.len());
     println!("  {:<42} {:>9} {:>16} {:>7}", "", "scheduler", "no-op baseline", "ratio");
     type Pick = fn(&coordinator::bench::RoundTrips) -> (f64, f64);
-    let rows: [(&str, Pick); 2] = [("two calls (Lease, Report)", |r| (r.two_calls, r.two_calls_baseline)), ("piggybacked (Report + lease_next)", |r| (r.piggyback, r.piggyback_baseline))];
+    let rows: [(&str, Pick); 2] =
+        [("two calls (Lease, Report)", |r| (r.two_calls, r.two_calls_baseline)), ("piggybacked (Report + lease_next)", |r| (r.piggyback, r.piggyback_baseline))];
     for (name, pick) in rows {
         for (i, r) in runs.iter().enumerate() {
             let (a, b) = pick(r);

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::artifacts::Artifacts;
 use crate::launch::Launcher;
-use crate::service::{serve, Shared};
+use crate::service::{Shared, serve};
 use crate::state::State;
 use crate::sweep::Sweep;
 
@@ -46,7 +46,12 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
     if !opts.quiet {
         eprintln!(
             "sweep `{}`: {} trials ({} new, {} already finished, {} re-queued, {} no longer in the sweep)",
-            sweep.name, sweep.trials.len(), sync.new, sync.finished, sync.requeued, sync.out_of_sweep
+            sweep.name,
+            sweep.trials.len(),
+            sync.new,
+            sync.finished,
+            sync.requeued,
+            sync.out_of_sweep
         );
     }
     let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();

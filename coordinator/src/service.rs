@@ -4,14 +4,14 @@
 //! `artifacts`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use schema::Status as TrialStatus;
+use sweep_proto::PROTOCOL_VERSION;
 use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
 use sweep_proto::pb::{self, lease_reply};
-use sweep_proto::PROTOCOL_VERSION;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 

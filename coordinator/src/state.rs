@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use results::layout::{self, LayoutError};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use schema::Status;
 
 use crate::sweep::Sweep;
@@ -55,7 +55,16 @@ pub struct AttemptResult {
 impl AttemptResult {
     /// A cancellation (the worker gave its lease back).
     pub fn cancelled() -> AttemptResult {
-        AttemptResult { status: Status::Cancelled, diverged_step: None, metrics_json: "{}".into(), curve_rows: vec![], samples: None, wall_seconds: 0.0, error: String::new(), artifacts: vec![] }
+        AttemptResult {
+            status: Status::Cancelled,
+            diverged_step: None,
+            metrics_json: "{}".into(),
+            curve_rows: vec![],
+            samples: None,
+            wall_seconds: 0.0,
+            error: String::new(),
+            artifacts: vec![],
+        }
     }
 }
 
@@ -217,7 +226,11 @@ impl State {
             let config = serde_json::Value::Object(tr.flat.clone()).to_string();
             let n = Self::exec(&tx, "UPDATE trials SET in_sweep = 1, idx = ?2 WHERE hash = ?1", params![tr.hash, tr.idx as i64])?;
             if n == 0 {
-                Self::exec(&tx, "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES (?1, ?2, ?3, 1, ?4, 0, ?5)", params![tr.hash, tr.idx as i64, config, Status::Queued.as_str(), t])?;
+                Self::exec(
+                    &tx,
+                    "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES (?1, ?2, ?3, 1, ?4, 0, ?5)",
+                    params![tr.hash, tr.idx as i64, config, Status::Queued.as_str(), t],
+                )?;
                 s.new += 1;
             }
         }
@@ -227,7 +240,10 @@ impl State {
         s.requeued = tx.execute("UPDATE attempts SET outcome = ?2, finished_at = ?1 WHERE outcome = ?3 AND deadline < ?1", params![t, Status::Expired.as_str(), running])?;
         tx.execute("UPDATE trials SET status = ?1 WHERE status = ?2 AND id NOT IN (SELECT trial_id FROM attempts WHERE outcome = ?2)", params![queued, running])?;
         if retry_failed {
-            s.requeued += tx.execute("UPDATE trials SET status = ?1, attempts = 0, finished_at = NULL WHERE status IN (?2, ?3) AND in_sweep = 1", params![queued, Status::Failed.as_str(), Status::Timeout.as_str()])?;
+            s.requeued += tx.execute(
+                "UPDATE trials SET status = ?1, attempts = 0, finished_at = NULL WHERE status IN (?2, ?3) AND in_sweep = 1",
+                params![queued, Status::Failed.as_str(), Status::Timeout.as_str()],
+            )?;
         }
         let mut by_status = tx.prepare("SELECT status, COUNT(*) FROM trials WHERE in_sweep = 1 GROUP BY status")?;
         for row in by_status.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))? {
@@ -253,7 +269,11 @@ impl State {
         let next: Option<(i64, String)> = tx.prepare_cached(&NEXT_QUEUED)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         let Some((trial, hash)) = next else { return Ok(None) };
         let deadline = t + lease_secs.min(self.timeout);
-        Self::exec(tx, "INSERT INTO attempts(trial_id, trial_hash, worker, leased_at, deadline, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![trial, hash, worker, t, deadline, Status::Running.as_str()])?;
+        Self::exec(
+            tx,
+            "INSERT INTO attempts(trial_id, trial_hash, worker, leased_at, deadline, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![trial, hash, worker, t, deadline, Status::Running.as_str()],
+        )?;
         let attempt = tx.last_insert_rowid() as u64;
         Self::exec(tx, "UPDATE trials SET status = ?2, attempts = attempts + 1 WHERE id = ?1", params![trial, Status::Running.as_str()])?;
         Ok(Some(Lease { hash, attempt, deadline }))
@@ -275,7 +295,11 @@ impl State {
     /// trial timeout is closed as `timeout` and told to cancel.
     pub fn heartbeat(&mut self, attempt: u64, lease_secs: f64, cancel_all: bool) -> rusqlite::Result<(bool, f64)> {
         let t = now();
-        let row: Option<(i64, f64, String)> = self.conn.prepare_cached("SELECT trial_id, leased_at, outcome FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        let row: Option<(i64, f64, String)> = self
+            .conn
+            .prepare_cached("SELECT trial_id, leased_at, outcome FROM attempts WHERE id = ?1")?
+            .query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
         let Some((trial, leased_at, outcome)) = row else { return Ok((true, t)) };
         if parse_status(&outcome)? != Status::Running {
             return Ok((true, t));
@@ -314,8 +338,8 @@ impl State {
         let t = now();
         let stale: Vec<(u64, i64, f64)> = {
             let mut st = self.conn.prepare_cached(&STALE_RUNNING)?;
-            let rows = st.query_map(params![t], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
-            rows
+
+            st.query_map(params![t], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?
         };
         for (id, trial, leased_at) in &stale {
             let timed_out = t > leased_at + self.timeout;
@@ -344,7 +368,11 @@ impl State {
         };
         if trial < 0 {
             if row.is_some() {
-                Self::exec(&self.conn, "UPDATE attempts SET outcome = ?3, finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome NOT IN (?4, ?5)", params![attempt as i64, t, Status::Ignored.as_str(), Status::Done.as_str(), Status::Diverged.as_str()])?;
+                Self::exec(
+                    &self.conn,
+                    "UPDATE attempts SET outcome = ?3, finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome NOT IN (?4, ?5)",
+                    params![attempt as i64, t, Status::Ignored.as_str(), Status::Done.as_str(), Status::Diverged.as_str()],
+                )?;
             }
             return Ok(false);
         }

@@ -100,10 +100,19 @@ pub struct Store(Arc<Inner>);
 impl Store {
     pub fn new(state: State) -> Store {
         let (changed, _) = tokio::sync::watch::channel(0u64);
-        Store(Arc::new(Inner { queue: Mutex::new(Vec::new()), draining: AtomicBool::new(false), state: Mutex::new(Some(state)), stats: Mutex::new(StoreStats::default()), changed }))
+        Store(Arc::new(Inner {
+            queue: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
+            state: Mutex::new(Some(state)),
+            stats: Mutex::new(StoreStats::default()),
+            changed,
+        }))
     }
 
-    fn submit<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static) -> Result<tokio::sync::oneshot::Receiver<Result<T, StoreError>>, StoreError> {
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.0.queue.lock().map_err(|_| StoreError::Closed)?.push(Box::new(Req { f, answer: None, reply }));
         self.0.kick();
@@ -191,7 +200,7 @@ impl Inner {
     fn stop_draining(&self) -> bool {
         self.draining.store(false, Ordering::SeqCst);
         let pending = self.queue.lock().map(|q| !q.is_empty()).unwrap_or(false);
-        !(pending && !self.draining.swap(true, Ordering::SeqCst))
+        !pending || self.draining.swap(true, Ordering::SeqCst)
     }
 
     /// Runs and commits everything queued; false when the queue was empty.

@@ -62,8 +62,12 @@ struct RawSweep {
     #[serde(default)]
     variants: Vec<toml::Table>,
 }
-fn d_timeout() -> f64 { 3600.0 }
-fn d_retries() -> u32 { 1 }
+fn d_timeout() -> f64 {
+    3600.0
+}
+fn d_retries() -> u32 {
+    1
+}
 
 /// One expanded, validated trial.
 #[derive(Debug, Clone)]
@@ -186,7 +190,12 @@ impl Sweep {
         for (i, z) in raw.zip.iter().enumerate() {
             let lens: Vec<usize> = z.values().map(|v| v.len()).collect();
             if let Some((k, _)) = z.iter().find(|(_, v)| v.len() != lens[0] || v.is_empty()) {
-                return Err(invalid(&[&format!("zip[{i}]"), k], &format!("zip[{i}].{k}"), format!("lists of one [[zip]] group must have the same, non-zero length ({lens:?})"), None));
+                return Err(invalid(
+                    &[&format!("zip[{i}]"), k],
+                    &format!("zip[{i}].{k}"),
+                    format!("lists of one [[zip]] group must have the same, non-zero length ({lens:?})"),
+                    None,
+                ));
             }
         }
         let base_seed = raw.base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64;
@@ -200,21 +209,31 @@ impl Sweep {
         // Points: grid × zip groups, plus variants.
         let mut points: Vec<Vec<(String, toml::Value, Origin)>> = vec![vec![]];
         for (k, vals) in &raw.grid {
-            points = points.into_iter().flat_map(|p| vals.iter().map(move |v| {
-                let mut q = p.clone();
-                q.push((k.clone(), v.clone(), Origin::Grid(k.clone())));
-                q
-            })).collect();
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    vals.iter().map(move |v| {
+                        let mut q = p.clone();
+                        q.push((k.clone(), v.clone(), Origin::Grid(k.clone())));
+                        q
+                    })
+                })
+                .collect();
         }
         for (i, z) in raw.zip.iter().enumerate() {
             let n = z.values().next().map_or(0, |v| v.len());
-            points = points.into_iter().flat_map(|p| (0..n).map(move |j| {
-                let mut q = p.clone();
-                for (k, vals) in z {
-                    q.push((k.clone(), vals[j].clone(), Origin::Zip(i, k.clone())));
-                }
-                q
-            })).collect();
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    (0..n).map(move |j| {
+                        let mut q = p.clone();
+                        for (k, vals) in z {
+                            q.push((k.clone(), vals[j].clone(), Origin::Zip(i, k.clone())));
+                        }
+                        q
+                    })
+                })
+                .collect();
         }
         // Each entry of a variant is a dotted key whose value replaces the base's.
         for (i, v) in raw.variants.iter().enumerate() {

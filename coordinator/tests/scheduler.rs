@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coordinator::artifacts::{Artifacts, DEFAULT_MAX_BYTES};
-use coordinator::service::{serve, Shared};
+use coordinator::service::{Shared, serve};
 use coordinator::state::{AttemptResult, LeaseOutcome, State};
 use coordinator::store::Store;
 use coordinator::sweep::Sweep;
-use sweep_proto::pb::sweep_client::SweepClient;
 use schema::Status;
 use sha2::{Digest, Sha256};
+use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -142,7 +142,17 @@ fn lease_of(r: pb::LeaseReply) -> pb::Lease {
 }
 
 fn report(worker: &str, l: &pb::Lease, status: Status, lease_next: bool) -> pb::ReportRequest {
-    pb::ReportRequest { worker_id: worker.into(), attempt_id: l.attempt_id, trial_hash: l.trial_hash.clone(), status: sweep_proto::status_to_wire(status), metrics_json: "{}".into(), curve_json: "[]".into(), error: "boom".into(), lease_next, ..Default::default() }
+    pb::ReportRequest {
+        worker_id: worker.into(),
+        attempt_id: l.attempt_id,
+        trial_hash: l.trial_hash.clone(),
+        status: sweep_proto::status_to_wire(status),
+        metrics_json: "{}".into(),
+        curve_json: "[]".into(),
+        error: "boom".into(),
+        lease_next,
+        ..Default::default()
+    }
 }
 
 #[test]

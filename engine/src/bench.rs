@@ -9,10 +9,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
 use crate::data::{Mixture, MixtureSource};
 use crate::models::{Activation, Arch, MlpScore};
-use crate::train::fast::{FastDsm, FastIsm, FastSsm};
 use crate::objectives::{self, ObjectiveKind, ProbeDist, TrainObjective};
 use crate::rng::Rng;
 use crate::samplers;
+use crate::train::fast::{FastDsm, FastIsm, FastSsm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
@@ -57,7 +57,11 @@ impl BenchResult {
     pub fn json(&self, threads: usize) -> String {
         format!(
             "{{\"side\":\"rust\",\"case\":\"{}\",\"threads\":{threads},\"dim\":{},\"batch\":{},\"ms\":{:.4},\"peak_mib\":{:.1}}}",
-            self.case.name(), self.dim, self.batch, self.ms, self.peak_mib
+            self.case.name(),
+            self.dim,
+            self.batch,
+            self.ms,
+            self.peak_mib
         )
     }
 }

@@ -8,9 +8,7 @@ pub fn geometric(sigma_max: f64, sigma_min: f64, levels: usize) -> Vec<f64> {
     if levels == 1 {
         return vec![sigma_max];
     }
-    (0..levels)
-        .map(|i| sigma_max * (sigma_min / sigma_max).powf(i as f64 / (levels - 1) as f64))
-        .collect()
+    (0..levels).map(|i| sigma_max * (sigma_min / sigma_max).powf(i as f64 / (levels - 1) as f64)).collect()
 }
 
 /// Largest pairwise Euclidean distance among row-major points (exact, O(n²·D)).
@@ -36,14 +34,12 @@ pub fn normal_cdf(x: f64) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 { r } else { 2.0 - r }
 }
 

@@ -8,13 +8,13 @@
 //! C_DSM(σ) = D/σ² − E_{p_σ}‖∇log p_σ‖². With a noise ladder every objective is applied to the
 //! perturbed data at a level drawn per point and weighted by λ(σ) = σ² (NCSN).
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{D, Device, Result, Tensor};
 
 pub use schema::trial::{ObjectiveKind, ProbeDist};
 
 use crate::data::DataSource;
-use crate::models::{layers, ScoreModel};
 use crate::models::{Probes, Tangents};
+use crate::models::{ScoreModel, layers};
 use crate::rng::Rng;
 
 /// ‖S − target‖² per point.
@@ -30,11 +30,7 @@ pub fn ism_terms(s: &Tensor, trace: &Tensor) -> Result<Tensor> {
 /// SSM (`vr = false`) or SSM-VR (`vr = true`) per point, averaged over the K probes v (K, N, D).
 pub fn ssm_terms(tg: &Tangents, v: &Tensor, vr: bool) -> Result<Tensor> {
     let vjv = (v * tg.jv()?)?.sum(D::Minus1)?.mean(0)?;
-    let quad = if vr {
-        tg.score.sqr()?.sum(1)?
-    } else {
-        v.broadcast_mul(&tg.score.unsqueeze(0)?)?.sum(D::Minus1)?.sqr()?.mean(0)?
-    };
+    let quad = if vr { tg.score.sqr()?.sum(1)? } else { v.broadcast_mul(&tg.score.unsqueeze(0)?)?.sum(D::Minus1)?.sqr()?.mean(0)? };
     quad + vjv.affine(2.0, 0.0)?
 }
 
@@ -96,7 +92,15 @@ pub fn perturb(x0: &[f64], d: usize, levels: &[f64], rng: &mut Rng) -> Perturbed
 /// The training loss of one batch of clean points `x0`, handed to `sink` as pieces whose sum is
 /// the loss; `sink` back-propagates each piece before the next is built, so the exact-trace
 /// graph never holds more than one chunk of tangents.
-pub fn loss_pieces(model: &dyn ScoreModel, obj: &TrainObjective, data: &dyn DataSource, x0: &[f64], rng: &mut Rng, dev: &Device, sink: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
+pub fn loss_pieces(
+    model: &dyn ScoreModel,
+    obj: &TrainObjective,
+    data: &dyn DataSource,
+    x0: &[f64],
+    rng: &mut Rng,
+    dev: &Device,
+    sink: &mut dyn FnMut(Tensor) -> Result<()>,
+) -> Result<()> {
     let d = data.dim();
     let n = x0.len() / d;
     // Perturb at one ladder level per point (λ(σ) = σ² weights), or keep the clean points.

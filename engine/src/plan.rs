@@ -47,7 +47,12 @@ impl<'a> TrialPlan<'a> {
         let ladder = cfg.noise.as_ref().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
         let eps = match (&cfg.sampler, &ladder) {
             (SamplerSpec::None, _) => None,
-            (SamplerSpec::AnnealedLangevin { eps, steps_per_level, .. } | SamplerSpec::Langevin { eps, steps_per_level, .. } | SamplerSpec::ScoreAscent { eps, steps_per_level, .. }, l) => Some(match (eps, l) {
+            (
+                SamplerSpec::AnnealedLangevin { eps, steps_per_level, .. }
+                | SamplerSpec::Langevin { eps, steps_per_level, .. }
+                | SamplerSpec::ScoreAscent { eps, steps_per_level, .. },
+                l,
+            ) => Some(match (eps, l) {
                 (StepSize::Fixed(e), _) => *e,
                 (StepSize::Auto, Some(l)) => ladder::ncsnv2_step_size(l.smallest(), l.gamma, *steps_per_level),
                 // Validation refuses `auto` without a ladder; fall back to the schema default.

@@ -12,7 +12,7 @@ use schema::trial::{ObjectiveKind, SleepTrial, TrainTrial, TrialConfig};
 
 pub use crate::error::EngineError;
 use crate::eval::gaps::{self, DsmGap, EsmIsmGap, EvalSet, SsmLoss};
-use crate::eval::{energy, samples, Checkpoint};
+use crate::eval::{Checkpoint, energy, samples};
 use crate::models::{self, ScoreModel};
 use crate::objectives::TrainObjective;
 use crate::plan::TrialPlan;
@@ -154,7 +154,14 @@ struct Trained {
 
 /// Trains for `train.steps` steps, evaluating at step 0, every `eval_every` steps and at the
 /// end; stops at a non-finite loss or checkpoint value (diverged) or on `cancel`.
-fn train_loop(plan: &mut TrialPlan, model: &dyn ScoreModel, trainer: &mut dyn Trainer, evals: &[Box<dyn Checkpoint>], progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> candle_core::Result<Trained> {
+fn train_loop(
+    plan: &mut TrialPlan,
+    model: &dyn ScoreModel,
+    trainer: &mut dyn Trainer,
+    evals: &[Box<dyn Checkpoint>],
+    progress: &mut dyn FnMut(&Progress),
+    cancel: &AtomicBool,
+) -> candle_core::Result<Trained> {
     let spec = plan.cfg.train.clone();
     let mut columns: Vec<String> = vec!["step".into(), "train_loss".into()];
     columns.extend(evals.iter().flat_map(|e| e.columns().iter().map(|c| c.to_string())));
@@ -210,13 +217,15 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
 
     let varmap = VarMap::new();
     let model = models::build(&cfg.model, d, cfg.conditional(), &varmap, &mut Rng::stream(seed, Stream::Init), &device)?;
-    let objective = TrainObjective { kind: cfg.objective.kind, sigmas: sigmas.clone(), probes: cfg.objective.probes, probe: cfg.objective.probe, trace_chunk: cfg.objective.trace_chunk };
+    let objective =
+        TrainObjective { kind: cfg.objective.kind, sigmas: sigmas.clone(), probes: cfg.objective.probes, probe: cfg.objective.probe, trace_chunk: cfg.objective.trace_chunk };
 
     let t_eval0 = Instant::now();
     let evals = checkpoints(&plan, &objective)?;
     let setup_eval_seconds = t_eval0.elapsed().as_secs_f64();
 
-    let mut trainer = train::build(TrainSetup { model: model.as_ref(), varmap: &varmap, data: data.as_ref(), objective, batch: cfg.train.batch, lr: cfg.train.lr, device: device.clone() })?;
+    let mut trainer =
+        train::build(TrainSetup { model: model.as_ref(), varmap: &varmap, data: data.as_ref(), objective, batch: cfg.train.batch, lr: cfg.train.lr, device: device.clone() })?;
     let trained = train_loop(&mut plan, model.as_ref(), trainer.as_mut(), &evals, progress, cancel)?;
     drop(trainer);
 
@@ -249,7 +258,12 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
         let mut tick = || {
             k += 1;
             if k.is_multiple_of(100) {
-                progress(&Progress { step: cfg.train.steps, total_steps: cfg.train.steps, train_loss: trained.last_loss, latest: vec![("sampling_step".into(), k as f64), ("sampling_total".into(), total as f64)] });
+                progress(&Progress {
+                    step: cfg.train.steps,
+                    total_steps: cfg.train.steps,
+                    train_loss: trained.last_loss,
+                    latest: vec![("sampling_step".into(), k as f64), ("sampling_total".into(), total as f64)],
+                });
             }
         };
         let nfe = samplers::sample(sampler.as_ref(), scorer.as_mut(), &mut x, &mut srng, &mut tick)?;

@@ -130,7 +130,11 @@ fn tangents_match_finite_differences() {
 /// have no closed form and fall back to tangents.
 #[test]
 fn closed_form_trace_matches_tangent_trace() {
-    for (i, &(depth, dim, cond, scale, act)) in [(1, 3, false, false, Activation::Silu), (2, 5, true, true, Activation::Softplus), (2, 1, true, false, Activation::Tanh), (2, 7, false, false, Activation::Silu)].iter().enumerate() {
+    for (i, &(depth, dim, cond, scale, act)) in
+        [(1, 3, false, false, Activation::Silu), (2, 5, true, true, Activation::Softplus), (2, 1, true, false, Activation::Tanh), (2, 7, false, false, Activation::Silu)]
+            .iter()
+            .enumerate()
+    {
         let m = mlp_f64_depth(act, dim, depth, cond, scale, 40 + i as u64);
         let mut rng = Rng::new(i as u64);
         let x = randn(&[9, dim], &mut rng);
@@ -226,7 +230,9 @@ fn esm_minus_ism_is_the_constant_at_every_theta() {
 #[test]
 fn dsm_minus_esm_sigma_is_the_constant_at_every_theta() {
     let ladder = "noise = { ladder = \"geometric\", sigma_max = 5.0, sigma_min = 0.2, levels = 5 }";
-    for (preset, model, extra) in [("seed1d", "mlp", ladder.to_string()), ("ncsn2d", "energy_mlp", ladder.to_string()), ("ring8", "mlp", format!("{ladder}\n[eval]\ndsm_sigma = 0.3"))] {
+    for (preset, model, extra) in
+        [("seed1d", "mlp", ladder.to_string()), ("ncsn2d", "energy_mlp", ladder.to_string()), ("ring8", "mlp", format!("{ladder}\n[eval]\ndsm_sigma = 0.3"))]
+    {
         let src = trial_src(preset, model, "dsm", 400, 200, "").replace("kind = \"dsm\"\n", &format!("kind = \"dsm\"\n{}\n", ladder));
         let src = if extra.contains("dsm_sigma") { src.replace("[eval]\n", "[eval]\ndsm_sigma = 0.3\n") } else { src };
         let o = run(&src);
@@ -260,7 +266,8 @@ fn annealed_langevin_recovers_mode_weights_plain_does_not() {
 /// mean ≪ 1 = the data's own spread scale), as the write-up describes.
 #[test]
 fn score_ascent_collapses_onto_modes() {
-    let src = trial_src("ncsn2d", "mlp", "esm", 800, 800, "").replace("kind = \"none\"", "kind = \"score_ascent\"\nsteps = 300\neps = 0.1\nn = 500").replace("n = 100000", "n = 2000");
+    let src =
+        trial_src("ncsn2d", "mlp", "esm", 800, 800, "").replace("kind = \"none\"", "kind = \"score_ascent\"\nsteps = 300\neps = 0.1\nn = 500").replace("n = 100000", "n = 2000");
     let o = run(&src);
     let d = o.metric("dist_to_mode").unwrap();
     assert!(d < 0.3, "score ascent spread {d}");
@@ -269,7 +276,10 @@ fn score_ascent_collapses_onto_modes() {
 /// The same trial twice gives identical metrics (timings aside).
 #[test]
 fn same_seed_same_metrics() {
-    let src = trial_src("ring8", "mlp", "ssm", 50, 25, "probes = 2").replace("n = 100000", "n = 3000").replace("kind = \"none\"", "kind = \"annealed_langevin\"\nn = 200\nsteps_per_level = 5").replace("probes = 2", "probes = 2\nnoise = { ladder = \"auto\", sigma_min = 0.05 }");
+    let src = trial_src("ring8", "mlp", "ssm", 50, 25, "probes = 2")
+        .replace("n = 100000", "n = 3000")
+        .replace("kind = \"none\"", "kind = \"annealed_langevin\"\nn = 200\nsteps_per_level = 5")
+        .replace("probes = 2", "probes = 2\nnoise = { ladder = \"auto\", sigma_min = 0.05 }");
     let (a, b) = (run(&src), run(&src));
     let strip = |o: &TrialOutcome| o.metrics.iter().filter(|(k, _)| !k.ends_with("_seconds")).cloned().collect::<Vec<_>>();
     assert_eq!(strip(&a), strip(&b));
@@ -295,7 +305,9 @@ fn energy_net_likelihood_is_normalised() {
 /// (It once included the checkpoints, which made it about equal to `eval_seconds`.)
 #[test]
 fn train_seconds_exclude_evaluation() {
-    let o = run("seed = 1\n[data]\npreset = \"ncsn2d\"\n[model]\nkind = \"mlp\"\nhidden = 64\n[objective]\nkind = \"ism\"\n[train]\nsteps = 4\nbatch = 64\neval_every = 1\n[eval]\nn = 200000\nc_samples = 1000\n[sampler]\nkind = \"none\"\n");
+    let o = run(
+        "seed = 1\n[data]\npreset = \"ncsn2d\"\n[model]\nkind = \"mlp\"\nhidden = 64\n[objective]\nkind = \"ism\"\n[train]\nsteps = 4\nbatch = 64\neval_every = 1\n[eval]\nn = 200000\nc_samples = 1000\n[sampler]\nkind = \"none\"\n",
+    );
     let (train, eval) = (o.metric("train_seconds").unwrap(), o.metric("eval_seconds").unwrap());
     assert!(eval > 0.0 && train >= 0.0);
     assert!(train < 0.3 * eval, "train_seconds {train} vs eval_seconds {eval}");

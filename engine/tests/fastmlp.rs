@@ -6,7 +6,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use engine::models::{Activation, Arch, MlpScore, Probes};
 use engine::objectives;
 use engine::rng::Rng;
-use engine::train::fast::{exp_f32, FastDsm, FastForward, FastIsm, FastSsm};
+use engine::train::fast::{FastDsm, FastForward, FastIsm, FastSsm, exp_f32};
 
 /// Each layer's hand-derived (weight, bias) gradients equal autograd's to 1e-4 of the largest
 /// entry of each tensor.
@@ -39,7 +39,13 @@ fn fast_exp_is_accurate() {
 /// wrong derivative is off by O(1)).
 #[test]
 fn fast_dsm_matches_candle_autograd() {
-    let cases = [(Activation::Silu, true, true, 2), (Activation::Silu, false, false, 2), (Activation::Softplus, true, false, 3), (Activation::Tanh, true, true, 1), (Activation::Relu, false, false, 2)];
+    let cases = [
+        (Activation::Silu, true, true, 2),
+        (Activation::Silu, false, false, 2),
+        (Activation::Softplus, true, false, 3),
+        (Activation::Tanh, true, true, 1),
+        (Activation::Relu, false, false, 2),
+    ];
     for (ci, &(act, cond, scale, depth)) in cases.iter().enumerate() {
         let dev = Device::Cpu;
         let dim = 2;
@@ -85,7 +91,12 @@ fn fast_dsm_matches_candle_autograd() {
 /// for DSM (1e-4 of each tensor's largest gradient).
 #[test]
 fn fast_ssm_matches_candle_autograd() {
-    let cases = [(Activation::Silu, false, false, 2, 1, true), (Activation::Silu, true, true, 2, 3, false), (Activation::Softplus, true, false, 1, 2, true), (Activation::Tanh, false, false, 3, 1, false)];
+    let cases = [
+        (Activation::Silu, false, false, 2, 1, true),
+        (Activation::Silu, true, true, 2, 3, false),
+        (Activation::Softplus, true, false, 1, 2, true),
+        (Activation::Tanh, false, false, 3, 1, false),
+    ];
     for (ci, &(act, cond, scale, depth, k, vr)) in cases.iter().enumerate() {
         let dev = Device::Cpu;
         let dim = 3;
@@ -175,7 +186,15 @@ fn fast_ssm_slices_match_single_thread_and_reuse_buffers() {
         for threads in [2, 3] {
             let mut many = FastSsm::with_slices(&model, vr, 1e-3, threads).unwrap();
             let lt = many.loss_and_grad(&x, &v, s);
-            assert_same(&format!("case {ci}, {threads} threads"), l1, lt, 1e-5, 3, |l| (one.grads(l).0.to_vec(), one.grads(l).1.to_vec()), |l| (many.grads(l).0.to_vec(), many.grads(l).1.to_vec()));
+            assert_same(
+                &format!("case {ci}, {threads} threads"),
+                l1,
+                lt,
+                1e-5,
+                3,
+                |l| (one.grads(l).0.to_vec(), one.grads(l).1.to_vec()),
+                |l| (many.grads(l).0.to_vec(), many.grads(l).1.to_vec()),
+            );
         }
         // Reuse: after the 777-point step, a 300-point step equals a fresh trainer's, bit for bit.
         let (x2, v2, sig2) = batch(300, &mut rng);
@@ -233,7 +252,13 @@ fn fast_dsm_slices_match_single_thread() {
 /// activation, with and without σ conditioning and scaling; other depths are declined.
 #[test]
 fn fast_ism_matches_candle_autograd() {
-    let cases = [(Activation::Silu, true, true, 3), (Activation::Silu, false, false, 2), (Activation::Softplus, true, false, 5), (Activation::Tanh, false, false, 4), (Activation::Relu, true, true, 2)];
+    let cases = [
+        (Activation::Silu, true, true, 3),
+        (Activation::Silu, false, false, 2),
+        (Activation::Softplus, true, false, 5),
+        (Activation::Tanh, false, false, 4),
+        (Activation::Relu, true, true, 2),
+    ];
     for (ci, &(act, cond, scale, dim)) in cases.iter().enumerate() {
         let dev = Device::Cpu;
         let arch = Arch { dim, hidden: 20, depth: 2, activation: act, conditional: cond, scale_by_sigma: scale };

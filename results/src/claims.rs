@@ -43,36 +43,12 @@ pub const ISM_AT_BEST_MIN_TRIALS: usize = 2;
 
 /// The tolerance table as printed in the report: (name, value, why).
 pub const TOLERANCES: [(&str, f64, &str); 6] = [
-    (
-        "OFFSET_MAX_Z",
-        OFFSET_MAX_Z,
-        "max |gap − C| / combined SE per θ row; ~6e-5 chance per row under the identity",
-    ),
-    (
-        "ISM_AT_BEST_MAX_REL",
-        ISM_AT_BEST_MAX_REL,
-        "max |L_ESM/C| at the best θ; a learnt score leaves ESM small relative to C",
-    ),
-    (
-        "ANNEALED_MAX_WEIGHT_ERR",
-        ANNEALED_MAX_WEIGHT_ERR,
-        "annealed |mode_w_0 − true_w_0|; ≈ 2 SE of a weight from 1000 samples",
-    ),
-    (
-        "PLAIN_MIN_WEIGHT_ERR",
-        PLAIN_MIN_WEIGHT_ERR,
-        "plain Langevin must miss true_w_0 by more than this",
-    ),
-    (
-        "OFFSET_MIN_ROWS",
-        OFFSET_MIN_ROWS as f64,
-        "fewer θ rows → not enough data",
-    ),
-    (
-        "ISM_AT_BEST_MIN_TRIALS",
-        ISM_AT_BEST_MIN_TRIALS as f64,
-        "fewer trials with L_ISM → not enough data",
-    ),
+    ("OFFSET_MAX_Z", OFFSET_MAX_Z, "max |gap − C| / combined SE per θ row; ~6e-5 chance per row under the identity"),
+    ("ISM_AT_BEST_MAX_REL", ISM_AT_BEST_MAX_REL, "max |L_ESM/C| at the best θ; a learnt score leaves ESM small relative to C"),
+    ("ANNEALED_MAX_WEIGHT_ERR", ANNEALED_MAX_WEIGHT_ERR, "annealed |mode_w_0 − true_w_0|; ≈ 2 SE of a weight from 1000 samples"),
+    ("PLAIN_MIN_WEIGHT_ERR", PLAIN_MIN_WEIGHT_ERR, "plain Langevin must miss true_w_0 by more than this"),
+    ("OFFSET_MIN_ROWS", OFFSET_MIN_ROWS as f64, "fewer θ rows → not enough data"),
+    ("ISM_AT_BEST_MIN_TRIALS", ISM_AT_BEST_MIN_TRIALS as f64, "fewer trials with L_ISM → not enough data"),
 ];
 
 /// The outcome of one claim in one scope.
@@ -141,30 +117,12 @@ pub fn claims_frame(rows: &[ClaimRow]) -> PolarsResult<DataFrame> {
     DataFrame::new(
         rows.len(),
         vec![
-            Column::new(
-                "claim".into(),
-                rows.iter().map(|r| r.claim).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "scope".into(),
-                rows.iter().map(|r| r.scope.as_str()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "statistic".into(),
-                rows.iter().map(|r| r.statistic).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "expected".into(),
-                rows.iter().map(|r| r.expected.as_str()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "tolerance".into(),
-                rows.iter().map(|r| r.tolerance).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "verdict".into(),
-                rows.iter().map(|r| r.verdict.as_str()).collect::<Vec<_>>(),
-            ),
+            Column::new("claim".into(), rows.iter().map(|r| r.claim).collect::<Vec<_>>()),
+            Column::new("scope".into(), rows.iter().map(|r| r.scope.as_str()).collect::<Vec<_>>()),
+            Column::new("statistic".into(), rows.iter().map(|r| r.statistic).collect::<Vec<_>>()),
+            Column::new("expected".into(), rows.iter().map(|r| r.expected.as_str()).collect::<Vec<_>>()),
+            Column::new("tolerance".into(), rows.iter().map(|r| r.tolerance).collect::<Vec<_>>()),
+            Column::new("verdict".into(), rows.iter().map(|r| r.verdict.as_str()).collect::<Vec<_>>()),
         ],
     )
 }
@@ -203,63 +161,27 @@ struct OffsetColumns {
     c_se: &'static str,
 }
 
-const ESM_ISM: OffsetColumns = OffsetColumns {
-    gap: "gap",
-    gap_se: "gap_se",
-    c: "c_true",
-    c_se: "c_se",
-};
-const DSM_ESM_SIGMA: OffsetColumns = OffsetColumns {
-    gap: "dsm_gap",
-    gap_se: "dsm_gap_se",
-    c: "c_dsm",
-    c_se: "c_dsm_se",
-};
+const ESM_ISM: OffsetColumns = OffsetColumns { gap: "gap", gap_se: "gap_se", c: "c_true", c_se: "c_se" };
+const DSM_ESM_SIGMA: OffsetColumns = OffsetColumns { gap: "dsm_gap", gap_se: "dsm_gap_se", c: "c_dsm", c_se: "c_dsm_se" };
 
 /// The θ rows of `trial` for an offset claim: every checkpoint row that has the gap and C,
 /// or the final metrics when no checkpoint row does. Missing SEs count as 0 (C by quadrature).
 fn offset_rows<'a>(trial: &'a Trial, cols: &OffsetColumns) -> Vec<(OffsetRow<'a>, Option<f64>)> {
     let pick = |m: &std::collections::BTreeMap<String, f64>, row: Option<usize>| {
         let get = |k: &str| m.get(k).copied().filter(|v| v.is_finite());
-        let r = OffsetRow {
-            trial,
-            row,
-            gap: get(cols.gap)?,
-            gap_se: get(cols.gap_se).unwrap_or(0.0),
-            c: get(cols.c)?,
-            c_se: get(cols.c_se).unwrap_or(0.0),
-        };
+        let r = OffsetRow { trial, row, gap: get(cols.gap)?, gap_se: get(cols.gap_se).unwrap_or(0.0), c: get(cols.c)?, c_se: get(cols.c_se).unwrap_or(0.0) };
         Some((r, get("dsm_sigma")))
     };
-    let rows: Vec<_> = trial
-        .curve
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| pick(m, Some(i)))
-        .collect();
+    let rows: Vec<_> = trial.curve.iter().enumerate().filter_map(|(i, m)| pick(m, Some(i))).collect();
     if !rows.is_empty() {
         return rows;
     }
-    trial
-        .result
-        .as_ref()
-        .and_then(|r| pick(&r.metrics, None))
-        .into_iter()
-        .collect()
+    trial.result.as_ref().and_then(|r| pick(&r.metrics, None)).into_iter().collect()
 }
 
 fn esm_ism_offset(scope: &str, trials: &[&Trial]) -> ClaimRow {
-    let rows: Vec<OffsetRow> = trials
-        .iter()
-        .flat_map(|t| offset_rows(t, &ESM_ISM))
-        .map(|(r, _)| r)
-        .collect();
-    offset_claim(
-        "esm_ism_offset",
-        scope.to_string(),
-        "L_ESM − L_ISM = C",
-        &rows,
-    )
+    let rows: Vec<OffsetRow> = trials.iter().flat_map(|t| offset_rows(t, &ESM_ISM)).map(|(r, _)| r).collect();
+    offset_claim("esm_ism_offset", scope.to_string(), "L_ESM − L_ISM = C", &rows)
 }
 
 fn dsm_esm_sigma_offset(scope: &str, trials: &[&Trial]) -> Vec<ClaimRow> {
@@ -274,39 +196,16 @@ fn dsm_esm_sigma_offset(scope: &str, trials: &[&Trial]) -> Vec<ClaimRow> {
         }
     }
     if by_sigma.is_empty() {
-        return vec![offset_claim(
-            "dsm_esm_sigma_offset",
-            scope.to_string(),
-            DSM_EXPECTED,
-            &[],
-        )];
+        return vec![offset_claim("dsm_esm_sigma_offset", scope.to_string(), DSM_EXPECTED, &[])];
     }
-    let mut sigmas: Vec<(f64, Vec<OffsetRow>)> = by_sigma
-        .into_iter()
-        .map(|(bits, rows)| (f64::from_bits(bits), rows))
-        .collect();
+    let mut sigmas: Vec<(f64, Vec<OffsetRow>)> = by_sigma.into_iter().map(|(bits, rows)| (f64::from_bits(bits), rows)).collect();
     sigmas.sort_by(|a, b| a.0.total_cmp(&b.0));
-    sigmas
-        .into_iter()
-        .map(|(sigma, rows)| {
-            offset_claim(
-                "dsm_esm_sigma_offset",
-                format!("{scope}, dsm_sigma={sigma}"),
-                DSM_EXPECTED,
-                &rows,
-            )
-        })
-        .collect()
+    sigmas.into_iter().map(|(sigma, rows)| offset_claim("dsm_esm_sigma_offset", format!("{scope}, dsm_sigma={sigma}"), DSM_EXPECTED, &rows)).collect()
 }
 
 const DSM_EXPECTED: &str = "L_DSM − L_ESM_σ = C_σ";
 
-fn offset_claim(
-    claim: &'static str,
-    scope: String,
-    identity: &str,
-    rows: &[OffsetRow],
-) -> ClaimRow {
+fn offset_claim(claim: &'static str, scope: String, identity: &str, rows: &[OffsetRow]) -> ClaimRow {
     let expected = format!("{identity}: |z| ≤ {OFFSET_MAX_Z} on every θ");
     if rows.len() < OFFSET_MIN_ROWS {
         return ClaimRow {
@@ -319,16 +218,9 @@ fn offset_claim(
             details: format!("{} θ row(s); need {OFFSET_MIN_ROWS}", rows.len()),
         };
     }
-    let worst = rows
-        .iter()
-        .max_by(|a, b| a.z().abs().total_cmp(&b.z().abs()))
-        .expect("rows is not empty");
+    let worst = rows.iter().max_by(|a, b| a.z().abs().total_cmp(&b.z().abs())).expect("rows is not empty");
     let max_z = worst.z().abs();
-    let (lo, hi) = rows
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-            (lo.min(r.gap), hi.max(r.gap))
-        });
+    let (lo, hi) = rows.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| (lo.min(r.gap), hi.max(r.gap)));
     let c_mean = rows.iter().map(|r| r.c).sum::<f64>() / rows.len() as f64;
     let n_trials = {
         let mut hashes: Vec<&str> = rows.iter().map(|r| r.trial.hash.as_str()).collect();
@@ -349,27 +241,15 @@ fn offset_claim(
     if let Some(row) = worst.row {
         let _ = write!(details, " row {row}");
     }
-    ClaimRow {
-        claim,
-        scope,
-        statistic: Some(max_z),
-        expected,
-        tolerance: OFFSET_MAX_Z,
-        verdict: Verdict::from_bool(max_z <= OFFSET_MAX_Z),
-        details,
-    }
+    ClaimRow { claim, scope, statistic: Some(max_z), expected, tolerance: OFFSET_MAX_Z, verdict: Verdict::from_bool(max_z <= OFFSET_MAX_Z), details }
 }
 
 fn ism_at_best(scope: &str, trials: &[&Trial]) -> ClaimRow {
     // Only models of the clean score count: a noise-conditional model (it reports `dsm_sigma`)
     // learns ∇log p_σ, whose best L_ISM on clean data is not −C.
-    let candidates: Vec<(&Trial, f64, f64)> = trials
-        .iter()
-        .filter(|t| t.metric("dsm_sigma").is_none())
-        .filter_map(|t| Some((*t, t.metric("l_ism")?, t.metric("c_true")?)))
-        .collect();
-    let expected =
-        format!("|(L_ISM + C)/C| = |L_ESM/C| ≤ {ISM_AT_BEST_MAX_REL} at the lowest L_ISM");
+    let candidates: Vec<(&Trial, f64, f64)> =
+        trials.iter().filter(|t| t.metric("dsm_sigma").is_none()).filter_map(|t| Some((*t, t.metric("l_ism")?, t.metric("c_true")?))).collect();
+    let expected = format!("|(L_ISM + C)/C| = |L_ESM/C| ≤ {ISM_AT_BEST_MAX_REL} at the lowest L_ISM");
     let mut row = ClaimRow {
         claim: "ism_at_best",
         scope: scope.to_string(),
@@ -380,45 +260,25 @@ fn ism_at_best(scope: &str, trials: &[&Trial]) -> ClaimRow {
         details: String::new(),
     };
     if candidates.len() < ISM_AT_BEST_MIN_TRIALS {
-        row.details = format!(
-            "{} clean-score trial(s) (no noise ladder) with l_ism and c_true; need {ISM_AT_BEST_MIN_TRIALS}",
-            candidates.len()
-        );
+        row.details = format!("{} clean-score trial(s) (no noise ladder) with l_ism and c_true; need {ISM_AT_BEST_MIN_TRIALS}", candidates.len());
         return row;
     }
-    let (best, l_ism, c) = *candidates
-        .iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .expect("candidates is not empty");
+    let (best, l_ism, c) = *candidates.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("candidates is not empty");
     if c <= 0.0 {
         row.verdict = Verdict::Fail;
-        row.details = format!(
-            "C = {} at trial {} is not positive",
-            fmt_num(c),
-            best.short_hash()
-        );
+        row.details = format!("C = {} at trial {} is not positive", fmt_num(c), best.short_hash());
         return row;
     }
     let rel = (l_ism + c) / c;
     row.statistic = Some(rel);
     row.verdict = Verdict::from_bool(rel.abs() <= ISM_AT_BEST_MAX_REL);
-    row.details = format!(
-        "best of {} trial(s): {} with L_ISM = {} vs −C = {}",
-        candidates.len(),
-        best.short_hash(),
-        fmt_num(l_ism),
-        fmt_num(-c)
-    );
+    row.details = format!("best of {} trial(s): {} with L_ISM = {} vs −C = {}", candidates.len(), best.short_hash(), fmt_num(l_ism), fmt_num(-c));
     row
 }
 
 fn annealed_vs_plain(scope: &str, trials: &[&Trial]) -> ClaimRow {
     let errors = |kind: &str| -> Vec<f64> {
-        trials
-            .iter()
-            .filter(|t| t.config_display("sampler.kind").as_deref() == Some(kind))
-            .filter_map(|t| Some((t.metric("mode_w_0")? - t.metric("true_w_0")?).abs()))
-            .collect()
+        trials.iter().filter(|t| t.config_display("sampler.kind").as_deref() == Some(kind)).filter_map(|t| Some((t.metric("mode_w_0")? - t.metric("true_w_0")?).abs())).collect()
     };
     let annealed = errors("annealed_langevin");
     let plain = errors("langevin");
@@ -426,32 +286,20 @@ fn annealed_vs_plain(scope: &str, trials: &[&Trial]) -> ClaimRow {
         claim: "annealed_vs_plain_langevin",
         scope: scope.to_string(),
         statistic: None,
-        expected: format!(
-            "mean |mode_w_0 − true_w_0|: annealed ≤ {ANNEALED_MAX_WEIGHT_ERR}, plain > {PLAIN_MIN_WEIGHT_ERR}"
-        ),
+        expected: format!("mean |mode_w_0 − true_w_0|: annealed ≤ {ANNEALED_MAX_WEIGHT_ERR}, plain > {PLAIN_MIN_WEIGHT_ERR}"),
         tolerance: ANNEALED_MAX_WEIGHT_ERR,
         verdict: Verdict::NotEnoughData,
         details: String::new(),
     };
     if annealed.is_empty() || plain.is_empty() {
-        row.details = format!(
-            "{} annealed and {} plain Langevin trial(s) with mode weights; need at least one each",
-            annealed.len(),
-            plain.len()
-        );
+        row.details = format!("{} annealed and {} plain Langevin trial(s) with mode weights; need at least one each", annealed.len(), plain.len());
         return row;
     }
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
     let (a, p) = (mean(&annealed), mean(&plain));
     row.statistic = Some(a);
     row.verdict = Verdict::from_bool(a <= ANNEALED_MAX_WEIGHT_ERR && p > PLAIN_MIN_WEIGHT_ERR);
-    row.details = format!(
-        "annealed error {} over {} trial(s); plain error {} over {} trial(s)",
-        fmt_num(a),
-        annealed.len(),
-        fmt_num(p),
-        plain.len()
-    );
+    row.details = format!("annealed error {} over {} trial(s); plain error {} over {} trial(s)", fmt_num(a), annealed.len(), fmt_num(p), plain.len());
     row
 }
 
@@ -469,11 +317,7 @@ pub fn fmt_num(x: f64) -> String {
     }
     let decimals = (3 - mag.floor() as i32).max(0) as usize;
     let s = format!("{x:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 #[cfg(test)]
@@ -482,15 +326,7 @@ mod tests {
 
     #[test]
     fn numbers_read_well() {
-        for (x, want) in [
-            (1.0, "1"),
-            (1.23456, "1.235"),
-            (-0.5, "-0.5"),
-            (1234.5678, "1235"),
-            (2e-5, "2.000e-5"),
-            (0.0, "0"),
-            (f64::INFINITY, "inf"),
-        ] {
+        for (x, want) in [(1.0, "1"), (1.23456, "1.235"), (-0.5, "-0.5"), (1234.5678, "1235"), (2e-5, "2.000e-5"), (0.0, "0"), (f64::INFINITY, "inf")] {
             assert_eq!(fmt_num(x), want, "fmt_num({x})");
         }
     }

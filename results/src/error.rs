@@ -36,12 +36,7 @@ pub enum ResultsError {
     },
     /// A JSON column parsed but has the wrong shape (e.g. config_json is not an object).
     #[error("invalid {column} of trial {trial} in state database {path}: {detail}")]
-    Shape {
-        path: PathBuf,
-        column: &'static str,
-        trial: String,
-        detail: String,
-    },
+    Shape { path: PathBuf, column: &'static str, trial: String, detail: String },
     /// Creating or writing an output file failed.
     #[error("could not write {path}")]
     Io {

@@ -55,22 +55,11 @@ pub enum LayoutError {
 
 /// Refuses a database that has tables in another layout (an empty one passes).
 pub fn check_version(conn: &Connection, path: &Path) -> Result<(), LayoutError> {
-    let sql = |source| LayoutError::Sql {
-        path: path.to_path_buf(),
-        source,
-    };
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(sql)?;
-    let has_tables = conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(sql)?;
+    let sql = |source| LayoutError::Sql { path: path.to_path_buf(), source };
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+    let has_tables = conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'").and_then(|mut s| s.exists([])).map_err(sql)?;
     if has_tables && found != LAYOUT_VERSION {
-        return Err(LayoutError::Mismatch {
-            path: path.to_path_buf(),
-            found,
-        });
+        return Err(LayoutError::Mismatch { path: path.to_path_buf(), found });
     }
     Ok(())
 }
@@ -78,17 +67,12 @@ pub fn check_version(conn: &Connection, path: &Path) -> Result<(), LayoutError> 
 /// Opens (creating if missing) a state database for writing, in WAL mode: refused when it
 /// holds another layout, else its tables are created and its version set.
 pub fn open_checked(path: &Path) -> Result<Connection, LayoutError> {
-    let sql = |source| LayoutError::Sql {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sql = |source| LayoutError::Sql { path: path.to_path_buf(), source };
     let conn = Connection::open(path).map_err(sql)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
     check_version(&conn, path)?;
     conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
-    conn.pragma_update(None, "user_version", LAYOUT_VERSION)
-        .map_err(sql)?;
+    conn.pragma_update(None, "user_version", LAYOUT_VERSION).map_err(sql)?;
     Ok(conn)
 }
 
@@ -103,18 +87,10 @@ pub fn points(dim: usize, blob: &[u8]) -> Option<Vec<Vec<f64>>> {
     if blob.is_empty() {
         return Some(Vec::new());
     }
-    if dim == 0 || blob.len() % (4 * dim) != 0 {
+    if dim == 0 || !blob.len().is_multiple_of(4 * dim) {
         return None;
     }
-    Some(
-        blob.chunks_exact(4 * dim)
-            .map(|p| {
-                p.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                    .collect()
-            })
-            .collect(),
-    )
+    Some(blob.chunks_exact(4 * dim).map(|p| p.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()).collect())
 }
 
 #[cfg(test)]
@@ -131,10 +107,7 @@ mod tests {
     #[test]
     fn blobs_round_trip() {
         let blob = f32_le(&[1.0, 2.0, -3.5, 4.0]);
-        assert_eq!(
-            points(2, &blob).unwrap(),
-            vec![vec![1.0, 2.0], vec![-3.5, 4.0]]
-        );
+        assert_eq!(points(2, &blob).unwrap(), vec![vec![1.0, 2.0], vec![-3.5, 4.0]]);
         assert!(points(3, &blob).is_none());
         assert!(points(0, &[]).unwrap().is_empty());
     }

@@ -44,22 +44,13 @@ pub struct Summary {
 }
 
 /// The files [`write_all`] writes, relative to the output directory (plots aside).
-pub const FILES: [&str; 5] = [
-    "trials.parquet",
-    "trials.csv",
-    "curves.parquet",
-    "claims.csv",
-    "report.md",
-];
+pub const FILES: [&str; 5] = ["trials.parquet", "trials.csv", "curves.parquet", "claims.csv", "report.md"];
 
 /// Reads the state database at `db_path` (read-only) and writes the tables, claims, plots and
 /// report into `out_dir` (created if missing). Running it again overwrites the same files.
 pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError> {
     let state = state::State::load(db_path)?;
-    std::fs::create_dir_all(out_dir).map_err(|source| ResultsError::Io {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| ResultsError::Io { path: out_dir.to_path_buf(), source })?;
 
     let frame_err = |name: &str| {
         let path = out_dir.join(name);
@@ -78,23 +69,11 @@ pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError
     let plots = plots::write_plots(&state, out_dir)?;
     let md = report::render(&state, &claim_rows, &plots, &FILES);
     let report_path = out_dir.join("report.md");
-    std::fs::write(&report_path, md).map_err(|source| ResultsError::Io {
-        path: report_path,
-        source,
-    })?;
+    std::fs::write(&report_path, md).map_err(|source| ResultsError::Io { path: report_path, source })?;
 
     let in_sweep: Vec<&state::Trial> = state.in_sweep().collect();
     Ok(Summary {
-        claims: claim_rows
-            .iter()
-            .map(|c| {
-                (
-                    c.claim.to_string(),
-                    c.scope.clone(),
-                    c.verdict.as_str().to_string(),
-                )
-            })
-            .collect(),
+        claims: claim_rows.iter().map(|c| (c.claim.to_string(), c.scope.clone(), c.verdict.as_str().to_string())).collect(),
         trials: in_sweep.len(),
         done: in_sweep.iter().filter(|t| t.status.is_success()).count(),
         failed: in_sweep.iter().filter(|t| t.status.is_unusable()).count(),

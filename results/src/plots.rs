@@ -29,10 +29,7 @@ type DrawResult = Result<bool, Box<dyn std::error::Error>>;
 /// Writes every plot the data allows into `out_dir/plots/` and returns them in report order.
 pub fn write_plots(state: &State, out_dir: &Path) -> Result<Vec<Plot>, ResultsError> {
     let dir = out_dir.join("plots");
-    std::fs::create_dir_all(&dir).map_err(|source| ResultsError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|source| ResultsError::Io { path: dir.clone(), source })?;
     let mut by_scope: BTreeMap<String, Vec<&Trial>> = BTreeMap::new();
     for t in state.in_sweep() {
         by_scope.entry(t.scope()).or_default().push(t);
@@ -42,39 +39,22 @@ pub fn write_plots(state: &State, out_dir: &Path) -> Result<Vec<Plot>, ResultsEr
     for (scope, trials) in &by_scope {
         let file = names.unique(&format!("gap_vs_checkpoint_{}", slug(scope)));
         if draw_or_skip(&dir, &file, |p| gap_vs_checkpoint(p, scope, trials))? {
-            plots.push(Plot {
-                title: format!("ESM − ISM gap per checkpoint, {scope}"),
-                rel_path: rel(&file),
-            });
+            plots.push(Plot { title: format!("ESM − ISM gap per checkpoint, {scope}"), rel_path: rel(&file) });
         }
     }
     for t in scatter_trials(state) {
         let file = names.unique(&format!("samples_{}", t.short_hash()));
         if draw_or_skip(&dir, &file, |p| scatter(p, t))? {
-            plots.push(Plot {
-                title: format!(
-                    "samples vs data, trial {} ({})",
-                    t.short_hash(),
-                    describe(t)
-                ),
-                rel_path: rel(&file),
-            });
+            plots.push(Plot { title: format!("samples vs data, trial {} ({})", t.short_hash(), describe(t)), rel_path: rel(&file) });
         }
     }
     for (scope, trials) in &by_scope {
-        let Some(metric) = ["fd", "mode_weight_err"].into_iter().find(|m| {
-            trials
-                .iter()
-                .any(|t| t.metric(m).is_some() && sigma_max(t).is_some())
-        }) else {
+        let Some(metric) = ["fd", "mode_weight_err"].into_iter().find(|m| trials.iter().any(|t| t.metric(m).is_some() && sigma_max(t).is_some())) else {
             continue;
         };
         let file = names.unique(&format!("{metric}_vs_sigma_max_{}", slug(scope)));
         if draw_or_skip(&dir, &file, |p| metric_vs_sigma(p, scope, metric, trials))? {
-            plots.push(Plot {
-                title: format!("{metric} vs σ_max, {scope}"),
-                rel_path: rel(&file),
-            });
+            plots.push(Plot { title: format!("{metric} vs σ_max, {scope}"), rel_path: rel(&file) });
         }
     }
     Ok(plots)
@@ -85,18 +65,11 @@ fn rel(file: &str) -> String {
 }
 
 /// Runs `draw` on `dir/file`; `Ok(false)` when it had nothing to draw (no file is left).
-fn draw_or_skip(
-    dir: &Path,
-    file: &str,
-    draw: impl FnOnce(&Path) -> DrawResult,
-) -> Result<bool, ResultsError> {
+fn draw_or_skip(dir: &Path, file: &str, draw: impl FnOnce(&Path) -> DrawResult) -> Result<bool, ResultsError> {
     let path: PathBuf = dir.join(file);
     match draw(&path) {
         Ok(drawn) => Ok(drawn),
-        Err(e) => Err(ResultsError::Plot {
-            path,
-            message: e.to_string(),
-        }),
+        Err(e) => Err(ResultsError::Plot { path, message: e.to_string() }),
     }
 }
 
@@ -119,16 +92,7 @@ impl FileNames {
 
 /// A file-name-safe form of a scope (`data.preset=ncsn2d` → `data.preset-ncsn2d`).
 pub fn slug(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' }).collect();
     while out.contains("--") {
         out = out.replace("--", "-");
     }
@@ -136,39 +100,25 @@ pub fn slug(s: &str) -> String {
 }
 
 fn sigma_max(t: &Trial) -> Option<f64> {
-    t.config
-        .get("objective.noise.sigma_max")
-        .and_then(|v| v.as_f64())
-        .filter(|s| *s > 0.0)
+    t.config.get("objective.noise.sigma_max").and_then(|v| v.as_f64()).filter(|s| *s > 0.0)
 }
 
 /// A short description of the knobs that distinguish trials in a legend.
 fn describe(t: &Trial) -> String {
     ["objective.kind", "sampler.kind", "model.kind", "seed"]
         .iter()
-        .filter_map(|k| {
-            t.config_display(k)
-                .map(|v| format!("{}={v}", k.split('.').next().unwrap_or(k)))
-        })
+        .filter_map(|k| t.config_display(k).map(|v| format!("{}={v}", k.split('.').next().unwrap_or(k))))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 /// (min, max) padded by 5% (or ±0.5 when flat) so points are not drawn on the frame.
 fn padded(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    let (lo, hi) = values
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
+    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return None;
     }
-    let pad = if hi > lo {
-        0.05 * (hi - lo)
-    } else {
-        0.5f64.max(0.05 * lo.abs())
-    };
+    let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5f64.max(0.05 * lo.abs()) };
     Some((lo - pad, hi + pad))
 }
 
@@ -189,16 +139,7 @@ fn gap_vs_checkpoint(path: &Path, scope: &str, trials: &[&Trial]) -> DrawResult 
         })
         .filter(|(_, pts): &(_, Vec<_>)| !pts.is_empty())
         .collect();
-    let cs: Vec<f64> = trials
-        .iter()
-        .flat_map(|t| {
-            t.curve
-                .iter()
-                .filter_map(|r| r.get("c_true").copied())
-                .chain(t.metric("c_true"))
-        })
-        .filter(|c| c.is_finite())
-        .collect();
+    let cs: Vec<f64> = trials.iter().flat_map(|t| t.curve.iter().filter_map(|r| r.get("c_true").copied()).chain(t.metric("c_true"))).filter(|c| c.is_finite()).collect();
     if lines.is_empty() {
         return Ok(false);
     }
@@ -210,49 +151,28 @@ fn gap_vs_checkpoint(path: &Path, scope: &str, trials: &[&Trial]) -> DrawResult 
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("ESM − ISM gap per checkpoint ({scope})"),
-            ("sans-serif", 18),
-        )
+        .caption(format!("ESM − ISM gap per checkpoint ({scope})"), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc("training step")
-        .y_desc("L_ESM − L_ISM")
-        .draw()?;
+    chart.configure_mesh().x_desc("training step").y_desc("L_ESM − L_ISM").draw()?;
     let legend = lines.len() <= MAX_LEGEND;
     for (i, (t, pts)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
-        let series =
-            chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?;
+        let series = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?;
         if legend {
-            series
-                .label(format!("{} {}", t.short_hash(), describe(t)))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+            series.label(format!("{} {}", t.short_hash(), describe(t))).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
     }
     if let Some(c) = c {
         chart
-            .draw_series(DashedLineSeries::new(
-                vec![(x0, c), (x1, c)],
-                8,
-                5,
-                BLACK.stroke_width(2),
-            ))?
+            .draw_series(DashedLineSeries::new(vec![(x0, c), (x1, c)], 8, 5, BLACK.stroke_width(2)))?
             .label(format!("C = E‖∇log p‖² = {}", crate::claims::fmt_num(c)))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(true)
 }
@@ -260,21 +180,8 @@ fn gap_vs_checkpoint(path: &Path, scope: &str, trials: &[&Trial]) -> DrawResult 
 /// Up to [`MAX_SCATTER`] 2D in-sweep trials with samples, preferring distinct
 /// (scope, sampler, objective) combinations so the plots show different things.
 fn scatter_trials(state: &State) -> Vec<&Trial> {
-    let candidates: Vec<&Trial> = state
-        .in_sweep()
-        .filter(|t| {
-            t.samples
-                .as_ref()
-                .is_some_and(|s| s.dim == 2 && !s.samples.is_empty())
-        })
-        .collect();
-    let key = |t: &Trial| {
-        (
-            t.scope(),
-            t.config_display("sampler.kind"),
-            t.config_display("objective.kind"),
-        )
-    };
+    let candidates: Vec<&Trial> = state.in_sweep().filter(|t| t.samples.as_ref().is_some_and(|s| s.dim == 2 && !s.samples.is_empty())).collect();
+    let key = |t: &Trial| (t.scope(), t.config_display("sampler.kind"), t.config_display("objective.kind"));
     let mut seen = Vec::new();
     let mut picked: Vec<&Trial> = Vec::new();
     for t in &candidates {
@@ -300,38 +207,21 @@ fn scatter(path: &Path, t: &Trial) -> DrawResult {
     let Some(s) = &t.samples else {
         return Ok(false);
     };
-    let xy = |pts: &[Vec<f64>]| -> Vec<(f64, f64)> {
-        pts.iter()
-            .filter(|p| p.len() >= 2 && p[0].is_finite() && p[1].is_finite())
-            .take(MAX_POINTS)
-            .map(|p| (p[0], p[1]))
-            .collect()
-    };
+    let xy = |pts: &[Vec<f64>]| -> Vec<(f64, f64)> { pts.iter().filter(|p| p.len() >= 2 && p[0].is_finite() && p[1].is_finite()).take(MAX_POINTS).map(|p| (p[0], p[1])).collect() };
     let (samples, data) = (xy(&s.samples), xy(&s.data));
     // Axes follow the data (plus a margin) so a few runaway samples do not squash the plot.
     let frame = if data.is_empty() { &samples } else { &data };
-    let (Some((x0, x1)), Some((y0, y1))) = (
-        padded(frame.iter().map(|p| p.0)),
-        padded(frame.iter().map(|p| p.1)),
-    ) else {
+    let (Some((x0, x1)), Some((y0, y1))) = (padded(frame.iter().map(|p| p.0)), padded(frame.iter().map(|p| p.1))) else {
         return Ok(false);
     };
     let (wx, wy) = (x1 - x0, y1 - y0);
-    let (x0, x1, y0, y1) = (
-        x0 - 0.25 * wx,
-        x1 + 0.25 * wx,
-        y0 - 0.25 * wy,
-        y1 + 0.25 * wy,
-    );
+    let (x0, x1, y0, y1) = (x0 - 0.25 * wx, x1 + 0.25 * wx, y0 - 0.25 * wy, y1 + 0.25 * wy);
     let inside = |p: &&(f64, f64)| p.0 >= x0 && p.0 <= x1 && p.1 >= y0 && p.1 <= y1;
 
     let root = SVGBackend::new(path, (620, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("samples vs data: {} {}", t.short_hash(), describe(t)),
-            ("sans-serif", 15),
-        )
+        .caption(format!("samples vs data: {} {}", t.short_hash(), describe(t)), ("sans-serif", 15))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(45)
@@ -339,32 +229,16 @@ fn scatter(path: &Path, t: &Trial) -> DrawResult {
     chart.configure_mesh().x_desc("x0").y_desc("x1").draw()?;
     let grey = RGBColor(120, 120, 120).mix(0.5);
     chart
-        .draw_series(
-            data.iter()
-                .filter(inside)
-                .map(|p| Circle::new(*p, 2, grey.filled())),
-        )?
+        .draw_series(data.iter().filter(inside).map(|p| Circle::new(*p, 2, grey.filled())))?
         .label(format!("data ({})", data.len()))
         .legend(move |(x, y)| Circle::new((x + 10, y), 3, grey.filled()));
     let red = RED.mix(0.6);
     let outside = samples.len() - samples.iter().filter(inside).count();
     chart
-        .draw_series(
-            samples
-                .iter()
-                .filter(inside)
-                .map(|p| Circle::new(*p, 2, red.filled())),
-        )?
-        .label(format!(
-            "samples ({}, {outside} outside the frame)",
-            samples.len()
-        ))
+        .draw_series(samples.iter().filter(inside).map(|p| Circle::new(*p, 2, red.filled())))?
+        .label(format!("samples ({}, {outside} outside the frame)", samples.len()))
         .legend(move |(x, y)| Circle::new((x + 10, y), 3, red.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(true)
 }
@@ -376,28 +250,11 @@ fn metric_vs_sigma(path: &Path, scope: &str, metric: &str, trials: &[&Trial]) ->
         let (Some(s), Some(m)) = (sigma_max(t), t.metric(metric)) else {
             continue;
         };
-        let label = ["objective.kind", "sampler.kind"]
-            .iter()
-            .filter_map(|k| t.config_display(k))
-            .collect::<Vec<_>>()
-            .join(" + ");
-        groups
-            .entry(label)
-            .or_default()
-            .entry(s.to_bits())
-            .or_default()
-            .push(m);
+        let label = ["objective.kind", "sampler.kind"].iter().filter_map(|k| t.config_display(k)).collect::<Vec<_>>().join(" + ");
+        groups.entry(label).or_default().entry(s.to_bits()).or_default().push(m);
     }
-    let points = || {
-        groups.values().flat_map(|by_sigma| {
-            by_sigma
-                .iter()
-                .flat_map(|(bits, ms)| ms.iter().map(move |m| (f64::from_bits(*bits).log10(), *m)))
-        })
-    };
-    let (Some((x0, x1)), Some((y0, y1))) =
-        (padded(points().map(|p| p.0)), padded(points().map(|p| p.1)))
-    else {
+    let points = || groups.values().flat_map(|by_sigma| by_sigma.iter().flat_map(|(bits, ms)| ms.iter().map(move |m| (f64::from_bits(*bits).log10(), *m))));
+    let (Some((x0, x1)), Some((y0, y1))) = (padded(points().map(|p| p.0)), padded(points().map(|p| p.1))) else {
         return Ok(false);
     };
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
@@ -408,45 +265,19 @@ fn metric_vs_sigma(path: &Path, scope: &str, metric: &str, trials: &[&Trial]) ->
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc("objective.noise.sigma_max (log scale)")
-        .y_desc(metric)
-        .x_label_formatter(&|v| crate::claims::fmt_num(10f64.powf(*v)))
-        .draw()?;
+    chart.configure_mesh().x_desc("objective.noise.sigma_max (log scale)").y_desc(metric).x_label_formatter(&|v| crate::claims::fmt_num(10f64.powf(*v))).draw()?;
     let legend = groups.len() <= MAX_LEGEND;
     for (i, (label, by_sigma)) in groups.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let means: Vec<(f64, f64)> = by_sigma
-            .iter()
-            .map(|(bits, ms)| {
-                (
-                    f64::from_bits(*bits).log10(),
-                    ms.iter().sum::<f64>() / ms.len() as f64,
-                )
-            })
-            .collect();
-        chart.draw_series(by_sigma.iter().flat_map(|(bits, ms)| {
-            ms.iter()
-                .map(move |m| Circle::new((f64::from_bits(*bits).log10(), *m), 4, color.filled()))
-        }))?;
+        let means: Vec<(f64, f64)> = by_sigma.iter().map(|(bits, ms)| (f64::from_bits(*bits).log10(), ms.iter().sum::<f64>() / ms.len() as f64)).collect();
+        chart.draw_series(by_sigma.iter().flat_map(|(bits, ms)| ms.iter().map(move |m| Circle::new((f64::from_bits(*bits).log10(), *m), 4, color.filled()))))?;
         let series = chart.draw_series(LineSeries::new(means, color.stroke_width(2)))?;
         if legend {
-            let label = if label.is_empty() {
-                "trials".to_string()
-            } else {
-                label.clone()
-            };
-            series.label(label).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            let label = if label.is_empty() { "trials".to_string() } else { label.clone() };
+            series.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(true)
 }
@@ -457,14 +288,7 @@ mod tests {
 
     #[test]
     fn slugs_are_file_names() {
-        for (scope, want) in [
-            ("data.preset=ncsn2d", "data.preset-ncsn2d"),
-            (
-                "data.dim=16, data.preset=gmm",
-                "data.dim-16-data.preset-gmm",
-            ),
-            ("all", "all"),
-        ] {
+        for (scope, want) in [("data.preset=ncsn2d", "data.preset-ncsn2d"), ("data.dim=16, data.preset=gmm", "data.dim-16-data.preset-gmm"), ("all", "all")] {
             assert_eq!(slug(scope), want);
         }
     }

@@ -13,21 +13,7 @@ use crate::plots::Plot;
 use crate::state::{State, Trial};
 
 /// Metrics summarised in the key tables, in column order (those no trial has are left out).
-const TABLE_METRICS: [&str; 13] = [
-    "l_esm",
-    "l_ism",
-    "gap",
-    "c_true",
-    "l_dsm",
-    "dsm_gap",
-    "fd",
-    "swd",
-    "mmd",
-    "mode_weight_err",
-    "nll",
-    "kl",
-    "train_seconds",
-];
+const TABLE_METRICS: [&str; 13] = ["l_esm", "l_ism", "gap", "c_true", "l_dsm", "dsm_gap", "fd", "swd", "mmd", "mode_weight_err", "nll", "kl", "train_seconds"];
 
 /// Config prefixes whose varying keys get a key table, in report order: the σ ladder first,
 /// then the sampler (step size, steps), the objective and the model.
@@ -36,17 +22,10 @@ const TABLE_PREFIXES: [&str; 4] = ["objective.noise.", "sampler.", "objective.",
 /// Renders the whole report.
 pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]) -> String {
     let mut md = String::new();
-    let name = state
-        .sweep
-        .as_ref()
-        .map_or("(unnamed sweep)", |s| s.name.as_str());
+    let name = state.sweep.as_ref().map_or("(unnamed sweep)", |s| s.name.as_str());
     let _ = writeln!(md, "# Sweep report: {name}\n");
     if let Some(s) = &state.sweep {
-        let _ = writeln!(
-            md,
-            "Sweep file: `{}` · last update: {:.0} (unix seconds)\n",
-            s.file, s.updated_at
-        );
+        let _ = writeln!(md, "Sweep file: `{}` · last update: {:.0} (unix seconds)\n", s.file, s.updated_at);
     }
     let _ = writeln!(md, "State database: `{}`\n", state.path.display());
     trials_section(&mut md, state);
@@ -75,29 +54,16 @@ fn trials_section(md: &mut String, state: &State) {
         md,
         "{} trial(s) in the sweep ({}); {} more in the database no longer belong to it.\n",
         in_sweep.len(),
-        if by_status.is_empty() {
-            "none".to_string()
-        } else {
-            by_status.join(", ")
-        },
+        if by_status.is_empty() { "none".to_string() } else { by_status.join(", ") },
         state.trials.len() - in_sweep.len(),
     );
-    let _ = writeln!(
-        md,
-        "One row per trial: [`trials.csv`](trials.csv), [`trials.parquet`](trials.parquet); per checkpoint: [`curves.parquet`](curves.parquet).\n"
-    );
+    let _ = writeln!(md, "One row per trial: [`trials.csv`](trials.csv), [`trials.parquet`](trials.parquet); per checkpoint: [`curves.parquet`](curves.parquet).\n");
 }
 
 fn claims_section(md: &mut String, claims: &[ClaimRow]) {
     let _ = writeln!(md, "## Claims\n");
-    let _ = writeln!(
-        md,
-        "Evaluated on the trials that belong to the sweep, per data distribution (its `data.*` keys). Also in [`claims.csv`](claims.csv).\n"
-    );
-    let _ = writeln!(
-        md,
-        "| claim | scope | statistic | expected | tolerance | verdict | details |"
-    );
+    let _ = writeln!(md, "Evaluated on the trials that belong to the sweep, per data distribution (its `data.*` keys). Also in [`claims.csv`](claims.csv).\n");
+    let _ = writeln!(md, "| claim | scope | statistic | expected | tolerance | verdict | details |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for c in claims {
         let verdict = match c.verdict.as_str() {
@@ -133,17 +99,11 @@ fn claims_section(md: &mut String, claims: &[ClaimRow]) {
 
 /// Keys whose value differs between in-sweep trials, ordered by [`TABLE_PREFIXES`].
 fn table_keys(trials: &[&Trial]) -> Vec<String> {
-    let keys: BTreeSet<String> = trials
-        .iter()
-        .flat_map(|t| t.config.keys().cloned())
-        .collect();
+    let keys: BTreeSet<String> = trials.iter().flat_map(|t| t.config.keys().cloned()).collect();
     let varying: Vec<String> = keys
         .into_iter()
         .filter(|k| {
-            let values: BTreeSet<Option<String>> = trials
-                .iter()
-                .map(|t| t.config.get(k).map(Value::to_string))
-                .collect();
+            let values: BTreeSet<Option<String>> = trials.iter().map(|t| t.config.get(k).map(Value::to_string)).collect();
             values.len() > 1
         })
         .collect();
@@ -166,29 +126,19 @@ fn key_tables(md: &mut String, state: &State) {
         let _ = writeln!(md, "No sweep key varies between finished trials.\n");
         return;
     }
-    let _ = writeln!(
-        md,
-        "Means over the finished trials of the sweep, per data distribution and value of one swept key.\n"
-    );
+    let _ = writeln!(md, "Means over the finished trials of the sweep, per data distribution and value of one swept key.\n");
     for key in keys {
         key_table(md, &trials, &key);
     }
 }
 
 fn key_table(md: &mut String, trials: &[&Trial], key: &str) {
-    let metrics: Vec<&str> = TABLE_METRICS
-        .iter()
-        .copied()
-        .filter(|m| trials.iter().any(|t| t.metric(m).is_some()))
-        .collect();
+    let metrics: Vec<&str> = TABLE_METRICS.iter().copied().filter(|m| trials.iter().any(|t| t.metric(m).is_some())).collect();
     // Group by (scope, value); numeric values sort numerically.
     let mut groups: BTreeMap<(String, SortKey), Vec<&Trial>> = BTreeMap::new();
     for t in trials {
         let value = t.config.get(key);
-        groups
-            .entry((t.scope(), SortKey::of(value)))
-            .or_default()
-            .push(t);
+        groups.entry((t.scope(), SortKey::of(value))).or_default().push(t);
     }
     let _ = writeln!(md, "### Metrics vs `{key}`\n");
     let _ = write!(md, "| scope | {key} | n |");
@@ -201,13 +151,7 @@ fn key_table(md: &mut String, trials: &[&Trial], key: &str) {
     }
     md.push('\n');
     for ((scope, value), group) in &groups {
-        let _ = write!(
-            md,
-            "| {} | {} | {} |",
-            cell(scope),
-            cell(&value.label),
-            group.len()
-        );
+        let _ = write!(md, "| {} | {} | {} |", cell(scope), cell(&value.label), group.len());
         for m in &metrics {
             let xs: Vec<f64> = group.iter().filter_map(|t| t.metric(m)).collect();
             let mean = (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
@@ -243,21 +187,9 @@ impl Ord for OrdF64 {
 impl SortKey {
     fn of(value: Option<&Value>) -> SortKey {
         match value {
-            Some(v) if v.is_number() => SortKey {
-                rank: 0,
-                num: OrdF64(v.as_f64().unwrap_or(f64::NAN)),
-                label: v.to_string(),
-            },
-            Some(v) => SortKey {
-                rank: 1,
-                num: OrdF64(0.0),
-                label: crate::state::display_value(v),
-            },
-            None => SortKey {
-                rank: 2,
-                num: OrdF64(0.0),
-                label: "(absent)".to_string(),
-            },
+            Some(v) if v.is_number() => SortKey { rank: 0, num: OrdF64(v.as_f64().unwrap_or(f64::NAN)), label: v.to_string() },
+            Some(v) => SortKey { rank: 1, num: OrdF64(0.0), label: crate::state::display_value(v) },
+            None => SortKey { rank: 2, num: OrdF64(0.0), label: "(absent)".to_string() },
         }
     }
 }
@@ -265,10 +197,7 @@ impl SortKey {
 fn plots_section(md: &mut String, plots: &[Plot]) {
     let _ = writeln!(md, "## Plots\n");
     if plots.is_empty() {
-        let _ = writeln!(
-            md,
-            "No plot: no trial has checkpoint gaps, 2D samples or a σ_max with a sample metric.\n"
-        );
+        let _ = writeln!(md, "No plot: no trial has checkpoint gaps, 2D samples or a σ_max with a sample metric.\n");
         return;
     }
     for p in plots {
@@ -279,32 +208,16 @@ fn plots_section(md: &mut String, plots: &[Plot]) {
 
 fn artifacts_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "## Artifacts\n");
-    let with: Vec<&Trial> = state
-        .trials
-        .iter()
-        .filter(|t| !t.artifacts.is_empty())
-        .collect();
+    let with: Vec<&Trial> = state.trials.iter().filter(|t| !t.artifacts.is_empty()).collect();
     if with.is_empty() {
         let _ = writeln!(md, "None: no trial uploaded an artifact.\n");
         return;
     }
-    let _ = writeln!(
-        md,
-        "Files uploaded by the attempt that produced each result, under `artifacts/<hash>/`.\n"
-    );
+    let _ = writeln!(md, "Files uploaded by the attempt that produced each result, under `artifacts/<hash>/`.\n");
     let _ = writeln!(md, "| hash | name | bytes | path | sha256 |\n|---|---|---|---|---|");
     for t in with {
         for a in &t.artifacts {
-            let _ = writeln!(
-                md,
-                "| `{}` | {} | {} | [`{}`]({}) | `{}` |",
-                t.short_hash(),
-                cell(&a.name),
-                a.bytes,
-                a.rel_path,
-                a.rel_path,
-                a.sha256
-            );
+            let _ = writeln!(md, "| `{}` | {} | {} | [`{}`]({}) | `{}` |", t.short_hash(), cell(&a.name), a.bytes, a.rel_path, a.rel_path, a.sha256);
         }
     }
     md.push('\n');
@@ -314,10 +227,7 @@ fn out_of_sweep_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "## Trials no longer in the sweep\n");
     let old: Vec<&Trial> = state.trials.iter().filter(|t| !t.in_sweep).collect();
     if old.is_empty() {
-        let _ = writeln!(
-            md,
-            "None: every trial in the database belongs to the current sweep.\n"
-        );
+        let _ = writeln!(md, "None: every trial in the database belongs to the current sweep.\n");
         return;
     }
     let _ = writeln!(
@@ -325,69 +235,27 @@ fn out_of_sweep_section(md: &mut String, state: &State) {
         "These trials were in an earlier version of the sweep file. They stay in the tables \
          (`in_sweep = false`) but take no part in the claims.\n"
     );
-    let _ = writeln!(
-        md,
-        "| hash | idx | status | scope | config |\n|---|---|---|---|---|"
-    );
+    let _ = writeln!(md, "| hash | idx | status | scope | config |\n|---|---|---|---|---|");
     for t in old {
-        let config: Vec<String> = t
-            .config
-            .iter()
-            .filter(|(k, _)| !k.starts_with("data."))
-            .map(|(k, v)| format!("{k}={}", crate::state::display_value(v)))
-            .collect();
-        let _ = writeln!(
-            md,
-            "| `{}` | {} | {} | {} | {} |",
-            t.hash,
-            t.idx,
-            t.status,
-            cell(&t.scope()),
-            cell(&truncate(&config.join(", "), 300))
-        );
+        let config: Vec<String> = t.config.iter().filter(|(k, _)| !k.starts_with("data.")).map(|(k, v)| format!("{k}={}", crate::state::display_value(v))).collect();
+        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} |", t.hash, t.idx, t.status, cell(&t.scope()), cell(&truncate(&config.join(", "), 300)));
     }
     md.push('\n');
 }
 
 fn failed_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "## Failed trials\n");
-    let failed: Vec<&Trial> = state
-        .trials
-        .iter()
-        .filter(|t| t.status.is_unusable())
-        .collect();
+    let failed: Vec<&Trial> = state.trials.iter().filter(|t| t.status.is_unusable()).collect();
     if failed.is_empty() {
         let _ = writeln!(md, "None.\n");
         return;
     }
-    let _ = writeln!(
-        md,
-        "| hash | idx | in sweep | status | attempts | diverged at step | last error |"
-    );
+    let _ = writeln!(md, "| hash | idx | in sweep | status | attempts | diverged at step | last error |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for t in failed {
-        let error = t
-            .last_error
-            .as_ref()
-            .map_or("—".to_string(), |(outcome, e)| {
-                format!("{outcome}: {}", truncate(e, 400))
-            });
-        let diverged = t
-            .result
-            .as_ref()
-            .and_then(|r| r.diverged_step)
-            .map_or("—".to_string(), |s| s.to_string());
-        let _ = writeln!(
-            md,
-            "| `{}` | {} | {} | {} | {} | {} | {} |",
-            t.hash,
-            t.idx,
-            if t.in_sweep { "yes" } else { "no" },
-            t.status,
-            t.attempts,
-            diverged,
-            cell(&error)
-        );
+        let error = t.last_error.as_ref().map_or("—".to_string(), |(outcome, e)| format!("{outcome}: {}", truncate(e, 400)));
+        let diverged = t.result.as_ref().and_then(|r| r.diverged_step).map_or("—".to_string(), |s| s.to_string());
+        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} | {} | {} |", t.hash, t.idx, if t.in_sweep { "yes" } else { "no" }, t.status, t.attempts, diverged, cell(&error));
     }
     md.push('\n');
 }

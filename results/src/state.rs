@@ -78,10 +78,7 @@ pub struct Trial {
 impl Trial {
     /// A final metric, if recorded and finite.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        self.result
-            .as_ref()
-            .and_then(|r| r.metrics.get(name).copied())
-            .filter(|v| v.is_finite())
+        self.result.as_ref().and_then(|r| r.metrics.get(name).copied()).filter(|v| v.is_finite())
     }
 
     /// A config value rendered for display (strings without quotes).
@@ -93,17 +90,8 @@ impl Trial {
     /// `data.preset=ncsn2d, data.dim=2` (sorted), or `all` when it has none. Claims are
     /// grouped by this string.
     pub fn scope(&self) -> String {
-        let parts: Vec<String> = self
-            .config
-            .iter()
-            .filter(|(k, _)| k.starts_with("data."))
-            .map(|(k, v)| format!("{k}={}", display_value(v)))
-            .collect();
-        if parts.is_empty() {
-            "all".to_string()
-        } else {
-            parts.join(", ")
-        }
+        let parts: Vec<String> = self.config.iter().filter(|(k, _)| k.starts_with("data.")).map(|(k, v)| format!("{k}={}", display_value(v))).collect();
+        if parts.is_empty() { "all".to_string() } else { parts.join(", ") }
     }
 
     /// The short hash used in reports and file names.
@@ -132,19 +120,10 @@ pub struct State {
 impl State {
     /// Opens `db_path` read-only and loads every table.
     pub fn load(db_path: &Path) -> Result<State, ResultsError> {
-        let conn = Connection::open_with_flags(
-            db_path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| ResultsError::OpenDb {
-            path: db_path.to_path_buf(),
-            source,
-        })?;
+        let conn = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|source| ResultsError::OpenDb { path: db_path.to_path_buf(), source })?;
         crate::layout::check_version(&conn, db_path)?;
-        let reader = Reader {
-            conn: &conn,
-            path: db_path,
-        };
+        let reader = Reader { conn: &conn, path: db_path };
         let sweep = reader.sweep()?;
         let mut trials = reader.trials()?;
         let mut results = reader.results()?;
@@ -160,11 +139,7 @@ impl State {
             t.last_error = errors.remove(&t.hash);
         }
         trials.sort_by(|a, b| a.idx.cmp(&b.idx).then_with(|| a.hash.cmp(&b.hash)));
-        Ok(State {
-            path: db_path.to_path_buf(),
-            sweep,
-            trials,
-        })
+        Ok(State { path: db_path.to_path_buf(), sweep, trials })
     }
 
     /// Trials that belong to the current sweep (the claims are about these only).
@@ -180,82 +155,37 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn query_err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> ResultsError + '_ {
-        move |source| ResultsError::Query {
-            path: self.path.to_path_buf(),
-            what,
-            source,
-        }
+        move |source| ResultsError::Query { path: self.path.to_path_buf(), what, source }
     }
 
     fn json(&self, column: &'static str, trial: &str, text: &str) -> Result<Value, ResultsError> {
-        serde_json::from_str(text).map_err(|source| ResultsError::Json {
-            path: self.path.to_path_buf(),
-            column,
-            trial: trial.to_string(),
-            source,
-        })
+        serde_json::from_str(text).map_err(|source| ResultsError::Json { path: self.path.to_path_buf(), column, trial: trial.to_string(), source })
     }
 
     fn shape(&self, column: &'static str, trial: &str, detail: impl Into<String>) -> ResultsError {
-        ResultsError::Shape {
-            path: self.path.to_path_buf(),
-            column,
-            trial: trial.to_string(),
-            detail: detail.into(),
-        }
+        ResultsError::Shape { path: self.path.to_path_buf(), column, trial: trial.to_string(), detail: detail.into() }
     }
 
     /// Parses a flat JSON object of numbers; `null` and non-numbers are dropped.
-    fn numbers(
-        &self,
-        column: &'static str,
-        trial: &str,
-        text: &str,
-    ) -> Result<BTreeMap<String, f64>, ResultsError> {
+    fn numbers(&self, column: &'static str, trial: &str, text: &str) -> Result<BTreeMap<String, f64>, ResultsError> {
         match self.json(column, trial, text)? {
-            Value::Object(map) => Ok(map
-                .into_iter()
-                .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
-                .collect()),
+            Value::Object(map) => Ok(map.into_iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).collect()),
             other => Err(self.shape(column, trial, format!("expected an object, got {other}"))),
         }
     }
 
     fn sweep(&self) -> Result<Option<SweepInfo>, ResultsError> {
         let err = self.query_err("the sweep row");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, file, updated_at FROM sweep WHERE id = 1")
-            .map_err(&err)?;
-        let mut rows = stmt
-            .query_map([], |r| {
-                Ok(SweepInfo {
-                    name: r.get(0)?,
-                    file: r.get(1)?,
-                    updated_at: r.get(2)?,
-                })
-            })
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("SELECT name, file, updated_at FROM sweep WHERE id = 1").map_err(&err)?;
+        let mut rows = stmt.query_map([], |r| Ok(SweepInfo { name: r.get(0)?, file: r.get(1)?, updated_at: r.get(2)? })).map_err(&err)?;
         rows.next().transpose().map_err(err)
     }
 
     fn trials(&self) -> Result<Vec<Trial>, ResultsError> {
         let err = self.query_err("trials");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT hash, idx, config_json, in_sweep, status, attempts FROM trials")
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("SELECT hash, idx, config_json, in_sweep, status, attempts FROM trials").map_err(&err)?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?)))
             .map_err(&err)?;
         let mut out = Vec::new();
         for row in rows {
@@ -264,11 +194,7 @@ impl Reader<'_> {
             let config = match self.json("config_json", &hash, &config_json)? {
                 Value::Object(map) => map.into_iter().collect(),
                 other => {
-                    return Err(self.shape(
-                        "config_json",
-                        &hash,
-                        format!("expected an object of dotted keys, got {other}"),
-                    ));
+                    return Err(self.shape("config_json", &hash, format!("expected an object of dotted keys, got {other}")));
                 }
             };
             out.push(Trial {
@@ -290,50 +216,23 @@ impl Reader<'_> {
 
     fn results(&self) -> Result<HashMap<String, TrialResult>, ResultsError> {
         let err = self.query_err("results");
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT trial_hash, status, diverged_step, metrics_json, wall_seconds FROM results",
-            )
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, f64>(4)?,
-                ))
-            })
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("SELECT trial_hash, status, diverged_step, metrics_json, wall_seconds FROM results").map_err(&err)?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, String>(3)?, r.get::<_, f64>(4)?))).map_err(&err)?;
         let mut out = HashMap::new();
         for row in rows {
             let (hash, status, diverged_step, metrics_json, wall_seconds) = row.map_err(&err)?;
             let metrics = self.numbers("metrics_json", &hash, &metrics_json)?;
             let status = self.status("results.status", &hash, &status)?;
-            out.insert(
-                hash,
-                TrialResult {
-                    status,
-                    diverged_step,
-                    metrics,
-                    wall_seconds,
-                },
-            );
+            out.insert(hash, TrialResult { status, diverged_step, metrics, wall_seconds });
         }
         Ok(out)
     }
 
     fn curves(&self) -> Result<HashMap<String, Vec<BTreeMap<String, f64>>>, ResultsError> {
         let err = self.query_err("curves");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT trial_hash, values_json FROM curves ORDER BY trial_hash, row")
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("SELECT trial_hash, values_json FROM curves ORDER BY trial_hash, row").map_err(&err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(&err)?;
         let mut out: HashMap<String, Vec<_>> = HashMap::new();
         for row in rows {
             let (hash, values_json) = row.map_err(&err)?;
@@ -345,33 +244,14 @@ impl Reader<'_> {
 
     fn samples(&self) -> Result<HashMap<String, Samples>, ResultsError> {
         let err = self.query_err("samples");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT trial_hash, dim, samples, data FROM samples")
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            })
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("SELECT trial_hash, dim, samples, data FROM samples").map_err(&err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?))).map_err(&err)?;
         let mut out = HashMap::new();
         for row in rows {
             let (hash, dim, samples, data) = row.map_err(&err)?;
-            let dim = usize::try_from(dim)
-                .map_err(|_| self.shape("dim", &hash, format!("negative dimension {dim}")))?;
+            let dim = usize::try_from(dim).map_err(|_| self.shape("dim", &hash, format!("negative dimension {dim}")))?;
             let points = |column: &'static str, blob: &[u8]| {
-                crate::layout::points(dim, blob).ok_or_else(|| {
-                    self.shape(
-                        column,
-                        &hash,
-                        format!("{} bytes are not whole f32 points of dimension {dim}", blob.len()),
-                    )
-                })
+                crate::layout::points(dim, blob).ok_or_else(|| self.shape(column, &hash, format!("{} bytes are not whole f32 points of dimension {dim}", blob.len())))
             };
             let (samples, data) = (points("samples", &samples)?, points("data", &data)?);
             out.insert(hash, Samples { dim, samples, data });
@@ -381,8 +261,7 @@ impl Reader<'_> {
 
     /// A status text of the database as a [`Status`].
     fn status(&self, column: &'static str, trial: &str, text: &str) -> Result<Status, ResultsError> {
-        text.parse()
-            .map_err(|e: schema::status::UnknownStatus| self.shape(column, trial, e.to_string()))
+        text.parse().map_err(|e: schema::status::UnknownStatus| self.shape(column, trial, e.to_string()))
     }
 
     /// Uploaded artifacts per trial, by name.
@@ -395,28 +274,13 @@ impl Reader<'_> {
                  ORDER BY trial_hash, name",
             )
             .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            })
-            .map_err(&err)?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))).map_err(&err)?;
         let mut out: HashMap<String, Vec<Artifact>> = HashMap::new();
         for row in rows {
             let (hash, name, media_type, bytes, sha256) = row.map_err(&err)?;
             let rel_path = format!("artifacts/{hash}/{name}");
-            out.entry(hash).or_default().push(Artifact {
-                name,
-                media_type,
-                bytes: bytes.max(0) as u64,
-                sha256,
-                rel_path,
-            });
+            out.entry(hash).or_default().push(Artifact { name, media_type, bytes: bytes.max(0) as u64, sha256, rel_path });
         }
         Ok(out)
     }
@@ -431,15 +295,7 @@ impl Reader<'_> {
                  WHERE error IS NOT NULL ORDER BY id",
             )
             .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(&err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(&err)?;
         let mut out = HashMap::new();
         for row in rows {
             let (hash, outcome, error) = row.map_err(&err)?;

@@ -28,17 +28,8 @@ impl Db {
     fn new(dir: &Path) -> Db {
         let path = dir.join("state.db");
         let conn = layout::open_checked(&path).unwrap();
-        conn.execute(
-            "INSERT INTO sweep(id, name, file, source, updated_at) VALUES (1, 'sigma', 'sweeps/sigma.toml', '[base]', 1700000000.0)",
-            [],
-        )
-        .unwrap();
-        Db {
-            path,
-            conn,
-            attempt: 0,
-            ids: HashMap::new(),
-        }
+        conn.execute("INSERT INTO sweep(id, name, file, source, updated_at) VALUES (1, 'sigma', 'sweeps/sigma.toml', '[base]', 1700000000.0)", []).unwrap();
+        Db { path, conn, attempt: 0, ids: HashMap::new() }
     }
 
     fn id(&self, hash: &str) -> i64 {
@@ -46,15 +37,7 @@ impl Db {
     }
 
     /// A trial with one attempt; `error` is recorded on that attempt.
-    fn trial(
-        &mut self,
-        hash: &str,
-        idx: i64,
-        config: Value,
-        in_sweep: bool,
-        status: Status,
-        error: Option<&str>,
-    ) {
+    fn trial(&mut self, hash: &str, idx: i64, config: Value, in_sweep: bool, status: Status, error: Option<&str>) {
         self.attempt += 1;
         self.conn
             .execute(
@@ -64,11 +47,7 @@ impl Db {
             .unwrap();
         let id = self.conn.last_insert_rowid();
         self.ids.insert(hash.to_string(), id);
-        let outcome = if error.is_some() {
-            Status::Failed
-        } else {
-            status
-        };
+        let outcome = if error.is_some() { Status::Failed } else { status };
         self.conn
             .execute(
                 "INSERT INTO attempts(id, trial_id, trial_hash, worker, leased_at, deadline, finished_at, outcome, error) VALUES (?1, ?2, ?3, 'w0', 0.0, 60.0, 1.0, ?4, ?5)",
@@ -88,12 +67,7 @@ impl Db {
 
     fn curve(&self, hash: &str, rows: &[Value]) {
         for (i, r) in rows.iter().enumerate() {
-            self.conn
-                .execute(
-                    "INSERT INTO curves(trial_id, row, trial_hash, values_json) VALUES (?1, ?2, ?3, ?4)",
-                    params![self.id(hash), i as i64, hash, r.to_string()],
-                )
-                .unwrap();
+            self.conn.execute("INSERT INTO curves(trial_id, row, trial_hash, values_json) VALUES (?1, ?2, ?3, ?4)", params![self.id(hash), i as i64, hash, r.to_string()]).unwrap();
         }
     }
 
@@ -155,124 +129,55 @@ fn metrics(l_ism: f64, mode_w_0: f64, fd: f64) -> Value {
 
 /// Four 2D points, row-major.
 fn points(center: f32) -> Vec<f32> {
-    vec![
-        center,
-        0.0,
-        center + 0.1,
-        0.2,
-        -center,
-        0.1,
-        -center - 0.1,
-        -0.2,
-    ]
+    vec![center, 0.0, center + 0.1, 0.2, -center, 0.1, -center - 0.1, -0.2]
 }
 
 /// The main fixture: ncsn2d with three good trials (two annealed, one plain Langevin), a failed
 /// trial and an out-of-sweep trial; gmm1d with one trial whose gap is 100 SE off C.
 fn main_db(dir: &Path) -> Db {
     let mut db = Db::new(dir);
-    db.trial(
-        "aaaa1111",
-        0,
-        config("ncsn2d", "dsm", 1.0, "annealed_langevin", 0),
-        true,
-        Status::Done,
-        None,
-    );
+    db.trial("aaaa1111", 0, config("ncsn2d", "dsm", 1.0, "annealed_langevin", 0), true, Status::Done, None);
     db.result("aaaa1111", metrics(-1.8, 0.51, 0.4));
     db.curve("aaaa1111", &good_curve());
     db.samples("aaaa1111", &points(1.0), &points(1.05));
     db.artifact("aaaa1111", "model.safetensors", 1234, &"ab".repeat(32));
 
-    db.trial(
-        "bbbb2222",
-        1,
-        config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0),
-        true,
-        Status::Done,
-        None,
-    );
+    db.trial("bbbb2222", 1, config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0), true, Status::Done, None);
     db.result("bbbb2222", metrics(-1.95, 0.52, 0.1)); // best θ: (−1.95 + 2)/2 = 0.025
     db.curve("bbbb2222", &good_curve());
 
-    db.trial(
-        "cccc3333",
-        2,
-        config("ncsn2d", "ism", 10.0, "langevin", 0),
-        true,
-        Status::Done,
-        None,
-    );
+    db.trial("cccc3333", 2, config("ncsn2d", "ism", 10.0, "langevin", 0), true, Status::Done, None);
     db.result("cccc3333", metrics(-1.9, 0.8, 0.9)); // plain Langevin misses w_0 by 0.3
     db.curve("cccc3333", &good_curve()[..2]);
     db.samples("cccc3333", &points(1.5), &points(1.05));
 
-    db.trial(
-        "dddd4444",
-        3,
-        config("ncsn2d", "ssm", 5.0, "langevin", 0),
-        true,
-        Status::Failed,
-        Some("boom: out of memory"),
-    );
+    db.trial("dddd4444", 3, config("ncsn2d", "ssm", 5.0, "langevin", 0), true, Status::Failed, Some("boom: out of memory"));
 
     let mut old = config("ncsn2d", "esm", 20.0, "langevin", 7);
     old["model.width"] = json!(64);
     db.trial("eeee5555", 4, old, false, Status::Done, None);
     db.result("eeee5555", metrics(-1.0, 0.9, 2.0));
 
-    db.trial(
-        "ffff6666",
-        5,
-        config("gmm1d", "ism", 1.0, "annealed_langevin", 0),
-        true,
-        Status::Done,
-        None,
-    );
-    db.result(
-        "ffff6666",
-        json!({"l_ism": -1.0, "c_true": 2.0, "gap": 3.0, "gap_se": 0.01, "c_se": 0.0}),
-    );
-    db.curve(
-        "ffff6666",
-        &[
-            json!({"step": 0, "gap": 3.0, "gap_se": 0.01, "c_true": 2.0, "c_se": 0.0}),
-            json!({"step": 100, "gap": 3.0, "gap_se": 0.01, "c_true": 2.0}),
-        ],
-    );
+    db.trial("ffff6666", 5, config("gmm1d", "ism", 1.0, "annealed_langevin", 0), true, Status::Done, None);
+    db.result("ffff6666", json!({"l_ism": -1.0, "c_true": 2.0, "gap": 3.0, "gap_se": 0.01, "c_se": 0.0}));
+    db.curve("ffff6666", &[json!({"step": 0, "gap": 3.0, "gap_se": 0.01, "c_true": 2.0, "c_se": 0.0}), json!({"step": 100, "gap": 3.0, "gap_se": 0.01, "c_true": 2.0})]);
     db
 }
 
 fn read_parquet(path: &Path) -> DataFrame {
-    ParquetReader::new(File::open(path).unwrap())
-        .finish()
-        .unwrap()
+    ParquetReader::new(File::open(path).unwrap()).finish().unwrap()
 }
 
 fn read_csv(path: &Path) -> DataFrame {
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .try_into_reader_with_file_path(Some(path.into()))
-        .unwrap()
-        .finish()
-        .unwrap()
+    CsvReadOptions::default().with_has_header(true).try_into_reader_with_file_path(Some(path.into())).unwrap().finish().unwrap()
 }
 
 fn names(df: &DataFrame) -> Vec<String> {
-    df.get_column_names()
-        .iter()
-        .map(|n| n.to_string())
-        .collect()
+    df.get_column_names().iter().map(|n| n.to_string()).collect()
 }
 
 fn strings(df: &DataFrame, column: &str) -> Vec<String> {
-    df.column(column)
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|s| s.unwrap_or("").to_string())
-        .collect()
+    df.column(column).unwrap().str().unwrap().iter().map(|s| s.unwrap_or("").to_string()).collect()
 }
 
 /// Runs `write_all` on the main fixture (keeping the writer connection open, as the
@@ -316,33 +221,15 @@ fn trial_table_has_one_row_per_trial_and_union_of_columns() {
         "diverged_step",
     ];
     assert_eq!(&cols[..want_order.len()], &want_order, "leading columns");
-    for metric in [
-        "l_esm",
-        "l_ism",
-        "gap",
-        "c_true",
-        "fd",
-        "mode_w_0",
-        "true_w_0",
-        "wall_seconds",
-    ] {
-        assert!(
-            cols.iter().any(|c| c == metric),
-            "missing metric column {metric} in {cols:?}"
-        );
+    for metric in ["l_esm", "l_ism", "gap", "c_true", "fd", "mode_w_0", "true_w_0", "wall_seconds"] {
+        assert!(cols.iter().any(|c| c == metric), "missing metric column {metric} in {cols:?}");
     }
     assert_eq!(cols.last().unwrap(), "wall_seconds");
     // model.width exists only in the out-of-sweep trial: null elsewhere.
     assert_eq!(parquet.column("model.width").unwrap().null_count(), 5);
-    assert_eq!(
-        parquet.column("objective.noise.sigma_max").unwrap().dtype(),
-        &DataType::Float64
-    );
+    assert_eq!(parquet.column("objective.noise.sigma_max").unwrap().dtype(), &DataType::Float64);
     assert_eq!(parquet.column("seed").unwrap().dtype(), &DataType::Int64);
-    assert_eq!(
-        parquet.column("in_sweep").unwrap().dtype(),
-        &DataType::Boolean
-    );
+    assert_eq!(parquet.column("in_sweep").unwrap().dtype(), &DataType::Boolean);
     assert_eq!(strings(&parquet, "hash")[0], "aaaa1111", "ordered by idx");
     // The failed trial has no result and the gmm1d trial no l_esm: null in both.
     assert_eq!(parquet.column("l_esm").unwrap().null_count(), 2);
@@ -354,17 +241,7 @@ fn curves_table_has_one_row_per_checkpoint() {
     let curves = read_parquet(&out.join("curves.parquet"));
     assert_eq!(curves.height(), 3 + 3 + 2 + 2);
     let cols = names(&curves);
-    for c in [
-        "hash",
-        "data.preset",
-        "objective.kind",
-        "sampler.kind",
-        "row",
-        "step",
-        "train_loss",
-        "gap",
-        "c_true",
-    ] {
+    for c in ["hash", "data.preset", "objective.kind", "sampler.kind", "row", "step", "train_loss", "gap", "c_true"] {
         assert!(cols.iter().any(|x| x == c), "missing {c} in {cols:?}");
     }
     // Constant keys (model.kind, sampler.eps) are not useful for grouping.
@@ -376,49 +253,20 @@ fn curves_table_has_one_row_per_checkpoint() {
 fn claims_pass_fail_and_lack_data_per_scope() {
     let (_dir, out, summary) = run_main();
     let claims = read_csv(&out.join("claims.csv"));
-    assert_eq!(
-        names(&claims),
-        [
-            "claim",
-            "scope",
-            "statistic",
-            "expected",
-            "tolerance",
-            "verdict"
-        ]
-    );
-    let got: Vec<(String, String, String)> = strings(&claims, "claim")
-        .into_iter()
-        .zip(strings(&claims, "scope"))
-        .zip(strings(&claims, "verdict"))
-        .map(|((c, s), v)| (c, s, v))
-        .collect();
+    assert_eq!(names(&claims), ["claim", "scope", "statistic", "expected", "tolerance", "verdict"]);
+    let got: Vec<(String, String, String)> =
+        strings(&claims, "claim").into_iter().zip(strings(&claims, "scope")).zip(strings(&claims, "verdict")).map(|((c, s), v)| (c, s, v)).collect();
     let want = [
         ("esm_ism_offset", "data.preset=gmm1d", "fail"),
         ("esm_ism_offset", "data.preset=ncsn2d", "pass"),
-        (
-            "dsm_esm_sigma_offset",
-            "data.preset=gmm1d",
-            "not enough data",
-        ),
-        (
-            "dsm_esm_sigma_offset",
-            "data.preset=ncsn2d, dsm_sigma=0.1",
-            "fail",
-        ),
+        ("dsm_esm_sigma_offset", "data.preset=gmm1d", "not enough data"),
+        ("dsm_esm_sigma_offset", "data.preset=ncsn2d, dsm_sigma=0.1", "fail"),
         ("ism_at_best", "data.preset=gmm1d", "not enough data"),
         ("ism_at_best", "data.preset=ncsn2d", "pass"),
-        (
-            "annealed_vs_plain_langevin",
-            "data.preset=gmm1d",
-            "not enough data",
-        ),
+        ("annealed_vs_plain_langevin", "data.preset=gmm1d", "not enough data"),
         ("annealed_vs_plain_langevin", "data.preset=ncsn2d", "pass"),
     ];
-    let want: Vec<(String, String, String)> = want
-        .iter()
-        .map(|(c, s, v)| (c.to_string(), s.to_string(), v.to_string()))
-        .collect();
+    let want: Vec<(String, String, String)> = want.iter().map(|(c, s, v)| (c.to_string(), s.to_string(), v.to_string())).collect();
     assert_eq!(got, want);
     assert_eq!(summary.claims, want, "summary mirrors claims.csv");
 
@@ -428,45 +276,23 @@ fn claims_pass_fail_and_lack_data_per_scope() {
     // ncsn2d: worst row is gap 2.03 → 0.03/sqrt(0.02² + 0.01²) ≈ 1.342.
     assert!((stat(1).unwrap() - 0.03 / 0.02f64.hypot(0.01)).abs() < 1e-9);
     assert_eq!(stat(2), None, "no statistic without data");
-    assert!(
-        (stat(5).unwrap() - 0.025).abs() < 1e-9,
-        "L_ESM/C at the best θ"
-    );
-    assert!(
-        (stat(7).unwrap() - 0.015).abs() < 1e-9,
-        "mean annealed weight error"
-    );
+    assert!((stat(5).unwrap() - 0.025).abs() < 1e-9, "L_ESM/C at the best θ");
+    assert!((stat(7).unwrap() - 0.015).abs() < 1e-9, "mean annealed weight error");
 }
 
 #[test]
 fn one_trial_is_not_enough_data_for_any_claim() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::new(dir.path());
-    db.trial(
-        "solo",
-        0,
-        config("ncsn2d", "ism", 1.0, "annealed_langevin", 0),
-        true,
-        Status::Done,
-        None,
-    );
+    db.trial("solo", 0, config("ncsn2d", "ism", 1.0, "annealed_langevin", 0), true, Status::Done, None);
     db.result("solo", metrics(-1.9, 0.5, 0.1));
     db.curve("solo", &good_curve()[..1]);
     drop(db.conn); // also checks that a closed WAL database opens read-only
     let summary = write_all(&db.path, &dir.path().join("out")).unwrap();
-    let verdicts: Vec<(&str, &str)> = summary
-        .claims
-        .iter()
-        .map(|(c, _, v)| (c.as_str(), v.as_str()))
-        .collect();
+    let verdicts: Vec<(&str, &str)> = summary.claims.iter().map(|(c, _, v)| (c.as_str(), v.as_str())).collect();
     assert_eq!(
         verdicts,
-        [
-            ("esm_ism_offset", "not enough data"),
-            ("dsm_esm_sigma_offset", "not enough data"),
-            ("ism_at_best", "not enough data"),
-            ("annealed_vs_plain_langevin", "not enough data"),
-        ]
+        [("esm_ism_offset", "not enough data"), ("dsm_esm_sigma_offset", "not enough data"), ("ism_at_best", "not enough data"), ("annealed_vs_plain_langevin", "not enough data"),]
     );
     assert_eq!((summary.trials, summary.done, summary.failed), (1, 1, 0));
 }
@@ -478,12 +304,7 @@ fn empty_database_writes_empty_tables() {
     let out = dir.path().join("out");
     let summary = write_all(&db.path, &out).unwrap();
     assert_eq!(summary.trials, 0);
-    assert!(
-        summary
-            .claims
-            .iter()
-            .all(|(_, scope, v)| scope == "all" && v == "not enough data")
-    );
+    assert!(summary.claims.iter().all(|(_, scope, v)| scope == "all" && v == "not enough data"));
     assert_eq!(read_parquet(&out.join("trials.parquet")).height(), 0);
     assert_eq!(read_parquet(&out.join("curves.parquet")).height(), 0);
     assert!(out.join("report.md").exists());
@@ -494,61 +315,23 @@ fn report_lists_claims_out_of_sweep_and_failed_trials() {
     let (_dir, out, _) = run_main();
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let section = |title: &str| -> String {
-        let start = report
-            .find(title)
-            .unwrap_or_else(|| panic!("no section {title}:\n{report}"));
+        let start = report.find(title).unwrap_or_else(|| panic!("no section {title}:\n{report}"));
         let rest = &report[start + title.len()..];
         rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
     };
     for (title, must_contain, must_not) in [
-        (
-            "## Trials no longer in the sweep",
-            vec!["eeee5555", "model.width=64"],
-            vec!["aaaa1111", "dddd4444"],
-        ),
-        (
-            "## Failed trials",
-            vec!["dddd4444", "boom: out of memory"],
-            vec!["aaaa1111"],
-        ),
-        (
-            "## Claims",
-            vec![
-                "esm_ism_offset",
-                "**FAIL**",
-                "**pass**",
-                "not enough data",
-                "spread",
-            ],
-            vec![],
-        ),
-        (
-            "## Key tables",
-            vec![
-                "objective.noise.sigma_max",
-                "objective.kind",
-                "sampler.kind",
-            ],
-            vec![],
-        ),
-        (
-            "## Plots",
-            vec![
-                "plots/gap_vs_checkpoint_data.preset-ncsn2d.svg",
-                "plots/fd_vs_sigma_max_data.preset-ncsn2d.svg",
-            ],
-            vec![],
-        ),
+        ("## Trials no longer in the sweep", vec!["eeee5555", "model.width=64"], vec!["aaaa1111", "dddd4444"]),
+        ("## Failed trials", vec!["dddd4444", "boom: out of memory"], vec!["aaaa1111"]),
+        ("## Claims", vec!["esm_ism_offset", "**FAIL**", "**pass**", "not enough data", "spread"], vec![]),
+        ("## Key tables", vec!["objective.noise.sigma_max", "objective.kind", "sampler.kind"], vec![]),
+        ("## Plots", vec!["plots/gap_vs_checkpoint_data.preset-ncsn2d.svg", "plots/fd_vs_sigma_max_data.preset-ncsn2d.svg"], vec![]),
     ] {
         let text = section(title);
         for s in must_contain {
             assert!(text.contains(s), "{title} lacks {s:?}:\n{text}");
         }
         for s in must_not {
-            assert!(
-                !text.contains(s),
-                "{title} should not mention {s:?}:\n{text}"
-            );
+            assert!(!text.contains(s), "{title} should not mention {s:?}:\n{text}");
         }
     }
 }
@@ -564,16 +347,9 @@ fn plots_are_written_as_svg() {
         "fd_vs_sigma_max_data.preset-ncsn2d.svg",
     ] {
         let path = out.join("plots").join(file);
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            text.contains("<svg") && text.contains("</svg>"),
-            "{file} is not SVG"
-        );
-        assert!(
-            text.contains("<circle") || text.contains("<polyline"),
-            "{file} draws nothing"
-        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(text.contains("<svg") && text.contains("</svg>"), "{file} is not SVG");
+        assert!(text.contains("<circle") || text.contains("<polyline"), "{file} draws nothing");
     }
 }
 
@@ -588,23 +364,9 @@ fn errors_name_the_file() {
     assert!(err.to_string().contains("missing.db"), "{err}");
 
     let db = Db::new(dir.path());
-    db.conn
-        .execute(
-            "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES ('bad', 0, '{not json', 1, 'queued', 0, 0.0)",
-            [],
-        )
-        .unwrap();
+    db.conn.execute("INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES ('bad', 0, '{not json', 1, 'queued', 0, 0.0)", []).unwrap();
     let err = write_all(&db.path, &out).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ResultsError::Json {
-                column: "config_json",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, ResultsError::Json { column: "config_json", .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("state.db") && msg.contains("bad"), "{msg}");
 
@@ -621,12 +383,7 @@ fn report_lists_artifacts_per_trial() {
     let start = report.find("## Artifacts").expect("an artifacts section");
     let rest = &report[start..];
     let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
-    for s in [
-        "aaaa1111",
-        "model.safetensors",
-        "1234",
-        "artifacts/aaaa1111/model.safetensors",
-    ] {
+    for s in ["aaaa1111", "model.safetensors", "1234", "artifacts/aaaa1111/model.safetensors"] {
         assert!(section.contains(s), "artifacts section lacks {s:?}:\n{section}");
     }
     assert!(!section.contains("bbbb2222"), "{section}");
@@ -636,23 +393,9 @@ fn report_lists_artifacts_per_trial() {
 fn a_diverged_trial_is_finished_but_not_done() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::new(dir.path());
-    db.trial(
-        "good",
-        0,
-        config("ncsn2d", "ism", 1.0, "langevin", 0),
-        true,
-        Status::Done,
-        None,
-    );
+    db.trial("good", 0, config("ncsn2d", "ism", 1.0, "langevin", 0), true, Status::Done, None);
     db.result("good", metrics(-1.9, 0.5, 0.1));
-    db.trial(
-        "wild",
-        1,
-        config("ncsn2d", "ism", 2.0, "langevin", 0),
-        true,
-        Status::Diverged,
-        None,
-    );
+    db.trial("wild", 1, config("ncsn2d", "ism", 2.0, "langevin", 0), true, Status::Diverged, None);
     db.conn
         .execute(
             "INSERT INTO results(trial_id, trial_hash, attempt_id, status, diverged_step, metrics_json, wall_seconds) VALUES (?1, 'wild', ?2, ?3, 17, '{}', 1.0)",
@@ -661,17 +404,10 @@ fn a_diverged_trial_is_finished_but_not_done() {
         .unwrap();
     let out = dir.path().join("out");
     let summary = write_all(&db.path, &out).unwrap();
-    assert_eq!(
-        (summary.trials, summary.done, summary.failed),
-        (2, 1, 1),
-        "diverged counts as unusable"
-    );
+    assert_eq!((summary.trials, summary.done, summary.failed), (2, 1, 1), "diverged counts as unusable");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let failed = &report[report.find("## Failed trials").unwrap()..];
-    assert!(
-        failed.contains("`wild`") && failed.contains("| 17 |"),
-        "{failed}"
-    );
+    assert!(failed.contains("`wild`") && failed.contains("| 17 |"), "{failed}");
 }
 
 #[test]
@@ -680,18 +416,13 @@ fn a_database_in_another_layout_is_refused() {
     let path = dir.path().join("state.db");
     {
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE trials(id INTEGER PRIMARY KEY, hash TEXT);")
-            .unwrap();
-        conn.pragma_update(None, "user_version", LAYOUT_VERSION - 1)
-            .unwrap();
+        conn.execute_batch("CREATE TABLE trials(id INTEGER PRIMARY KEY, hash TEXT);").unwrap();
+        conn.pragma_update(None, "user_version", LAYOUT_VERSION - 1).unwrap();
     }
     let err = write_all(&path, &dir.path().join("out")).unwrap_err();
     assert!(matches!(err, ResultsError::Layout(_)), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("layout") && msg.contains("state.db") && msg.contains("--out"),
-        "{msg}"
-    );
+    assert!(msg.contains("layout") && msg.contains("state.db") && msg.contains("--out"), "{msg}");
     let err = layout::open_checked(&path).unwrap_err().to_string();
     assert!(err.contains("layout"), "{err}");
 }

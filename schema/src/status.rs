@@ -31,7 +31,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [Status::Queued, Status::Running, Status::Done, Status::Diverged, Status::Failed, Status::Timeout, Status::Expired, Status::Cancelled, Status::Ignored];
+    pub const ALL: [Status; 9] =
+        [Status::Queued, Status::Running, Status::Done, Status::Diverged, Status::Failed, Status::Timeout, Status::Expired, Status::Cancelled, Status::Ignored];
 
     /// The text kept in the state database and written in tables.
     pub fn as_str(self) -> &'static str {

@@ -423,10 +423,17 @@ pub struct ObjectiveSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NoiseSpec {
-    Geometric { sigma_max: f64, sigma_min: f64, levels: usize },
+    Geometric {
+        sigma_max: f64,
+        sigma_min: f64,
+        levels: usize,
+    },
     List(Vec<f64>),
     /// NCSNv2: σ₁ from the data, γ from D; `levels` is used only where the γ rule has no root.
-    Auto { sigma_min: f64, levels: usize },
+    Auto {
+        sigma_min: f64,
+        levels: usize,
+    },
 }
 
 impl NoiseSpec {
@@ -477,11 +484,26 @@ pub enum SamplerSpec {
     None,
     /// NCSN: `steps_per_level` steps at each level with α_i = ε σ_i²/σ_L², then optionally
     /// x + σ_L² S(x, σ_L).
-    AnnealedLangevin { init: Init, steps_per_level: usize, eps: StepSize, denoise: bool },
+    AnnealedLangevin {
+        init: Init,
+        steps_per_level: usize,
+        eps: StepSize,
+        denoise: bool,
+    },
     /// `steps` steps x ← x + (α/2) S + √α z at the smallest σ (or the unconditional score).
-    Langevin { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
+    Langevin {
+        init: Init,
+        steps: usize,
+        eps: StepSize,
+        steps_per_level: usize,
+    },
     /// `steps` steps x ← x + α S.
-    ScoreAscent { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
+    ScoreAscent {
+        init: Init,
+        steps: usize,
+        eps: StepSize,
+        steps_per_level: usize,
+    },
 }
 
 impl SamplerSpec {
@@ -586,7 +608,14 @@ fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
         if seconds > 86_400.0 {
             return Err(field("sleep.seconds", "must be at most one day"));
         }
-        let others = [("data", raw.data.is_some()), ("model", raw.model.is_some()), ("objective", raw.objective.is_some()), ("train", raw.train.is_some()), ("eval", raw.eval.is_some()), ("sampler", raw.sampler.is_some())];
+        let others = [
+            ("data", raw.data.is_some()),
+            ("model", raw.model.is_some()),
+            ("objective", raw.objective.is_some()),
+            ("train", raw.train.is_some()),
+            ("eval", raw.eval.is_some()),
+            ("sampler", raw.sampler.is_some()),
+        ];
         if let Some((k, _)) = others.iter().find(|(_, set)| *set) {
             return Err(field(k, "does not apply to a sleep trial ([sleep] takes no other section)"));
         }
@@ -683,7 +712,14 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
 
 fn validate_data(d: &RawData) -> Result<DataSpec, FieldError> {
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
-        let given = [("dim", d.dim.is_some()), ("components", d.components.is_some()), ("separation", d.separation.is_some()), ("weights", d.weights.is_some()), ("means", d.means.is_some()), ("stds", d.stds.is_some())];
+        let given = [
+            ("dim", d.dim.is_some()),
+            ("components", d.components.is_some()),
+            ("separation", d.separation.is_some()),
+            ("weights", d.weights.is_some()),
+            ("means", d.means.is_some()),
+            ("stds", d.stds.is_some()),
+        ];
         for (k, set) in given {
             if set && !allowed.contains(&k) {
                 return Err(field(&format!("data.{k}"), format!("does not apply to preset `{}`", d.preset)));

@@ -14,7 +14,7 @@ use engine::trial::{self, TrialOutcome, TrialStatus};
 use schema::{Status, TrialConfig};
 use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
-use sweep_proto::{status_to_wire, MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use sweep_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, status_to_wire};
 use tonic::transport::Channel;
 
 #[derive(clap::Args, Default)]
@@ -178,10 +178,8 @@ async fn upload(client: &SweepClient<Channel>, id: &str, attempt: u64, name: &st
         let mut c = client.clone();
         let bytes = bytes.clone();
         let total = bytes.len() as u64;
-        let mut chunks: Vec<pb::ArtifactChunk> = bytes
-            .chunks(MAX_CHUNK_BYTES)
-            .map(|data| pb::ArtifactChunk { worker_id: id.into(), attempt_id: attempt, data: data.to_vec(), ..Default::default() })
-            .collect();
+        let mut chunks: Vec<pb::ArtifactChunk> =
+            bytes.chunks(MAX_CHUNK_BYTES).map(|data| pb::ArtifactChunk { worker_id: id.into(), attempt_id: attempt, data: data.to_vec(), ..Default::default() }).collect();
         if chunks.is_empty() {
             chunks.push(pb::ArtifactChunk { worker_id: id.into(), attempt_id: attempt, ..Default::default() });
         }
@@ -207,7 +205,15 @@ fn points(p: &[Vec<f32>]) -> pb::Points {
 }
 
 fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>, wall: f64) -> pb::ReportRequest {
-    let mut r = pb::ReportRequest { worker_id: id.into(), attempt_id: lease.attempt_id, trial_hash: lease.trial_hash.clone(), wall_seconds: wall, curve_json: "[]".into(), metrics_json: "{}".into(), ..Default::default() };
+    let mut r = pb::ReportRequest {
+        worker_id: id.into(),
+        attempt_id: lease.attempt_id,
+        trial_hash: lease.trial_hash.clone(),
+        wall_seconds: wall,
+        curve_json: "[]".into(),
+        metrics_json: "{}".into(),
+        ..Default::default()
+    };
     match outcome {
         Err(e) => {
             r.status = status_to_wire(Status::Failed);
@@ -220,7 +226,8 @@ fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>,
             }
             let m: serde_json::Map<String, serde_json::Value> = o.metrics.iter().map(|(k, v)| (k.clone(), json_number(*v))).collect();
             r.metrics_json = serde_json::Value::Object(m).to_string();
-            let rows: Vec<serde_json::Value> = o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| json_number(*v))).collect())).collect();
+            let rows: Vec<serde_json::Value> =
+                o.curve_rows.iter().map(|row| serde_json::Value::Object(o.curve_columns.iter().cloned().zip(row.iter().map(|v| json_number(*v))).collect())).collect();
             r.curve_json = serde_json::Value::Array(rows).to_string();
             r.samples = Some(points(&o.samples));
             r.data = Some(points(&o.data_sample));

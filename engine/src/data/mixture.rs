@@ -160,11 +160,14 @@ impl Mixture {
     /// any Monte Carlo error, reported as 0), by a Monte Carlo sample of n points otherwise.
     pub fn score_norm_constant(&self, n_mc: usize, rng: &mut Rng) -> (f64, f64) {
         if self.dim <= 2 {
-            (self.quadrature(|m, x| {
-                let mut s = vec![0.0; m.dim];
-                m.score(x, &mut s);
-                s.iter().map(|v| v * v).sum()
-            }), 0.0)
+            (
+                self.quadrature(|m, x| {
+                    let mut s = vec![0.0; m.dim];
+                    m.score(x, &mut s);
+                    s.iter().map(|v| v * v).sum()
+                }),
+                0.0,
+            )
         } else {
             let xs = self.sample(n_mc, rng);
             let vals: Vec<f64> = self.scores(&xs).chunks(self.dim).map(|s| s.iter().map(|v| v * v).sum()).collect();

@@ -78,10 +78,13 @@ mod tests {
 
     #[test]
     fn registry_matches_declared_capabilities() {
-        for spec in [DataSpec::Mixture { preset: "ncsn2d".into(), mixture: MixtureSpec::ncsn2d() }] {
+        let specs =
+            vec![DataSpec::Mixture { preset: "ncsn2d".into(), mixture: MixtureSpec::ncsn2d() }, DataSpec::Mixture { preset: "iso".into(), mixture: MixtureSpec::iso(5, 3, 4.0) }];
+        for spec in specs {
             let src = build(&spec);
             assert_eq!(src.caps(), spec.caps());
             assert_eq!(src.dim(), spec.dim());
+            assert_eq!(src.label(), spec.label());
             let b = src.sample(5, &mut Rng::new(1));
             assert_eq!(b.x.len(), 5 * spec.dim());
         }

@@ -4,10 +4,10 @@
 use candle_core::{Device, Tensor};
 
 use super::samples::simpson_nodes;
-use crate::data::mixture::logsumexp;
 use crate::data::Mixture;
-use crate::models::layers::points;
+use crate::data::mixture::logsumexp;
 use crate::models::EnergyModel;
+use crate::models::layers::points;
 
 /// Points per chunk of a quadrature grid.
 const CHUNK: usize = 8192;

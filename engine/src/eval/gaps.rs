@@ -10,8 +10,8 @@
 use candle_core::{Device, Tensor};
 
 use super::Checkpoint;
-use crate::data::mixture::mean_se;
 use crate::data::Mixture;
+use crate::data::mixture::mean_se;
 use crate::models::layers::points;
 use crate::models::{self, Probes, ScoreModel};
 use crate::objectives::{self, ObjectiveKind, TrainObjective};

@@ -194,10 +194,50 @@ pub fn simpson_nodes(e: f64, n: usize) -> (Vec<f64>, Vec<f64>) {
     let h = 2.0 * e / n as f64;
     (0..=n)
         .map(|i| {
-            let c = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+            let c = if i == 0 || i == n {
+                1.0
+            } else if i % 2 == 1 {
+                4.0
+            } else {
+                2.0
+            };
             (-e + i as f64 * h, c * h / 3.0)
         })
         .unzip()
+}
+
+/// Metrics of the finite generated points `xs` against the data: sliced W1 and MMD against a
+/// reference sample always; with an exact mixture also the Fréchet distance to its exact
+/// moments, the weight of each mode, their total-variation error and the mean distance to the
+/// nearest mode (which shows the collapse of score ascent). Without one, the Fréchet distance
+/// is between Gaussian fits of the two samples.
+pub fn sample_metrics(xs: &[f64], reference: &[f64], d: usize, mix: Option<&Mixture>, rng: &mut Rng) -> Vec<(String, f64)> {
+    let mut m: Vec<(String, f64)> = Vec::new();
+    let fd = match mix {
+        Some(mix) => frechet_to_mixture(xs, mix),
+        None => {
+            let (mu1, c1) = sample_moments(xs, d);
+            let (mu2, c2) = sample_moments(reference, d);
+            frechet(&mu1, &c1, &mu2, &c2, d)
+        }
+    };
+    m.push(("fd".into(), fd));
+    m.push(("swd".into(), sliced_w1(xs, reference, d, 128, rng)));
+    m.push(("mmd".into(), mmd_rbf(xs, reference, d, 1000)));
+    if let Some(mix) = mix {
+        let w = mode_weights(xs, mix);
+        let err: f64 = 0.5 * w.iter().zip(&mix.weights).map(|(a, b)| (a - b).abs()).sum::<f64>();
+        m.push(("mode_weight_err".into(), err));
+        for (i, (a, b)) in w.iter().zip(&mix.weights).enumerate() {
+            m.push((format!("mode_w_{i}"), *a));
+            m.push((format!("true_w_{i}"), *b));
+        }
+        let spread: f64 =
+            xs.chunks(d).map(|p| mix.means.iter().map(|mu| mu.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum::<f64>()).fold(f64::INFINITY, f64::min).sqrt()).sum::<f64>()
+                / (xs.len() / d) as f64;
+        m.push(("dist_to_mode".into(), spread));
+    }
+    m
 }
 
 #[cfg(test)]
@@ -245,40 +285,4 @@ mod tests {
         let z: f64 = x.iter().zip(&w).map(|(x, w)| w * (-0.5 * x * x).exp()).sum();
         assert!((z - (2.0 * std::f64::consts::PI).sqrt()).abs() < 1e-9);
     }
-}
-
-/// Metrics of the finite generated points `xs` against the data: sliced W1 and MMD against a
-/// reference sample always; with an exact mixture also the Fréchet distance to its exact
-/// moments, the weight of each mode, their total-variation error and the mean distance to the
-/// nearest mode (which shows the collapse of score ascent). Without one, the Fréchet distance
-/// is between Gaussian fits of the two samples.
-pub fn sample_metrics(xs: &[f64], reference: &[f64], d: usize, mix: Option<&Mixture>, rng: &mut Rng) -> Vec<(String, f64)> {
-    let mut m: Vec<(String, f64)> = Vec::new();
-    let fd = match mix {
-        Some(mix) => frechet_to_mixture(xs, mix),
-        None => {
-            let (mu1, c1) = sample_moments(xs, d);
-            let (mu2, c2) = sample_moments(reference, d);
-            frechet(&mu1, &c1, &mu2, &c2, d)
-        }
-    };
-    m.push(("fd".into(), fd));
-    m.push(("swd".into(), sliced_w1(xs, reference, d, 128, rng)));
-    m.push(("mmd".into(), mmd_rbf(xs, reference, d, 1000)));
-    if let Some(mix) = mix {
-        let w = mode_weights(xs, mix);
-        let err: f64 = 0.5 * w.iter().zip(&mix.weights).map(|(a, b)| (a - b).abs()).sum::<f64>();
-        m.push(("mode_weight_err".into(), err));
-        for (i, (a, b)) in w.iter().zip(&mix.weights).enumerate() {
-            m.push((format!("mode_w_{i}"), *a));
-            m.push((format!("true_w_{i}"), *b));
-        }
-        let spread: f64 = xs
-            .chunks(d)
-            .map(|p| mix.means.iter().map(|mu| mu.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum::<f64>()).fold(f64::INFINITY, f64::min).sqrt())
-            .sum::<f64>()
-            / (xs.len() / d) as f64;
-        m.push(("dist_to_mode".into(), spread));
-    }
-    m
 }

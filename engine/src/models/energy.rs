@@ -5,7 +5,7 @@
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 
-use super::layers::{build_layers, first_tangent, inputs, ActivationOps, Arch, Dense, Probes, Tangents};
+use super::layers::{ActivationOps, Arch, Dense, Probes, Tangents, build_layers, first_tangent, inputs};
 use crate::rng::Rng;
 
 /// The energy net q(x, σ; θ): p_θ ∝ e^q, S = ∇ₓq in closed form.

@@ -11,7 +11,7 @@
 //! shape (K, N, H) and P of shape (D, H). This lets the exact trace use only the diagonal
 //! entries (J e_k)_k = T_k · P_k, never forming the D×D Jacobian (see [`Tangents::diag`]).
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{D, DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::rng::Rng;

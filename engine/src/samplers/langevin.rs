@@ -30,7 +30,16 @@ fn langevin_steps(scorer: &mut dyn Scorer, x: &mut [f32], sigma: Option<f64>, al
 
 /// Annealed Langevin dynamics over `sigmas` (descending), in place.
 #[allow(clippy::too_many_arguments)]
-pub fn annealed_langevin(scorer: &mut dyn Scorer, x: &mut [f32], sigmas: &[f64], eps: f64, steps_per_level: usize, denoise: bool, rng: &mut Rng, progress: &mut dyn FnMut()) -> Result<()> {
+pub fn annealed_langevin(
+    scorer: &mut dyn Scorer,
+    x: &mut [f32],
+    sigmas: &[f64],
+    eps: f64,
+    steps_per_level: usize,
+    denoise: bool,
+    rng: &mut Rng,
+    progress: &mut dyn FnMut(),
+) -> Result<()> {
     let last = *sigmas.last().expect("non-empty ladder");
     for &s in sigmas {
         let alpha = eps * s * s / (last * last);

@@ -14,7 +14,7 @@ use crate::train::fast::FastForward;
 
 pub mod langevin;
 
-pub use langevin::{annealed_langevin, langevin, score_ascent, uniform_box, AnnealedLangevin, Langevin, ScoreAscent};
+pub use langevin::{AnnealedLangevin, Langevin, ScoreAscent, annealed_langevin, langevin, score_ascent, uniform_box};
 
 /// Anything that evaluates S(x, σ) on row-major points.
 pub trait Scorer {
@@ -91,7 +91,9 @@ pub fn build(spec: &SamplerSpec, ladder: Option<&[f64]>, eps: f64) -> Option<Box
     let clean = ladder.and_then(|s| s.last().copied());
     Some(match spec {
         SamplerSpec::None => return None,
-        SamplerSpec::AnnealedLangevin { steps_per_level, denoise, .. } => Box::new(AnnealedLangevin { sigmas: ladder?.to_vec(), eps, steps_per_level: *steps_per_level, denoise: *denoise }),
+        SamplerSpec::AnnealedLangevin { steps_per_level, denoise, .. } => {
+            Box::new(AnnealedLangevin { sigmas: ladder?.to_vec(), eps, steps_per_level: *steps_per_level, denoise: *denoise })
+        }
         SamplerSpec::Langevin { steps, .. } => Box::new(Langevin { sigma: clean, alpha: eps, steps: *steps }),
         SamplerSpec::ScoreAscent { steps, .. } => Box::new(ScoreAscent { sigma: clean, alpha: eps, steps: *steps }),
     })

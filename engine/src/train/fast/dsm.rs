@@ -26,8 +26,6 @@ struct DsmNet {
     scale_by_sigma: bool,
 }
 
-
-
 /// Preallocated DSM trainer for one MLP score net and batch size.
 ///
 /// The batch is split into [`slices_for`]`(batch)` contiguous slices (a function of the batch
@@ -121,7 +119,6 @@ impl FastDsm {
     }
 }
 
-
 /// Forward and backward of DSM on one slice of the batch (`sigma.len()` rows of a batch of
 /// `n_total`): returns Σ‖r‖² over the slice and leaves the slice's parameter gradients (already
 /// scaled by 1/`n_total`) in `sh.grads`.
@@ -207,4 +204,3 @@ fn dsm_slice(net: &DsmNet, params: &[(Param, Param)], sh: &mut DsmShard, xt: &[f
     }
     loss
 }
-

@@ -207,4 +207,3 @@ impl FastIsm {
         store(&self.params, model, vars)
     }
 }
-

@@ -20,7 +20,6 @@ use crate::models::layers::Dense;
 use crate::models::mlp::MlpScore;
 use schema::trial::Activation;
 
-
 /// Rows per slice of a batch. The number of slices depends on the batch size only, never on
 /// the thread count, so a trial's numbers do not depend on how many threads run it.
 pub const SLICE_ROWS: usize = 256;
@@ -152,7 +151,6 @@ impl Param {
     }
 }
 
-
 /// Runs `slice(k, shard)` for every shard at once on rayon's pool (RAYON_NUM_THREADS threads,
 /// already running: no thread start per step), the last one on the calling thread; returns
 /// each slice's result in order. Each slice writes only its own shard.
@@ -216,7 +214,6 @@ fn activate2(act: Activation, z: &[f32], a: &mut [f32], d1: &mut [f32], d2: &mut
     }
 }
 
-
 /// `buf` with at least `len` elements (contents unspecified).
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
@@ -224,7 +221,6 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     }
     &mut buf[..len]
 }
-
 
 /// ∂L/∂z from ∂L/∂a at a layer of width `h` whose derivative d = a'(z) also enters the loss
 /// through the trace: g ← g ⊙ d + β_i · a''(z) ⊙ (∂t/∂d), row i scaled by β_i.
@@ -273,4 +269,3 @@ fn store(params: &[(Param, Param)], model: &MlpScore, vars: &candle_nn::VarMap) 
     }
     Ok(())
 }
-

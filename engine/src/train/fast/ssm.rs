@@ -22,7 +22,6 @@ struct SsmShard {
     grads: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
-
 /// Shape and options of the net for SSM.
 struct SsmNet {
     act: Activation,
@@ -117,7 +116,19 @@ impl FastSsm {
 /// whole batch's, K×N×D probe-major): returns Σ w·loss over the slice and leaves its gradients
 /// (already scaled by 1/`n_total`) in `sh.grads`.
 #[allow(clippy::too_many_arguments)]
-fn ssm_slice(net: &SsmNet, params: &[(Param, Param)], sh: &mut SsmShard, x: &[f32], v_all: &[f32], k: usize, lo: usize, hi: usize, n_total: usize, sigma: Option<&[f32]>, par: Parallelism) -> f64 {
+fn ssm_slice(
+    net: &SsmNet,
+    params: &[(Param, Param)],
+    sh: &mut SsmShard,
+    x: &[f32],
+    v_all: &[f32],
+    k: usize,
+    lo: usize,
+    hi: usize,
+    n_total: usize,
+    sigma: Option<&[f32]>,
+    par: Parallelism,
+) -> f64 {
     let d = net.dim;
     let n = hi - lo;
     let rows = n * (1 + k);
@@ -262,4 +273,3 @@ fn ssm_slice(net: &SsmNet, params: &[(Param, Param)], sh: &mut SsmShard, x: &[f3
     }
     loss
 }
-
