@@ -45,7 +45,7 @@ fn count(dir: &Path, sql: &str) -> i64 {
     rusqlite::Connection::open(dir.join("state.db")).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-/// Holds the store thread inside a request until `release` is dropped, so that the requests
+/// Holds the store's drain task inside a request until `release` is dropped, so that the requests
 /// sent meanwhile queue up and form the next batch.
 fn hold(store: &Arc<Store>, rt: &tokio::runtime::Runtime) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
     let (release, wait) = std::sync::mpsc::channel::<()>();
