@@ -15,6 +15,9 @@ use crate::rng::{Rng, Stream};
 pub struct Ladder {
     pub sigmas: Vec<f64>,
     pub gamma: f64,
+    /// The largest pairwise distance over the points σ₁ is judged against (NCSNv2's technique
+    /// 1 asks σ₁ ≥ this); the `auto` ladder's σ₁ is this value.
+    pub data_diameter: f64,
 }
 
 impl Ladder {
@@ -97,26 +100,28 @@ impl<'a> TrialPlan<'a> {
 /// The σ ladder (descending) and its ratio γ.
 pub fn resolve_ladder(noise: &NoiseSpec, data: &dyn DataSource, train_set: Option<&[f64]>, seed: u64) -> Ladder {
     let ratio = |s: &[f64]| if s.len() > 1 { (s[0] / s[s.len() - 1]).powf(1.0 / (s.len() - 1) as f64) } else { 1.0 };
+    // The diameter is exact over at most 4000 training points (O(n²·D)), or over 2000 points
+    // drawn from the ladder's own stream (no other stream moves).
+    let d = data.dim();
+    let owned;
+    let pts = match train_set {
+        Some(t) => &t[..t.len().min(4000 * d)],
+        None => {
+            owned = data.sample(2000, &mut Rng::stream(seed, Stream::Ladder)).x;
+            &owned[..]
+        }
+    };
+    let data_diameter = ladder::max_pairwise_distance(pts, d);
     match noise {
         NoiseSpec::Geometric { sigma_max, sigma_min, levels } => {
             let s = ladder::geometric(*sigma_max, *sigma_min, *levels);
             let gamma = ratio(&s);
-            Ladder { sigmas: s, gamma }
+            Ladder { sigmas: s, gamma, data_diameter }
         }
-        NoiseSpec::List(s) => Ladder { sigmas: s.clone(), gamma: ratio(s) },
+        NoiseSpec::List(s) => Ladder { sigmas: s.clone(), gamma: ratio(s), data_diameter },
         NoiseSpec::Auto { sigma_min, levels } => {
-            // σ₁ is exact over at most 4000 training points (O(n²·D)).
-            let d = data.dim();
-            let owned;
-            let pts = match train_set {
-                Some(t) => &t[..t.len().min(4000 * d)],
-                None => {
-                    owned = data.sample(2000, &mut Rng::stream(seed, Stream::Ladder)).x;
-                    &owned[..]
-                }
-            };
             let (sigmas, gamma, _) = ladder::auto(pts, d, *sigma_min, *levels);
-            Ladder { sigmas, gamma }
+            Ladder { sigmas, gamma, data_diameter }
         }
     }
 }

@@ -241,6 +241,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
         metrics.push(("sigma_max_used".into(), l.sigmas[0]));
         metrics.push(("sigma_min_used".into(), l.smallest()));
         metrics.push(("gamma".into(), l.gamma));
+        metrics.push(("data_diameter".into(), l.data_diameter));
     }
 
     // Sampling and sample metrics.

@@ -238,7 +238,27 @@ fn dsm_minus_esm_sigma_is_the_constant_at_every_theta() {
         let o = run(&src);
         assert_eq!(o.status, TrialStatus::Ok);
         assert_offset(&o, "dsm_gap", "dsm_gap_se", "c_dsm", "c_dsm_se");
+        // The variate's coefficient is fitted, so it never costs precision (here σ ≥ 0.3).
+        for (se, raw) in col(&o, "dsm_gap_se").into_iter().zip(col(&o, "dsm_gap_se_raw")) {
+            assert!(se <= raw * 1.0001, "{preset}: control variate SE {se} above raw {raw}");
+        }
     }
+}
+
+/// At small σ the DSM − ESM_σ per-point difference is dominated by ‖ε‖²/σ² (SD √(2D)/σ²);
+/// subtracting the control variate (‖ε‖² − D)/σ² keeps the mean (the offset still holds) and
+/// leaves an SE of order 2√E‖S‖²/(σ√n): in 1D at σ = 0.1 it must shrink several-fold.
+#[test]
+fn dsm_control_variate_shrinks_the_standard_error_at_small_sigma() {
+    let ladder = "noise = { ladder = \"geometric\", sigma_max = 2.0, sigma_min = 0.1, levels = 4 }";
+    let src = trial_src("seed1d", "mlp", "dsm", 300, 300, "").replace("kind = \"dsm\"\n", &format!("kind = \"dsm\"\n{ladder}\n")).replace("[eval]\n", "[eval]\ndsm_sigma = 0.1\n");
+    let o = run(&src);
+    assert_eq!(o.status, TrialStatus::Ok);
+    assert_offset(&o, "dsm_gap", "dsm_gap_se", "c_dsm", "c_dsm_se");
+    let (se, raw) = (o.metric("dsm_gap_se").unwrap(), o.metric("dsm_gap_se_raw").unwrap());
+    // √2/σ²/√n with n = 1e5: the raw SE is about 0.45 whatever the model.
+    assert!((raw - 2f64.sqrt() / 0.01 / 1e5f64.sqrt()).abs() < 0.1, "raw SE {raw}");
+    assert!(se * 4.0 < raw, "control variate SE {se} vs raw {raw}");
 }
 
 fn ncsn_src(sampler: &str) -> String {

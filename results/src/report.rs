@@ -25,7 +25,7 @@ pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]
     let name = state.sweep.as_ref().map_or("(unnamed sweep)", |s| s.name.as_str());
     let _ = writeln!(md, "# Sweep report: {name}\n");
     if let Some(s) = &state.sweep {
-        let _ = writeln!(md, "Sweep file: `{}` · last update: {:.0} (unix seconds)\n", s.file, s.updated_at);
+        let _ = writeln!(md, "Sweep file: `{}` · last update: {}\n", s.file, fmt_utc(s.updated_at));
     }
     let _ = writeln!(md, "State database: `{}`\n", state.path.display());
     trials_section(&mut md, state);
@@ -63,23 +63,35 @@ fn trials_section(md: &mut String, state: &State) {
 fn claims_section(md: &mut String, claims: &[ClaimRow]) {
     let _ = writeln!(md, "## Claims\n");
     let _ = writeln!(md, "Evaluated on the trials that belong to the sweep, per data distribution (its `data.*` keys). Also in [`claims.csv`](claims.csv).\n");
-    let _ = writeln!(md, "| claim | scope | statistic | expected | tolerance | verdict | details |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| claim | scope | verdict | value vs expected (± SE, z) | statistic | tolerance | expected | details |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for c in claims {
         let verdict = match c.verdict.as_str() {
             "pass" => "**pass**".to_string(),
             "fail" => "**FAIL**".to_string(),
             other => other.to_string(),
         };
+        let numbers = match (c.value, c.expected_value) {
+            (Some(v), Some(e)) => {
+                let mut t = format!("{} vs {}", fmt_num(v), fmt_num(e));
+                if let Some(se) = c.se {
+                    t.push_str(&format!(" (± {}", fmt_num(se)));
+                    t.push_str(&c.z.map_or(")".to_string(), |z| format!(", z = {})", fmt_num(z))));
+                }
+                t
+            }
+            _ => "—".to_string(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             c.claim,
             cell(&c.scope),
-            c.statistic.map_or("—".to_string(), fmt_num),
-            cell(&c.expected),
-            fmt_num(c.tolerance),
             verdict,
+            numbers,
+            c.statistic.map_or("—".to_string(), fmt_num),
+            fmt_num(c.tolerance),
+            cell(&c.expected),
             cell(&c.details),
         );
     }
@@ -90,10 +102,12 @@ fn claims_section(md: &mut String, claims: &[ClaimRow]) {
     }
     let _ = writeln!(
         md,
-        "\n`ism_at_best` uses |L_ESM/C| ≤ {}: since L_ISM = L_ESM − C, the statistic (L_ISM + C)/C is \
-         the ESM left at the best θ relative to C; a well-trained score leaves it small, an untrained \
-         one leaves it near 1, and a clearly negative value would break L_ESM ≥ 0.\n",
-        fmt_num(crate::claims::ISM_AT_BEST_MAX_REL)
+        "\n`value`, `expected_value`, `se` and `z` in `claims.csv` are the numbers behind each verdict: \
+         for an offset claim, the worst θ's gap against its constant; for `ism_at_best`, the best \
+         θ's L_ISM against −C (since L_ISM = L_ESM − C, the excess is the ESM the net has left, \
+         reported with it); for the Langevin claim, each side's mean weight of component 0 against \
+         the true one. The DSM constant is D/σ² − E‖∇log p_σ‖²; its gap is measured with the \
+         control variate (‖ε‖² − D)/σ² subtracted (column `dsm_gap_se_raw` keeps the SE without it).\n"
     );
 }
 
@@ -271,5 +285,44 @@ fn truncate(s: &str, max_chars: usize) -> String {
     } else {
         let head: String = s.chars().take(max_chars).collect();
         format!("{head}…")
+    }
+}
+
+/// A unix time as a UTC date and time, e.g. "2023-11-14 22:13:20 UTC" (proleptic Gregorian;
+/// days to civil date by Howard Hinnant's algorithm).
+pub fn fmt_utc(unix: f64) -> String {
+    if !unix.is_finite() {
+        return "unknown".to_string();
+    }
+    let secs = unix.floor() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_utc;
+
+    #[test]
+    fn unix_times_read_as_utc_dates() {
+        for (t, want) in [
+            (0.0, "1970-01-01 00:00:00 UTC"),
+            (1_700_000_000.0, "2023-11-14 22:13:20 UTC"),
+            (1_795_558_030.0, "2026-11-24 22:07:10 UTC"),
+            (951_782_400.0, "2000-02-29 00:00:00 UTC"),
+            (-1.0, "1969-12-31 23:59:59 UTC"),
+            (f64::NAN, "unknown"),
+        ] {
+            assert_eq!(fmt_utc(t), want, "fmt_utc({t})");
+        }
     }
 }

@@ -118,13 +118,27 @@ fn good_curve() -> Vec<Value> {
         .collect()
 }
 
-/// Final metrics of an ncsn2d trial (true mode weight 0.5).
+/// Final metrics of an ncsn2d trial (true mode weights 0.8 and 0.2).
 fn metrics(l_ism: f64, mode_w_0: f64, fd: f64) -> Value {
     json!({
-        "l_esm": l_ism + 2.0, "l_ism": l_ism, "gap": 2.0, "gap_se": 0.02, "c_true": 2.0, "c_se": 0.01,
-        "fd": fd, "mode_w_0": mode_w_0, "true_w_0": 0.5, "mode_weight_err": (mode_w_0 - 0.5f64).abs(),
+        "l_esm": l_ism + 2.0, "l_esm_se": 0.01, "l_ism": l_ism, "l_ism_se": 0.01, "gap": 2.0, "gap_se": 0.02, "c_true": 2.0, "c_se": 0.01,
+        "fd": fd, "mode_w_0": mode_w_0, "true_w_0": 0.8, "mode_w_1": 1.0 - mode_w_0, "true_w_1": 0.2, "mode_weight_err": (mode_w_0 - 0.8f64).abs(),
         "train_seconds": 1.0,
     })
+}
+
+/// `metrics` of an annealed trial whose ladder reached `sigma_max` on data of diameter 9.
+fn annealed_metrics(l_ism: f64, mode_w_0: f64, fd: f64, sigma_max: f64) -> Value {
+    let mut m = metrics(l_ism, mode_w_0, fd);
+    m["sigma_max_used"] = json!(sigma_max);
+    m["data_diameter"] = json!(9.0);
+    m
+}
+
+/// `config` with NCSNv2's automatic step size.
+fn auto_eps(mut c: Value) -> Value {
+    c["sampler.eps"] = json!("auto");
+    c
 }
 
 /// Four 2D points, row-major.
@@ -132,22 +146,23 @@ fn points(center: f32) -> Vec<f32> {
     vec![center, 0.0, center + 0.1, 0.2, -center, 0.1, -center - 0.1, -0.2]
 }
 
-/// The main fixture: ncsn2d with three good trials (two annealed, one plain Langevin), a failed
-/// trial and an out-of-sweep trial; gmm1d with one trial whose gap is 100 SE off C.
+/// The main fixture: ncsn2d with three good trials (two annealed, one with σ₁ below the data's
+/// diameter, one plain Langevin), a failed trial and an out-of-sweep trial; gmm1d with one
+/// trial whose gap is 100 SE off C.
 fn main_db(dir: &Path) -> Db {
     let mut db = Db::new(dir);
-    db.trial("aaaa1111", 0, config("ncsn2d", "dsm", 1.0, "annealed_langevin", 0), true, Status::Done, None);
-    db.result("aaaa1111", metrics(-1.8, 0.51, 0.4));
+    db.trial("aaaa1111", 0, auto_eps(config("ncsn2d", "dsm", 1.0, "annealed_langevin", 0)), true, Status::Done, None);
+    db.result("aaaa1111", annealed_metrics(-1.8, 0.51, 0.4, 1.0)); // σ₁ < diameter: not judged
     db.curve("aaaa1111", &good_curve());
     db.samples("aaaa1111", &points(1.0), &points(1.05));
     db.artifact("aaaa1111", "model.safetensors", 1234, &"ab".repeat(32));
 
-    db.trial("bbbb2222", 1, config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0), true, Status::Done, None);
-    db.result("bbbb2222", metrics(-1.95, 0.52, 0.1)); // best θ: (−1.95 + 2)/2 = 0.025
+    db.trial("bbbb2222", 1, auto_eps(config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0)), true, Status::Done, None);
+    db.result("bbbb2222", annealed_metrics(-1.95, 0.81, 0.1, 10.0)); // best θ; annealed w_0 off by 0.01
     db.curve("bbbb2222", &good_curve());
 
     db.trial("cccc3333", 2, config("ncsn2d", "ism", 10.0, "langevin", 0), true, Status::Done, None);
-    db.result("cccc3333", metrics(-1.9, 0.8, 0.9)); // plain Langevin misses w_0 by 0.3
+    db.result("cccc3333", metrics(-1.9, 0.5, 0.9)); // plain Langevin misses w_0 by 0.3
     db.curve("cccc3333", &good_curve()[..2]);
     db.samples("cccc3333", &points(1.5), &points(1.05));
 
@@ -253,31 +268,64 @@ fn curves_table_has_one_row_per_checkpoint() {
 fn claims_pass_fail_and_lack_data_per_scope() {
     let (_dir, out, summary) = run_main();
     let claims = read_csv(&out.join("claims.csv"));
-    assert_eq!(names(&claims), ["claim", "scope", "statistic", "expected", "tolerance", "verdict"]);
+    assert_eq!(names(&claims), ["claim", "scope", "verdict", "statistic", "tolerance", "value", "expected_value", "se", "z", "n_rows", "n_trials", "expected", "details"]);
     let got: Vec<(String, String, String)> =
         strings(&claims, "claim").into_iter().zip(strings(&claims, "scope")).zip(strings(&claims, "verdict")).map(|((c, s), v)| (c, s, v)).collect();
     let want = [
         ("esm_ism_offset", "data.preset=gmm1d", "fail"),
         ("esm_ism_offset", "data.preset=ncsn2d", "pass"),
-        ("dsm_esm_sigma_offset", "data.preset=gmm1d", "not enough data"),
         ("dsm_esm_sigma_offset", "data.preset=ncsn2d, dsm_sigma=0.1", "fail"),
         ("ism_at_best", "data.preset=gmm1d", "not enough data"),
         ("ism_at_best", "data.preset=ncsn2d", "pass"),
-        ("annealed_vs_plain_langevin", "data.preset=gmm1d", "not enough data"),
-        ("annealed_vs_plain_langevin", "data.preset=ncsn2d", "pass"),
+        ("annealed_vs_plain_langevin", "data.preset=gmm1d, side=annealed", "not enough data"),
+        ("annealed_vs_plain_langevin", "data.preset=gmm1d, side=plain", "not enough data"),
+        ("annealed_vs_plain_langevin", "data.preset=ncsn2d, side=annealed", "pass"),
+        ("annealed_vs_plain_langevin", "data.preset=ncsn2d, side=plain", "pass"),
     ];
     let want: Vec<(String, String, String)> = want.iter().map(|(c, s, v)| (c.to_string(), s.to_string(), v.to_string())).collect();
     assert_eq!(got, want);
     assert_eq!(summary.claims, want, "summary mirrors claims.csv");
 
-    let stat = |i: usize| claims.column("statistic").unwrap().f64().unwrap().get(i);
+    let num = |col: &str, i: usize| claims.column(col).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().get(i);
     // gmm1d: (3 − 2)/0.01 = 100 standard errors.
-    assert!((stat(0).unwrap() - 100.0).abs() < 1e-9);
-    // ncsn2d: worst row is gap 2.03 → 0.03/sqrt(0.02² + 0.01²) ≈ 1.342.
-    assert!((stat(1).unwrap() - 0.03 / 0.02f64.hypot(0.01)).abs() < 1e-9);
-    assert_eq!(stat(2), None, "no statistic without data");
-    assert!((stat(5).unwrap() - 0.025).abs() < 1e-9, "L_ESM/C at the best θ");
-    assert!((stat(7).unwrap() - 0.015).abs() < 1e-9, "mean annealed weight error");
+    assert!((num("statistic", 0).unwrap() - 100.0).abs() < 1e-9);
+    assert_eq!((num("value", 0), num("expected_value", 0), num("se", 0), num("z", 0)), (Some(3.0), Some(2.0), Some(0.01), Some(100.0 + 0.0)));
+    assert!((num("z", 0).unwrap() - 100.0).abs() < 1e-9);
+    // ncsn2d: worst row is gap 2.03 → 0.03/sqrt(0.02² + 0.01²) ≈ 1.342, over 3 + 3 + 2 rows of 3 trials.
+    assert!((num("statistic", 1).unwrap() - 0.03 / 0.02f64.hypot(0.01)).abs() < 1e-9);
+    assert_eq!((num("n_rows", 1), num("n_trials", 1)), (Some(8.0), Some(3.0)));
+    assert_eq!(num("statistic", 3), None, "no statistic without data");
+    // ism_at_best: bbbb2222 has the lowest L_ISM (−1.95) and the lowest L_ESM (0.05): z = 0.
+    assert_eq!((num("value", 4), num("expected_value", 4), num("statistic", 4)), (Some(-1.95), Some(-2.0), Some(0.0)));
+    assert!((num("z", 4).unwrap() - 0.05 / 0.01f64.hypot(0.01)).abs() < 1e-9, "(L_ISM + C)/SE");
+    // Annealed side: only bbbb2222 qualifies (σ₁ = 10 ≥ 9, ε auto): 0.81 vs 0.8.
+    assert!((num("statistic", 7).unwrap() - 0.01).abs() < 1e-9);
+    assert_eq!((num("value", 7), num("n_trials", 7)), (Some(0.81), Some(1.0)));
+    // Plain side: 0.5 vs 0.8.
+    assert!((num("statistic", 8).unwrap() - 0.3).abs() < 1e-9);
+}
+
+/// Each failure names its side or condition: an annealed side that misses the weight and a
+/// plain side that finds it, an L_ISM below −C, and a claim with no trials of its kind absent.
+#[test]
+fn failures_say_which_side_or_condition_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    db.trial("ann1", 0, auto_eps(config("ncsn2d", "dsm", 20.0, "annealed_langevin", 0)), true, Status::Done, None);
+    db.result("ann1", annealed_metrics(-1.9, 0.6, 0.5, 20.0));
+    db.trial("pl1", 1, config("ncsn2d", "ism", 1.0, "langevin", 0), true, Status::Done, None);
+    db.result("pl1", metrics(-2.5, 0.79, 0.5)); // L_ISM 50 SE below −C
+    db.trial("pl2", 2, config("ncsn2d", "esm", 1.0, "langevin", 0), true, Status::Done, None);
+    db.result("pl2", metrics(-1.9, 0.81, 0.5));
+    let summary = write_all(&db.path, &dir.path().join("out")).unwrap();
+    let verdict = |claim: &str, scope: &str| summary.claims.iter().find(|(c, s, _)| c == claim && s == scope).map(|(_, _, v)| v.clone());
+    assert_eq!(verdict("annealed_vs_plain_langevin", "data.preset=ncsn2d, side=annealed").as_deref(), Some("fail"));
+    assert_eq!(verdict("annealed_vs_plain_langevin", "data.preset=ncsn2d, side=plain").as_deref(), Some("fail"));
+    assert_eq!(verdict("ism_at_best", "data.preset=ncsn2d").as_deref(), Some("fail"));
+    assert!(summary.claims.iter().all(|(c, _, _)| c != "dsm_esm_sigma_offset"), "no DSM rows, no DSM claim: {:?}", summary.claims);
+    let claims = read_csv(&dir.path().join("out/claims.csv"));
+    let details = strings(&claims, "details");
+    assert!(details.iter().any(|d| d.contains("below −C")), "{details:?}");
 }
 
 #[test]
@@ -285,14 +333,22 @@ fn one_trial_is_not_enough_data_for_any_claim() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::new(dir.path());
     db.trial("solo", 0, config("ncsn2d", "ism", 1.0, "annealed_langevin", 0), true, Status::Done, None);
-    db.result("solo", metrics(-1.9, 0.5, 0.1));
+    let mut m = metrics(-1.9, 0.5, 0.1);
+    m["dsm_gap"] = json!(1.0);
+    db.result("solo", m);
     db.curve("solo", &good_curve()[..1]);
     drop(db.conn); // also checks that a closed WAL database opens read-only
     let summary = write_all(&db.path, &dir.path().join("out")).unwrap();
     let verdicts: Vec<(&str, &str)> = summary.claims.iter().map(|(c, _, v)| (c.as_str(), v.as_str())).collect();
     assert_eq!(
         verdicts,
-        [("esm_ism_offset", "not enough data"), ("dsm_esm_sigma_offset", "not enough data"), ("ism_at_best", "not enough data"), ("annealed_vs_plain_langevin", "not enough data"),]
+        [
+            ("esm_ism_offset", "not enough data"),
+            ("dsm_esm_sigma_offset", "not enough data"),
+            ("ism_at_best", "not enough data"),
+            ("annealed_vs_plain_langevin", "not enough data"),
+            ("annealed_vs_plain_langevin", "not enough data"),
+        ]
     );
     assert_eq!((summary.trials, summary.done, summary.failed), (1, 1, 0));
 }
@@ -304,7 +360,7 @@ fn empty_database_writes_empty_tables() {
     let out = dir.path().join("out");
     let summary = write_all(&db.path, &out).unwrap();
     assert_eq!(summary.trials, 0);
-    assert!(summary.claims.iter().all(|(_, scope, v)| scope == "all" && v == "not enough data"));
+    assert!(summary.claims.iter().all(|(_, scope, v)| scope.starts_with("all") && v == "not enough data"), "{:?}", summary.claims);
     assert_eq!(read_parquet(&out.join("trials.parquet")).height(), 0);
     assert_eq!(read_parquet(&out.join("curves.parquet")).height(), 0);
     assert!(out.join("report.md").exists());
@@ -314,6 +370,7 @@ fn empty_database_writes_empty_tables() {
 fn report_lists_claims_out_of_sweep_and_failed_trials() {
     let (_dir, out, _) = run_main();
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("last update: 2023-11-14 22:13:20 UTC"), "dates read as dates:\n{report}");
     let section = |title: &str| -> String {
         let start = report.find(title).unwrap_or_else(|| panic!("no section {title}:\n{report}"));
         let rest = &report[start + title.len()..];
@@ -322,7 +379,7 @@ fn report_lists_claims_out_of_sweep_and_failed_trials() {
     for (title, must_contain, must_not) in [
         ("## Trials no longer in the sweep", vec!["eeee5555", "model.width=64"], vec!["aaaa1111", "dddd4444"]),
         ("## Failed trials", vec!["dddd4444", "boom: out of memory"], vec!["aaaa1111"]),
-        ("## Claims", vec!["esm_ism_offset", "**FAIL**", "**pass**", "not enough data", "spread"], vec![]),
+        ("## Claims", vec!["esm_ism_offset", "**FAIL**", "**pass**", "not enough data", "spread", "side=plain", "D/σ² − E‖∇log p_σ‖²"], vec!["C_σ"]),
         ("## Key tables", vec!["objective.noise.sigma_max", "objective.kind", "sampler.kind"], vec![]),
         ("## Plots", vec!["plots/gap_vs_checkpoint_data.preset-ncsn2d.svg", "plots/fd_vs_sigma_max_data.preset-ncsn2d.svg"], vec![]),
     ] {

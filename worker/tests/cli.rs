@@ -32,7 +32,7 @@ fn trial_writes_its_outputs() {
     }
     let curve = std::fs::read_to_string(out.join("curve.csv")).unwrap();
     let mut lines = curve.lines();
-    assert!(lines.next().unwrap().starts_with("step,train_loss,l_esm,l_ism,gap,gap_se,c_true"));
+    assert!(lines.next().unwrap().starts_with("step,train_loss,l_esm,l_esm_se,l_ism,l_ism_se,gap,gap_se,c_true"));
     assert_eq!(lines.count(), 3, "checkpoints at steps 0, 20, 40");
     assert_eq!(std::fs::read_to_string(out.join("samples.csv")).unwrap().lines().count(), 51);
     assert!(std::fs::metadata(out.join("model.safetensors")).unwrap().len() > 0);

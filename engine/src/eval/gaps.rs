@@ -4,7 +4,10 @@
 //!   C = E‖∇log p‖² computed independently of the model (quadrature in 1-2D, a separate Monte
 //!   Carlo sample otherwise): the claim L_ESM − L_ISM = C at every θ;
 //! - [`DsmGap`]: for noise-conditional models, L_DSM(σ), L_ESM_σ and their difference against
-//!   C_DSM(σ) = D/σ² − E_{p_σ}‖∇log p_σ‖²;
+//!   C_DSM(σ) = D/σ² − E_{p_σ}‖∇log p_σ‖². The per-point difference carries ‖ε‖²/σ², whose
+//!   SD √(2D)/σ² swamps everything at small σ; the control variate (‖ε‖² − D)/σ² (mean exactly
+//!   0, known in closed form) is subtracted with its least-squares coefficient (≈ 1 at small σ),
+//!   leaving a standard error of order 2√E‖S‖²/(σ√n) and never more than without it;
 //! - [`SsmLoss`]: L_SSM (or SSM-VR) with fixed probes.
 
 use candle_core::{Device, Tensor};
@@ -50,18 +53,24 @@ pub struct DsmEvalSet {
 #[derive(Debug, Clone, Default)]
 pub struct EsmIsm {
     pub l_esm: f64,
+    pub l_esm_se: f64,
     pub l_ism: f64,
+    pub l_ism_se: f64,
     pub gap: f64,
     pub gap_se: f64,
 }
 
-/// L_DSM(σ), L_ESM_σ and the mean and standard error of their per-point difference.
+/// L_DSM(σ), L_ESM_σ and the mean and standard error of their per-point difference, with the
+/// control variate (‖ε‖² − D)/σ² subtracted (`gap`, `gap_se`) and without it (`gap_raw`,
+/// `gap_se_raw`).
 #[derive(Debug, Clone, Default)]
 pub struct DsmEsm {
     pub l_dsm: f64,
     pub l_esm_sigma: f64,
     pub gap: f64,
     pub gap_se: f64,
+    pub gap_raw: f64,
+    pub gap_se_raw: f64,
 }
 
 fn to_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
@@ -82,24 +91,40 @@ pub fn eval_esm_ism(model: &dyn ScoreModel, set: &EvalSet, sigma: Option<f64>, t
         ism.extend(i);
     }
     let (g, gse) = mean_se(&gap);
-    Ok(EsmIsm { l_esm: mean_se(&esm).0, l_ism: mean_se(&ism).0, gap: g, gap_se: gse })
+    let ((l_esm, l_esm_se), (l_ism, l_ism_se)) = (mean_se(&esm), mean_se(&ism));
+    Ok(EsmIsm { l_esm, l_esm_se, l_ism, l_ism_se, gap: g, gap_se: gse })
 }
 
-/// L_DSM(σ), L_ESM_σ and their per-point difference (mean, se) on the p_σ evaluation set.
+/// L_DSM(σ), L_ESM_σ and their per-point difference (mean, se) on the p_σ evaluation set,
+/// with and without the control variate (‖ε‖² − D)/σ².
 pub fn eval_dsm(model: &dyn ScoreModel, set: &DsmEvalSet) -> candle_core::Result<DsmEsm> {
-    let (mut dsm, mut esm, mut gap) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dsm, mut esm, mut raw, mut cv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let s2 = set.sigma * set.sigma;
     for ((x, eps), target) in set.xs.iter().zip(&set.eps).zip(&set.targets) {
-        let n = x.dim(0)?;
+        let (n, dim) = x.dims2()?;
         let sig = Tensor::full(set.sigma as f32, (n, 1), x.device())?;
         let s = model.score(x, Some(&sig), None)?;
         let d = to_f64(&objectives::dsm_terms(&s, eps, &sig)?)?;
         let e = to_f64(&objectives::esm_terms(&s, target)?)?;
-        gap.extend(d.iter().zip(&e).map(|(a, b)| a - b));
+        // ‖ε‖² in f64 from the stored f32 noise: the variate must be the one the terms saw.
+        let e2: Vec<f64> = eps.to_vec2::<f32>()?.iter().map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum()).collect();
+        for ((a, b), n2) in d.iter().zip(&e).zip(&e2) {
+            raw.push(a - b);
+            cv.push((n2 - dim as f64) / s2);
+        }
         dsm.extend(d);
         esm.extend(e);
     }
+    // The variate's coefficient by least squares: 1 where ‖ε‖²/σ² dominates (small σ), less
+    // where the model's terms do; the O(1/n) bias of an estimated coefficient is far below
+    // the standard error.
+    let (mr, mc) = (mean_se(&raw).0, mean_se(&cv).0);
+    let (cov, var) = raw.iter().zip(&cv).fold((0.0, 0.0), |(c, v), (r, x)| (c + (r - mr) * (x - mc), v + (x - mc) * (x - mc)));
+    let beta = if var > 0.0 { cov / var } else { 0.0 };
+    let gap: Vec<f64> = raw.iter().zip(&cv).map(|(r, x)| r - beta * x).collect();
     let (g, gse) = mean_se(&gap);
-    Ok(DsmEsm { l_dsm: mean_se(&dsm).0, l_esm_sigma: mean_se(&esm).0, gap: g, gap_se: gse })
+    let (gr, gser) = mean_se(&raw);
+    Ok(DsmEsm { l_dsm: mean_se(&dsm).0, l_esm_sigma: mean_se(&esm).0, gap: g, gap_se: gse, gap_raw: gr, gap_se_raw: gser })
 }
 
 /// C_DSM(σ) = D/σ² − E_{p_σ}‖∇log p_σ‖² and its standard error.
@@ -135,11 +160,11 @@ pub struct EsmIsmGap {
 
 impl Checkpoint for EsmIsmGap {
     fn columns(&self) -> &'static [&'static str] {
-        &["l_esm", "l_ism", "gap", "gap_se", "c_true", "c_se"]
+        &["l_esm", "l_esm_se", "l_ism", "l_ism_se", "gap", "gap_se", "c_true", "c_se"]
     }
     fn evaluate(&self, model: &dyn ScoreModel) -> candle_core::Result<Vec<f64>> {
         let g = eval_esm_ism(model, &self.set, self.sigma, self.trace_chunk)?;
-        Ok(vec![g.l_esm, g.l_ism, g.gap, g.gap_se, self.c, self.c_se])
+        Ok(vec![g.l_esm, g.l_esm_se, g.l_ism, g.l_ism_se, g.gap, g.gap_se, self.c, self.c_se])
     }
 }
 
@@ -152,11 +177,11 @@ pub struct DsmGap {
 
 impl Checkpoint for DsmGap {
     fn columns(&self) -> &'static [&'static str] {
-        &["l_dsm", "l_esm_sigma", "dsm_gap", "dsm_gap_se", "c_dsm", "c_dsm_se", "dsm_sigma"]
+        &["l_dsm", "l_esm_sigma", "dsm_gap", "dsm_gap_se", "dsm_gap_se_raw", "c_dsm", "c_dsm_se", "dsm_sigma"]
     }
     fn evaluate(&self, model: &dyn ScoreModel) -> candle_core::Result<Vec<f64>> {
         let h = eval_dsm(model, &self.set)?;
-        Ok(vec![h.l_dsm, h.l_esm_sigma, h.gap, h.gap_se, self.c, self.c_se, self.set.sigma])
+        Ok(vec![h.l_dsm, h.l_esm_sigma, h.gap, h.gap_se, h.gap_se_raw, self.c, self.c_se, self.set.sigma])
     }
 }
 
