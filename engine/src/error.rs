@@ -8,4 +8,7 @@ pub enum EngineError {
     Candle(#[from] candle_core::Error),
     #[error("failed to write {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// An image set that is missing, truncated or fails its checksum (before any training).
+    #[error(transparent)]
+    Data(#[from] crate::data::idx::IdxError),
 }

@@ -19,6 +19,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod images;
 pub mod ladder;
 pub mod models;
 pub mod objectives;

@@ -81,6 +81,7 @@ pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel:
     match cfg {
         TrialConfig::Sleep(s) => Ok(sleep_trial(s, progress, cancel)),
         TrialConfig::Train(t) => run_training(t, Device::Cpu, progress, cancel),
+        TrialConfig::Image(t) => crate::images::run::run_image_trial(t, Device::Cpu, progress, cancel),
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod caps;
 pub mod data;
+pub mod image;
 pub mod locate;
 pub mod status;
 pub mod trial;

@@ -37,6 +37,7 @@ use serde::Deserialize;
 
 use crate::caps::{self, DataCaps, ModelCaps, Needs};
 use crate::data::MixtureSpec;
+use crate::image::{ImageTrial, RawImageTrial};
 use crate::locate::{line_col, locate};
 
 /// A validation error on one key of a trial given as a TOML value.
@@ -317,6 +318,8 @@ struct RawSleep {
 pub enum TrialConfig {
     Sleep(SleepTrial),
     Train(Box<TrainTrial>),
+    /// An image trial (`data.preset` = mnist, fashion or idx): see [`crate::image`].
+    Image(Box<ImageTrial>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -534,25 +537,32 @@ fn required<T>(key: &str, v: Option<T>) -> Result<T, FieldError> {
     v.ok_or_else(|| field(key, "is required"))
 }
 
+/// A serde error on the raw form as a [`FieldError`] on its dotted key.
+fn raw_error(e: serde_path_to_error::Error<toml::de::Error>) -> FieldError {
+    let mut key = e.path().to_string();
+    if key == "." {
+        key.clear();
+    }
+    // toml appends "\nin `table`"; the key already says where.
+    let msg = e.inner().to_string().lines().next().unwrap_or_default().to_string();
+    // Unknown keys: point at the key itself, not its table.
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some(name) = rest.split('`').next()
+        && !(key == name || key.ends_with(&format!(".{name}")))
+    {
+        key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+    }
+    FieldError { key, message: msg }
+}
+
 impl TrialConfig {
     /// Validate a trial given as a TOML table (a sweep's `[base]` with expansions applied).
     pub fn from_value(v: &toml::Value) -> Result<TrialConfig, FieldError> {
-        let raw: RawTrial = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-            let mut key = e.path().to_string();
-            if key == "." {
-                key.clear();
-            }
-            // toml appends "\nin `table`"; the key already says where.
-            let msg = e.inner().to_string().lines().next().unwrap_or_default().to_string();
-            // Unknown keys: point at the key itself, not its table.
-            if let Some(rest) = msg.strip_prefix("unknown field `")
-                && let Some(name) = rest.split('`').next()
-                && !(key == name || key.ends_with(&format!(".{name}")))
-            {
-                key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
-            }
-            FieldError { key, message: msg }
-        })?;
+        if crate::image::is_image(v) {
+            let raw: RawImageTrial = serde_path_to_error::deserialize(v.clone()).map_err(raw_error)?;
+            return Ok(TrialConfig::Image(Box::new(crate::image::validate(raw)?)));
+        }
+        let raw: RawTrial = serde_path_to_error::deserialize(v.clone()).map_err(raw_error)?;
         validate(raw)
     }
 
@@ -579,6 +589,7 @@ impl TrialConfig {
         match self {
             TrialConfig::Sleep(s) => s.seed,
             TrialConfig::Train(t) => t.seed,
+            TrialConfig::Image(t) => t.seed,
         }
     }
 
@@ -590,7 +601,7 @@ impl TrialConfig {
     pub fn train(&self) -> Option<&TrainTrial> {
         match self {
             TrialConfig::Train(t) => Some(t),
-            TrialConfig::Sleep(_) => None,
+            TrialConfig::Sleep(_) | TrialConfig::Image(_) => None,
         }
     }
 }

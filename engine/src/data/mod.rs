@@ -11,6 +11,7 @@ use schema::trial::DataSpec;
 
 use crate::rng::Rng;
 
+pub mod idx;
 pub mod mixture;
 
 pub use mixture::Mixture;

@@ -1,0 +1,134 @@
+//! Image trials: an IDX set split into a training part and a held-out tail, a U-Net denoiser
+//! trained with EDM's objective (with an EMA of its weights), and the samplers that turn a
+//! denoiser into images (probability-flow ODE with Heun steps, reverse-SDE Euler–Maruyama,
+//! predictor–corrector), each counting its network evaluations.
+//!
+//! - [`unet`]: the network and its preconditioning;
+//! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
+//!   they are tested on a Gaussian whose denoiser is exact;
+//! - [`run`]: the trial runner (train, evaluate, sample, metrics, sample grid).
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarMap;
+use schema::image::ImageData;
+
+use crate::data::idx::{self, IdxError, ImageSet};
+use crate::rng::Rng;
+
+pub mod run;
+pub mod sample;
+pub mod unet;
+
+/// An image set split for a trial: training images first, then the held-out tail.
+pub struct Split {
+    pub h: usize,
+    pub w: usize,
+    pub classes: usize,
+    pub train_pixels: Vec<u8>,
+    pub train_labels: Vec<u8>,
+    pub held_pixels: Vec<u8>,
+    pub held_labels: Vec<u8>,
+    pub symmetric: bool,
+    pub dequantize: bool,
+}
+
+/// Loads `spec.dir` and splits off the last `held_out` images (never trained on).
+pub fn load(spec: &ImageData) -> std::result::Result<Split, IdxError> {
+    let set = idx::load_dir(&spec.dir)?;
+    split(set, spec).map_err(|message| IdxError::Corrupt { path: spec.dir.clone(), message })
+}
+
+/// Splits a loaded set by the trial's data spec.
+pub fn split(set: ImageSet, spec: &ImageData) -> std::result::Result<Split, String> {
+    if set.n <= spec.held_out + 1 {
+        return Err(format!("{} images: too few to hold out {} and train on the rest", set.n, spec.held_out));
+    }
+    let d = set.dim();
+    let n_train = set.n - spec.held_out;
+    let n_used = spec.limit.map_or(n_train, |l| l.min(n_train));
+    Ok(Split {
+        h: set.h,
+        w: set.w,
+        classes: set.classes().max(1),
+        train_pixels: set.pixels[..n_used * d].to_vec(),
+        train_labels: set.labels[..n_used].to_vec(),
+        held_pixels: set.pixels[n_train * d..].to_vec(),
+        held_labels: set.labels[n_train..].to_vec(),
+        symmetric: spec.symmetric,
+        dequantize: spec.dequantize,
+    })
+}
+
+impl Split {
+    pub fn dim(&self) -> usize {
+        self.h * self.w
+    }
+
+    pub fn n_train(&self) -> usize {
+        self.train_labels.len()
+    }
+
+    /// A pixel value v ∈ [0, 256) (byte plus dequantisation offset) on the trial's scale.
+    fn scale(&self, v: f32) -> f32 {
+        let u = v / 256.0;
+        if self.symmetric { 2.0 * u - 1.0 } else { u }
+    }
+
+    /// Bytes to floats at the centre of each byte's bin (held-out images, deterministic).
+    pub fn to_floats(&self, bytes: &[u8]) -> Vec<f32> {
+        bytes.iter().map(|&b| self.scale(b as f32 + 0.5)).collect()
+    }
+
+    /// A training batch of `n` images (uniformly dequantised: byte + U(0, 1)) and labels.
+    pub fn batch(&self, n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<u32>) {
+        let d = self.dim();
+        let mut x = Vec::with_capacity(n * d);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = rng.below(self.n_train());
+            labels.push(self.train_labels[i] as u32);
+            for &b in &self.train_pixels[i * d..(i + 1) * d] {
+                let off = if self.dequantize { rng.uniform() as f32 } else { 0.5 };
+                x.push(self.scale(b as f32 + off));
+            }
+        }
+        (x, labels)
+    }
+}
+
+/// Draws every weight of `varmap` from `rng` (sorted by name, so the same seed gives the same
+/// net): weights uniform in ±1/√fan_in (PyTorch's default for conv and linear layers), biases
+/// likewise by their layer's fan-in, embeddings N(0, 1), GroupNorm scales 1 and shifts 0.
+pub fn init_weights(varmap: &VarMap, rng: &mut Rng) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = if name.contains("norm") {
+            let one = name.ends_with("weight");
+            vec![if one { 1.0 } else { 0.0 }; n]
+        } else if name.contains("class_emb") {
+            (0..n).map(|_| rng.normal() as f32).collect()
+        } else {
+            let fan_in = if name.ends_with("bias") {
+                let w = name.trim_end_matches("bias").to_string() + "weight";
+                data.get(&w).map_or(1, |v| v.dims()[1..].iter().product::<usize>())
+            } else {
+                dims[1..].iter().product::<usize>()
+            }
+            .max(1);
+            let b = 1.0 / (fan_in as f64).sqrt();
+            (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * b) as f32).collect()
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// Images as a (N, 1, H, W) tensor.
+pub fn tensor(x: &[f32], h: usize, w: usize, dev: &Device) -> Result<Tensor> {
+    Tensor::from_slice(x, (x.len() / (h * w), 1, h, w), dev)
+}

@@ -1,0 +1,270 @@
+//! Runs one image trial: load and split the IDX set, train the U-Net with EDM's loss (AdamW,
+//! EMA of the weights), evaluate the held-out denoising loss at fixed (σ, noise) draws at
+//! every checkpoint, then sample with the EMA weights (one tenth of the images per class for
+//! a class-conditional model, with classifier-free guidance when asked) and compute the
+//! metrics. Every random number comes from the trial seed's streams.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use schema::image::{ImageSamplerKind, ImageTrial};
+
+use super::sample::{self, Denoiser};
+use super::unet::{NULL_CLASS, Unet};
+use super::{Split, init_weights, tensor};
+use crate::error::EngineError;
+use crate::rng::{Rng, Stream};
+use crate::trial::{Progress, TrialOutcome, TrialStatus};
+
+/// σ levels of the held-out denoising loss (spanning EDM's training distribution).
+pub const EVAL_SIGMAS: [f64; 5] = [0.05, 0.2, 0.5, 1.0, 2.0];
+
+/// Images per forward pass when evaluating or sampling (bounds memory).
+const CHUNK: usize = 500;
+
+/// EDM's loss weight λ(σ) = (σ² + σ_d²)/(σ σ_d)².
+fn weight(sigma: f64, sd: f64) -> f64 {
+    (sigma * sigma + sd * sd) / (sigma * sd).powi(2)
+}
+
+/// The U-Net with fixed labels (or none) as a [`Denoiser`], guided when w > 0:
+/// D = (1 + w) D(x, c) − w D(x, ∅).
+struct Guided<'a> {
+    net: &'a Unet,
+    labels: Option<Tensor>,
+    null: Option<Tensor>,
+    w: f64,
+}
+
+impl Denoiser for Guided<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
+        let n = x.dim(0)?;
+        let s = Tensor::full(sigma as f32, n, x.device())?;
+        let cond = self.net.denoise(x, &s, self.labels.as_ref())?;
+        match (&self.null, self.w > 0.0) {
+            (Some(null), true) => (cond * (1.0 + self.w))? - (self.net.denoise(x, &s, Some(null))? * self.w)?,
+            _ => Ok(cond),
+        }
+    }
+}
+
+/// The EMA of the trainable variables.
+struct Ema {
+    decay: f64,
+    shadow: Vec<(Var, Tensor)>,
+}
+
+impl Ema {
+    fn new(vars: &[Var], decay: f64) -> candle_core::Result<Self> {
+        Ok(Ema { decay, shadow: vars.iter().map(|v| Ok((v.clone(), v.as_tensor().copy()?))).collect::<candle_core::Result<_>>()? })
+    }
+
+    /// shadow ← d·shadow + (1 − d)·w with d warmed up as min(decay, (1 + step)/(10 + step)).
+    fn update(&mut self, step: u64) -> candle_core::Result<()> {
+        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        for (v, s) in &mut self.shadow {
+            *s = ((&*s * d)? + (v.as_tensor() * (1.0 - d))?)?;
+        }
+        Ok(())
+    }
+
+    /// Swaps the shadow weights into the variables (call twice to swap back).
+    fn swap(&mut self) -> candle_core::Result<()> {
+        for (v, s) in &mut self.shadow {
+            let cur = v.as_tensor().copy()?;
+            v.set(s)?;
+            *s = cur;
+        }
+        Ok(())
+    }
+}
+
+/// Fixed held-out evaluation draws: for each of `n` images one σ from [`EVAL_SIGMAS`] in turn
+/// and one noise image.
+struct EvalSet {
+    x: Vec<f32>,
+    labels: Vec<u32>,
+    sigmas: Vec<f32>,
+    noise: Vec<f32>,
+}
+
+/// Mean held-out EDM loss over the fixed draws.
+fn eval_loss(net: &Unet, set: &EvalSet, h: usize, w: usize, sd: f64, cond: bool, dev: &Device) -> candle_core::Result<f64> {
+    let d = h * w;
+    let n = set.labels.len();
+    let mut total = 0.0;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let x = tensor(&set.x[start * d..end * d], h, w, dev)?;
+        let e = tensor(&set.noise[start * d..end * d], h, w, dev)?;
+        let sig = Tensor::from_slice(&set.sigmas[start..end], end - start, dev)?;
+        let y = (&x + e.broadcast_mul(&sig.reshape((end - start, 1, 1, 1))?)?)?;
+        let labels = if cond { Some(Tensor::from_slice(&set.labels[start..end], end - start, dev)?) } else { None };
+        let den = net.denoise(&y, &sig, labels.as_ref())?;
+        let per = (den - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        total += per.iter().zip(&set.sigmas[start..end]).map(|(l, &s)| l * weight(s as f64, sd)).sum::<f64>();
+    }
+    Ok(total / n as f64)
+}
+
+/// Runs an image trial on `dev`.
+pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+    let t_setup = Instant::now();
+    let split: Split = super::load(&cfg.data)?;
+    let (h, w, d) = (split.h, split.w, split.dim());
+    let sd = cfg.objective.sigma_data;
+    let cond = cfg.model.class_cond;
+    let varmap = VarMap::new();
+    let net = Unet::new(&cfg.model, sd, &varmap, &dev)?;
+    init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
+    let vars = varmap.all_vars();
+    let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
+    let mut ema = Ema::new(&vars, cfg.train.ema)?;
+
+    // The fixed evaluation draws over the held-out images.
+    let mut erng = Rng::stream(cfg.seed, Stream::Eval);
+    let n_eval = cfg.eval_n.min(split.held_labels.len());
+    let eval = EvalSet {
+        x: split.to_floats(&split.held_pixels[..n_eval * d]),
+        labels: split.held_labels[..n_eval].iter().map(|&l| l as u32).collect(),
+        sigmas: (0..n_eval).map(|i| EVAL_SIGMAS[i % EVAL_SIGMAS.len()] as f32).collect(),
+        noise: erng.normals_f32(n_eval * d),
+    };
+    let setup_seconds = t_setup.elapsed().as_secs_f64();
+
+    let mut trng = Rng::stream(cfg.seed, Stream::Train);
+    let columns: Vec<String> = ["step", "train_loss", "eval_loss"].iter().map(|s| s.to_string()).collect();
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    let mut status = TrialStatus::Ok;
+    let (mut loss_sum, mut loss_n, mut last_loss) = (0.0, 0usize, f64::NAN);
+    let mut eval_seconds = 0.0;
+    let t_train = Instant::now();
+    let b = cfg.train.batch;
+    let mut steps_done = 0;
+    let checkpoint = |step: u64, train_loss: f64, ema: &mut Ema, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
+        let t = Instant::now();
+        ema.swap()?;
+        let l = eval_loss(&net, &eval, h, w, sd, cond, &dev);
+        ema.swap()?;
+        *eval_seconds += t.elapsed().as_secs_f64();
+        Ok(vec![step as f64, train_loss, l?])
+    };
+    rows.push(checkpoint(0, f64::NAN, &mut ema, &mut eval_seconds)?);
+    for step in 1..=cfg.train.steps {
+        if cancel.load(Ordering::Relaxed) {
+            status = TrialStatus::Cancelled;
+            break;
+        }
+        let (x, mut labels) = split.batch(b, &mut trng);
+        for l in &mut labels {
+            if cfg.objective.label_dropout > 0.0 && trng.uniform() < cfg.objective.label_dropout {
+                *l = NULL_CLASS;
+            }
+        }
+        let sigmas: Vec<f32> = (0..b).map(|_| (cfg.objective.p_mean + cfg.objective.p_std * trng.normal()).exp() as f32).collect();
+        let weights: Vec<f32> = sigmas.iter().map(|&s| weight(s as f64, sd) as f32).collect();
+        let x = tensor(&x, h, w, &dev)?;
+        let e = tensor(&trng.normals_f32(b * d), h, w, &dev)?;
+        let sig = Tensor::from_vec(sigmas, b, &dev)?;
+        let y = (&x + e.broadcast_mul(&sig.reshape((b, 1, 1, 1))?)?)?;
+        let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
+        let den = net.denoise(&y, &sig, lab.as_ref())?;
+        let per = (den - &x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
+        let loss = (per * Tensor::from_vec(weights, b, &dev)?)?.mean_all()?;
+        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !lv.is_finite() {
+            status = TrialStatus::Diverged { step };
+            break;
+        }
+        opt.backward_step(&loss)?;
+        ema.update(step)?;
+        steps_done = step;
+        loss_sum += lv;
+        loss_n += 1;
+        last_loss = lv;
+        if step % cfg.train.eval_every == 0 || step == cfg.train.steps {
+            let mean = loss_sum / loss_n.max(1) as f64;
+            (loss_sum, loss_n) = (0.0, 0);
+            let row = checkpoint(step, mean, &mut ema, &mut eval_seconds)?;
+            progress(&Progress { step, total_steps: cfg.train.steps, train_loss: mean, latest: vec![("eval_loss".into(), row[2])] });
+            rows.push(row);
+        } else if step % 10 == 0 {
+            progress(&Progress { step, total_steps: cfg.train.steps, train_loss: lv, latest: vec![] });
+        }
+    }
+    let train_seconds = (t_train.elapsed().as_secs_f64() - eval_seconds).max(0.0);
+
+    let mut metrics: Vec<(String, f64)> = vec![
+        ("steps_done".into(), steps_done as f64),
+        ("train_loss".into(), last_loss),
+        ("eval_loss".into(), rows.last().map_or(f64::NAN, |r| r[2])),
+        ("parameters".into(), Unet::parameters(&varmap) as f64),
+        ("n_train".into(), split.n_train() as f64),
+        ("n_held_out".into(), split.held_labels.len() as f64),
+        ("train_images_per_second".into(), (steps_done as f64 * b as f64) / train_seconds.max(1e-9)),
+        ("train_seconds".into(), train_seconds),
+        ("eval_seconds".into(), eval_seconds),
+        ("setup_seconds".into(), setup_seconds),
+    ];
+
+    // Sampling with the EMA weights.
+    ema.swap()?;
+    let mut samples_out: Vec<Vec<f32>> = Vec::new();
+    let mut labels_out: Vec<u32> = Vec::new();
+    if status == TrialStatus::Ok && cfg.sampler.kind != ImageSamplerKind::None {
+        let t = Instant::now();
+        let n = cfg.sampler.n;
+        let labels: Vec<u32> = if cond { (0..n).map(|i| (i / (n / 10)) as u32).collect() } else { vec![NULL_CLASS; n] };
+        let mut srng = Rng::stream(cfg.seed, Stream::Sampler);
+        let mut nfe = 0;
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let m = end - start;
+            let mut den = Guided {
+                net: &net,
+                labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
+                null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
+                w: cfg.sampler.guidance,
+            };
+            let (x, k) = sample::sample(&cfg.sampler.kind, &mut den, &[m, 1, h, w], &cfg.sampler.schedule, &mut srng, &dev)?;
+            nfe = k;
+            let x = x.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            samples_out.extend(x);
+            if cancel.load(Ordering::Relaxed) {
+                status = TrialStatus::Cancelled;
+                break;
+            }
+        }
+        labels_out = labels;
+        let secs = t.elapsed().as_secs_f64();
+        let flat: Vec<f64> = samples_out.iter().flatten().map(|&v| v as f64).collect();
+        let real: Vec<f64> = eval.x.iter().map(|&v| v as f64).collect();
+        let moments = |v: &[f64]| {
+            let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+            (m, (v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / v.len().max(1) as f64).sqrt())
+        };
+        let ((sm, ss), (rm, rs)) = (moments(&flat), moments(&real));
+        let (lo, hi) = if split.symmetric { (-1.0, 1.0) } else { (0.0, 1.0) };
+        metrics.extend([
+            ("nfe".into(), nfe as f64),
+            ("sample_seconds".into(), secs),
+            ("images_per_second_sampling".into(), samples_out.len() as f64 / secs.max(1e-9)),
+            ("pixel_mean".into(), sm),
+            ("pixel_std".into(), ss),
+            ("real_pixel_mean".into(), rm),
+            ("real_pixel_std".into(), rs),
+            ("pixels_in_range".into(), flat.iter().filter(|&&v| (lo - 0.05..=hi + 0.05).contains(&v)).count() as f64 / flat.len().max(1) as f64),
+        ]);
+    }
+    let _ = labels_out;
+    let weights: Vec<(String, Tensor)> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Tensor)> = data.iter().map(|(k, var)| (k.clone(), var.as_tensor().clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let data_sample: Vec<Vec<f32>> = eval.x.chunks(d).take(100).map(|c| c.to_vec()).collect();
+    Ok(TrialOutcome { status, metrics, curve_columns: columns, curve_rows: rows, samples: samples_out, data_sample, weights })
+}

@@ -1,0 +1,337 @@
+//! Image trials (MNIST, Fashion-MNIST and other IDX sets): their own raw form and validated
+//! [`ImageTrial`], chosen when `data.preset` names an image set. The sections mirror the toy
+//! trials' (`data`, `model`, `objective`, `train`, `eval`, `sampler`) with the keys that apply
+//! to images; unknown keys are refused with their dotted path like everywhere else.
+//!
+//! ```toml
+//! seed = 0
+//! [data]       # preset = "mnist" | "fashion" | "idx" (dir required)
+//! preset = "mnist"
+//! dir = "../shared/data/mnist"  # default: $SCORESWEEP_MNIST, else ../shared/data/mnist (mnist);
+//!                               # /usr/share/datasets/fashion-mnist (fashion); relative to the
+//!                               # worker's working directory
+//! held_out = 2000               # the last images: never trained on, what every metric uses
+//! scale = "sym"                 # pixels in [−1, 1] ("unit": [0, 1]), uniform dequantisation
+//! [model]      # kind = "unet": channels, mults, blocks, emb, groups, class_cond
+//! kind = "unet"
+//! [objective]  # kind = "edm": σ ~ exp(N(p_mean, p_std²)), EDM preconditioning and weighting;
+//! kind = "edm" # sigma_data; label_dropout (classifier-free guidance)
+//! [train]      # steps, batch, lr, ema (decay), eval_every
+//! steps = 2000
+//! [eval]       # n: held-out images the metrics use
+//! [sampler]    # kind = "heun" (probability-flow ODE, EDM ρ schedule) | "euler_maruyama"
+//!              # (reverse VE SDE) | "pc" (predictor–corrector, snr) | "none";
+//!              # steps, sigma_min, sigma_max, rho, guidance, n (images, one tenth per class)
+//! kind = "heun"
+//! ```
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::trial::{FieldError, field};
+
+/// The data presets that make a trial an image trial.
+pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawImageTrial {
+    #[serde(default)]
+    seed: u64,
+    name: Option<String>,
+    data: RawImageData,
+    model: RawImageModel,
+    objective: RawImageObjective,
+    train: RawImageTrain,
+    #[serde(default)]
+    eval: RawImageEval,
+    sampler: RawImageSampler,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawImageData {
+    preset: String,
+    dir: Option<String>,
+    held_out: Option<usize>,
+    scale: Option<String>,
+    dequantize: Option<bool>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawImageModel {
+    kind: String,
+    channels: Option<usize>,
+    mults: Option<Vec<usize>>,
+    blocks: Option<usize>,
+    emb: Option<usize>,
+    groups: Option<usize>,
+    class_cond: Option<bool>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawImageObjective {
+    kind: String,
+    p_mean: Option<f64>,
+    p_std: Option<f64>,
+    sigma_data: Option<f64>,
+    label_dropout: Option<f64>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawImageTrain {
+    steps: u64,
+    batch: Option<usize>,
+    lr: Option<f64>,
+    ema: Option<f64>,
+    eval_every: Option<u64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImageEval {
+    n: Option<usize>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawImageSampler {
+    kind: String,
+    steps: Option<usize>,
+    sigma_min: Option<f64>,
+    sigma_max: Option<f64>,
+    rho: Option<f64>,
+    guidance: Option<f64>,
+    snr: Option<f64>,
+    n: Option<usize>,
+}
+
+/// A validated image trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageTrial {
+    pub seed: u64,
+    pub name: Option<String>,
+    pub data: ImageData,
+    pub model: UnetSpec,
+    pub objective: EdmSpec,
+    pub train: ImageTrain,
+    /// Held-out images the metrics use (≤ `data.held_out`).
+    pub eval_n: usize,
+    pub sampler: ImageSampler,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageData {
+    pub preset: String,
+    pub dir: PathBuf,
+    pub held_out: usize,
+    /// Pixels in [−1, 1] (true) or [0, 1] (false).
+    pub symmetric: bool,
+    pub dequantize: bool,
+    /// Train on at most this many images (the first ones), if set.
+    pub limit: Option<usize>,
+}
+
+/// A U-Net on 1-channel images: `channels` at the top level, ×`mults[i]` at level i (each
+/// level after the first halves the resolution), `blocks` residual blocks per level, a
+/// σ embedding of width `emb`, GroupNorm with `groups` groups, and an optional class embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnetSpec {
+    pub channels: usize,
+    pub mults: Vec<usize>,
+    pub blocks: usize,
+    pub emb: usize,
+    pub groups: usize,
+    pub class_cond: bool,
+}
+
+/// EDM (Karras et al. 2022) training: σ log-normal, D(x; σ) = c_skip x + c_out F(c_in x, c_noise),
+/// loss weight λ(σ) = (σ² + σ_d²)/(σ σ_d)²; `label_dropout` drops the class for guidance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdmSpec {
+    pub p_mean: f64,
+    pub p_std: f64,
+    pub sigma_data: f64,
+    pub label_dropout: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageTrain {
+    pub steps: u64,
+    pub batch: usize,
+    pub lr: f64,
+    /// EMA decay of the weights used for sampling and metrics (0: none).
+    pub ema: f64,
+    pub eval_every: u64,
+}
+
+/// The sampler's noise schedule: σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub steps: usize,
+    pub sigma_min: f64,
+    pub sigma_max: f64,
+    pub rho: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSamplerKind {
+    None,
+    /// The probability-flow ODE, Heun's 2nd-order steps (EDM Algorithm 1): 2N − 1 evaluations.
+    Heun,
+    /// The reverse VE SDE by Euler–Maruyama: N evaluations.
+    EulerMaruyama,
+    /// Reverse-SDE predictor plus one Langevin corrector step at signal-to-noise ratio `snr`.
+    Pc {
+        snr: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSampler {
+    pub kind: ImageSamplerKind,
+    pub schedule: Schedule,
+    /// Classifier-free guidance scale w: D = (1 + w) D_cond − w D_uncond; 0 is the conditional
+    /// model alone.
+    pub guidance: f64,
+    /// Images to generate (a multiple of 10 with a class-conditional model: n/10 per class).
+    pub n: usize,
+}
+
+impl ImageSampler {
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            ImageSamplerKind::None => "none",
+            ImageSamplerKind::Heun => "heun",
+            ImageSamplerKind::EulerMaruyama => "euler_maruyama",
+            ImageSamplerKind::Pc { .. } => "pc",
+        }
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
+    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(field(key, format!("must be a positive finite number (got {v})"))) }
+}
+
+fn in_range(key: &str, v: usize, lo: usize, hi: usize) -> Result<usize, FieldError> {
+    if (lo..=hi).contains(&v) { Ok(v) } else { Err(field(key, format!("must be between {lo} and {hi} (got {v})"))) }
+}
+
+/// The default directory of a preset.
+fn default_dir(preset: &str) -> Option<PathBuf> {
+    match preset {
+        "mnist" => Some(std::env::var_os("SCORESWEEP_MNIST").map_or_else(|| PathBuf::from("../shared/data/mnist"), PathBuf::from)),
+        "fashion" => Some(std::env::var_os("SCORESWEEP_FASHION").map_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from)),
+        _ => None,
+    }
+}
+
+pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
+    let d = raw.data;
+    let dir = match d.dir {
+        Some(s) if s.is_empty() => return Err(field("data.dir", "must not be empty")),
+        Some(s) => PathBuf::from(s),
+        None => default_dir(&d.preset).ok_or_else(|| field("data.dir", format!("is required for preset `{}`", d.preset)))?,
+    };
+    let held_out = in_range("data.held_out", d.held_out.unwrap_or(2000), 1, 1_000_000)?;
+    let symmetric = match d.scale.as_deref().unwrap_or("sym") {
+        "sym" => true,
+        "unit" => false,
+        other => return Err(field("data.scale", format!("must be \"sym\" ([−1, 1]) or \"unit\" ([0, 1]) (got \"{other}\")"))),
+    };
+    if let Some(l) = d.limit {
+        in_range("data.limit", l, 1, 10_000_000)?;
+    }
+    let data = ImageData { preset: d.preset, dir, held_out, symmetric, dequantize: d.dequantize.unwrap_or(true), limit: d.limit };
+
+    let m = raw.model;
+    if m.kind != "unet" {
+        return Err(field("model.kind", format!("image trials take kind = \"unet\" (got \"{}\")", m.kind)));
+    }
+    let channels = in_range("model.channels", m.channels.unwrap_or(32), 4, 512)?;
+    let mults = m.mults.unwrap_or_else(|| vec![1, 2, 2]);
+    if mults.is_empty() || mults.len() > 3 || mults.iter().any(|&x| x == 0 || x > 8) {
+        return Err(field("model.mults", format!("needs 1 to 3 levels, each a multiplier from 1 to 8 (28×28 images halve at most twice; got {mults:?})")));
+    }
+    let blocks = in_range("model.blocks", m.blocks.unwrap_or(1), 1, 4)?;
+    let emb = in_range("model.emb", m.emb.unwrap_or(4 * channels), 8, 2048)?;
+    let groups = in_range("model.groups", m.groups.unwrap_or(8), 1, 64)?;
+    if let Some(bad) = std::iter::once(1).chain(mults.iter().copied()).map(|k| k * channels).find(|c| c % groups != 0) {
+        return Err(field("model.groups", format!("must divide every level's channel count ({bad} is not a multiple of {groups})")));
+    }
+    let model = UnetSpec { channels, mults, blocks, emb, groups, class_cond: m.class_cond.unwrap_or(true) };
+
+    let o = raw.objective;
+    if o.kind != "edm" {
+        return Err(field("objective.kind", format!("image trials take kind = \"edm\" (got \"{}\")", o.kind)));
+    }
+    let p_mean = o.p_mean.unwrap_or(-1.2);
+    if !p_mean.is_finite() {
+        return Err(field("objective.p_mean", "must be finite"));
+    }
+    let label_dropout = o.label_dropout.unwrap_or(if model.class_cond { 0.1 } else { 0.0 });
+    if !(0.0..1.0).contains(&label_dropout) {
+        return Err(field("objective.label_dropout", format!("must be in [0, 1) (got {label_dropout})")));
+    }
+    if label_dropout > 0.0 && !model.class_cond {
+        return Err(field("objective.label_dropout", "needs a class-conditional model (model.class_cond)"));
+    }
+    let objective =
+        EdmSpec { p_mean, p_std: positive("objective.p_std", o.p_std.unwrap_or(1.2))?, sigma_data: positive("objective.sigma_data", o.sigma_data.unwrap_or(0.5))?, label_dropout };
+
+    let t = raw.train;
+    if t.steps > 10_000_000 {
+        return Err(field("train.steps", format!("must be at most 10000000 (got {})", t.steps)));
+    }
+    let ema = t.ema.unwrap_or(0.999);
+    if !(0.0..1.0).contains(&ema) {
+        return Err(field("train.ema", format!("must be in [0, 1) (got {ema})")));
+    }
+    let eval_every = t.eval_every.filter(|&e| e > 0).unwrap_or(t.steps.max(1));
+    let train = ImageTrain { steps: t.steps, batch: in_range("train.batch", t.batch.unwrap_or(128), 1, 65_536)?, lr: positive("train.lr", t.lr.unwrap_or(1e-3))?, ema, eval_every };
+
+    let eval_n = in_range("eval.n", raw.eval.n.unwrap_or(held_out), 2, held_out).map_err(|e| field(&e.key, format!("{} (at most data.held_out)", e.message)))?;
+
+    let s = raw.sampler;
+    let kind = match s.kind.as_str() {
+        "none" => ImageSamplerKind::None,
+        "heun" => ImageSamplerKind::Heun,
+        "euler_maruyama" => ImageSamplerKind::EulerMaruyama,
+        "pc" => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        other => return Err(field("sampler.kind", format!("must be \"heun\", \"euler_maruyama\", \"pc\" or \"none\" (got \"{other}\")"))),
+    };
+    if s.snr.is_some() && !matches!(kind, ImageSamplerKind::Pc { .. }) {
+        return Err(field("sampler.snr", "applies to kind = \"pc\" only"));
+    }
+    let default_steps = if kind == ImageSamplerKind::Heun { 18 } else { 100 };
+    let sigma_min = positive("sampler.sigma_min", s.sigma_min.unwrap_or(0.002))?;
+    let sigma_max = positive("sampler.sigma_max", s.sigma_max.unwrap_or(80.0))?;
+    if sigma_max <= sigma_min {
+        return Err(field("sampler.sigma_max", format!("must exceed sampler.sigma_min ({sigma_max} ≤ {sigma_min})")));
+    }
+    let schedule =
+        Schedule { steps: in_range("sampler.steps", s.steps.unwrap_or(default_steps), 2, 100_000)?, sigma_min, sigma_max, rho: positive("sampler.rho", s.rho.unwrap_or(7.0))? };
+    let guidance = s.guidance.unwrap_or(0.0);
+    if !(guidance.is_finite() && guidance >= 0.0) {
+        return Err(field("sampler.guidance", format!("must be a finite number ≥ 0 (got {guidance})")));
+    }
+    if guidance > 0.0 && label_dropout == 0.0 {
+        return Err(field("sampler.guidance", "needs an unconditional model too: train with objective.label_dropout > 0"));
+    }
+    let n = in_range("sampler.n", s.n.unwrap_or(100), 1, 1_000_000)?;
+    if model.class_cond && n % 10 != 0 {
+        return Err(field("sampler.n", format!("must be a multiple of 10 with a class-conditional model (n/10 per class; got {n})")));
+    }
+    let sampler = ImageSampler { kind, schedule, guidance, n };
+    Ok(ImageTrial { seed: raw.seed, name: raw.name, data, model, objective, train, eval_n, sampler })
+}
+
+/// Whether a trial given as TOML is an image trial (its `data.preset` names an image set).
+pub fn is_image(v: &toml::Value) -> bool {
+    v.get("data").and_then(|d| d.get("preset")).and_then(|p| p.as_str()).is_some_and(|p| IMAGE_PRESETS.contains(&p))
+}
