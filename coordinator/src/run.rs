@@ -1,7 +1,6 @@
 //! `coordinator run` / `serve`: expand and persist the sweep, serve it, start workers through a
 //! [`Launcher`] (none for `serve`), show progress, handle Ctrl-C, and write the results.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -54,11 +53,10 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             sync.out_of_sweep
         );
     }
-    let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
     let artifacts = Artifacts::new(&opts.out, opts.max_artifact_bytes);
     // Partial uploads of an earlier run can no longer be reported.
     artifacts.clear_partial();
-    let shared = Shared::new(state, trials, opts.lease_secs, artifacts);
+    let shared = Shared::new(state, &sweep.trials, opts.lease_secs, artifacts);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {

@@ -85,6 +85,8 @@ pub struct Trial {
     pub flat: serde_json::Map<String, serde_json::Value>,
     /// What produced it, e.g. `grid objective.noise.sigma_max=5, seed=1`.
     pub label: String,
+    /// The metrics every `done` result must carry ([`schema::metrics::required_metrics`]).
+    pub required_metrics: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -329,7 +331,8 @@ impl Sweep {
                     label.push(format!("seed={seed}"));
                 }
                 let label = if label.is_empty() { "base".to_string() } else { label.join(", ") };
-                if let Err(e) = TrialConfig::from_value(&toml::Value::Table(t.clone())) {
+                let config = TrialConfig::from_value(&toml::Value::Table(t.clone()));
+                if let Err(e) = config.as_ref() {
                     // Point at the expansion that set the key (or a parent of it), else at base.
                     let origin = p.iter().find(|(k, _, _)| e.key == *k || e.key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{}.", e.key))).map(|(_, _, o)| o.clone());
                     let origin = origin.or(if e.key == "seed" && seeded { Some(Origin::Seeds) } else { None });
@@ -342,14 +345,15 @@ impl Sweep {
                         }
                     };
                     let key = if e.key.is_empty() { "base".to_string() } else { e.key.clone() };
-                    return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, e.message, Some(label)));
+                    return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, e.message.clone(), Some(label)));
                 }
+                let required_metrics = config.as_ref().map(TrialConfig::required_metrics).unwrap_or_default();
                 let hash = trial_hash(&t);
                 if !seen.insert(hash.clone()) {
                     continue; // the same trial twice (e.g. a variant equal to a grid point)
                 }
                 let toml = toml::to_string(&t).map_err(|e| invalid(&["base"], "base", e.to_string(), None))?;
-                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label });
+                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label, required_metrics });
             }
         }
         let name = raw.name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));
