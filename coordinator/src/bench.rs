@@ -207,8 +207,16 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
     let sweep = sleep_sweep(dir, trials, 1.0)?;
     let out = dir.join("overhead");
     let _ = std::fs::remove_dir_all(&out);
-    let opts =
-        RunOptions { sweep: dir.join("bench.toml"), out, listen: "127.0.0.1:0".into(), retry_failed: false, lease_secs: 30.0, max_artifact_bytes: DEFAULT_MAX_BYTES, quiet: true };
+    let opts = RunOptions {
+        sweep: dir.join("bench.toml"),
+        out,
+        listen: "127.0.0.1:0".into(),
+        retry_failed: false,
+        lease_secs: 30.0,
+        max_artifact_bytes: DEFAULT_MAX_BYTES,
+        max_respawns: 0,
+        quiet: true,
+    };
     let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers })?;
     let start = Instant::now();
     run(&opts, sweep, Some(Box::new(launcher)))?;

@@ -565,6 +565,11 @@ impl State {
         Ok(self.report(worker, attempt, &hash, &AttemptResult::cancelled())?.map(drop))
     }
 
+    /// Records a run-level event (`events` table), e.g. `respawn` with what died.
+    pub fn note(&mut self, kind: &str, detail: &str) -> rusqlite::Result<()> {
+        Self::exec(&self.conn, "INSERT INTO events(at, kind, detail) VALUES (?1, ?2, ?3)", params![now(), kind, detail]).map(drop)
+    }
+
     /// Trials of the sweep by status class (see [`Counts::add`]).
     pub fn counts(&self) -> rusqlite::Result<Counts> {
         let mut c = Counts::default();

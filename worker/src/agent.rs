@@ -2,7 +2,8 @@
 //! plain thread (training never blocks the async executor, so heartbeats keep going during long
 //! steps), reports results, and exits when the coordinator says the sweep is done. Connection
 //! failures are retried with backoff, and a finished result is kept until it is delivered — a
-//! restarted coordinator still receives it.
+//! restarted coordinator still receives it. A local worker of `coordinator run`
+//! (`--parent-pid`) exits within 0.2 s of its coordinator's death instead.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,12 +31,49 @@ pub struct AgentArgs {
     /// Ctrl-C: running trials finish; second: they are cancelled through heartbeats).
     #[arg(long, hide = true)]
     pub ignore_interrupt: bool,
+    /// Exit as soon as process PID is no longer this worker's parent. `coordinator run` starts
+    /// its local workers with its own pid: once it is gone their results could never be
+    /// delivered (a restarted run listens on another port). Workers started by hand keep their
+    /// `--max-unreachable` window.
+    #[arg(long, hide = true, value_name = "PID")]
+    pub parent_pid: Option<u32>,
+}
+
+/// How often the parent watchdog looks.
+const PARENT_POLL: Duration = Duration::from_millis(200);
+
+/// Exits the process (whatever its threads are doing, a training step included) once `pid`
+/// is no longer its parent: checked at once (the parent may have died before this worker got
+/// here), then every [`PARENT_POLL`] on a thread of its own.
+fn exit_with_parent(pid: u32) {
+    let orphaned = move || std::os::unix::process::parent_id() != pid;
+    let exit = move || -> ! {
+        eprintln!("worker: parent process {pid} is gone; exiting");
+        std::process::exit(3)
+    };
+    if orphaned() {
+        exit();
+    }
+    std::thread::Builder::new()
+        .name("parent-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PARENT_POLL);
+                if orphaned() {
+                    exit();
+                }
+            }
+        })
+        .expect("failed to start the parent watchdog thread");
 }
 
 /// Samples sent back for plots.
 const MAX_SAMPLES: usize = 2000;
 
 pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
+    if let Some(pid) = args.parent_pid {
+        exit_with_parent(pid);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         if args.ignore_interrupt {
