@@ -12,9 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps; the binaries sit one level up.
+    // tests run from target/<profile>/deps; the binaries sit one level up (or in
+    // $SCORESWEEP_BIN_DIR, e.g. when several checkouts share one target directory).
     let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    let dir = std::env::var_os("SCORESWEEP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().to_path_buf());
+    let p = dir.join(name);
     assert!(p.exists(), "{} not built (run `cargo test --workspace`)", p.display());
     p
 }
