@@ -81,7 +81,7 @@ fn a_sweep_file_that_is_not_utf8_is_refused_at_the_bad_byte() {
     bytes.truncate(bytes.len() - 1);
     bytes.extend_from_slice(b" # caf\xe9\n");
     std::fs::write(&path, &bytes).unwrap();
-    let err = Sweep::load(&path).err().expect("refused").to_string();
+    let err = Sweep::load(&path).expect_err("refused").to_string();
     assert!(err.contains("latin1.toml:5:21:") && err.contains("not UTF-8"), "{err}");
 }
 

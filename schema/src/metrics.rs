@@ -70,7 +70,9 @@ mod tests {
     #[test]
     fn the_list_follows_the_data_objective_ladder_and_sampler() {
         let train = "[data]\npreset = \"seed1d\"\n[model]\nkind = \"mlp\"\n[train]\nsteps = 1\n";
-        let cases: [(String, &[&[&str]], &[&str]); 4] = [
+        // (trial, the lists it requires, keys it must not require)
+        type Case = (String, &'static [&'static [&'static str]], &'static [&'static str]);
+        let cases: [Case; 4] = [
             ("[sleep]\nseconds = 1\n".into(), &[SLEEP], &["steps_done"]),
             (format!("{train}[objective]\nkind = \"ism\"\n[sampler]\nkind = \"none\"\n"), &[TRAIN, GAPS], &["l_dsm", "levels", "nfe", "l_ssm"]),
             (format!("{train}[objective]\nkind = \"ssm_vr\"\n[sampler]\nkind = \"langevin\"\n"), &[TRAIN, GAPS, SSM, SAMPLER], &["l_dsm", "levels"]),
