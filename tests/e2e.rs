@@ -12,9 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps; the binaries sit one level up.
+    // tests run from target/<profile>/deps; the binaries sit one level up (or in
+    // $SCORESWEEP_BIN_DIR, e.g. when several checkouts share one target directory).
     let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    let dir = std::env::var_os("SCORESWEEP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().to_path_buf());
+    let p = dir.join(name);
     assert!(p.exists(), "{} not built (run `cargo test --workspace`)", p.display());
     p
 }
@@ -137,8 +139,10 @@ fn bad_sweeps_are_located_and_write_nothing() {
         (SMALL.replace("[grid]", "[grid]\n\"train.lr\" = [\n"), vec!["small.toml:25:", "invalid TOML"]),
         (
             format!("repeats = 100\n{}", SMALL.replace("[grid]", "[grid]\n\"model.hidden\" = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30]")),
-            vec!["expands to 12000 trials"],
+            vec!["small.toml:1:1:", "repeats", "expands to 12000 trials"],
         ),
+        (format!("seeds = []\n{SMALL}"), vec!["small.toml:1:1:", "seeds", "empty"]),
+        (SMALL.replace("[grid]", "[[zip]]\n\"objective.kind\" = [\"ism\", \"esm\"]\n[grid]"), vec!["small.toml:", "objective.kind", "also set by"]),
     ];
     for (i, (src, want)) in cases.iter().enumerate() {
         let dir = tmp(&format!("bad{i}"));
@@ -153,6 +157,16 @@ fn bad_sweeps_are_located_and_write_nothing() {
         }
         assert!(!out.exists(), "case {i}: output written");
     }
+    // Not UTF-8: located at the bad byte (line 2 here).
+    let dir = tmp("badutf8");
+    let sweep = dir.join("small.toml");
+    std::fs::write(&sweep, [b"# sweep\n# caf\xe9\n".as_slice(), SMALL.as_bytes()].concat()).unwrap();
+    let out = dir.join("out");
+    let o = run(&sweep, &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("small.toml:2:6:") && err.contains("not UTF-8"), "{err}");
+    assert!(!out.exists(), "output written");
 }
 
 #[test]

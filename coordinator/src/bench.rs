@@ -74,12 +74,11 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> a
         let mut state = State::open(&template, 1, 600.0)?;
         state.sync(&sweep, false)?;
     }
-    let trials: std::collections::HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
     let real = |piggyback: bool| -> anyhow::Result<(f64, crate::store::StoreStats)> {
         let db = dir.join("rt.db");
         remove_db(&db);
         std::fs::copy(&template, &db)?;
-        let shared = Shared::new(State::open(&db, 1, 600.0)?, trials.clone(), 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
+        let shared = Shared::new(State::open(&db, 1, 600.0)?, &sweep.trials, 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
         let rate = rt.block_on(drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback))?;
         let stats = shared.store.stats();
         shared.store.close();
@@ -128,7 +127,8 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = SweepClient::connect(url).await?;
-            let id = format!("bench{c}");
+            let register = pb::RegisterRequest { protocol_version: sweep_proto::PROTOCOL_VERSION, name: format!("bench{c}"), ..Default::default() };
+            let id = client.register(register).await?.into_inner().worker_id;
             let mut next: Option<pb::LeaseReply> = None;
             while Instant::now() < deadline {
                 let reply = match next.take() {
@@ -141,7 +141,7 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
                     attempt_id: l.attempt_id,
                     trial_hash: l.trial_hash,
                     status: sweep_proto::status_to_wire(schema::Status::Done),
-                    metrics_json: "{}".into(),
+                    metrics_json: r#"{"slept_seconds":0.001}"#.into(),
                     curve_json: "[]".into(),
                     lease_next: piggyback,
                     ..Default::default()
@@ -207,8 +207,16 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
     let sweep = sleep_sweep(dir, trials, 1.0)?;
     let out = dir.join("overhead");
     let _ = std::fs::remove_dir_all(&out);
-    let opts =
-        RunOptions { sweep: dir.join("bench.toml"), out, listen: "127.0.0.1:0".into(), retry_failed: false, lease_secs: 30.0, max_artifact_bytes: DEFAULT_MAX_BYTES, quiet: true };
+    let opts = RunOptions {
+        sweep: dir.join("bench.toml"),
+        out,
+        listen: "127.0.0.1:0".into(),
+        retry_failed: false,
+        lease_secs: 30.0,
+        max_artifact_bytes: DEFAULT_MAX_BYTES,
+        max_respawns: 0,
+        quiet: true,
+    };
     let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers })?;
     let start = Instant::now();
     run(&opts, sweep, Some(Box::new(launcher)))?;

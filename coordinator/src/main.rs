@@ -44,6 +44,10 @@ enum Command {
         /// Largest artifact (e.g. model file) a trial may upload, in bytes.
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
         max_artifact_bytes: u64,
+        /// Local workers that die (killed, out of memory) are replaced, at most this many
+        /// times per run.
+        #[arg(long, default_value_t = launch::DEFAULT_MAX_RESPAWNS)]
+        max_respawns: usize,
         #[arg(long)]
         quiet: bool,
     },
@@ -117,7 +121,8 @@ fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usiz
 }
 
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
-    eprintln!("{} trials: {} done, {} failed; results in {}", s.trials, s.done, s.failed, out.display());
+    let respawns = if s.respawns > 0 { format!("; {} local worker respawn(s), see report.md", s.respawns) } else { String::new() };
+    eprintln!("{} trials: {} done, {} failed; results in {}{respawns}", s.trials, s.done, s.failed, out.display());
     for (claim, scope, verdict) in &s.claims {
         eprintln!("  {claim} [{scope}]: {verdict}");
     }
@@ -126,7 +131,7 @@ fn print_summary(s: &results::Summary, out: &std::path::Path) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, launcher, worker_bin, max_artifact_bytes, quiet } => {
+        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, launcher, worker_bin, max_artifact_bytes, max_respawns, quiet } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -141,7 +146,7 @@ fn main() -> ExitCode {
                     Err(code) => return code,
                 }
             };
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, quiet };
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet };
             run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
         }
         Command::Serve { sweep, out, listen, retry_failed, lease_secs, max_artifact_bytes } => {
@@ -150,7 +155,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, quiet: false };
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns: 0, quiet: false };
             run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),

@@ -1,7 +1,6 @@
 //! `coordinator run` / `serve`: expand and persist the sweep, serve it, start workers through a
 //! [`Launcher`] (none for `serve`), show progress, handle Ctrl-C, and write the results.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::artifacts::Artifacts;
-use crate::launch::Launcher;
+use crate::launch::{Launcher, Respawner};
 use crate::service::{Shared, serve};
 use crate::state::State;
 use crate::sweep::Sweep;
@@ -26,6 +25,8 @@ pub struct RunOptions {
     pub lease_secs: f64,
     /// Largest artifact an attempt may upload, in bytes.
     pub max_artifact_bytes: u64,
+    /// Replacements of dead workers this run may start (see [`Respawner`]).
+    pub max_respawns: usize,
     pub quiet: bool,
 }
 
@@ -54,11 +55,10 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             sync.out_of_sweep
         );
     }
-    let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
     let artifacts = Artifacts::new(&opts.out, opts.max_artifact_bytes);
     // Partial uploads of an earlier run can no longer be reported.
     artifacts.clear_partial();
-    let shared = Shared::new(state, trials, opts.lease_secs, artifacts);
+    let shared = Shared::new(state, &sweep.trials, opts.lease_secs, artifacts);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
@@ -100,6 +100,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         if let Some(l) = launcher.as_mut() {
             l.start(&url)?;
         }
+        let mut respawner = Respawner::new(opts.max_respawns, Instant::now());
         let bar = if opts.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
         bar.set_style(indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg} (ETA {eta})").expect("template"));
         let started = Instant::now();
@@ -118,19 +119,38 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
                 break;
             }
             if let Some(l) = launcher.as_mut() {
+                // A worker that dies while trials remain is replaced (bounded, with backoff).
                 for e in l.poll() {
-                    if e.code != Some(0) && !opts.quiet {
-                        bar.println(format!("worker {} exited with {}", e.name, e.code.map_or("a signal".to_string(), |c| format!("code {c}"))));
+                    if e.code == Some(0) {
+                        continue;
+                    }
+                    let line = match respawner.exited(&e.name, Instant::now()) {
+                        Some(d) if d.is_zero() => format!("worker {e}; respawning it"),
+                        Some(d) => format!("worker {e}; respawning it in {:.1}s", d.as_secs_f64()),
+                        None => format!("worker {e}; not respawned (--max-respawns {} reached)", respawner.max()),
+                    };
+                    if !opts.quiet {
+                        // (`println` prints nothing while the bar is hidden, e.g. off a terminal.)
+                        bar.suspend(|| eprintln!("{line}"));
                     }
                 }
-                if l.alive() == 0 && c.running == 0 {
-                    anyhow::bail!("all local workers exited with {} trials still queued", c.queued);
+                for name in respawner.due(Instant::now()) {
+                    l.respawn(&name)?;
+                    let detail = format!("{name} respawned ({} of at most {})", respawner.count(), respawner.max());
+                    let _ = shared.store.call(move |st| st.note("respawn", &detail)).await;
+                }
+                if l.alive() == 0 && c.running == 0 && respawner.pending() == 0 {
+                    anyhow::bail!("all local workers exited with {} trials still queued ({} respawned, at most {})", c.queued, respawner.count(), respawner.max());
                 }
             }
         }
         bar.finish();
         if !opts.quiet {
-            eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
+            let respawned = match respawner.count() {
+                0 => String::new(),
+                n => format!(" ({n} dead local worker(s) respawned)"),
+            };
+            eprintln!("finished in {:.1}s{respawned}", started.elapsed().as_secs_f64());
         }
         // Let workers see "done" (held Lease calls answer at once), then stop.
         shared.stop_leasing();

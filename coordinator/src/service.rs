@@ -2,10 +2,16 @@
 //! types (statuses through `sweep_proto`'s conversions, `Points` to sample BLOBs) and maps
 //! errors to `Status` in one place. Scheduling decisions live in `state`; artifact files in
 //! `artifacts`.
+//!
+//! Refusals ([`Refusal`], nothing changed): an unregistered worker id (`NOT_FOUND`), an unknown
+//! attempt (`NOT_FOUND`), an attempt leased to another worker (`PERMISSION_DENIED`), a report
+//! naming another trial than its attempt's (`FAILED_PRECONDITION`). A report that cannot be
+//! taken as sent (undecodable curve or samples, a `done` result without its trial's required
+//! metrics, …) is not refused but recorded as a failed attempt with the reason.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use schema::Status as TrialStatus;
@@ -16,8 +22,9 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{Artifacts, UploadError};
-use crate::state::{AttemptResult, Lease, LeaseOutcome, Samples, State};
+use crate::state::{AttemptResult, Lease, LeaseOutcome, Refusal, Samples, State};
 use crate::store::Store;
+use crate::sweep::Trial;
 
 /// Largest message the server decodes (a Report with samples and curves; artifacts stream in
 /// chunks of at most 1 MiB).
@@ -29,6 +36,8 @@ pub struct Shared {
     pub store: Store,
     /// Trial TOML by hash, sent with each lease.
     pub trials: HashMap<String, String>,
+    /// The metrics a `done` result must carry, by trial hash.
+    pub required_metrics: HashMap<String, Vec<&'static str>>,
     pub lease_secs: f64,
     pub heartbeat_secs: f64,
     /// First Ctrl-C: lease nothing more.
@@ -37,23 +46,23 @@ pub struct Shared {
     pub cancel_all: AtomicBool,
     /// Uploaded files waiting for their report, and where recorded ones go.
     pub artifacts: Artifacts,
-    next_worker: AtomicU64,
 }
 
 /// Longest a Lease call is held while nothing is queued (the worker then calls again).
 const LONG_POLL: Duration = Duration::from_secs(5);
 
 impl Shared {
-    pub fn new(state: State, trials: HashMap<String, String>, lease_secs: f64, artifacts: Artifacts) -> Arc<Shared> {
+    /// Serves `trials` (the loaded sweep's) from `state`.
+    pub fn new(state: State, trials: &[Trial], lease_secs: f64, artifacts: Artifacts) -> Arc<Shared> {
         Arc::new(Shared {
             artifacts,
             store: Store::new(state),
-            trials,
+            trials: trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect(),
+            required_metrics: trials.iter().map(|t| (t.hash.clone(), t.required_metrics.clone())).collect(),
             lease_secs,
             heartbeat_secs: (lease_secs / 4.0).clamp(0.05, 10.0),
             stopping: AtomicBool::new(false),
             cancel_all: AtomicBool::new(false),
-            next_worker: AtomicU64::new(1),
         })
     }
 
@@ -65,6 +74,11 @@ impl Shared {
 
     async fn with_state<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static) -> Result<T, Status> {
         self.store.call(f).await.map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// As [`Shared::with_state`] for a request that may be refused.
+    async fn checked<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<Result<T, Refusal>> + Send + 'static) -> Result<T, Status> {
+        self.with_state(f).await?.map_err(refused)
     }
 
     fn lease_of(&self, l: Lease) -> Result<lease_reply::Reply, Status> {
@@ -79,7 +93,7 @@ impl Shared {
             return Ok(Some(lease_reply::Reply::Done(true)));
         }
         let (w, secs) = (worker.to_string(), self.lease_secs);
-        match self.with_state(move |st| st.next_lease(&w, secs)).await? {
+        match self.checked(move |st| st.next_lease(&w, secs)).await? {
             LeaseOutcome::Leased(l) => Ok(Some(self.lease_of(l)?)),
             LeaseOutcome::Done => Ok(Some(lease_reply::Reply::Done(true))),
             LeaseOutcome::Wait { .. } => Ok(None),
@@ -108,47 +122,57 @@ impl Shared {
 #[derive(Clone)]
 pub struct Service(pub Arc<Shared>);
 
-/// The domain form of a report. A status other than DONE, DIVERGED, CANCELLED or FAILED makes
-/// the report a malformed one, recorded as FAILED with the reason.
-fn to_domain(r: &mut pb::ReportRequest) -> Result<AttemptResult, Status> {
-    let curve: Vec<serde_json::Value> = serde_json::from_str(&r.curve_json).map_err(|e| Status::invalid_argument(format!("curve_json: {e}")))?;
-    let mut error = std::mem::take(&mut r.error);
+/// The domain form of a report. A report that cannot be taken as sent (a status other than
+/// DONE, DIVERGED, CANCELLED or FAILED, a curve or samples that do not decode) becomes a
+/// malformed one, recorded as FAILED with the reason.
+fn to_domain(r: &mut pb::ReportRequest) -> AttemptResult {
     let status = match sweep_proto::status_from_wire(r.status) {
         Ok(s @ (TrialStatus::Done | TrialStatus::Diverged | TrialStatus::Cancelled | TrialStatus::Failed)) => s,
-        other => {
-            let what = match other {
-                Ok(s) => format!("status {s}"),
-                Err(e) => e.to_string(),
-            };
-            error = format!("malformed report ({what}); {error}");
-            TrialStatus::Failed
-        }
+        Ok(s) => return AttemptResult::malformed(&format!("status {s}; {}", r.error), r.wall_seconds),
+        Err(e) => return AttemptResult::malformed(&format!("{e}; {}", r.error), r.wall_seconds),
     };
-    Ok(AttemptResult {
+    let curve: Vec<serde_json::Value> = match serde_json::from_str(&r.curve_json) {
+        Ok(c) => c,
+        Err(e) => return AttemptResult::malformed(&format!("curve_json: {e}"), r.wall_seconds),
+    };
+    let samples = match samples(r.samples.take(), r.data.take()) {
+        Ok(s) => s,
+        Err(e) => return AttemptResult::malformed(&e, r.wall_seconds),
+    };
+    AttemptResult {
         status,
         diverged_step: r.diverged_step,
         metrics_json: std::mem::take(&mut r.metrics_json),
         curve_rows: curve.iter().map(|v| v.to_string()).collect(),
-        samples: samples(r.samples.take(), r.data.take())?,
+        samples,
         wall_seconds: r.wall_seconds,
-        error,
+        error: std::mem::take(&mut r.error),
         artifacts: Vec::new(),
-    })
+    }
 }
 
 /// Samples and data points as BLOBs of the same dimension; None when there are no samples.
-fn samples(samples: Option<pb::Points>, data: Option<pb::Points>) -> Result<Option<Samples>, Status> {
+fn samples(samples: Option<pb::Points>, data: Option<pb::Points>) -> Result<Option<Samples>, String> {
     let (samples, data) = (samples.unwrap_or_default(), data.unwrap_or_default());
     for (what, p) in [("samples", &samples), ("data", &data)] {
-        p.to_f32().map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+        p.to_f32().map_err(|e| format!("{what}: {e}"))?;
     }
     if samples.is_empty() {
         return Ok(None);
     }
     if !data.is_empty() && data.dim != samples.dim {
-        return Err(Status::invalid_argument(format!("samples have dimension {} but data {}", samples.dim, data.dim)));
+        return Err(format!("samples have dimension {} but data {}", samples.dim, data.dim));
     }
     Ok(Some(Samples { dim: samples.dim, samples: samples.f32_le, data: data.f32_le }))
+}
+
+/// The gRPC status of a refused request.
+fn refused(r: Refusal) -> Status {
+    match r {
+        Refusal::UnknownWorker(_) | Refusal::UnknownAttempt(_) => Status::not_found(r.to_string()),
+        Refusal::NotHolder { .. } => Status::permission_denied(r.to_string()),
+        Refusal::WrongTrial { .. } => Status::failed_precondition(r.to_string()),
+    }
 }
 
 /// The gRPC status of a refused upload.
@@ -170,8 +194,8 @@ impl SweepRpc for Service {
                 r.protocol_version
             )));
         }
-        let id = self.0.next_worker.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(pb::RegisterReply { worker_id: format!("{}#{id}", r.name) }))
+        let id = self.0.with_state(move |st| st.register(&r.name, r.cores, r.gpus, &r.version)).await?;
+        Ok(Response::new(pb::RegisterReply { worker_id: id }))
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
@@ -184,14 +208,16 @@ impl SweepRpc for Service {
         let r = req.into_inner();
         let s = &self.0;
         let (secs, cancel_all) = (s.lease_secs, s.cancel_all.load(Ordering::Relaxed));
-        let (cancel, deadline) = s.with_state(move |st| st.heartbeat(r.attempt_id, secs, cancel_all)).await?;
+        let (cancel, deadline) = s.checked(move |st| st.heartbeat(&r.worker_id, r.attempt_id, secs, cancel_all)).await?;
         Ok(Response::new(pb::HeartbeatReply { cancel, deadline_unix: deadline }))
     }
 
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
         let mut r = req.into_inner();
-        let mut result = to_domain(&mut r)?;
         let s = &self.0;
+        // Checked against what its trial must produce (unknown for a trial no longer in the
+        // sweep); the binding to the worker is checked with the report, atomically.
+        let mut result = to_domain(&mut r).checked(s.required_metrics.get(&r.trial_hash).map(Vec::as_slice));
         let (kept, missing) = s.artifacts.lookup(r.attempt_id, &r.artifacts);
         result.artifacts = kept;
         let with_result = matches!(result.status, TrialStatus::Done | TrialStatus::Diverged);
@@ -201,10 +227,13 @@ impl SweepRpc for Service {
         let artifacts = result.artifacts.clone();
         let (recorded, next) = {
             let hash = hash.clone();
-            s.with_state(move |st| {
-                let recorded = st.report(attempt, &hash, &result)?;
-                let next = if lease_next { Some(st.next_lease(&worker, secs)?) } else { None };
-                Ok((recorded, next))
+            s.checked(move |st| {
+                let recorded = match st.report(&worker, attempt, &hash, &result)? {
+                    Ok(recorded) => recorded,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let next = if lease_next { st.next_lease(&worker, secs)?.ok() } else { None };
+                Ok(Ok((recorded, next)))
             })
             .await?
         };
@@ -239,14 +268,8 @@ impl SweepRpc for Service {
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
         let r = req.into_inner();
-        self.0
-            .with_state(move |st| {
-                if let Some(hash) = st.attempt_trial(r.attempt_id)? {
-                    st.report(r.attempt_id, &hash, &AttemptResult::cancelled())?;
-                }
-                Ok(())
-            })
-            .await?;
+        let attempt = r.attempt_id;
+        self.0.checked(move |st| st.cancel(&r.worker_id, attempt)).await?;
         self.0.artifacts.discard(r.attempt_id);
         Ok(Response::new(pb::CancelReply {}))
     }
@@ -255,18 +278,25 @@ impl SweepRpc for Service {
     async fn upload_artifact(&self, req: Request<Streaming<pb::ArtifactChunk>>) -> Result<Response<pb::ArtifactReply>, Status> {
         let mut chunks = req.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty artifact stream: the first chunk names the artifact"))?;
-        let attempt = first.attempt_id;
+        let (attempt, worker) = (first.attempt_id, first.worker_id.clone());
         crate::artifacts::check_name(&first.name).map_err(upload_status)?;
-        match self.0.with_state(move |st| st.attempt_outcome(attempt)).await? {
-            Some(TrialStatus::Running) => {}
-            Some(other) => return Err(Status::failed_precondition(format!("attempt {attempt} is {other}, not running: artifact `{}` refused", first.name))),
-            None => return Err(Status::not_found(format!("unknown attempt {attempt}: artifact `{}` refused", first.name))),
+        let outcome = {
+            let worker = worker.clone();
+            self.0.with_state(move |st| st.attempt_of(&worker, attempt)).await?
+        };
+        match outcome {
+            Ok(TrialStatus::Running) => {}
+            Ok(other) => return Err(Status::failed_precondition(format!("attempt {attempt} is {other}, not running: artifact `{}` refused", first.name))),
+            Err(r) => {
+                let status = refused(r);
+                return Err(Status::new(status.code(), format!("{}: artifact `{}` refused", status.message(), first.name)));
+            }
         }
         let mut upload = self.0.artifacts.begin(attempt, &first.name, &first.media_type, first.total_bytes).await.map_err(upload_status)?;
         upload.write(&first.data).await.map_err(upload_status)?;
         while let Some(chunk) = chunks.message().await? {
-            if chunk.attempt_id != attempt {
-                return Err(Status::invalid_argument(format!("artifact `{}`: a chunk of attempt {} in the stream of attempt {attempt}", first.name, chunk.attempt_id)));
+            if chunk.attempt_id != attempt || chunk.worker_id != worker {
+                return Err(Status::invalid_argument(format!("artifact `{}`: a chunk of another attempt or worker in the stream of attempt {attempt}", first.name)));
             }
             upload.write(&chunk.data).await.map_err(upload_status)?;
         }

@@ -8,6 +8,14 @@
 //! attempt going back to queued while attempts remain (attempt rows are kept), and a report for
 //! an attempt that is no longer running recorded as `ignored` (never a second result).
 //! Summaries classify with [`Status::is_success`] / [`Status::is_unusable`] only.
+//!
+//! Workers and attempts are bound: a worker id is issued by [`State::register`] (a `workers`
+//! row, so it survives a coordinator restart), only a registered worker is leased a trial, and
+//! every later request about an attempt (heartbeat, report, cancel, upload) must come from the
+//! worker that leased it and name its trial — otherwise it is refused with a [`Refusal`] and
+//! nothing changes. A `done` result is recorded only when [`AttemptResult::check`] passes (the
+//! trial's required metrics present and finite); a malformed one closes the attempt as failed,
+//! with the reason.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -53,6 +61,63 @@ pub struct AttemptResult {
 }
 
 impl AttemptResult {
+    /// Checks what would be recorded as a result (Done or Diverged): the metrics are a JSON
+    /// object of numbers (or null, for a value that was not finite), every key of `required`
+    /// (the trial's [`schema::metrics::required_metrics`]; None when the trial is not in the
+    /// loaded sweep) is a finite number in a Done result, a Diverged result names its step,
+    /// every curve row is an object of numbers, and the wall time is a finite, non-negative
+    /// number of seconds. The error says what is wrong.
+    pub fn check(&self, required: Option<&[&str]>) -> Result<(), String> {
+        if !(self.wall_seconds.is_finite() && self.wall_seconds >= 0.0) {
+            return Err(format!("wall_seconds is {}, not a finite number of seconds", self.wall_seconds));
+        }
+        if !matches!(self.status, Status::Done | Status::Diverged) {
+            return Ok(());
+        }
+        let metrics = match serde_json::from_str::<serde_json::Value>(&self.metrics_json) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(other) => return Err(format!("metrics_json is not a JSON object ({})", json_kind(&other))),
+            Err(e) => return Err(format!("metrics_json: {e}")),
+        };
+        if let Some((k, v)) = metrics.iter().find(|(_, v)| !(v.is_number() || v.is_null())) {
+            return Err(format!("metric `{k}` is {}, not a number", json_kind(v)));
+        }
+        if self.status == Status::Done {
+            let missing: Vec<&str> = required.unwrap_or_default().iter().copied().filter(|k| !metrics.contains_key(*k)).collect();
+            if !missing.is_empty() {
+                return Err(format!("a done result of this trial must carry the metric(s) {}, missing: {}", required.unwrap_or_default().join(", "), missing.join(", ")));
+            }
+            if let Some(k) = required.unwrap_or_default().iter().find(|k| metrics.get(**k).is_some_and(|v| !v.is_number())) {
+                return Err(format!("required metric `{k}` is not a finite number (null)"));
+            }
+        }
+        if self.status == Status::Diverged && self.diverged_step.is_none_or(|s| i64::try_from(s).is_err()) {
+            return Err("a diverged result must name the step it diverged at (diverged_step)".into());
+        }
+        for (i, row) in self.curve_rows.iter().enumerate() {
+            match serde_json::from_str::<serde_json::Value>(row) {
+                Ok(serde_json::Value::Object(m)) if m.values().all(|v| v.is_number() || v.is_null()) => {}
+                _ => return Err(format!("curve row {i} is not an object of numbers")),
+            }
+        }
+        Ok(())
+    }
+
+    /// This result if it passes [`AttemptResult::check`], else a Failed one that says why (the
+    /// rest of the report is dropped: nothing malformed is ever recorded as a result).
+    pub fn checked(self, required: Option<&[&str]>) -> AttemptResult {
+        match self.check(required) {
+            Ok(()) => self,
+            Err(why) => AttemptResult::malformed(&format!("{} report: {why}", self.status), self.wall_seconds),
+        }
+    }
+
+    /// A report that could not be taken as sent, recorded as a Failed attempt with the reason.
+    pub fn malformed(why: &str, wall_seconds: f64) -> AttemptResult {
+        let wall_seconds = if wall_seconds.is_finite() && wall_seconds >= 0.0 { wall_seconds } else { 0.0 };
+        AttemptResult { status: Status::Failed, error: format!("malformed report: {why}"), wall_seconds, ..AttemptResult::cancelled() }
+    }
+
     /// A cancellation (the worker gave its lease back).
     pub fn cancelled() -> AttemptResult {
         AttemptResult {
@@ -66,6 +131,42 @@ impl AttemptResult {
             artifacts: vec![],
         }
     }
+}
+
+/// What a JSON value is, for messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Why a request about a worker or an attempt was refused; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown worker id `{0}`: call Register first")]
+    UnknownWorker(String),
+    #[error("unknown attempt {0}")]
+    UnknownAttempt(u64),
+    /// The holder's id is not named: it is what the holder authenticates with.
+    #[error("attempt {attempt} was leased to another worker, not to `{worker}`")]
+    NotHolder { attempt: u64, worker: String },
+    #[error("attempt {attempt} runs trial {holds}, not {claimed}")]
+    WrongTrial { attempt: u64, holds: String, claimed: String },
+}
+
+/// An attempt as the binding checks see it.
+struct AttemptRow {
+    trial: i64,
+    hash: String,
+    outcome: Status,
+    leased_at: f64,
+    /// Its trial already has a result.
+    has_result: bool,
 }
 
 /// Samples and data points of a result: row-major little-endian f32 of dimension `dim`, as
@@ -262,7 +363,48 @@ impl State {
     // without a savepoint of their own: the store runs each request inside `atomic`, which
     // makes it all-or-nothing. Callers outside the store wrap them in `atomic` too.
 
+    /// Registers a worker and returns its id: `<name>#<n>.<random>`, unique in this database
+    /// and not guessable (the id is what binds a worker to its attempts).
+    pub fn register(&mut self, name: &str, cores: u32, gpus: u32, version: &str) -> rusqlite::Result<String> {
+        let n: i64 = self.conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM workers")?.query_row([], |r| r.get(0))?;
+        let id = format!("{name}#{n}.{}", random_hex());
+        Self::exec(
+            &self.conn,
+            "INSERT INTO workers(seq, id, name, registered_at, cores, gpus, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![n, id, name, now(), cores, gpus, version],
+        )?;
+        Ok(id)
+    }
+
+    /// Whether `worker` was issued by [`State::register`].
+    pub fn is_registered(&self, worker: &str) -> rusqlite::Result<bool> {
+        self.conn.prepare_cached("SELECT 1 FROM workers WHERE id = ?1")?.exists(params![worker])
+    }
+
+    /// The attempt, if `worker` holds it (leased it); else why not.
+    fn held(&self, worker: &str, attempt: u64) -> rusqlite::Result<Result<AttemptRow, Refusal>> {
+        let row: Option<(i64, String, String, f64, String, bool)> = self
+            .conn
+            .prepare_cached(
+                "SELECT a.trial_id, a.trial_hash, a.outcome, a.leased_at, a.worker, EXISTS (SELECT 1 FROM results r WHERE r.trial_id = a.trial_id) FROM attempts a WHERE a.id = ?1",
+            )?
+            .query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .optional()?;
+        Ok(match row {
+            None => Err(Refusal::UnknownAttempt(attempt)),
+            Some((.., holder, _)) if holder != worker => Err(Refusal::NotHolder { attempt, worker: worker.to_string() }),
+            Some((trial, hash, outcome, leased_at, _, has_result)) => Ok(AttemptRow { trial, hash, outcome: parse_status(&outcome)?, leased_at, has_result }),
+        })
+    }
+
+    /// How an attempt of `worker` stands (Running while it may still report), or why the
+    /// worker may not ask.
+    pub fn attempt_of(&self, worker: &str, attempt: u64) -> rusqlite::Result<Result<Status, Refusal>> {
+        Ok(self.held(worker, attempt)?.map(|a| a.outcome))
+    }
+
     /// Leases the next queued trial of the sweep to `worker`, or None when nothing is queued.
+    /// Unchecked: the protocol goes through [`State::next_lease`], which checks the worker.
     pub fn lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Option<Lease>> {
         let t = now();
         let tx = &self.conn;
@@ -279,38 +421,40 @@ impl State {
         Ok(Some(Lease { hash, attempt, deadline }))
     }
 
-    /// A lease as from [`State::lease`]; with nothing queued, [`LeaseOutcome::Wait`] while
-    /// attempts run and [`LeaseOutcome::Done`] once none does.
-    pub fn next_lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<LeaseOutcome> {
-        Ok(match self.lease(worker, lease_secs)? {
+    /// A lease of a registered `worker` as from [`State::lease`]; with nothing queued,
+    /// [`LeaseOutcome::Wait`] while attempts run and [`LeaseOutcome::Done`] once none does.
+    pub fn next_lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Result<LeaseOutcome, Refusal>> {
+        if !self.is_registered(worker)? {
+            return Ok(Err(Refusal::UnknownWorker(worker.to_string())));
+        }
+        Ok(Ok(match self.lease(worker, lease_secs)? {
             Some(l) => LeaseOutcome::Leased(l),
             None => match self.counts()?.running {
                 0 => LeaseOutcome::Done,
                 running => LeaseOutcome::Wait { running },
             },
-        })
+        }))
     }
 
-    /// Extends a running attempt's deadline; returns (cancel, deadline). An attempt past the
-    /// trial timeout is closed as `timeout` and told to cancel.
-    pub fn heartbeat(&mut self, attempt: u64, lease_secs: f64, cancel_all: bool) -> rusqlite::Result<(bool, f64)> {
+    /// Extends the deadline of a running attempt of `worker`; returns (cancel, deadline). An
+    /// attempt past the trial timeout is closed as `timeout` and told to cancel; one that no
+    /// longer runs is told to cancel.
+    pub fn heartbeat(&mut self, worker: &str, attempt: u64, lease_secs: f64, cancel_all: bool) -> rusqlite::Result<Result<(bool, f64), Refusal>> {
         let t = now();
-        let row: Option<(i64, f64, String)> = self
-            .conn
-            .prepare_cached("SELECT trial_id, leased_at, outcome FROM attempts WHERE id = ?1")?
-            .query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        let Some((trial, leased_at, outcome)) = row else { return Ok((true, t)) };
-        if parse_status(&outcome)? != Status::Running {
-            return Ok((true, t));
+        let a = match self.held(worker, attempt)? {
+            Ok(a) => a,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if a.outcome != Status::Running {
+            return Ok(Ok((true, t)));
         }
-        if t > leased_at + self.timeout {
-            self.close_attempt(attempt, trial, Status::Timeout, "trial timeout exceeded")?;
-            return Ok((true, t));
+        if t > a.leased_at + self.timeout {
+            self.close_attempt(attempt, a.trial, Status::Timeout, "trial timeout exceeded")?;
+            return Ok(Ok((true, t)));
         }
-        let deadline = (t + lease_secs).min(leased_at + self.timeout);
+        let deadline = (t + lease_secs).min(a.leased_at + self.timeout);
         Self::exec(&self.conn, "UPDATE attempts SET deadline = ?2 WHERE id = ?1", params![attempt as i64, deadline])?;
-        Ok((cancel_all, deadline))
+        Ok(Ok((cancel_all, deadline)))
     }
 
     /// Closes a running attempt with `outcome` (Failed, Timeout, Expired or Cancelled) and
@@ -349,34 +493,32 @@ impl State {
         Ok(stale.len())
     }
 
-    /// Records an attempt's result exactly once; returns false (and marks the attempt
-    /// `ignored`) when the attempt is no longer running or the trial already has a result. A
-    /// Done or Diverged result is recorded with its curve, samples and artifacts; Cancelled and
-    /// Failed close the attempt (re-queueing the trial as [`State::close_attempt`] says); any
-    /// other status counts as Failed.
-    pub fn report(&mut self, attempt: u64, hash: &str, r: &AttemptResult) -> rusqlite::Result<bool> {
+    /// Records the result of an attempt of `worker` exactly once. Refused (nothing changes)
+    /// when the attempt is unknown, was leased to another worker, or runs another trial than
+    /// `hash`. Returns false (and marks the attempt `ignored`) when the attempt is no longer
+    /// running or the trial already has a result. A Done or Diverged result is recorded with
+    /// its curve, samples and artifacts (callers check it first: [`AttemptResult::checked`]);
+    /// Cancelled and Failed close the attempt (re-queueing the trial as
+    /// [`State::close_attempt`] says); any other status counts as Failed.
+    pub fn report(&mut self, worker: &str, attempt: u64, hash: &str, r: &AttemptResult) -> rusqlite::Result<Result<bool, Refusal>> {
         let t = now();
-        let row: Option<(i64, String, String, bool)> = self
-            .conn
-            .prepare_cached("SELECT a.trial_id, a.trial_hash, a.outcome, EXISTS (SELECT 1 FROM results r WHERE r.trial_id = a.trial_id) FROM attempts a WHERE a.id = ?1")?
-            .query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional()?;
-        let open = |outcome: &str| matches!(outcome.parse(), Ok(Status::Running | Status::Expired));
-        let trial = match &row {
-            Some((id, h, o, false)) if h == hash && open(o) => *id,
-            _ => -1,
+        let a = match self.held(worker, attempt)? {
+            Ok(a) => a,
+            Err(refused) => return Ok(Err(refused)),
         };
-        if trial < 0 {
-            if row.is_some() {
-                Self::exec(
-                    &self.conn,
-                    "UPDATE attempts SET outcome = ?3, finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome NOT IN (?4, ?5)",
-                    params![attempt as i64, t, Status::Ignored.as_str(), Status::Done.as_str(), Status::Diverged.as_str()],
-                )?;
-            }
-            return Ok(false);
+        if a.hash != hash {
+            return Ok(Err(Refusal::WrongTrial { attempt, holds: a.hash, claimed: hash.to_string() }));
         }
-        match r.status {
+        if a.has_result || !matches!(a.outcome, Status::Running | Status::Expired) {
+            Self::exec(
+                &self.conn,
+                "UPDATE attempts SET outcome = ?3, finished_at = COALESCE(finished_at, ?2) WHERE id = ?1 AND outcome NOT IN (?4, ?5)",
+                params![attempt as i64, t, Status::Ignored.as_str(), Status::Done.as_str(), Status::Diverged.as_str()],
+            )?;
+            return Ok(Ok(false));
+        }
+        let trial = a.trial;
+        Ok(Ok(match r.status {
             Status::Done | Status::Diverged => {
                 self.woke = true;
                 let status = r.status.as_str();
@@ -401,28 +543,31 @@ impl State {
                     )?;
                 }
                 Self::exec(tx, "UPDATE trials SET status = ?2, finished_at = ?3 WHERE id = ?1", params![trial, status, t])?;
-                Ok(true)
+                true
             }
             Status::Cancelled => {
                 self.close_attempt(attempt, trial, Status::Cancelled, "cancelled")?;
-                Ok(true)
+                true
             }
             _ => {
                 self.close_attempt(attempt, trial, Status::Failed, &r.error)?;
-                Ok(true)
+                true
             }
-        }
+        }))
     }
 
-    /// How an attempt stands (Running while it may still report), or None for an unknown one.
-    pub fn attempt_outcome(&self, attempt: u64) -> rusqlite::Result<Option<Status>> {
-        let outcome: Option<String> = self.conn.prepare_cached("SELECT outcome FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| r.get(0)).optional()?;
-        outcome.map(|o| parse_status(&o)).transpose()
+    /// `worker` gives its attempt back unfinished (refused as [`State::report`] is).
+    pub fn cancel(&mut self, worker: &str, attempt: u64) -> rusqlite::Result<Result<(), Refusal>> {
+        let hash = match self.held(worker, attempt)? {
+            Ok(a) => a.hash,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        Ok(self.report(worker, attempt, &hash, &AttemptResult::cancelled())?.map(drop))
     }
 
-    /// The trial of an attempt.
-    pub fn attempt_trial(&self, attempt: u64) -> rusqlite::Result<Option<String>> {
-        self.conn.prepare_cached("SELECT trial_hash FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| r.get(0)).optional()
+    /// Records a run-level event (`events` table), e.g. `respawn` with what died.
+    pub fn note(&mut self, kind: &str, detail: &str) -> rusqlite::Result<()> {
+        Self::exec(&self.conn, "INSERT INTO events(at, kind, detail) VALUES (?1, ?2, ?3)", params![now(), kind, detail]).map(drop)
     }
 
     /// Trials of the sweep by status class (see [`Counts::add`]).
@@ -436,6 +581,14 @@ impl State {
         }
         Ok(c)
     }
+}
+
+/// 64 random bits as hex (std's hasher keys are seeded from the OS's random source).
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    format!("{:016x}", h.finish())
 }
 
 /// A status text of the database; an unknown one is a conversion error (the database was

@@ -17,7 +17,10 @@
 //! ```
 //! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
 //! trial schema (`schema`: the rules the engine runs by, without building the engine) before
-//! anything runs; errors name the file, line, column, key and the expansion.
+//! anything runs; errors name the file, line, column, key and the expansion. Each dotted key
+//! is set by at most one axis (a `[grid]` key or one `[[zip]]` group; a key and a dotted
+//! prefix of it count as the same key), lists are not empty, the file is UTF-8, and the size
+//! of the expansion is checked before anything is expanded (at most [`MAX_TRIALS`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,8 +41,10 @@ pub enum SweepError {
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{}:{line}:{column}: key `{key}`: {message}{}", path.display(), expansion.as_ref().map(|e| format!(" (in trial {e})")).unwrap_or_default())]
     Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String, expansion: Option<String> },
-    #[error("{}: the sweep expands to {count} trials, more than the limit of {MAX_TRIALS}", path.display())]
-    TooLarge { path: PathBuf, count: usize },
+    #[error("{}:{line}:{column}: not UTF-8 text (byte {offset} is invalid)", path.display())]
+    NotUtf8 { path: PathBuf, line: usize, column: usize, offset: usize },
+    #[error("{}:{line}:{column}: key `{key}`: the sweep expands to {count} trials ({factors}), more than the limit of {MAX_TRIALS}", path.display())]
+    TooLarge { path: PathBuf, line: usize, column: usize, key: String, count: u128, factors: String },
 }
 
 #[derive(Deserialize, Debug)]
@@ -80,6 +85,8 @@ pub struct Trial {
     pub flat: serde_json::Map<String, serde_json::Value>,
     /// What produced it, e.g. `grid objective.noise.sigma_max=5, seed=1`.
     pub label: String,
+    /// The metrics every `done` result must carry ([`schema::metrics::required_metrics`]).
+    pub required_metrics: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,8 +158,16 @@ enum Origin {
 }
 
 impl Sweep {
+    /// Reads and expands a sweep file; a file that is not UTF-8 is refused at its first invalid
+    /// byte.
     pub fn load(path: &Path) -> Result<Sweep, SweepError> {
-        let src = std::fs::read_to_string(path).map_err(|source| SweepError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| SweepError::Io { path: path.to_path_buf(), source })?;
+        let src = String::from_utf8(bytes).map_err(|e| {
+            let offset = e.utf8_error().valid_up_to();
+            let valid = std::str::from_utf8(&e.as_bytes()[..offset]).unwrap_or_default();
+            let (line, column) = line_col(valid, offset);
+            SweepError::NotUtf8 { path: path.to_path_buf(), line, column, offset }
+        })?;
         Self::parse(&src, path)
     }
 
@@ -188,8 +203,11 @@ impl Sweep {
             }
         }
         for (i, z) in raw.zip.iter().enumerate() {
+            let Some(first) = z.values().next() else {
+                return Err(invalid(&[&format!("zip[{i}]")], &format!("zip[{i}]"), "a [[zip]] group needs at least one key".into(), None));
+            };
             let lens: Vec<usize> = z.values().map(|v| v.len()).collect();
-            if let Some((k, _)) = z.iter().find(|(_, v)| v.len() != lens[0] || v.is_empty()) {
+            if let Some((k, _)) = z.iter().find(|(_, v)| v.len() != first.len() || v.is_empty()) {
                 return Err(invalid(
                     &[&format!("zip[{i}]"), k],
                     &format!("zip[{i}].{k}"),
@@ -198,13 +216,67 @@ impl Sweep {
                 ));
             }
         }
+        if raw.seeds.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(invalid(&["seeds"], "seeds", "the list is empty (give at least one seed, or leave `seeds` out)".into(), None));
+        }
+        // Each key is set by one axis: a grid key, or one zip group.
+        let axes: Vec<Origin> =
+            raw.grid.keys().map(|k| Origin::Grid(k.clone())).chain(raw.zip.iter().enumerate().flat_map(|(i, z)| z.keys().map(move |k| Origin::Zip(i, k.clone())))).collect();
+        for (j, b) in axes.iter().enumerate() {
+            for a in &axes[..j] {
+                let (ka, kb) = (a.key(), b.key());
+                let same_group = matches!((a, b), (Origin::Zip(x, _), Origin::Zip(y, _)) if x == y);
+                if !same_group && overlaps(ka, kb) {
+                    let (segs, key) = origin_path(b);
+                    let what = if ka == kb { "is also set" } else { "overlaps the key set" };
+                    let message = format!("{what} by `{}`: each key may be varied by one [grid] key or one [[zip]] group only", origin_path(a).1);
+                    return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, message, None));
+                }
+            }
+        }
         let base_seed = raw.base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64;
+        let n_seeds = match (&raw.seeds, raw.repeats) {
+            (Some(s), _) => s.len(),
+            (None, Some(r)) => r as usize,
+            (None, None) => 1,
+        };
+        let seeded = raw.seeds.is_some() || raw.repeats.is_some();
+
+        // The size of the expansion, before expanding anything: (grid × zip groups + variants) × seeds.
+        {
+            let mut factors: Vec<(Vec<String>, String, usize)> = raw.grid.iter().map(|(k, v)| (vec!["grid".into(), k.clone()], format!("grid.{k}"), v.len())).collect();
+            for (i, z) in raw.zip.iter().enumerate() {
+                if let Some((k, v)) = z.iter().next() {
+                    factors.push((vec![format!("zip[{i}]"), k.clone()], format!("zip[{i}]"), v.len()));
+                }
+            }
+            let product: u128 = factors.iter().fold(1u128, |p, (_, _, n)| p.saturating_mul(*n as u128));
+            let points = product.saturating_add(raw.variants.len() as u128);
+            let count = points.saturating_mul(n_seeds as u128);
+            if count > MAX_TRIALS as u128 {
+                let seeds_key = if raw.seeds.is_some() { "seeds" } else { "repeats" };
+                factors.push((vec![seeds_key.into()], seeds_key.into(), n_seeds));
+                factors.push((vec!["variants".into()], "variants".into(), raw.variants.len()));
+                // The largest factor (the first of equals).
+                let (segs, key, _) = factors.iter().rev().max_by_key(|(_, _, n)| *n).cloned().unwrap_or_default();
+                let (line, column) = locate_path(src, &segs.iter().map(|s| s.as_str()).collect::<Vec<_>>()).unwrap_or((1, 1));
+                let mut parts: Vec<String> = factors.iter().filter(|(_, k, n)| *n > 0 && k != "variants" && k != seeds_key).map(|(_, k, n)| format!("{n} × {k}")).collect();
+                if parts.is_empty() {
+                    parts.push("1 point".into());
+                }
+                let mut shape = parts.join(" · ");
+                if !raw.variants.is_empty() {
+                    shape = format!("{shape} + {} variants", raw.variants.len());
+                }
+                let factors = format!("({shape}) × {n_seeds} seeds");
+                return Err(SweepError::TooLarge { path: path.to_path_buf(), line, column, key, count, factors });
+            }
+        }
         let seeds: Vec<u64> = match (&raw.seeds, raw.repeats) {
             (Some(s), _) => s.clone(),
             (None, Some(r)) => (0..r as u64).map(|i| base_seed + i).collect(),
             (None, None) => vec![base_seed],
         };
-        let seeded = raw.seeds.is_some() || raw.repeats.is_some();
 
         // Points: grid × zip groups, plus variants.
         let mut points: Vec<Vec<(String, toml::Value, Origin)>> = vec![vec![]];
@@ -240,9 +312,6 @@ impl Sweep {
             points.push(v.iter().map(|(k, val)| (k.clone(), val.clone(), Origin::Variant(i, k.clone()))).collect());
         }
         let count = points.len() * seeds.len();
-        if count > MAX_TRIALS {
-            return Err(SweepError::TooLarge { path: path.to_path_buf(), count });
-        }
 
         let mut trials = Vec::with_capacity(count);
         let mut seen = std::collections::HashSet::new();
@@ -262,7 +331,8 @@ impl Sweep {
                     label.push(format!("seed={seed}"));
                 }
                 let label = if label.is_empty() { "base".to_string() } else { label.join(", ") };
-                if let Err(e) = TrialConfig::from_value(&toml::Value::Table(t.clone())) {
+                let config = TrialConfig::from_value(&toml::Value::Table(t.clone()));
+                if let Err(e) = config.as_ref() {
                     // Point at the expansion that set the key (or a parent of it), else at base.
                     let origin = p.iter().find(|(k, _, _)| e.key == *k || e.key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{}.", e.key))).map(|(_, _, o)| o.clone());
                     let origin = origin.or(if e.key == "seed" && seeded { Some(Origin::Seeds) } else { None });
@@ -275,19 +345,36 @@ impl Sweep {
                         }
                     };
                     let key = if e.key.is_empty() { "base".to_string() } else { e.key.clone() };
-                    return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, e.message, Some(label)));
+                    return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, e.message.clone(), Some(label)));
                 }
+                let required_metrics = config.as_ref().map(TrialConfig::required_metrics).unwrap_or_default();
                 let hash = trial_hash(&t);
                 if !seen.insert(hash.clone()) {
                     continue; // the same trial twice (e.g. a variant equal to a grid point)
                 }
                 let toml = toml::to_string(&t).map_err(|e| invalid(&["base"], "base", e.to_string(), None))?;
-                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label });
+                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label, required_metrics });
             }
         }
         let name = raw.name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));
         Ok(Sweep { name, file: path.to_path_buf(), source: src.to_string(), timeout: raw.timeout, retries: raw.retries, gpu: raw.gpu, trials })
     }
+}
+
+impl Origin {
+    /// The dotted trial key it sets (empty for the seeds).
+    fn key(&self) -> &str {
+        match self {
+            Origin::Grid(k) | Origin::Zip(_, k) | Origin::Variant(_, k) => k,
+            Origin::Seeds => "",
+        }
+    }
+}
+
+/// Whether two dotted keys set the same value: equal, or one a dotted prefix of the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    let prefix = |p: &str, k: &str| k.len() > p.len() && k.starts_with(p) && k.as_bytes()[p.len()] == b'.';
+    a == b || prefix(a, b) || prefix(b, a)
 }
 
 fn origin_path(o: &Origin) -> (Vec<String>, String) {

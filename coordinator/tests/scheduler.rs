@@ -7,7 +7,6 @@
 //! `artifacts/<hash>/` with their sha256, or refused over the size limit without harm to the
 //! attempt's report).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,13 +140,20 @@ fn lease_of(r: pb::LeaseReply) -> pb::Lease {
     }
 }
 
+/// Registers a worker named `name` and returns its id.
+async fn register(c: &mut SweepClient<tonic::transport::Channel>, name: &str) -> String {
+    let r = pb::RegisterRequest { protocol_version: sweep_proto::PROTOCOL_VERSION, name: name.into(), ..Default::default() };
+    c.register(r).await.unwrap().into_inner().worker_id
+}
+
+/// A report of a sleep trial (its required metric included).
 fn report(worker: &str, l: &pb::Lease, status: Status, lease_next: bool) -> pb::ReportRequest {
     pb::ReportRequest {
         worker_id: worker.into(),
         attempt_id: l.attempt_id,
         trial_hash: l.trial_hash.clone(),
         status: sweep_proto::status_to_wire(status),
-        metrics_json: "{}".into(),
+        metrics_json: r#"{"slept_seconds": 0.001}"#.into(),
         curve_json: "[]".into(),
         error: "boom".into(),
         lease_next,
@@ -160,8 +166,7 @@ fn leases_long_poll_and_the_next_lease_rides_on_the_report() {
     let dir = tmpdir("poll");
     // Three trials, one retry each.
     let (st, sweep) = setup(&dir, 3, 1);
-    let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
-    let shared = Shared::new(st, trials, 60.0, Artifacts::new(&dir, DEFAULT_MAX_BYTES));
+    let shared = Shared::new(st, &sweep.trials, 60.0, Artifacts::new(&dir, DEFAULT_MAX_BYTES));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -173,11 +178,12 @@ fn leases_long_poll_and_the_next_lease_rides_on_the_report() {
         let mut a = SweepClient::connect(url.clone()).await.unwrap();
         let mut b = SweepClient::connect(url.clone()).await.unwrap();
         let mut c = SweepClient::connect(url).await.unwrap();
-        let la = lease_of(a.lease(pb::LeaseRequest { worker_id: "a".into() }).await.unwrap().into_inner());
-        let lb = lease_of(b.lease(pb::LeaseRequest { worker_id: "b".into() }).await.unwrap().into_inner());
+        let (ia, ib, ic) = (register(&mut a, "a").await, register(&mut b, "b").await, register(&mut c, "c").await);
+        let la = lease_of(a.lease(pb::LeaseRequest { worker_id: ia.clone() }).await.unwrap().into_inner());
+        let lb = lease_of(b.lease(pb::LeaseRequest { worker_id: ib.clone() }).await.unwrap().into_inner());
 
         // B finishes and gets the third trial with its report, in one call.
-        let rb = b.report(report("b", &lb, Status::Done, true)).await.unwrap().into_inner();
+        let rb = b.report(report(&ib, &lb, Status::Done, true)).await.unwrap().into_inner();
         assert!(rb.recorded);
         let lb2 = lease_of(rb.next.expect("a next lease"));
         assert_ne!(lb2.trial_hash, la.trial_hash);
@@ -185,29 +191,35 @@ fn leases_long_poll_and_the_next_lease_rides_on_the_report() {
 
         // Nothing queued, two attempts running: C's Lease is held...
         let started = Instant::now();
-        let held = tokio::spawn(async move { c.lease(pb::LeaseRequest { worker_id: "c".into() }).await.map(|r| r.into_inner()) });
+        let held = {
+            let ic = ic.clone();
+            tokio::spawn(async move { c.lease(pb::LeaseRequest { worker_id: ic }).await.map(|r| r.into_inner()) })
+        };
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!held.is_finished(), "a lease with nothing queued is held while attempts run");
         // ...until A's attempt fails and its trial goes back to the queue: C gets it at once,
         // well before the 5 s long-poll limit.
-        let ra = a.report(report("a", &la, Status::Failed, false)).await.unwrap().into_inner();
+        let ra = a.report(report(&ia, &la, Status::Failed, false)).await.unwrap().into_inner();
         assert!(ra.recorded && ra.next.is_none(), "no next lease unless asked");
         let lc = lease_of(held.await.unwrap().unwrap());
         assert_eq!(lc.trial_hash, la.trial_hash, "the re-queued trial");
         assert!(started.elapsed() < Duration::from_secs(3), "answered by the re-queue, not the timeout");
 
         // Last two finish; a report asking for more when nothing is queued says "ask Lease".
-        let r = b.report(report("b", &lb2, Status::Done, true)).await.unwrap().into_inner();
+        let r = b.report(report(&ib, &lb2, Status::Done, true)).await.unwrap().into_inner();
         assert!(matches!(r.next, Some(pb::LeaseReply { reply: Some(lease_reply::Reply::WaitSeconds(_)) })), "{:?}", r.next);
         // A Lease held now ends with "done" the moment the last attempt finishes, and so does
         // the next lease asked for with that last report.
         let mut a2 = a.clone();
-        let waiting = tokio::spawn(async move { a2.lease(pb::LeaseRequest { worker_id: "a".into() }).await.map(|r| r.into_inner()) });
+        let waiting = {
+            let ia = ia.clone();
+            tokio::spawn(async move { a2.lease(pb::LeaseRequest { worker_id: ia }).await.map(|r| r.into_inner()) })
+        };
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waiting.is_finished());
         let t = Instant::now();
         let mut c2 = b.clone();
-        let last = c2.report(report("c", &lc, Status::Done, true)).await.unwrap().into_inner();
+        let last = c2.report(report(&ic, &lc, Status::Done, true)).await.unwrap().into_inner();
         assert!(matches!(last.next, Some(pb::LeaseReply { reply: Some(lease_reply::Reply::Done(true)) })), "the last report learns the sweep is over: {:?}", last.next);
         let done = waiting.await.unwrap().unwrap();
         assert!(matches!(done.reply, Some(lease_reply::Reply::Done(true))), "{done:?}");
@@ -258,17 +270,18 @@ fn a_panicking_request_does_not_stall_the_store() {
 fn lease_outcomes_and_a_diverged_trial_counts_as_unusable_everywhere() {
     let dir = tmpdir("classes");
     let (mut st, _) = setup(&dir, 2, 0);
-    let lease = |st: &mut State| match st.atomic(|st| st.next_lease("w", 60.0)).unwrap() {
+    let w = st.atomic(|st| st.register("w", 1, 0, "test")).unwrap();
+    let lease = |st: &mut State| match st.atomic(|st| st.next_lease(&w, 60.0)).unwrap().unwrap() {
         LeaseOutcome::Leased(l) => l,
         other => panic!("expected a lease, got {other:?}"),
     };
     let (a, b) = (lease(&mut st), lease(&mut st));
-    assert_eq!(st.atomic(|st| st.next_lease("w", 60.0)).unwrap(), LeaseOutcome::Wait { running: 2 });
+    assert_eq!(st.atomic(|st| st.next_lease(&w, 60.0)).unwrap(), Ok(LeaseOutcome::Wait { running: 2 }));
     let done = AttemptResult { status: Status::Done, ..AttemptResult::cancelled() };
     let diverged = AttemptResult { status: Status::Diverged, diverged_step: Some(7), ..AttemptResult::cancelled() };
-    assert!(st.atomic(|st| st.report(a.attempt, &a.hash, &done)).unwrap());
-    assert!(st.atomic(|st| st.report(b.attempt, &b.hash, &diverged)).unwrap());
-    assert_eq!(st.atomic(|st| st.next_lease("w", 60.0)).unwrap(), LeaseOutcome::Done);
+    assert_eq!(st.atomic(|st| st.report(&w, a.attempt, &a.hash, &done)).unwrap(), Ok(true));
+    assert_eq!(st.atomic(|st| st.report(&w, b.attempt, &b.hash, &diverged)).unwrap(), Ok(true));
+    assert_eq!(st.atomic(|st| st.next_lease(&w, 60.0)).unwrap(), Ok(LeaseOutcome::Done));
     // `coordinator status` counts...
     let c = st.counts().unwrap();
     assert_eq!((c.done, c.failed, c.running, c.queued, c.finished()), (1, 1, 0, 0, 2), "{c:?}");
@@ -284,8 +297,7 @@ fn lease_outcomes_and_a_diverged_trial_counts_as_unusable_everywhere() {
 /// a client, and returns the shared state once the server has stopped.
 fn with_server<Fut: std::future::Future<Output = ()>>(dir: &Path, n: usize, max_bytes: u64, f: impl FnOnce(SweepClient<tonic::transport::Channel>) -> Fut) -> Arc<Shared> {
     let (st, sweep) = setup(dir, n, 0);
-    let trials: HashMap<String, String> = sweep.trials.iter().map(|t| (t.hash.clone(), t.toml.clone())).collect();
-    let shared = Shared::new(st, trials, 60.0, Artifacts::new(dir, max_bytes));
+    let shared = Shared::new(st, &sweep.trials, 60.0, Artifacts::new(dir, max_bytes));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -303,9 +315,10 @@ fn with_server<Fut: std::future::Future<Output = ()>>(dir: &Path, n: usize, max_
 }
 
 /// An artifact as the worker sends it: a header chunk, then data in chunks of at most 1 MiB.
-fn chunks(l: &pb::Lease, name: &str, total_bytes: u64, data: &[u8]) -> Vec<pb::ArtifactChunk> {
-    let header = pb::ArtifactChunk { worker_id: "w".into(), attempt_id: l.attempt_id, name: name.into(), media_type: "application/octet-stream".into(), total_bytes, data: vec![] };
-    let body = data.chunks(sweep_proto::MAX_CHUNK_BYTES).map(|d| pb::ArtifactChunk { worker_id: "w".into(), attempt_id: l.attempt_id, data: d.to_vec(), ..Default::default() });
+fn chunks(worker: &str, l: &pb::Lease, name: &str, total_bytes: u64, data: &[u8]) -> Vec<pb::ArtifactChunk> {
+    let header =
+        pb::ArtifactChunk { worker_id: worker.into(), attempt_id: l.attempt_id, name: name.into(), media_type: "application/octet-stream".into(), total_bytes, data: vec![] };
+    let body = data.chunks(sweep_proto::MAX_CHUNK_BYTES).map(|d| pb::ArtifactChunk { worker_id: worker.into(), attempt_id: l.attempt_id, data: d.to_vec(), ..Default::default() });
     std::iter::once(header).chain(body).collect()
 }
 
@@ -322,19 +335,20 @@ fn an_uploaded_artifact_is_kept_under_its_trial_with_its_sha256() {
     with_server(&dir, 2, DEFAULT_MAX_BYTES, |mut c| {
         let (data, want_sha, hash) = (&data, &want_sha, &mut hash);
         async move {
-            let l = lease_of(c.lease(pb::LeaseRequest { worker_id: "w".into() }).await.unwrap().into_inner());
+            let w = register(&mut c, "w").await;
+            let l = lease_of(c.lease(pb::LeaseRequest { worker_id: w.clone() }).await.unwrap().into_inner());
             *hash = l.trial_hash.clone();
-            let reply = c.upload_artifact(tokio_stream::iter(chunks(&l, "model.bin", data.len() as u64, data))).await.unwrap().into_inner();
+            let reply = c.upload_artifact(tokio_stream::iter(chunks(&w, &l, "model.bin", data.len() as u64, data))).await.unwrap().into_inner();
             assert_eq!((reply.bytes, &reply.sha256), (data.len() as u64, want_sha));
             // Refusals: a bad name, an unknown attempt.
-            let err = c.upload_artifact(tokio_stream::iter(chunks(&l, "../evil", 1, b"x"))).await.unwrap_err();
+            let err = c.upload_artifact(tokio_stream::iter(chunks(&w, &l, "../evil", 1, b"x"))).await.unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
             let mut ghost = l.clone();
             ghost.attempt_id = 999;
-            let err = c.upload_artifact(tokio_stream::iter(chunks(&ghost, "a.bin", 1, b"x"))).await.unwrap_err();
+            let err = c.upload_artifact(tokio_stream::iter(chunks(&w, &ghost, "a.bin", 1, b"x"))).await.unwrap_err();
             assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
             assert!(err.message().contains("unknown attempt 999"), "{}", err.message());
-            let mut r = report("w", &l, Status::Done, false);
+            let mut r = report(&w, &l, Status::Done, false);
             r.artifacts = vec!["model.bin".into()];
             r.samples = Some(pb::Points::from_f32(2, &[1.0, 2.0, 3.0, 4.0]));
             r.data = Some(pb::Points::from_f32(2, &[0.5, 0.5]));
@@ -361,19 +375,20 @@ fn an_artifact_over_the_limit_is_refused_and_the_report_is_still_recorded() {
     let dir = tmpdir("toolarge");
     let limit = 1000;
     with_server(&dir, 1, limit, |mut c| async move {
-        let l = lease_of(c.lease(pb::LeaseRequest { worker_id: "w".into() }).await.unwrap().into_inner());
+        let w = register(&mut c, "w").await;
+        let l = lease_of(c.lease(pb::LeaseRequest { worker_id: w.clone() }).await.unwrap().into_inner());
         // Announced over the limit: refused from the header.
-        let err = c.upload_artifact(tokio_stream::iter(chunks(&l, "model.bin", 5000, &[0u8; 5000]))).await.unwrap_err();
+        let err = c.upload_artifact(tokio_stream::iter(chunks(&w, &l, "model.bin", 5000, &[0u8; 5000]))).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
         for part in ["model.bin", "5000", "1000", "--max-artifact-bytes"] {
             assert!(err.message().contains(part), "`{part}` not in: {}", err.message());
         }
         // Announced small, sent large: refused once over the limit.
-        let err = c.upload_artifact(tokio_stream::iter(chunks(&l, "liar.bin", 10, &[1u8; 3000]))).await.unwrap_err();
+        let err = c.upload_artifact(tokio_stream::iter(chunks(&w, &l, "liar.bin", 10, &[1u8; 3000]))).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
         assert!(err.message().contains("liar.bin") && err.message().contains("1000"), "{}", err.message());
         // The attempt goes on: its report (still naming the refused file) is recorded.
-        let mut r = report("w", &l, Status::Done, true);
+        let mut r = report(&w, &l, Status::Done, true);
         r.artifacts = vec!["model.bin".into()];
         let r = c.report(r).await.unwrap().into_inner();
         assert!(r.recorded, "{r:?}");

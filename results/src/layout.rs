@@ -15,6 +15,12 @@
 //! [`schema::Status::as_str`] texts. Samples are BLOBs of row-major little-endian f32 with their
 //! dimension beside them ([`f32_le`], [`points`]). Artifacts are files under
 //! `<out>/artifacts/<trial_hash>/<name>`, one `artifacts` row each.
+//!
+//! Two tables were added to layout 3 without changing its number, because they only add: a
+//! database written before them gets them (empty) when the coordinator opens it, and readers
+//! treat a missing one as empty. `workers`: the worker ids the coordinator issued (attempts
+//! are bound to them). `events`: run-level notes such as a respawned local worker (`kind` =
+//! `respawn`), listed in the report.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +39,8 @@ CREATE TABLE IF NOT EXISTS results(trial_id INTEGER PRIMARY KEY, trial_hash TEXT
 CREATE TABLE IF NOT EXISTS curves(trial_id INTEGER NOT NULL, row INTEGER NOT NULL, trial_hash TEXT NOT NULL, values_json TEXT NOT NULL, PRIMARY KEY (trial_id, row)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS samples(trial_id INTEGER PRIMARY KEY, trial_hash TEXT NOT NULL, dim INTEGER NOT NULL, samples BLOB NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS artifacts(trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, name TEXT NOT NULL, media_type TEXT NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (trial_id, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workers(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, registered_at REAL NOT NULL, cores INTEGER NOT NULL, gpus INTEGER NOT NULL, version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS trials_queued ON trials(in_sweep, idx) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS attempts_running ON attempts(deadline) WHERE outcome = 'running';
 ";

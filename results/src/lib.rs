@@ -9,7 +9,7 @@
 //! | `trials.parquet`, `trials.csv` | one row per trial: hash, idx, in_sweep, config keys, status, attempts, diverged_step, final metrics, wall_seconds |
 //! | `curves.parquet` | one row per checkpoint, with the config keys useful for grouping |
 //! | `claims.csv` | `claim, scope, statistic, expected, tolerance, verdict` |
-//! | `report.md` | claims, key tables, plot links, artifacts, out-of-sweep and failed trials |
+//! | `report.md` | claims, key tables, plot links, artifacts, out-of-sweep and failed trials, respawned workers |
 //! | `plots/*.svg` | gap per checkpoint with C, samples vs data, a metric vs σ_max |
 //!
 //! Modules: [`layout`] defines the database (shared with the coordinator), [`state`] reads it,
@@ -41,6 +41,9 @@ pub struct Summary {
     /// Of those, trials finished without one ([`schema::Status::is_unusable`]: `failed`,
     /// `timeout`, `diverged`).
     pub failed: usize,
+    /// Dead local workers replaced, over every run of this database (`events` of kind
+    /// `respawn`).
+    pub respawns: usize,
 }
 
 /// The files [`write_all`] writes, relative to the output directory (plots aside).
@@ -77,5 +80,6 @@ pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError
         trials: in_sweep.len(),
         done: in_sweep.iter().filter(|t| t.status.is_success()).count(),
         failed: in_sweep.iter().filter(|t| t.status.is_unusable()).count(),
+        respawns: state.count_events("respawn"),
     })
 }

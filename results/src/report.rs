@@ -1,7 +1,8 @@
 //! `report.md`: the claims, the tolerances behind them, key tables (metrics against the σ
 //! ladder, the sampler's step size, the objective, …), links to the plots, the artifacts each
-//! trial uploaded, the trials that no longer belong to the sweep and the failed trials (every
-//! status [`schema::Status::is_unusable`] classifies so) with their errors.
+//! trial uploaded, the trials that no longer belong to the sweep, the failed trials (every
+//! status [`schema::Status::is_unusable`] classifies so) with their errors, and the local
+//! workers that died and were respawned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -35,6 +36,7 @@ pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]
     artifacts_section(&mut md, state);
     out_of_sweep_section(&mut md, state);
     failed_section(&mut md, state);
+    workers_section(&mut md, state);
     let _ = writeln!(md, "## Files\n");
     for f in files {
         let _ = writeln!(md, "- [`{f}`]({f})");
@@ -255,6 +257,27 @@ fn out_of_sweep_section(md: &mut String, state: &State) {
         let _ = writeln!(md, "| `{}` | {} | {} | {} | {} |", t.hash, t.idx, t.status, cell(&t.scope()), cell(&truncate(&config.join(", "), 300)));
     }
     md.push('\n');
+}
+
+/// Events listed in the workers section at most.
+const MAX_EVENTS_LISTED: usize = 50;
+
+/// Local workers that died and were replaced (`coordinator run --max-respawns`); nothing when
+/// none was.
+fn workers_section(md: &mut String, state: &State) {
+    let respawns: Vec<_> = state.events.iter().filter(|e| e.kind == "respawn").collect();
+    if respawns.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Workers\n");
+    let _ = writeln!(md, "{} local worker(s) died before the sweep was over and were respawned:\n", respawns.len());
+    for e in respawns.iter().take(MAX_EVENTS_LISTED) {
+        let _ = writeln!(md, "- {:.0}: {}", e.at, e.detail);
+    }
+    if respawns.len() > MAX_EVENTS_LISTED {
+        let _ = writeln!(md, "- … and {} more", respawns.len() - MAX_EVENTS_LISTED);
+    }
+    let _ = writeln!(md);
 }
 
 fn failed_section(md: &mut String, state: &State) {

@@ -2,7 +2,8 @@
 //!
 //! The layout is defined in [`crate::layout`] (shared with the coordinator, which writes it);
 //! this module only reads the tables `sweep`, `trials`, `attempts`, `results`, `curves`,
-//! `samples` and `artifacts`, after checking the layout version. JSON columns are parsed here
+//! `samples`, `artifacts` and `events` (absent in older databases: read as empty), after
+//! checking the layout version. JSON columns are parsed here
 //! so the rest of the crate works on typed values: configs as dotted key → JSON scalar, metrics
 //! and curve rows as name → f64 (a JSON `null`, which is how a NaN is serialized, becomes
 //! "absent"), statuses as [`Status`], sample BLOBs as points.
@@ -109,12 +110,24 @@ pub fn display_value(v: &Value) -> String {
     }
 }
 
+/// A run-level event (`events` table), e.g. a respawned local worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: f64,
+    /// `respawn`, …
+    pub kind: String,
+    pub detail: String,
+}
+
 /// The whole database, trials ordered by `idx` then hash.
 #[derive(Debug, Clone)]
 pub struct State {
     pub path: PathBuf,
     pub sweep: Option<SweepInfo>,
     pub trials: Vec<Trial>,
+    /// In the order they happened.
+    pub events: Vec<Event>,
 }
 
 impl State {
@@ -131,6 +144,7 @@ impl State {
         let mut samples = reader.samples()?;
         let mut errors = reader.last_errors()?;
         let mut artifacts = reader.artifacts()?;
+        let events = reader.events()?;
         for t in &mut trials {
             t.artifacts = artifacts.remove(&t.hash).unwrap_or_default();
             t.result = results.remove(&t.hash);
@@ -139,7 +153,12 @@ impl State {
             t.last_error = errors.remove(&t.hash);
         }
         trials.sort_by(|a, b| a.idx.cmp(&b.idx).then_with(|| a.hash.cmp(&b.hash)));
-        Ok(State { path: db_path.to_path_buf(), sweep, trials })
+        Ok(State { path: db_path.to_path_buf(), sweep, trials, events })
+    }
+
+    /// How many events of `kind` the database holds.
+    pub fn count_events(&self, kind: &str) -> usize {
+        self.events.iter().filter(|e| e.kind == kind).count()
     }
 
     /// Trials that belong to the current sweep (the claims are about these only).
@@ -283,6 +302,18 @@ impl Reader<'_> {
             out.entry(hash).or_default().push(Artifact { name, media_type, bytes: bytes.max(0) as u64, sha256, rel_path });
         }
         Ok(out)
+    }
+
+    /// Run-level events; none when the table does not exist (a database written before it).
+    fn events(&self) -> Result<Vec<Event>, ResultsError> {
+        let err = self.query_err("events");
+        let exists = self.conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").and_then(|mut s| s.exists([])).map_err(&err)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare("SELECT at, kind, detail FROM events ORDER BY id").map_err(&err)?;
+        let rows = stmt.query_map([], |r| Ok(Event { at: r.get(0)?, kind: r.get(1)?, detail: r.get(2)? })).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
     }
 
     /// The error text of the latest attempt per trial that recorded one.

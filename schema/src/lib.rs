@@ -7,6 +7,7 @@
 //!   enums, located errors);
 //! - [`data`]: data-set presets as plain numbers ([`data::MixtureSpec`]);
 //! - [`caps`]: what each model kind can compute and what each objective needs of a model;
+//! - [`metrics`]: the metric keys every successful result of a trial must carry;
 //! - [`status`]: the one status enum of trials and attempts shared by the proto, the
 //!   coordinator and the results;
 //! - [`locate`]: line and column of a dotted key in TOML source.
@@ -15,6 +16,7 @@ pub mod caps;
 pub mod data;
 pub mod image;
 pub mod locate;
+pub mod metrics;
 pub mod status;
 pub mod trial;
 

@@ -2,7 +2,8 @@
 //! plain thread (training never blocks the async executor, so heartbeats keep going during long
 //! steps), reports results, and exits when the coordinator says the sweep is done. Connection
 //! failures are retried with backoff, and a finished result is kept until it is delivered — a
-//! restarted coordinator still receives it.
+//! restarted coordinator still receives it. A local worker of `coordinator run`
+//! (`--parent-pid`) exits within 0.2 s of its coordinator's death instead.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,12 +31,49 @@ pub struct AgentArgs {
     /// Ctrl-C: running trials finish; second: they are cancelled through heartbeats).
     #[arg(long, hide = true)]
     pub ignore_interrupt: bool,
+    /// Exit as soon as process PID is no longer this worker's parent. `coordinator run` starts
+    /// its local workers with its own pid: once it is gone their results could never be
+    /// delivered (a restarted run listens on another port). Workers started by hand keep their
+    /// `--max-unreachable` window.
+    #[arg(long, hide = true, value_name = "PID")]
+    pub parent_pid: Option<u32>,
+}
+
+/// How often the parent watchdog looks.
+const PARENT_POLL: Duration = Duration::from_millis(200);
+
+/// Exits the process (whatever its threads are doing, a training step included) once `pid`
+/// is no longer its parent: checked at once (the parent may have died before this worker got
+/// here), then every [`PARENT_POLL`] on a thread of its own.
+fn exit_with_parent(pid: u32) {
+    let orphaned = move || std::os::unix::process::parent_id() != pid;
+    let exit = move || -> ! {
+        eprintln!("worker: parent process {pid} is gone; exiting");
+        std::process::exit(3)
+    };
+    if orphaned() {
+        exit();
+    }
+    std::thread::Builder::new()
+        .name("parent-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PARENT_POLL);
+                if orphaned() {
+                    exit();
+                }
+            }
+        })
+        .expect("failed to start the parent watchdog thread");
 }
 
 /// Samples sent back for plots.
 const MAX_SAMPLES: usize = 2000;
 
 pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
+    if let Some(pid) = args.parent_pid {
+        exit_with_parent(pid);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         if args.ignore_interrupt {
@@ -48,7 +86,20 @@ pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
 }
 
 /// Retries `f` with exponential backoff (0.1 s … 5 s) while the error is a transport failure.
-async fn retry<T, F, Fut>(args: &AgentArgs, what: &str, mut f: F) -> anyhow::Result<T>
+async fn retry<T, F, Fut>(args: &AgentArgs, what: &str, f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    match retry_status(args, what, f).await? {
+        Ok(v) => Ok(v),
+        Err(s) => anyhow::bail!("{what} refused: {}", s.message()),
+    }
+}
+
+/// As [`retry`], with the coordinator's refusal (any status but a transport failure) given
+/// back for the caller to handle.
+async fn retry_status<T, F, Fut>(args: &AgentArgs, what: &str, mut f: F) -> anyhow::Result<Result<T, tonic::Status>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -57,7 +108,7 @@ where
     let mut wait = Duration::from_millis(100);
     loop {
         match f().await {
-            Ok(v) => return Ok(v),
+            Ok(v) => return Ok(Ok(v)),
             Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) => {
                 if start.elapsed().as_secs_f64() > args.max_unreachable {
                     anyhow::bail!("coordinator unreachable for {:.0}s during {what}: {s}", args.max_unreachable);
@@ -65,7 +116,7 @@ where
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
-            Err(s) => anyhow::bail!("{what} refused: {}", s.message()),
+            Err(s) => return Ok(Err(s)),
         }
     }
 }
@@ -75,27 +126,45 @@ async fn agent(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
     let client = SweepClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let register = pb::RegisterRequest { protocol_version: PROTOCOL_VERSION, name: args.name.clone(), cores, gpus: 0, version: env!("CARGO_PKG_VERSION").into() };
-    let id = retry(args, "register", || {
-        let mut c = client.clone();
-        let r = register.clone();
-        async move { c.register(r).await }
-    })
-    .await?
-    .into_inner()
-    .worker_id;
+    let register = || {
+        retry(args, "register", || {
+            let mut c = client.clone();
+            let r = register.clone();
+            async move { c.register(r).await }
+        })
+    };
+    let mut id = register().await?.into_inner().worker_id;
+    // Registered again since the last lease answer (a second "unknown worker" then is fatal).
+    let mut fresh = true;
     // The next lease rides on each report (`lease_next`); Lease is called only when the
     // report brought none (nothing queued at that moment; Lease then long-polls).
     let mut next: Option<pb::LeaseReply> = None;
     loop {
         let reply = match next.take() {
             Some(r @ pb::LeaseReply { reply: Some(lease_reply::Reply::Lease(_) | lease_reply::Reply::Done(_)) }) => r,
-            _ => retry(args, "lease", || {
-                let mut c = client.clone();
-                let req = pb::LeaseRequest { worker_id: id.clone() };
-                async move { c.lease(req).await }
-            })
-            .await?
-            .into_inner(),
+            _ => {
+                let asked = retry_status(args, "lease", || {
+                    let mut c = client.clone();
+                    let req = pb::LeaseRequest { worker_id: id.clone() };
+                    async move { c.lease(req).await }
+                })
+                .await?;
+                match asked {
+                    Ok(r) => {
+                        fresh = false;
+                        r.into_inner()
+                    }
+                    // A coordinator that does not know this id (its state database was
+                    // replaced): register again.
+                    Err(s) if s.code() == tonic::Code::NotFound && !fresh => {
+                        fresh = true;
+                        eprintln!("worker: {}; registering again", s.message());
+                        id = register().await?.into_inner().worker_id;
+                        continue;
+                    }
+                    Err(s) => anyhow::bail!("lease refused: {}", s.message()),
+                }
+            }
         };
         match reply.reply {
             Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args).await?,
@@ -161,13 +230,21 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
         }
     }
     report.lease_next = true;
-    let reply = retry(args, "report", || {
+    let reply = retry_status(args, "report", || {
         let mut c = client.clone();
         let r = report.clone();
         async move { c.report(r).await }
     })
     .await?;
-    Ok(reply.into_inner().next)
+    match reply {
+        Ok(r) => Ok(r.into_inner().next),
+        // The coordinator will never take this report (e.g. it no longer knows the attempt):
+        // drop it and ask for more work.
+        Err(s) => {
+            eprintln!("worker: report of attempt {} refused, dropped: {}", lease.attempt_id, s.message());
+            Ok(None)
+        }
+    }
 }
 
 /// Streams one artifact in chunks of at most `MAX_CHUNK_BYTES`; transport failures are

@@ -2,8 +2,10 @@
 //! `RAYON_NUM_THREADS` = cores / workers. They stay in the coordinator's process group, so a
 //! terminal's Ctrl-C (SIGINT to the whole group) reaches them too; they are started with
 //! `--ignore-interrupt`, so stopping stays the coordinator's call (first Ctrl-C: no new
-//! leases, running trials finish; second: cancel). `kill -9` of the group takes them down with
-//! the coordinator, and a dropped launcher kills its children.
+//! leases, running trials finish; second: cancel). They are also started with `--parent-pid`
+//! (this process): a worker exits within 0.2 s of the coordinator's death, however it died
+//! (`kill -9` of the coordinator alone included), since its results could never be delivered.
+//! A dropped launcher kills its children; a dead worker is replaced by [`Launcher::respawn`].
 
 use std::time::{Duration, Instant};
 
@@ -11,43 +13,57 @@ use super::{BoxFuture, Exited, LaunchConfig, LaunchError, Launcher};
 
 pub struct LocalLauncher {
     config: LaunchConfig,
+    /// The coordinator's URL (set by `start`).
+    url: String,
     /// (name, process) of the workers not yet seen exiting.
     children: Vec<(String, tokio::process::Child)>,
 }
 
-impl Launcher for LocalLauncher {
-    fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
-        Ok(LocalLauncher { config: config.clone(), children: Vec::new() })
-    }
-
-    fn start(&mut self, url: &str) -> Result<(), LaunchError> {
+impl LocalLauncher {
+    fn spawn(&mut self, name: &str) -> Result<(), LaunchError> {
         let bin = &self.config.worker_bin;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let threads = (cores / self.config.workers.max(1)).max(1);
+        let child = tokio::process::Command::new(bin)
+            .args(["--coordinator", &self.url, "--name", name, "--ignore-interrupt", "--parent-pid", &std::process::id().to_string()])
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| LaunchError::Spawn { path: bin.clone(), source })?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+}
+
+impl Launcher for LocalLauncher {
+    fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
+        Ok(LocalLauncher { config: config.clone(), url: String::new(), children: Vec::new() })
+    }
+
+    fn start(&mut self, url: &str) -> Result<(), LaunchError> {
+        self.url = url.to_string();
         for i in 0..self.config.workers {
-            let name = format!("local{i}");
-            let child = tokio::process::Command::new(bin)
-                .args(["--coordinator", url, "--name", &name, "--ignore-interrupt"])
-                .env("RAYON_NUM_THREADS", threads.to_string())
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|source| LaunchError::Spawn { path: bin.clone(), source })?;
-            self.children.push((name, child));
+            self.spawn(&format!("local{i}"))?;
         }
         Ok(())
     }
 
+    fn respawn(&mut self, name: &str) -> Result<(), LaunchError> {
+        self.spawn(name)
+    }
+
     fn poll(&mut self) -> Vec<Exited> {
+        use std::os::unix::process::ExitStatusExt;
         let mut exited = Vec::new();
         self.children.retain_mut(|(name, child)| match child.try_wait() {
             Ok(None) => true,
             Ok(Some(status)) => {
-                exited.push(Exited { name: name.clone(), code: status.code() });
+                exited.push(Exited { name: name.clone(), code: status.code(), signal: status.signal() });
                 false
             }
             Err(_) => {
-                exited.push(Exited { name: name.clone(), code: None });
+                exited.push(Exited { name: name.clone(), code: None, signal: None });
                 false
             }
         });

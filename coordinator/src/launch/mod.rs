@@ -6,11 +6,16 @@
 //! To add a launcher (e.g. Slurm or SSH): write `launch/<kind>.rs` with a type implementing
 //! [`Launcher`] (its `new` gets the [`LaunchConfig`]), and add one line `"<kind>" =>
 //! <kind>::<Type>,` to the `registry!` invocation below; `--launcher <kind>` then selects it.
+//!
+//! A worker that dies before the sweep is over (killed, out of memory, a crash) is replaced
+//! through [`Launcher::respawn`] as the [`Respawner`] decides: at most `--max-respawns` times
+//! per run, and after a delay that doubles while replacements keep dying young.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What every launcher is given.
 #[derive(Debug, Clone)]
@@ -28,6 +33,19 @@ pub struct Exited {
     pub name: String,
     /// Its exit code; None when killed by a signal or unknown.
     pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl std::fmt::Display for Exited {
+    /// "local1 was killed by signal 9", "local0 exited with code 1".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "{} exited with code {c}", self.name),
+            (None, Some(s)) => write!(f, "{} was killed by signal {s}", self.name),
+            (None, None) => write!(f, "{} exited (status unknown)", self.name),
+        }
+    }
 }
 
 /// Why workers could not be launched.
@@ -57,6 +75,9 @@ pub trait Launcher: Send {
         Self: Sized;
     /// Starts the configured workers, which join the coordinator at `url`.
     fn start(&mut self, url: &str) -> Result<(), LaunchError>;
+    /// Starts a replacement for the worker `name`, which has exited (same name, same
+    /// coordinator).
+    fn respawn(&mut self, name: &str) -> Result<(), LaunchError>;
     /// Workers that exited since the last call.
     fn poll(&mut self) -> Vec<Exited>;
     /// Workers started and not yet seen exiting.
@@ -64,6 +85,96 @@ pub trait Launcher: Send {
     /// Lets the workers exit on their own for up to `grace` (they have been told "done"),
     /// then stops the rest.
     fn stop(&mut self, grace: Duration) -> BoxFuture<'_, ()>;
+}
+
+/// Default of `--max-respawns`: replacements of dead workers per run.
+pub const DEFAULT_MAX_RESPAWNS: usize = 100;
+/// A worker that dies sooner than this after its start died young.
+pub const YOUNG: Duration = Duration::from_secs(2);
+/// Delay before replacing a worker that died young (doubled for each such death in a row).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest delay before a replacement.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// The respawn policy of a run: which dead workers get a replacement, and when. A worker that
+/// lived at least [`YOUNG`] is replaced at once; one that died younger waits [`BACKOFF_MIN`],
+/// doubled for each young death of its slot in a row, up to [`BACKOFF_MAX`] (a worker that
+/// cannot start does not spin). At most `max` replacements per run; after that a dead worker
+/// stays dead.
+#[derive(Debug)]
+pub struct Respawner {
+    max: usize,
+    /// When the run's first workers started (slots not seen yet started then).
+    start: Instant,
+    /// Replacements started.
+    count: usize,
+    /// By worker name.
+    slots: HashMap<String, Slot>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    started: Instant,
+    young_deaths: u32,
+    /// When its replacement is due, if one is.
+    due: Option<Instant>,
+}
+
+impl Respawner {
+    /// A policy allowing `max` replacements, for workers first started at `start`.
+    pub fn new(max: usize, start: Instant) -> Respawner {
+        Respawner { max, start, count: 0, slots: HashMap::new() }
+    }
+
+    /// Worker `name` exited unexpectedly at `now`: schedules its replacement and returns the
+    /// delay, or None when the run's replacements are used up.
+    pub fn exited(&mut self, name: &str, now: Instant) -> Option<Duration> {
+        let scheduled = self.slots.values().filter(|s| s.due.is_some()).count();
+        if self.count + scheduled >= self.max {
+            return None;
+        }
+        let start = self.start;
+        let slot = self.slots.entry(name.to_string()).or_insert(Slot { started: start, young_deaths: 0, due: None });
+        let delay = if now.saturating_duration_since(slot.started) < YOUNG {
+            slot.young_deaths += 1;
+            BACKOFF_MIN.saturating_mul(1 << (slot.young_deaths - 1).min(16)).min(BACKOFF_MAX)
+        } else {
+            slot.young_deaths = 0;
+            Duration::ZERO
+        };
+        slot.due = Some(now + delay);
+        Some(delay)
+    }
+
+    /// The replacements due at `now`, in name order; each is counted and its slot marked as
+    /// started at `now`.
+    pub fn due(&mut self, now: Instant) -> Vec<String> {
+        let mut names: Vec<String> = self.slots.iter().filter(|(_, s)| s.due.is_some_and(|d| d <= now)).map(|(n, _)| n.clone()).collect();
+        names.sort();
+        for n in &names {
+            if let Some(s) = self.slots.get_mut(n) {
+                s.due = None;
+                s.started = now;
+            }
+        }
+        self.count += names.len();
+        names
+    }
+
+    /// Replacements scheduled and not started yet.
+    pub fn pending(&self) -> usize {
+        self.slots.values().filter(|s| s.due.is_some()).count()
+    }
+
+    /// Replacements started so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The most replacements this run allows.
+    pub fn max(&self) -> usize {
+        self.max
+    }
 }
 
 /// The launcher registry: one line per kind, `"name" => module::Type`. Each line also
@@ -104,6 +215,44 @@ pub fn worker_executable(given: Option<&Path>) -> Result<PathBuf, LaunchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_workers_are_replaced_with_backoff_while_young_and_within_the_budget() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut r = Respawner::new(4, t0);
+        // (worker, dies at, expected delay: None = not replaced, then due at, replaced names)
+        let steps: [(&str, f64, Option<f64>); 5] = [
+            ("local0", 10.0, Some(0.0)), // lived 10 s: at once
+            ("local0", 10.5, Some(0.5)), // the replacement died young: backoff
+            ("local0", 11.5, Some(1.0)), // again young: doubled
+            ("local1", 1.0, Some(0.5)),  // young from the run's start
+            ("local1", 30.0, None),      // budget of 4 spent
+        ];
+        for (name, at, want) in steps {
+            let got = r.exited(name, s(at));
+            assert_eq!(got.map(|d| d.as_secs_f64()), want, "{name} at {at}");
+            if let Some(d) = want {
+                let due_at = at + d;
+                if d > 0.0 {
+                    assert!(r.due(s(due_at - 0.01)).is_empty(), "{name}: not before its backoff");
+                }
+                assert_eq!(r.due(s(due_at)), vec![name.to_string()]);
+            }
+        }
+        assert_eq!((r.count(), r.pending(), r.max()), (4, 0, 4));
+        // Backoff is bounded.
+        let mut r = Respawner::new(100, t0);
+        let mut at = 0.0;
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            at += 0.1;
+            last = r.exited("w", s(at)).unwrap();
+            at += last.as_secs_f64();
+            assert_eq!(r.due(s(at)).len(), 1);
+        }
+        assert_eq!(last, BACKOFF_MAX);
+    }
 
     #[test]
     fn unknown_kinds_and_missing_workers_are_refused_clearly() {

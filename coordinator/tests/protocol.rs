@@ -1,0 +1,270 @@
+//! The protocol against a client that breaks it: a tonic client sends what a buggy or hostile
+//! program on the port could, and nothing of it may change a result. A Lease needs a
+//! registered worker id; Heartbeat, Report, Cancel and UploadArtifact about an attempt must come
+//! from the worker that leased it and name its trial (refused otherwise, with nothing changed);
+//! a `done` report without the metrics its trial must produce, or with values that are not
+//! finite numbers, or that does not decode, is recorded as a failed attempt with the reason and
+//! never as a result.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use coordinator::artifacts::{Artifacts, DEFAULT_MAX_BYTES};
+use coordinator::service::{Shared, serve};
+use coordinator::state::State;
+use coordinator::sweep::Sweep;
+use schema::Status;
+use sweep_proto::pb::sweep_client::SweepClient;
+use sweep_proto::pb::{self, lease_reply};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = SweepClient<Channel>;
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("scoresweep-protocol-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const SLEEP: &str = "[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n";
+
+/// Serves the sweep `src` (synced into a fresh database under `dir`), runs `f` with a client,
+/// and returns once the server has stopped and the database is closed.
+fn with_server<Fut: std::future::Future<Output = ()>>(dir: &Path, src: &str, f: impl FnOnce(Client) -> Fut) -> Arc<Shared> {
+    let path = dir.join("sweep.toml");
+    std::fs::write(&path, src).unwrap();
+    let sweep = Sweep::parse(src, &path).unwrap();
+    let mut st = State::open(&dir.join("state.db"), sweep.retries + 1, sweep.timeout).unwrap();
+    st.sync(&sweep, false).unwrap();
+    let shared = Shared::new(st, &sweep.trials, 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, shared.clone(), async {
+            let _ = stopped.await;
+        }));
+        f(SweepClient::connect(url).await.unwrap()).await;
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    });
+    shared.store.close();
+    shared
+}
+
+fn query<T: rusqlite::types::FromSql>(dir: &Path, sql: &str) -> T {
+    rusqlite::Connection::open(dir.join("state.db")).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+async fn register(c: &mut Client, name: &str) -> String {
+    let r = pb::RegisterRequest { protocol_version: sweep_proto::PROTOCOL_VERSION, name: name.into(), ..Default::default() };
+    c.register(r).await.unwrap().into_inner().worker_id
+}
+
+async fn lease(c: &mut Client, worker: &str) -> pb::Lease {
+    match c.lease(pb::LeaseRequest { worker_id: worker.into() }).await.unwrap().into_inner().reply {
+        Some(lease_reply::Reply::Lease(l)) => l,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+/// A well-formed `done` report of a sleep trial.
+fn done(worker: &str, l: &pb::Lease) -> pb::ReportRequest {
+    pb::ReportRequest {
+        worker_id: worker.into(),
+        attempt_id: l.attempt_id,
+        trial_hash: l.trial_hash.clone(),
+        status: sweep_proto::status_to_wire(Status::Done),
+        metrics_json: r#"{"slept_seconds": 0.001}"#.into(),
+        curve_json: "[]".into(),
+        wall_seconds: 0.01,
+        ..Default::default()
+    }
+}
+
+fn heartbeat(worker: &str, attempt: u64) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest { worker_id: worker.into(), attempt_id: attempt, ..Default::default() }
+}
+
+fn upload(worker: &str, attempt: u64) -> Vec<pb::ArtifactChunk> {
+    vec![pb::ArtifactChunk {
+        worker_id: worker.into(),
+        attempt_id: attempt,
+        name: "model.bin".into(),
+        media_type: "application/octet-stream".into(),
+        total_bytes: 3,
+        data: b"abc".to_vec(),
+    }]
+}
+
+/// Asserts that `got` is refused with `code` and a message containing every fragment.
+fn refused<T: std::fmt::Debug>(what: &str, got: Result<T, tonic::Status>, code: Code, fragments: &[&str]) {
+    let err = got.err().unwrap_or_else(|| panic!("{what}: accepted"));
+    assert_eq!(err.code(), code, "{what}: {err:?}");
+    for f in fragments {
+        assert!(err.message().contains(f), "{what}: `{f}` not in `{}`", err.message());
+    }
+}
+
+#[test]
+fn a_lease_needs_a_registered_worker() {
+    let dir = tmpdir("lease");
+    with_server(&dir, SLEEP, |mut c| async move {
+        refused("lease by a never registered id", c.lease(pb::LeaseRequest { worker_id: "local0#1".into() }).await, Code::NotFound, &["unknown worker id `local0#1`", "Register"]);
+        // An id is issued by Register and is not the bare name.
+        let id = register(&mut c, "local0").await;
+        assert!(id.starts_with("local0#") && id.len() > "local0#1.".len(), "{id}");
+        lease(&mut c, &id).await;
+    });
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts"), 1, "only the registered worker's lease");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM workers"), 1);
+}
+
+/// The answer to a call that must be refused.
+type Refused = Result<(), tonic::Status>;
+
+#[test]
+fn requests_about_an_attempt_must_come_from_its_holder() {
+    let dir = tmpdir("holder");
+    with_server(&dir, &format!("seeds = [0, 1]\n{SLEEP}"), |mut c| {
+        let dir = &dir;
+        async move {
+            let holder = register(&mut c, "holder").await;
+            let intruder = register(&mut c, "intruder").await;
+            let l = lease(&mut c, &holder).await;
+            let other = lease(&mut c, &intruder).await;
+            let a = l.attempt_id;
+            let not_holder = ["was leased to another worker"];
+            // (what, the refused call's result, code, message fragments)
+            let other_hash = [other.trial_hash.as_str()];
+            let mut wrong_trial = done(&holder, &l);
+            wrong_trial.trial_hash = other.trial_hash.clone();
+            let cases: Vec<(&str, Refused, Code, &[&str])> = vec![
+                ("heartbeat by another worker", c.heartbeat(heartbeat(&intruder, a)).await.map(drop), Code::PermissionDenied, &not_holder),
+                ("heartbeat by an unknown id", c.heartbeat(heartbeat("ghost#1", a)).await.map(drop), Code::PermissionDenied, &not_holder),
+                ("heartbeat of an unknown attempt", c.heartbeat(heartbeat(&holder, 999)).await.map(drop), Code::NotFound, &["unknown attempt 999"]),
+                (
+                    "ok report `{}` by an unknown id",
+                    c.report(pb::ReportRequest { metrics_json: "{}".into(), ..done("ghost#1", &l) }).await.map(drop),
+                    Code::PermissionDenied,
+                    &not_holder,
+                ),
+                ("well-formed report by another worker", c.report(done(&intruder, &l)).await.map(drop), Code::PermissionDenied, &not_holder),
+                ("report of an unknown attempt", c.report(pb::ReportRequest { attempt_id: 999, ..done(&holder, &l) }).await.map(drop), Code::NotFound, &["unknown attempt 999"]),
+                ("report naming another trial", c.report(wrong_trial).await.map(drop), Code::FailedPrecondition, &other_hash),
+                ("cancel by another worker", c.cancel(pb::CancelRequest { worker_id: intruder.clone(), attempt_id: a }).await.map(drop), Code::PermissionDenied, &not_holder),
+                ("upload by another worker", c.upload_artifact(tokio_stream::iter(upload(&intruder, a))).await.map(drop), Code::PermissionDenied, &["model.bin", "refused"]),
+                ("upload by an unknown id", c.upload_artifact(tokio_stream::iter(upload("ghost#1", a))).await.map(drop), Code::PermissionDenied, &["refused"]),
+            ];
+            for (what, got, code, fragments) in cases {
+                refused(what, got, code, fragments);
+            }
+            // The holder's attempt is untouched: still running, its deadline not extended by
+            // anyone else, no result, no artifact.
+            assert_eq!(query::<f64>(dir, &format!("SELECT deadline FROM attempts WHERE id = {a}")), l.deadline_unix);
+            assert_eq!(query::<String>(dir, &format!("SELECT outcome FROM attempts WHERE id = {a}")), "running");
+            assert_eq!(query::<i64>(dir, "SELECT COUNT(*) FROM results"), 0);
+            assert!(!c.heartbeat(heartbeat(&holder, a)).await.unwrap().into_inner().cancel);
+            let r = c.report(done(&holder, &l)).await.unwrap().into_inner();
+            assert!(r.recorded, "{r:?}");
+        }
+    });
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 1, "only the holder's report");
+    assert_eq!(query::<String>(&dir, "SELECT w.name FROM results r JOIN attempts a ON a.id = r.attempt_id JOIN workers w ON w.id = a.worker"), "holder");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'"), 1, "the intruder's own attempt still runs");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts"), 2, "nothing was cancelled, ignored or re-leased");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM artifacts"), 0);
+    assert!(!dir.join("artifacts/.partial/1/model.bin").exists(), "no upload from another worker kept");
+}
+
+/// A malformed `done` (or diverged) report of the holder: (what, the report's edit, the
+/// fragment of the recorded reason).
+type Edit = fn(&mut pb::ReportRequest);
+
+#[test]
+fn malformed_reports_become_failed_attempts_and_never_results() {
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        ("metrics `{}` (no required metric)", |r| r.metrics_json = "{}".into(), "missing: slept_seconds"),
+        ("a required metric null (not finite)", |r| r.metrics_json = r#"{"slept_seconds": null}"#.into(), "`slept_seconds` is not a finite number"),
+        ("a metric as a string", |r| r.metrics_json = r#"{"slept_seconds": "0.5"}"#.into(), "`slept_seconds` is a string"),
+        ("another metric as an object", |r| r.metrics_json = r#"{"slept_seconds": 1, "x": {}}"#.into(), "`x` is an object"),
+        ("metrics not an object", |r| r.metrics_json = "[1, 2]".into(), "not a JSON object"),
+        ("metrics not JSON", |r| r.metrics_json = "slept_seconds=1".into(), "metrics_json"),
+        ("a curve that is not JSON", |r| r.curve_json = "[{".into(), "curve_json"),
+        ("a curve row that is not an object", |r| r.curve_json = "[1]".into(), "curve row 0"),
+        ("a curve value that is a string", |r| r.curve_json = r#"[{"step": "0"}]"#.into(), "curve row 0"),
+        ("ragged samples", |r| r.samples = Some(pb::Points { dim: 2, f32_le: vec![0; 12] }), "samples"),
+        (
+            "samples and data of other dimensions",
+            |r| {
+                r.samples = Some(pb::Points::from_f32(2, &[1.0, 2.0]));
+                r.data = Some(pb::Points::from_f32(1, &[1.0]));
+            },
+            "dimension",
+        ),
+        ("a non-finite wall time", |r| r.wall_seconds = f64::NAN, "wall_seconds"),
+        ("diverged without its step", |r| r.status = sweep_proto::status_to_wire(Status::Diverged), "diverged_step"),
+        ("a status a worker cannot report", |r| r.status = sweep_proto::status_to_wire(Status::Queued), "status queued"),
+        ("an unknown status value", |r| r.status = 99, "99"),
+    ];
+    let dir = tmpdir("malformed");
+    let n = cases.len();
+    with_server(&dir, &format!("retries = {n}\n{SLEEP}"), |mut c| {
+        let cases = &cases;
+        async move {
+            let w = register(&mut c, "w").await;
+            for (what, edit, _) in cases {
+                let l = lease(&mut c, &w).await;
+                let mut r = done(&w, &l);
+                edit(&mut r);
+                let reply = c.report(r).await.unwrap_or_else(|e| panic!("{what}: refused instead of recorded as failed: {e:?}")).into_inner();
+                assert!(reply.recorded, "{what}: {reply:?}");
+            }
+            // The trial is still queued (each attempt failed), and a well-formed report is taken.
+            let l = lease(&mut c, &w).await;
+            assert!(c.report(done(&w, &l)).await.unwrap().into_inner().recorded);
+        }
+    });
+    let conn = rusqlite::Connection::open(dir.join("state.db")).unwrap();
+    let errors: Vec<(String, String)> = conn
+        .prepare("SELECT outcome, error FROM attempts ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(errors.len(), n + 1);
+    for ((what, _, fragment), (outcome, error)) in cases.iter().zip(&errors) {
+        assert_eq!(outcome, "failed", "{what}");
+        assert!(error.starts_with("malformed report") && error.contains(fragment), "{what}: `{fragment}` not in `{error}`");
+    }
+    assert_eq!(errors[n].0, "done");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 1, "only the well-formed report became a result");
+    assert_eq!(query::<String>(&dir, "SELECT metrics_json FROM results"), r#"{"slept_seconds": 0.001}"#);
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM curves") + query::<i64>(&dir, "SELECT COUNT(*) FROM samples"), 0);
+}
+
+#[test]
+fn a_train_trial_must_report_the_metrics_of_its_configuration() {
+    let src = "retries = 0\n[base]\nseed = 0\n[base.data]\npreset = \"seed1d\"\n[base.model]\nkind = \"mlp\"\n[base.objective]\nkind = \"ssm_vr\"\n[base.train]\nsteps = 10\n[base.sampler]\nkind = \"none\"\n";
+    let dir = tmpdir("train");
+    with_server(&dir, src, |mut c| async move {
+        let w = register(&mut c, "w").await;
+        let l = lease(&mut c, &w).await;
+        // What a sleep trial reports, and the always-present training metrics: not enough for
+        // an SSM trial on data with an exact score.
+        let mut r = done(&w, &l);
+        r.metrics_json = r#"{"slept_seconds": 1, "steps_done": 10, "train_seconds": 1, "eval_seconds": 1, "sample_seconds": 0}"#.into();
+        assert!(c.report(r).await.unwrap().into_inner().recorded);
+    });
+    let error: String = query(&dir, "SELECT error FROM attempts");
+    for k in ["l_esm", "gap", "l_ssm"] {
+        assert!(error.contains(k), "`{k}` not in `{error}`");
+    }
+    assert!(!error.contains("missing: steps_done"), "{error}");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 0);
+    assert_eq!(query::<String>(&dir, "SELECT status FROM trials"), "failed", "no retries left: failed, without a result");
+}
