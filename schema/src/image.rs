@@ -13,7 +13,7 @@
 //! held_out = 2000               # the last images: never trained on, what every metric uses
 //! scale = "sym"                 # pixels in [−1, 1] ("unit": [0, 1]), uniform dequantisation
 //! [model]      # kind = "unet": channels, mults, blocks, emb, groups, class_cond
-//! kind = "unet"
+//! kind = "unet" #      | "mlp": hidden, depth, emb, class_cond
 //! [objective]  # kind = "edm": σ ~ exp(N(p_mean, p_std²)), EDM preconditioning and weighting;
 //! kind = "edm" # sigma_data; label_dropout (classifier-free guidance)
 //! [train]      # steps, batch, lr, ema (decay), eval_every
@@ -64,6 +64,8 @@ struct RawImageData {
 #[serde(deny_unknown_fields)]
 struct RawImageModel {
     kind: String,
+    hidden: Option<usize>,
+    depth: Option<usize>,
     channels: Option<usize>,
     mults: Option<Vec<usize>>,
     blocks: Option<usize>,
@@ -117,7 +119,7 @@ pub struct ImageTrial {
     pub seed: u64,
     pub name: Option<String>,
     pub data: ImageData,
-    pub model: UnetSpec,
+    pub model: ImageModel,
     pub objective: EdmSpec,
     pub train: ImageTrain,
     /// Held-out images the metrics use (≤ `data.held_out`).
@@ -135,6 +137,39 @@ pub struct ImageData {
     pub dequantize: bool,
     /// Train on at most this many images (the first ones), if set.
     pub limit: Option<usize>,
+}
+
+/// The image denoiser's network (one variant per kind).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageModel {
+    Unet(UnetSpec),
+    /// An MLP on the flattened pixels with σ and class embeddings (the CPU workhorse).
+    Mlp(ImageMlpSpec),
+}
+
+impl ImageModel {
+    pub fn class_cond(&self) -> bool {
+        match self {
+            ImageModel::Unet(u) => u.class_cond,
+            ImageModel::Mlp(m) => m.class_cond,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ImageModel::Unet(_) => "unet",
+            ImageModel::Mlp(_) => "mlp",
+        }
+    }
+}
+
+/// [c_in·x, Fourier(c_noise), class embedding] → `depth` × (Linear `hidden`, SiLU) → Linear D.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageMlpSpec {
+    pub hidden: usize,
+    pub depth: usize,
+    pub emb: usize,
+    pub class_cond: bool,
 }
 
 /// A U-Net on 1-channel images: `channels` at the top level, ×`mults[i]` at level i (each
@@ -250,21 +285,48 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     let data = ImageData { preset: d.preset, dir, held_out, symmetric, dequantize: d.dequantize.unwrap_or(true), limit: d.limit };
 
     let m = raw.model;
-    if m.kind != "unet" {
-        return Err(field("model.kind", format!("image trials take kind = \"unet\" (got \"{}\")", m.kind)));
-    }
-    let channels = in_range("model.channels", m.channels.unwrap_or(32), 4, 512)?;
-    let mults = m.mults.unwrap_or_else(|| vec![1, 2, 2]);
-    if mults.is_empty() || mults.len() > 3 || mults.iter().any(|&x| x == 0 || x > 8) {
-        return Err(field("model.mults", format!("needs 1 to 3 levels, each a multiplier from 1 to 8 (28×28 images halve at most twice; got {mults:?})")));
-    }
-    let blocks = in_range("model.blocks", m.blocks.unwrap_or(1), 1, 4)?;
-    let emb = in_range("model.emb", m.emb.unwrap_or(4 * channels), 8, 2048)?;
-    let groups = in_range("model.groups", m.groups.unwrap_or(8), 1, 64)?;
-    if let Some(bad) = std::iter::once(1).chain(mults.iter().copied()).map(|k| k * channels).find(|c| c % groups != 0) {
-        return Err(field("model.groups", format!("must divide every level's channel count ({bad} is not a multiple of {groups})")));
-    }
-    let model = UnetSpec { channels, mults, blocks, emb, groups, class_cond: m.class_cond.unwrap_or(true) };
+    let class_cond = m.class_cond.unwrap_or(true);
+    let only = |allowed: &[&str]| -> Result<(), FieldError> {
+        let given = [
+            ("hidden", m.hidden.is_some()),
+            ("depth", m.depth.is_some()),
+            ("channels", m.channels.is_some()),
+            ("mults", m.mults.is_some()),
+            ("blocks", m.blocks.is_some()),
+            ("groups", m.groups.is_some()),
+        ];
+        match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+            Some((k, _)) => Err(field(&format!("model.{k}"), format!("does not apply to kind = \"{}\"", m.kind))),
+            None => Ok(()),
+        }
+    };
+    let model = match m.kind.as_str() {
+        "unet" => {
+            only(&["channels", "mults", "blocks", "groups"])?;
+            let channels = in_range("model.channels", m.channels.unwrap_or(32), 4, 512)?;
+            let mults = m.mults.clone().unwrap_or_else(|| vec![1, 2, 2]);
+            if mults.is_empty() || mults.len() > 3 || mults.iter().any(|&x| x == 0 || x > 8) {
+                return Err(field("model.mults", format!("needs 1 to 3 levels, each a multiplier from 1 to 8 (28×28 images halve at most twice; got {mults:?})")));
+            }
+            let blocks = in_range("model.blocks", m.blocks.unwrap_or(1), 1, 4)?;
+            let emb = in_range("model.emb", m.emb.unwrap_or(4 * channels), 8, 2048)?;
+            let groups = in_range("model.groups", m.groups.unwrap_or(8), 1, 64)?;
+            if let Some(bad) = std::iter::once(1).chain(mults.iter().copied()).map(|k| k * channels).find(|c| c % groups != 0) {
+                return Err(field("model.groups", format!("must divide every level's channel count ({bad} is not a multiple of {groups})")));
+            }
+            ImageModel::Unet(UnetSpec { channels, mults, blocks, emb, groups, class_cond })
+        }
+        "mlp" => {
+            only(&["hidden", "depth"])?;
+            ImageModel::Mlp(ImageMlpSpec {
+                hidden: in_range("model.hidden", m.hidden.unwrap_or(1024), 8, 8192)?,
+                depth: in_range("model.depth", m.depth.unwrap_or(2), 1, 8)?,
+                emb: in_range("model.emb", m.emb.unwrap_or(64), 8, 2048)?,
+                class_cond,
+            })
+        }
+        other => return Err(field("model.kind", format!("image trials take kind = \"unet\" or \"mlp\" (got \"{other}\")"))),
+    };
 
     let o = raw.objective;
     if o.kind != "edm" {
@@ -274,11 +336,11 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     if !p_mean.is_finite() {
         return Err(field("objective.p_mean", "must be finite"));
     }
-    let label_dropout = o.label_dropout.unwrap_or(if model.class_cond { 0.1 } else { 0.0 });
+    let label_dropout = o.label_dropout.unwrap_or(if model.class_cond() { 0.1 } else { 0.0 });
     if !(0.0..1.0).contains(&label_dropout) {
         return Err(field("objective.label_dropout", format!("must be in [0, 1) (got {label_dropout})")));
     }
-    if label_dropout > 0.0 && !model.class_cond {
+    if label_dropout > 0.0 && !model.class_cond() {
         return Err(field("objective.label_dropout", "needs a class-conditional model (model.class_cond)"));
     }
     let objective =
@@ -324,7 +386,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
         return Err(field("sampler.guidance", "needs an unconditional model too: train with objective.label_dropout > 0"));
     }
     let n = in_range("sampler.n", s.n.unwrap_or(100), 1, 1_000_000)?;
-    if model.class_cond && n % 10 != 0 {
+    if model.class_cond() && n % 10 != 0 {
         return Err(field("sampler.n", format!("must be a multiple of 10 with a class-conditional model (n/10 per class; got {n})")));
     }
     let sampler = ImageSampler { kind, schedule, guidance, n };

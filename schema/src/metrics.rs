@@ -26,11 +26,23 @@ pub const LADDER: &[&str] = &["levels", "sigma_max_used", "sigma_min_used"];
 /// A sampler run.
 pub const SAMPLER: &[&str] = &["nfe", "samples_nonfinite"];
 
+/// Of every image trial (`engine::images::run`).
+pub const IMAGE: &[&str] = &["steps_done", "eval_loss", "train_seconds", "eval_seconds", "parameters"];
+/// An image sampler run.
+pub const IMAGE_SAMPLER: &[&str] = &["nfe", "sample_seconds"];
+
 /// The metric keys every `done` result of `cfg` contains, each a finite number.
 pub fn required_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
     let t = match cfg {
         TrialConfig::Sleep(_) => return SLEEP.to_vec(),
         TrialConfig::Train(t) => t,
+        TrialConfig::Image(t) => {
+            let mut keys = IMAGE.to_vec();
+            if t.sampler.kind != crate::image::ImageSamplerKind::None {
+                keys.extend_from_slice(IMAGE_SAMPLER);
+            }
+            return keys;
+        }
     };
     let mut keys = TRAIN.to_vec();
     let exact = t.data.caps().exact_score;

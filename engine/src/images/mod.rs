@@ -3,7 +3,7 @@
 //! denoiser into images (probability-flow ODE with Heun steps, reverse-SDE Euler–Maruyama,
 //! predictor–corrector), each counting its network evaluations.
 //!
-//! - [`unet`]: the network and its preconditioning;
+//! - [`ImageNet`]: EDM's preconditioning around a network; [`unet`] and [`mlp`] are the two;
 //! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
 //!   they are tested on a Gaussian whose denoiser is exact;
 //! - [`run`]: the trial runner (train, evaluate, sample, metrics, sample grid).
@@ -15,9 +15,59 @@ use schema::image::ImageData;
 use crate::data::idx::{self, IdxError, ImageSet};
 use crate::rng::Rng;
 
+pub mod mlp;
 pub mod run;
 pub mod sample;
 pub mod unet;
+
+/// A network F behind EDM's preconditioning: D(x; σ, c) = c_skip x + c_out F(c_in x; c_noise, c)
+/// with c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²) and
+/// c_noise = ln(σ)/4, so F's input and target both have unit variance at every σ.
+pub trait ImageNet {
+    fn sigma_data(&self) -> f64;
+
+    /// F(x; c_noise, labels): x is (N, 1, H, W), c_noise (N,), labels (N,) u32 or None.
+    fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor>;
+
+    /// The preconditioned denoiser D(x; σ, labels); `sigma` is (N,).
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let sd = self.sigma_data();
+        let sd2 = sd * sd;
+        let denom = (sigma.sqr()? + sd2)?;
+        let c_skip = denom.recip()?.affine(sd2, 0.0)?;
+        let c_out = (sigma.affine(sd, 0.0)? / denom.sqrt()?)?;
+        let c_in = denom.sqrt()?.recip()?;
+        let c_noise = sigma.log()?.affine(0.25, 0.0)?;
+        let col = |t: &Tensor| t.reshape((t.dim(0)?, 1, 1, 1));
+        let f = self.raw(&x.broadcast_mul(&col(&c_in)?)?, &c_noise, labels)?;
+        x.broadcast_mul(&col(&c_skip)?)? + f.broadcast_mul(&col(&c_out)?)?
+    }
+}
+
+/// The network a trial's model spec names, its weights in `varmap`.
+pub fn build(spec: &schema::image::ImageModel, sigma_data: f64, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> Result<Box<dyn ImageNet>> {
+    Ok(match spec {
+        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, sigma_data, varmap, dev)?),
+        schema::image::ImageModel::Mlp(m) => Box::new(mlp::ImageMlp::new(m, sigma_data, h * w, varmap, dev)?),
+    })
+}
+
+/// Number of trainable parameters.
+pub fn parameters(varmap: &VarMap) -> usize {
+    varmap.all_vars().iter().map(|v| v.elem_count()).sum()
+}
+
+/// Fourier features [sin(c·f_k), cos(c·f_k)] of c_noise (N,) with `freq` (1, K): (N, 2K).
+pub fn fourier(c_noise: &Tensor, freq: &Tensor) -> Result<Tensor> {
+    let arg = c_noise.unsqueeze(1)?.broadcast_mul(freq)?;
+    Tensor::cat(&[arg.sin()?, arg.cos()?], 1)
+}
+
+/// K frequencies 10000^(−k/K).
+pub fn frequencies(k: usize, dev: &Device) -> Result<Tensor> {
+    let f: Vec<f32> = (0..k).map(|i| (-(i as f64) / k as f64 * 10000f64.ln()).exp() as f32).collect();
+    Tensor::from_vec(f, (1, k), dev)
+}
 
 /// An image set split for a trial: training images first, then the held-out tail.
 pub struct Split {

@@ -12,8 +12,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use schema::image::{ImageSamplerKind, ImageTrial};
 
 use super::sample::{self, Denoiser};
-use super::unet::{NULL_CLASS, Unet};
-use super::{Split, init_weights, tensor};
+use super::unet::NULL_CLASS;
+use super::{ImageNet, Split, init_weights, tensor};
 use crate::error::EngineError;
 use crate::rng::{Rng, Stream};
 use crate::trial::{Progress, TrialOutcome, TrialStatus};
@@ -32,7 +32,7 @@ fn weight(sigma: f64, sd: f64) -> f64 {
 /// The U-Net with fixed labels (or none) as a [`Denoiser`], guided when w > 0:
 /// D = (1 + w) D(x, c) − w D(x, ∅).
 struct Guided<'a> {
-    net: &'a Unet,
+    net: &'a dyn ImageNet,
     labels: Option<Tensor>,
     null: Option<Tensor>,
     w: f64,
@@ -91,7 +91,7 @@ struct EvalSet {
 }
 
 /// Mean held-out EDM loss over the fixed draws.
-fn eval_loss(net: &Unet, set: &EvalSet, h: usize, w: usize, sd: f64, cond: bool, dev: &Device) -> candle_core::Result<f64> {
+fn eval_loss(net: &dyn ImageNet, set: &EvalSet, h: usize, w: usize, sd: f64, cond: bool, dev: &Device) -> candle_core::Result<f64> {
     let d = h * w;
     let n = set.labels.len();
     let mut total = 0.0;
@@ -115,9 +115,9 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let split: Split = super::load(&cfg.data)?;
     let (h, w, d) = (split.h, split.w, split.dim());
     let sd = cfg.objective.sigma_data;
-    let cond = cfg.model.class_cond;
+    let cond = cfg.model.class_cond();
     let varmap = VarMap::new();
-    let net = Unet::new(&cfg.model, sd, &varmap, &dev)?;
+    let net = super::build(&cfg.model, sd, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
     let vars = varmap.all_vars();
     let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
@@ -146,7 +146,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let checkpoint = |step: u64, train_loss: f64, ema: &mut Ema, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
         let t = Instant::now();
         ema.swap()?;
-        let l = eval_loss(&net, &eval, h, w, sd, cond, &dev);
+        let l = eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev);
         ema.swap()?;
         *eval_seconds += t.elapsed().as_secs_f64();
         Ok(vec![step as f64, train_loss, l?])
@@ -200,7 +200,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         ("steps_done".into(), steps_done as f64),
         ("train_loss".into(), last_loss),
         ("eval_loss".into(), rows.last().map_or(f64::NAN, |r| r[2])),
-        ("parameters".into(), Unet::parameters(&varmap) as f64),
+        ("parameters".into(), super::parameters(&varmap) as f64),
         ("n_train".into(), split.n_train() as f64),
         ("n_held_out".into(), split.held_labels.len() as f64),
         ("train_images_per_second".into(), (steps_done as f64 * b as f64) / train_seconds.max(1e-9)),
@@ -223,7 +223,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
             let end = (start + CHUNK).min(n);
             let m = end - start;
             let mut den = Guided {
-                net: &net,
+                net: net.as_ref(),
                 labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
                 null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
                 w: cfg.sampler.guidance,

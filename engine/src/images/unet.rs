@@ -13,6 +13,8 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Embedding, GroupNorm, Linear, VarBuilder, VarMap};
 use schema::image::UnetSpec;
 
+use super::ImageNet;
+
 /// The label that means "no class" (unconditional), one past the ten digits.
 pub const NULL_CLASS: u32 = 10;
 
@@ -78,8 +80,7 @@ impl Unet {
         let conv_in = conv(vb.pp("conv_in"), 1, c, 3, 1)?;
         // Fourier features of c_noise: `c` frequencies 10000^(−k/(c/2)) (sin and cos).
         let half = c / 2;
-        let freq: Vec<f32> = (0..half).map(|k| (-(k as f64) / half as f64 * 10000f64.ln()).exp() as f32).collect();
-        let freq = Tensor::from_vec(freq, (1, half), dev)?;
+        let freq = super::frequencies(half, dev)?;
         let emb1 = candle_nn::linear(2 * half, spec.emb, vb.pp("emb1"))?;
         let emb2 = candle_nn::linear(spec.emb, spec.emb, vb.pp("emb2"))?;
         let class_emb = if spec.class_cond { Some(candle_nn::embedding(NULL_CLASS as usize + 1, spec.emb, vb.pp("class_emb"))?) } else { None };
@@ -119,11 +120,15 @@ impl Unet {
     pub fn spec(&self) -> &UnetSpec {
         &self.spec
     }
+}
 
-    /// F(x; c_noise, labels): x is (N, 1, H, W), c_noise (N,), labels (N,) u32 or None.
-    pub fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let arg = c_noise.unsqueeze(1)?.broadcast_mul(&self.freq)?;
-        let four = Tensor::cat(&[arg.sin()?, arg.cos()?], 1)?;
+impl ImageNet for Unet {
+    fn sigma_data(&self) -> f64 {
+        self.sigma_data
+    }
+
+    fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let four = super::fourier(c_noise, &self.freq)?;
         let mut emb = self.emb2.forward(&self.emb1.forward(&four)?.silu()?)?;
         if let (Some(ce), Some(l)) = (&self.class_emb, labels) {
             emb = (emb + ce.forward(l)?)?;
@@ -155,25 +160,6 @@ impl Unet {
         }
         self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
     }
-
-    /// The preconditioned denoiser D(x; σ, labels); `sigma` is (N,).
-    pub fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let sd2 = self.sigma_data * self.sigma_data;
-        let s2 = sigma.sqr()?;
-        let denom = (&s2 + sd2)?;
-        let c_skip = denom.recip()?.affine(sd2, 0.0)?;
-        let c_out = (sigma.affine(self.sigma_data, 0.0)? / denom.sqrt()?)?;
-        let c_in = denom.sqrt()?.recip()?;
-        let c_noise = sigma.log()?.affine(0.25, 0.0)?;
-        let col = |t: &Tensor| t.reshape((t.dim(0)?, 1, 1, 1));
-        let f = self.raw(&x.broadcast_mul(&col(&c_in)?)?, &c_noise, labels)?;
-        x.broadcast_mul(&col(&c_skip)?)? + f.broadcast_mul(&col(&c_out)?)?
-    }
-
-    /// Number of trainable parameters.
-    pub fn parameters(varmap: &VarMap) -> usize {
-        varmap.all_vars().iter().map(|v| v.elem_count()).sum()
-    }
 }
 
 #[cfg(test)]
@@ -196,7 +182,7 @@ mod tests {
             assert_eq!(d.dims(), &[3, 1, 28, 28], "{mults:?}");
             let err = (d - &x).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 1e-4, "{mults:?}: D(x; σ→0) − x = {err}");
-            assert!(Unet::parameters(&vm) > 1000);
+            assert!(super::super::parameters(&vm) > 1000);
         }
     }
 }

@@ -1,0 +1,58 @@
+//! An MLP denoiser on the flattened pixels, the CPU workhorse for image trials:
+//! F = Linear(SiLU(… SiLU(Linear([c_in·x, Fourier(c_noise), class embedding])) …)) with `depth`
+//! hidden layers of width `hidden`, behind EDM's preconditioning ([`super::ImageNet`]). The
+//! class embedding has one extra row, the "no class" label of classifier-free guidance.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder, VarMap};
+use schema::image::ImageMlpSpec;
+
+use super::ImageNet;
+use super::unet::NULL_CLASS;
+
+pub struct ImageMlp {
+    sigma_data: f64,
+    freq: Tensor,
+    class_emb: Option<Embedding>,
+    layers: Vec<Linear>,
+    out: Linear,
+}
+
+impl ImageMlp {
+    pub fn new(spec: &ImageMlpSpec, sigma_data: f64, dim: usize, varmap: &VarMap, dev: &Device) -> Result<Self> {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, dev);
+        let half = spec.emb / 2;
+        let class_emb = if spec.class_cond { Some(candle_nn::embedding(NULL_CLASS as usize + 1, spec.emb, vb.pp("class_emb"))?) } else { None };
+        let mut width = dim + 2 * half + if spec.class_cond { spec.emb } else { 0 };
+        let mut layers = Vec::new();
+        for i in 0..spec.depth {
+            layers.push(candle_nn::linear(width, spec.hidden, vb.pp(format!("layer{i}")))?);
+            width = spec.hidden;
+        }
+        let out = candle_nn::linear(width, dim, vb.pp("out"))?;
+        Ok(ImageMlp { sigma_data, freq: super::frequencies(half, dev)?, class_emb, layers, out })
+    }
+}
+
+impl ImageNet for ImageMlp {
+    fn sigma_data(&self) -> f64 {
+        self.sigma_data
+    }
+
+    fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let shape = x.dims().to_vec();
+        let mut parts = vec![x.flatten_from(1)?, super::fourier(c_noise, &self.freq)?];
+        if let Some(ce) = &self.class_emb {
+            let l = match labels {
+                Some(l) => l.clone(),
+                None => Tensor::full(NULL_CLASS, shape[0], x.device())?,
+            };
+            parts.push(ce.forward(&l)?);
+        }
+        let mut h = Tensor::cat(&parts, 1)?;
+        for l in &self.layers {
+            h = l.forward(&h)?.silu()?;
+        }
+        self.out.forward(&h)?.reshape(shape)
+    }
+}
