@@ -1,5 +1,5 @@
 //! A trial's outputs on disk (`worker trial FILE --out DIR`): metrics.json, curve.csv,
-//! samples.csv and model.safetensors, each written to a temporary name and renamed, so a crash
+//! samples.csv, model.safetensors and the trial's other files (sample grids), each written to a temporary name and renamed, so a crash
 //! never leaves a half-written file.
 
 use std::collections::HashMap;
@@ -50,6 +50,9 @@ pub fn write_outputs(outcome: &TrialOutcome, dir: &Path) -> Result<(), EngineErr
     }
     write_file(&dir.join("samples.csv"), s.as_bytes())?;
 
+    for (name, _, bytes) in &outcome.files {
+        write_file(&dir.join(name), bytes)?;
+    }
     if !outcome.weights.is_empty() {
         let map: HashMap<String, Tensor> = outcome.weights.iter().cloned().collect();
         let path = dir.join("model.safetensors");

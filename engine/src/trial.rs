@@ -67,6 +67,8 @@ pub struct TrialOutcome {
     pub data_sample: Vec<Vec<f32>>,
     /// Named parameters of the trained model (empty for sleep trials).
     pub weights: Vec<(String, Tensor)>,
+    /// Other files the trial made, as (name, media type, bytes): e.g. `samples.png`.
+    pub files: Vec<(String, &'static str, Vec<u8>)>,
 }
 
 impl TrialOutcome {
@@ -110,6 +112,7 @@ fn sleep_trial(s: &SleepTrial, progress: &mut dyn FnMut(&Progress), cancel: &Ato
         samples: vec![],
         data_sample: vec![],
         weights: vec![],
+        files: vec![],
     }
 }
 
@@ -296,7 +299,16 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
 
     let mut weights: Vec<(String, Tensor)> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(TrialOutcome { status: trained.status, metrics, curve_columns: trained.columns, curve_rows: trained.rows, samples: samples_out, data_sample: data_out, weights })
+    Ok(TrialOutcome {
+        status: trained.status,
+        metrics,
+        curve_columns: trained.columns,
+        curve_rows: trained.rows,
+        samples: samples_out,
+        data_sample: data_out,
+        weights,
+        files: Vec::new(),
+    })
 }
 
 /// Where the sampler's chains start (None without a sampler).

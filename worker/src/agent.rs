@@ -215,18 +215,23 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
     };
     // The checkpoint travels as an artifact, streamed in chunks before the report; a refusal
     // (over the coordinator's size limit) is logged and the report goes on without it.
-    let checkpoint = match &outcome {
-        Ok(o) if o.status != TrialStatus::Cancelled => weights_safetensors(&o.weights).unwrap_or_else(|e| {
-            eprintln!("worker: checkpoint not serialised: {e}");
-            None
-        }),
-        _ => None,
-    };
+    // Other files the trial made (sample grids) go the same way.
+    let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
+    if let Ok(o) = &outcome
+        && o.status != TrialStatus::Cancelled
+    {
+        match weights_safetensors(&o.weights) {
+            Ok(Some(bytes)) => files.push(("model.safetensors".into(), "application/x-safetensors", bytes)),
+            Ok(None) => {}
+            Err(e) => eprintln!("worker: checkpoint not serialised: {e}"),
+        }
+        files.extend(o.files.iter().cloned());
+    }
     let mut report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
-    if let Some(bytes) = checkpoint {
-        match upload(client, id, lease.attempt_id, "model.safetensors", "application/x-safetensors", bytes, args).await {
-            Ok(()) => report.artifacts.push("model.safetensors".into()),
-            Err(e) => eprintln!("worker: artifact model.safetensors not delivered: {e:#}"),
+    for (name, media_type, bytes) in files {
+        match upload(client, id, lease.attempt_id, &name, media_type, bytes, args).await {
+            Ok(()) => report.artifacts.push(name),
+            Err(e) => eprintln!("worker: artifact {name} not delivered: {e:#}"),
         }
     }
     report.lease_next = true;

@@ -265,6 +265,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
+    let files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     let data_sample: Vec<Vec<f32>> = eval.x.chunks(d).take(100).map(|c| c.to_vec()).collect();
-    Ok(TrialOutcome { status, metrics, curve_columns: columns, curve_rows: rows, samples: samples_out, data_sample, weights })
+    Ok(TrialOutcome { status, metrics, curve_columns: columns, curve_rows: rows, samples: samples_out, data_sample, weights, files })
 }
