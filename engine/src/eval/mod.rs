@@ -10,6 +10,7 @@ use crate::models::ScoreModel;
 
 pub mod classifier;
 pub mod energy;
+pub mod fid;
 pub mod gaps;
 pub mod samples;
 
