@@ -12,6 +12,7 @@ pub mod classifier;
 pub mod energy;
 pub mod fid;
 pub mod gaps;
+pub mod png;
 pub mod samples;
 
 /// Columns measured on the model at every checkpoint.
