@@ -8,6 +8,7 @@ use candle_core::Result;
 
 use crate::models::ScoreModel;
 
+pub mod by_denoising;
 pub mod classifier;
 pub mod energy;
 pub mod fid;
