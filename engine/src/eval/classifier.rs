@@ -298,9 +298,8 @@ impl Classifier {
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.{}.{nonce}.tmp", std::process::id()));
-        candle_core::safetensors::save(&map, &tmp).map_err(|e| {
+        candle_core::safetensors::save(&map, &tmp).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })?;
         std::fs::rename(&tmp, path).map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
@@ -494,7 +493,9 @@ mod tests {
     fn refuses_bad_input() {
         let dev = Device::Cpu;
         let (x, y) = blocks(10, 1);
-        let cases: [(&[f32], &[u8], usize, usize, &str); 5] = [
+        // (pixels, labels, h, w, message)
+        type Case<'a> = (&'a [f32], &'a [u8], usize, usize, &'a str);
+        let cases: [Case; 5] = [
             (&x[..63], &y[..1], 8, 8, "63 pixels are not a whole number of 8×8 images"),
             (&x, &y[..9], 8, 8, "10 images but 9 labels"),
             (&x[..64], &[10], 8, 8, "label 10 is not below 10"),

@@ -348,7 +348,8 @@ mod tests {
     #[test]
     fn eigen_decomposition_is_exact() {
         let mut rng = Rng::new(1);
-        let cases: [(usize, fn(usize) -> f64); 4] = [(1, |_| 3.0), (5, |k| k as f64 - 2.0), (40, |k| if k < 10 { 0.0 } else { 1.0 + k as f64 }), (200, |k| (k as f64).sin() * 5.0)];
+        type Spectrum = fn(usize) -> f64;
+        let cases: [(usize, Spectrum); 4] = [(1, |_| 3.0), (5, |k| k as f64 - 2.0), (40, |k| if k < 10 { 0.0 } else { 1.0 + k as f64 }), (200, |k| (k as f64).sin() * 5.0)];
         for (d, spectrum) in cases {
             let w: Vec<f64> = (0..d).map(spectrum).collect();
             let a = from_spectrum(&orthogonal(d, &mut rng), &w);

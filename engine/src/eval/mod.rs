@@ -3,6 +3,11 @@
 //! one); after sampling, [`samples::sample_metrics`]; for energy models with exact data in
 //! 1-2D, [`energy::energy_metrics`]. Evaluation sets are drawn once per trial, independent of
 //! the model, so every checkpoint is measured on the same points.
+//!
+//! Image metrics, on plain slices of n×h×w pixels in [−1, 1]: [`classifier`] (a small CNN
+//! judge of digits, cached per machine; its penultimate features feed [`fid`], the Fréchet
+//! distance), [`by_denoising`] (which class, by a conditional score's denoising loss) and
+//! [`png`] (image grids as PNG files).
 
 use candle_core::Result;
 

@@ -157,8 +157,9 @@ mod tests {
         // Image k (2×3) is filled with the value vals[k].
         let vals = [-1.0, 0.0, 1.0, 0.5, -2.0];
         let pixels: Vec<f32> = vals.iter().flat_map(|&v| [v; 6]).collect();
-        #[allow(clippy::type_complexity)]
-        let cases: [(usize, usize, usize, (usize, usize), &[((usize, usize), u8)]); 4] = [
+        // (n, cols, pad, (width, height), [((y, x), gray)])
+        type Case<'a> = (usize, usize, usize, (usize, usize), &'a [((usize, usize), u8)]);
+        let cases: [Case; 4] = [
             (5, 5, 0, (15, 2), &[((0, 0), 0), ((1, 3), 128), ((0, 6), 255), ((1, 9), 191), ((0, 14), 0)]),
             (5, 2, 1, (9, 10), &[((0, 0), PAD_GRAY), ((1, 1), 0), ((2, 3), 0), ((1, 4), PAD_GRAY), ((1, 5), 128), ((4, 1), 255), ((4, 5), 191), ((7, 1), 0), ((7, 5), PAD_GRAY)]),
             (1, 3, 2, (17, 6), &[((2, 2), 0), ((3, 4), 0), ((2, 7), PAD_GRAY)]),
