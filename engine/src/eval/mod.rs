@@ -3,13 +3,22 @@
 //! one); after sampling, [`samples::sample_metrics`]; for energy models with exact data in
 //! 1-2D, [`energy::energy_metrics`]. Evaluation sets are drawn once per trial, independent of
 //! the model, so every checkpoint is measured on the same points.
+//!
+//! Image metrics, on plain slices of n×h×w pixels in [−1, 1]: [`classifier`] (a small CNN
+//! judge of digits, cached per machine; its penultimate features feed [`fid`], the Fréchet
+//! distance), [`by_denoising`] (which class, by a conditional score's denoising loss) and
+//! [`png`] (image grids as PNG files).
 
 use candle_core::Result;
 
 use crate::models::ScoreModel;
 
+pub mod by_denoising;
+pub mod classifier;
 pub mod energy;
+pub mod fid;
 pub mod gaps;
+pub mod png;
 pub mod samples;
 
 /// Columns measured on the model at every checkpoint.
