@@ -11,4 +11,7 @@ pub enum EngineError {
     /// An image set that is missing, truncated or fails its checksum (before any training).
     #[error(transparent)]
     Data(#[from] crate::data::idx::IdxError),
+    /// A metric that could not be computed (e.g. the digit classifier's cache).
+    #[error("metric failed: {0}")]
+    Metric(String),
 }
