@@ -67,6 +67,10 @@ pub struct TrialOutcome {
     pub data_sample: Vec<Vec<f32>>,
     /// Named parameters of the trained model (empty for sleep trials).
     pub weights: Vec<(String, Tensor)>,
+    /// The device that ran the trial (`cpu`, `cuda:0`; `device::label`).
+    pub device: String,
+    /// The training step used (`fast_dsm`, `autograd`, …; empty for sleep trials).
+    pub trainer: String,
 }
 
 impl TrialOutcome {
@@ -75,12 +79,13 @@ impl TrialOutcome {
     }
 }
 
-/// Runs one trial on the calling thread (CPU heavy: call it off any async executor). Checks
-/// `cancel` between steps.
-pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+/// Runs one trial on `device` on the calling thread (CPU heavy: call it off any async
+/// executor). Checks `cancel` between steps. On the CPU, MLP score nets use the hand-derived
+/// steps where one exists; on a GPU everything goes through candle (`device::fast_paths`).
+pub fn run_trial(cfg: &TrialConfig, device: &Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
     match cfg {
         TrialConfig::Sleep(s) => Ok(sleep_trial(s, progress, cancel)),
-        TrialConfig::Train(t) => run_training(t, Device::Cpu, progress, cancel),
+        TrialConfig::Train(t) => run_training(t, device.clone(), progress, cancel),
     }
 }
 
@@ -109,6 +114,8 @@ fn sleep_trial(s: &SleepTrial, progress: &mut dyn FnMut(&Progress), cancel: &Ato
         samples: vec![],
         data_sample: vec![],
         weights: vec![],
+        device: "cpu".into(),
+        trainer: String::new(),
     }
 }
 
@@ -226,6 +233,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
 
     let mut trainer =
         train::build(TrainSetup { model: model.as_ref(), varmap: &varmap, data: data.as_ref(), objective, batch: cfg.train.batch, lr: cfg.train.lr, device: device.clone() })?;
+    let trainer_name = trainer.name().to_string();
     let trained = train_loop(&mut plan, model.as_ref(), trainer.as_mut(), &evals, progress, cancel)?;
     drop(trainer);
 
@@ -292,9 +300,21 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     metrics.push(("eval_seconds".into(), setup_eval_seconds + trained.eval_seconds));
     metrics.push(("sample_seconds".into(), t_sample.elapsed().as_secs_f64()));
 
-    let mut weights: Vec<(String, Tensor)> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    // The weights leave the device (a GPU's memory is freed with the trial).
+    let mut weights: Vec<(String, Tensor)> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
     weights.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(TrialOutcome { status: trained.status, metrics, curve_columns: trained.columns, curve_rows: trained.rows, samples: samples_out, data_sample: data_out, weights })
+    Ok(TrialOutcome {
+        status: trained.status,
+        metrics,
+        curve_columns: trained.columns,
+        curve_rows: trained.rows,
+        samples: samples_out,
+        data_sample: data_out,
+        weights,
+        device: crate::device::label(&device),
+        trainer: trainer_name,
+    })
 }
 
 /// Where the sampler's chains start (None without a sampler).
