@@ -51,17 +51,19 @@ fn detect_cuda() -> Result<Vec<GpuInfo>, String> {
 
 #[cfg(feature = "cuda")]
 fn detect_cuda() -> Result<Vec<GpuInfo>, String> {
-    use candle_core::cuda::cudarc::driver::result;
+    use candle_core::cuda::cudarc::driver::result::{self, DriverError};
+    // The error's name only: its description needs the driver, which may be the stub.
+    let name = |e: DriverError| format!("{:?}", e.0);
     // Without a driver (the stub libcuda, or CUDA_ERROR_NO_DEVICE) cuInit fails: 0 GPUs.
-    result::init().map_err(|e| format!("no usable CUDA driver (cuInit: {e})"))?;
-    let count = result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e}"))?;
+    result::init().map_err(|e| format!("no usable CUDA driver (cuInit: {})", name(e)))?;
+    let count = result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {}", name(e)))?;
     (0..count)
         .map(|i| {
-            let dev = result::device::get(i).map_err(|e| format!("cuDeviceGet({i}): {e}"))?;
-            let name = result::device::get_name(dev).map_err(|e| format!("cuDeviceGetName({i}): {e}"))?;
+            let dev = result::device::get(i).map_err(|e| format!("cuDeviceGet({i}): {}", name(e)))?;
+            let gpu = result::device::get_name(dev).map_err(|e| format!("cuDeviceGetName({i}): {}", name(e)))?;
             // Safety: `dev` comes from cuDeviceGet above.
-            let memory = unsafe { result::device::total_mem(dev) }.map_err(|e| format!("cuDeviceTotalMem({i}): {e}"))?;
-            Ok(GpuInfo { index: i as u32, name, memory_bytes: memory as u64 })
+            let memory = unsafe { result::device::total_mem(dev) }.map_err(|e| format!("cuDeviceTotalMem({i}): {}", name(e)))?;
+            Ok(GpuInfo { index: i as u32, name: gpu, memory_bytes: memory as u64 })
         })
         .collect()
 }
