@@ -191,6 +191,10 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
         }),
         _ => None,
     };
+    match &outcome {
+        Ok(o) => eprintln!("worker: trial {} {} on {} ({}) in {:.1}s", short(&lease.trial_hash), o.status, o.device, o.trainer, started.elapsed().as_secs_f64()),
+        Err(e) => eprintln!("worker: trial {} failed: {e}", short(&lease.trial_hash)),
+    }
     let mut report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
     if let Some(bytes) = checkpoint {
         match upload(client, id, lease.attempt_id, "model.safetensors", "application/x-safetensors", bytes, args).await {
@@ -206,6 +210,11 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
     })
     .await?;
     Ok(reply.into_inner().next)
+}
+
+/// The first 12 characters of a trial hash, for logs.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// Streams one artifact in chunks of at most `MAX_CHUNK_BYTES`; transport failures are
