@@ -1,12 +1,14 @@
 //! scoresweep's coordinator: sweep expansion (`sweep`, validated by the `schema` crate), durable
 //! state (`state`, layout from `results::layout`) behind group commit (`store`), the gRPC
-//! service (`service`), uploaded files (`artifacts`), worker launchers (`launch`) and the run
+//! service (`service`), uploaded files (`artifacts`), worker launchers (`launch`), resource
+//! matching of trials to workers (`resources`: GPU trials to GPU workers) and the run
 //! loop (`run`). The `coordinator` binary is glue over these. Nothing here depends on the
 //! engine or candle; workers are the separate `worker` executable.
 
 pub mod artifacts;
 pub mod bench;
 pub mod launch;
+pub mod resources;
 pub mod run;
 pub mod service;
 pub mod state;

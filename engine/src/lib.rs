@@ -12,11 +12,13 @@
 //!   evaluations counted);
 //! - [`eval`]: [`eval::Checkpoint`] evaluators (loss gaps with exact scores) and sample metrics.
 //!
+//! [`device`] detects GPUs and picks the device (the hand-derived fast paths are CPU only);
 //! [`plan`] resolves what the file alone could not (ladder, step size, evaluation σ, device);
 //! [`trial`] runs the plan; [`outputs`] writes a standalone trial's files.
 
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod images;

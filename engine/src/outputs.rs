@@ -26,6 +26,10 @@ pub fn write_outputs(outcome: &TrialOutcome, dir: &Path) -> Result<(), EngineErr
     std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.to_path_buf(), source })?;
     let mut m = serde_json::Map::new();
     m.insert("status".into(), outcome.status.to_string().into());
+    m.insert("device".into(), outcome.device.clone().into());
+    if !outcome.trainer.is_empty() {
+        m.insert("trainer".into(), outcome.trainer.clone().into());
+    }
     if let TrialStatus::Diverged { step } = outcome.status {
         m.insert("diverged_step".into(), step.into());
     }

@@ -69,6 +69,10 @@ pub struct TrialOutcome {
     pub weights: Vec<(String, Tensor)>,
     /// Other files the trial made, as (name, media type, bytes): e.g. `samples.png`.
     pub files: Vec<(String, &'static str, Vec<u8>)>,
+    /// The device that ran the trial (`cpu`, `cuda:0`; `device::label`).
+    pub device: String,
+    /// The training step used (`fast_dsm`, `autograd`, …; empty for sleep trials).
+    pub trainer: String,
 }
 
 impl TrialOutcome {
@@ -77,13 +81,14 @@ impl TrialOutcome {
     }
 }
 
-/// Runs one trial on the calling thread (CPU heavy: call it off any async executor). Checks
-/// `cancel` between steps.
-pub fn run_trial(cfg: &TrialConfig, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+/// Runs one trial on `device` on the calling thread (CPU heavy: call it off any async
+/// executor). Checks `cancel` between steps. On the CPU, MLP score nets use the hand-derived
+/// steps where one exists; on a GPU everything goes through candle (`device::fast_paths`).
+pub fn run_trial(cfg: &TrialConfig, device: &Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
     match cfg {
         TrialConfig::Sleep(s) => Ok(sleep_trial(s, progress, cancel)),
-        TrialConfig::Train(t) => run_training(t, Device::Cpu, progress, cancel),
-        TrialConfig::Image(t) => crate::images::run::run_image_trial(t, Device::Cpu, progress, cancel),
+        TrialConfig::Train(t) => run_training(t, device.clone(), progress, cancel),
+        TrialConfig::Image(t) => crate::images::run::run_image_trial(t, device.clone(), progress, cancel),
     }
 }
 
@@ -113,6 +118,8 @@ fn sleep_trial(s: &SleepTrial, progress: &mut dyn FnMut(&Progress), cancel: &Ato
         data_sample: vec![],
         weights: vec![],
         files: vec![],
+        device: "cpu".into(),
+        trainer: String::new(),
     }
 }
 
@@ -230,6 +237,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
 
     let mut trainer =
         train::build(TrainSetup { model: model.as_ref(), varmap: &varmap, data: data.as_ref(), objective, batch: cfg.train.batch, lr: cfg.train.lr, device: device.clone() })?;
+    let trainer_name = trainer.name().to_string();
     let trained = train_loop(&mut plan, model.as_ref(), trainer.as_mut(), &evals, progress, cancel)?;
     drop(trainer);
 
@@ -297,7 +305,9 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     metrics.push(("eval_seconds".into(), setup_eval_seconds + trained.eval_seconds));
     metrics.push(("sample_seconds".into(), t_sample.elapsed().as_secs_f64()));
 
-    let mut weights: Vec<(String, Tensor)> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    // The weights leave the device (a GPU's memory is freed with the trial).
+    let mut weights: Vec<(String, Tensor)> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(TrialOutcome {
         status: trained.status,
@@ -308,6 +318,8 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
         data_sample: data_out,
         weights,
         files: Vec::new(),
+        device: crate::device::label(&device),
+        trainer: trainer_name,
     })
 }
 

@@ -105,7 +105,7 @@ fn image_trial(extra_model: &str, steps: u64, sampler: &str) -> String {
 fn short_training_lowers_the_held_out_loss_and_is_deterministic() {
     let src = image_trial("kind = \"mlp\"\nhidden = 256", 150, "kind = \"heun\"\nsteps = 5\nn = 20");
     let cfg = TrialConfig::from_str_at(&src, Path::new("img.toml")).unwrap();
-    let run = || trial::run_trial(&cfg, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let run = || trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     let o = run();
     assert_eq!(o.status, TrialStatus::Ok);
     let first = o.curve_rows[0][2];
@@ -125,7 +125,7 @@ fn short_training_lowers_the_held_out_loss_and_is_deterministic() {
 fn unet_trial_runs_end_to_end() {
     let src = image_trial("kind = \"unet\"\nchannels = 8\nmults = [1, 2]\ngroups = 4", 3, "kind = \"euler_maruyama\"\nsteps = 3\nn = 10");
     let cfg = TrialConfig::from_str_at(&src, Path::new("unet.toml")).unwrap();
-    let o = trial::run_trial(&cfg, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let o = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!(o.status, TrialStatus::Ok);
     assert_eq!((o.metric("steps_done"), o.metric("nfe")), (Some(3.0), Some(3.0)));
     assert!(o.metric("eval_loss").unwrap().is_finite());
@@ -153,6 +153,6 @@ fn image_trials_refuse_bad_keys_by_name() {
     }
     // A missing data directory is found before training, naming the directory.
     let cfg = TrialConfig::from_str_at(&base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\""), Path::new("t.toml")).unwrap();
-    let err = trial::run_trial(&cfg, &mut |_| {}, &AtomicBool::new(false)).err().expect("no data").to_string();
+    let err = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).err().expect("no data").to_string();
     assert!(err.contains("/nonexistent"), "{err}");
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use engine::device::{self, DeviceChoice};
 use engine::outputs::{json_number, weights_safetensors};
 use engine::trial::{self, TrialOutcome, TrialStatus};
 use schema::{Status, TrialConfig};
@@ -70,10 +71,46 @@ fn exit_with_parent(pid: u32) {
 /// Samples sent back for plots.
 const MAX_SAMPLES: usize = 2000;
 
-pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
+/// Where this worker's trials run: the GPU it found for `--device` (None: the CPU), and that
+/// GPU's description for the registration.
+struct Placement {
+    ordinal: Option<u32>,
+    gpus: Vec<device::GpuInfo>,
+    label: String,
+}
+
+fn placement(choice: DeviceChoice) -> anyhow::Result<Placement> {
+    let found = device::detect();
+    let ordinal = device::resolve(choice, &found).with_context(|| format!("--device {choice}"))?;
+    let gpus: Vec<device::GpuInfo> = found.gpus.iter().filter(|g| Some(g.index) == ordinal).cloned().collect();
+    let label = ordinal.map_or_else(|| "cpu".to_string(), |i| format!("cuda:{i}"));
+    match (gpus.first(), &found.note) {
+        (Some(g), _) => eprintln!("worker: trials run on {label} ({}, {:.1} GiB)", g.name, g.memory_bytes as f64 / (1u64 << 30) as f64),
+        (None, Some(note)) => eprintln!("worker: trials run on the CPU ({note})"),
+        (None, None) => eprintln!("worker: trials run on the CPU ({} GPU(s) not used: --device {choice})", found.gpus.len()),
+    }
+    Ok(Placement { ordinal, gpus, label })
+}
+
+/// The registration: cores, and the GPUs this worker's trials run on.
+fn register_request(args: &AgentArgs, place: &Placement) -> pb::RegisterRequest {
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        name: args.name.clone(),
+        cores,
+        gpus: place.gpus.len() as u32,
+        version: env!("CARGO_PKG_VERSION").into(),
+        gpu_devices: place.gpus.iter().map(|g| pb::GpuInfo { index: g.index, name: g.name.clone(), memory_bytes: g.memory_bytes }).collect(),
+        device: place.label.clone(),
+    }
+}
+
+pub fn run(url: &str, args: &AgentArgs, choice: DeviceChoice) -> anyhow::Result<()> {
     if let Some(pid) = args.parent_pid {
         exit_with_parent(pid);
     }
+    let place = placement(choice)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         if args.ignore_interrupt {
@@ -81,7 +118,7 @@ pub fn run(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
             let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
             tokio::spawn(async move { while sigint.recv().await.is_some() {} });
         }
-        agent(url, args).await
+        agent(url, args, &place).await
     })
 }
 
@@ -121,11 +158,10 @@ where
     }
 }
 
-async fn agent(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
+async fn agent(url: &str, args: &AgentArgs, place: &Placement) -> anyhow::Result<()> {
     let channel = Channel::from_shared(url.to_string()).context("bad coordinator URL")?.connect_lazy();
     let client = SweepClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let register = pb::RegisterRequest { protocol_version: PROTOCOL_VERSION, name: args.name.clone(), cores, gpus: 0, version: env!("CARGO_PKG_VERSION").into() };
+    let register = register_request(args, place);
     let register = || {
         retry(args, "register", || {
             let mut c = client.clone();
@@ -167,7 +203,7 @@ async fn agent(url: &str, args: &AgentArgs) -> anyhow::Result<()> {
             }
         };
         match reply.reply {
-            Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args).await?,
+            Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args, place.ordinal).await?,
             Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.0, 30.0))).await,
             Some(lease_reply::Reply::Done(_)) | None => return Ok(()),
         }
@@ -181,7 +217,7 @@ struct Shared {
 
 /// Runs one leased trial, heartbeating meanwhile, and delivers its report; returns the next
 /// lease the coordinator sent back with the report, if any.
-async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, args: &AgentArgs) -> anyhow::Result<Option<pb::LeaseReply>> {
+async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, args: &AgentArgs, ordinal: Option<u32>) -> anyhow::Result<Option<pb::LeaseReply>> {
     let started = Instant::now();
     let shared = Arc::new(Shared { progress: Mutex::new(trial::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
@@ -192,7 +228,9 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
             let out = (|| {
                 let v: toml::Value = toml::from_str(&src).map_err(|e| format!("trial TOML: {e}"))?;
                 let cfg = TrialConfig::from_value(&v).map_err(|e| format!("invalid trial: {e}"))?;
-                trial::run_trial(&cfg, &mut |p| *shared.progress.lock().expect("progress lock") = p.clone(), &shared.cancel).map_err(|e| e.to_string())
+                // Opened on this thread: a CUDA device's stream belongs to the thread using it.
+                let dev = device::open(ordinal).map_err(|e| e.to_string())?;
+                trial::run_trial(&cfg, &dev, &mut |p| *shared.progress.lock().expect("progress lock") = p.clone(), &shared.cancel).map_err(|e| e.to_string())
             })();
             let _ = tx.send(out);
         });
@@ -227,6 +265,10 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
         }
         files.extend(o.files.iter().cloned());
     }
+    match &outcome {
+        Ok(o) => eprintln!("worker: trial {} {} on {} ({}) in {:.1}s", short(&lease.trial_hash), o.status, o.device, o.trainer, started.elapsed().as_secs_f64()),
+        Err(e) => eprintln!("worker: trial {} failed: {e}", short(&lease.trial_hash)),
+    }
     let mut report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
     for (name, media_type, bytes) in files {
         match upload(client, id, lease.attempt_id, &name, media_type, bytes, args).await {
@@ -250,6 +292,11 @@ async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, ar
             Ok(None)
         }
     }
+}
+
+/// The first 12 characters of a trial hash, for logs.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// Streams one artifact in chunks of at most `MAX_CHUNK_BYTES`; transport failures are
@@ -303,6 +350,7 @@ fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>,
         }
         Ok(o) => {
             r.status = status_to_wire(o.status.into());
+            r.device = o.device.clone();
             if let TrialStatus::Diverged { step } = o.status {
                 r.diverged_step = Some(step);
             }
@@ -316,4 +364,33 @@ fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>,
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build without the `cuda` feature registers as a CPU worker: 0 GPUs, none listed,
+    /// device "cpu", whatever `--device` asks short of a GPU (which is refused).
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_cuda_the_worker_registers_no_gpu() {
+        for choice in [DeviceChoice::Auto, DeviceChoice::Cpu] {
+            let place = placement(choice).unwrap();
+            let r = register_request(&AgentArgs { name: "w".into(), ..Default::default() }, &place);
+            assert_eq!((r.gpus, r.gpu_devices.len(), r.device.as_str(), place.ordinal), (0, 0, "cpu", None), "{choice}");
+        }
+        let e = placement(DeviceChoice::Cuda(0)).err().expect("no GPU to use");
+        assert_eq!(format!("{e:#}"), "--device cuda:0: cannot use cuda:0: built without the `cuda` feature");
+    }
+
+    /// The registration lists the GPU the worker uses, with its count.
+    #[test]
+    fn a_gpu_placement_is_advertised() {
+        let gpu = device::GpuInfo { index: 1, name: "NVIDIA H100 80GB HBM3".into(), memory_bytes: 85_029_158_912 };
+        let place = Placement { ordinal: Some(1), gpus: vec![gpu], label: "cuda:1".into() };
+        let r = register_request(&AgentArgs::default(), &place);
+        assert_eq!((r.gpus, r.device.as_str()), (1, "cuda:1"));
+        assert_eq!(r.gpu_devices, vec![pb::GpuInfo { index: 1, name: "NVIDIA H100 80GB HBM3".into(), memory_bytes: 85_029_158_912 }]);
+    }
 }

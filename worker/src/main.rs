@@ -1,6 +1,8 @@
 //! The `worker` binary: `worker trial FILE.toml --out DIR` runs one trial standalone;
 //! `worker --coordinator URL` joins a sweep and runs trials leased over gRPC (see `agent`);
-//! `worker bench` times one engine case. The engine itself (crate `engine`) knows nothing of
+//! `worker bench` times one engine case; `worker devices` lists the GPUs it can see. Trials run
+//! on `--device` (`auto`: the first GPU of a `cuda` build with a driver, else the CPU). The
+//! engine itself (crate `engine`) knows nothing of
 //! gRPC: this binary is the only place where the two meet.
 
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
+use engine::device::{self, DeviceChoice};
 use engine::{outputs, trial};
 use schema::TrialConfig;
 
@@ -21,6 +24,9 @@ struct Cli {
     /// Join the coordinator at this URL (e.g. http://127.0.0.1:50051) and run leased trials.
     #[arg(long)]
     coordinator: Option<String>,
+    /// Where trials run: cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU).
+    #[arg(long, global = true, default_value = "auto")]
+    device: DeviceChoice,
     #[command(flatten)]
     agent: agent::AgentArgs,
 }
@@ -36,6 +42,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         progress_every: u64,
     },
+    /// List the GPUs this worker can see (and whether it was built with CUDA).
+    Devices,
     /// Time one engine case (JSON line on stdout); see benches/compare.sh for the side-by-side run.
     Bench {
         /// dsm | ssm | ssm_vr | ism | sample
@@ -54,9 +62,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.coordinator) {
-        (Some(Command::Trial { file, out, progress_every }), _) => run_trial(&file, &out, progress_every),
+        (Some(Command::Trial { file, out, progress_every }), _) => run_trial(&file, &out, progress_every, cli.device),
+        (Some(Command::Devices), _) => list_devices(),
         (Some(Command::Bench { case, threads, dim, iters }), _) => run_bench(&case, threads, dim, iters),
-        (None, Some(url)) => match agent::run(&url, &cli.agent) {
+        (None, Some(url)) => match agent::run(&url, &cli.agent, cli.device) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("worker: {e:#}");
@@ -70,7 +79,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64) -> ExitCode {
+/// `worker devices`: one `key: value` line each (`cuda:`, `gpus:`, `gpu N:`, `note:`).
+fn list_devices() -> ExitCode {
+    let found = device::detect();
+    println!("cuda: {}", if device::CUDA_COMPILED { "compiled in" } else { "not compiled in" });
+    println!("gpus: {}", found.gpus.len());
+    for g in &found.gpus {
+        println!("gpu {}: {}, {:.1} GiB", g.index, g.name, g.memory_bytes as f64 / (1u64 << 30) as f64);
+    }
+    if let Some(note) = &found.note {
+        println!("note: {note}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64, choice: DeviceChoice) -> ExitCode {
     let cfg = match TrialConfig::from_file(file) {
         Ok(c) => c,
         Err(e) => {
@@ -78,6 +101,18 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
             return ExitCode::from(2);
         }
     };
+    let found = device::detect();
+    let dev = match device::select(choice, &found) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --device {choice}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match found.gpus.iter().find(|g| device::label(&dev) == format!("cuda:{}", g.index)) {
+        Some(g) => eprintln!("device = {} ({})", device::label(&dev), g.name),
+        None => eprintln!("device = {}", device::label(&dev)),
+    }
     let cancel = AtomicBool::new(false);
     let mut last_eval = u64::MAX;
     let mut report = |p: &trial::Progress| {
@@ -90,7 +125,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
             }
         }
     };
-    let outcome = match trial::run_trial(&cfg, &mut report, &cancel) {
+    let outcome = match trial::run_trial(&cfg, &dev, &mut report, &cancel) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("worker: trial failed: {e}");
@@ -101,7 +136,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64)
         eprintln!("worker: {e}");
         return ExitCode::FAILURE;
     }
-    eprintln!("status = {}; wrote {}", outcome.status, out.display());
+    eprintln!("status = {}; device = {}; trainer = {}; wrote {}", outcome.status, outcome.device, outcome.trainer, out.display());
     ExitCode::SUCCESS
 }
 

@@ -1,5 +1,6 @@
 //! The `worker trial` command line: outputs on success, located errors with exit code 2 and
-//! nothing written on bad input, and `status = diverged` with the step on blow-up.
+//! nothing written on bad input, and `status = diverged` with the step on blow-up; `worker
+//! devices` and `--device` (a build without the `cuda` feature has no GPU and runs on the CPU).
 
 use std::path::Path;
 use std::process::Command;
@@ -27,6 +28,10 @@ fn trial_writes_its_outputs() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["status"], "ok");
+    // `--device auto` (the default): the CPU here, with the hand-derived DSM step.
+    if !cfg!(feature = "cuda") {
+        assert_eq!((metrics["device"].as_str(), metrics["trainer"].as_str()), (Some("cpu"), Some("fast_dsm")));
+    }
     for k in ["l_esm", "l_ism", "gap", "gap_se", "c_true", "l_dsm", "dsm_gap", "c_dsm", "fd", "swd", "mmd", "mode_weight_err"] {
         assert!(metrics[k].is_number(), "metrics.json lacks {k}");
     }
@@ -101,4 +106,38 @@ fn metrics_do_not_depend_on_the_thread_count() {
             }
         }
     }
+}
+
+/// Without the `cuda` feature the worker sees no GPU and says why; `--device cpu` and `auto` run
+/// on the CPU; `--device cuda` is refused with exit code 2 before anything is written, and a
+/// device that is not one is refused by the command line.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_build_without_cuda_reports_no_gpu_and_runs_on_the_cpu() {
+    let st = worker().arg("devices").output().unwrap();
+    assert!(st.status.success());
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert_eq!(text, "cuda: not compiled in\ngpus: 0\nnote: built without the `cuda` feature\n");
+
+    let dir = tmpdir("device");
+    let file = dir.join("t.toml");
+    std::fs::write(&file, TINY.replace("steps = 40", "steps = 2").replace("eval_every = 20", "eval_every = 2")).unwrap();
+    for device in ["cpu", "auto"] {
+        let out = dir.join(format!("out-{device}"));
+        let st = worker().args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", device]).output().unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(st.status.success(), "{err}");
+        assert!(err.contains("device = cpu"), "{device}: {err}");
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(m["device"], "cpu", "{device}: {m}");
+    }
+    let out = dir.join("out-cuda");
+    let st = worker().args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cuda"]).output().unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(2), "{err}");
+    assert!(err.contains("--device cuda:0: cannot use cuda:0: built without the `cuda` feature"), "{err}");
+    assert!(!out.exists());
+    let st = worker().args(["trial", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "gpu"]).output().unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("expected cpu, cuda, cuda:N or auto"));
 }

@@ -16,7 +16,7 @@ const TRAIN: &str =
 /// Runs `src` to completion and checks its metrics against the required keys.
 fn check(src: &str) {
     let cfg = TrialConfig::from_value(&toml::from_str(src).unwrap()).unwrap_or_else(|e| panic!("{e}\n{src}"));
-    let out = run_trial(&cfg, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let out = run_trial(&cfg, &engine::device::open(None).unwrap(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!(out.status, TrialStatus::Ok, "{src}");
     for key in cfg.required_metrics() {
         let v = out.metric(key).unwrap_or_else(|| panic!("required metric `{key}` not produced by:\n{src}\n(got {:?})", out.metrics));

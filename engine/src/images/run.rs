@@ -271,7 +271,18 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         v
     };
     let data_sample: Vec<Vec<f32>> = eval.x.chunks(d).take(100).map(|c| c.to_vec()).collect();
-    Ok(TrialOutcome { status, metrics, curve_columns: columns, curve_rows: rows, samples: samples_out, data_sample, weights, files })
+    Ok(TrialOutcome {
+        status,
+        metrics,
+        curve_columns: columns,
+        curve_rows: rows,
+        samples: samples_out,
+        data_sample,
+        weights,
+        files,
+        device: crate::device::label(&dev),
+        trainer: "autograd".into(),
+    })
 }
 
 /// σ levels and draws per level of the "which digit" test (antithetic noise pairs).

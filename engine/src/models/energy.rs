@@ -5,7 +5,7 @@
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 
-use super::layers::{ActivationOps, Arch, Dense, Probes, Tangents, build_layers, first_tangent, inputs};
+use super::layers::{ActivationOps, Arch, Dense, Probes, Tangents, build_layers, first_tangent, input_weights, inputs};
 use crate::rng::Rng;
 
 /// The energy net q(x, σ; θ): p_θ ∝ e^q, S = ∇ₓq in closed form.
@@ -56,7 +56,7 @@ impl EnergyNet {
             dzs[l] = Some((dz, dh.clone()));
         }
         let dz1 = dzs[0].as_ref().expect("depth ≥ 1").0.clone();
-        let w1x = self.layers[0].w.narrow(1, 0, self.arch.dim)?;
+        let w1x = input_weights(&self.layers[0].w, self.arch.dim)?;
         let mut s = dz1.matmul(&w1x)?;
         if let Some(c) = &scale {
             s = s.broadcast_mul(c)?;
@@ -99,7 +99,7 @@ impl EnergyNet {
             }
             ddz = Some(v);
         }
-        let w1x = self.layers[0].w.narrow(1, 0, self.arch.dim)?;
+        let w1x = input_weights(&self.layers[0].w, self.arch.dim)?;
         Ok(Tangents { score: pass.score, t: ddz.expect("depth ≥ 1"), p: w1x.t()?, scale: pass.scale })
     }
 }

@@ -181,9 +181,16 @@ pub(crate) fn build_layers(arch: &Arch, out_dim: usize, varmap: &VarMap, rng: &m
     Ok((layers, Dense::new(varmap, "out", fan_in, out_dim, rng, dev)?))
 }
 
+/// W₁ₓ, the first layer's weights on x (its first `dim` columns), as a contiguous (H, D)
+/// matrix: candle's CUDA matmul (cuBLAS) refuses a matrix whose row stride is not its width,
+/// which a column slice of W₁ = [W₁ₓ | W₁σ] is.
+pub(crate) fn input_weights(w1: &Tensor, dim: usize) -> Result<Tensor> {
+    w1.narrow(1, 0, dim)?.contiguous()
+}
+
 /// dz₁ for the given probes: V·W₁ₓᵀ, or columns of W₁ₓ for basis probes.
 pub(crate) fn first_tangent(w1: &Tensor, dim: usize, probes: &Probes) -> Result<Tensor> {
-    let w1x = w1.narrow(1, 0, dim)?; // (H, D)
+    let w1x = input_weights(w1, dim)?; // (H, D)
     match probes {
         Probes::Vectors(v) => {
             let (k, n, d) = v.dims3()?;

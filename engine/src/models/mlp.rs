@@ -4,7 +4,7 @@
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
 
-use super::layers::{ActivationOps, Arch, Dense, Probes, Tangents, build_layers, first_tangent, inputs};
+use super::layers::{ActivationOps, Arch, Dense, Probes, Tangents, build_layers, first_tangent, input_weights, inputs};
 use crate::rng::Rng;
 
 /// The noise-conditional MLP score net.
@@ -48,7 +48,7 @@ impl MlpScore {
             h = a;
         }
         let mut s = self.out.forward(&h)?;
-        let w1x = self.layers[0].w.narrow(1, 0, self.arch.dim)?;
+        let w1x = input_weights(&self.layers[0].w, self.arch.dim)?;
         let m = w1x.matmul(&self.out.w)?; // (H, H)
         let mut tr = if self.arch.depth == 1 {
             let n = m.dim(0)?;

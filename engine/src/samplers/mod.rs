@@ -62,8 +62,8 @@ impl Scorer for Counting<'_> {
 /// The fastest scorer for a model: the plain forward pass for MLP score nets on CPU, candle
 /// otherwise.
 pub fn scorer_for<'a>(model: &'a dyn ScoreModel, device: &Device) -> Result<Box<dyn Scorer + 'a>> {
-    Ok(match (model.as_any().downcast_ref::<MlpScore>(), device) {
-        (Some(m), Device::Cpu) => Box::new(FastForward::new(m)?),
+    Ok(match model.as_any().downcast_ref::<MlpScore>() {
+        Some(m) if crate::device::fast_paths(device) => Box::new(FastForward::new(m)?),
         _ => Box::new(CandleScorer { model, dim: model.arch().dim, device: device.clone() }),
     })
 }

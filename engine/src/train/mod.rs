@@ -49,7 +49,10 @@ pub fn build<'a>(setup: TrainSetup<'a>) -> Result<Box<dyn Trainer + 'a>> {
 
 /// The registry of hand-derived steps: (model type, objective) → step. CPU only.
 fn fast_trainer<'a>(s: &TrainSetup<'a>) -> Result<Option<Box<dyn Trainer + 'a>>> {
-    let (Some(m), Device::Cpu) = (s.model.as_any().downcast_ref::<MlpScore>(), &s.device) else { return Ok(None) };
+    if !crate::device::fast_paths(&s.device) {
+        return Ok(None);
+    }
+    let Some(m) = s.model.as_any().downcast_ref::<MlpScore>() else { return Ok(None) };
     let d = m.arch.dim;
     let sigmas = s.objective.sigmas.clone();
     let step: FastStep = match s.objective.kind {
