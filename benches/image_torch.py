@@ -33,7 +33,7 @@ def fourier(c_noise, k):
 
 
 class Unet(nn.Module):
-    def __init__(s, c=32, mults=(1, 2, 2), blocks=1, emb=128, g=8):
+    def __init__(s, c=40, mults=(1, 2, 2), blocks=1, emb=160, g=8):
         super().__init__()
         s.c, s.half = c, c // 2
         s.conv_in = nn.Conv2d(1, c, 3, padding=1)

@@ -172,7 +172,8 @@ pub struct ImageMlpSpec {
     pub class_cond: bool,
 }
 
-/// A U-Net on 1-channel images: `channels` at the top level, ×`mults[i]` at level i (each
+/// A U-Net on 1-channel images (default: 40 channels, mults [1, 2, 2], one block per level,
+/// 1.21 M parameters): `channels` at the top level, ×`mults[i]` at level i (each
 /// level after the first halves the resolution), `blocks` residual blocks per level, a
 /// σ embedding of width `emb`, GroupNorm with `groups` groups, and an optional class embedding.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,7 +304,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     let model = match m.kind.as_str() {
         "unet" => {
             only(&["channels", "mults", "blocks", "groups"])?;
-            let channels = in_range("model.channels", m.channels.unwrap_or(32), 4, 512)?;
+            let channels = in_range("model.channels", m.channels.unwrap_or(40), 4, 512)?;
             let mults = m.mults.clone().unwrap_or_else(|| vec![1, 2, 2]);
             if mults.is_empty() || mults.len() > 3 || mults.iter().any(|&x| x == 0 || x > 8) {
                 return Err(field("model.mults", format!("needs 1 to 3 levels, each a multiplier from 1 to 8 (28×28 images halve at most twice; got {mults:?})")));

@@ -42,9 +42,11 @@ impl Denoiser for Guided<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
         let s = Tensor::full(sigma as f32, n, x.device())?;
-        let cond = self.net.denoise(x, &s, self.labels.as_ref())?;
+        // Detached: a sampler chains dozens of evaluations, and candle would otherwise keep
+        // every one's activations alive for a backward pass that never comes.
+        let cond = self.net.denoise(x, &s, self.labels.as_ref())?.detach();
         match (&self.null, self.w > 0.0) {
-            (Some(null), true) => (cond * (1.0 + self.w))? - (self.net.denoise(x, &s, Some(null))? * self.w)?,
+            (Some(null), true) => (cond * (1.0 + self.w))? - (self.net.denoise(x, &s, Some(null))?.detach() * self.w)?,
             _ => Ok(cond),
         }
     }
@@ -102,7 +104,7 @@ fn eval_loss(net: &dyn ImageNet, set: &EvalSet, h: usize, w: usize, sd: f64, con
         let sig = Tensor::from_slice(&set.sigmas[start..end], end - start, dev)?;
         let y = (&x + e.broadcast_mul(&sig.reshape((end - start, 1, 1, 1))?)?)?;
         let labels = if cond { Some(Tensor::from_slice(&set.labels[start..end], end - start, dev)?) } else { None };
-        let den = net.denoise(&y, &sig, labels.as_ref())?;
+        let den = net.denoise(&y, &sig, labels.as_ref())?.detach();
         let per = (den - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         total += per.iter().zip(&set.sigmas[start..end]).map(|(l, &s)| l * weight(s as f64, sd)).sum::<f64>();
     }
@@ -365,7 +367,7 @@ fn digit_metrics(
                 let xt = tensor(&x[start * d..end * d], h, w, dev)?;
                 let st = Tensor::from_slice(&sig[start..end], end - start, dev)?;
                 let lt = Tensor::from_vec(lab[start..end].iter().map(|&l| l as u32).collect::<Vec<u32>>(), end - start, dev)?;
-                let den = net.denoise(&xt, &st, Some(&lt))?;
+                let den = net.denoise(&xt, &st, Some(&lt))?.detach();
                 let sc = (den - &xt)?.broadcast_div(&st.sqr()?.reshape((end - start, 1, 1, 1))?)?;
                 out.extend(sc.flatten_all()?.to_vec1::<f32>()?);
             }
