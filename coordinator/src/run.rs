@@ -107,13 +107,22 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         // Woken by every finished or re-queued attempt (and a stop); the timeout keeps the
         // progress bar and the worker-exit check going in between.
         let mut changed = shared.store.changed();
+        let mut warned_gpu = false;
         loop {
             let _ = tokio::time::timeout(Duration::from_millis(250), changed.changed()).await;
             changed.borrow_and_update();
             let c = shared.store.call(|st| st.counts()).await?;
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);
-            bar.set_message(format!("done {} running {} failed {} queued {}", c.done, c.running, c.failed, c.queued));
+            let shortage = shared.store.call(|st| st.gpu_shortage()).await?;
+            let waiting = if shortage && c.queued > 0 { " — waiting: the sweep needs GPUs (gpu = true) and no GPU worker is connected" } else { "" };
+            bar.set_message(format!("done {} running {} failed {} queued {}{waiting}", c.done, c.running, c.failed, c.queued));
+            if shortage && !warned_gpu && !opts.quiet {
+                warned_gpu = true;
+                bar.suspend(|| {
+                    eprintln!("the sweep needs GPUs (gpu = true) and no connected worker has one: its trials wait for a GPU worker (worker --coordinator {url} --device cuda)")
+                });
+            }
             let stopping = shared.stopping.load(Ordering::SeqCst);
             if c.queued + c.running == 0 || (stopping && c.running == 0) {
                 break;

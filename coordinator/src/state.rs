@@ -251,6 +251,8 @@ pub struct State {
     /// Set when a change may wake a waiting lease: a trial went back to the queue or an attempt
     /// ended (the sweep may be complete). The store clears it after each commit.
     pub(crate) woke: bool,
+    /// What the sweep's trials need of a worker (`gpu = true`: a GPU), set by [`State::sync`].
+    need: crate::resources::Need,
 }
 
 impl State {
@@ -267,7 +269,7 @@ impl State {
             Ok(())
         };
         setup().map_err(|source| LayoutError::Sql { path: path.to_path_buf(), source })?;
-        Ok(State { conn, max_attempts, timeout, woke: false })
+        Ok(State { conn, max_attempts, timeout, woke: false, need: crate::resources::Need::default() })
     }
 
     /// Runs `sql` through the prepared-statement cache (the hot paths run the same few
@@ -315,6 +317,7 @@ impl State {
     /// leftovers of an interrupted run re-queued, failed ones re-queued on `retry_failed`, and
     /// trials the edited sweep no longer expands to marked out of sweep.
     pub fn sync(&mut self, sweep: &Sweep, retry_failed: bool) -> rusqlite::Result<SyncSummary> {
+        self.need = crate::resources::Need { gpu: sweep.gpu, min_gpu_memory_bytes: None };
         let t = now();
         let tx = self.conn.savepoint()?;
         tx.execute(
@@ -403,6 +406,25 @@ impl State {
         Ok(self.held(worker, attempt)?.map(|a| a.outcome))
     }
 
+    /// What a registered worker offers (its cores and GPU count as it registered them).
+    pub fn offer(&self, worker: &str) -> rusqlite::Result<crate::resources::Offer> {
+        let row: Option<(u32, u32)> =
+            self.conn.prepare_cached("SELECT cores, gpus FROM workers WHERE id = ?1")?.query_row(params![worker], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let (cores, gpus) = row.unwrap_or((0, 0));
+        let gpus = (0..gpus).map(|i| crate::resources::Gpu { index: i, name: String::new(), memory_bytes: u64::MAX }).collect();
+        Ok(crate::resources::Offer { cores, gpus })
+    }
+
+    /// Whether the sweep needs GPUs and no registered worker has one (said at once in the
+    /// progress line and by `status`, instead of waiting silently).
+    pub fn gpu_shortage(&self) -> rusqlite::Result<bool> {
+        if !self.need.gpu {
+            return Ok(false);
+        }
+        let with_gpu: i64 = self.conn.prepare_cached("SELECT COUNT(*) FROM workers WHERE gpus > 0")?.query_row([], |r| r.get(0))?;
+        Ok(with_gpu == 0)
+    }
+
     /// Leases the next queued trial of the sweep to `worker`, or None when nothing is queued.
     /// Unchecked: the protocol goes through [`State::next_lease`], which checks the worker.
     pub fn lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Option<Lease>> {
@@ -426,6 +448,14 @@ impl State {
     pub fn next_lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Result<LeaseOutcome, Refusal>> {
         if !self.is_registered(worker)? {
             return Ok(Err(Refusal::UnknownWorker(worker.to_string())));
+        }
+        // Resource matching: a worker that cannot run the sweep's trials (a CPU worker when
+        // they need a GPU) is never leased one; it waits while others can still finish them.
+        if crate::resources::fits(&self.need, &self.offer(worker)?).is_err() {
+            return Ok(Ok(match self.counts()? {
+                c if c.queued == 0 && c.running == 0 => LeaseOutcome::Done,
+                c => LeaseOutcome::Wait { running: c.running.max(1) },
+            }));
         }
         Ok(Ok(match self.lease(worker, lease_secs)? {
             Some(l) => LeaseOutcome::Leased(l),

@@ -293,6 +293,33 @@ fn lease_outcomes_and_a_diverged_trial_counts_as_unusable_everywhere() {
     assert_eq!(count(&dir, "SELECT COUNT(*) FROM results WHERE status = 'diverged' AND diverged_step = 7"), 1);
 }
 
+/// Resource matching: the trials of a `gpu = true` sweep are never leased to a CPU worker
+/// (it waits, and the shortage is visible at once) and go to a GPU worker as soon as one
+/// registers; the trials of a CPU sweep go to either.
+#[test]
+fn gpu_trials_go_only_to_gpu_workers() {
+    for (gpu_sweep, cpu_gets_one) in [(true, false), (false, true)] {
+        let dir = tmpdir(&format!("gpu-{gpu_sweep}"));
+        let src = format!("name = \"g\"\ngpu = {gpu_sweep}\nseeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n");
+        let path = dir.join("g.toml");
+        std::fs::write(&path, &src).unwrap();
+        let sweep = Sweep::parse(&src, &path).unwrap();
+        let mut st = State::open(&dir.join("state.db"), 1, sweep.timeout).unwrap();
+        st.sync(&sweep, false).unwrap();
+        let cpu = st.atomic(|st| st.register("cpu", 16, 0, "test")).unwrap();
+        let got = st.atomic(|st| st.next_lease(&cpu, 60.0)).unwrap().unwrap();
+        assert_eq!(matches!(got, LeaseOutcome::Leased(_)), cpu_gets_one, "gpu sweep {gpu_sweep}: CPU worker got {got:?}");
+        assert_eq!(st.gpu_shortage().unwrap(), gpu_sweep, "no GPU worker yet");
+        if gpu_sweep {
+            assert!(matches!(got, LeaseOutcome::Wait { .. }), "{got:?}");
+        }
+        let gpu = st.atomic(|st| st.register("gpu", 16, 1, "test")).unwrap();
+        assert!(!st.gpu_shortage().unwrap());
+        let got = st.atomic(|st| st.next_lease(&gpu, 60.0)).unwrap().unwrap();
+        assert!(matches!(got, LeaseOutcome::Leased(_)), "GPU worker: {got:?}");
+    }
+}
+
 /// Serves a fresh sweep of `n` trials whose artifacts may be at most `max_bytes`, runs `f` with
 /// a client, and returns the shared state once the server has stopped.
 fn with_server<Fut: std::future::Future<Output = ()>>(dir: &Path, n: usize, max_bytes: u64, f: impl FnOnce(SweepClient<tonic::transport::Channel>) -> Fut) -> Arc<Shared> {
