@@ -60,14 +60,16 @@ struct Ema {
 
 impl Ema {
     fn new(vars: &[Var], decay: f64) -> candle_core::Result<Self> {
-        Ok(Ema { decay, shadow: vars.iter().map(|v| Ok((v.clone(), v.as_tensor().copy()?))).collect::<candle_core::Result<_>>()? })
+        Ok(Ema { decay, shadow: vars.iter().map(|v| Ok((v.clone(), v.as_tensor().detach().copy()?))).collect::<candle_core::Result<_>>()? })
     }
 
     /// shadow ← d·shadow + (1 − d)·w with d warmed up as min(decay, (1 + step)/(10 + step)).
     fn update(&mut self, step: u64) -> candle_core::Result<()> {
         let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
         for (v, s) in &mut self.shadow {
-            *s = ((&*s * d)? + (v.as_tensor() * (1.0 - d))?)?;
+            // Detached: otherwise each shadow keeps the previous one (and the weights) alive
+            // through candle's graph, and memory grows by a model's size every step.
+            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?.detach();
         }
         Ok(())
     }
@@ -75,7 +77,7 @@ impl Ema {
     /// Swaps the shadow weights into the variables (call twice to swap back).
     fn swap(&mut self) -> candle_core::Result<()> {
         for (v, s) in &mut self.shadow {
-            let cur = v.as_tensor().copy()?;
+            let cur = v.as_tensor().detach().copy()?;
             v.set(s)?;
             *s = cur;
         }
