@@ -110,6 +110,10 @@ cuda_cargo() {
         RUSTFLAGS="${RUSTFLAGS:-} -L native=$link" cargo "$@"
 }
 start=$(date +%s)
+# The workspace's own crates are rebuilt from this checkout: in a target directory shared by
+# checkouts at other paths (CI's fresh clones), cargo would take another checkout's outputs of
+# a same-named crate as up to date. Dependencies (candle's kernels) stay cached.
+cuda_cargo clean --release -p worker -p engine -p schema -p sweep-proto 2>/dev/null || true
 cuda_cargo build --release --locked -p worker --features cuda
 bin=$CARGO_TARGET_DIR/release/worker
 step "built in $(($(date +%s) - start)) s"

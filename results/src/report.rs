@@ -237,6 +237,14 @@ fn artifacts_section(md: &mut String, state: &State) {
         }
     }
     md.push('\n');
+    // Images (sample grids) are shown, one per trial, with the trial's differing keys.
+    let varying = table_keys(&state.in_sweep().collect::<Vec<&Trial>>());
+    for t in state.trials.iter().filter(|t| t.in_sweep) {
+        for a in t.artifacts.iter().filter(|a| a.name.ends_with(".png")) {
+            let label: Vec<String> = varying.iter().filter_map(|k| Some(format!("{k}={}", t.config_display(k)?))).collect();
+            let _ = writeln!(md, "**`{}`** {}\n\n![{} of {}]({})\n", t.short_hash(), label.join(", "), a.name, t.short_hash(), a.rel_path);
+        }
+    }
 }
 
 fn out_of_sweep_section(md: &mut String, state: &State) {

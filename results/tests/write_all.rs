@@ -156,6 +156,7 @@ fn main_db(dir: &Path) -> Db {
     db.curve("aaaa1111", &good_curve());
     db.samples("aaaa1111", &points(1.0), &points(1.05));
     db.artifact("aaaa1111", "model.safetensors", 1234, &"ab".repeat(32));
+    db.artifact("aaaa1111", "grid.png", 99, &"cd".repeat(32));
 
     db.trial("bbbb2222", 1, auto_eps(config("ncsn2d", "dsm", 10.0, "annealed_langevin", 0)), true, Status::Done, None);
     db.result("bbbb2222", annealed_metrics(-1.95, 0.81, 0.1, 10.0)); // best θ; annealed w_0 off by 0.01
@@ -444,6 +445,8 @@ fn report_lists_artifacts_per_trial() {
         assert!(section.contains(s), "artifacts section lacks {s:?}:\n{section}");
     }
     assert!(!section.contains("bbbb2222"), "{section}");
+    // An image artifact is shown, not only linked.
+    assert!(report.contains("![grid.png of aaaa1111](artifacts/aaaa1111/grid.png)"), "{report}");
 }
 
 #[test]
