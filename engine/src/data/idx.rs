@@ -113,8 +113,11 @@ fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
     [format!("{stem}.gz"), stem.to_string()].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
 }
 
+/// An `MD5SUMS` file and its (hex digest, file name) lines.
+type Sums = (PathBuf, Vec<(String, String)>);
+
 /// Checksums from `dir/MD5SUMS` (`<hex>  <file name>` per line), if the file exists.
-fn md5sums(dir: &Path) -> Result<Option<(PathBuf, Vec<(String, String)>)>, IdxError> {
+fn md5sums(dir: &Path) -> Result<Option<Sums>, IdxError> {
     let path = dir.join("MD5SUMS");
     if !path.is_file() {
         return Ok(None);
@@ -132,7 +135,7 @@ fn md5sums(dir: &Path) -> Result<Option<(PathBuf, Vec<(String, String)>)>, IdxEr
     Ok(Some((path, sums)))
 }
 
-fn check_md5(file: &Path, sums: &Option<(PathBuf, Vec<(String, String)>)>) -> Result<(), IdxError> {
+fn check_md5(file: &Path, sums: &Option<Sums>) -> Result<(), IdxError> {
     let Some((sums_path, list)) = sums else { return Ok(()) };
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let Some((expected, _)) = list.iter().find(|(_, n)| n == name) else { return Ok(()) };
