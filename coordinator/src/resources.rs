@@ -59,7 +59,8 @@ pub fn fits(need: &Need, offer: &Offer) -> Result<(), Mismatch> {
 /// is allowed but second best (1).
 pub fn preference(need: &Need, offer: &Offer) -> Option<u8> {
     fits(need, offer).ok()?;
-    Some(if need.gpu == !offer.gpus.is_empty() { 2 } else { 1 })
+    let has_gpu = !offer.gpus.is_empty();
+    Some(if need.gpu == has_gpu { 2 } else { 1 })
 }
 
 #[cfg(test)]

@@ -186,7 +186,8 @@ mod tests {
     #[test]
     fn choices_resolve_against_what_was_found() {
         // (choice, GPUs found, ordinal or the error's words)
-        let table: [(DeviceChoice, u32, Result<Option<u32>, &str>); 7] = [
+        type Row = (DeviceChoice, u32, Result<Option<u32>, &'static str>);
+        let table: [Row; 7] = [
             (DeviceChoice::Cpu, 0, Ok(None)),
             (DeviceChoice::Cpu, 2, Ok(None)),
             (DeviceChoice::Auto, 0, Ok(None)),
