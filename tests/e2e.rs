@@ -232,17 +232,59 @@ fn worker_killed_mid_trial_loses_nothing() {
     std::fs::write(&sweep, "timeout = 60\nretries = 2\nrepeats = 3\n[base]\nseed = 0\n[base.sleep]\nseconds = 1.5\n").unwrap();
     let out = dir.join("out");
     let (mut coord, url) = serve(&sweep, &out, "1.0");
-    let mut victim = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "victim"]).spawn().unwrap();
+    let token = out.join("token");
+    let mut victim = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "victim"]).arg("--token-file").arg(&token).spawn().unwrap();
     wait_for("a lease", 20.0, || out.join("state.db").exists() && count(&out, "SELECT COUNT(*) FROM attempts WHERE worker LIKE 'victim%'") > 0);
     std::thread::sleep(Duration::from_millis(300));
     victim.kill().unwrap(); // SIGKILL
     victim.wait().unwrap();
-    let mut rescuer = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "rescuer"]).spawn().unwrap();
+    let mut rescuer = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "rescuer"]).arg("--token-file").arg(&token).spawn().unwrap();
     assert!(rescuer.wait().unwrap().success());
     assert!(coord.wait().unwrap().success());
     assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 3, "each trial once");
     assert_eq!(count(&out, "SELECT COUNT(*) FROM trials WHERE status = 'done'"), 3);
     assert!(count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'") >= 1, "the killed attempt expired and is kept");
+}
+
+/// The control plane's token: written mode 0600 in the output directory, required of every
+/// call (a worker without it, or with a wrong one, is refused and exits with a message), handed
+/// through the environment or a file, and on no process's command line.
+#[test]
+fn workers_need_the_runs_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp("token");
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "timeout = 60\nrepeats = 4\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.5\n").unwrap();
+    let out = dir.join("out");
+    let (mut coord, url) = serve(&sweep, &out, "5.0");
+    let token_path = out.join("token");
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    assert_eq!(token.len(), 64);
+    assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "0".repeat(64)).unwrap();
+    for (what, file) in [("no token", None), ("a wrong token", Some(&wrong))] {
+        let mut cmd = Command::new(bin("worker"));
+        cmd.args(["--coordinator", &url, "--name", "stranger", "--max-unreachable", "5"]).env_remove("SCORESWEEP_TOKEN");
+        if let Some(f) = file {
+            cmd.arg("--token-file").arg(f);
+        }
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: a worker was admitted");
+        assert!(err.contains("token"), "{what}: {err}");
+    }
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM workers"), 0, "nobody registered without the token");
+    let mut w = Command::new(bin("worker")).args(["--coordinator", &url, "--name", "friend"]).env("SCORESWEEP_TOKEN", &token).spawn().unwrap();
+    wait_for("a lease", 20.0, || count(&out, "SELECT COUNT(*) FROM attempts") > 0);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(!String::from_utf8_lossy(&cmdline).contains(&token), "the token is on the command line of {:?}", entry.path());
+        }
+    }
+    assert!(w.wait().unwrap().success());
+    assert!(coord.wait().unwrap().success());
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 4);
 }
 
 const RESUME: &str = r#"

@@ -216,8 +216,9 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
         max_artifact_bytes: DEFAULT_MAX_BYTES,
         max_respawns: 0,
         quiet: true,
+        token: None,
     };
-    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers })?;
+    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers, token: None })?;
     let start = Instant::now();
     run(&opts, sweep, Some(Box::new(launcher)))?;
     let wall = start.elapsed().as_secs_f64();

@@ -6,6 +6,7 @@
 //! engine or candle; workers are the separate `worker` executable.
 
 pub mod artifacts;
+pub mod auth;
 pub mod bench;
 pub mod launch;
 pub mod resources;

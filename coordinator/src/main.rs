@@ -108,7 +108,7 @@ fn load(path: &std::path::Path) -> Result<Sweep, ExitCode> {
 
 /// The launcher of `run`, built before anything is written; an unknown kind or a missing worker
 /// executable is a usage error (exit code 2).
-fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usize) -> Result<Box<dyn Launcher>, ExitCode> {
+fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usize, token: &str) -> Result<Box<dyn Launcher>, ExitCode> {
     let usage = |e: launch::LaunchError| {
         eprintln!("error: {e}");
         ExitCode::from(2)
@@ -117,7 +117,7 @@ fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usiz
         return Err(usage(launch::LaunchError::UnknownKind { kind: kind.to_string() }));
     }
     let worker_bin = launch::worker_executable(worker_bin).map_err(usage)?;
-    launch::launcher(kind, &LaunchConfig { worker_bin, workers }).map_err(usage)
+    launch::launcher(kind, &LaunchConfig { worker_bin, workers, token: Some(token.to_string()) }).map_err(usage)
 }
 
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
@@ -138,15 +138,22 @@ fn main() -> ExitCode {
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let token = match coordinator::auth::new_token() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: no random token: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let launcher = if workers == 0 {
                 None
             } else {
-                match make_launcher(&launcher, worker_bin.as_deref(), workers) {
+                match make_launcher(&launcher, worker_bin.as_deref(), workers, &token) {
                     Ok(l) => Some(l),
                     Err(code) => return code,
                 }
             };
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet };
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet, token: Some(token) };
             run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
         }
         Command::Serve { sweep, out, listen, retry_failed, lease_secs, max_artifact_bytes } => {
@@ -155,7 +162,14 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns: 0, quiet: false };
+            let token = match coordinator::auth::new_token() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: no random token: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns: 0, quiet: false, token: Some(token) };
             run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),

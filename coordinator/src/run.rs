@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::artifacts::Artifacts;
 use crate::launch::{Launcher, Respawner};
-use crate::service::{Shared, serve};
+use crate::service::{Shared, serve_with_token};
 use crate::state::State;
 use crate::sweep::Sweep;
 
@@ -28,6 +28,8 @@ pub struct RunOptions {
     /// Replacements of dead workers this run may start (see [`Respawner`]).
     pub max_respawns: usize,
     pub quiet: bool,
+    /// Calls must carry this token (`crate::auth`); None: no check (benchmarks).
+    pub token: Option<String>,
 }
 
 /// How long stopping waits for workers to exit on their own before killing them.
@@ -55,6 +57,13 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             sync.out_of_sweep
         );
     }
+    // The run's token, written before anything listens.
+    if let Some(t) = &opts.token {
+        let path = crate::auth::write_token(&opts.out, t).with_context(|| format!("failed to write the token file in {}", opts.out.display()))?;
+        if !opts.quiet && launcher.is_none() {
+            eprintln!("workers need the token in {} (as {} or --token-file)", path.display(), crate::auth::TOKEN_ENV);
+        }
+    }
     let artifacts = Artifacts::new(&opts.out, opts.max_artifact_bytes);
     // Partial uploads of an earlier run can no longer be reported.
     artifacts.clear_partial();
@@ -69,9 +78,14 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             eprintln!("serving on {url}");
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, shared.clone(), async {
-            let _ = stop_rx.await;
-        }));
+        let shared_for_server = shared.clone();
+        let token = opts.token.clone();
+        let server = tokio::spawn(async move {
+            serve_with_token(listener, shared_for_server, token.as_deref(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
         // Lease expiry.
         let expiry = {
             let shared = shared.clone();

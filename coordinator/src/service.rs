@@ -307,10 +307,27 @@ impl SweepRpc for Service {
 
 /// Serves the protocol on a bound listener until `shutdown` resolves (tests bind port 0).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+    serve_with_token(listener, shared, None, shutdown).await
+}
+
+/// [`serve`], admitting only calls that carry `token` when one is given (`crate::auth`).
+pub async fn serve_with_token(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let svc = SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut builder = tonic::transport::Server::builder();
+    match token {
+        Some(t) => {
+            builder
+                .add_service(tonic::service::interceptor::InterceptedService::new(svc, crate::auth::Check::new(t)))
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .await
+        }
+        None => builder.add_service(svc).serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off (small request/reply messages).

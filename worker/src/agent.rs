@@ -38,7 +38,41 @@ pub struct AgentArgs {
     /// `--max-unreachable` window.
     #[arg(long, hide = true, value_name = "PID")]
     pub parent_pid: Option<u32>,
+    /// Read the run's token from this file (the coordinator writes `<out>/token`); otherwise
+    /// it comes from the environment variable SCORESWEEP_TOKEN (never from the command line,
+    /// where other users' `ps` would show it).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
+
+/// The environment variable that carries the run's token.
+const TOKEN_ENV: &str = "SCORESWEEP_TOKEN";
+
+/// Adds `authorization: Bearer <token>` to every call (none without a token).
+#[derive(Clone)]
+pub struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The token from `--token-file`, else from SCORESWEEP_TOKEN, else none.
+fn token(args: &AgentArgs) -> anyhow::Result<Token> {
+    let text = match &args.token_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("failed to read the token file {}", p.display()))?),
+        None => std::env::var(TOKEN_ENV).ok(),
+    };
+    let Some(t) = text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else { return Ok(Token(None)) };
+    let v = format!("Bearer {t}").parse().map_err(|_| anyhow::anyhow!("the token is not printable ASCII"))?;
+    Ok(Token(Some(v)))
+}
+
+type Client = SweepClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 
 /// How often the parent watchdog looks.
 const PARENT_POLL: Duration = Duration::from_millis(200);
@@ -160,7 +194,7 @@ where
 
 async fn agent(url: &str, args: &AgentArgs, place: &Placement) -> anyhow::Result<()> {
     let channel = Channel::from_shared(url.to_string()).context("bad coordinator URL")?.connect_lazy();
-    let client = SweepClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let client = SweepClient::with_interceptor(channel, token(args)?).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     let register = register_request(args, place);
     let register = || {
         retry(args, "register", || {
@@ -217,7 +251,7 @@ struct Shared {
 
 /// Runs one leased trial, heartbeating meanwhile, and delivers its report; returns the next
 /// lease the coordinator sent back with the report, if any.
-async fn run_lease(client: &SweepClient<Channel>, id: &str, lease: pb::Lease, args: &AgentArgs, ordinal: Option<u32>) -> anyhow::Result<Option<pb::LeaseReply>> {
+async fn run_lease(client: &Client, id: &str, lease: pb::Lease, args: &AgentArgs, ordinal: Option<u32>) -> anyhow::Result<Option<pb::LeaseReply>> {
     let started = Instant::now();
     let shared = Arc::new(Shared { progress: Mutex::new(trial::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
@@ -301,7 +335,7 @@ fn short(hash: &str) -> &str {
 
 /// Streams one artifact in chunks of at most `MAX_CHUNK_BYTES`; transport failures are
 /// retried as a whole, a refusal (e.g. over the size limit) is returned.
-async fn upload(client: &SweepClient<Channel>, id: &str, attempt: u64, name: &str, media_type: &str, bytes: Vec<u8>, args: &AgentArgs) -> anyhow::Result<()> {
+async fn upload(client: &Client, id: &str, attempt: u64, name: &str, media_type: &str, bytes: Vec<u8>, args: &AgentArgs) -> anyhow::Result<()> {
     let bytes = Arc::new(bytes);
     retry(args, "artifact upload", || {
         let mut c = client.clone();

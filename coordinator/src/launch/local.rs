@@ -24,7 +24,11 @@ impl LocalLauncher {
         let bin = &self.config.worker_bin;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let threads = (cores / self.config.workers.max(1)).max(1);
-        let child = tokio::process::Command::new(bin)
+        let mut cmd = tokio::process::Command::new(bin);
+        if let Some(t) = &self.config.token {
+            cmd.env(crate::auth::TOKEN_ENV, t);
+        }
+        let child = cmd
             .args(["--coordinator", &self.url, "--name", name, "--ignore-interrupt", "--parent-pid", &std::process::id().to_string()])
             .env("RAYON_NUM_THREADS", threads.to_string())
             .stdin(std::process::Stdio::null())

@@ -24,6 +24,8 @@ pub struct LaunchConfig {
     pub worker_bin: PathBuf,
     /// Workers to start.
     pub workers: usize,
+    /// The run's token, handed to workers through the environment (`auth::TOKEN_ENV`).
+    pub token: Option<String>,
 }
 
 /// A worker that has exited (or could not be watched any longer).
@@ -256,7 +258,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_missing_workers_are_refused_clearly() {
-        let config = LaunchConfig { worker_bin: PathBuf::from("/bin/true"), workers: 1 };
+        let config = LaunchConfig { worker_bin: PathBuf::from("/bin/true"), workers: 1, token: None };
         let err = launcher("slurm", &config).err().expect("refused").to_string();
         assert!(err.contains("unknown launcher `slurm`") && err.contains("local"), "{err}");
         assert!(launcher("local", &config).is_ok());
