@@ -151,6 +151,8 @@ fn image_trials_refuse_bad_keys_by_name() {
         (base("kind = \"mlp\"", "kind = \"edm\"\nlabel_dropout = 0.0", "kind = \"heun\"\nguidance = 1.0"), "sampler.guidance"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nn = 15"), "sampler.n"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nsnr = 0.1"), "sampler.snr"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\neps = 0.1"), "sampler.eps"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"annealed_langevin\"\nsteps_per_level = 0"), "sampler.steps_per_level"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nsigma_min = 100.0"), "sampler.sigma_max"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"ddim\""), "sampler.kind"),
         (base("kind = \"mlp\"\nwidth = 3", "kind = \"edm\"", "kind = \"heun\""), "model.width"),

@@ -20,7 +20,8 @@
 //! steps = 2000
 //! [eval]       # n: held-out images the metrics use
 //! [sampler]    # kind = "heun" (probability-flow ODE, EDM ρ schedule) | "euler_maruyama"
-//!              # (reverse VE SDE) | "pc" (predictor–corrector, snr) | "none";
+//!              # (reverse VE SDE) | "pc" (predictor–corrector, snr) | "annealed_langevin"
+//!              # (steps_per_level, eps) | "none";
 //!              # steps, sigma_min, sigma_max, rho, guidance, n (images, one tenth per class)
 //! kind = "heun"
 //! ```
@@ -110,6 +111,8 @@ struct RawImageSampler {
     rho: Option<f64>,
     guidance: Option<f64>,
     snr: Option<f64>,
+    steps_per_level: Option<usize>,
+    eps: Option<f64>,
     n: Option<usize>,
 }
 
@@ -226,6 +229,13 @@ pub enum ImageSamplerKind {
     Pc {
         snr: f64,
     },
+    /// NCSN's annealed Langevin dynamics over the schedule's levels: `steps_per_level` steps
+    /// x ← x + α S + √(2α) z with α = eps·σ_i²/σ_min² at each level, then a final denoising
+    /// step x ← D(x; σ_min): N·steps_per_level + 1 evaluations.
+    AnnealedLangevin {
+        steps_per_level: usize,
+        eps: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +256,7 @@ impl ImageSampler {
             ImageSamplerKind::Heun => "heun",
             ImageSamplerKind::EulerMaruyama => "euler_maruyama",
             ImageSamplerKind::Pc { .. } => "pc",
+            ImageSamplerKind::AnnealedLangevin { .. } => "annealed_langevin",
         }
     }
 }
@@ -366,10 +377,19 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
         "heun" => ImageSamplerKind::Heun,
         "euler_maruyama" => ImageSamplerKind::EulerMaruyama,
         "pc" => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        other => return Err(field("sampler.kind", format!("must be \"heun\", \"euler_maruyama\", \"pc\" or \"none\" (got \"{other}\")"))),
+        "annealed_langevin" => ImageSamplerKind::AnnealedLangevin {
+            steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?,
+            eps: positive("sampler.eps", s.eps.unwrap_or(2e-5))?,
+        },
+        other => return Err(field("sampler.kind", format!("must be \"heun\", \"euler_maruyama\", \"pc\", \"annealed_langevin\" or \"none\" (got \"{other}\")"))),
     };
     if s.snr.is_some() && !matches!(kind, ImageSamplerKind::Pc { .. }) {
         return Err(field("sampler.snr", "applies to kind = \"pc\" only"));
+    }
+    for (key, set) in [("sampler.steps_per_level", s.steps_per_level.is_some()), ("sampler.eps", s.eps.is_some())] {
+        if set && !matches!(kind, ImageSamplerKind::AnnealedLangevin { .. }) {
+            return Err(field(key, "applies to kind = \"annealed_langevin\" only"));
+        }
     }
     let default_steps = if kind == ImageSamplerKind::Heun { 18 } else { 100 };
     let sigma_min = positive("sampler.sigma_min", s.sigma_min.unwrap_or(0.002))?;

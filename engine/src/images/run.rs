@@ -381,3 +381,33 @@ fn digit_metrics(
     }
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schema::image::{ImageMlpSpec, ImageModel};
+
+    /// Classifier-free guidance: w = 0 is the conditional denoiser alone, and any w gives
+    /// (1 + w) D(x, c) − w D(x, ∅) exactly.
+    #[test]
+    fn guidance_zero_is_the_conditional_model_and_w_mixes_linearly() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let net = super::super::build(&ImageModel::Mlp(ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true }), 0.5, 4, 4, &vm, &dev).unwrap();
+        init_weights(&vm, &mut Rng::new(1)).unwrap();
+        let x = Tensor::from_vec(Rng::new(2).normals_f32(3 * 16), (3, 1, 4, 4), &dev).unwrap();
+        let labels = Tensor::new(&[1u32, 4, 9], &dev).unwrap();
+        let null = Tensor::full(NULL_CLASS, 3, &dev).unwrap();
+        let sigma = Tensor::full(0.7f32, 3, &dev).unwrap();
+        let cond = net.denoise(&x, &sigma, Some(&labels)).unwrap();
+        let uncond = net.denoise(&x, &sigma, Some(&null)).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(max_diff(&cond, &uncond) > 1e-4, "the class must change the output");
+        for w in [0.0, 1.5] {
+            let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), w };
+            let got = g.denoise(&x, 0.7).unwrap();
+            let want = ((&cond * (1.0 + w)).unwrap() - (&uncond * w).unwrap()).unwrap();
+            assert!(max_diff(&got, &want) < 1e-5, "w = {w}");
+        }
+    }
+}

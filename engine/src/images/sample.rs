@@ -6,7 +6,9 @@
 //! - [`euler_maruyama`]: the reverse VE SDE, x ← x + (σ_i² − σ_{i+1}²) S + √(σ_i² − σ_{i+1}²) z,
 //!   the last step to σ = 0 without noise: N evaluations;
 //! - [`pc`]: the same predictor plus one Langevin corrector step per level with step size
-//!   2 (snr ‖z‖/‖S‖)² (Song et al. 2021): 2N − 1 evaluations.
+//!   2 (snr ‖z‖/‖S‖)² (Song et al. 2021): 2N − 1 evaluations;
+//! - [`annealed_langevin`]: NCSN's annealed Langevin dynamics over the same levels, ending
+//!   with a denoising step: N·steps + 1 evaluations.
 //!
 //! Chains start at σ_max·z. Each returns the images and its number of network evaluations.
 
@@ -43,7 +45,27 @@ pub fn sample(kind: &ImageSamplerKind, den: &mut dyn Denoiser, shape: &[usize], 
         ImageSamplerKind::Heun => heun(den, x, &sig),
         ImageSamplerKind::EulerMaruyama => euler_maruyama(den, x, &sig, None, rng),
         ImageSamplerKind::Pc { snr } => euler_maruyama(den, x, &sig, Some(*snr), rng),
+        ImageSamplerKind::AnnealedLangevin { steps_per_level, eps } => annealed_langevin(den, x, &sig[..sig.len() - 1], *steps_per_level, *eps, rng),
     }
+}
+
+/// NCSN's annealed Langevin dynamics over the levels `sig` (no final 0): at level i,
+/// `steps` steps x ← x + α S + √(2α) z with α = eps·σ_i²/σ_L², then x ← D(x; σ_L).
+pub fn annealed_langevin(den: &mut dyn Denoiser, mut x: Tensor, sig: &[f64], steps: usize, eps: f64, rng: &mut Rng) -> Result<(Tensor, u64)> {
+    let mut nfe = 0;
+    let shape = x.dims().to_vec();
+    let dev = x.device().clone();
+    let last = *sig.last().expect("a level");
+    for &t in sig {
+        let alpha = eps * t * t / (last * last);
+        for _ in 0..steps {
+            let score = ((den.denoise(&x, t)? - &x)? / (t * t))?;
+            nfe += 1;
+            x = ((&x + (score * alpha)?)? + (noise(&shape, rng, &dev)? * (2.0 * alpha).sqrt())?)?;
+        }
+    }
+    nfe += 1;
+    Ok((den.denoise(&x, last)?, nfe))
 }
 
 /// EDM's deterministic sampler (Algorithm 1).
@@ -119,10 +141,18 @@ mod tests {
     #[test]
     fn samplers_reproduce_a_gaussian_from_its_exact_denoiser() {
         let (mu, s) = (0.7, 0.4);
-        let cases =
-            [(ImageSamplerKind::Heun, 40, 79, 0.02, 0.012), (ImageSamplerKind::EulerMaruyama, 200, 200, 0.02, 0.03), (ImageSamplerKind::Pc { snr: 0.16 }, 100, 199, 0.02, 0.03)];
-        for (kind, steps, want_nfe, tol_mu, tol_s) in cases {
-            let sched = Schedule { steps, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 };
+        // (sampler, levels N, σ_min, evaluations, tolerance of the mean, of the std). Annealed
+        // Langevin's α = eps·σ_i²/σ_min² must keep α/(s² + σ_i²) < 2 at every level, so it runs
+        // to σ_min = 0.1 (eps/σ_min² = 0.2, as NCSN's 2e-5 at 0.01), and its final denoising
+        // step shrinks the std to s²/√(s² + σ_min²) = 0.388.
+        let cases = [
+            (ImageSamplerKind::Heun, 40, 0.002, 79, 0.02, 0.012),
+            (ImageSamplerKind::EulerMaruyama, 200, 0.002, 200, 0.02, 0.03),
+            (ImageSamplerKind::Pc { snr: 0.16 }, 100, 0.002, 199, 0.02, 0.03),
+            (ImageSamplerKind::AnnealedLangevin { steps_per_level: 100, eps: 2e-3 }, 20, 0.1, 2001, 0.02, 0.03),
+        ];
+        for (kind, steps, sigma_min, want_nfe, tol_mu, tol_s) in cases {
+            let sched = Schedule { steps, sigma_min, sigma_max: 80.0, rho: 7.0 };
             let mut den = Gaussian { mu, s, calls: 0 };
             let mut rng = Rng::new(3);
             let (x, nfe) = sample(&kind, &mut den, &[20_000, 1], &sched, &mut rng, &Device::Cpu).unwrap();
