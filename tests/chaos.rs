@@ -6,46 +6,12 @@
 //! and no process left behind. Processes are found through /proc (Linux).
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps; the binaries sit one level up (or in
-    // $SCORESWEEP_BIN_DIR).
-    let exe = std::env::current_exe().unwrap();
-    let dir = std::env::var_os("SCORESWEEP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().to_path_buf());
-    let p = dir.join(name);
-    assert!(p.exists(), "{} not built (run `cargo test --workspace`)", p.display());
-    p
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scoresweep-chaos-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn count(out: &Path, sql: &str) -> i64 {
-    rusqlite::Connection::open(out.join("state.db")).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-/// `count` while the database may not exist yet or have no tables yet.
-fn try_count(out: &Path, sql: &str) -> Option<i64> {
-    if !out.join("state.db").exists() {
-        return None;
-    }
-    rusqlite::Connection::open(out.join("state.db")).ok()?.query_row(sql, [], |r| r.get(0)).ok()
-}
-
-fn wait_for(what: &str, secs: f64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed().as_secs_f64() < secs, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+mod common;
+use common::{bin, count, table, tmp, try_count, wait_for};
 
 // ------------------------------------------------------------------ processes, from /proc
 
@@ -95,22 +61,6 @@ fn kill(pid: u32) {
 fn start_run(sweep: &Path, out: &Path, args: &[&str], tag: &str) -> Child {
     let (k, v) = tag.split_once('=').unwrap();
     Command::new(bin("coordinator")).arg("run").arg(sweep).arg("--out").arg(out).args(args).env(k, v).process_group(0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-}
-
-/// trials.csv without timing (`*seconds`) and attempt-count columns, sorted.
-fn table(out: &Path) -> Vec<String> {
-    let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let keep: Vec<usize> = header.iter().enumerate().filter(|(_, h)| !h.ends_with("seconds") && **h != "attempts").map(|(i, _)| i).collect();
-    let mut rows: Vec<String> = lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            keep.iter().map(|&i| f.get(i).copied().unwrap_or("")).collect::<Vec<_>>().join(",")
-        })
-        .collect();
-    rows.sort();
-    rows
 }
 
 /// xorshift64*: the kill schedule is reproducible from the seed.

@@ -7,26 +7,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn bin(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps; the binaries sit one level up (or in
-    // $SCORESWEEP_BIN_DIR, e.g. when several checkouts share one target directory).
-    let exe = std::env::current_exe().unwrap();
-    let dir = std::env::var_os("SCORESWEEP_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().to_path_buf());
-    let p = dir.join(name);
-    assert!(p.exists(), "{} not built (run `cargo test --workspace`)", p.display());
-    p
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("scoresweep-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{bin, count, table, tmp, try_count, wait_for};
 
 const SMALL: &str = r#"
 name = "small"
@@ -60,34 +46,6 @@ fn run(sweep: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 
 fn db(out: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(out.join("state.db")).unwrap()
-}
-
-fn count(out: &Path, sql: &str) -> i64 {
-    db(out).query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-/// trials.csv without timing columns, sorted by hash.
-/// `count` while the database may not exist yet or have no tables yet.
-fn try_count(out: &Path, sql: &str) -> Option<i64> {
-    if !out.join("state.db").exists() {
-        return None;
-    }
-    rusqlite::Connection::open(out.join("state.db")).ok()?.query_row(sql, [], |r| r.get(0)).ok()
-}
-
-fn table(out: &Path) -> Vec<String> {
-    let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let keep: Vec<usize> = header.iter().enumerate().filter(|(_, h)| !h.ends_with("seconds") && **h != "attempts").map(|(i, _)| i).collect();
-    let mut rows: Vec<String> = lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            keep.iter().map(|&i| f.get(i).copied().unwrap_or("")).collect::<Vec<_>>().join(",")
-        })
-        .collect();
-    rows.sort();
-    rows
 }
 
 #[test]
@@ -215,14 +173,6 @@ fn serve(sweep: &Path, out: &Path, lease_secs: &str) -> (std::process::Child, St
     };
     std::thread::spawn(move || for _ in lines {});
     (child, url)
-}
-
-fn wait_for(what: &str, secs: f64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed().as_secs_f64() < secs, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::trial::{FieldError, field};
+use crate::trial::{FieldError, field, in_range, positive};
 
 /// The data presets that make a trial an image trial.
 pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];
@@ -259,14 +259,6 @@ impl ImageSampler {
             ImageSamplerKind::AnnealedLangevin { .. } => "annealed_langevin",
         }
     }
-}
-
-fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
-    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(field(key, format!("must be a positive finite number (got {v})"))) }
-}
-
-fn in_range(key: &str, v: usize, lo: usize, hi: usize) -> Result<usize, FieldError> {
-    if (lo..=hi).contains(&v) { Ok(v) } else { Err(field(key, format!("must be between {lo} and {hi} (got {v})"))) }
 }
 
 /// The default directory of a preset.

@@ -525,11 +525,11 @@ const MAX_DIM: usize = 4096;
 const MAX_HIDDEN: usize = 8192;
 const MAX_POINTS: usize = 10_000_000;
 
-fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
+pub(crate) fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
     if v.is_finite() && v > 0.0 { Ok(v) } else { Err(field(key, format!("must be a positive finite number (got {v})"))) }
 }
 
-fn in_range(key: &str, v: usize, lo: usize, hi: usize) -> Result<usize, FieldError> {
+pub(crate) fn in_range(key: &str, v: usize, lo: usize, hi: usize) -> Result<usize, FieldError> {
     if (lo..=hi).contains(&v) { Ok(v) } else { Err(field(key, format!("must be between {lo} and {hi} (got {v})"))) }
 }
 

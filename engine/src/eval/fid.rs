@@ -3,8 +3,9 @@
 //! ‖μa−μb‖² + tr(Σa + Σb − 2(Σa^{½} Σb Σa^{½})^{½}), in f64. Square roots of PSD matrices come
 //! from a symmetric eigen-decomposition by Householder tridiagonalisation and implicit QL
 //! (tred2/tql2 of EISPACK, as in JAMA), O(d³) with a small constant: d = 256 in tens of
-//! milliseconds, where cyclic Jacobi ([`super::samples::sym_eigen`]) needs many O(d³) sweeps.
-//! Eigenvalues below zero (rounding) are clamped to 0.
+//! milliseconds, where cyclic Jacobi needs many O(d³) sweeps. Eigenvalues below zero
+//! (rounding) are clamped to 0. The toy sample metrics' Fréchet distance
+//! ([`super::samples::frechet`]) is this one too.
 
 /// Mean and unbiased covariance (d×d row-major) of row-major f32 points, accumulated in f64.
 ///

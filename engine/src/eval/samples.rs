@@ -27,88 +27,9 @@ pub fn sample_moments(xs: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
     (mu, cov)
 }
 
-/// Eigenvalues and eigenvectors (columns, row-major) of a symmetric matrix by cyclic Jacobi.
-pub fn sym_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut a = a.to_vec();
-    let mut v = vec![0.0; d * d];
-    for i in 0..d {
-        v[i * d + i] = 1.0;
-    }
-    for _sweep in 0..60 {
-        let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * d + j].powi(2)).sum();
-        let diag: f64 = (0..d).map(|i| a[i * d + i].powi(2)).sum();
-        if off <= 1e-24 * diag.max(1e-300) {
-            break;
-        }
-        for p in 0..d {
-            for q in (p + 1)..d {
-                let apq = a[p * d + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..d {
-                    let akp = a[k * d + p];
-                    let akq = a[k * d + q];
-                    a[k * d + p] = c * akp - s * akq;
-                    a[k * d + q] = s * akp + c * akq;
-                }
-                for k in 0..d {
-                    let apk = a[p * d + k];
-                    let aqk = a[q * d + k];
-                    a[p * d + k] = c * apk - s * aqk;
-                    a[q * d + k] = s * apk + c * aqk;
-                }
-                for k in 0..d {
-                    let vkp = v[k * d + p];
-                    let vkq = v[k * d + q];
-                    v[k * d + p] = c * vkp - s * vkq;
-                    v[k * d + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    ((0..d).map(|i| a[i * d + i]).collect(), v)
-}
-
-/// Symmetric PSD square root.
-fn sqrtm(a: &[f64], d: usize) -> Vec<f64> {
-    let (w, v) = sym_eigen(a, d);
-    let mut out = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..d {
-            out[i * d + j] = (0..d).map(|k| v[i * d + k] * w[k].max(0.0).sqrt() * v[j * d + k]).sum();
-        }
-    }
-    out
-}
-
-fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-    let mut out = vec![0.0; d * d];
-    for i in 0..d {
-        for k in 0..d {
-            let aik = a[i * d + k];
-            for j in 0..d {
-                out[i * d + j] += aik * b[k * d + j];
-            }
-        }
-    }
-    out
-}
-
 /// ‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₂^{½} Σ₁ Σ₂^{½})^{½}).
 pub fn frechet(mu1: &[f64], cov1: &[f64], mu2: &[f64], cov2: &[f64], d: usize) -> f64 {
-    let dm: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b) * (a - b)).sum();
-    let r = sqrtm(cov2, d);
-    let m = matmul(&matmul(&r, cov1, d), &r, d);
-    let (w, _) = sym_eigen(&m, d);
-    let tr_sqrt: f64 = w.iter().map(|x| x.max(0.0).sqrt()).sum();
-    let tr: f64 = (0..d).map(|i| cov1[i * d + i] + cov2[i * d + i]).sum();
-    (dm + tr - 2.0 * tr_sqrt).max(0.0)
+    super::fid::frechet_from_moments(mu1, cov1, mu2, cov2, d)
 }
 
 /// Fréchet distance between the Gaussian fit of `xs` and the mixture's exact moments.

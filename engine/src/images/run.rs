@@ -29,6 +29,15 @@ fn weight(sigma: f64, sd: f64) -> f64 {
     (sigma * sigma + sd * sd) / (sigma * sd).powi(2)
 }
 
+/// EDM's per-image loss λ(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with noise
+/// ε, levels σ (N,) and their weights λ(σ) (N,).
+fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let n = x.dim(0)?;
+    let y = (x + eps.broadcast_mul(&sigma.reshape((n, 1, 1, 1))?)?)?;
+    let per = (net.denoise(&y, sigma, labels)? - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
+    per * weights
+}
+
 /// The U-Net with fixed labels (or none) as a [`Denoiser`], guided when w > 0:
 /// D = (1 + w) D(x, c) − w D(x, ∅).
 struct Guided<'a> {
@@ -104,11 +113,10 @@ fn eval_loss(net: &dyn ImageNet, set: &EvalSet, h: usize, w: usize, sd: f64, con
         let x = tensor(&set.x[start * d..end * d], h, w, dev)?;
         let e = tensor(&set.noise[start * d..end * d], h, w, dev)?;
         let sig = Tensor::from_slice(&set.sigmas[start..end], end - start, dev)?;
-        let y = (&x + e.broadcast_mul(&sig.reshape((end - start, 1, 1, 1))?)?)?;
+        let lam: Vec<f32> = set.sigmas[start..end].iter().map(|&s| weight(s as f64, sd) as f32).collect();
         let labels = if cond { Some(Tensor::from_slice(&set.labels[start..end], end - start, dev)?) } else { None };
-        let den = net.denoise(&y, &sig, labels.as_ref())?.detach();
-        let per = (den - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        total += per.iter().zip(&set.sigmas[start..end]).map(|(l, &s)| l * weight(s as f64, sd)).sum::<f64>();
+        let per = edm_losses(net, &x, &e, &sig, &Tensor::from_vec(lam, end - start, dev)?, labels.as_ref())?;
+        total += per.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().sum::<f64>();
     }
     Ok(total / n as f64)
 }
@@ -172,11 +180,8 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         let x = tensor(&x, h, w, &dev)?;
         let e = tensor(&trng.normals_f32(b * d), h, w, &dev)?;
         let sig = Tensor::from_vec(sigmas, b, &dev)?;
-        let y = (&x + e.broadcast_mul(&sig.reshape((b, 1, 1, 1))?)?)?;
         let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
-        let den = net.denoise(&y, &sig, lab.as_ref())?;
-        let per = (den - &x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
-        let loss = (per * Tensor::from_vec(weights, b, &dev)?)?.mean_all()?;
+        let loss = edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?;
         let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !lv.is_finite() {
             status = TrialStatus::Diverged { step };
