@@ -217,8 +217,11 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
         max_respawns: 0,
         quiet: true,
         token: None,
+        advertise: None,
+        remote_workers: false,
+        tls: None,
     };
-    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers, token: None })?;
+    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig::local(worker_bin.to_path_buf(), workers))?;
     let start = Instant::now();
     run(&opts, sweep, Some(Box::new(launcher)))?;
     let wall = start.elapsed().as_secs_f64();

@@ -2,12 +2,15 @@
 //! state (`state`, layout from `results::layout`) behind group commit (`store`), the gRPC
 //! service (`service`), uploaded files (`artifacts`), worker launchers (`launch`), resource
 //! matching of trials to workers (`resources`: GPU trials to GPU workers) and the run
-//! loop (`run`). The `coordinator` binary is glue over these. Nothing here depends on the
+//! loop (`run`), the address workers dial (`address`), optional TLS (`tls`) and the Kubernetes
+//! manifest (`k8s`). The `coordinator` binary is glue over these. Nothing here depends on the
 //! engine or candle; workers are the separate `worker` executable.
 
+pub mod address;
 pub mod artifacts;
 pub mod auth;
 pub mod bench;
+pub mod k8s;
 pub mod launch;
 pub mod resources;
 pub mod run;
@@ -15,3 +18,4 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod sweep;
+pub mod tls;

@@ -1,4 +1,5 @@
-//! The `coordinator` binary: `run`, `serve`, `status`, `report` and `bench` over the library.
+//! The `coordinator` binary: `run`, `serve`, `status`, `report`, `bench` and `k8s-manifest` over
+//! the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,17 +28,28 @@ enum Command {
         /// Output directory (default: out/<sweep name>).
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: String,
+        /// Address to listen on (default: 127.0.0.1:0 for local workers, 0.0.0.0:0 for the
+        /// slurm and ssh launchers).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Host name or address the workers dial (default: 127.0.0.1 for local workers; for
+        /// remote ones this machine's host name, or its outward IP address).
+        #[arg(long, value_name = "HOST")]
+        advertise: Option<String>,
         /// Re-queue trials that failed or timed out in an earlier run.
         #[arg(long)]
         retry_failed: bool,
         /// Seconds a lease lives without a heartbeat.
         #[arg(long, default_value_t = 30.0)]
         lease_secs: f64,
-        /// How workers are started (`local`: processes on this machine).
+        /// How workers are started: `local` (processes on this machine), `slurm` (one sbatch
+        /// job each), `ssh` (on the hosts of --ssh-hosts).
         #[arg(long, default_value = "local")]
         launcher: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Worker executable (default: $SCORESWEEP_WORKER, else `worker` next to this one).
         #[arg(long)]
         worker_bin: Option<PathBuf>,
@@ -59,6 +71,12 @@ enum Command {
         out: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        /// Host name or address printed for workers to dial (default: the listen address, or
+        /// this machine's name when listening on a wildcard address).
+        #[arg(long, value_name = "HOST")]
+        advertise: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[arg(long)]
         retry_failed: bool,
         #[arg(long, default_value_t = 30.0)]
@@ -69,6 +87,41 @@ enum Command {
     },
     /// Counts of a finished or interrupted run.
     Status { dir: PathBuf },
+    /// Print a Kubernetes Secret (the run's token) and a Job of N workers joining a coordinator
+    /// started with `serve` (YAML for `kubectl apply -f -`).
+    K8sManifest {
+        /// The URL the pods dial (e.g. http://coordinator.example:50051).
+        #[arg(long)]
+        coordinator: String,
+        /// Container image with the worker executable.
+        #[arg(long)]
+        image: String,
+        /// The worker executable's path in the image.
+        #[arg(long, default_value = "/usr/local/bin/worker")]
+        worker_path: String,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The run's token file (OUT/token, written by `serve`).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// CA certificate (PEM) the workers verify an https:// coordinator with.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// Job name (the Secret is NAME-token).
+        #[arg(long, default_value = "scoresweep-workers")]
+        name: String,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// CPU request and limit per pod (e.g. 2).
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Memory request and limit per pod (e.g. 4Gi).
+        #[arg(long)]
+        memory: Option<String>,
+        /// GPUs per pod (nvidia.com/gpu).
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+    },
     /// Re-write tables, claims, plots and report.md from a run's state database.
     Report { dir: PathBuf },
     /// Scheduler benchmark: lease + report round trips per second on loopback, and the
@@ -95,6 +148,68 @@ enum Command {
     },
 }
 
+/// TLS for the control plane (PEM files).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM); workers then dial https://.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate launched workers verify the coordinator with (default: the --tls-cert
+    /// file, right for a self-signed certificate).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// Settings of the slurm and ssh launchers; each wins over its key in `[launcher.*]`.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Slurm partition (`[launcher.slurm] partition`).
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// Slurm time limit per worker job, e.g. 2:00:00 (`time`).
+    #[arg(long, value_name = "TIME")]
+    slurm_time: Option<String>,
+    /// GPUs per worker job (`gpus`).
+    #[arg(long, value_name = "N")]
+    slurm_gpus: Option<u32>,
+    /// CPUs per worker job (`cpus`).
+    #[arg(long, value_name = "N")]
+    slurm_cpus: Option<u32>,
+    /// An extra sbatch argument (repeat for more), e.g. --slurm-arg=--qos=short.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    slurm_arg: Vec<String>,
+    /// Hosts of the ssh launcher with their worker counts: host1:2,host2 (`hosts`).
+    #[arg(long, value_name = "HOST[:N],…")]
+    ssh_hosts: Option<String>,
+    /// An extra ssh argument (repeat for more), e.g. --ssh-arg=-p2222 (`ssh_args`).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    ssh_arg: Vec<String>,
+    /// The worker executable's path on Slurm nodes or ssh hosts (`worker_bin`; default: the
+    /// local one's path).
+    #[arg(long, value_name = "PATH")]
+    remote_worker_bin: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The flags that only a cluster launcher reads, by name, when given.
+    fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let slurm = [
+            ("--slurm-partition", self.slurm_partition.is_some()),
+            ("--slurm-time", self.slurm_time.is_some()),
+            ("--slurm-gpus", self.slurm_gpus.is_some()),
+            ("--slurm-cpus", self.slurm_cpus.is_some()),
+            ("--slurm-arg", !self.slurm_arg.is_empty()),
+        ];
+        let ssh = [("--ssh-hosts", self.ssh_hosts.is_some()), ("--ssh-arg", !self.ssh_arg.is_empty())];
+        v.extend(slurm.iter().chain(ssh.iter()).filter(|(_, g)| *g).map(|(n, _)| *n));
+        v
+    }
+}
+
 fn default_out(sweep: &Sweep) -> PathBuf {
     PathBuf::from("out").join(&sweep.name)
 }
@@ -106,18 +221,95 @@ fn load(path: &std::path::Path) -> Result<Sweep, ExitCode> {
     })
 }
 
-/// The launcher of `run`, built before anything is written; an unknown kind or a missing worker
-/// executable is a usage error (exit code 2).
-fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usize, token: &str) -> Result<Box<dyn Launcher>, ExitCode> {
-    let usage = |e: launch::LaunchError| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    };
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+/// What `run` needs of the command line beside the sweep, checked.
+struct LaunchRequest<'a> {
+    kind: &'a str,
+    worker_bin: Option<&'a std::path::Path>,
+    workers: Option<usize>,
+    token: &'a str,
+    tls_ca: Option<String>,
+    out: PathBuf,
+    cluster: &'a ClusterArgs,
+}
+
+/// The launcher of `run`, built before anything is written; an unknown kind, a missing worker
+/// executable, a flag of another launcher or a bad cluster setting is a usage error (exit
+/// code 2). Returns None when no worker is to be started (`--workers 0`).
+fn make_launcher(req: LaunchRequest<'_>, tables: &launch::LauncherTables) -> Result<Option<Box<dyn Launcher>>, ExitCode> {
+    let LaunchRequest { kind, worker_bin, workers, token, tls_ca, out, cluster } = req;
     if !launch::KINDS.contains(&kind) {
         return Err(usage(launch::LaunchError::UnknownKind { kind: kind.to_string() }));
     }
-    let worker_bin = launch::worker_executable(worker_bin).map_err(usage)?;
-    launch::launcher(kind, &LaunchConfig { worker_bin, workers, token: Some(token.to_string()) }).map_err(usage)
+    let foreign: Vec<&str> = cluster.given().into_iter().filter(|f| !f.starts_with(&format!("--{kind}-"))).collect();
+    if let Some(f) = foreign.first() {
+        return Err(usage(format_args!("{f} is a setting of --launcher {}, not of --launcher {kind}", f.trim_start_matches('-').split('-').next().unwrap_or_default())));
+    }
+    if kind == "local" && cluster.remote_worker_bin.is_some() {
+        return Err(usage("--remote-worker-bin is for --launcher slurm or ssh; local workers use --worker-bin"));
+    }
+    let mut slurm = tables.slurm.clone().unwrap_or_default();
+    let mut ssh = tables.ssh.clone().unwrap_or_default();
+    if let Some(t) = &cluster.slurm_time {
+        launch::slurm::check_time(t).map_err(|m| usage(format_args!("--slurm-time: {m}")))?;
+    }
+    slurm.partition = cluster.slurm_partition.clone().or(slurm.partition);
+    slurm.time = cluster.slurm_time.clone().or(slurm.time);
+    slurm.gpus = cluster.slurm_gpus.or(slurm.gpus);
+    slurm.cpus = cluster.slurm_cpus.or(slurm.cpus);
+    slurm.sbatch_args.extend(cluster.slurm_arg.iter().cloned());
+    if let Some(h) = &cluster.ssh_hosts {
+        ssh.hosts = h.split(',').map(str::to_string).collect();
+    }
+    ssh.ssh_args.extend(cluster.ssh_arg.iter().cloned());
+    let cores = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = match kind {
+        "ssh" => {
+            if workers.is_some() {
+                return Err(usage("--workers does not apply to --launcher ssh: give each host's count in --ssh-hosts host:N"));
+            }
+            let hosts = launch::ssh::parse_hosts(&ssh.hosts).map_err(|m| usage(format_args!("--ssh-hosts: {m}")))?;
+            if hosts.is_empty() {
+                return Err(usage(launch::LaunchError::NoHostsGiven));
+            }
+            hosts.iter().map(|(_, n)| n).sum()
+        }
+        "slurm" => workers.or(slurm.workers).unwrap_or_else(cores),
+        _ => workers.unwrap_or_else(cores),
+    };
+    if workers == 0 {
+        return Ok(None);
+    }
+    // A worker path on other machines is not checked here; otherwise the local executable
+    // must exist (and its path is the default on the other machines).
+    let remote_bin = cluster.remote_worker_bin.clone().or_else(|| match kind {
+        "slurm" => slurm.worker_bin.clone(),
+        "ssh" => ssh.worker_bin.clone(),
+        _ => None,
+    });
+    let worker_bin = match remote_bin {
+        Some(p) => p,
+        None => launch::worker_executable(worker_bin).map_err(usage)?,
+    };
+    slurm.worker_bin = Some(worker_bin.clone());
+    ssh.worker_bin = Some(worker_bin.clone());
+    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), tls_ca, out, slurm, ssh };
+    launch::launcher(kind, &config).map(Some).map_err(usage)
+}
+
+/// `--tls-cert`/`--tls-key`/`--tls-ca`: the server's TLS and the CA PEM for launched workers.
+fn load_tls(tls: &TlsArgs) -> Result<(Option<coordinator::tls::ServerTls>, Option<String>), ExitCode> {
+    let server = coordinator::tls::ServerTls::from_flags(tls.tls_cert.as_deref(), tls.tls_key.as_deref()).map_err(usage)?;
+    let ca = match (&server, &tls.tls_ca) {
+        (Some(_), Some(p)) => Some(coordinator::tls::read_ca(p).map_err(usage)?),
+        (Some(s), None) => Some(s.cert_pem().to_string()),
+        (None, _) => None,
+    };
+    Ok((server, ca))
 }
 
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
@@ -131,13 +323,16 @@ fn print_summary(s: &results::Summary, out: &std::path::Path) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, launcher, worker_bin, max_artifact_bytes, max_respawns, quiet } => {
+        Command::Run { sweep, workers, out, listen, advertise, retry_failed, lease_secs, launcher, cluster, tls, worker_bin, max_artifact_bytes, max_respawns, quiet } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let (tls, tls_ca) = match load_tls(&tls) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
             let token = match coordinator::auth::new_token() {
                 Ok(t) => t,
                 Err(e) => {
@@ -145,20 +340,24 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let launcher = if workers == 0 {
-                None
-            } else {
-                match make_launcher(&launcher, worker_bin.as_deref(), workers, &token) {
-                    Ok(l) => Some(l),
-                    Err(code) => return code,
-                }
+            let kind = launcher;
+            let req = LaunchRequest { kind: &kind, worker_bin: worker_bin.as_deref(), workers, token: &token, tls_ca, out: out.clone(), cluster: &cluster };
+            let launcher = match make_launcher(req, &sw.launcher) {
+                Ok(l) => l,
+                Err(code) => return code,
             };
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet, token: Some(token) };
+            let remote_workers = kind != "local";
+            let listen = listen.unwrap_or_else(|| if remote_workers { "0.0.0.0:0" } else { "127.0.0.1:0" }.to_string());
+            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet, token: Some(token), advertise, remote_workers, tls };
             run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
         }
-        Command::Serve { sweep, out, listen, retry_failed, lease_secs, max_artifact_bytes } => {
+        Command::Serve { sweep, out, listen, advertise, tls, retry_failed, lease_secs, max_artifact_bytes } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
+                Err(code) => return code,
+            };
+            let tls = match load_tls(&tls) {
+                Ok((t, _)) => t,
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
@@ -169,10 +368,41 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns: 0, quiet: false, token: Some(token) };
+            let opts = RunOptions {
+                sweep,
+                out: out.clone(),
+                listen,
+                retry_failed,
+                lease_secs,
+                max_artifact_bytes,
+                max_respawns: 0,
+                quiet: false,
+                token: Some(token),
+                advertise,
+                remote_workers: true,
+                tls,
+            };
             run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
         Command::Status { dir } => status(&dir),
+        Command::K8sManifest { coordinator, image, worker_path, workers, token_file, tls_ca, name, namespace, cpu, memory, gpus } => {
+            let token = match std::fs::read_to_string(&token_file) {
+                Ok(t) => t,
+                Err(e) => return usage(format_args!("failed to read the token file {}: {e}", token_file.display())),
+            };
+            let tls_ca = match tls_ca.as_deref().map(coordinator::tls::read_ca).transpose() {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            let m = coordinator::k8s::Manifest { name, namespace, image, worker_path, workers, coordinator, token, tls_ca, cpu, memory, gpus };
+            match m.render() {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => return usage(e),
+            }
+        }
         Command::Bench { clients, seconds, repeat, trials, workers, worker_bin } => {
             let worker_bin = match launch::worker_executable(worker_bin.as_deref()) {
                 Ok(p) => p,

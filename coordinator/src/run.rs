@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::artifacts::Artifacts;
 use crate::launch::{Launcher, Respawner};
-use crate::service::{Shared, serve_with_token};
+use crate::service::{Shared, serve_secured};
 use crate::state::State;
 use crate::sweep::Sweep;
 
@@ -30,6 +30,13 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Calls must carry this token (`crate::auth`); None: no check (benchmarks).
     pub token: Option<String>,
+    /// The host workers dial (`--advertise`); None: see `crate::address`.
+    pub advertise: Option<String>,
+    /// Workers run elsewhere (a cluster launcher, or `serve`): a wildcard listen address is
+    /// advertised as this machine's name, not loopback.
+    pub remote_workers: bool,
+    /// Serve TLS with this certificate (`https://` URLs).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// How long stopping waits for workers to exit on their own before killing them.
@@ -73,15 +80,20 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&opts.listen).await.with_context(|| format!("failed to listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
-        let url = format!("http://{addr}");
+        let (host, warning) = crate::address::advertised_host(addr, opts.advertise.as_deref(), opts.remote_workers);
+        let url = crate::address::url(&host, addr.port(), opts.tls.is_some());
         if !opts.quiet {
+            if let Some(w) = warning.filter(|_| launcher.is_some()) {
+                eprintln!("warning: {w}");
+            }
             eprintln!("serving on {url}");
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let shared_for_server = shared.clone();
         let token = opts.token.clone();
+        let tls = opts.tls.clone();
         let server = tokio::spawn(async move {
-            serve_with_token(listener, shared_for_server, token.as_deref(), async {
+            serve_secured(listener, shared_for_server, token.as_deref(), tls.as_ref(), async {
                 let _ = stop_rx.await;
             })
             .await
@@ -163,7 +175,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
                     let _ = shared.store.call(move |st| st.note("respawn", &detail)).await;
                 }
                 if l.alive() == 0 && c.running == 0 && respawner.pending() == 0 {
-                    anyhow::bail!("all local workers exited with {} trials still queued ({} respawned, at most {})", c.queued, respawner.count(), respawner.max());
+                    anyhow::bail!("all launched workers exited with {} trials still queued ({} respawned, at most {})", c.queued, respawner.count(), respawner.max());
                 }
             }
         }

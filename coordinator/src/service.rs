@@ -317,8 +317,24 @@ pub async fn serve_with_token(
     token: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    serve_secured(listener, shared, token, None, shutdown).await
+}
+
+/// [`serve_with_token`], over TLS when `tls` is given (`crate::tls`). Every message, either
+/// way, is limited to [`MAX_MESSAGE_BYTES`]: a larger one is refused (`RESOURCE_EXHAUSTED` or
+/// `OUT_OF_RANGE`), as is one that does not decode (`INTERNAL`), and nothing else changes.
+pub async fn serve_secured(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<&str>,
+    tls: Option<&crate::tls::ServerTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let svc = SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        builder = builder.tls_config(t.config())?;
+    }
     match token {
         Some(t) => {
             builder

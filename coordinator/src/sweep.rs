@@ -14,6 +14,11 @@
 //! "sampler.steps_per_level" = [200, 50]
 //! [[variants]]              # extra trials: each entry is a dotted key whose value replaces
 //! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
+//! [launcher.slurm]          # settings of `--launcher slurm` (see launch/slurm.rs); flags win
+//! partition = "gpu"
+//! time = "2:00:00"
+//! [launcher.ssh]            # settings of `--launcher ssh` (see launch/ssh.rs)
+//! hosts = ["node1:2", "node2"]
 //! ```
 //! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
 //! trial schema (`schema`: the rules the engine runs by, without building the engine) before
@@ -66,6 +71,8 @@ struct RawSweep {
     zip: Vec<BTreeMap<String, Vec<toml::Value>>>,
     #[serde(default)]
     variants: Vec<toml::Table>,
+    #[serde(default)]
+    launcher: crate::launch::LauncherTables,
 }
 fn d_timeout() -> f64 {
     3600.0
@@ -98,6 +105,8 @@ pub struct Sweep {
     pub retries: u32,
     pub gpu: bool,
     pub trials: Vec<Trial>,
+    /// `[launcher.*]`: launcher settings (checked; not part of any trial).
+    pub launcher: crate::launch::LauncherTables,
 }
 
 /// Sets a dotted key in a TOML table, creating tables on the way.
@@ -190,6 +199,15 @@ impl Sweep {
         };
         if !(raw.timeout.is_finite() && raw.timeout > 0.0) {
             return Err(invalid(&["timeout"], "timeout", format!("must be a positive number of seconds (got {})", raw.timeout), None));
+        }
+        if let Some(t) = raw.launcher.slurm.as_ref().and_then(|s| s.time.as_deref()) {
+            crate::launch::slurm::check_time(t).map_err(|m| invalid(&["launcher", "slurm", "time"], "launcher.slurm.time", m, None))?;
+        }
+        if raw.launcher.slurm.as_ref().is_some_and(|s| s.workers == Some(0)) {
+            return Err(invalid(&["launcher", "slurm", "workers"], "launcher.slurm.workers", "must be at least 1".into(), None));
+        }
+        if let Some(ssh) = &raw.launcher.ssh {
+            crate::launch::ssh::parse_hosts(&ssh.hosts).map_err(|m| invalid(&["launcher", "ssh", "hosts"], "launcher.ssh.hosts", m, None))?;
         }
         if raw.repeats.is_some() && raw.seeds.is_some() {
             return Err(invalid(&["seeds"], "seeds", "give either repeats or seeds, not both".into(), None));
@@ -357,7 +375,7 @@ impl Sweep {
             }
         }
         let name = raw.name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));
-        Ok(Sweep { name, file: path.to_path_buf(), source: src.to_string(), timeout: raw.timeout, retries: raw.retries, gpu: raw.gpu, trials })
+        Ok(Sweep { name, file: path.to_path_buf(), source: src.to_string(), timeout: raw.timeout, retries: raw.retries, gpu: raw.gpu, trials, launcher: raw.launcher })
     }
 }
 

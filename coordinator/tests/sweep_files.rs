@@ -66,6 +66,11 @@ fn bad_sweeps_are_refused_with_file_line_column_and_key() {
             format!("seeds = [{}]\n{BASE}", (0..10_001).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
             vec!["sweep.toml:1:1:", "key `seeds`", "10001 trials"],
         ),
+        ("a bad slurm time limit", format!("{BASE}[launcher.slurm]\ntime = \"1h\"\n"), vec!["sweep.toml:7:1:", "key `launcher.slurm.time`", "not a Slurm time limit"]),
+        ("an unknown slurm key", format!("{BASE}[launcher.slurm]\nqueue = \"x\"\n"), vec!["sweep.toml:7:1:", "launcher.slurm", "unknown field `queue`"]),
+        ("zero slurm workers", format!("{BASE}[launcher.slurm]\nworkers = 0\n"), vec!["sweep.toml:7:1:", "key `launcher.slurm.workers`", "at least 1"]),
+        ("an ssh host with no workers", format!("{BASE}[launcher.ssh]\nhosts = [\"a:2\", \"b:0\"]\n"), vec!["sweep.toml:7:1:", "key `launcher.ssh.hosts`", "`b:0`", "≥ 1"]),
+        ("an unknown launcher", format!("{BASE}[launcher.pbs]\nqueue = \"x\"\n"), vec!["sweep.toml:", "launcher", "unknown field `pbs`"]),
     ];
     for (case, src, want) in &cases {
         check_refused(case, src, want);

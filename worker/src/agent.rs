@@ -43,10 +43,28 @@ pub struct AgentArgs {
     /// where other users' `ps` would show it).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Read the run's token from the first line of standard input (the `ssh` launcher writes
+    /// it there: neither a command line nor a file on the remote host holds it).
+    #[arg(long, conflicts_with = "token_file")]
+    pub token_stdin: bool,
+    /// Exit as soon as standard input reaches end-of-file: the `ssh` launcher keeps it open, so
+    /// a worker started over ssh stops when its ssh client is killed or the coordinator dies.
+    #[arg(long)]
+    pub exit_on_stdin_eof: bool,
+    /// Verify the coordinator's TLS certificate with this CA certificate (PEM); needs an
+    /// https:// URL. Launched workers get the PEM text in SCORESWEEP_TLS_CA instead.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The environment variable that carries the run's token.
 const TOKEN_ENV: &str = "SCORESWEEP_TOKEN";
+
+/// The environment variable that carries the CA certificate (PEM text) of a TLS coordinator.
+const TLS_CA_ENV: &str = "SCORESWEEP_TLS_CA";
+
+/// Largest message this worker sends or accepts (the coordinator's limit too).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Adds `authorization: Bearer <token>` to every call (none without a token).
 #[derive(Clone)]
@@ -61,15 +79,63 @@ impl tonic::service::Interceptor for Token {
     }
 }
 
-/// The token from `--token-file`, else from SCORESWEEP_TOKEN, else none.
+/// The token from `--token-file`, else the first line of stdin (`--token-stdin`), else
+/// SCORESWEEP_TOKEN, else none.
 fn token(args: &AgentArgs) -> anyhow::Result<Token> {
     let text = match &args.token_file {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("failed to read the token file {}", p.display()))?),
+        None if args.token_stdin => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("failed to read the token from standard input")?;
+            anyhow::ensure!(!line.trim().is_empty(), "--token-stdin: standard input gave no token");
+            Some(line)
+        }
         None => std::env::var(TOKEN_ENV).ok(),
     };
     let Some(t) = text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else { return Ok(Token(None)) };
     let v = format!("Bearer {t}").parse().map_err(|_| anyhow::anyhow!("the token is not printable ASCII"))?;
     Ok(Token(Some(v)))
+}
+
+/// The channel to the coordinator: plain for http://, TLS for https:// (verified with the CA
+/// of `--tls-ca` or SCORESWEEP_TLS_CA; there are no built-in roots).
+fn channel(url: &str, args: &AgentArgs) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(url.to_string()).context("bad coordinator URL")?;
+    let ca = match (&args.tls_ca, std::env::var(TLS_CA_ENV).ok().filter(|s| !s.trim().is_empty())) {
+        (Some(p), _) => Some(std::fs::read_to_string(p).with_context(|| format!("failed to read the CA certificate {}", p.display()))?),
+        (None, pem) => pem,
+    };
+    let https = url.starts_with("https://");
+    let endpoint = match (https, ca) {
+        (true, Some(pem)) => {
+            let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint.tls_config(tls).context("bad TLS settings")?
+        }
+        (true, None) => anyhow::bail!("{url} is https: give the CA certificate that signed the coordinator's (--tls-ca FILE or {TLS_CA_ENV})"),
+        (false, Some(_)) if args.tls_ca.is_some() => anyhow::bail!("--tls-ca needs an https:// coordinator URL (got {url})"),
+        (false, _) => endpoint,
+    };
+    Ok(endpoint.connect_lazy())
+}
+
+/// Exits the process once standard input reaches end-of-file (`--exit-on-stdin-eof`).
+fn exit_on_stdin_eof() {
+    std::thread::Builder::new()
+        .name("stdin-watchdog".into())
+        .spawn(|| {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            loop {
+                match std::io::stdin().read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        eprintln!("worker: standard input closed (its ssh session ended); exiting");
+                        std::process::exit(3)
+                    }
+                    Ok(_) => {}
+                }
+            }
+        })
+        .expect("failed to start the stdin watchdog thread");
 }
 
 type Client = SweepClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
@@ -144,6 +210,12 @@ pub fn run(url: &str, args: &AgentArgs, choice: DeviceChoice) -> anyhow::Result<
     if let Some(pid) = args.parent_pid {
         exit_with_parent(pid);
     }
+    // The token first: with --token-stdin it is the first line of stdin, which the watchdog
+    // must not swallow.
+    let token = token(args)?;
+    if args.exit_on_stdin_eof {
+        exit_on_stdin_eof();
+    }
     let place = placement(choice)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -152,7 +224,7 @@ pub fn run(url: &str, args: &AgentArgs, choice: DeviceChoice) -> anyhow::Result<
             let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
             tokio::spawn(async move { while sigint.recv().await.is_some() {} });
         }
-        agent(url, args, &place).await
+        agent(url, args, token, &place).await
     })
 }
 
@@ -192,9 +264,8 @@ where
     }
 }
 
-async fn agent(url: &str, args: &AgentArgs, place: &Placement) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(url.to_string()).context("bad coordinator URL")?.connect_lazy();
-    let client = SweepClient::with_interceptor(channel, token(args)?).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement) -> anyhow::Result<()> {
+    let client = SweepClient::with_interceptor(channel(url, args)?, token).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let register = register_request(args, place);
     let register = || {
         retry(args, "register", || {

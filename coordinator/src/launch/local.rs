@@ -28,6 +28,9 @@ impl LocalLauncher {
         if let Some(t) = &self.config.token {
             cmd.env(crate::auth::TOKEN_ENV, t);
         }
+        if let Some(ca) = &self.config.tls_ca {
+            cmd.env(super::TLS_CA_ENV, ca);
+        }
         let child = cmd
             .args(["--coordinator", &self.url, "--name", name, "--ignore-interrupt", "--parent-pid", &std::process::id().to_string()])
             .env("RAYON_NUM_THREADS", threads.to_string())
@@ -63,11 +66,11 @@ impl Launcher for LocalLauncher {
         self.children.retain_mut(|(name, child)| match child.try_wait() {
             Ok(None) => true,
             Ok(Some(status)) => {
-                exited.push(Exited { name: name.clone(), code: status.code(), signal: status.signal() });
+                exited.push(Exited { name: name.clone(), code: status.code(), signal: status.signal(), detail: None });
                 false
             }
             Err(_) => {
-                exited.push(Exited { name: name.clone(), code: None, signal: None });
+                exited.push(Exited { name: name.clone(), code: None, signal: None, detail: None });
                 false
             }
         });

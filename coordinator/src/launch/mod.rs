@@ -3,7 +3,13 @@
 //! NAME --ignore-interrupt`), wherever a launcher puts them; the coordinator knows nothing of
 //! the engine.
 //!
-//! To add a launcher (e.g. Slurm or SSH): write `launch/<kind>.rs` with a type implementing
+//! Launchers: `local` (processes on this machine), `slurm` (one `sbatch` job per worker) and
+//! `ssh` (workers on other hosts, stopped when their ssh session ends). Whatever the launcher,
+//! the run's token reaches workers through their environment or standard input, never a
+//! command line, and a worker's results and artifacts come back over the protocol (nothing
+//! assumes a file system shared with the coordinator).
+//!
+//! To add a launcher (e.g. Kubernetes): write `launch/<kind>.rs` with a type implementing
 //! [`Launcher`] (its `new` gets the [`LaunchConfig`]), and add one line `"<kind>" =>
 //! <kind>::<Type>,` to the `registry!` invocation below; `--launcher <kind>` then selects it.
 //!
@@ -22,10 +28,48 @@ use std::time::{Duration, Instant};
 pub struct LaunchConfig {
     /// The worker executable (see [`worker_executable`]).
     pub worker_bin: PathBuf,
-    /// Workers to start.
+    /// Workers to start (the `ssh` launcher starts its hosts' counts instead).
     pub workers: usize,
-    /// The run's token, handed to workers through the environment (`auth::TOKEN_ENV`).
+    /// The run's token, handed to workers through the environment (`auth::TOKEN_ENV`) or
+    /// their standard input, never a command line.
     pub token: Option<String>,
+    /// PEM of the CA certificate workers verify a TLS coordinator with (`TLS_CA_ENV`).
+    pub tls_ca: Option<String>,
+    /// The run's output directory (Slurm job logs).
+    pub out: PathBuf,
+    /// `slurm` launcher settings (`[launcher.slurm]` merged with the `--slurm-*` flags).
+    pub slurm: slurm::SlurmOptions,
+    /// `ssh` launcher settings (`[launcher.ssh]` merged with the `--ssh-*` flags).
+    pub ssh: ssh::SshOptions,
+}
+
+impl LaunchConfig {
+    /// `workers` local workers of `worker_bin`, no token, TLS or cluster settings.
+    pub fn local(worker_bin: PathBuf, workers: usize) -> LaunchConfig {
+        LaunchConfig { worker_bin, workers, token: None, tls_ca: None, out: PathBuf::from("out"), slurm: Default::default(), ssh: Default::default() }
+    }
+}
+
+/// `[launcher]` in a sweep file: settings of the launchers that need some.
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LauncherTables {
+    pub slurm: Option<slurm::SlurmOptions>,
+    pub ssh: Option<ssh::SshOptions>,
+}
+
+/// The environment variable that carries the CA certificate (PEM text, public) to workers of
+/// a TLS coordinator.
+pub const TLS_CA_ENV: &str = "SCORESWEEP_TLS_CA";
+
+/// `s` single-quoted for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `tool` on `$PATH`, if it is there.
+pub fn find_in_path(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|f| f.is_file()))
 }
 
 /// A worker that has exited (or could not be watched any longer).
@@ -37,11 +81,18 @@ pub struct Exited {
     pub code: Option<i32>,
     /// The signal that killed it, if one did.
     pub signal: Option<i32>,
+    /// What the launcher knows besides (e.g. "slurm job 12: TIMEOUT").
+    pub detail: Option<String>,
 }
 
 impl std::fmt::Display for Exited {
-    /// "local1 was killed by signal 9", "local0 exited with code 1".
+    /// "local1 was killed by signal 9", "local0 exited with code 1", "slurm0 (slurm job 7:
+    /// TIMEOUT) exited (status unknown)".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(d) = &self.detail {
+            let bare = Exited { detail: None, name: format!("{} ({d})", self.name), ..*self };
+            return bare.fmt(f);
+        }
         match (self.code, self.signal) {
             (Some(c), _) => write!(f, "{} exited with code {c}", self.name),
             (None, Some(s)) => write!(f, "{} was killed by signal {s}", self.name),
@@ -63,6 +114,14 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} failed: {message}")]
+    Command { what: String, message: String },
+    #[error("the {launcher} launcher needs `{tool}`, which is not on PATH")]
+    ToolMissing { tool: String, launcher: &'static str },
+    #[error("no ssh host could start workers: {0}")]
+    NoHosts(String),
+    #[error("the ssh launcher needs hosts: --ssh-hosts HOST[:N],… or `hosts` in [launcher.ssh]")]
+    NoHostsGiven,
 }
 
 /// A boxed future, so that [`Launcher`] stays usable as `dyn Launcher`.
@@ -198,6 +257,8 @@ macro_rules! registry {
 
 registry! {
     "local" => local::LocalLauncher,
+    "slurm" => slurm::SlurmLauncher,
+    "ssh" => ssh::SshLauncher,
 }
 
 /// The worker executable: `given` (`--worker-bin`), else `$SCORESWEEP_WORKER`, else `worker`
@@ -258,11 +319,21 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_missing_workers_are_refused_clearly() {
-        let config = LaunchConfig { worker_bin: PathBuf::from("/bin/true"), workers: 1, token: None };
-        let err = launcher("slurm", &config).err().expect("refused").to_string();
-        assert!(err.contains("unknown launcher `slurm`") && err.contains("local"), "{err}");
+        let config = LaunchConfig::local(PathBuf::from("/bin/true"), 1);
+        let err = launcher("pbs", &config).err().expect("refused").to_string();
+        assert!(err.contains("unknown launcher `pbs`") && err.contains("local, slurm, ssh"), "{err}");
         assert!(launcher("local", &config).is_ok());
         let err = worker_executable(Some(Path::new("/nonexistent/worker"))).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/worker") && err.contains("cargo build --release -p worker") && err.contains("--worker-bin"), "{err}");
+        let err = launcher("ssh", &config).err().expect("no hosts").to_string();
+        assert!(err.contains("--ssh-hosts"), "{err}");
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        let out = std::process::Command::new("sh").arg("-c").arg(format!("printf %s {}", shell_quote("x'; echo pwned '"))).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "x'; echo pwned '");
     }
 }
