@@ -146,10 +146,10 @@ fn a_missing_worker_or_unknown_launcher_is_refused_before_anything_runs() {
     let o = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).env("SCORESWEEP_WORKER", &missing).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-worker"));
-    let o = run(&sweep, &out, &["--launcher", "slurm"]);
+    let o = run(&sweep, &out, &["--launcher", "pbs"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("unknown launcher `slurm`") && err.contains("local"), "{err}");
+    assert!(err.contains("unknown launcher `pbs`") && err.contains("local, slurm, ssh"), "{err}");
     assert!(!out.exists(), "output written");
 }
 

@@ -33,6 +33,11 @@ const SLEEP: &str = "[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n";
 /// Serves the sweep `src` (synced into a fresh database under `dir`), runs `f` with a client,
 /// and returns once the server has stopped and the database is closed.
 fn with_server<Fut: std::future::Future<Output = ()>>(dir: &Path, src: &str, f: impl FnOnce(Client) -> Fut) -> Arc<Shared> {
+    with_server_at(dir, src, |c, _| f(c))
+}
+
+/// [`with_server`], also giving `f` the server's URL.
+fn with_server_at<Fut: std::future::Future<Output = ()>>(dir: &Path, src: &str, f: impl FnOnce(Client, String) -> Fut) -> Arc<Shared> {
     let path = dir.join("sweep.toml");
     std::fs::write(&path, src).unwrap();
     let sweep = Sweep::parse(src, &path).unwrap();
@@ -47,7 +52,7 @@ fn with_server<Fut: std::future::Future<Output = ()>>(dir: &Path, src: &str, f: 
         let server = tokio::spawn(serve(listener, shared.clone(), async {
             let _ = stopped.await;
         }));
-        f(SweepClient::connect(url).await.unwrap()).await;
+        f(SweepClient::connect(url.clone()).await.unwrap(), url).await;
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     });
@@ -267,4 +272,88 @@ fn a_train_trial_must_report_the_metrics_of_its_configuration() {
     assert!(!error.contains("missing: steps_done"), "{error}");
     assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 0);
     assert_eq!(query::<String>(&dir, "SELECT status FROM trials"), "failed", "no retries left: failed, without a result");
+}
+
+/// Raw bytes as a gRPC message, to send what no generated client would.
+#[derive(Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
+
+/// Message size limits and undecodable input: garbage bytes on the port, an HTTP/2 connection
+/// that sends nonsense, a Report over the 64 MiB limit and a Report that is not protobuf are
+/// each refused (the connection closed, or the call answered with an error status), and none of
+/// them changes the run: the attempt they aimed at is still running, and its real report is
+/// recorded afterwards like any other.
+#[test]
+fn oversized_and_undecodable_messages_are_refused_and_the_run_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tmpdir("limits");
+    with_server_at(&dir, &format!("seeds = [0, 1]\n{SLEEP}"), |mut c, url| async move {
+        let w = register(&mut c, "w").await;
+        let l = lease(&mut c, &w).await;
+        let addr = url.trim_start_matches("http://").to_string();
+        // Garbage bytes, then an HTTP/2 preface followed by garbage frames.
+        let junk: Vec<u8> = (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for prefix in [&b""[..], &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..]] {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let _ = s.write_all(prefix).await;
+            let _ = s.write_all(&junk).await;
+            let mut sink = Vec::new();
+            let closed = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+            assert!(closed.is_ok(), "the server kept a garbage connection open");
+        }
+        // A Report over the limit: refused before it is decoded.
+        let mut big = done(&w, &l);
+        big.metrics_json = format!("{{\"slept_seconds\": 0.001, \"pad\": \"{}\"}}", "x".repeat((64 << 20) + 1024));
+        let mut unlimited = c.clone().max_encoding_message_size(usize::MAX);
+        let err = unlimited.report(big).await.expect_err("an oversized report was accepted");
+        assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+        // A Report that is not protobuf.
+        let mut raw = tonic::client::Grpc::new(Channel::from_shared(url.clone()).unwrap().connect().await.unwrap());
+        raw.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/scoresweep.v1.Sweep/Report");
+        let err = raw.unary(tonic::Request::new(vec![0xff; 64]), path, Raw).await.expect_err("garbage decoded");
+        assert_eq!(err.code(), Code::Internal, "{err:?}");
+        // Nothing changed: the attempt still runs, and its real report is recorded.
+        let hb = c.heartbeat(heartbeat(&w, l.attempt_id)).await.unwrap().into_inner();
+        assert!(!hb.cancel);
+        c.report(done(&w, &l)).await.unwrap();
+        let l2 = lease(&mut c, &w).await;
+        c.report(done(&w, &l2)).await.unwrap();
+    });
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 2);
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts"), 2, "one attempt per trial: the refused messages made none");
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts WHERE outcome = 'done'"), 2);
 }
