@@ -14,7 +14,7 @@
 //!
 //! A job that ends before the sweep does (cancelled, time limit, node failure) is a lost worker:
 //! its attempt's lease expires and the trial is retried; the run loop submits a replacement as
-//! the [`super::Respawner`] decides.
+//! the [`super::Respawner`] decides. Every job submitted is listed in `<out>/slurm/jobs.tsv`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,9 @@ pub fn check_time(t: &str) -> Result<(), String> {
     let ok = days.is_none_or(digits) && parts.iter().all(|p| digits(p)) && parts.len() <= 3;
     if ok { Ok(()) } else { Err(format!("`{t}` is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)")) }
 }
+
+/// `<out>/slurm/jobs.tsv`: one line per submitted job, `JOB_ID<TAB>WORKER_NAME`.
+pub const JOBS_FILE: &str = "jobs.tsv";
 
 /// How often job states are asked of Slurm.
 const QUERY_EVERY: Duration = Duration::from_secs(1);
@@ -135,9 +138,7 @@ impl SlurmLauncher {
     fn submit(&mut self, name: &str) -> Result<(), LaunchError> {
         use std::io::Write;
         let out = std::path::absolute(&self.config.out).unwrap_or_else(|_| self.config.out.clone());
-        if self.opts.output.is_none() {
-            std::fs::create_dir_all(out.join("slurm")).map_err(|source| LaunchError::Spawn { path: out.join("slurm"), source })?;
-        }
+        std::fs::create_dir_all(out.join("slurm")).map_err(|source| LaunchError::Spawn { path: out.join("slurm"), source })?;
         let mut cmd = Command::new("sbatch");
         cmd.args(self.sbatch_args(name, &out)).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(t) = &self.config.token {
@@ -156,6 +157,10 @@ impl SlurmLauncher {
         if !o.status.success() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(LaunchError::Command { what: format!("sbatch for worker {name}"), message: String::from_utf8_lossy(&o.stderr).trim().to_string() });
         }
+        // Every job of the run, for the record (and for `scancel` by hand after a `kill -9`).
+        let record = out.join("slurm").join(JOBS_FILE);
+        let line = format!("{id}\t{name}\n");
+        let _ = std::fs::OpenOptions::new().create(true).append(true).open(&record).and_then(|mut f| f.write_all(line.as_bytes()));
         self.jobs.push(Job { name: name.to_string(), id: id.clone(), submitted: Instant::now() });
         self.live_ids.push(id);
         Ok(())
