@@ -324,3 +324,138 @@ fn ctrl_c_lets_running_trials_finish_then_resume_runs_the_rest() {
     assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 5);
     assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 5, "each trial ran once");
 }
+
+/// Runs `openssl` with `args` in `dir`, asserting success.
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (the tests make their certificates with it)");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A CA (`<ca>.pem`, `<ca>.key`) and, when `server` is given, a server certificate it signs
+/// for localhost and 127.0.0.1 (`<server>.pem`, `<server>.key`).
+fn make_ca(dir: &Path, ca: &str, server: Option<&str>) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", &format!("/CN={ca}")]].concat());
+    if let Some(s) = server {
+        let (key, csr, pem) = (format!("{s}.key"), format!("{s}.csr"), format!("{s}.pem"));
+        openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]].concat());
+        std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+        openssl(dir, &["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", "ext"]);
+    }
+}
+
+/// TLS with a certificate the user provides: `run` serves https:// and its local workers verify
+/// the coordinator with `--tls-ca`; a `serve`d run refuses plain-text workers and workers that
+/// trust another CA or none; a worker with the right CA completes the sweep; unusable TLS
+/// files are refused before anything is written (exit code 2).
+#[test]
+fn tls_runs_serve_https_and_workers_verify_the_certificate() {
+    let dir = tmp("tls");
+    make_ca(&dir, "ca", Some("server"));
+    make_ca(&dir, "other", None);
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "timeout = 60\nrepeats = 3\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.2\n").unwrap();
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let tls = ["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key")];
+
+    let out = dir.join("run");
+    let o = run(&sweep, &out, &[&tls[..], &["--tls-ca", &p("ca.pem")]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("serving on https://127.0.0.1:"), "{err}");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 3);
+
+    // Unusable files: a key that is not a key, a CA that is not a certificate.
+    for (what, args) in [("key", vec!["--tls-cert", &p("server.pem"), "--tls-key", &p("ca.pem")]), ("ca", [&tls[..], &["--tls-ca", &p("server.key")]].concat())] {
+        let bad = dir.join(format!("bad-{what}"));
+        let o = run(&sweep, &bad, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains("not a PEM"), "{what}: {err}");
+        assert!(!bad.exists(), "{what}: output written");
+    }
+
+    let out = dir.join("serve");
+    let mut coord =
+        Command::new(bin("coordinator")).arg("serve").arg(&sweep).arg("--out").arg(&out).args(["--listen", "127.0.0.1:0"]).args(tls).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(coord.stderr.take().unwrap()).lines();
+    let url = loop {
+        let l = lines.next().expect("coordinator exited").unwrap();
+        if let Some(u) = l.strip_prefix("serving on ") {
+            break u.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let token = out.join("token");
+    let worker = |url: &str, ca: Option<&str>| {
+        let mut cmd = Command::new(bin("worker"));
+        cmd.args(["--coordinator", url, "--max-unreachable", "2"]).arg("--token-file").arg(&token).env_remove("SCORESWEEP_TLS_CA");
+        if let Some(ca) = ca {
+            cmd.arg("--tls-ca").arg(dir.join(ca));
+        }
+        cmd.output().unwrap()
+    };
+    let plain = url.replacen("https://", "http://", 1);
+    for (what, o) in [("plain text", worker(&plain, None)), ("another CA", worker(&url, Some("other.pem"))), ("no CA", worker(&url, None))] {
+        assert!(!o.status.success(), "{what}: the worker got in");
+    }
+    let o = worker(&url, None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tls-ca"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM workers"), 0, "nobody registered");
+    let o = worker(&url, Some("ca.pem"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(coord.wait().unwrap().success());
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 3);
+}
+
+/// Cluster settings are checked before anything runs (exit code 2, nothing written): a flag of
+/// another launcher, an ssh launcher without hosts or with a bad count, a bad Slurm time limit,
+/// `--workers` with ssh.
+#[test]
+fn bad_cluster_settings_are_refused_before_anything_runs() {
+    let dir = tmp("clusterflags");
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "[base]\nseed = 0\n[base.sleep]\nseconds = 0.1\n").unwrap();
+    let out = dir.join("out");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--launcher", "local", "--ssh-hosts", "a"], "--ssh-hosts is a setting of --launcher ssh"),
+        (&["--launcher", "slurm", "--ssh-arg=-p2222"], "--ssh-arg is a setting of --launcher ssh"),
+        (&["--launcher", "ssh"], "--ssh-hosts"),
+        (&["--launcher", "ssh", "--ssh-hosts", "a:0"], "`a:0`"),
+        (&["--launcher", "slurm", "--slurm-time", "1h"], "not a Slurm time limit"),
+        (&["--launcher", "ssh", "--ssh-hosts", "a:1", "--workers", "3"], "--workers does not apply"),
+    ];
+    for (args, want) in cases {
+        let o = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: `{want}` not in {err}");
+        assert!(!out.exists(), "{args:?}: output written");
+    }
+}
+
+/// `coordinator k8s-manifest` prints the Secret and the Job; a missing token file or a URL
+/// that is not one is a usage error.
+#[test]
+fn k8s_manifest_prints_a_secret_and_a_job() {
+    let dir = tmp("k8s");
+    let token = dir.join("token");
+    std::fs::write(&token, "ab".repeat(32)).unwrap();
+    let k8s = |extra: &[&str]| {
+        Command::new(bin("coordinator")).args(["k8s-manifest", "--image", "scoresweep/worker:1", "--workers", "4"]).arg("--token-file").arg(&token).args(extra).output().unwrap()
+    };
+    let o = k8s(&["--coordinator", "http://10.0.0.5:50051"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let yaml = String::from_utf8_lossy(&o.stdout);
+    for want in ["kind: Secret", "kind: Job", "parallelism: 4", "secretKeyRef", "\"http://10.0.0.5:50051\""] {
+        assert!(yaml.contains(want), "`{want}` not in:\n{yaml}");
+    }
+    let o = k8s(&["--coordinator", "10.0.0.5:50051"]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_file(&token).unwrap();
+    let o = k8s(&["--coordinator", "http://10.0.0.5:50051"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("token file"));
+}
