@@ -42,14 +42,20 @@ fn slurm_problem() -> Option<String> {
         Ok(o) if !o.status.success() => Some(format!("sinfo: {}", String::from_utf8_lossy(&o.stderr).trim())),
         Ok(o) => {
             let states = String::from_utf8_lossy(&o.stdout).to_string();
-            if states.lines().any(|s| s.starts_with("idle") || s.starts_with("mix") || s.starts_with("alloc")) { None } else { Some(format!("no usable node (sinfo: {})", states.trim())) }
+            if states.lines().any(|s| s.starts_with("idle") || s.starts_with("mix") || s.starts_with("alloc")) {
+                None
+            } else {
+                Some(format!("no usable node (sinfo: {})", states.trim()))
+            }
         }
     }
 }
 
 /// The ssh configuration written by scripts/cluster-up.sh (host `scoresweep-ssh`).
 fn ssh_config() -> PathBuf {
-    std::env::var_os("SCORESWEEP_SSH_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/scoresweep-cluster/ssh_config"))
+    std::env::var_os("SCORESWEEP_SSH_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/scoresweep-cluster/ssh_config"))
 }
 
 const SSH_HOST: &str = "scoresweep-ssh";

@@ -20,9 +20,8 @@ pub fn advertised_host(bound: SocketAddr, advertise: Option<&str>, remote: bool)
         let lo = if ip.is_ipv4() { "127.0.0.1" } else { "::1" };
         return (lo.to_string(), None);
     }
-    let warning = (remote && ip.is_loopback()).then(|| {
-        format!("listening on loopback ({ip}): only workers on this machine can connect (use --listen 0.0.0.0:0, or --advertise HOST with a reachable --listen)")
-    });
+    let warning = (remote && ip.is_loopback())
+        .then(|| format!("listening on loopback ({ip}): only workers on this machine can connect (use --listen 0.0.0.0:0, or --advertise HOST with a reachable --listen)"));
     (ip.to_string(), warning)
 }
 

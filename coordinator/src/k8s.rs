@@ -66,7 +66,12 @@ impl Manifest {
             return Err(ManifestError::NoWorkers);
         }
         let n = &self.name;
-        if n.is_empty() || n.len() > 57 || !n.starts_with(|c: char| c.is_ascii_lowercase()) || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || n.ends_with('-') {
+        if n.is_empty()
+            || n.len() > 57
+            || !n.starts_with(|c: char| c.is_ascii_lowercase())
+            || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || n.ends_with('-')
+        {
             return Err(ManifestError::BadName(n.clone()));
         }
         if self.token.trim().is_empty() {

@@ -348,7 +348,20 @@ fn main() -> ExitCode {
             };
             let remote_workers = kind != "local";
             let listen = listen.unwrap_or_else(|| if remote_workers { "0.0.0.0:0" } else { "127.0.0.1:0" }.to_string());
-            let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet, token: Some(token), advertise, remote_workers, tls };
+            let opts = RunOptions {
+                sweep,
+                out: out.clone(),
+                listen,
+                retry_failed,
+                lease_secs,
+                max_artifact_bytes,
+                max_respawns,
+                quiet,
+                token: Some(token),
+                advertise,
+                remote_workers,
+                tls,
+            };
             run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
         }
         Command::Serve { sweep, out, listen, advertise, tls, retry_failed, lease_secs, max_artifact_bytes } => {

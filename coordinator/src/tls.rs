@@ -58,7 +58,11 @@ impl ServerTls {
         if !tls.key_pem.contains("PRIVATE KEY-----") {
             return Err(TlsError::NotPem { what: "private key", path: key.to_path_buf(), marker: "… PRIVATE KEY" });
         }
-        tonic::transport::Server::builder().tls_config(tls.config()).map_err(|e| TlsError::Unusable { cert: cert.to_path_buf(), key: key.to_path_buf(), message: error_chain(&e) })?;
+        tonic::transport::Server::builder().tls_config(tls.config()).map_err(|e| TlsError::Unusable {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            message: error_chain(&e),
+        })?;
         Ok(tls)
     }
 
