@@ -3,8 +3,9 @@
 //! end through each; a Slurm job cancelled mid-trial (`scancel`) is survived with every trial
 //! recorded once; Ctrl-C cancels the run's jobs; an ssh host that cannot be reached is reported
 //! and skipped; remote workers without the token or with a wrong one are refused; remote
-//! workers stop when their coordinator dies; and the token is in no process's command line, no
-//! Slurm job record or batch script, and in a file of mode 0600.
+//! workers stop when their coordinator dies; remote workers verify a TLS coordinator with the
+//! CA they are given; and the token is in no process's command line, no Slurm job record or
+//! batch script, and in a file of mode 0600.
 //!
 //! Without Slurm or the sshd each test prints `SKIPPED: …` and passes, unless
 //! `SCORESWEEP_REQUIRE_CLUSTER=1` (set by `.ci/run`), which makes a missing cluster a failure.
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bin, count, tmp, try_count, wait_for};
+use common::{bin, count, make_ca, tmp, try_count, wait_for};
 
 /// Whether a missing cluster fails the test instead of skipping it.
 fn required() -> bool {
@@ -231,32 +232,36 @@ fn slurm_runs_a_sweep_survives_a_cancelled_job_and_keeps_the_token_out_of_job_re
     wait_for("the run's jobs to end", 30.0, || slurm_active(&ids).is_empty());
 }
 
+/// Ctrl-C twice, or SIGTERM once: running trials are cancelled and every job of the run ends
+/// (a pending one by `scancel`).
 #[test]
-fn slurm_jobs_are_cancelled_when_the_run_is_interrupted() {
+fn slurm_jobs_are_cancelled_when_the_run_is_interrupted_or_terminated() {
     if !available("Slurm", slurm_problem()) {
         return;
     }
-    let dir = tmp("slurm-int");
-    let out = dir.join("out");
-    // Sleep trials far longer than the test: only the interruption ends them. Three jobs on
-    // the two CPUs of the CI node: one stays pending, and only `scancel` ends it.
-    let sweep = sleep_sweep(&dir, 4, 600.0, 0);
-    let coord = Coordinator::start(&sweep, &out, &["--launcher", "slurm", "--workers", "3"]);
-    wait_for("a running attempt", 60.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'").unwrap_or(0) > 0);
-    let pid = coord.child.id().to_string();
-    // First Ctrl-C: no new trials; second: running ones are cancelled; then the jobs go.
-    for _ in 0..2 {
-        assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-        std::thread::sleep(Duration::from_millis(500));
+    for signals in [&["-INT", "-INT"][..], &["-TERM"][..]] {
+        let dir = tmp(&format!("slurm-int{}", signals.len()));
+        let out = dir.join("out");
+        // Sleep trials far longer than the test: only the interruption ends them. Three jobs
+        // on the two CPUs of the CI node: one stays pending, and only `scancel` ends it.
+        let sweep = sleep_sweep(&dir, 4, 600.0, 0);
+        let coord = Coordinator::start(&sweep, &out, &["--launcher", "slurm", "--workers", "3", "--lease-secs", "4"]);
+        wait_for("a running attempt", 60.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'").unwrap_or(0) > 0);
+        let pid = coord.child.id().to_string();
+        // First Ctrl-C: no new trials; second: running ones are cancelled; then the jobs go.
+        for sig in signals {
+            assert!(Command::new("kill").args([*sig, pid.as_str()]).status().unwrap().success());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let log = coord.succeeds(60.0);
+        assert!(log.contains("cancelling running trials"), "{signals:?}: {log}");
+        let ids: Vec<u64> = slurm_jobs(&out).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids.len(), 3, "three jobs submitted");
+        wait_for("the run's jobs to be cancelled", 30.0, || slurm_active(&ids).is_empty());
+        assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 0);
+        let states: Vec<String> = ids.iter().map(|id| output_of("scontrol", &["-o", "show", "job", &id.to_string()])).collect();
+        assert!(states.iter().any(|s| s.contains("JobState=CANCELLED")), "{signals:?}: no job was cancelled: {states:?}");
     }
-    let log = coord.succeeds(60.0);
-    assert!(log.contains("cancelling running trials"), "{log}");
-    let ids: Vec<u64> = slurm_jobs(&out).into_iter().map(|(_, id)| id).collect();
-    assert_eq!(ids.len(), 3, "three jobs submitted");
-    wait_for("the run's jobs to be cancelled", 30.0, || slurm_active(&ids).is_empty());
-    assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 0);
-    let states: Vec<String> = ids.iter().map(|id| output_of("scontrol", &["-o", "show", "job", &id.to_string()])).collect();
-    assert!(states.iter().any(|s| s.contains("JobState=CANCELLED")), "no job was cancelled: {states:?}");
 }
 
 const TRAIN: &str = r#"
@@ -292,8 +297,13 @@ fn ssh_runs_a_sweep_on_the_reachable_hosts_and_artifacts_come_back() {
     std::fs::write(&sweep, TRAIN).unwrap();
     let cfg = ssh_config();
     let cfg_arg = format!("--ssh-arg={}", cfg.display());
-    let coord = Coordinator::start(&sweep, &out, &["--launcher", "ssh", "--ssh-hosts", &format!("{SSH_HOST}:2,nohost.invalid"), "--ssh-arg=-F", &cfg_arg]);
-    assert!(!coord.url.contains("0.0.0.0"), "a wildcard address was advertised: {}", coord.url);
+    // Over TLS: the remote workers get the CA certificate with their command.
+    make_ca(&dir, "ca", Some("server"));
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let tls = ["--tls-cert", &p("server.pem"), "--tls-key", &p("server.key"), "--tls-ca", &p("ca.pem"), "--advertise", "127.0.0.1"];
+    let hosts = format!("{SSH_HOST}:2,nohost.invalid");
+    let coord = Coordinator::start(&sweep, &out, &[&["--launcher", "ssh", "--ssh-hosts", &hosts, "--ssh-arg=-F", &cfg_arg][..], &tls].concat());
+    assert!(coord.url.starts_with("https://127.0.0.1:"), "{}", coord.url);
     let token = token(&out);
     wait_for("a lease", 60.0, || try_count(&out, "SELECT COUNT(*) FROM attempts").unwrap_or(0) > 0);
     assert_token_on_no_command_line(&token);

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{bin, count, table, tmp, try_count, wait_for};
+use common::{bin, count, make_ca, table, tmp, try_count, wait_for};
 
 const SMALL: &str = r#"
 name = "small"
@@ -323,26 +323,6 @@ fn ctrl_c_lets_running_trials_finish_then_resume_runs_the_rest() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 5);
     assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 5, "each trial ran once");
-}
-
-/// Runs `openssl` with `args` in `dir`, asserting success.
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (the tests make their certificates with it)");
-    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// A CA (`<ca>.pem`, `<ca>.key`) and, when `server` is given, a server certificate it signs
-/// for localhost and 127.0.0.1 (`<server>.pem`, `<server>.key`).
-fn make_ca(dir: &Path, ca: &str, server: Option<&str>) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
-    openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", &format!("/CN={ca}")]].concat());
-    if let Some(s) = server {
-        let (key, csr, pem) = (format!("{s}.key"), format!("{s}.csr"), format!("{s}.pem"));
-        openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]].concat());
-        std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-        openssl(dir, &["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", "ext"]);
-    }
 }
 
 /// TLS with a certificate the user provides: `run` serves https:// and its local workers verify

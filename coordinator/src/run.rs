@@ -123,6 +123,20 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
                 }
             });
         }
+        // SIGTERM (a process manager, `kill`, Slurm ending the coordinator's own job): both
+        // Ctrl-Cs at once, so that the run still ends through the launcher's `stop` (remote
+        // jobs cancelled) rather than leaving its workers behind.
+        {
+            let shared = shared.clone();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::spawn(async move {
+                if term.recv().await.is_some() {
+                    eprintln!("\nterminated: cancelling running trials and stopping the workers");
+                    shared.stop_leasing();
+                    shared.cancel_all.store(true, Ordering::SeqCst);
+                }
+            });
+        }
         if let Some(l) = launcher.as_mut() {
             l.start(&url)?;
         }

@@ -30,6 +30,9 @@ use crate::sweep::Trial;
 /// chunks of at most 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Largest header list of a call the server accepts.
+pub const MAX_HEADER_BYTES: u32 = 64 << 10;
+
 /// Server state shared by the gRPC handlers and the run loop. All database access goes through
 /// the [`Store`] thread (group commit); handlers only await its answers.
 pub struct Shared {
@@ -331,7 +334,8 @@ pub async fn serve_secured(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let svc = SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut builder = tonic::transport::Server::builder();
+    // Headers are bounded too (a call carries a few hundred bytes of them).
+    let mut builder = tonic::transport::Server::builder().http2_max_header_list_size(MAX_HEADER_BYTES);
     if let Some(t) = tls {
         builder = builder.tls_config(t.config())?;
     }

@@ -1,10 +1,11 @@
 //! Helpers shared by the end-to-end tests of the real binaries (`e2e.rs`, `chaos.rs`): where the
 //! binaries are, scratch directories, numbers from a run's state database, the trial table
-//! without timing columns, and polling for a condition.
+//! without timing columns, polling for a condition, and test certificates (`make_ca`).
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub fn bin(name: &str) -> PathBuf {
@@ -61,5 +62,25 @@ pub fn wait_for(what: &str, secs: f64, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(t.elapsed().as_secs_f64() < secs, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`, asserting success.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (the tests make their certificates with it)");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A CA (`<ca>.pem`, `<ca>.key`) and, when `server` is given, a server certificate it signs
+/// for localhost and 127.0.0.1 (`<server>.pem`, `<server>.key`).
+pub fn make_ca(dir: &Path, ca: &str, server: Option<&str>) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", &ca_key, "-out", &ca_pem, "-days", "2", "-subj", &format!("/CN={ca}")]].concat());
+    if let Some(s) = server {
+        let (key, csr, pem) = (format!("{s}.key"), format!("{s}.csr"), format!("{s}.pem"));
+        openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]].concat());
+        std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+        openssl(dir, &["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", "ext"]);
     }
 }
