@@ -346,13 +346,20 @@ fn tls_runs_serve_https_and_workers_verify_the_certificate() {
     assert!(err.contains("serving on https://127.0.0.1:"), "{err}");
     assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 3);
 
-    // Unusable files: a key that is not a key, a CA that is not a certificate.
-    for (what, args) in [("key", vec!["--tls-cert", &p("server.pem"), "--tls-key", &p("ca.pem")]), ("ca", [&tls[..], &["--tls-ca", &p("server.key")]].concat())] {
+    // Unusable files: a key that is not a key, another certificate's key, a CA that is not a
+    // certificate.
+    let (server_pem, ca_pem, other_key, server_key) = (p("server.pem"), p("ca.pem"), p("other.key"), p("server.key"));
+    let cases = [
+        ("key", vec!["--tls-cert", &server_pem, "--tls-key", &ca_pem], "not a PEM"),
+        ("pair", vec!["--tls-cert", &server_pem, "--tls-key", &other_key], "not usable together"),
+        ("ca", [&tls[..], &["--tls-ca", &server_key]].concat(), "not a PEM"),
+    ];
+    for (what, args, want) in cases {
         let bad = dir.join(format!("bad-{what}"));
         let o = run(&sweep, &bad, &args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{what}: {err}");
-        assert!(err.contains("not a PEM"), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}");
         assert!(!bad.exists(), "{what}: output written");
     }
 

@@ -177,7 +177,12 @@ impl SlurmLauncher {
                 .output()
                 .map_err(|e| format!("squeue: {e}"))?;
             if !o.status.success() {
-                return Err(format!("squeue: {}", String::from_utf8_lossy(&o.stderr).trim()));
+                let err = String::from_utf8_lossy(&o.stderr);
+                // Every id purged from slurmctld's memory: all of them are gone.
+                if err.contains("Invalid job id") {
+                    return Ok(HashMap::new());
+                }
+                return Err(format!("squeue: {}", err.trim()));
             }
             let mut found = HashMap::new();
             for line in String::from_utf8_lossy(&o.stdout).lines() {
@@ -287,6 +292,8 @@ impl Launcher for SlurmLauncher {
                 let pending: Vec<String> = self.jobs.iter().filter(|j| found.get(&j.id).is_some_and(|(s, _)| s == "PENDING")).map(|j| j.id.clone()).collect();
                 Self::cancel(&pending);
                 self.jobs.retain(|j| found.get(&j.id).is_some_and(|(s, _)| !finished(s) && s != "PENDING"));
+                let jobs = &self.jobs;
+                self.live_ids.retain(|id| jobs.iter().any(|j| &j.id == id));
                 if self.jobs.is_empty() {
                     break;
                 }

@@ -104,9 +104,16 @@ impl SshLauncher {
         self.config.ssh.worker_bin.as_ref().unwrap_or(&self.config.worker_bin).to_string_lossy().into_owned()
     }
 
+    /// `ssh [user's arguments] [ours] -- HOST REMOTE`. For `-o` options ssh keeps the first
+    /// value it sees: the user's come first and win, ours are defaults — batch mode (no
+    /// prompts), a connection timeout, and keep-alives so that a host that dies ends its
+    /// workers' sessions within a minute.
     fn ssh(&self, host: &str, remote: &str) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(["-o", "BatchMode=yes", "-T"]).args(&self.config.ssh.ssh_args).arg("--").arg(host).arg(remote);
+        cmd.args(&self.config.ssh.ssh_args)
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-T", "--"])
+            .arg(host)
+            .arg(remote);
         cmd
     }
 
@@ -118,9 +125,12 @@ impl SshLauncher {
 
     /// The POSIX shell script that starts worker `name` (`per_host` workers share the cores).
     fn remote_script(&self, name: &str, per_host: usize) -> String {
-        let args = ["--coordinator", &self.url, "--name", name, "--token-stdin", "--exit-on-stdin-eof", "--max-unreachable", &super::slurm::REMOTE_MAX_UNREACHABLE.to_string()]
-            .map(shell_quote)
-            .join(" ");
+        let mut args = vec!["--coordinator".to_string(), self.url.clone(), "--name".into(), name.into(), "--exit-on-stdin-eof".into()];
+        args.extend(["--max-unreachable".to_string(), super::slurm::REMOTE_MAX_UNREACHABLE.to_string()]);
+        if self.config.token.is_some() {
+            args.push("--token-stdin".into());
+        }
+        let args = args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
         let ca = match &self.config.tls_ca {
             // A certificate is public: it may be on a command line.
             Some(pem) => format!("{}={}; export {}; ", super::TLS_CA_ENV, shell_quote(pem), super::TLS_CA_ENV),
@@ -296,6 +306,6 @@ mod tests {
         let script = l.remote_script("h:0", 2).replacen("exec '", "echo '", 1);
         let out = Command::new("sh").arg("-c").arg(format!("exec sh -c {}", shell_quote(&script))).output().unwrap();
         let out = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.trim(), "/opt/it's/worker --coordinator http://coord:5000 --name h:0 --token-stdin --exit-on-stdin-eof --max-unreachable 300");
+        assert_eq!(out.trim(), "/opt/it's/worker --coordinator http://coord:5000 --name h:0 --exit-on-stdin-eof --max-unreachable 300 --token-stdin");
     }
 }
