@@ -81,9 +81,13 @@ if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$conf" ]; then
     log "writing /etc/slurm/slurm.conf"
     as_root mkdir -p /etc/slurm
     printf '%s\n' "$conf" | as_root tee /etc/slurm/slurm.conf >/dev/null
-    # A changed configuration needs fresh daemons.
-    for d in slurmd slurmctld; do running "$d" && as_root pkill -x "$d" || true; done
-    sleep 1
+    # A changed configuration needs fresh daemons: stop the ones this configuration started
+    # (by the pid files it names).
+    for d in slurmd slurmctld; do
+        pid=$(cat "/run/$d.pid" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then as_root kill "$pid"; fi
+    done
+    for _ in $(seq 1 20); do running slurmd || running slurmctld || break; sleep 0.5; done
 fi
 as_root mkdir -p /var/lib/slurm/slurmd /var/lib/slurm/slurmctld /var/log/slurm
 as_root chown slurm:slurm /var/lib/slurm/slurmctld /var/log/slurm 2>/dev/null || true
