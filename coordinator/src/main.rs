@@ -369,6 +369,9 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
+            if tls.tls_ca.is_some() {
+                return usage("--tls-ca is the CA handed to launched workers (`run`); workers joining `serve` take `worker --tls-ca`");
+            }
             let tls = match load_tls(&tls) {
                 Ok((t, _)) => t,
                 Err(code) => return code,
