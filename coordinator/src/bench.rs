@@ -218,7 +218,7 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
         quiet: true,
         token: None,
     };
-    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers, token: None })?;
+    let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig { worker_bin: worker_bin.to_path_buf(), workers, ..Default::default() })?;
     let start = Instant::now();
     run(&opts, sweep, Some(Box::new(launcher)))?;
     let wall = start.elapsed().as_secs_f64();

@@ -21,9 +21,16 @@ enum Command {
     /// Expand, persist and run a sweep with local workers (re-running resumes).
     Run {
         sweep: PathBuf,
-        /// Local worker processes (default: one per core).
+        /// Local CPU worker processes (default: one per core not given to GPU workers).
         #[arg(long)]
         workers: Option<usize>,
+        /// Local GPU workers: `auto` (one per GPU that `worker devices` finds, each alone in
+        /// its CUDA_VISIBLE_DEVICES), or a number up to that many (0: none).
+        #[arg(long, default_value = "auto")]
+        gpu_workers: String,
+        /// CPU threads of each local GPU worker (data, host-side work).
+        #[arg(long, default_value_t = 4)]
+        gpu_worker_threads: usize,
         /// Output directory (default: out/<sweep name>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -67,8 +74,14 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
         max_artifact_bytes: u64,
     },
-    /// Counts of a finished or interrupted run.
-    Status { dir: PathBuf },
+    /// Counts of a run (finished, interrupted or going on), its workers and their devices, the
+    /// running attempts, and whether trials wait for a GPU worker.
+    Status {
+        dir: PathBuf,
+        /// Also one line per trial: status, worker and device.
+        #[arg(long)]
+        trials: bool,
+    },
     /// Re-write tables, claims, plots and report.md from a run's state database.
     Report { dir: PathBuf },
     /// Scheduler benchmark: lease + report round trips per second on loopback, and the
@@ -106,18 +119,58 @@ fn load(path: &std::path::Path) -> Result<Sweep, ExitCode> {
     })
 }
 
-/// The launcher of `run`, built before anything is written; an unknown kind or a missing worker
-/// executable is a usage error (exit code 2).
-fn make_launcher(kind: &str, worker_bin: Option<&std::path::Path>, workers: usize, token: &str) -> Result<Box<dyn Launcher>, ExitCode> {
-    let usage = |e: launch::LaunchError| {
+/// The launcher of `run`, built before anything is written (None: no workers to start); an
+/// unknown kind, a missing worker executable or a bad `--gpu-workers` is a usage error (exit
+/// code 2).
+fn make_launcher(
+    kind: &str,
+    worker_bin: Option<&std::path::Path>,
+    workers: Option<usize>,
+    gpu_workers: &str,
+    gpu_threads: usize,
+    token: &str,
+) -> Result<Option<Box<dyn Launcher>>, ExitCode> {
+    let usage = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     };
     if !launch::KINDS.contains(&kind) {
-        return Err(usage(launch::LaunchError::UnknownKind { kind: kind.to_string() }));
+        return Err(usage(&launch::LaunchError::UnknownKind { kind: kind.to_string() }));
     }
-    let worker_bin = launch::worker_executable(worker_bin).map_err(usage)?;
-    launch::launcher(kind, &LaunchConfig { worker_bin, workers, token: Some(token.to_string()) }).map_err(usage)
+    let asked = match gpu_workers {
+        "auto" => None,
+        n => Some(n.parse::<usize>().map_err(|_| usage(&format!("--gpu-workers: `{n}` is neither `auto` nor a number of GPU workers")))?),
+    };
+    if gpu_threads == 0 {
+        return Err(usage(&"--gpu-worker-threads must be at least 1"));
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if workers == Some(0) && asked == Some(0) {
+        return Ok(None);
+    }
+    let worker_bin = launch::worker_executable(worker_bin).map_err(|e| usage(&e))?;
+    // GPUs matter to the local launcher only (other launchers place their workers elsewhere).
+    let gpus = if kind == "local" && asked != Some(0) {
+        let found = launch::local::visible_gpus(&worker_bin).map_err(|e| usage(&e))?;
+        match asked {
+            Some(n) if n > found.len() => {
+                return Err(usage(&format!("--gpu-workers {n}: `{} devices` finds {} GPU(s)", worker_bin.display(), found.len())));
+            }
+            Some(n) => found[..n].to_vec(),
+            None => found,
+        }
+    } else {
+        Vec::new()
+    };
+    let workers = workers.unwrap_or_else(|| launch::local::default_cpu_workers(cores, gpus.len(), gpu_threads));
+    if workers == 0 && gpus.is_empty() {
+        return Ok(None);
+    }
+    if !gpus.is_empty() {
+        eprintln!("starting {} GPU worker(s) (CUDA_VISIBLE_DEVICES {}) and {workers} CPU worker(s)", gpus.len(), gpus.join(", "));
+    }
+    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), gpus, gpu_threads };
+    launch::launcher(kind, &config).map(Some).map_err(|e| usage(&e))
 }
 
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
@@ -131,13 +184,12 @@ fn print_summary(s: &results::Summary, out: &std::path::Path) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { sweep, workers, out, listen, retry_failed, lease_secs, launcher, worker_bin, max_artifact_bytes, max_respawns, quiet } => {
+        Command::Run { sweep, workers, gpu_workers, gpu_worker_threads, out, listen, retry_failed, lease_secs, launcher, worker_bin, max_artifact_bytes, max_respawns, quiet } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let token = match coordinator::auth::new_token() {
                 Ok(t) => t,
                 Err(e) => {
@@ -145,13 +197,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let launcher = if workers == 0 {
-                None
-            } else {
-                match make_launcher(&launcher, worker_bin.as_deref(), workers, &token) {
-                    Ok(l) => Some(l),
-                    Err(code) => return code,
-                }
+            let launcher = match make_launcher(&launcher, worker_bin.as_deref(), workers, &gpu_workers, gpu_worker_threads, &token) {
+                Ok(l) => l,
+                Err(code) => return code,
             };
             let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns, quiet, token: Some(token) };
             run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
@@ -172,7 +220,7 @@ fn main() -> ExitCode {
             let opts = RunOptions { sweep, out: out.clone(), listen, retry_failed, lease_secs, max_artifact_bytes, max_respawns: 0, quiet: false, token: Some(token) };
             run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
-        Command::Status { dir } => status(&dir),
+        Command::Status { dir, trials } => status(&dir, trials),
         Command::Bench { clients, seconds, repeat, trials, workers, worker_bin } => {
             let worker_bin = match launch::worker_executable(worker_bin.as_deref()) {
                 Ok(p) => p,
@@ -203,7 +251,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn status(dir: &std::path::Path) -> anyhow::Result<()> {
+fn status(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<()> {
     let db = db_path(dir);
     anyhow::ensure!(db.exists(), "{} has no state database (state.db)", dir.display());
     let st = coordinator::state::State::open(&db, 1, f64::INFINITY)?;
@@ -211,6 +259,39 @@ fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     // `failed` counts every finished trial without a usable result (diverged and timed out
     // too), as the run summary does.
     println!("{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed);
+    let shortage = st.gpu_shortage()?;
+    if shortage > 0 {
+        println!("waiting for a GPU worker: {shortage} queued trial(s) need a GPU (gpu = true) and no worker with a GPU has registered since the run started");
+    }
+    let running = st.running()?;
+    drop(st);
+    let state = results::state::State::load(&db)?;
+    let mut by_worker: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in state.in_sweep().filter_map(|t| t.result.as_ref()) {
+        *by_worker.entry(r.worker.as_str()).or_default() += 1;
+    }
+    if !state.workers.is_empty() {
+        println!("workers ({}):", state.workers.len());
+        for w in &state.workers {
+            let n = by_worker.get(w.name.as_str()).copied().unwrap_or(0);
+            println!("  {} on {}, {} core(s): {n} result(s)", w.name, if w.device.is_empty() { "an unrecorded device" } else { &w.device }, w.cores);
+        }
+    }
+    for (hash, worker, device) in &running {
+        println!(
+            "running: trial {} on {} ({})",
+            &hash[..hash.len().min(10)],
+            results::state::worker_display(worker),
+            if device.is_empty() { "device not recorded" } else { device }
+        );
+    }
+    if per_trial {
+        for t in state.in_sweep() {
+            let (worker, device) = t.result.as_ref().map(|r| (r.worker.as_str(), r.device.as_str())).unwrap_or(("", ""));
+            let on = if worker.is_empty() { String::new() } else { format!(" by {worker} on {}", if device.is_empty() { "?" } else { device }) };
+            println!("  {} #{:<4} {:<9}{on}", t.short_hash(), t.idx, t.status.as_str());
+        }
+    }
     Ok(())
 }
 

@@ -18,14 +18,19 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// What every launcher is given.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LaunchConfig {
     /// The worker executable (see [`worker_executable`]).
     pub worker_bin: PathBuf,
-    /// Workers to start.
+    /// Workers to start (CPU workers, for the local launcher).
     pub workers: usize,
     /// The run's token, handed to workers through the environment (`auth::TOKEN_ENV`).
     pub token: Option<String>,
+    /// Local GPU workers: one per entry, started with `CUDA_VISIBLE_DEVICES` = the entry and
+    /// `--device cuda` (see [`local::visible_gpus`]). Empty: none.
+    pub gpus: Vec<String>,
+    /// CPU threads (`RAYON_NUM_THREADS`) of each GPU worker.
+    pub gpu_threads: usize,
 }
 
 /// A worker that has exited (or could not be watched any longer).
@@ -258,7 +263,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_missing_workers_are_refused_clearly() {
-        let config = LaunchConfig { worker_bin: PathBuf::from("/bin/true"), workers: 1, token: None };
+        let config = LaunchConfig { worker_bin: PathBuf::from("/bin/true"), workers: 1, ..Default::default() };
         let err = launcher("slurm", &config).err().expect("refused").to_string();
         assert!(err.contains("unknown launcher `slurm`") && err.contains("local"), "{err}");
         assert!(launcher("local", &config).is_ok());
