@@ -252,6 +252,32 @@ fn serve(sweep: &Path, out: &Path, lease_secs: &str) -> (std::process::Child, St
     (child, url)
 }
 
+/// An independent client (`tests/python/stranger_client.py`: Python grpcio stubs generated from
+/// `proto/sweep.proto`, no scoresweep code) runs a sweep of sleep trials against `serve` and
+/// checks the refusals the protocol promises. Needs `$SCORESWEEP_PYTHON`, a Python with grpcio
+/// and grpcio-tools (`.ci/run` makes one); skipped, saying so, without it.
+#[test]
+fn an_independent_python_client_runs_a_sweep() {
+    let Some(python) = std::env::var_os("SCORESWEEP_PYTHON").filter(|p| !p.is_empty()) else {
+        eprintln!("skipped: set SCORESWEEP_PYTHON to a Python with grpcio and grpcio-tools (.ci/run does)");
+        return;
+    };
+    let dir = tmp("python");
+    let sweep = dir.join("py.toml");
+    std::fs::write(&sweep, "name = \"py\"\nrepeats = 3\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.01\n").unwrap();
+    let out = dir.join("out");
+    let (mut coordinator, url) = serve(&sweep, &out, "30");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(python).arg(root.join("tests/python/stranger_client.py")).arg(root.join("proto")).arg(&url).arg(out.join("token")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && text.contains("stranger: 3 trials reported"), "{text}");
+    assert!(coordinator.wait().unwrap().success(), "the sweep ends when the client has reported every trial");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM results WHERE status = 'done'"), 3);
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM artifacts WHERE name = 'note.txt'"), 3);
+    let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
+    assert_eq!(csv.lines().filter(|l| l.ends_with(",stranger#1,cpu")).count(), 3, "{csv}");
+}
+
 #[test]
 fn worker_killed_mid_trial_loses_nothing() {
     let dir = tmp("killworker");
