@@ -22,9 +22,16 @@ enum Command {
     /// Expand, persist and run a sweep with local workers (re-running resumes).
     Run {
         sweep: PathBuf,
-        /// Local worker processes (default: one per core).
+        /// Local CPU worker processes (default: one per core not given to GPU workers).
         #[arg(long)]
         workers: Option<usize>,
+        /// Local GPU workers: `auto` (one per GPU that `worker devices` finds, each alone in
+        /// its CUDA_VISIBLE_DEVICES), or a number up to that many (0: none).
+        #[arg(long, default_value = "auto")]
+        gpu_workers: String,
+        /// CPU threads of each local GPU worker (data, host-side work).
+        #[arg(long, default_value_t = 4)]
+        gpu_worker_threads: usize,
         /// Output directory (default: out/<sweep name>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -85,8 +92,14 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
         max_artifact_bytes: u64,
     },
-    /// Counts of a finished or interrupted run.
-    Status { dir: PathBuf },
+    /// Counts of a run (finished, interrupted or going on), its workers and their devices, the
+    /// running attempts, and whether trials wait for a GPU worker.
+    Status {
+        dir: PathBuf,
+        /// Also one line per trial: status, worker and device.
+        #[arg(long)]
+        trials: bool,
+    },
     /// Print a Kubernetes Secret (the run's token) and a Job of N workers joining a coordinator
     /// started with `serve` (YAML for `kubectl apply -f -`).
     K8sManifest {
@@ -232,16 +245,18 @@ struct LaunchRequest<'a> {
     worker_bin: Option<&'a std::path::Path>,
     workers: Option<usize>,
     token: &'a str,
+    gpu_workers: &'a str,
+    gpu_threads: usize,
     tls_ca: Option<String>,
     out: PathBuf,
     cluster: &'a ClusterArgs,
 }
 
 /// The launcher of `run`, built before anything is written; an unknown kind, a missing worker
-/// executable, a flag of another launcher or a bad cluster setting is a usage error (exit
-/// code 2). Returns None when no worker is to be started (`--workers 0`).
+/// executable, a bad `--gpu-workers`, a flag of another launcher or a bad cluster setting is a
+/// usage error (exit code 2). Returns None when no worker is to be started.
 fn make_launcher(req: LaunchRequest<'_>, tables: &launch::LauncherTables) -> Result<Option<Box<dyn Launcher>>, ExitCode> {
-    let LaunchRequest { kind, worker_bin, workers, token, tls_ca, out, cluster } = req;
+    let LaunchRequest { kind, worker_bin, workers, gpu_workers, gpu_threads, token, tls_ca, out, cluster } = req;
     if !launch::KINDS.contains(&kind) {
         return Err(usage(launch::LaunchError::UnknownKind { kind: kind.to_string() }));
     }
@@ -266,7 +281,17 @@ fn make_launcher(req: LaunchRequest<'_>, tables: &launch::LauncherTables) -> Res
         ssh.hosts = h.split(',').map(str::to_string).collect();
     }
     ssh.ssh_args.extend(cluster.ssh_arg.iter().cloned());
+    let asked = match gpu_workers {
+        "auto" => None,
+        n => Some(n.parse::<usize>().map_err(|_| usage(format_args!("--gpu-workers: `{n}` is neither `auto` nor a number of GPU workers")))?),
+    };
+    if gpu_threads == 0 {
+        return Err(usage("--gpu-worker-threads must be at least 1"));
+    }
     let cores = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if kind == "local" {
+        return local_launcher(worker_bin, workers, asked, gpu_threads, token, tls_ca, out);
+    }
     let workers = match kind {
         "ssh" => {
             if workers.is_some() {
@@ -278,27 +303,62 @@ fn make_launcher(req: LaunchRequest<'_>, tables: &launch::LauncherTables) -> Res
             }
             hosts.iter().map(|(_, n)| n).sum()
         }
-        "slurm" => workers.or(slurm.workers).unwrap_or_else(cores),
-        _ => workers.unwrap_or_else(cores),
+        _ => workers.or(slurm.workers).unwrap_or_else(cores),
     };
     if workers == 0 {
         return Ok(None);
     }
     // A worker path on other machines is not checked here; otherwise the local executable
-    // must exist (and its path is the default on the other machines).
-    let remote_bin = cluster.remote_worker_bin.clone().or_else(|| match kind {
-        "slurm" => slurm.worker_bin.clone(),
-        "ssh" => ssh.worker_bin.clone(),
-        _ => None,
-    });
+    // must exist (and its path is the default on the other machines). GPUs are the nodes'
+    // business (`--slurm-gpus`; `--device auto` on the workers).
+    let remote_bin = cluster.remote_worker_bin.clone().or_else(|| if kind == "slurm" { slurm.worker_bin.clone() } else { ssh.worker_bin.clone() });
     let worker_bin = match remote_bin {
         Some(p) => p,
         None => launch::worker_executable(worker_bin).map_err(usage)?,
     };
     slurm.worker_bin = Some(worker_bin.clone());
     ssh.worker_bin = Some(worker_bin.clone());
-    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), tls_ca, out, slurm, ssh };
+    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), tls_ca, out, slurm, ssh, ..Default::default() };
     launch::launcher(kind, &config).map(Some).map_err(usage)
+}
+
+/// The local launcher: `workers` CPU workers (default: the cores GPU workers leave) and one
+/// GPU worker per visible GPU (`asked`: how many; None: all).
+fn local_launcher(
+    worker_bin: Option<&std::path::Path>,
+    workers: Option<usize>,
+    asked: Option<usize>,
+    gpu_threads: usize,
+    token: &str,
+    tls_ca: Option<String>,
+    out: PathBuf,
+) -> Result<Option<Box<dyn Launcher>>, ExitCode> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if workers == Some(0) && asked == Some(0) {
+        return Ok(None);
+    }
+    let worker_bin = launch::worker_executable(worker_bin).map_err(usage)?;
+    let gpus = if asked != Some(0) {
+        let found = launch::local::visible_gpus(&worker_bin).map_err(usage)?;
+        match asked {
+            Some(n) if n > found.len() => {
+                return Err(usage(format_args!("--gpu-workers {n}: `{} devices` finds {} GPU(s)", worker_bin.display(), found.len())));
+            }
+            Some(n) => found[..n].to_vec(),
+            None => found,
+        }
+    } else {
+        Vec::new()
+    };
+    let workers = workers.unwrap_or_else(|| launch::local::default_cpu_workers(cores, gpus.len(), gpu_threads));
+    if workers == 0 && gpus.is_empty() {
+        return Ok(None);
+    }
+    if !gpus.is_empty() {
+        eprintln!("starting {} GPU worker(s) (CUDA_VISIBLE_DEVICES {}) and {workers} CPU worker(s)", gpus.len(), gpus.join(", "));
+    }
+    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), tls_ca, out, gpus, gpu_threads, ..Default::default() };
+    launch::launcher("local", &config).map(Some).map_err(usage)
 }
 
 /// `--tls-cert`/`--tls-key`/`--tls-ca`: the server's TLS and the CA PEM for launched workers.
@@ -323,7 +383,24 @@ fn print_summary(s: &results::Summary, out: &std::path::Path) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { sweep, workers, out, listen, advertise, retry_failed, lease_secs, launcher, cluster, tls, worker_bin, max_artifact_bytes, max_respawns, quiet } => {
+        Command::Run {
+            sweep,
+            workers,
+            gpu_workers,
+            gpu_worker_threads,
+            out,
+            listen,
+            advertise,
+            retry_failed,
+            lease_secs,
+            launcher,
+            cluster,
+            tls,
+            worker_bin,
+            max_artifact_bytes,
+            max_respawns,
+            quiet,
+        } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -341,7 +418,17 @@ fn main() -> ExitCode {
                 }
             };
             let kind = launcher;
-            let req = LaunchRequest { kind: &kind, worker_bin: worker_bin.as_deref(), workers, token: &token, tls_ca, out: out.clone(), cluster: &cluster };
+            let req = LaunchRequest {
+                kind: &kind,
+                worker_bin: worker_bin.as_deref(),
+                workers,
+                gpu_workers: &gpu_workers,
+                gpu_threads: gpu_worker_threads,
+                token: &token,
+                tls_ca,
+                out: out.clone(),
+                cluster: &cluster,
+            };
             let launcher = match make_launcher(req, &sw.launcher) {
                 Ok(l) => l,
                 Err(code) => return code,
@@ -400,7 +487,7 @@ fn main() -> ExitCode {
             };
             run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
-        Command::Status { dir } => status(&dir),
+        Command::Status { dir, trials } => status(&dir, trials),
         Command::K8sManifest { coordinator, image, worker_path, workers, token_file, tls_ca, name, namespace, cpu, memory, gpus } => {
             let token = match std::fs::read_to_string(&token_file) {
                 Ok(t) => t,
@@ -449,7 +536,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn status(dir: &std::path::Path) -> anyhow::Result<()> {
+fn status(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<()> {
     let db = db_path(dir);
     anyhow::ensure!(db.exists(), "{} has no state database (state.db)", dir.display());
     let st = coordinator::state::State::open(&db, 1, f64::INFINITY)?;
@@ -457,6 +544,39 @@ fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     // `failed` counts every finished trial without a usable result (diverged and timed out
     // too), as the run summary does.
     println!("{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed);
+    let shortage = st.gpu_shortage()?;
+    if shortage > 0 {
+        println!("waiting for a GPU worker: {shortage} queued trial(s) need a GPU (gpu = true) and no worker with a GPU has registered since the run started");
+    }
+    let running = st.running()?;
+    drop(st);
+    let state = results::state::State::load(&db)?;
+    let mut by_worker: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in state.in_sweep().filter_map(|t| t.result.as_ref()) {
+        *by_worker.entry(r.worker.as_str()).or_default() += 1;
+    }
+    if !state.workers.is_empty() {
+        println!("workers ({}):", state.workers.len());
+        for w in &state.workers {
+            let n = by_worker.get(w.name.as_str()).copied().unwrap_or(0);
+            println!("  {} on {}, {} core(s): {n} result(s)", w.name, if w.device.is_empty() { "an unrecorded device" } else { &w.device }, w.cores);
+        }
+    }
+    for (hash, worker, device) in &running {
+        println!(
+            "running: trial {} on {} ({})",
+            &hash[..hash.len().min(10)],
+            results::state::worker_display(worker),
+            if device.is_empty() { "device not recorded" } else { device }
+        );
+    }
+    if per_trial {
+        for t in state.in_sweep() {
+            let (worker, device) = t.result.as_ref().map(|r| (r.worker.as_str(), r.device.as_str())).unwrap_or(("", ""));
+            let on = if worker.is_empty() { String::new() } else { format!(" by {worker} on {}", if device.is_empty() { "?" } else { device }) };
+            println!("  {} #{:<4} {:<9}{on}", t.short_hash(), t.idx, t.status.as_str());
+        }
+    }
     Ok(())
 }
 

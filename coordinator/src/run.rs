@@ -155,12 +155,12 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);
             let shortage = shared.store.call(|st| st.gpu_shortage()).await?;
-            let waiting = if shortage && c.queued > 0 { " — waiting: the sweep needs GPUs (gpu = true) and no GPU worker is connected" } else { "" };
+            let waiting = if shortage > 0 { format!(" — waiting: {shortage} trial(s) need a GPU (gpu = true) and no GPU worker is connected") } else { String::new() };
             bar.set_message(format!("done {} running {} failed {} queued {}{waiting}", c.done, c.running, c.failed, c.queued));
-            if shortage && !warned_gpu && !opts.quiet {
+            if shortage > 0 && !warned_gpu && !opts.quiet {
                 warned_gpu = true;
                 bar.suspend(|| {
-                    eprintln!("the sweep needs GPUs (gpu = true) and no connected worker has one: its trials wait for a GPU worker (worker --coordinator {url} --device cuda)")
+                    eprintln!("{shortage} trial(s) need a GPU (gpu = true) and no connected worker has one: they wait for a GPU worker (worker --coordinator {url} --device cuda)")
                 });
             }
             let stopping = shared.stopping.load(Ordering::SeqCst);

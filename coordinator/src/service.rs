@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{Artifacts, UploadError};
-use crate::state::{AttemptResult, Lease, LeaseOutcome, Refusal, Samples, State};
+use crate::state::{AttemptResult, Lease, LeaseOutcome, Refusal, Registration, Samples, State};
 use crate::store::Store;
 use crate::sweep::Trial;
 
@@ -151,7 +151,17 @@ fn to_domain(r: &mut pb::ReportRequest) -> AttemptResult {
         wall_seconds: r.wall_seconds,
         error: std::mem::take(&mut r.error),
         artifacts: Vec::new(),
+        device: std::mem::take(&mut r.device),
     }
+}
+
+/// The domain form of a registration; its device for people: `cpu`, or the device label with
+/// the GPU's name and memory (`cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB)`).
+fn registration(r: &pb::RegisterRequest) -> Registration {
+    let label = if r.device.is_empty() { if r.gpus > 0 { "gpu".to_string() } else { "cpu".to_string() } } else { r.device.clone() };
+    let gpus: Vec<String> = r.gpu_devices.iter().map(|g| format!("{}, {:.1} GiB", g.name, g.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
+    let device = if gpus.is_empty() { label } else { format!("{label} ({})", gpus.join("; ")) };
+    Registration { name: r.name.clone(), cores: r.cores, gpus: r.gpus, version: r.version.clone(), device }
 }
 
 /// Samples and data points as BLOBs of the same dimension; None when there are no samples.
@@ -197,7 +207,8 @@ impl SweepRpc for Service {
                 r.protocol_version
             )));
         }
-        let id = self.0.with_state(move |st| st.register(&r.name, r.cores, r.gpus, &r.version)).await?;
+        let w = registration(&r);
+        let id = self.0.with_state(move |st| st.register(&w)).await?;
         Ok(Response::new(pb::RegisterReply { worker_id: id }))
     }
 

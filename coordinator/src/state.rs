@@ -36,8 +36,10 @@ fn lit(s: Status) -> String {
     format!("'{}'", s.as_str())
 }
 
-/// The next queued trial of the sweep (uses the `trials_queued` index).
-static NEXT_QUEUED: LazyLock<String> = LazyLock::new(|| format!("SELECT id, hash FROM trials WHERE status = {} AND in_sweep = 1 ORDER BY idx LIMIT 1", lit(Status::Queued)));
+/// The next queued trial of the sweep that needs a GPU (?1 = 1) or not (?1 = 0) (uses the
+/// `trials_queued_by_gpu` index).
+static NEXT_QUEUED: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT id, hash FROM trials WHERE status = {} AND in_sweep = 1 AND gpu = ?1 ORDER BY idx LIMIT 1", lit(Status::Queued)));
 /// Running attempts past a deadline (uses the `attempts_running` index).
 static STALE_RUNNING: LazyLock<String> = LazyLock::new(|| format!("SELECT id, trial_id, leased_at FROM attempts WHERE outcome = {} AND deadline < ?1", lit(Status::Running)));
 
@@ -58,6 +60,8 @@ pub struct AttemptResult {
     pub error: String,
     /// Uploaded artifacts the report names (recorded with a Done or Diverged result).
     pub artifacts: Vec<Artifact>,
+    /// The device that ran the attempt (`cpu`, `cuda:0`); empty when unknown.
+    pub device: String,
 }
 
 impl AttemptResult {
@@ -128,6 +132,7 @@ impl AttemptResult {
             samples: None,
             wall_seconds: 0.0,
             error: String::new(),
+            device: String::new(),
             artifacts: vec![],
         }
     }
@@ -251,8 +256,18 @@ pub struct State {
     /// Set when a change may wake a waiting lease: a trial went back to the queue or an attempt
     /// ended (the sweep may be complete). The store clears it after each commit.
     pub(crate) woke: bool,
-    /// What the sweep's trials need of a worker (`gpu = true`: a GPU), set by [`State::sync`].
-    need: crate::resources::Need,
+}
+
+/// A worker as it registers (the domain form of `RegisterRequest`).
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub name: String,
+    pub cores: u32,
+    /// GPUs it runs trials on (0: a CPU worker).
+    pub gpus: u32,
+    pub version: String,
+    /// Where its trials run, for people: `cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB)`.
+    pub device: String,
 }
 
 impl State {
@@ -269,7 +284,7 @@ impl State {
             Ok(())
         };
         setup().map_err(|source| LayoutError::Sql { path: path.to_path_buf(), source })?;
-        Ok(State { conn, max_attempts, timeout, woke: false, need: crate::resources::Need::default() })
+        Ok(State { conn, max_attempts, timeout, woke: false })
     }
 
     /// Runs `sql` through the prepared-statement cache (the hot paths run the same few
@@ -317,7 +332,6 @@ impl State {
     /// leftovers of an interrupted run re-queued, failed ones re-queued on `retry_failed`, and
     /// trials the edited sweep no longer expands to marked out of sweep.
     pub fn sync(&mut self, sweep: &Sweep, retry_failed: bool) -> rusqlite::Result<SyncSummary> {
-        self.need = crate::resources::Need { gpu: sweep.gpu, min_gpu_memory_bytes: None };
         let t = now();
         let tx = self.conn.savepoint()?;
         tx.execute(
@@ -328,12 +342,12 @@ impl State {
         let mut s = SyncSummary::default();
         for tr in &sweep.trials {
             let config = serde_json::Value::Object(tr.flat.clone()).to_string();
-            let n = Self::exec(&tx, "UPDATE trials SET in_sweep = 1, idx = ?2 WHERE hash = ?1", params![tr.hash, tr.idx as i64])?;
+            let n = Self::exec(&tx, "UPDATE trials SET in_sweep = 1, idx = ?2, gpu = ?3 WHERE hash = ?1", params![tr.hash, tr.idx as i64, tr.gpu])?;
             if n == 0 {
                 Self::exec(
                     &tx,
-                    "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at) VALUES (?1, ?2, ?3, 1, ?4, 0, ?5)",
-                    params![tr.hash, tr.idx as i64, config, Status::Queued.as_str(), t],
+                    "INSERT INTO trials(hash, idx, config_json, in_sweep, status, attempts, created_at, gpu) VALUES (?1, ?2, ?3, 1, ?4, 0, ?5, ?6)",
+                    params![tr.hash, tr.idx as i64, config, Status::Queued.as_str(), t, tr.gpu],
                 )?;
                 s.new += 1;
             }
@@ -368,13 +382,13 @@ impl State {
 
     /// Registers a worker and returns its id: `<name>#<n>.<random>`, unique in this database
     /// and not guessable (the id is what binds a worker to its attempts).
-    pub fn register(&mut self, name: &str, cores: u32, gpus: u32, version: &str) -> rusqlite::Result<String> {
+    pub fn register(&mut self, w: &Registration) -> rusqlite::Result<String> {
         let n: i64 = self.conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM workers")?.query_row([], |r| r.get(0))?;
-        let id = format!("{name}#{n}.{}", random_hex());
+        let id = format!("{}#{n}.{}", w.name, random_hex());
         Self::exec(
             &self.conn,
-            "INSERT INTO workers(seq, id, name, registered_at, cores, gpus, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![n, id, name, now(), cores, gpus, version],
+            "INSERT INTO workers(seq, id, name, registered_at, cores, gpus, version, device) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![n, id, w.name, now(), w.cores, w.gpus, w.version, w.device],
         )?;
         Ok(id)
     }
@@ -415,22 +429,37 @@ impl State {
         Ok(crate::resources::Offer { cores, gpus })
     }
 
-    /// Whether the sweep needs GPUs and no registered worker has one (said at once in the
-    /// progress line and by `status`, instead of waiting silently).
-    pub fn gpu_shortage(&self) -> rusqlite::Result<bool> {
-        if !self.need.gpu {
-            return Ok(false);
+    /// Queued trials of the sweep that need a GPU, when no GPU worker has registered since
+    /// the run started (0 otherwise): said at once in the progress line and by `status`,
+    /// instead of waiting silently.
+    pub fn gpu_shortage(&self) -> rusqlite::Result<usize> {
+        let waiting: i64 =
+            self.conn.prepare_cached(&format!("SELECT COUNT(*) FROM trials WHERE status = {} AND in_sweep = 1 AND gpu = 1", lit(Status::Queued)))?.query_row([], |r| r.get(0))?;
+        if waiting == 0 {
+            return Ok(0);
         }
-        let with_gpu: i64 = self.conn.prepare_cached("SELECT COUNT(*) FROM workers WHERE gpus > 0")?.query_row([], |r| r.get(0))?;
-        Ok(with_gpu == 0)
+        let since: f64 = self.conn.prepare_cached("SELECT COALESCE(MAX(updated_at), 0) FROM sweep")?.query_row([], |r| r.get(0))?;
+        let gpu_workers: i64 = self.conn.prepare_cached("SELECT COUNT(*) FROM workers WHERE gpus > 0 AND registered_at >= ?1")?.query_row(params![since], |r| r.get(0))?;
+        Ok(if gpu_workers == 0 { waiting as usize } else { 0 })
     }
 
-    /// Leases the next queued trial of the sweep to `worker`, or None when nothing is queued.
-    /// Unchecked: the protocol goes through [`State::next_lease`], which checks the worker.
-    pub fn lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Option<Lease>> {
+    /// Leases the next queued trial of the sweep that `offer` can run to `worker` (trials of
+    /// the best [`crate::resources::preference`] first, then sweep order), or None when there
+    /// is none. Unchecked: the protocol goes through [`State::next_lease`], which checks the
+    /// worker and looks its offer up.
+    pub fn lease(&mut self, worker: &str, offer: &crate::resources::Offer, lease_secs: f64) -> rusqlite::Result<Option<Lease>> {
+        use crate::resources::{Need, preference};
         let t = now();
         let tx = &self.conn;
-        let next: Option<(i64, String)> = tx.prepare_cached(&NEXT_QUEUED)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let mut kinds: Vec<(u8, bool)> = [false, true].into_iter().filter_map(|gpu| Some((preference(&Need { gpu, min_gpu_memory_bytes: None }, offer)?, gpu))).collect();
+        kinds.sort_by_key(|&(p, _)| std::cmp::Reverse(p));
+        let mut next: Option<(i64, String)> = None;
+        for (_, gpu) in kinds {
+            next = tx.prepare_cached(&NEXT_QUEUED)?.query_row(params![gpu], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            if next.is_some() {
+                break;
+            }
+        }
         let Some((trial, hash)) = next else { return Ok(None) };
         let deadline = t + lease_secs.min(self.timeout);
         Self::exec(
@@ -443,25 +472,20 @@ impl State {
         Ok(Some(Lease { hash, attempt, deadline }))
     }
 
-    /// A lease of a registered `worker` as from [`State::lease`]; with nothing queued,
-    /// [`LeaseOutcome::Wait`] while attempts run and [`LeaseOutcome::Done`] once none does.
+    /// A lease of a registered `worker` as from [`State::lease`]; with nothing it can run
+    /// queued, [`LeaseOutcome::Wait`] while attempts run or trials it cannot run wait for
+    /// another worker (a CPU worker while GPU trials are queued: a GPU worker may still
+    /// join), and [`LeaseOutcome::Done`] once nothing is queued or running.
     pub fn next_lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Result<LeaseOutcome, Refusal>> {
         if !self.is_registered(worker)? {
             return Ok(Err(Refusal::UnknownWorker(worker.to_string())));
         }
-        // Resource matching: a worker that cannot run the sweep's trials (a CPU worker when
-        // they need a GPU) is never leased one; it waits while others can still finish them.
-        if crate::resources::fits(&self.need, &self.offer(worker)?).is_err() {
-            return Ok(Ok(match self.counts()? {
+        let offer = self.offer(worker)?;
+        Ok(Ok(match self.lease(worker, &offer, lease_secs)? {
+            Some(l) => LeaseOutcome::Leased(l),
+            None => match self.counts()? {
                 c if c.queued == 0 && c.running == 0 => LeaseOutcome::Done,
                 c => LeaseOutcome::Wait { running: c.running.max(1) },
-            }));
-        }
-        Ok(Ok(match self.lease(worker, lease_secs)? {
-            Some(l) => LeaseOutcome::Leased(l),
-            None => match self.counts()?.running {
-                0 => LeaseOutcome::Done,
-                running => LeaseOutcome::Wait { running },
             },
         }))
     }
@@ -553,7 +577,7 @@ impl State {
                 self.woke = true;
                 let status = r.status.as_str();
                 let tx = &self.conn;
-                Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3 WHERE id = ?1", params![attempt as i64, status, t])?;
+                Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3, device = ?4 WHERE id = ?1", params![attempt as i64, status, t, r.device])?;
                 Self::exec(
                     tx,
                     "INSERT INTO results(trial_id, trial_hash, attempt_id, status, diverged_step, metrics_json, wall_seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -598,6 +622,17 @@ impl State {
     /// Records a run-level event (`events` table), e.g. `respawn` with what died.
     pub fn note(&mut self, kind: &str, detail: &str) -> rusqlite::Result<()> {
         Self::exec(&self.conn, "INSERT INTO events(at, kind, detail) VALUES (?1, ?2, ?3)", params![now(), kind, detail]).map(drop)
+    }
+
+    /// Running attempts as (trial hash, worker id, the worker's registered device), oldest
+    /// first (`coordinator status`).
+    pub fn running(&self) -> rusqlite::Result<Vec<(String, String, String)>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT a.trial_hash, a.worker, COALESCE(w.device, '') FROM attempts a LEFT JOIN workers w ON w.id = a.worker WHERE a.outcome = {} ORDER BY a.id",
+            lit(Status::Running)
+        ))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect()
     }
 
     /// Trials of the sweep by status class (see [`Counts::add`]).

@@ -4,7 +4,7 @@
 //! name = "sigma"            # optional; defaults to the file stem
 //! timeout = 600             # seconds per attempt
 //! retries = 1               # extra attempts after a failure or an expired lease
-//! gpu = false               # resources each trial needs
+//! gpu = false               # each trial needs a GPU worker (a variant may say otherwise)
 //! repeats = 2               # seeds base.seed, base.seed+1, … (or: seeds = [0, 7])
 //! [base]                    # one trial in the trial schema (schema/src/trial.rs)
 //! [grid]                    # cartesian product over dotted keys
@@ -14,6 +14,7 @@
 //! "sampler.steps_per_level" = [200, 50]
 //! [[variants]]              # extra trials: each entry is a dotted key whose value replaces
 //! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
+//! gpu = true                # not a trial key: this variant's trials need a GPU worker
 //! [launcher.slurm]          # settings of `--launcher slurm` (see launch/slurm.rs); flags win
 //! partition = "gpu"
 //! time = "2:00:00"
@@ -34,6 +35,9 @@ use schema::locate::{line_col, locate_path};
 use schema::trial::TrialConfig;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+/// The key of a `[[variants]]` entry that is not a trial key: whether its trials need a GPU.
+pub const VARIANT_GPU_KEY: &str = "gpu";
 
 /// Refuse sweeps that expand to more trials than this.
 pub const MAX_TRIALS: usize = 10_000;
@@ -94,6 +98,8 @@ pub struct Trial {
     pub label: String,
     /// The metrics every `done` result must carry ([`schema::metrics::required_metrics`]).
     pub required_metrics: Vec<&'static str>,
+    /// Leased only to workers with a GPU (the sweep's `gpu`, or its variant's).
+    pub gpu: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +109,7 @@ pub struct Sweep {
     pub source: String,
     pub timeout: f64,
     pub retries: u32,
+    /// The sweep-wide `gpu` (each trial's own is [`Trial::gpu`]).
     pub gpu: bool,
     pub trials: Vec<Trial>,
     /// `[launcher.*]`: launcher settings (checked; not part of any trial).
@@ -325,15 +332,26 @@ impl Sweep {
                 })
                 .collect();
         }
-        // Each entry of a variant is a dotted key whose value replaces the base's.
+        // Each entry of a variant is a dotted key whose value replaces the base's, except
+        // `gpu`, which says what the variant's trials need (default: the sweep's `gpu`).
+        let mut point_gpu = vec![raw.gpu; points.len()];
         for (i, v) in raw.variants.iter().enumerate() {
-            points.push(v.iter().map(|(k, val)| (k.clone(), val.clone(), Origin::Variant(i, k.clone()))).collect());
+            let gpu = match v.get(VARIANT_GPU_KEY) {
+                None => raw.gpu,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(other) => {
+                    let key = format!("variants[{i}].{VARIANT_GPU_KEY}");
+                    return Err(invalid(&[&format!("variants[{i}]"), VARIANT_GPU_KEY], &key, format!("must be true or false (got {other})"), None));
+                }
+            };
+            point_gpu.push(gpu);
+            points.push(v.iter().filter(|(k, _)| k.as_str() != VARIANT_GPU_KEY).map(|(k, val)| (k.clone(), val.clone(), Origin::Variant(i, k.clone()))).collect());
         }
         let count = points.len() * seeds.len();
 
         let mut trials = Vec::with_capacity(count);
         let mut seen = std::collections::HashSet::new();
-        for p in &points {
+        for (p, &gpu) in points.iter().zip(&point_gpu) {
             for &seed in &seeds {
                 let mut t = raw.base.clone();
                 let mut label = Vec::new();
@@ -371,7 +389,7 @@ impl Sweep {
                     continue; // the same trial twice (e.g. a variant equal to a grid point)
                 }
                 let toml = toml::to_string(&t).map_err(|e| invalid(&["base"], "base", e.to_string(), None))?;
-                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label, required_metrics });
+                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label, required_metrics, gpu });
             }
         }
         let name = raw.name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coordinator::artifacts::{Artifacts, DEFAULT_MAX_BYTES};
+use coordinator::resources::Offer;
 use coordinator::service::{Shared, serve};
-use coordinator::state::{AttemptResult, LeaseOutcome, State};
+use coordinator::state::{AttemptResult, LeaseOutcome, Registration, State};
 use coordinator::store::Store;
 use coordinator::sweep::Sweep;
 use schema::Status;
@@ -74,7 +75,7 @@ fn queued_requests_share_one_commit_and_all_get_answers() {
     let calls: Vec<_> = (0..50)
         .map(|i| {
             let s = store.clone();
-            rt.spawn(async move { s.call(move |st| st.lease(&format!("w{i}"), 60.0)).await })
+            rt.spawn(async move { s.call(move |st| st.lease(&format!("w{i}"), &Offer::default(), 60.0)).await })
         })
         .collect();
     // Let every call reach the queue, then let the store go on.
@@ -108,7 +109,7 @@ fn a_failing_request_is_rolled_back_alone() {
         let s = store.clone();
         rt.spawn(async move {
             s.call(move |st| {
-                let got = st.lease("w", 60.0)?;
+                let got = st.lease("w", &Offer::default(), 60.0)?;
                 if fail {
                     // After a change: the request must leave nothing behind.
                     return Err(rusqlite::Error::InvalidQuery);
@@ -259,7 +260,7 @@ fn a_panicking_request_does_not_stall_the_store() {
         let s = store.clone();
         let bad = tokio::spawn(async move { s.call(|_| -> rusqlite::Result<()> { panic!("a bug in a request") }).await });
         assert!(bad.await.map(|r| r.is_err()).unwrap_or(true), "the panicking request gets no answer");
-        let got = tokio::time::timeout(Duration::from_secs(5), store.call(|st| st.lease("w", 60.0))).await.expect("the store still answers");
+        let got = tokio::time::timeout(Duration::from_secs(5), store.call(|st| st.lease("w", &Offer::default(), 60.0))).await.expect("the store still answers");
         assert!(got.unwrap().is_some());
     });
     store.close();
@@ -270,7 +271,7 @@ fn a_panicking_request_does_not_stall_the_store() {
 fn lease_outcomes_and_a_diverged_trial_counts_as_unusable_everywhere() {
     let dir = tmpdir("classes");
     let (mut st, _) = setup(&dir, 2, 0);
-    let w = st.atomic(|st| st.register("w", 1, 0, "test")).unwrap();
+    let w = st.atomic(|st| st.register(&Registration { name: "w".into(), cores: 1, version: "test".into(), ..Default::default() })).unwrap();
     let lease = |st: &mut State| match st.atomic(|st| st.next_lease(&w, 60.0)).unwrap().unwrap() {
         LeaseOutcome::Leased(l) => l,
         other => panic!("expected a lease, got {other:?}"),
@@ -298,25 +299,56 @@ fn lease_outcomes_and_a_diverged_trial_counts_as_unusable_everywhere() {
 /// registers; the trials of a CPU sweep go to either.
 #[test]
 fn gpu_trials_go_only_to_gpu_workers() {
-    for (gpu_sweep, cpu_gets_one) in [(true, false), (false, true)] {
-        let dir = tmpdir(&format!("gpu-{gpu_sweep}"));
-        let src = format!("name = \"g\"\ngpu = {gpu_sweep}\nseeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n");
+    // Two trials that need what the sweep says and two (a variant) that need the other.
+    // Each step: (who asks, what it must get: a trial needing a GPU, one not, or a wait), then
+    // the trials still waiting for a GPU worker that has not registered (`gpu_shortage`).
+    #[derive(Debug, PartialEq, Clone, Copy)]
+    enum Got {
+        Gpu,
+        Cpu,
+        Wait,
+    }
+    use Got::*;
+    type Step = (&'static str, Got, usize);
+    let cases: [(bool, &[Step]); 2] = [
+        // gpu = false, one variant with gpu = true: the CPU worker takes the CPU trials, then
+        // waits; the GPU worker takes the GPU trials first, then helps with the CPU ones.
+        (false, &[("cpu", Cpu, 2), ("gpu", Gpu, 0), ("cpu", Cpu, 0), ("gpu", Gpu, 0), ("cpu", Wait, 0), ("gpu", Wait, 0)]),
+        // gpu = true, one variant with gpu = false: the CPU worker only ever gets the variant.
+        (true, &[("cpu", Cpu, 2), ("cpu", Cpu, 2), ("cpu", Wait, 2), ("gpu", Gpu, 0), ("gpu", Gpu, 0), ("gpu", Wait, 0)]),
+    ];
+    for (sweep_gpu, steps) in cases {
+        let dir = tmpdir(&format!("gpu-{sweep_gpu}"));
+        let src = format!(
+            "name = \"g\"\ngpu = {sweep_gpu}\nseeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n[[variants]]\n\"sleep.seconds\" = 0.002\ngpu = {}\n",
+            !sweep_gpu
+        );
         let path = dir.join("g.toml");
         std::fs::write(&path, &src).unwrap();
         let sweep = Sweep::parse(&src, &path).unwrap();
+        let needs: Vec<bool> = sweep.trials.iter().map(|t| t.gpu).collect();
+        assert_eq!(needs, [sweep_gpu, sweep_gpu, !sweep_gpu, !sweep_gpu], "the variant's `gpu` is not a trial key: {:?}", sweep.trials[2].flat);
         let mut st = State::open(&dir.join("state.db"), 1, sweep.timeout).unwrap();
         st.sync(&sweep, false).unwrap();
-        let cpu = st.atomic(|st| st.register("cpu", 16, 0, "test")).unwrap();
-        let got = st.atomic(|st| st.next_lease(&cpu, 60.0)).unwrap().unwrap();
-        assert_eq!(matches!(got, LeaseOutcome::Leased(_)), cpu_gets_one, "gpu sweep {gpu_sweep}: CPU worker got {got:?}");
-        assert_eq!(st.gpu_shortage().unwrap(), gpu_sweep, "no GPU worker yet");
-        if gpu_sweep {
-            assert!(matches!(got, LeaseOutcome::Wait { .. }), "{got:?}");
+        let reg = |name: &str, gpus: u32| Registration { name: name.into(), cores: 16, gpus, version: "test".into(), device: "test".into() };
+        let cpu = st.atomic(|st| st.register(&reg("cpu", 0))).unwrap();
+        let mut gpu = None;
+        for (i, &(who, want, shortage)) in steps.iter().enumerate() {
+            let worker = if who == "cpu" { cpu.clone() } else { gpu.get_or_insert_with(|| st.atomic(|st| st.register(&reg("gpu", 1))).unwrap()).clone() };
+            let got = match st.atomic(|st| st.next_lease(&worker, 60.0)).unwrap().unwrap() {
+                LeaseOutcome::Leased(l) => {
+                    if sweep.trials.iter().find(|t| t.hash == l.hash).unwrap().gpu {
+                        Gpu
+                    } else {
+                        Cpu
+                    }
+                }
+                LeaseOutcome::Wait { .. } => Wait,
+                other => panic!("gpu sweep {sweep_gpu}, step {i}: {other:?}"),
+            };
+            assert_eq!(got, want, "gpu sweep {sweep_gpu}, step {i}: {who} worker");
+            assert_eq!(st.gpu_shortage().unwrap(), shortage, "gpu sweep {sweep_gpu}, step {i}: trials waiting for a GPU worker");
         }
-        let gpu = st.atomic(|st| st.register("gpu", 16, 1, "test")).unwrap();
-        assert!(!st.gpu_shortage().unwrap());
-        let got = st.atomic(|st| st.next_lease(&gpu, 60.0)).unwrap().unwrap();
-        assert!(matches!(got, LeaseOutcome::Leased(_)), "GPU worker: {got:?}");
     }
 }
 

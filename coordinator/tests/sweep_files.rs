@@ -62,6 +62,11 @@ fn bad_sweeps_are_refused_with_file_line_column_and_key() {
             vec!["sweep.toml:7:1:", "key `grid.sleep.k0`", "more than the limit"],
         ),
         (
+            "a variant's gpu that is not a boolean",
+            format!("{BASE}[[variants]]\n\"sleep.seconds\" = 0.02\ngpu = \"yes\"\n"),
+            vec!["sweep.toml:8:1:", "key `variants[0].gpu`", "true or false"],
+        ),
+        (
             "over the limit, by seeds",
             format!("seeds = [{}]\n{BASE}", (0..10_001).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
             vec!["sweep.toml:1:1:", "key `seeds`", "10001 trials"],

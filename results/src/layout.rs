@@ -16,7 +16,8 @@
 //! dimension beside them ([`f32_le`], [`points`]). Artifacts are files under
 //! `<out>/artifacts/<trial_hash>/<name>`, one `artifacts` row each.
 //!
-//! Two tables were added to layout 3 without changing its number, because they only add: a
+//! Two tables ([`SCHEMA_SQL`]) and three columns ([`ADDED_COLUMNS`]) were added to layout 3
+//! without changing its number, because they only add: a
 //! database written before them gets them (empty) when the coordinator opens it, and readers
 //! treat a missing one as empty. `workers`: the worker ids the coordinator issued (attempts
 //! are bound to them). `events`: run-level notes such as a respawned local worker (`kind` =
@@ -41,9 +42,30 @@ CREATE TABLE IF NOT EXISTS samples(trial_id INTEGER PRIMARY KEY, trial_hash TEXT
 CREATE TABLE IF NOT EXISTS artifacts(trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, name TEXT NOT NULL, media_type TEXT NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (trial_id, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workers(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, registered_at REAL NOT NULL, cores INTEGER NOT NULL, gpus INTEGER NOT NULL, version TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS trials_queued ON trials(in_sweep, idx) WHERE status = 'queued';
+";
+
+/// Columns added to layout 3 after its tables were first written, as (table, column, SQL
+/// type and default): a database without one gets it when the coordinator opens it. Readers
+/// take a missing column as its default. `trials.gpu`: the trial needs a GPU worker (the
+/// sweep's or its variant's `gpu = true`). `attempts.device`: the device that ran the attempt
+/// (`cpu`, `cuda:0`), as its worker reported it. `workers.device`: the device a worker
+/// registered (its trials run there), with the GPU's name and memory when it has one.
+pub const ADDED_COLUMNS: [(&str, &str, &str); 3] =
+    [("trials", "gpu", "INTEGER NOT NULL DEFAULT 0"), ("attempts", "device", "TEXT"), ("workers", "device", "TEXT NOT NULL DEFAULT ''")];
+
+/// The indexes (created after [`ADDED_COLUMNS`]): queued trials by GPU need and sweep order,
+/// running attempts by deadline.
+pub const INDEX_SQL: &str = "
+DROP INDEX IF EXISTS trials_queued;
+CREATE INDEX IF NOT EXISTS trials_queued_by_gpu ON trials(in_sweep, gpu, idx) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS attempts_running ON attempts(deadline) WHERE outcome = 'running';
 ";
+
+/// Whether `table` has `column`.
+pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+    stmt.exists([column])
+}
 
 /// Why a state database cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +102,12 @@ pub fn open_checked(path: &Path) -> Result<Connection, LayoutError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
     check_version(&conn, path)?;
     conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
+    for (table, column, decl) in ADDED_COLUMNS {
+        if !has_column(&conn, table, column).map_err(sql)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")).map_err(sql)?;
+        }
+    }
+    conn.execute_batch(INDEX_SQL).map_err(sql)?;
     conn.pragma_update(None, "user_version", LAYOUT_VERSION).map_err(sql)?;
     Ok(conn)
 }
@@ -108,8 +136,45 @@ mod tests {
 
     #[test]
     fn partial_indexes_name_the_status_texts() {
-        assert!(SCHEMA_SQL.contains(&format!("WHERE status = '{}'", Status::Queued)));
-        assert!(SCHEMA_SQL.contains(&format!("WHERE outcome = '{}'", Status::Running)));
+        assert!(INDEX_SQL.contains(&format!("WHERE status = '{}'", Status::Queued)));
+        assert!(INDEX_SQL.contains(&format!("WHERE outcome = '{}'", Status::Running)));
+    }
+
+    #[test]
+    fn a_database_written_before_the_added_columns_gets_them() {
+        let dir = std::env::temp_dir().join(format!("scoresweep-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            // Layout 3 as first written: the tables without the added columns, the old index.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_SQL).unwrap();
+            conn.execute_batch("CREATE INDEX trials_queued ON trials(in_sweep, idx) WHERE status = 'queued'").unwrap();
+            conn.execute("INSERT INTO trials(hash, idx, config_json, in_sweep, status, created_at) VALUES ('h', 0, '{}', 1, 'queued', 0)", []).unwrap();
+            conn.pragma_update(None, "user_version", LAYOUT_VERSION).unwrap();
+            for (table, column, _) in ADDED_COLUMNS {
+                assert!(!has_column(&conn, table, column).unwrap(), "{table}.{column} before");
+            }
+        }
+        let conn = open_checked(&path).unwrap();
+        for (table, column, _) in ADDED_COLUMNS {
+            assert!(has_column(&conn, table, column).unwrap(), "{table}.{column} after");
+        }
+        let gpu: i64 = conn.query_row("SELECT gpu FROM trials WHERE hash = 'h'", [], |r| r.get(0)).unwrap();
+        assert_eq!(gpu, 0);
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trials' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(indexes, ["trials_queued_by_gpu"]);
+        drop(conn);
+        // Opening again changes nothing.
+        drop(open_checked(&path).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

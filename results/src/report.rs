@@ -270,22 +270,56 @@ fn out_of_sweep_section(md: &mut String, state: &State) {
 /// Events listed in the workers section at most.
 const MAX_EVENTS_LISTED: usize = 50;
 
-/// Local workers that died and were replaced (`coordinator run --max-respawns`); nothing when
-/// none was.
+/// Workers listed in the workers section at most.
+const MAX_WORKERS_LISTED: usize = 50;
+
+/// Which worker, on which device, produced the results (every row of `trials.csv` names its
+/// own), and the local workers that died and were replaced (`coordinator run
+/// --max-respawns`); nothing when no worker is known.
 fn workers_section(md: &mut String, state: &State) {
     let respawns: Vec<_> = state.events.iter().filter(|e| e.kind == "respawn").collect();
-    if respawns.is_empty() {
+    let mut by_worker: BTreeMap<&str, (usize, BTreeSet<&str>)> = BTreeMap::new();
+    let mut by_device: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in state.in_sweep().filter_map(|t| t.result.as_ref()) {
+        let device = if r.device.is_empty() { "unknown" } else { r.device.as_str() };
+        let w = by_worker.entry(r.worker.as_str()).or_default();
+        w.0 += 1;
+        w.1.insert(device);
+        *by_device.entry(device).or_default() += 1;
+    }
+    if respawns.is_empty() && state.workers.is_empty() && by_device.is_empty() {
         return;
     }
     let _ = writeln!(md, "## Workers\n");
-    let _ = writeln!(md, "{} local worker(s) died before the sweep was over and were respawned:\n", respawns.len());
-    for e in respawns.iter().take(MAX_EVENTS_LISTED) {
-        let _ = writeln!(md, "- {:.0}: {}", e.at, e.detail);
+    if !by_device.is_empty() {
+        let devices: Vec<String> = by_device.iter().map(|(d, n)| format!("{n} on {d}")).collect();
+        let _ = writeln!(md, "Results by device: {}. The `worker` and `device` columns of [`trials.csv`](trials.csv) say which produced each row.", devices.join(", "));
+        if by_device.keys().any(|d| d.starts_with("cuda")) && by_device.len() > 1 {
+            let _ = writeln!(md, "GPU results are not bit-identical run to run, nor to the CPU's; the claims pool rows of every device under the same tolerances.");
+        }
+        let _ = writeln!(md);
     }
-    if respawns.len() > MAX_EVENTS_LISTED {
-        let _ = writeln!(md, "- … and {} more", respawns.len() - MAX_EVENTS_LISTED);
+    if !state.workers.is_empty() {
+        let _ = writeln!(md, "| worker | device | cores | results |\n|---|---|---:|---:|");
+        for w in state.workers.iter().take(MAX_WORKERS_LISTED) {
+            let n = by_worker.get(w.name.as_str()).map_or(0, |(n, _)| *n);
+            let _ = writeln!(md, "| {} | {} | {} | {n} |", cell(&w.name), cell(&w.device), w.cores);
+        }
+        if state.workers.len() > MAX_WORKERS_LISTED {
+            let _ = writeln!(md, "\n… and {} more workers.", state.workers.len() - MAX_WORKERS_LISTED);
+        }
+        let _ = writeln!(md);
     }
-    let _ = writeln!(md);
+    if !respawns.is_empty() {
+        let _ = writeln!(md, "{} local worker(s) died before the sweep was over and were respawned:\n", respawns.len());
+        for e in respawns.iter().take(MAX_EVENTS_LISTED) {
+            let _ = writeln!(md, "- {}: {}", fmt_utc(e.at), e.detail);
+        }
+        if respawns.len() > MAX_EVENTS_LISTED {
+            let _ = writeln!(md, "- … and {} more", respawns.len() - MAX_EVENTS_LISTED);
+        }
+        let _ = writeln!(md);
+    }
 }
 
 fn failed_section(md: &mut String, state: &State) {

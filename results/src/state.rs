@@ -33,6 +33,12 @@ pub struct TrialResult {
     pub diverged_step: Option<i64>,
     pub metrics: BTreeMap<String, f64>,
     pub wall_seconds: f64,
+    /// The worker that produced it, as `name#n` (its id without the secret part); empty when
+    /// unknown.
+    pub worker: String,
+    /// The device that produced it (`cpu`, `cuda:0`); empty when unknown (a result recorded
+    /// before devices were).
+    pub device: String,
 }
 
 /// Samples drawn by a trial next to an exact sample of its data distribution.
@@ -120,6 +126,27 @@ pub struct Event {
     pub detail: String,
 }
 
+/// A worker that registered with the coordinator (`workers` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worker {
+    /// `name#n`: its id without the secret part.
+    pub name: String,
+    /// Where its trials ran: `cpu`, or the GPU as `cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB)`.
+    pub device: String,
+    pub cores: i64,
+    pub gpus: i64,
+    /// Unix seconds.
+    pub registered_at: f64,
+}
+
+/// A worker id (`name#n.<secret>`) as shown to people: `name#n`.
+pub fn worker_display(id: &str) -> String {
+    match id.rsplit_once('.') {
+        Some((head, secret)) if head.contains('#') && !secret.is_empty() && secret.chars().all(|c| c.is_ascii_hexdigit()) => head.to_string(),
+        _ => id.to_string(),
+    }
+}
+
 /// The whole database, trials ordered by `idx` then hash.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -128,6 +155,8 @@ pub struct State {
     pub trials: Vec<Trial>,
     /// In the order they happened.
     pub events: Vec<Event>,
+    /// In the order they registered.
+    pub workers: Vec<Worker>,
 }
 
 impl State {
@@ -145,6 +174,7 @@ impl State {
         let mut errors = reader.last_errors()?;
         let mut artifacts = reader.artifacts()?;
         let events = reader.events()?;
+        let workers = reader.workers()?;
         for t in &mut trials {
             t.artifacts = artifacts.remove(&t.hash).unwrap_or_default();
             t.result = results.remove(&t.hash);
@@ -153,7 +183,7 @@ impl State {
             t.last_error = errors.remove(&t.hash);
         }
         trials.sort_by(|a, b| a.idx.cmp(&b.idx).then_with(|| a.hash.cmp(&b.hash)));
-        Ok(State { path: db_path.to_path_buf(), sweep, trials, events })
+        Ok(State { path: db_path.to_path_buf(), sweep, trials, events, workers })
     }
 
     /// How many events of `kind` the database holds.
@@ -233,19 +263,45 @@ impl Reader<'_> {
         Ok(out)
     }
 
+    /// Whether the database has `table.column` (tables and columns added to layout 3 later
+    /// are read as empty or as their default where missing).
+    fn has(&self, table: &str, column: &str) -> Result<bool, ResultsError> {
+        crate::layout::has_column(self.conn, table, column).map_err(self.query_err("the table layout"))
+    }
+
     fn results(&self) -> Result<HashMap<String, TrialResult>, ResultsError> {
         let err = self.query_err("results");
-        let mut stmt = self.conn.prepare("SELECT trial_hash, status, diverged_step, metrics_json, wall_seconds FROM results").map_err(&err)?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, String>(3)?, r.get::<_, f64>(4)?))).map_err(&err)?;
+        let device = if self.has("attempts", "device")? { "a.device" } else { "NULL" };
+        let sql = format!(
+            "SELECT r.trial_hash, r.status, r.diverged_step, r.metrics_json, r.wall_seconds, a.worker, {device} FROM results r LEFT JOIN attempts a ON a.id = r.attempt_id"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+        type Row = (String, String, Option<i64>, String, f64, Option<String>, Option<String>);
+        let rows = stmt.query_map([], |r| -> rusqlite::Result<Row> { Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)) }).map_err(&err)?;
         let mut out = HashMap::new();
         for row in rows {
-            let (hash, status, diverged_step, metrics_json, wall_seconds) = row.map_err(&err)?;
+            let (hash, status, diverged_step, metrics_json, wall_seconds, worker, device) = row.map_err(&err)?;
             let metrics = self.numbers("metrics_json", &hash, &metrics_json)?;
             let status = self.status("results.status", &hash, &status)?;
-            out.insert(hash, TrialResult { status, diverged_step, metrics, wall_seconds });
+            let worker = worker.as_deref().map(worker_display).unwrap_or_default();
+            out.insert(hash, TrialResult { status, diverged_step, metrics, wall_seconds, worker, device: device.unwrap_or_default() });
         }
         Ok(out)
+    }
+
+    /// Registered workers; none when the table does not exist (a database written before it).
+    fn workers(&self) -> Result<Vec<Worker>, ResultsError> {
+        let err = self.query_err("workers");
+        let exists = self.conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'workers'").and_then(|mut s| s.exists([])).map_err(&err)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let device = if self.has("workers", "device")? { "device" } else { "''" };
+        let mut stmt = self.conn.prepare(&format!("SELECT id, {device}, cores, gpus, registered_at FROM workers ORDER BY seq")).map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| Ok(Worker { name: worker_display(&r.get::<_, String>(0)?), device: r.get(1)?, cores: r.get(2)?, gpus: r.get(3)?, registered_at: r.get(4)? }))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
     }
 
     fn curves(&self) -> Result<HashMap<String, Vec<BTreeMap<String, f64>>>, ResultsError> {

@@ -19,7 +19,7 @@ use crate::state::{State, Trial, display_value};
 const CURVE_LEAD: [&str; 2] = ["step", "train_loss"];
 
 /// Builds `trials.parquet`'s frame: hash, idx, in_sweep, config…, status, attempts,
-/// diverged_step, metrics…, wall_seconds.
+/// diverged_step, metrics…, wall_seconds, worker, device.
 pub fn trials_frame(state: &State) -> PolarsResult<DataFrame> {
     let trials = &state.trials;
     let mut cols = Columns::default();
@@ -39,6 +39,10 @@ pub fn trials_frame(state: &State) -> PolarsResult<DataFrame> {
         cols.push(Column::new(cols.unique(name, "metric."), values));
     }
     cols.push(Column::new("wall_seconds".into(), trials.iter().map(|t| t.result.as_ref().map(|r| r.wall_seconds)).collect::<Vec<_>>()));
+    // Which worker, on which device, produced the row (null: no result, or not recorded).
+    let known = |s: &String| (!s.is_empty()).then(|| s.clone());
+    cols.push(Column::new(cols.unique("worker", "run."), trials.iter().map(|t| t.result.as_ref().and_then(|r| known(&r.worker))).collect::<Vec<_>>()));
+    cols.push(Column::new(cols.unique("device", "run."), trials.iter().map(|t| t.result.as_ref().and_then(|r| known(&r.device))).collect::<Vec<_>>()));
     DataFrame::new(trials.len(), cols.0)
 }
 

@@ -50,7 +50,7 @@ impl Db {
         let outcome = if error.is_some() { Status::Failed } else { status };
         self.conn
             .execute(
-                "INSERT INTO attempts(id, trial_id, trial_hash, worker, leased_at, deadline, finished_at, outcome, error) VALUES (?1, ?2, ?3, 'w0', 0.0, 60.0, 1.0, ?4, ?5)",
+                "INSERT INTO attempts(id, trial_id, trial_hash, worker, leased_at, deadline, finished_at, outcome, error, device) VALUES (?1, ?2, ?3, 'w0#1.00ff', 0.0, 60.0, 1.0, ?4, ?5, 'cpu')",
                 params![self.attempt, id, hash, outcome.as_str(), error],
             )
             .unwrap();
@@ -240,7 +240,13 @@ fn trial_table_has_one_row_per_trial_and_union_of_columns() {
     for metric in ["l_esm", "l_ism", "gap", "c_true", "fd", "mode_w_0", "true_w_0", "wall_seconds"] {
         assert!(cols.iter().any(|c| c == metric), "missing metric column {metric} in {cols:?}");
     }
-    assert_eq!(cols.last().unwrap(), "wall_seconds");
+    assert_eq!(&cols[cols.len() - 3..], ["wall_seconds", "worker", "device"]);
+    // Which worker (without its id's secret part) on which device produced each result; null
+    // without a result.
+    for (col, want) in [("worker", "w0#1"), ("device", "cpu")] {
+        let c = parquet.column(col).unwrap();
+        assert_eq!((c.null_count(), c.str().unwrap().iter().flatten().all(|v| v == want)), (1, true), "{col}: the failed trial has no result");
+    }
     // model.width exists only in the out-of-sweep trial: null elsewhere.
     assert_eq!(parquet.column("model.width").unwrap().null_count(), 5);
     assert_eq!(parquet.column("objective.noise.sigma_max").unwrap().dtype(), &DataType::Float64);

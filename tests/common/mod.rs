@@ -41,12 +41,13 @@ pub fn try_count(out: &Path, sql: &str) -> Option<i64> {
     rusqlite::Connection::open(out.join("state.db")).ok()?.query_row(sql, [], |r| r.get(0)).ok()
 }
 
-/// trials.csv without timing (`*seconds`) and attempt-count columns, sorted.
+/// trials.csv without timing (`*seconds`), attempt-count and worker columns (which worker ran a
+/// trial varies run to run; the device does not, on CPU), sorted.
 pub fn table(out: &Path) -> Vec<String> {
     let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let keep: Vec<usize> = header.iter().enumerate().filter(|(_, h)| !h.ends_with("seconds") && **h != "attempts").map(|(i, _)| i).collect();
+    let keep: Vec<usize> = header.iter().enumerate().filter(|(_, h)| !h.ends_with("seconds") && **h != "attempts" && **h != "worker").map(|(i, _)| i).collect();
     let mut rows: Vec<String> = lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();

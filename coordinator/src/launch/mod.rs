@@ -24,11 +24,12 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// What every launcher is given.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LaunchConfig {
     /// The worker executable (see [`worker_executable`]).
     pub worker_bin: PathBuf,
-    /// Workers to start (the `ssh` launcher starts its hosts' counts instead).
+    /// Workers to start (CPU workers for the local launcher; the `ssh` launcher starts its
+    /// hosts' counts instead).
     pub workers: usize,
     /// The run's token, handed to workers through the environment (`auth::TOKEN_ENV`) or
     /// their standard input, never a command line.
@@ -41,12 +42,17 @@ pub struct LaunchConfig {
     pub slurm: slurm::SlurmOptions,
     /// `ssh` launcher settings (`[launcher.ssh]` merged with the `--ssh-*` flags).
     pub ssh: ssh::SshOptions,
+    /// Local GPU workers: one per entry, started with `CUDA_VISIBLE_DEVICES` = the entry and
+    /// `--device cuda` (see [`local::visible_gpus`]). Empty: none.
+    pub gpus: Vec<String>,
+    /// CPU threads (`RAYON_NUM_THREADS`) of each GPU worker.
+    pub gpu_threads: usize,
 }
 
 impl LaunchConfig {
     /// `workers` local workers of `worker_bin`, no token, TLS or cluster settings.
     pub fn local(worker_bin: PathBuf, workers: usize) -> LaunchConfig {
-        LaunchConfig { worker_bin, workers, token: None, tls_ca: None, out: PathBuf::from("out"), slurm: Default::default(), ssh: Default::default() }
+        LaunchConfig { worker_bin, workers, ..Default::default() }
     }
 }
 
