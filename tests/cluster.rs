@@ -232,8 +232,8 @@ fn slurm_runs_a_sweep_survives_a_cancelled_job_and_keeps_the_token_out_of_job_re
     wait_for("the run's jobs to end", 30.0, || slurm_active(&ids).is_empty());
 }
 
-/// Ctrl-C twice, or SIGTERM once: running trials are cancelled and every job of the run ends
-/// (a pending one by `scancel`).
+/// Ctrl-C twice, or SIGTERM once: running trials are cancelled and every job of the run ends;
+/// jobs that never started are `scancel`led (they would otherwise wait in the queue).
 #[test]
 fn slurm_jobs_are_cancelled_when_the_run_is_interrupted_or_terminated() {
     if !available("Slurm", slurm_problem()) {
@@ -242,10 +242,9 @@ fn slurm_jobs_are_cancelled_when_the_run_is_interrupted_or_terminated() {
     for signals in [&["-INT", "-INT"][..], &["-TERM"][..]] {
         let dir = tmp(&format!("slurm-int{}", signals.len()));
         let out = dir.join("out");
-        // Sleep trials far longer than the test: only the interruption ends them. Three jobs
-        // on the two CPUs of the CI node: one stays pending, and only `scancel` ends it.
+        // Sleep trials far longer than the test: only the interruption ends them.
         let sweep = sleep_sweep(&dir, 4, 600.0, 0);
-        let coord = Coordinator::start(&sweep, &out, &["--launcher", "slurm", "--workers", "3", "--lease-secs", "4"]);
+        let coord = Coordinator::start(&sweep, &out, &["--launcher", "slurm", "--workers", "2", "--lease-secs", "4"]);
         wait_for("a running attempt", 60.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'").unwrap_or(0) > 0);
         let pid = coord.child.id().to_string();
         // First Ctrl-C: no new trials; second: running ones are cancelled; then the jobs go.
@@ -256,11 +255,24 @@ fn slurm_jobs_are_cancelled_when_the_run_is_interrupted_or_terminated() {
         let log = coord.succeeds(60.0);
         assert!(log.contains("cancelling running trials"), "{signals:?}: {log}");
         let ids: Vec<u64> = slurm_jobs(&out).into_iter().map(|(_, id)| id).collect();
-        assert_eq!(ids.len(), 3, "three jobs submitted");
-        wait_for("the run's jobs to be cancelled", 30.0, || slurm_active(&ids).is_empty());
+        assert_eq!(ids.len(), 2, "two jobs submitted");
+        wait_for("the run's jobs to end", 30.0, || slurm_active(&ids).is_empty());
         assert_eq!(count(&out, "SELECT COUNT(*) FROM results"), 0);
-        let states: Vec<String> = ids.iter().map(|id| output_of("scontrol", &["-o", "show", "job", &id.to_string()])).collect();
-        assert!(states.iter().any(|s| s.contains("JobState=CANCELLED")), "{signals:?}: no job was cancelled: {states:?}");
+    }
+    // Jobs that cannot start yet (`--begin` an hour away): an interrupted run cancels them.
+    let dir = tmp("slurm-pending");
+    let out = dir.join("out");
+    let sweep = sleep_sweep(&dir, 2, 1.0, 0);
+    let coord = Coordinator::start(&sweep, &out, &["--launcher", "slurm", "--workers", "2", "--slurm-arg=--begin=now+1hour"]);
+    wait_for("two submitted jobs", 30.0, || slurm_jobs(&out).len() == 2);
+    let ids: Vec<u64> = slurm_jobs(&out).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(slurm_active(&ids).len(), 2, "the jobs wait in the queue");
+    assert!(Command::new("kill").args(["-INT", &coord.child.id().to_string()]).status().unwrap().success());
+    coord.succeeds(30.0);
+    assert!(slurm_active(&ids).is_empty(), "pending jobs left in the queue");
+    for id in &ids {
+        let s = output_of("scontrol", &["-o", "show", "job", &id.to_string()]);
+        assert!(s.contains("JobState=CANCELLED"), "job {id} not cancelled: {s}");
     }
 }
 
