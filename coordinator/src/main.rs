@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value = "local")]
         launcher: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        cluster: Box<ClusterArgs>,
         #[command(flatten)]
         tls: TlsArgs,
         /// Worker executable (default: $SCORESWEEP_WORKER, else `worker` next to this one).
