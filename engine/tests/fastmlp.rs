@@ -287,3 +287,130 @@ fn fast_ism_matches_candle_autograd() {
         assert!(FastIsm::new(&model, 1e-3).unwrap().is_none(), "depth {depth} has no closed-form step");
     }
 }
+
+/// The hand-derived image-MLP step against candle's autograd of `images::run::edm_losses`
+/// (EDM's preconditioning and weighting, and NCSN's S = F/σ with DSM's weight 1/σ²): loss,
+/// every gradient (the class embedding's rows included: labels with the null class, classes
+/// that do not occur), one AdamW step and one EMA update. Tolerances as for DSM (f32 sums in
+/// another order, the polynomial exp in SiLU): 1e-4 of each tensor's largest gradient.
+#[test]
+fn fast_image_mlp_matches_candle_autograd() {
+    use engine::images::{self, Precond, run::edm_losses};
+    use engine::train::fast::image::{FastImageMlp, Rows};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let (h, w) = (4, 5);
+    let dim = h * w;
+    let cases = [
+        (ImageMlpSpec { hidden: 32, depth: 2, emb: 8, class_cond: true }, Precond::Edm { sigma_data: 0.5 }, 3),
+        (ImageMlpSpec { hidden: 24, depth: 1, emb: 12, class_cond: false }, Precond::Edm { sigma_data: 0.7 }, 1),
+        (ImageMlpSpec { hidden: 16, depth: 3, emb: 8, class_cond: true }, Precond::Score { sigma_data: 0.5 }, 2),
+    ];
+    for (ci, (spec, precond, slices)) in cases.into_iter().enumerate() {
+        let vm = VarMap::new();
+        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, h, w, &vm, &dev).unwrap();
+        let mut rng = Rng::new(40 + ci as u64);
+        images::init_weights(&vm, &mut rng).unwrap();
+        let n = 37;
+        let x0: Vec<f32> = (0..n * dim).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
+        let eps = rng.normals_f32(n * dim);
+        let labels: Vec<u32> = (0..n).map(|i| [0, 3, 3, 7, 10][i % 5]).collect();
+        let sigma: Vec<f32> = (0..n).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
+        let weight: Vec<f32> = sigma
+            .iter()
+            .map(|&s| match precond {
+                Precond::Edm { sigma_data: sd } => images::run::weight(s as f64, sd) as f32,
+                Precond::Score { .. } => 1.0 / (s * s),
+            })
+            .collect();
+        let mut fast = FastImageMlp::with_slices(&spec, dim, &vm, n, 1e-2, 0.9, slices).unwrap();
+        let fast_loss = fast.loss_and_grad(&x0, &eps, &labels, &Rows::new(&precond, sigma.clone(), weight.clone()));
+
+        let t = |v: &[f32]| Tensor::from_slice(v, (n, 1, h, w), &dev).unwrap();
+        let lab = if spec.class_cond { Some(Tensor::from_slice(&labels, n, &dev).unwrap()) } else { None };
+        let loss = edm_losses(net.as_ref(), &t(&x0), &t(&eps), &Tensor::from_slice(&sigma, n, &dev).unwrap(), &Tensor::from_slice(&weight, n, &dev).unwrap(), lab.as_ref())
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let l: f32 = loss.to_scalar().unwrap();
+        assert!((fast_loss - l as f64).abs() < 1e-5 * (1.0 + l.abs() as f64), "case {ci}: loss {fast_loss} vs {l}");
+        let grads = loss.backward().unwrap();
+        let vars: Vec<(String, candle_core::Var)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(vars.len(), 2 * (spec.depth + 1) + spec.class_cond as usize, "case {ci}: every variable is trained");
+        for (name, var) in &vars {
+            let reference: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got = fast.grad(name).unwrap_or_else(|| panic!("case {ci}: no gradient for {name}"));
+            let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+            for (a, b) in got.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-4 * scale, "case {ci} {name}: {a} vs {b} (max {scale})");
+            }
+            if name == "class_emb.weight" {
+                // Rows of classes absent from the batch get no gradient on either side.
+                assert!(got[e_row(1, spec.emb)].iter().all(|&g| g == 0.0) && got[e_row(3, spec.emb)].iter().any(|&g| g != 0.0));
+            }
+        }
+        // One AdamW step and one EMA update on both sides: the same weights afterwards.
+        let before: Vec<Vec<f32>> = vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+        opt.step(&grads).unwrap();
+        fast.adam_step();
+        fast.ema_update(5);
+        let after: Vec<Vec<f32>> = vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        fast.store(&vm).unwrap();
+        let d_ema = 0.9f32.min(6.0 / 15.0);
+        for (i, (name, var)) in vars.iter().enumerate() {
+            let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in got.iter().zip(&after[i]) {
+                // Adam moves each weight by ≤ lr = 1e-2; 1e-3 catches any real mismatch.
+                assert!((a - b).abs() < 1e-3, "case {ci} {name}: {a} vs {b} after one step");
+            }
+        }
+        fast.store_ema(&vm).unwrap();
+        for (i, (name, var)) in vars.iter().enumerate() {
+            let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for ((a, w0), w1) in got.iter().zip(&before[i]).zip(&after[i]) {
+                let want = d_ema * w0 + (1.0 - d_ema) * w1;
+                assert!((a - want).abs() < 1e-3, "case {ci} {name}: EMA {a} vs {want}");
+            }
+        }
+    }
+}
+
+fn e_row(c: usize, e: usize) -> std::ops::Range<usize> {
+    c * e..(c + 1) * e
+}
+
+/// The image step split into slices equals the one-slice step to f32 rounding (uneven splits
+/// included), and the same split gives the same bits twice.
+#[test]
+fn fast_image_mlp_slices_match_one_slice() {
+    use engine::images::{self, Precond};
+    use engine::train::fast::image::{FastImageMlp, Rows};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let spec = ImageMlpSpec { hidden: 48, depth: 2, emb: 8, class_cond: true };
+    let vm = VarMap::new();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 6, 6, &vm, &dev).unwrap();
+    let mut rng = Rng::new(9);
+    images::init_weights(&vm, &mut rng).unwrap();
+    let n = 131;
+    let x0: Vec<f32> = (0..n * 36).map(|_| rng.uniform() as f32).collect();
+    let eps = rng.normals_f32(n * 36);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 11) as u32).collect();
+    let sigma: Vec<f32> = (0..n).map(|i| 0.05 * (1 + i % 40) as f32).collect();
+    let rows = || Rows::new(&Precond::Edm { sigma_data: 0.5 }, sigma.clone(), vec![1.0; n]);
+    let mut one = FastImageMlp::with_slices(&spec, 36, &vm, n, 1e-3, 0.0, 1).unwrap();
+    let l1 = one.loss_and_grad(&x0, &eps, &labels, &rows());
+    for slices in [2, 3] {
+        let mut many = FastImageMlp::with_slices(&spec, 36, &vm, n, 1e-3, 0.0, slices).unwrap();
+        let lt = many.loss_and_grad(&x0, &eps, &labels, &rows());
+        assert!((l1 - lt).abs() < 1e-5 * l1, "{slices} slices: loss {l1} vs {lt}");
+        for name in ["layer0.weight", "layer1.bias", "out.weight", "class_emb.weight"] {
+            let (a, b) = (one.grad(name).unwrap(), many.grad(name).unwrap());
+            let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale), "{slices} slices: {name}");
+        }
+        let again = many.loss_and_grad(&x0, &eps, &labels, &rows());
+        assert_eq!(lt.to_bits(), again.to_bits());
+    }
+}

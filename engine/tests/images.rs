@@ -108,6 +108,7 @@ fn short_training_lowers_the_held_out_loss_and_is_deterministic() {
     let run = || trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     let o = run();
     assert_eq!(o.status, TrialStatus::Ok);
+    assert_eq!(o.trainer, "fast_image_mlp", "the MLP trains on the hand-derived step on CPU");
     let first = o.curve_rows[0][2];
     let last = o.metric("eval_loss").unwrap();
     assert!(last < 0.6 * first, "held-out EDM loss {first} → {last}");
@@ -135,6 +136,7 @@ fn unet_trial_runs_end_to_end() {
     let cfg = TrialConfig::from_str_at(&src, Path::new("unet.toml")).unwrap();
     let o = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!(o.status, TrialStatus::Ok);
+    assert_eq!(o.trainer, "autograd");
     assert_eq!((o.metric("steps_done"), o.metric("nfe")), (Some(3.0), Some(3.0)));
     assert!(o.metric("eval_loss").unwrap().is_finite());
 }

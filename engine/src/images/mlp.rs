@@ -7,11 +7,11 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder, VarMap};
 use schema::image::ImageMlpSpec;
 
-use super::ImageNet;
 use super::unet::NULL_CLASS;
+use super::{ImageNet, Precond};
 
 pub struct ImageMlp {
-    sigma_data: f64,
+    precond: Precond,
     freq: Tensor,
     class_emb: Option<Embedding>,
     layers: Vec<Linear>,
@@ -19,7 +19,7 @@ pub struct ImageMlp {
 }
 
 impl ImageMlp {
-    pub fn new(spec: &ImageMlpSpec, sigma_data: f64, dim: usize, varmap: &VarMap, dev: &Device) -> Result<Self> {
+    pub fn new(spec: &ImageMlpSpec, precond: Precond, dim: usize, varmap: &VarMap, dev: &Device) -> Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, dev);
         let half = spec.emb / 2;
         let class_emb = if spec.class_cond { Some(candle_nn::embedding(NULL_CLASS as usize + 1, spec.emb, vb.pp("class_emb"))?) } else { None };
@@ -30,13 +30,13 @@ impl ImageMlp {
             width = spec.hidden;
         }
         let out = candle_nn::linear(width, dim, vb.pp("out"))?;
-        Ok(ImageMlp { sigma_data, freq: super::frequencies(half, dev)?, class_emb, layers, out })
+        Ok(ImageMlp { precond, freq: super::frequencies(half, dev)?, class_emb, layers, out })
     }
 }
 
 impl ImageNet for ImageMlp {
-    fn sigma_data(&self) -> f64 {
-        self.sigma_data
+    fn precond(&self) -> Precond {
+        self.precond
     }
 
     fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {

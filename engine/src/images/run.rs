@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use schema::image::{ImageSamplerKind, ImageTrial};
+use schema::image::{ImageModel, ImageSamplerKind, ImageTrial};
 
 use super::sample::{self, Denoiser};
 use super::unet::NULL_CLASS;
-use super::{ImageNet, Split, init_weights, tensor};
+use super::{ImageNet, Precond, Split, init_weights, tensor};
 use crate::error::EngineError;
 use crate::rng::{Rng, Stream};
+use crate::train::fast::image::{FastImageMlp, Rows};
 use crate::trial::{Progress, TrialOutcome, TrialStatus};
 
 /// σ levels of the held-out denoising loss (spanning EDM's training distribution).
@@ -25,13 +26,13 @@ pub const EVAL_SIGMAS: [f64; 5] = [0.05, 0.2, 0.5, 1.0, 2.0];
 const CHUNK: usize = 500;
 
 /// EDM's loss weight λ(σ) = (σ² + σ_d²)/(σ σ_d)².
-fn weight(sigma: f64, sd: f64) -> f64 {
+pub fn weight(sigma: f64, sd: f64) -> f64 {
     (sigma * sigma + sd * sd) / (sigma * sd).powi(2)
 }
 
 /// EDM's per-image loss λ(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with noise
 /// ε, levels σ (N,) and their weights λ(σ) (N,).
-fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> candle_core::Result<Tensor> {
+pub fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let n = x.dim(0)?;
     let y = (x + eps.broadcast_mul(&sigma.reshape((n, 1, 1, 1))?)?)?;
     let per = (net.denoise(&y, sigma, labels)? - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
@@ -94,6 +95,47 @@ impl Ema {
     }
 }
 
+/// The training step: candle's autograd (AdamW over the VarMap, [`Ema`]) or the hand-derived
+/// MLP step, which keeps its own weights and EMA and writes them into the VarMap on demand.
+enum Trainer {
+    Autograd { opt: AdamW, ema: Ema },
+    Fast(Box<FastImageMlp>),
+}
+
+impl Trainer {
+    fn name(&self) -> &'static str {
+        match self {
+            Trainer::Autograd { .. } => "autograd",
+            Trainer::Fast(_) => "fast_image_mlp",
+        }
+    }
+
+    /// Runs `f` with the EMA weights in the VarMap; the training weights stay where training
+    /// reads them.
+    fn with_ema_weights<T>(&mut self, varmap: &VarMap, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T, EngineError> {
+        match self {
+            Trainer::Autograd { ema, .. } => {
+                ema.swap()?;
+                let out = f();
+                ema.swap()?;
+                Ok(out?)
+            }
+            Trainer::Fast(fast) => {
+                fast.store_ema(varmap)?;
+                Ok(f()?)
+            }
+        }
+    }
+
+    /// Leaves the EMA weights in the VarMap (after training).
+    fn use_ema_weights(&mut self, varmap: &VarMap) -> Result<(), EngineError> {
+        match self {
+            Trainer::Autograd { ema, .. } => Ok(ema.swap()?),
+            Trainer::Fast(fast) => Ok(fast.store_ema(varmap)?),
+        }
+    }
+}
+
 /// Fixed held-out evaluation draws: for each of `n` images one σ from [`EVAL_SIGMAS`] in turn
 /// and one noise image.
 struct EvalSet {
@@ -129,11 +171,13 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let sd = cfg.objective.sigma_data;
     let cond = cfg.model.class_cond();
     let varmap = VarMap::new();
-    let net = super::build(&cfg.model, sd, h, w, &varmap, &dev)?;
+    let precond = Precond::Edm { sigma_data: sd };
+    let net = super::build(&cfg.model, precond, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
-    let vars = varmap.all_vars();
-    let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
-    let mut ema = Ema::new(&vars, cfg.train.ema)?;
+    if cond && let Some(&bad) = split.train_labels.iter().chain(&split.held_labels).find(|&&l| l as u32 >= NULL_CLASS) {
+        let message = format!("label {bad}: class-conditional image models take labels 0 to 9");
+        return Err(EngineError::Data(crate::data::idx::IdxError::Corrupt { path: cfg.data.dir.clone(), message }));
+    }
 
     // The fixed evaluation draws over the held-out images.
     let mut erng = Rng::stream(cfg.seed, Stream::Eval);
@@ -155,15 +199,22 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let t_train = Instant::now();
     let b = cfg.train.batch;
     let mut steps_done = 0;
-    let checkpoint = |step: u64, train_loss: f64, ema: &mut Ema, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
-        let t = Instant::now();
-        ema.swap()?;
-        let l = eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev);
-        ema.swap()?;
-        *eval_seconds += t.elapsed().as_secs_f64();
-        Ok(vec![step as f64, train_loss, l?])
+    // The trainer: the hand-derived step for the MLP on CPU, else candle's autograd.
+    let mut trainer = match &cfg.model {
+        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Trainer::Fast(Box::new(FastImageMlp::new(spec, d, &varmap, b, cfg.train.lr, cfg.train.ema)?)),
+        _ => {
+            let vars = varmap.all_vars();
+            let opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
+            Trainer::Autograd { opt, ema: Ema::new(&vars, cfg.train.ema)? }
+        }
     };
-    rows.push(checkpoint(0, f64::NAN, &mut ema, &mut eval_seconds)?);
+    let checkpoint = |step: u64, train_loss: f64, trainer: &mut Trainer, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
+        let t = Instant::now();
+        let l = trainer.with_ema_weights(&varmap, || eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev))?;
+        *eval_seconds += t.elapsed().as_secs_f64();
+        Ok(vec![step as f64, train_loss, l])
+    };
+    rows.push(checkpoint(0, f64::NAN, &mut trainer, &mut eval_seconds)?);
     for step in 1..=cfg.train.steps {
         if cancel.load(Ordering::Relaxed) {
             status = TrialStatus::Cancelled;
@@ -177,18 +228,34 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         }
         let sigmas: Vec<f32> = (0..b).map(|_| (cfg.objective.p_mean + cfg.objective.p_std * trng.normal()).exp() as f32).collect();
         let weights: Vec<f32> = sigmas.iter().map(|&s| weight(s as f64, sd) as f32).collect();
-        let x = tensor(&x, h, w, &dev)?;
-        let e = tensor(&trng.normals_f32(b * d), h, w, &dev)?;
-        let sig = Tensor::from_vec(sigmas, b, &dev)?;
-        let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
-        let loss = edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?;
-        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let eps = trng.normals_f32(b * d);
+        let lv = match &mut trainer {
+            Trainer::Fast(f) => {
+                let lv = f.loss_and_grad(&x, &eps, &labels, &Rows::new(&precond, sigmas, weights));
+                if lv.is_finite() {
+                    f.adam_step();
+                    f.ema_update(step);
+                }
+                lv
+            }
+            Trainer::Autograd { opt, ema } => {
+                let x = tensor(&x, h, w, &dev)?;
+                let e = tensor(&eps, h, w, &dev)?;
+                let sig = Tensor::from_vec(sigmas, b, &dev)?;
+                let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
+                let loss = edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?;
+                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if lv.is_finite() {
+                    opt.backward_step(&loss)?;
+                    ema.update(step)?;
+                }
+                lv
+            }
+        };
         if !lv.is_finite() {
             status = TrialStatus::Diverged { step };
             break;
         }
-        opt.backward_step(&loss)?;
-        ema.update(step)?;
         steps_done = step;
         loss_sum += lv;
         loss_n += 1;
@@ -196,7 +263,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         if step % cfg.train.eval_every == 0 || step == cfg.train.steps {
             let mean = loss_sum / loss_n.max(1) as f64;
             (loss_sum, loss_n) = (0.0, 0);
-            let row = checkpoint(step, mean, &mut ema, &mut eval_seconds)?;
+            let row = checkpoint(step, mean, &mut trainer, &mut eval_seconds)?;
             progress(&Progress { step, total_steps: cfg.train.steps, train_loss: mean, latest: vec![("eval_loss".into(), row[2])] });
             rows.push(row);
         } else if step % 10 == 0 {
@@ -219,7 +286,8 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     ];
 
     // Sampling with the EMA weights.
-    ema.swap()?;
+    trainer.use_ema_weights(&varmap)?;
+    let trainer_name = trainer.name();
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
     let mut labels_out: Vec<u32> = Vec::new();
     if status == TrialStatus::Ok && cfg.sampler.kind != ImageSamplerKind::None {
@@ -290,7 +358,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         weights,
         files,
         device: crate::device::label(&dev),
-        trainer: "autograd".into(),
+        trainer: trainer_name.into(),
     })
 }
 
@@ -390,7 +458,7 @@ fn digit_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schema::image::{ImageMlpSpec, ImageModel};
+    use schema::image::ImageMlpSpec;
 
     /// Classifier-free guidance: w = 0 is the conditional denoiser alone, and any w gives
     /// (1 + w) D(x, c) − w D(x, ∅) exactly.
@@ -398,7 +466,8 @@ mod tests {
     fn guidance_zero_is_the_conditional_model_and_w_mixes_linearly() {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let net = super::super::build(&ImageModel::Mlp(ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true }), 0.5, 4, 4, &vm, &dev).unwrap();
+        let net =
+            super::super::build(&ImageModel::Mlp(ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true }), Precond::Edm { sigma_data: 0.5 }, 4, 4, &vm, &dev).unwrap();
         init_weights(&vm, &mut Rng::new(1)).unwrap();
         let x = Tensor::from_vec(Rng::new(2).normals_f32(3 * 16), (3, 1, 4, 4), &dev).unwrap();
         let labels = Tensor::new(&[1u32, 4, 9], &dev).unwrap();
