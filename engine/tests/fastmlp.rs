@@ -289,7 +289,8 @@ fn fast_ism_matches_candle_autograd() {
 }
 
 /// The hand-derived image-MLP step against candle's autograd of `images::run::edm_losses`
-/// (EDM's preconditioning and weighting, and NCSN's S = F/σ with DSM's weight 1/σ²): loss,
+/// (EDM's preconditioning and weighting; NCSN's S = F/σ and VP's ε-prediction with DSM's
+/// weight 1/σ²): loss,
 /// every gradient (the class embedding's rows included: labels with the null class, classes
 /// that do not occur), one AdamW step and one EMA update. Tolerances as for DSM (f32 sums in
 /// another order, the polynomial exp in SiLU): 1e-4 of each tensor's largest gradient.
@@ -305,6 +306,7 @@ fn fast_image_mlp_matches_candle_autograd() {
         (ImageMlpSpec { hidden: 32, depth: 2, emb: 8, class_cond: true }, Precond::Edm { sigma_data: 0.5 }, 3),
         (ImageMlpSpec { hidden: 24, depth: 1, emb: 12, class_cond: false }, Precond::Edm { sigma_data: 0.7 }, 1),
         (ImageMlpSpec { hidden: 16, depth: 3, emb: 8, class_cond: true }, Precond::Score { sigma_data: 0.5 }, 2),
+        (ImageMlpSpec { hidden: 20, depth: 2, emb: 10, class_cond: true }, Precond::Eps, 1),
     ];
     for (ci, (spec, precond, slices)) in cases.into_iter().enumerate() {
         let vm = VarMap::new();
@@ -319,8 +321,8 @@ fn fast_image_mlp_matches_candle_autograd() {
         let weight: Vec<f32> = sigma
             .iter()
             .map(|&s| match precond {
-                Precond::Edm { sigma_data: sd } => images::run::weight(s as f64, sd) as f32,
-                Precond::Score { .. } => 1.0 / (s * s),
+                Precond::Edm { sigma_data: sd } => images::objective::edm_weight(s as f64, sd) as f32,
+                _ => 1.0 / (s * s),
             })
             .collect();
         let mut fast = FastImageMlp::with_slices(&spec, dim, &vm, n, 1e-2, 0.9, slices).unwrap();
@@ -413,4 +415,42 @@ fn fast_image_mlp_slices_match_one_slice() {
         let again = many.loss_and_grad(&x0, &eps, &labels, &rows());
         assert_eq!(lt.to_bits(), again.to_bits());
     }
+}
+
+/// A one-slice batch threads its products (gemm splits output tiles; each entry's sum keeps its
+/// order) and its Adam update: the bits equal the one-thread step's, at the shape
+/// (784 + 64 + 64 → 1024 → 1024 → 784, batch 128), gradients and updated weights alike.
+#[test]
+fn fast_image_mlp_bits_do_not_depend_on_threads() {
+    use engine::images::{self, Precond};
+    use engine::train::fast::image::{FastImageMlp, Rows, image_slices_for};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let spec = ImageMlpSpec { hidden: 1024, depth: 2, emb: 64, class_cond: true };
+    let vm = VarMap::new();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 28, 28, &vm, &dev).unwrap();
+    let mut rng = Rng::new(11);
+    images::init_weights(&vm, &mut rng).unwrap();
+    let n = 128;
+    assert_eq!(image_slices_for(n), 1);
+    let x0: Vec<f32> = (0..n * 784).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
+    let eps = rng.normals_f32(n * 784);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 11) as u32).collect();
+    let sigma: Vec<f32> = (0..n).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
+    let rows = || Rows::new(&Precond::Edm { sigma_data: 0.5 }, sigma.clone(), vec![1.0; n]);
+    let run = |threads: usize| {
+        let mut f = FastImageMlp::with_threads(&spec, 784, &vm, n, 1e-3, 0.99, 1, threads).unwrap();
+        let l = f.loss_and_grad(&x0, &eps, &labels, &rows());
+        let grads: Vec<Vec<f32>> = ["layer0.weight", "layer1.weight", "out.weight", "out.bias", "class_emb.weight"].iter().map(|k| f.grad(k).unwrap().to_vec()).collect();
+        f.adam_step();
+        let out = VarMap::new();
+        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 28, 28, &out, &dev).unwrap();
+        f.store(&out).unwrap();
+        let w: Vec<f32> = out.data().lock().unwrap()["layer1.weight"].as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        (l.to_bits(), grads, w)
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.0, two.0, "loss bits");
+    assert!(one.1 == two.1, "gradient bits differ between 1 and 2 threads");
+    assert!(one.2 == two.2, "updated weights differ between 1 and 2 threads");
 }

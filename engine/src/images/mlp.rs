@@ -34,25 +34,52 @@ impl ImageMlp {
     }
 }
 
+impl ImageMlp {
+    /// [x, Fourier(c_noise), E[label]] (N, D + 2K + E).
+    fn input(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let mut parts = vec![x.flatten_from(1)?, super::fourier(c_noise, &self.freq)?];
+        if let Some(ce) = &self.class_emb {
+            let l = match labels {
+                Some(l) => l.clone(),
+                None => Tensor::full(NULL_CLASS, x.dim(0)?, x.device())?,
+            };
+            parts.push(ce.forward(&l)?);
+        }
+        Tensor::cat(&parts, 1)
+    }
+}
+
 impl ImageNet for ImageMlp {
     fn precond(&self) -> Precond {
         self.precond
     }
 
     fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let shape = x.dims().to_vec();
-        let mut parts = vec![x.flatten_from(1)?, super::fourier(c_noise, &self.freq)?];
-        if let Some(ce) = &self.class_emb {
-            let l = match labels {
-                Some(l) => l.clone(),
-                None => Tensor::full(NULL_CLASS, shape[0], x.device())?,
-            };
-            parts.push(ce.forward(&l)?);
-        }
-        let mut h = Tensor::cat(&parts, 1)?;
+        let mut h = self.input(x, c_noise, labels)?;
         for l in &self.layers {
             h = l.forward(&h)?.silu()?;
         }
-        self.out.forward(&h)?.reshape(shape)
+        self.out.forward(&h)?.reshape(x.dims())
+    }
+
+    /// Forward mode alongside the forward pass: ḣ₀ = [v, 0, 0], ż = ḣ Wᵀ, ȧ = SiLU'(z) ⊙ ż with
+    /// SiLU'(z) = s(1 + z(1 − s)), s = sigmoid(z); all candle ops, so the loss built on the
+    /// tangent differentiates by autograd.
+    fn raw_tangent(&self, x: &Tensor, v: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let mut h = self.input(x, c_noise, labels)?;
+        let n = x.dim(0)?;
+        let extra = h.dim(1)? - v.elem_count() / n;
+        let mut t = Tensor::cat(&[v.flatten_from(1)?, Tensor::zeros((n, extra), v.dtype(), v.device())?], 1)?;
+        for l in &self.layers {
+            let z = l.forward(&h)?;
+            let zt = t.matmul(&l.weight().t()?)?;
+            let s = (z.neg()?.exp()? + 1.0)?.recip()?;
+            let ds = (&s * ((&z * (1.0 - &s)?)? + 1.0)?)?;
+            h = (&z * &s)?;
+            t = (zt * ds)?;
+        }
+        let f = self.out.forward(&h)?.reshape(x.dims())?;
+        let ft = t.matmul(&self.out.weight().t()?)?.reshape(x.dims())?;
+        Ok((f, ft))
     }
 }

@@ -6,6 +6,8 @@
 //! - [`ImageNet`]: EDM's preconditioning around a network; [`unet`] and [`mlp`] are the two;
 //! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
 //!   they are tested on a Gaussian whose denoiser is exact;
+//! - [`objective`]: the training objectives (EDM, multi-σ DSM, VE and VP continuous-time DSM,
+//!   SSM) as σ draws, loss weights and parametrisations;
 //! - [`run`]: the trial runner (train, evaluate, sample, metrics, sample grid).
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -16,6 +18,7 @@ use crate::data::idx::{self, IdxError, ImageSet};
 use crate::rng::Rng;
 
 pub mod mlp;
+pub mod objective;
 pub mod run;
 pub mod sample;
 pub mod unet;
@@ -30,6 +33,9 @@ pub enum Precond {
     /// NCSN's score net with its output scaled by 1/σ, S = F/σ, i.e. D = x + σ² S = x + σ F
     /// (c_skip = 1, c_out = σ); the input is scaled as EDM's, c_in = 1/√(σ² + σ_d²).
     Score { sigma_data: f64 },
+    /// The VP SDE's ε-prediction: D = x − σ F(x/√(1 + σ²)) (c_skip = 1, c_out = −σ,
+    /// c_in = 1/√(1 + σ²) = α, so F reads x_t = α x and predicts ε).
+    Eps,
 }
 
 /// The per-σ coefficients of a [`Precond`].
@@ -50,6 +56,7 @@ impl Precond {
                 Coefs { c_skip: sd * sd / den, c_out: sigma * sd / den.sqrt(), c_in: 1.0 / den.sqrt(), c_noise }
             }
             Precond::Score { sigma_data: sd } => Coefs { c_skip: 1.0, c_out: sigma, c_in: 1.0 / (sigma * sigma + sd * sd).sqrt(), c_noise },
+            Precond::Eps => Coefs { c_skip: 1.0, c_out: -sigma, c_in: 1.0 / (sigma * sigma + 1.0).sqrt(), c_noise },
         }
     }
 
@@ -72,6 +79,12 @@ pub trait ImageNet {
 
     /// F(x; c_noise, labels): x is (N, 1, H, W), c_noise (N,), labels (N,) u32 or None.
     fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor>;
+
+    /// F and its forward tangent J_F·v at x along v (both (N, 1, H, W)): the networks that
+    /// can train with sliced score matching (the MLP).
+    fn raw_tangent(&self, _x: &Tensor, _v: &Tensor, _c_noise: &Tensor, _labels: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        Err(candle_core::Error::Msg("this network has no forward tangents (sliced score matching needs model.kind = \"mlp\")".into()))
+    }
 
     /// The preconditioned denoiser D(x; σ, labels); `sigma` is (N,).
     fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {

@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use schema::image::{ImageModel, ImageSamplerKind, ImageTrial};
+use schema::image::{ImageModel, ImageObjectiveKind, ImageSamplerKind, ImageTrial};
 
+use super::objective::{Objective, edm_weight, ssm_losses};
 use super::sample::{self, Denoiser};
 use super::unet::NULL_CLASS;
-use super::{ImageNet, Precond, Split, init_weights, tensor};
+use super::{ImageNet, Split, init_weights, tensor};
 use crate::error::EngineError;
 use crate::rng::{Rng, Stream};
 use crate::train::fast::image::{FastImageMlp, Rows};
@@ -25,13 +26,9 @@ pub const EVAL_SIGMAS: [f64; 5] = [0.05, 0.2, 0.5, 1.0, 2.0];
 /// Images per forward pass when evaluating or sampling (bounds memory).
 const CHUNK: usize = 500;
 
-/// EDM's loss weight λ(σ) = (σ² + σ_d²)/(σ σ_d)².
-pub fn weight(sigma: f64, sd: f64) -> f64 {
-    (sigma * sigma + sd * sd) / (sigma * sd).powi(2)
-}
-
-/// EDM's per-image loss λ(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with noise
-/// ε, levels σ (N,) and their weights λ(σ) (N,).
+/// The per-image denoising loss w(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with
+/// noise ε, levels σ (N,) and their weights w(σ) (N,) (EDM's λ(σ) for `edm`, see
+/// [`super::objective`]).
 pub fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let n = x.dim(0)?;
     let y = (x + eps.broadcast_mul(&sigma.reshape((n, 1, 1, 1))?)?)?;
@@ -155,7 +152,7 @@ fn eval_loss(net: &dyn ImageNet, set: &EvalSet, h: usize, w: usize, sd: f64, con
         let x = tensor(&set.x[start * d..end * d], h, w, dev)?;
         let e = tensor(&set.noise[start * d..end * d], h, w, dev)?;
         let sig = Tensor::from_slice(&set.sigmas[start..end], end - start, dev)?;
-        let lam: Vec<f32> = set.sigmas[start..end].iter().map(|&s| weight(s as f64, sd) as f32).collect();
+        let lam: Vec<f32> = set.sigmas[start..end].iter().map(|&s| edm_weight(s as f64, sd) as f32).collect();
         let labels = if cond { Some(Tensor::from_slice(&set.labels[start..end], end - start, dev)?) } else { None };
         let per = edm_losses(net, &x, &e, &sig, &Tensor::from_vec(lam, end - start, dev)?, labels.as_ref())?;
         total += per.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().sum::<f64>();
@@ -171,7 +168,8 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let sd = cfg.objective.sigma_data;
     let cond = cfg.model.class_cond();
     let varmap = VarMap::new();
-    let precond = Precond::Edm { sigma_data: sd };
+    let objective = Objective::new(&cfg.objective, &split);
+    let precond = objective.precond();
     let net = super::build(&cfg.model, precond, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
     if cond && let Some(&bad) = split.train_labels.iter().chain(&split.held_labels).find(|&&l| l as u32 >= NULL_CLASS) {
@@ -201,7 +199,9 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut steps_done = 0;
     // The trainer: the hand-derived step for the MLP on CPU, else candle's autograd.
     let mut trainer = match &cfg.model {
-        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Trainer::Fast(Box::new(FastImageMlp::new(spec, d, &varmap, b, cfg.train.lr, cfg.train.ema)?)),
+        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) && objective.is_denoising() => {
+            Trainer::Fast(Box::new(FastImageMlp::new(spec, d, &varmap, b, cfg.train.lr, cfg.train.ema)?))
+        }
         _ => {
             let vars = varmap.all_vars();
             let opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
@@ -226,8 +226,8 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
                 *l = NULL_CLASS;
             }
         }
-        let sigmas: Vec<f32> = (0..b).map(|_| (cfg.objective.p_mean + cfg.objective.p_std * trng.normal()).exp() as f32).collect();
-        let weights: Vec<f32> = sigmas.iter().map(|&s| weight(s as f64, sd) as f32).collect();
+        let sigmas: Vec<f32> = (0..b).map(|_| objective.draw_sigma(&mut trng) as f32).collect();
+        let weights: Vec<f32> = sigmas.iter().map(|&s| objective.weight(s as f64) as f32).collect();
         let eps = trng.normals_f32(b * d);
         let lv = match &mut trainer {
             Trainer::Fast(f) => {
@@ -243,7 +243,14 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
                 let e = tensor(&eps, h, w, &dev)?;
                 let sig = Tensor::from_vec(sigmas, b, &dev)?;
                 let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
-                let loss = edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?;
+                let loss = match objective.kind {
+                    ImageObjectiveKind::Ssm { vr, .. } => {
+                        let v: Vec<f32> = (0..b * d).map(|_| trng.rademacher() as f32).collect();
+                        let xt = (&x + e.broadcast_mul(&sig.reshape((b, 1, 1, 1))?)?)?;
+                        ssm_losses(net.as_ref(), &xt, &tensor(&v, h, w, &dev)?, &sig, vr, lab.as_ref())?.mean_all()?
+                    }
+                    _ => edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?,
+                };
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if lv.is_finite() {
                     opt.backward_step(&loss)?;
@@ -284,6 +291,9 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         ("eval_seconds".into(), eval_seconds),
         ("setup_seconds".into(), setup_seconds),
     ];
+    if let Some(&top) = objective.ladder.first() {
+        metrics.extend([("ladder_levels".into(), objective.ladder.len() as f64), ("ladder_sigma_max".into(), top)]);
+    }
 
     // Sampling with the EMA weights.
     trainer.use_ema_weights(&varmap)?;
@@ -458,6 +468,7 @@ fn digit_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::Precond;
     use schema::image::ImageMlpSpec;
 
     /// Classifier-free guidance: w = 0 is the conditional denoiser alone, and any w gives

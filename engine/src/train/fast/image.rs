@@ -8,8 +8,9 @@
 //! over preallocated buffers.
 //!
 //! The batch is split into [`image_slices_for`]`(batch)` slices (a function of the batch size
-//! only) run at once on rayon's pool with single-threaded products, and their gradients are
-//! summed in slice order: the result does not depend on the thread count.
+//! only) run at once on rayon's pool, and their gradients are summed in slice order; a batch
+//! that is one slice (up to 256 images) threads its products instead. Either way the result
+//! does not depend on the thread count.
 //!
 //! Pinned to candle's autograd of `images::run::edm_losses` by
 //! `engine/tests/fastmlp.rs::fast_image_mlp_matches_candle_autograd`.
@@ -22,9 +23,11 @@ use schema::image::ImageMlpSpec;
 use super::*;
 use crate::images::Precond;
 
-/// Rows per slice of an image batch: 64 rows of 784–1024 columns keep each product large
-/// enough for gemm's kernels while a batch of 128 gives both cores a slice.
-pub const IMAGE_SLICE_ROWS: usize = 64;
+/// Rows per slice of an image batch. Products of 128 × 1024 × 1024 are large enough for gemm's
+/// own threading (over output tiles; the sum over the inner dimension keeps its order, so the
+/// bits do not depend on the thread count — `fast_image_mlp_bits_do_not_depend_on_threads`),
+/// and splitting them further only adds gradient sums: one slice up to 256 rows.
+pub const IMAGE_SLICE_ROWS: usize = 256;
 
 /// Slices of an image batch of `n`: one per [`IMAGE_SLICE_ROWS`] rows, at least 1, at most 16.
 pub fn image_slices_for(n: usize) -> usize {
@@ -80,6 +83,9 @@ struct Shape {
     emb: usize,
 }
 
+/// Elements per task of the threaded Adam update.
+const ADAM_CHUNK: usize = 1 << 16;
+
 /// One slice's buffers.
 struct Shard {
     h: Vec<Vec<f32>>,
@@ -103,6 +109,8 @@ pub struct FastImageMlp {
     ema_decay: f64,
     lr: f64,
     t: i32,
+    /// gemm threading inside a slice (only when there is one slice).
+    par: Parallelism,
     shards: Vec<Shard>,
 }
 
@@ -115,6 +123,12 @@ impl FastImageMlp {
 
     /// As [`FastImageMlp::new`] with `slices` slices per batch.
     pub fn with_slices(spec: &ImageMlpSpec, dim: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64, slices: usize) -> Result<Self> {
+        Self::with_threads(spec, dim, varmap, batch, lr, ema_decay, slices, candle_core::utils::get_num_threads())
+    }
+
+    /// As [`FastImageMlp::with_slices`], a single slice's products on `threads` threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_threads(spec: &ImageMlpSpec, dim: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64, slices: usize, threads: usize) -> Result<Self> {
         let half = spec.emb / 2;
         let emb = if spec.class_cond { spec.emb } else { 0 };
         let mut dims = vec![dim + 2 * half + emb];
@@ -160,7 +174,8 @@ impl FastImageMlp {
             .collect();
         let ema = params.iter().map(|p| p.w.clone()).collect();
         let shape = Shape { dims, dim, freq: crate::images::frequency_values(half), emb };
-        Ok(FastImageMlp { shape, params, names, ema, ema_decay, lr, t: 0, shards })
+        let par = if ns == 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        Ok(FastImageMlp { shape, params, names, ema, ema_decay, lr, t: 0, par, shards })
     }
 
     /// Loss and gradients (kept in each parameter's `g`) of clean images `x0` (N×D), noise
@@ -171,11 +186,15 @@ impl FastImageMlp {
         let d = self.shape.dim;
         let ns = self.shards.len();
         let per = n.div_ceil(ns);
-        let (shape, params) = (&self.shape, &self.params);
-        let sums = run_slices(&mut self.shards, |k, sh| {
-            let (lo, hi) = ((k * per).min(n), ((k + 1) * per).min(n));
-            slice(shape, params, sh, &x0[lo * d..hi * d], &eps[lo * d..hi * d], &labels[lo..hi], rows.range(lo, hi), n)
-        });
+        let (shape, params, par) = (&self.shape, &self.params, self.par);
+        let sums = if ns == 1 {
+            vec![slice(shape, params, &mut self.shards[0], x0, eps, labels, rows.range(0, n), n, par)]
+        } else {
+            run_slices(&mut self.shards, |k, sh| {
+                let (lo, hi) = ((k * per).min(n), ((k + 1) * per).min(n));
+                slice(shape, params, sh, &x0[lo * d..hi * d], &eps[lo * d..hi * d], &labels[lo..hi], rows.range(lo, hi), n, Parallelism::None)
+            })
+        };
         for (i, p) in self.params.iter_mut().enumerate() {
             p.g.copy_from_slice(&self.shards[0].grads[i]);
             for sh in &self.shards[1..] {
@@ -188,7 +207,20 @@ impl FastImageMlp {
     /// One AdamW step (weight decay 0) on the gradients of the last `loss_and_grad`.
     pub fn adam_step(&mut self) {
         self.t += 1;
-        adam_each(self.params.iter_mut(), self.t, self.lr);
+        let (t, lr) = (self.t, self.lr);
+        match self.par {
+            // Elementwise, so chunks on several threads give the same bits as one pass.
+            Parallelism::Rayon(_) => {
+                use rayon::prelude::*;
+                let mut chunks: Vec<(&mut [f32], &mut [f32], &mut [f32], &[f32])> = Vec::new();
+                for p in &mut self.params {
+                    let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK));
+                    chunks.extend(parts.map(|(((w, m), v), g)| (w, m, v, g)));
+                }
+                chunks.into_par_iter().for_each(|(w, m, v, g)| adam_slices(w, m, v, g, t, lr));
+            }
+            Parallelism::None => adam_each(self.params.iter_mut(), t, lr),
+        }
     }
 
     /// shadow ← d·shadow + (1 − d)·w with d = min(decay, (1 + step)/(10 + step)), as the
@@ -242,11 +274,10 @@ impl FastImageMlp {
 /// returns Σ_i w_i·mean_j r_ij² over the slice and leaves its gradients (already divided by
 /// `n_total`) in `sh.grads`.
 #[allow(clippy::too_many_arguments)]
-fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32], labels: &[u32], rows: RowsRef, n_total: usize) -> f64 {
+fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32], labels: &[u32], rows: RowsRef, n_total: usize, par: Parallelism) -> f64 {
     let n = rows.sigma.len();
     let d = net.dim;
     let nl = net.dims.len() - 1;
-    let par = Parallelism::None;
     if n == 0 {
         sh.grads.iter_mut().for_each(|g| g.iter_mut().for_each(|v| *v = 0.0));
         return 0.0;

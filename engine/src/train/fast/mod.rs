@@ -253,16 +253,21 @@ fn adam(params: &mut [(Param, Param)], t: i32, lr: f64) {
 
 /// [`adam`] over any parameters.
 fn adam_each<'a>(params: impl Iterator<Item = &'a mut Param>, t: i32, lr: f64) {
+    for p in params {
+        adam_slices(&mut p.w, &mut p.m, &mut p.v, &p.g, t, lr);
+    }
+}
+
+/// [`adam`] on the matching slices of one parameter's weights, moments and gradient.
+fn adam_slices(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: i32, lr: f64) {
     let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     let sm = 1.0 / (1.0 - 0.9f64.powi(t)) as f32;
     let sv = 1.0 / (1.0 - 0.999f64.powi(t)) as f32;
     let lr = lr as f32;
-    for p in params {
-        for (((w, m), v), g) in p.w.iter_mut().zip(p.m.iter_mut()).zip(p.v.iter_mut()).zip(&p.g) {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
-        }
+    for (((w, m), v), g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
     }
 }
 
