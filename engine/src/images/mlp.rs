@@ -83,3 +83,37 @@ impl ImageNet for ImageMlp {
         Ok((f, ft))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The forward tangent equals central differences of F along v: (F(x + hv) − F(x − hv))/2h
+    /// with h = 1e-2 in f32 (truncation ~h² times F's third derivative ≈ 1e-4, rounding
+    /// ~1e-7/h = 1e-5 of the outputs), so 2e-3 of the largest entry; a dropped factor is off by
+    /// O(1). Its F equals `raw`.
+    #[test]
+    fn tangent_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let spec = ImageMlpSpec { hidden: 32, depth: 2, emb: 8, class_cond: true };
+        let net = ImageMlp::new(&spec, Precond::Score { sigma_data: 0.5 }, 12, &vm, &dev).unwrap();
+        super::super::init_weights(&vm, &mut Rng::new(3)).unwrap();
+        let mut rng = Rng::new(4);
+        let x = Tensor::from_vec(rng.normals_f32(5 * 12), (5, 1, 3, 4), &dev).unwrap();
+        let v = Tensor::from_vec(rng.normals_f32(5 * 12), (5, 1, 3, 4), &dev).unwrap();
+        let c = Tensor::new(&[-0.5f32, 0.0, 0.3, 0.7, 1.1], &dev).unwrap();
+        let labels = Tensor::new(&[0u32, 2, 9, NULL_CLASS, 5], &dev).unwrap();
+        let (f, jv) = net.raw_tangent(&x, &v, &c, Some(&labels)).unwrap();
+        let h = 1e-2;
+        let plus = net.raw(&(&x + (&v * h).unwrap()).unwrap(), &c, Some(&labels)).unwrap();
+        let minus = net.raw(&(&x - (&v * h).unwrap()).unwrap(), &c, Some(&labels)).unwrap();
+        let fd = ((plus - minus).unwrap() / (2.0 * h)).unwrap();
+        let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = max(&fd);
+        let err = max(&(&jv - &fd).unwrap());
+        assert!(err < 2e-3 * scale, "tangent vs finite differences: {err} (scale {scale})");
+        assert!(max(&(f - net.raw(&x, &c, Some(&labels)).unwrap()).unwrap()) < 1e-5 * scale.max(1.0));
+    }
+}
