@@ -15,7 +15,7 @@ use crate::models::{Activation, Arch, MlpScore};
 use crate::objectives::{self, ObjectiveKind, ProbeDist, TrainObjective};
 use crate::rng::Rng;
 use crate::samplers;
-use crate::train::fast::image::{FastImageMlp, Rows};
+use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
 use crate::train::fast::{FastDsm, FastIsm, FastSsm};
 use schema::image::{ImageMlpSpec, ImageModel, ImageSamplerKind, Schedule, UnetSpec};
 
@@ -225,6 +225,21 @@ impl Denoiser for Labelled<'_> {
     }
 }
 
+/// The MLP's plain-buffer forward pass with fixed labels.
+struct FastLabelled {
+    fwd: ImageForward,
+    labels: Vec<u32>,
+}
+
+impl Denoiser for FastLabelled {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0.0f32; xs.len()];
+        self.fwd.denoise(&xs, &vec![sigma as f32; self.labels.len()], &self.labels, &mut out);
+        Tensor::from_vec(out, x.shape(), x.device())
+    }
+}
+
 /// The image cases, mirrored by `benches/torch_bench.py` (nets of `benches/image_torch.py`):
 /// fixed images in [−1, 1] and labels, σ ~ exp(N(−1.2, 1.2²)) and ε drawn inside each step,
 /// EDM's weighted loss, AdamW (lr 1e-3, no weight decay, no EMA).
@@ -246,10 +261,14 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         let n = if case == Case::UnetSample { 50 } else { 500 };
         let sched = Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 };
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
-        let mut den = Labelled { net: net.as_ref(), labels: Tensor::from_vec(labels, n, &dev)? };
+        // The MLP samples through its plain-buffer forward pass, as CPU trials do.
+        let mut den: Box<dyn Denoiser + '_> = match case {
+            Case::ImageMlpSample => Box::new(FastLabelled { fwd: ImageForward::new(&mlp_spec, d, precond, &varmap)?, labels }),
+            _ => Box::new(Labelled { net: net.as_ref(), labels: Tensor::from_vec(labels, n, &dev)? }),
+        };
         let ms = median_ms(
             || {
-                sample::sample(&ImageSamplerKind::Heun, &mut den, &[n, 1, h, w], &sched, &mut rng, &dev)?;
+                sample::sample(&ImageSamplerKind::Heun, den.as_mut(), &[n, 1, h, w], &sched, &mut rng, &dev)?;
                 Ok(())
             },
             1,

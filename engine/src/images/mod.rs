@@ -3,7 +3,8 @@
 //! denoiser into images (probability-flow ODE with Heun steps, reverse-SDE Euler–Maruyama,
 //! predictor–corrector), each counting its network evaluations.
 //!
-//! - [`ImageNet`]: EDM's preconditioning around a network; [`unet`] and [`mlp`] are the two;
+//! - [`ImageNet`]: a preconditioning around a network; [`unet`] and [`mlp`] are the two;
+//!   [`conv`]: the U-Net's convolutions as im2col + gemm on the CPU;
 //! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
 //!   they are tested on a Gaussian whose denoiser is exact;
 //! - [`objective`]: the training objectives (EDM, multi-σ DSM, VE and VP continuous-time DSM,
@@ -17,6 +18,7 @@ use schema::image::ImageData;
 use crate::data::idx::{self, IdxError, ImageSet};
 use crate::rng::Rng;
 
+pub mod conv;
 pub mod mlp;
 pub mod objective;
 pub mod run;

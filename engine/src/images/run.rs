@@ -1,5 +1,7 @@
-//! Runs one image trial: load and split the IDX set, train the U-Net with EDM's loss (AdamW,
-//! EMA of the weights), evaluate the held-out denoising loss at fixed (σ, noise) draws at
+//! Runs one image trial: load and split the IDX set, train the network with the trial's
+//! objective (`super::objective`; AdamW, EMA of the weights) — on the CPU the MLP on the
+//! hand-derived step (`train::fast::image`, same draws and loss), otherwise through candle's
+//! autograd — evaluate the held-out denoising loss at fixed (σ, noise) draws at
 //! every checkpoint, then sample with the EMA weights (one tenth of the images per class for
 //! a class-conditional model, with classifier-free guidance when asked) and compute the
 //! metrics. Every random number comes from the trial seed's streams.
@@ -17,7 +19,7 @@ use super::unet::NULL_CLASS;
 use super::{ImageNet, Split, init_weights, tensor};
 use crate::error::EngineError;
 use crate::rng::{Rng, Stream};
-use crate::train::fast::image::{FastImageMlp, Rows};
+use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
 use crate::trial::{Progress, TrialOutcome, TrialStatus};
 
 /// σ levels of the held-out denoising loss (spanning EDM's training distribution).
@@ -56,6 +58,30 @@ impl Denoiser for Guided<'_> {
             (Some(null), true) => (cond * (1.0 + self.w))? - (self.net.denoise(x, &s, Some(null))?.detach() * self.w)?,
             _ => Ok(cond),
         }
+    }
+}
+
+/// The MLP's plain-buffer forward pass with fixed labels as a [`Denoiser`], guided as
+/// [`Guided`] when w > 0 (the unconditional pass with the null class).
+struct FastGuided<'a> {
+    fwd: &'a mut ImageForward,
+    labels: Vec<u32>,
+    w: f64,
+}
+
+impl Denoiser for FastGuided<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let sig = vec![sigma as f32; self.labels.len()];
+        let mut out = vec![0.0f32; xs.len()];
+        self.fwd.denoise(&xs, &sig, &self.labels, &mut out);
+        if self.w > 0.0 {
+            let mut un = vec![0.0f32; xs.len()];
+            self.fwd.denoise(&xs, &sig, &vec![NULL_CLASS; self.labels.len()], &mut un);
+            let (a, b) = ((1.0 + self.w) as f32, self.w as f32);
+            out.iter_mut().zip(&un).for_each(|(o, u)| *o = a * *o - b * u);
+        }
+        Tensor::from_vec(out, x.shape(), x.device())
     }
 }
 
@@ -298,6 +324,11 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     // Sampling with the EMA weights.
     trainer.use_ema_weights(&varmap)?;
     let trainer_name = trainer.name();
+    // The MLP's plain-buffer forward pass on CPU (the EMA weights, now in the VarMap).
+    let mut fast_forward = match &cfg.model {
+        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Some(ImageForward::new(spec, d, precond, &varmap)?),
+        _ => None,
+    };
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
     let mut labels_out: Vec<u32> = Vec::new();
     if status == TrialStatus::Ok && cfg.sampler.kind != ImageSamplerKind::None {
@@ -309,13 +340,22 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let m = end - start;
-            let mut den = Guided {
-                net: net.as_ref(),
-                labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
-                null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
-                w: cfg.sampler.guidance,
+            let shape = [m, 1, h, w];
+            let (x, k) = match fast_forward.as_mut() {
+                Some(fwd) => {
+                    let mut den = FastGuided { fwd, labels: labels[start..end].to_vec(), w: if cond { cfg.sampler.guidance } else { 0.0 } };
+                    sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
+                }
+                None => {
+                    let mut den = Guided {
+                        net: net.as_ref(),
+                        labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
+                        null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
+                        w: cfg.sampler.guidance,
+                    };
+                    sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
+                }
             };
-            let (x, k) = sample::sample(&cfg.sampler.kind, &mut den, &[m, 1, h, w], &cfg.sampler.schedule, &mut srng, &dev)?;
             nfe = k;
             let x = x.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             samples_out.extend(x);
@@ -348,7 +388,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     if status == TrialStatus::Ok {
         let t = Instant::now();
-        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), &eval, &samples_out, &labels_out, &dev, &mut files)?);
+        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), fast_forward.as_mut(), &eval, &samples_out, &labels_out, &dev, &mut files)?);
         metrics.push(("metrics_seconds".into(), t.elapsed().as_secs_f64()));
     }
     let weights: Vec<(String, Tensor)> = {
@@ -389,6 +429,7 @@ fn digit_metrics(
     cfg: &ImageTrial,
     split: &Split,
     net: &dyn ImageNet,
+    mut fast_forward: Option<&mut ImageForward>,
     eval: &EvalSet,
     samples: &[Vec<f32>],
     labels: &[u32],
@@ -446,6 +487,17 @@ fn digit_metrics(
         let n = eval.labels.len().min(WHICH_IMAGES);
         let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
         let score = |x: &[f32], sig: &[f32], lab: &[u8]| -> candle_core::Result<Vec<f32>> {
+            if let Some(fwd) = fast_forward.as_deref_mut() {
+                let labels: Vec<u32> = lab.iter().map(|&l| l as u32).collect();
+                let mut out = vec![0.0f32; x.len()];
+                fwd.denoise(x, sig, &labels, &mut out);
+                for (i, &s) in sig.iter().enumerate() {
+                    for (o, &xv) in out[i * d..(i + 1) * d].iter_mut().zip(&x[i * d..(i + 1) * d]) {
+                        *o = (*o - xv) / (s * s);
+                    }
+                }
+                return Ok(out);
+            }
             let mut out = Vec::with_capacity(x.len());
             for start in (0..lab.len()).step_by(CHUNK) {
                 let end = (start + CHUNK).min(lab.len());

@@ -10,25 +10,26 @@
 //! label that classifier-free guidance trains with label dropout.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Embedding, GroupNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{Embedding, GroupNorm, Linear, VarBuilder, VarMap};
 use schema::image::UnetSpec;
 
+use super::conv::Conv;
 use super::{ImageNet, Precond};
 
 /// The label that means "no class" (unconditional), one past the ten digits.
 pub const NULL_CLASS: u32 = 10;
 
-fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding: k / 2, stride, ..Default::default() }, vb)
+fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv> {
+    Conv::new(cin, cout, k, stride, vb)
 }
 
 struct ResBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     emb: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    skip: Option<Conv2d>,
+    conv2: Conv,
+    skip: Option<Conv>,
 }
 
 impl ResBlock {
@@ -60,16 +61,16 @@ impl ResBlock {
 pub struct Unet {
     spec: UnetSpec,
     precond: Precond,
-    conv_in: Conv2d,
+    conv_in: Conv,
     freq: Tensor,
     emb1: Linear,
     emb2: Linear,
     class_emb: Option<Embedding>,
-    down: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    down: Vec<(Vec<ResBlock>, Option<Conv>)>,
     mid: [ResBlock; 2],
-    up: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    up: Vec<(Vec<ResBlock>, Option<Conv>)>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl Unet {

@@ -400,3 +400,74 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
     }
     loss
 }
+
+/// The image MLP's inference pass over plain buffers (the samplers' and "which digit"'s hot
+/// loop): D(x; σ, c) with the weights the VarMap holds when it is built (the EMA weights after
+/// training), products threaded by gemm as in training.
+pub struct ImageForward {
+    shape: Shape,
+    /// (weight, bias) per layer, weights (out × in) row-major.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    table: Vec<f32>,
+    precond: Precond,
+    par: Parallelism,
+    bufs: [Vec<f32>; 3],
+}
+
+impl ImageForward {
+    pub fn new(spec: &ImageMlpSpec, dim: usize, precond: Precond, varmap: &VarMap) -> Result<Self> {
+        let trainer = FastImageMlp::with_threads(spec, dim, varmap, 1, 0.0, 0.0, 1, 1)?;
+        let FastImageMlp { shape, mut params, .. } = trainer;
+        let table = if shape.emb > 0 { params.pop().map(|p| p.w).unwrap_or_default() } else { Vec::new() };
+        let layers = params.chunks_exact_mut(2).map(|p| (std::mem::take(&mut p[0].w), std::mem::take(&mut p[1].w))).collect();
+        let threads = candle_core::utils::get_num_threads();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        Ok(ImageForward { shape, layers, table, precond, par, bufs: Default::default() })
+    }
+
+    /// D(x; σ_i, labels) for the rows of `x` (N×D), one σ per row, into `out` (N×D); labels
+    /// as in training (`NULL_CLASS`: no class; ignored without a class embedding).
+    pub fn denoise(&mut self, x: &[f32], sigma: &[f32], labels: &[u32], out: &mut [f32]) {
+        let net = &self.shape;
+        let (d, w0, k, e) = (net.dim, net.dims[0], net.freq.len(), net.emb);
+        let n = x.len() / d;
+        let [c_skip, c_out, c_in, c_noise] = self.precond.columns(sigma);
+        let [h, z, dd] = &mut self.bufs;
+        h.resize(n * w0, 0.0);
+        for i in 0..n {
+            let (c_in, c_noise) = (c_in[i], c_noise[i]);
+            let row = &mut h[i * w0..(i + 1) * w0];
+            for j in 0..d {
+                row[j] = c_in * x[i * d + j];
+            }
+            for (q, &f) in net.freq.iter().enumerate() {
+                let a = c_noise * f;
+                row[d + q] = a.sin();
+                row[d + k + q] = a.cos();
+            }
+            if e > 0 {
+                let l = labels[i] as usize;
+                row[d + 2 * k..].copy_from_slice(&self.table[l * e..(l + 1) * e]);
+            }
+        }
+        let nl = self.layers.len();
+        for (l, (w, b)) in self.layers.iter().enumerate() {
+            let (fi, fo) = (net.dims[l], net.dims[l + 1]);
+            z.resize(n * fo, 0.0);
+            for i in 0..n {
+                z[i * fo..(i + 1) * fo].copy_from_slice(b);
+            }
+            mm(z, h, w, n, fo, fi, false, true, true, self.par);
+            if l + 1 < nl {
+                h.resize(n * fo, 0.0);
+                dd.resize(n * fo, 0.0);
+                silu(&z[..n * fo], &mut h[..n * fo], &mut dd[..n * fo]);
+            }
+        }
+        for i in 0..n {
+            for j in i * d..(i + 1) * d {
+                out[j] = c_skip[i] * x[j] + c_out[i] * z[j];
+            }
+        }
+    }
+}
