@@ -86,6 +86,9 @@ struct Shape {
 /// Elements per task of the threaded Adam update.
 const ADAM_CHUNK: usize = 1 << 16;
 
+/// One task of the threaded Adam update: matching slices of (weights, m, v, gradient).
+type AdamChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32]);
+
 /// One slice's buffers.
 struct Shard {
     h: Vec<Vec<f32>>,
@@ -212,7 +215,7 @@ impl FastImageMlp {
             // Elementwise, so chunks on several threads give the same bits as one pass.
             Parallelism::Rayon(_) => {
                 use rayon::prelude::*;
-                let mut chunks: Vec<(&mut [f32], &mut [f32], &mut [f32], &[f32])> = Vec::new();
+                let mut chunks: Vec<AdamChunk> = Vec::new();
                 for p in &mut self.params {
                     let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK));
                     chunks.extend(parts.map(|(((w, m), v), g)| (w, m, v, g)));
