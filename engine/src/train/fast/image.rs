@@ -199,6 +199,12 @@ impl FastImageMlp {
             })
         };
         for (i, p) in self.params.iter_mut().enumerate() {
+            // One slice: its gradient buffer becomes the parameter's (every slice overwrites
+            // all of its gradients), no copy.
+            if ns == 1 {
+                std::mem::swap(&mut p.g, &mut self.shards[0].grads[i]);
+                continue;
+            }
             p.g.copy_from_slice(&self.shards[0].grads[i]);
             for sh in &self.shards[1..] {
                 p.g.iter_mut().zip(&sh.grads[i]).for_each(|(a, b)| *a += b);
@@ -409,7 +415,7 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
 /// training), products threaded by gemm as in training.
 pub struct ImageForward {
     shape: Shape,
-    /// (weight, bias) per layer, weights (out × in) row-major.
+    /// (weight, bias) per layer, weights transposed: (in × out) row-major.
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     table: Vec<f32>,
     precond: Precond,
@@ -422,7 +428,17 @@ impl ImageForward {
         let trainer = FastImageMlp::with_threads(spec, dim, varmap, 1, 0.0, 0.0, 1, 1)?;
         let FastImageMlp { shape, mut params, .. } = trainer;
         let table = if shape.emb > 0 { params.pop().map(|p| p.w).unwrap_or_default() } else { Vec::new() };
-        let layers = params.chunks_exact_mut(2).map(|p| (std::mem::take(&mut p[0].w), std::mem::take(&mut p[1].w))).collect();
+        // Weights stored transposed (in × out) so the products stream contiguous rows.
+        let layers = params
+            .chunks_exact_mut(2)
+            .zip(shape.dims.windows(2))
+            .map(|(p, io)| {
+                let (fi, fo) = (io[0], io[1]);
+                let w = &p[0].w;
+                let wt: Vec<f32> = (0..fi * fo).map(|q| w[(q % fo) * fi + q / fo]).collect();
+                (wt, std::mem::take(&mut p[1].w))
+            })
+            .collect();
         let threads = candle_core::utils::get_num_threads();
         let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
         Ok(ImageForward { shape, layers, table, precond, par, bufs: Default::default() })
@@ -460,7 +476,7 @@ impl ImageForward {
             for i in 0..n {
                 z[i * fo..(i + 1) * fo].copy_from_slice(b);
             }
-            mm(z, h, w, n, fo, fi, false, true, true, self.par);
+            mm(z, h, w, n, fo, fi, false, false, true, self.par);
             if l + 1 < nl {
                 h.resize(n * fo, 0.0);
                 dd.resize(n * fo, 0.0);
