@@ -1,7 +1,8 @@
-//! Image trials: an IDX set split into a training part and a held-out tail, a U-Net denoiser
-//! trained with EDM's objective (with an EMA of its weights), and the samplers that turn a
-//! denoiser into images (probability-flow ODE with Heun steps, reverse-SDE Euler–Maruyama,
-//! predictor–corrector), each counting its network evaluations.
+//! Image trials: an IDX set split into a training part and a held-out tail, a U-Net or MLP
+//! denoiser trained with one of the image objectives (EDM by default; with an EMA of its
+//! weights), and the samplers that turn a denoiser into images (probability-flow ODE with Heun
+//! steps, reverse-SDE Euler–Maruyama, predictor–corrector, annealed Langevin), each counting
+//! its network evaluations.
 //!
 //! - [`ImageNet`]: a preconditioning around a network; [`unet`] and [`mlp`] are the two;
 //!   [`conv`]: the U-Net's convolutions as im2col + gemm on the CPU;
