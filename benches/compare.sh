@@ -4,8 +4,9 @@
 # speed-up torch ms / rust ms (> 1: the engine is faster).
 #
 # Usage: benches/compare.sh [CASE_FILTER...]
-#   CASE_FILTER: only rows whose label (dsm, ssm, ssm_vr, ism, sample, or ism:D) matches one of
-#   the arguments, e.g. `benches/compare.sh dsm ism:784`.
+#   CASE_FILTER: only rows whose label (dsm, ssm, ssm_vr, ism, sample, ism:D, image_mlp, unet,
+#   image_mlp_sample, unet_sample) matches one of the arguments, e.g.
+#   `benches/compare.sh dsm ism:784` or `benches/compare.sh image_mlp unet`.
 # Environment:
 #   CARGO_TARGET_DIR  where the worker is built (default $HOME/.cache/scoresweep-target)
 #   TORCH_PYTHON      interpreter with torch installed (default /tmp/torchvenv/bin/python);
@@ -88,6 +89,12 @@ rows=(
     "ism 1 256 3"
     "ism 1 784 3"
     "sample 1 2 1"
+    "image_mlp 1 784 20"
+    "image_mlp 2 784 20"
+    "unet 1 784 3"
+    "unet 2 784 3"
+    "image_mlp_sample 2 784 1"
+    "unet_sample 2 784 1"
 )
 
 selected() {
@@ -122,6 +129,6 @@ for row in "${rows[@]}"; do
     fi
     delta="n/a"
     [ -n "$tpk" ] && [ -n "$tbase" ] && delta="$(awk -v p="$tpk" -v b="$tbase" 'BEGIN { printf "%.1f", p - b }')"
-    D="$dim"; [ "$case" != ism ] && D=2
+    D="$dim"; case "$case" in ism | image_* | unet*) ;; *) D=2 ;; esac
     echo "| $case | $threads | $D | $(fmt_ms "$rms") | $(fmt_ms "$tms") | $ratio | $(fmt_mib "$rpk") | $(fmt_mib "$tpk") | $delta |"
 done

@@ -149,9 +149,59 @@ def sample_fn():
     return run, n
 
 
+IMAGE_CASES = ["image_mlp", "unet", "image_mlp_sample", "unet_sample"]
+
+
+def image_fn(case):
+    """The image cases of engine/src/bench.rs on the nets of benches/image_torch.py: fixed images
+    in [−1, 1] and labels; σ ~ exp(N(−1.2, 1.2²)) and ε drawn inside each step; EDM's weighted
+    loss; AdamW lr 1e-3, no weight decay. Sampling: 18 Heun steps (35 evaluations) under no_grad,
+    500 images (MLP) or 50 (U-Net)."""
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    import image_torch as it
+
+    net = it.Unet() if case.startswith("unet") else it.Mlp()
+    if case.endswith("sample"):
+        n = 50 if case.startswith("unet") else 500
+        n_steps, rho, smin, smax = 18, 7.0, 0.002, 80.0
+        ts = [(smax ** (1 / rho) + i / (n_steps - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho for i in range(n_steps)] + [0.0]
+        labels = torch.arange(n) % 10
+
+        def run():
+            with torch.no_grad():
+                x = torch.randn(n, 1, 28, 28) * ts[0]
+                for i in range(n_steps):
+                    t0, t1 = ts[i], ts[i + 1]
+                    d = (x - it.denoise(net, x, torch.full((n,), t0), labels)) / t0
+                    xn = x + (t1 - t0) * d
+                    if t1 > 0:
+                        d2 = (xn - it.denoise(net, xn, torch.full((n,), t1), labels)) / t1
+                        x = x + (t1 - t0) * (d + d2) / 2
+                    else:
+                        x = xn
+            return x
+
+        return run, n, 784, 1
+    batch = 32 if case == "unet" else 128
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.0)
+    x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
+    lab = torch.arange(batch) % 10
+
+    def step():
+        sigma = torch.exp(-1.2 + 1.2 * torch.randn(batch))
+        y = x0 + sigma[:, None, None, None] * torch.randn_like(x0)
+        w = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
+        loss = (w * ((it.denoise(net, y, sigma, lab) - x0) ** 2).flatten(1).mean(1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, batch, 784, 3
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", required=True, choices=["dsm", "ssm", "ssm_vr", "ism", "sample"])
+    p.add_argument("--case", required=True, choices=["dsm", "ssm", "ssm_vr", "ism", "sample", *IMAGE_CASES])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dim", type=int, default=2, help="data dimension (ism only)")
     p.add_argument("--iters", type=int, default=None,
@@ -173,7 +223,11 @@ def main():
     else:
         iters = 20
 
-    if a.case == "sample":
+    if a.case in IMAGE_CASES:
+        step, batch, dim, warmup = image_fn(a.case)
+        if a.iters is None:
+            iters = 1 if a.case.endswith("sample") else (5 if a.case == "unet" else 20)
+    elif a.case == "sample":
         step, batch = sample_fn()
         warmup = 1
     else:
@@ -182,7 +236,7 @@ def main():
     base = rss_mib()
     ms = median_ms(step, warmup, iters)
     out = {
-        "side": "torch", "case": a.case, "threads": a.threads, "dim": dim, "batch": batch,
+        "side": "torch", "case": a.case, "threads": a.threads, "dim": dim if a.case not in IMAGE_CASES else 784, "batch": batch,
         "ms": round(ms, 4), "peak_mib": round(rss_mib(), 1), "base_mib": round(base, 1),
         "torch": torch.__version__,
     }

@@ -1,5 +1,6 @@
 //! Engine micro-benchmarks, run side by side with `benches/torch_bench.py` (same cases, same
-//! JSON lines): a DSM, SSM, SSM-VR or exact-ISM training step, and annealed Langevin sampling.
+//! JSON lines): a DSM, SSM, SSM-VR or exact-ISM training step, and annealed Langevin sampling;
+//! for images, the image MLP's and the U-Net's EDM training steps and Heun sampling.
 //! Timing is the median over iterations after a warm-up; peak memory is the process's VmHWM.
 
 use std::time::Instant;
@@ -8,11 +9,15 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
 use crate::data::{Mixture, MixtureSource};
+use crate::images::sample::{self, Denoiser};
+use crate::images::{self, ImageNet, Precond};
 use crate::models::{Activation, Arch, MlpScore};
 use crate::objectives::{self, ObjectiveKind, ProbeDist, TrainObjective};
 use crate::rng::Rng;
 use crate::samplers;
+use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
 use crate::train::fast::{FastDsm, FastIsm, FastSsm};
+use schema::image::{ImageMlpSpec, ImageModel, ImageSamplerKind, Schedule, UnetSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
@@ -21,6 +26,17 @@ pub enum Case {
     SsmVr,
     Ism,
     Sample,
+    /// The image MLP's EDM training step (784 + 64 Fourier + 64 class → 1024 → 1024 → 784,
+    /// batch 128): the hand-derived step the CPU trials use.
+    ImageMlp,
+    /// The same step through candle's autograd.
+    ImageMlpCandle,
+    /// The default U-Net's EDM training step (1.21 M parameters), batch 32, candle autograd.
+    Unet,
+    /// 18 Heun steps (35 evaluations) for 500 images with the image MLP.
+    ImageMlpSample,
+    /// 18 Heun steps (35 evaluations) for 50 images with the default U-Net.
+    UnetSample,
 }
 
 impl Case {
@@ -31,6 +47,11 @@ impl Case {
             "ssm_vr" => Case::SsmVr,
             "ism" => Case::Ism,
             "sample" => Case::Sample,
+            "image_mlp" => Case::ImageMlp,
+            "image_mlp_candle" => Case::ImageMlpCandle,
+            "unet" => Case::Unet,
+            "image_mlp_sample" => Case::ImageMlpSample,
+            "unet_sample" => Case::UnetSample,
             _ => return None,
         })
     }
@@ -41,6 +62,11 @@ impl Case {
             Case::SsmVr => "ssm_vr",
             Case::Ism => "ism",
             Case::Sample => "sample",
+            Case::ImageMlp => "image_mlp",
+            Case::ImageMlpCandle => "image_mlp_candle",
+            Case::Unet => "unet",
+            Case::ImageMlpSample => "image_mlp_sample",
+            Case::UnetSample => "unet_sample",
         }
     }
 }
@@ -94,6 +120,9 @@ fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, iters: usize) -> 
 
 /// Runs one case; `dim` only applies to `ism`.
 pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
+    if matches!(case, Case::ImageMlp | Case::ImageMlpCandle | Case::Unet | Case::ImageMlpSample | Case::UnetSample) {
+        return run_image(case, iters);
+    }
     let dev = Device::Cpu;
     let mut rng = Rng::new(0);
     let (dim, hidden, batch) = match case {
@@ -181,4 +210,113 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         iters,
     )?;
     Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() })
+}
+
+/// A fixed-label denoiser for the sampling cases.
+struct Labelled<'a> {
+    net: &'a dyn ImageNet,
+    labels: Tensor,
+}
+
+impl Denoiser for Labelled<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let s = Tensor::full(sigma as f32, x.dim(0)?, x.device())?;
+        Ok(self.net.denoise(x, &s, Some(&self.labels))?.detach())
+    }
+}
+
+/// The MLP's plain-buffer forward pass with fixed labels.
+struct FastLabelled {
+    fwd: ImageForward,
+    labels: Vec<u32>,
+}
+
+impl Denoiser for FastLabelled {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0.0f32; xs.len()];
+        self.fwd.denoise(&xs, &vec![sigma as f32; self.labels.len()], &self.labels, &mut out);
+        Tensor::from_vec(out, x.shape(), x.device())
+    }
+}
+
+/// The image cases, mirrored by `benches/torch_bench.py` (nets of `benches/image_torch.py`):
+/// fixed images in [−1, 1] and labels, σ ~ exp(N(−1.2, 1.2²)) and ε drawn inside each step,
+/// EDM's weighted loss, AdamW (lr 1e-3, no weight decay, no EMA).
+fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(0);
+    let (h, w) = (28, 28);
+    let d = h * w;
+    let precond = Precond::Edm { sigma_data: 0.5 };
+    let mlp_spec = ImageMlpSpec { hidden: 1024, depth: 2, emb: 64, class_cond: true };
+    let model = match case {
+        Case::Unet | Case::UnetSample => ImageModel::Unet(UnetSpec { channels: 40, mults: vec![1, 2, 2], blocks: 1, emb: 160, groups: 8, class_cond: true }),
+        _ => ImageModel::Mlp(mlp_spec.clone()),
+    };
+    let varmap = VarMap::new();
+    let net = images::build(&model, precond, h, w, &varmap, &dev)?;
+    images::init_weights(&varmap, &mut rng)?;
+    if matches!(case, Case::ImageMlpSample | Case::UnetSample) {
+        let n = if case == Case::UnetSample { 50 } else { 500 };
+        let sched = Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 };
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        // The MLP samples through its plain-buffer forward pass, as CPU trials do.
+        let mut den: Box<dyn Denoiser + '_> = match case {
+            Case::ImageMlpSample => Box::new(FastLabelled { fwd: ImageForward::new(&mlp_spec, d, precond, &varmap)?, labels }),
+            _ => Box::new(Labelled { net: net.as_ref(), labels: Tensor::from_vec(labels, n, &dev)? }),
+        };
+        let ms = median_ms(
+            || {
+                sample::sample(&ImageSamplerKind::Heun, den.as_mut(), &[n, 1, h, w], &sched, &mut rng, &dev)?;
+                Ok(())
+            },
+            1,
+            iters.max(1),
+        )?;
+        return Ok(BenchResult { case, dim: d, batch: n, ms, peak_mib: peak_mib() });
+    }
+    let batch = if case == Case::Unet { 32 } else { 128 };
+    let x0: Vec<f32> = (0..batch * d).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let draw = |rng: &mut Rng| {
+        let sigma: Vec<f32> = (0..batch).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
+        let weight: Vec<f32> = sigma.iter().map(|&s| images::objective::edm_weight(s as f64, 0.5) as f32).collect();
+        (sigma, weight, rng.normals_f32(batch * d))
+    };
+    if case == Case::ImageMlp {
+        let mut fast = FastImageMlp::new(&mlp_spec, d, &varmap, batch, 1e-3, 0.0)?;
+        let ms = median_ms(
+            || {
+                let (sigma, weight, eps) = draw(&mut rng);
+                fast.loss_and_grad(&x0, &eps, &labels, &Rows::new(&precond, sigma, weight));
+                fast.adam_step();
+                Ok(())
+            },
+            3,
+            iters,
+        )?;
+        return Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() });
+    }
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
+    let xt = images::tensor(&x0, h, w, &dev)?;
+    let lt = Tensor::from_vec(labels, batch, &dev)?;
+    let ms = median_ms(
+        || {
+            let (sigma, weight, eps) = draw(&mut rng);
+            let loss = images::run::edm_losses(
+                net.as_ref(),
+                &xt,
+                &images::tensor(&eps, h, w, &dev)?,
+                &Tensor::from_vec(sigma, batch, &dev)?,
+                &Tensor::from_vec(weight, batch, &dev)?,
+                Some(&lt),
+            )?
+            .mean_all()?;
+            opt.backward_step(&loss)
+        },
+        3,
+        iters,
+    )?;
+    Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() })
 }

@@ -287,3 +287,212 @@ fn fast_ism_matches_candle_autograd() {
         assert!(FastIsm::new(&model, 1e-3).unwrap().is_none(), "depth {depth} has no closed-form step");
     }
 }
+
+/// The hand-derived image-MLP step against candle's autograd of `images::run::edm_losses`
+/// (EDM's preconditioning and weighting; NCSN's S = F/σ and VP's ε-prediction with DSM's
+/// weight 1/σ²): loss,
+/// every gradient (the class embedding's rows included: labels with the null class, classes
+/// that do not occur), one AdamW step and one EMA update. Tolerances as for DSM (f32 sums in
+/// another order, the polynomial exp in SiLU): 1e-4 of each tensor's largest gradient.
+#[test]
+fn fast_image_mlp_matches_candle_autograd() {
+    use engine::images::{self, Precond, run::edm_losses};
+    use engine::train::fast::image::{FastImageMlp, Rows};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let (h, w) = (4, 5);
+    let dim = h * w;
+    let cases = [
+        (ImageMlpSpec { hidden: 32, depth: 2, emb: 8, class_cond: true }, Precond::Edm { sigma_data: 0.5 }, 3),
+        (ImageMlpSpec { hidden: 24, depth: 1, emb: 12, class_cond: false }, Precond::Edm { sigma_data: 0.7 }, 1),
+        (ImageMlpSpec { hidden: 16, depth: 3, emb: 8, class_cond: true }, Precond::Score { sigma_data: 0.5 }, 2),
+        (ImageMlpSpec { hidden: 20, depth: 2, emb: 10, class_cond: true }, Precond::Eps, 1),
+    ];
+    for (ci, (spec, precond, slices)) in cases.into_iter().enumerate() {
+        let vm = VarMap::new();
+        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, h, w, &vm, &dev).unwrap();
+        let mut rng = Rng::new(40 + ci as u64);
+        images::init_weights(&vm, &mut rng).unwrap();
+        let n = 37;
+        let x0: Vec<f32> = (0..n * dim).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
+        let eps = rng.normals_f32(n * dim);
+        let labels: Vec<u32> = (0..n).map(|i| [0, 3, 3, 7, 10][i % 5]).collect();
+        let sigma: Vec<f32> = (0..n).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
+        let weight: Vec<f32> = sigma
+            .iter()
+            .map(|&s| match precond {
+                Precond::Edm { sigma_data: sd } => images::objective::edm_weight(s as f64, sd) as f32,
+                _ => 1.0 / (s * s),
+            })
+            .collect();
+        let mut fast = FastImageMlp::with_slices(&spec, dim, &vm, n, 1e-2, 0.9, slices).unwrap();
+        let fast_loss = fast.loss_and_grad(&x0, &eps, &labels, &Rows::new(&precond, sigma.clone(), weight.clone()));
+
+        let t = |v: &[f32]| Tensor::from_slice(v, (n, 1, h, w), &dev).unwrap();
+        let lab = if spec.class_cond { Some(Tensor::from_slice(&labels, n, &dev).unwrap()) } else { None };
+        let loss = edm_losses(net.as_ref(), &t(&x0), &t(&eps), &Tensor::from_slice(&sigma, n, &dev).unwrap(), &Tensor::from_slice(&weight, n, &dev).unwrap(), lab.as_ref())
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let l: f32 = loss.to_scalar().unwrap();
+        assert!((fast_loss - l as f64).abs() < 1e-5 * (1.0 + l.abs() as f64), "case {ci}: loss {fast_loss} vs {l}");
+        let grads = loss.backward().unwrap();
+        let vars: Vec<(String, candle_core::Var)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(vars.len(), 2 * (spec.depth + 1) + spec.class_cond as usize, "case {ci}: every variable is trained");
+        for (name, var) in &vars {
+            let reference: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got = fast.grad(name).unwrap_or_else(|| panic!("case {ci}: no gradient for {name}"));
+            let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+            for (a, b) in got.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-4 * scale, "case {ci} {name}: {a} vs {b} (max {scale})");
+            }
+            if name == "class_emb.weight" {
+                // Rows of classes absent from the batch get no gradient on either side.
+                assert!(got[e_row(1, spec.emb)].iter().all(|&g| g == 0.0) && got[e_row(3, spec.emb)].iter().any(|&g| g != 0.0));
+            }
+        }
+        // One AdamW step and one EMA update on both sides: the same weights afterwards.
+        let before: Vec<Vec<f32>> = vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let mut opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+        opt.step(&grads).unwrap();
+        fast.adam_step();
+        fast.ema_update(5);
+        let after: Vec<Vec<f32>> = vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        fast.store(&vm).unwrap();
+        let d_ema = 0.9f32.min(6.0 / 15.0);
+        for (i, (name, var)) in vars.iter().enumerate() {
+            let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in got.iter().zip(&after[i]) {
+                // Adam moves each weight by ≤ lr = 1e-2; 1e-3 catches any real mismatch.
+                assert!((a - b).abs() < 1e-3, "case {ci} {name}: {a} vs {b} after one step");
+            }
+        }
+        fast.store_ema(&vm).unwrap();
+        for (i, (name, var)) in vars.iter().enumerate() {
+            let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for ((a, w0), w1) in got.iter().zip(&before[i]).zip(&after[i]) {
+                let want = d_ema * w0 + (1.0 - d_ema) * w1;
+                assert!((a - want).abs() < 1e-3, "case {ci} {name}: EMA {a} vs {want}");
+            }
+        }
+    }
+}
+
+fn e_row(c: usize, e: usize) -> std::ops::Range<usize> {
+    c * e..(c + 1) * e
+}
+
+/// The image step split into slices equals the one-slice step to f32 rounding (uneven splits
+/// included), and the same split gives the same bits twice.
+#[test]
+fn fast_image_mlp_slices_match_one_slice() {
+    use engine::images::{self, Precond};
+    use engine::train::fast::image::{FastImageMlp, Rows};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let spec = ImageMlpSpec { hidden: 48, depth: 2, emb: 8, class_cond: true };
+    let vm = VarMap::new();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 6, 6, &vm, &dev).unwrap();
+    let mut rng = Rng::new(9);
+    images::init_weights(&vm, &mut rng).unwrap();
+    let n = 131;
+    let x0: Vec<f32> = (0..n * 36).map(|_| rng.uniform() as f32).collect();
+    let eps = rng.normals_f32(n * 36);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 11) as u32).collect();
+    let sigma: Vec<f32> = (0..n).map(|i| 0.05 * (1 + i % 40) as f32).collect();
+    let rows = || Rows::new(&Precond::Edm { sigma_data: 0.5 }, sigma.clone(), vec![1.0; n]);
+    let mut one = FastImageMlp::with_slices(&spec, 36, &vm, n, 1e-3, 0.0, 1).unwrap();
+    let l1 = one.loss_and_grad(&x0, &eps, &labels, &rows());
+    for slices in [2, 3] {
+        let mut many = FastImageMlp::with_slices(&spec, 36, &vm, n, 1e-3, 0.0, slices).unwrap();
+        let lt = many.loss_and_grad(&x0, &eps, &labels, &rows());
+        assert!((l1 - lt).abs() < 1e-5 * l1, "{slices} slices: loss {l1} vs {lt}");
+        for name in ["layer0.weight", "layer1.bias", "out.weight", "class_emb.weight"] {
+            let (a, b) = (one.grad(name).unwrap(), many.grad(name).unwrap());
+            let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale), "{slices} slices: {name}");
+        }
+        let again = many.loss_and_grad(&x0, &eps, &labels, &rows());
+        assert_eq!(lt.to_bits(), again.to_bits());
+    }
+}
+
+/// A one-slice batch threads its products (gemm splits output tiles; each entry's sum keeps its
+/// order) and its Adam update: the bits equal the one-thread step's, at the shape
+/// (784 + 64 + 64 → 1024 → 1024 → 784, batch 128), gradients and updated weights alike.
+#[test]
+fn fast_image_mlp_bits_do_not_depend_on_threads() {
+    use engine::images::{self, Precond};
+    use engine::train::fast::image::{FastImageMlp, Rows, image_slices_for};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let spec = ImageMlpSpec { hidden: 1024, depth: 2, emb: 64, class_cond: true };
+    let vm = VarMap::new();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 28, 28, &vm, &dev).unwrap();
+    let mut rng = Rng::new(11);
+    images::init_weights(&vm, &mut rng).unwrap();
+    let n = 128;
+    assert_eq!(image_slices_for(n), 1);
+    let x0: Vec<f32> = (0..n * 784).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
+    let eps = rng.normals_f32(n * 784);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 11) as u32).collect();
+    let sigma: Vec<f32> = (0..n).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
+    let rows = || Rows::new(&Precond::Edm { sigma_data: 0.5 }, sigma.clone(), vec![1.0; n]);
+    let run = |threads: usize| {
+        let mut f = FastImageMlp::with_threads(&spec, 784, &vm, n, 1e-3, 0.99, 1, threads).unwrap();
+        let l = f.loss_and_grad(&x0, &eps, &labels, &rows());
+        let grads: Vec<Vec<f32>> = ["layer0.weight", "layer1.weight", "out.weight", "out.bias", "class_emb.weight"].iter().map(|k| f.grad(k).unwrap().to_vec()).collect();
+        f.adam_step();
+        let out = VarMap::new();
+        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 28, 28, &out, &dev).unwrap();
+        f.store(&out).unwrap();
+        let w: Vec<f32> = out.data().lock().unwrap()["layer1.weight"].as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        (l.to_bits(), grads, w)
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.0, two.0, "loss bits");
+    assert!(one.1 == two.1, "gradient bits differ between 1 and 2 threads");
+    assert!(one.2 == two.2, "updated weights differ between 1 and 2 threads");
+}
+
+/// The image MLP's plain-buffer forward pass equals candle's D(x; σ, c) for every
+/// parametrisation, one σ per row and labels with the null class (f32 sums in another order
+/// and the polynomial exp in SiLU: 1e-5 of the largest output).
+#[test]
+fn image_forward_matches_candle_denoiser() {
+    use engine::images::{self, Precond};
+    use engine::train::fast::image::ImageForward;
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    for (ci, (spec, precond)) in [
+        (ImageMlpSpec { hidden: 40, depth: 2, emb: 8, class_cond: true }, Precond::Edm { sigma_data: 0.5 }),
+        (ImageMlpSpec { hidden: 24, depth: 1, emb: 6, class_cond: false }, Precond::Score { sigma_data: 0.5 }),
+        (ImageMlpSpec { hidden: 32, depth: 3, emb: 8, class_cond: true }, Precond::Eps),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let vm = VarMap::new();
+        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, 3, 5, &vm, &dev).unwrap();
+        let mut rng = Rng::new(60 + ci as u64);
+        images::init_weights(&vm, &mut rng).unwrap();
+        let n = 23;
+        let x: Vec<f32> = rng.normals_f32(n * 15).into_iter().map(|v| 3.0 * v).collect();
+        let sigma: Vec<f32> = (0..n).map(|i| 0.01 * 2f32.powi(i as i32 % 13)).collect();
+        let labels: Vec<u32> = (0..n).map(|i| (i % 11) as u32).collect();
+        let mut out = vec![0.0f32; x.len()];
+        ImageForward::new(&spec, 15, precond, &vm).unwrap().denoise(&x, &sigma, &labels, &mut out);
+        let lab = Tensor::from_slice(&labels, n, &dev).unwrap();
+        let reference: Vec<f32> = net
+            .denoise(&Tensor::from_slice(&x, (n, 1, 3, 5), &dev).unwrap(), &Tensor::from_slice(&sigma, n, &dev).unwrap(), spec.class_cond.then_some(&lab))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = reference.iter().fold(1e-6f32, |a, b| a.max(b.abs()));
+        for (a, b) in out.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5 * scale, "case {ci}: {a} vs {b}");
+        }
+    }
+}

@@ -93,10 +93,54 @@ fn real_mnist_test_split_loads_with_checksums() {
 }
 
 fn image_trial(extra_model: &str, steps: u64, sampler: &str) -> String {
+    image_trial_with(extra_model, "kind = \"edm\"", steps, sampler)
+}
+
+fn image_trial_with(extra_model: &str, objective: &str, steps: u64, sampler: &str) -> String {
+    let every = (steps / 5).max(1);
     format!(
-        "seed = 2\n[data]\npreset = \"mnist\"\ndir = \"{}\"\nheld_out = 1000\nlimit = 3000\n[model]\n{extra_model}\n[objective]\nkind = \"edm\"\n[train]\nsteps = {steps}\nbatch = 64\nlr = 1e-3\neval_every = {steps}\n[eval]\nn = 500\n[sampler]\n{sampler}\n",
+        "seed = 2\n[data]\npreset = \"mnist\"\ndir = \"{}\"\nheld_out = 1000\nlimit = 3000\n[model]\n{extra_model}\n[objective]\n{objective}\n[train]\nsteps = {steps}\nbatch = 64\nlr = 1e-3\neval_every = {every}\n[eval]\nn = 500\n[sampler]\n{sampler}\n",
         mnist_dir().display()
     )
+}
+
+/// Every objective trains the MLP: a short run lowers the held-out denoising loss (EDM's
+/// weighting at fixed (σ, noise) draws, the same yardstick for every objective) by a clear
+/// margin, on the trainer it should use (the hand-derived step for the denoising losses,
+/// autograd through the forward tangents for SSM), and samples finite images through the
+/// objective's own parametrisation. The `auto` ladder measures σ₁ on the training images:
+/// MNIST digits in [−1, 1] lie 10–30 apart, and NCSNv2's γ for 784 pixels gives dozens of levels.
+#[test]
+fn every_objective_lowers_the_held_out_loss() {
+    // (objective, trainer, bound on held-out loss after / before). Measured: 0.86, 0.84, 0.86,
+    // 0.53, 0.62 — the NCSN-style S = F/σ nets must first learn the identity part that EDM's
+    // c_skip gives for free, and NCSN's λ = σ² spends much of the loss on small σ.
+    let cases = [
+        ("kind = \"dsm\"\nnoise = { ladder = \"geometric\", sigma_max = 20.0, sigma_min = 0.01, levels = 30 }", "fast_image_mlp", 0.92),
+        ("kind = \"dsm\"\nnoise = { ladder = \"auto\", sigma_min = 0.01 }", "fast_image_mlp", 0.92),
+        ("kind = \"ve\"\nsigma_min = 0.01\nsigma_max = 20.0", "fast_image_mlp", 0.92),
+        ("kind = \"vp\"", "fast_image_mlp", 0.7),
+        ("kind = \"ssm_vr\"\nnoise = { ladder = \"geometric\", sigma_max = 20.0, sigma_min = 0.05, levels = 20 }", "autograd", 0.8),
+    ];
+    for (objective, trainer, factor) in cases {
+        let src = image_trial_with("kind = \"mlp\"\nhidden = 1024\ndepth = 1", objective, 100, "kind = \"heun\"\nsteps = 4\nsigma_max = 20.0\nn = 10");
+        let cfg = TrialConfig::from_str_at(&src, Path::new("obj.toml")).unwrap();
+        let o = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        assert_eq!(o.status, TrialStatus::Ok, "{objective}");
+        assert_eq!(o.trainer, trainer, "{objective}");
+        let (first, last) = (o.curve_rows[0][2], o.metric("eval_loss").unwrap());
+        assert!(last < factor * first, "{objective}: held-out loss {first} → {last}");
+        // The objective's own loss, mean of the first 20 steps vs the last 20: it falls too
+        // (SSM's crosses zero, so by a margin; the denoising losses relative to their start).
+        let (t0, t1) = (o.curve_rows[1][1], o.curve_rows[5][1]);
+        let fell = if trainer == "autograd" { t1 < t0 - 0.1 } else { t1 < 0.97 * t0 };
+        assert!(fell, "{objective}: training loss {t0} → {t1}");
+        assert!(o.samples.iter().flatten().all(|v| v.is_finite()), "{objective}");
+        if objective.contains("auto") {
+            let (top, levels) = (o.metric("ladder_sigma_max").unwrap(), o.metric("ladder_levels").unwrap());
+            assert!((10.0..40.0).contains(&top) && levels > 20.0, "{objective}: σ₁ = {top}, {levels} levels");
+        }
+    }
 }
 
 /// A short EDM run of the class-conditional MLP lowers the held-out loss at fixed (σ, noise)
@@ -108,6 +152,7 @@ fn short_training_lowers_the_held_out_loss_and_is_deterministic() {
     let run = || trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     let o = run();
     assert_eq!(o.status, TrialStatus::Ok);
+    assert_eq!(o.trainer, "fast_image_mlp", "the MLP trains on the hand-derived step on CPU");
     let first = o.curve_rows[0][2];
     let last = o.metric("eval_loss").unwrap();
     assert!(last < 0.6 * first, "held-out EDM loss {first} → {last}");
@@ -135,6 +180,7 @@ fn unet_trial_runs_end_to_end() {
     let cfg = TrialConfig::from_str_at(&src, Path::new("unet.toml")).unwrap();
     let o = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!(o.status, TrialStatus::Ok);
+    assert_eq!(o.trainer, "autograd");
     assert_eq!((o.metric("steps_done"), o.metric("nfe")), (Some(3.0), Some(3.0)));
     assert!(o.metric("eval_loss").unwrap().is_finite());
 }
@@ -146,7 +192,14 @@ fn image_trials_refuse_bad_keys_by_name() {
         (base("kind = \"unet\"\nhidden = 3", "kind = \"edm\"", "kind = \"heun\""), "model.hidden"),
         (base("kind = \"unet\"\nmults = [1, 2, 2, 2]", "kind = \"edm\"", "kind = \"heun\""), "model.mults"),
         (base("kind = \"unet\"\nchannels = 30", "kind = \"edm\"", "kind = \"heun\""), "model.groups"),
-        (base("kind = \"mlp\"", "kind = \"dsm\"", "kind = \"heun\""), "objective.kind"),
+        (base("kind = \"mlp\"", "kind = \"ncsn\"", "kind = \"heun\""), "objective.kind"),
+        (base("kind = \"mlp\"", "kind = \"dsm\"", "kind = \"heun\""), "objective.noise"),
+        (base("kind = \"mlp\"", "kind = \"dsm\"\nnoise = { ladder = \"list\", sigmas = [1.0, 2.0] }", "kind = \"heun\""), "objective.noise.sigmas"),
+        (base("kind = \"mlp\"", "kind = \"edm\"\nbeta_min = 0.1", "kind = \"heun\""), "objective.beta_min"),
+        (base("kind = \"mlp\"", "kind = \"ve\"\nsigma_min = 5.0\nsigma_max = 1.0", "kind = \"heun\""), "objective.sigma_max"),
+        (base("kind = \"mlp\"", "kind = \"vp\"\nt_min = 1.5", "kind = \"heun\""), "objective.t_min"),
+        (base("kind = \"mlp\"", "kind = \"vp\"\nnoise = { ladder = \"auto\" }", "kind = \"heun\""), "objective.noise"),
+        (base("kind = \"unet\"", "kind = \"ssm\"\nnoise = { ladder = \"auto\" }", "kind = \"heun\""), "objective.kind"),
         (base("kind = \"mlp\"\nclass_cond = false", "kind = \"edm\"\nlabel_dropout = 0.2", "kind = \"heun\""), "objective.label_dropout"),
         (base("kind = \"mlp\"", "kind = \"edm\"\nlabel_dropout = 0.0", "kind = \"heun\"\nguidance = 1.0"), "sampler.guidance"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nn = 15"), "sampler.n"),

@@ -14,8 +14,13 @@
 //! scale = "sym"                 # pixels in [−1, 1] ("unit": [0, 1]), uniform dequantisation
 //! [model]      # kind = "unet": channels, mults, blocks, emb, groups, class_cond
 //! kind = "unet" #      | "mlp": hidden, depth, emb, class_cond
-//! [objective]  # kind = "edm": σ ~ exp(N(p_mean, p_std²)), EDM preconditioning and weighting;
-//! kind = "edm" # sigma_data; label_dropout (classifier-free guidance)
+//! [objective]  # kind = "edm": σ ~ exp(N(p_mean, p_std²)), EDM preconditioning and weighting
+//! kind = "edm" #      | "dsm": NCSN multi-σ DSM, noise = { ladder = "geometric" | "list" | "auto", … }
+//!              #        (as toy trials' objective.noise; `auto`: σ₁ from the training images)
+//!              #      | "ve": continuous-time DSM, VE SDE (sigma_min 0.01, sigma_max 50)
+//!              #      | "vp": continuous-time DSM, VP SDE (beta_min 0.1, beta_max 20, t_min 1e-3)
+//!              #      | "ssm" | "ssm_vr": sliced score matching on the ladder (noise; MLP only)
+//!              # every kind: sigma_data (0.5), label_dropout (classifier-free guidance)
 //! [train]      # steps, batch, lr, ema (decay), eval_every
 //! steps = 2000
 //! [eval]       # n: held-out images the metrics use
@@ -30,7 +35,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::trial::{FieldError, field, in_range, positive};
+use crate::trial::{FieldError, NoiseSpec, RawNoise, field, in_range, positive, validate_noise};
 
 /// The data presets that make a trial an image trial.
 pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];
@@ -83,6 +88,12 @@ struct RawImageObjective {
     p_std: Option<f64>,
     sigma_data: Option<f64>,
     label_dropout: Option<f64>,
+    noise: Option<RawNoise>,
+    sigma_min: Option<f64>,
+    sigma_max: Option<f64>,
+    beta_min: Option<f64>,
+    beta_max: Option<f64>,
+    t_min: Option<f64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -123,7 +134,7 @@ pub struct ImageTrial {
     pub name: Option<String>,
     pub data: ImageData,
     pub model: ImageModel,
-    pub objective: EdmSpec,
+    pub objective: ImageObjective,
     pub train: ImageTrain,
     /// Held-out images the metrics use (≤ `data.held_out`).
     pub eval_n: usize,
@@ -189,14 +200,52 @@ pub struct UnetSpec {
     pub class_cond: bool,
 }
 
-/// EDM (Karras et al. 2022) training: σ log-normal, D(x; σ) = c_skip x + c_out F(c_in x, c_noise),
-/// loss weight λ(σ) = (σ² + σ_d²)/(σ σ_d)²; `label_dropout` drops the class for guidance.
+/// How an image denoiser is trained: the σ distribution, the loss weight and the network's
+/// parametrisation (`kind`), plus what every kind shares.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EdmSpec {
-    pub p_mean: f64,
-    pub p_std: f64,
+pub struct ImageObjective {
+    pub kind: ImageObjectiveKind,
+    /// The data's standard deviation σ_d: EDM's preconditioning and weighting, and the input
+    /// scaling 1/√(σ² + σ_d²) of every kind.
     pub sigma_data: f64,
+    /// Probability of training a batch image without its class (classifier-free guidance).
     pub label_dropout: f64,
+}
+
+/// The training objectives of image trials. Every kind is a weighted denoising loss
+/// w(σ)·mean‖D(x₀ + σε; σ) − x₀‖² over the pixels, or (SSM) its score-matching counterpart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageObjectiveKind {
+    /// EDM (Karras et al. 2022): ln σ ~ N(p_mean, p_std²), D = c_skip x + c_out F(c_in x),
+    /// λ(σ) = (σ² + σ_d²)/(σ σ_d)².
+    Edm { p_mean: f64, p_std: f64 },
+    /// NCSN's multi-σ DSM: σ uniform over the ladder, S = F/σ, λ(σ) = σ² on the score loss
+    /// (w = 1/σ² on the denoiser's).
+    Dsm { noise: NoiseSpec },
+    /// Continuous-time DSM for the VE SDE (Song et al. 2021): σ = σ_min (σ_max/σ_min)^t,
+    /// t ~ U(0, 1), S = F/σ, λ = σ².
+    Ve { sigma_min: f64, sigma_max: f64 },
+    /// Continuous-time DSM for the VP SDE: β(t) = β_min + t(β_max − β_min), t ~ U(t_min, 1),
+    /// x_t = α_t x₀ + √(1 − α_t²) ε, an ε-prediction net ε(x_t, t), λ = 1 − α_t² (the loss
+    /// ‖ε(x_t, t) − ε‖²). As a denoiser on the VE scale x = x_t/α_t, σ = √(1 − α_t²)/α_t:
+    /// D(x; σ) = x − σ ε(x/√(1 + σ²), t(σ)).
+    Vp { beta_min: f64, beta_max: f64, t_min: f64 },
+    /// Sliced score matching on the ladder's perturbed images (SSM, or SSM-VR with `vr`),
+    /// S = F/σ, λ(σ) = σ²; through the MLP only (forward tangents).
+    Ssm { noise: NoiseSpec, vr: bool },
+}
+
+impl ImageObjectiveKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ImageObjectiveKind::Edm { .. } => "edm",
+            ImageObjectiveKind::Dsm { .. } => "dsm",
+            ImageObjectiveKind::Ve { .. } => "ve",
+            ImageObjectiveKind::Vp { .. } => "vp",
+            ImageObjectiveKind::Ssm { vr: false, .. } => "ssm",
+            ImageObjectiveKind::Ssm { vr: true, .. } => "ssm_vr",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -333,13 +382,69 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     };
 
     let o = raw.objective;
-    if o.kind != "edm" {
-        return Err(field("objective.kind", format!("image trials take kind = \"edm\" (got \"{}\")", o.kind)));
-    }
-    let p_mean = o.p_mean.unwrap_or(-1.2);
-    if !p_mean.is_finite() {
-        return Err(field("objective.p_mean", "must be finite"));
-    }
+    let given = [
+        ("p_mean", o.p_mean.is_some()),
+        ("p_std", o.p_std.is_some()),
+        ("noise", o.noise.is_some()),
+        ("sigma_min", o.sigma_min.is_some()),
+        ("sigma_max", o.sigma_max.is_some()),
+        ("beta_min", o.beta_min.is_some()),
+        ("beta_max", o.beta_max.is_some()),
+        ("t_min", o.t_min.is_some()),
+    ];
+    let only = |allowed: &[&str]| -> Result<(), FieldError> {
+        match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+            Some((k, _)) => Err(field(&format!("objective.{k}"), format!("does not apply to kind = \"{}\"", o.kind))),
+            None => Ok(()),
+        }
+    };
+    let ladder = |o: &RawImageObjective| -> Result<NoiseSpec, FieldError> {
+        validate_noise(o.noise.as_ref().ok_or_else(|| field("objective.noise", format!("kind = \"{}\" needs a noise ladder", o.kind)))?)
+    };
+    let kind = match o.kind.as_str() {
+        "edm" => {
+            only(&["p_mean", "p_std"])?;
+            let p_mean = o.p_mean.unwrap_or(-1.2);
+            if !p_mean.is_finite() {
+                return Err(field("objective.p_mean", "must be finite"));
+            }
+            ImageObjectiveKind::Edm { p_mean, p_std: positive("objective.p_std", o.p_std.unwrap_or(1.2))? }
+        }
+        "dsm" => {
+            only(&["noise"])?;
+            ImageObjectiveKind::Dsm { noise: ladder(&o)? }
+        }
+        "ssm" | "ssm_vr" => {
+            only(&["noise"])?;
+            if !matches!(model, ImageModel::Mlp(_)) {
+                return Err(field("objective.kind", format!("kind = \"{}\" needs model.kind = \"mlp\" (forward tangents)", o.kind)));
+            }
+            ImageObjectiveKind::Ssm { noise: ladder(&o)?, vr: o.kind == "ssm_vr" }
+        }
+        "ve" => {
+            only(&["sigma_min", "sigma_max"])?;
+            let lo = positive("objective.sigma_min", o.sigma_min.unwrap_or(0.01))?;
+            let hi = positive("objective.sigma_max", o.sigma_max.unwrap_or(50.0))?;
+            if hi <= lo {
+                return Err(field("objective.sigma_max", format!("must exceed objective.sigma_min ({hi} ≤ {lo})")));
+            }
+            ImageObjectiveKind::Ve { sigma_min: lo, sigma_max: hi }
+        }
+        "vp" => {
+            only(&["beta_min", "beta_max", "t_min"])?;
+            let beta_min = positive("objective.beta_min", o.beta_min.unwrap_or(0.1))?;
+            let beta_max = positive("objective.beta_max", o.beta_max.unwrap_or(20.0))?;
+            if beta_max < beta_min {
+                return Err(field("objective.beta_max", format!("must be at least objective.beta_min ({beta_max} < {beta_min})")));
+            }
+            let t_min = o.t_min.unwrap_or(1e-3);
+            if !(t_min > 0.0 && t_min < 1.0) {
+                return Err(field("objective.t_min", format!("must be in (0, 1) (got {t_min})")));
+            }
+            ImageObjectiveKind::Vp { beta_min, beta_max, t_min }
+        }
+        other => return Err(field("objective.kind", format!("image trials take kind = \"edm\", \"dsm\", \"ve\", \"vp\", \"ssm\" or \"ssm_vr\" (got \"{other}\")"))),
+    };
     let label_dropout = o.label_dropout.unwrap_or(if model.class_cond() { 0.1 } else { 0.0 });
     if !(0.0..1.0).contains(&label_dropout) {
         return Err(field("objective.label_dropout", format!("must be in [0, 1) (got {label_dropout})")));
@@ -347,8 +452,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     if label_dropout > 0.0 && !model.class_cond() {
         return Err(field("objective.label_dropout", "needs a class-conditional model (model.class_cond)"));
     }
-    let objective =
-        EdmSpec { p_mean, p_std: positive("objective.p_std", o.p_std.unwrap_or(1.2))?, sigma_data: positive("objective.sigma_data", o.sigma_data.unwrap_or(0.5))?, label_dropout };
+    let objective = ImageObjective { kind, sigma_data: positive("objective.sigma_data", o.sigma_data.unwrap_or(0.5))?, label_dropout };
 
     let t = raw.train;
     if t.steps > 10_000_000 {

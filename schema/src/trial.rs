@@ -229,7 +229,7 @@ fn d_chunk() -> usize {
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-struct RawNoise {
+pub(crate) struct RawNoise {
     ladder: String,
     sigma_max: Option<f64>,
     sigma_min: Option<f64>,
@@ -793,7 +793,7 @@ fn validate_data(d: &RawData) -> Result<DataSpec, FieldError> {
     Ok(DataSpec::Mixture { preset: d.preset.clone(), mixture: mix })
 }
 
-fn validate_noise(n: &RawNoise) -> Result<NoiseSpec, FieldError> {
+pub(crate) fn validate_noise(n: &RawNoise) -> Result<NoiseSpec, FieldError> {
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
         let given = [("sigma_max", n.sigma_max.is_some()), ("sigma_min", n.sigma_min.is_some()), ("levels", n.levels.is_some()), ("sigmas", n.sigmas.is_some())];
         for (k, set) in given {

@@ -46,7 +46,7 @@ enum Command {
     Devices,
     /// Time one engine case (JSON line on stdout); see benches/compare.sh for the side-by-side run.
     Bench {
-        /// dsm | ssm | ssm_vr | ism | sample
+        /// dsm | ssm | ssm_vr | ism | sample | image_mlp | image_mlp_candle | unet | image_mlp_sample | unet_sample
         #[arg(long)]
         case: String,
         #[arg(long, default_value_t = 1)]
@@ -143,7 +143,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64,
 fn run_bench(case: &str, threads: usize, dim: usize, iters: usize) -> ExitCode {
     use engine::bench;
     let Some(c) = bench::Case::parse(case) else {
-        eprintln!("error: unknown bench case `{case}` (dsm, ssm, ssm_vr, ism, sample)");
+        eprintln!("error: unknown bench case `{case}` (dsm, ssm, ssm_vr, ism, sample, image_mlp, image_mlp_candle, unet, image_mlp_sample, unet_sample)");
         return ExitCode::from(2);
     };
     if threads == 0 || dim == 0 {

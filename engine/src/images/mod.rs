@@ -1,11 +1,15 @@
-//! Image trials: an IDX set split into a training part and a held-out tail, a U-Net denoiser
-//! trained with EDM's objective (with an EMA of its weights), and the samplers that turn a
-//! denoiser into images (probability-flow ODE with Heun steps, reverse-SDE Euler–Maruyama,
-//! predictor–corrector), each counting its network evaluations.
+//! Image trials: an IDX set split into a training part and a held-out tail, a U-Net or MLP
+//! denoiser trained with one of the image objectives (EDM by default; with an EMA of its
+//! weights), and the samplers that turn a denoiser into images (probability-flow ODE with Heun
+//! steps, reverse-SDE Euler–Maruyama, predictor–corrector, annealed Langevin), each counting
+//! its network evaluations.
 //!
-//! - [`ImageNet`]: EDM's preconditioning around a network; [`unet`] and [`mlp`] are the two;
+//! - [`ImageNet`]: a preconditioning around a network; [`unet`] and [`mlp`] are the two;
+//!   [`conv`]: the U-Net's convolutions as im2col + gemm on the CPU;
 //! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
 //!   they are tested on a Gaussian whose denoiser is exact;
+//! - [`objective`]: the training objectives (EDM, multi-σ DSM, VE and VP continuous-time DSM,
+//!   SSM) as σ draws, loss weights and parametrisations;
 //! - [`run`]: the trial runner (train, evaluate, sample, metrics, sample grid).
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -15,40 +19,92 @@ use schema::image::ImageData;
 use crate::data::idx::{self, IdxError, ImageSet};
 use crate::rng::Rng;
 
+pub mod conv;
 pub mod mlp;
+pub mod objective;
 pub mod run;
 pub mod sample;
 pub mod unet;
 
-/// A network F behind EDM's preconditioning: D(x; σ, c) = c_skip x + c_out F(c_in x; c_noise, c)
-/// with c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²) and
-/// c_noise = ln(σ)/4, so F's input and target both have unit variance at every σ.
+/// How a network F becomes a denoiser: D(x; σ, c) = c_skip x + c_out F(c_in x; c_noise, c),
+/// with c_noise = ln(σ)/4 for every parametrisation (any monotone code of σ would do).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Precond {
+    /// EDM: c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²), so
+    /// F's input and target both have unit variance at every σ.
+    Edm { sigma_data: f64 },
+    /// NCSN's score net with its output scaled by 1/σ, S = F/σ, i.e. D = x + σ² S = x + σ F
+    /// (c_skip = 1, c_out = σ); the input is scaled as EDM's, c_in = 1/√(σ² + σ_d²).
+    Score { sigma_data: f64 },
+    /// The VP SDE's ε-prediction: D = x − σ F(x/√(1 + σ²)) (c_skip = 1, c_out = −σ,
+    /// c_in = 1/√(1 + σ²) = α, so F reads x_t = α x and predicts ε).
+    Eps,
+}
+
+/// The per-σ coefficients of a [`Precond`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Coefs {
+    pub c_skip: f64,
+    pub c_out: f64,
+    pub c_in: f64,
+    pub c_noise: f64,
+}
+
+impl Precond {
+    pub fn coefs(&self, sigma: f64) -> Coefs {
+        let c_noise = sigma.ln() / 4.0;
+        match *self {
+            Precond::Edm { sigma_data: sd } => {
+                let den = sigma * sigma + sd * sd;
+                Coefs { c_skip: sd * sd / den, c_out: sigma * sd / den.sqrt(), c_in: 1.0 / den.sqrt(), c_noise }
+            }
+            Precond::Score { sigma_data: sd } => Coefs { c_skip: 1.0, c_out: sigma, c_in: 1.0 / (sigma * sigma + sd * sd).sqrt(), c_noise },
+            Precond::Eps => Coefs { c_skip: 1.0, c_out: -sigma, c_in: 1.0 / (sigma * sigma + 1.0).sqrt(), c_noise },
+        }
+    }
+
+    /// The coefficients of each σ of a batch as f32 columns (c_skip, c_out, c_in, c_noise).
+    pub fn columns(&self, sigmas: &[f32]) -> [Vec<f32>; 4] {
+        let mut out: [Vec<f32>; 4] = Default::default();
+        for &s in sigmas {
+            let c = self.coefs(s as f64);
+            for (col, v) in out.iter_mut().zip([c.c_skip, c.c_out, c.c_in, c.c_noise]) {
+                col.push(v as f32);
+            }
+        }
+        out
+    }
+}
+
+/// A network F behind a [`Precond`]: D(x; σ, c) = c_skip x + c_out F(c_in x; c_noise, c).
 pub trait ImageNet {
-    fn sigma_data(&self) -> f64;
+    fn precond(&self) -> Precond;
 
     /// F(x; c_noise, labels): x is (N, 1, H, W), c_noise (N,), labels (N,) u32 or None.
     fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor>;
 
+    /// F and its forward tangent J_F·v at x along v (both (N, 1, H, W)): the networks that
+    /// can train with sliced score matching (the MLP).
+    fn raw_tangent(&self, _x: &Tensor, _v: &Tensor, _c_noise: &Tensor, _labels: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        Err(candle_core::Error::Msg("this network has no forward tangents (sliced score matching needs model.kind = \"mlp\")".into()))
+    }
+
     /// The preconditioned denoiser D(x; σ, labels); `sigma` is (N,).
     fn denoise(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let sd = self.sigma_data();
-        let sd2 = sd * sd;
-        let denom = (sigma.sqr()? + sd2)?;
-        let c_skip = denom.recip()?.affine(sd2, 0.0)?;
-        let c_out = (sigma.affine(sd, 0.0)? / denom.sqrt()?)?;
-        let c_in = denom.sqrt()?.recip()?;
-        let c_noise = sigma.log()?.affine(0.25, 0.0)?;
-        let col = |t: &Tensor| t.reshape((t.dim(0)?, 1, 1, 1));
-        let f = self.raw(&x.broadcast_mul(&col(&c_in)?)?, &c_noise, labels)?;
-        x.broadcast_mul(&col(&c_skip)?)? + f.broadcast_mul(&col(&c_out)?)?
+        let n = sigma.dim(0)?;
+        let [c_skip, c_out, c_in, c_noise] = self.precond().columns(&sigma.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        let dev = x.device();
+        let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), dev);
+        let f = self.raw(&x.broadcast_mul(&col(c_in)?)?, &Tensor::from_vec(c_noise, n, dev)?, labels)?;
+        x.broadcast_mul(&col(c_skip)?)? + f.broadcast_mul(&col(c_out)?)?
     }
 }
 
 /// The network a trial's model spec names, its weights in `varmap`.
-pub fn build(spec: &schema::image::ImageModel, sigma_data: f64, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> Result<Box<dyn ImageNet>> {
+pub fn build(spec: &schema::image::ImageModel, precond: Precond, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> Result<Box<dyn ImageNet>> {
     Ok(match spec {
-        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, sigma_data, varmap, dev)?),
-        schema::image::ImageModel::Mlp(m) => Box::new(mlp::ImageMlp::new(m, sigma_data, h * w, varmap, dev)?),
+        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, precond, varmap, dev)?),
+        schema::image::ImageModel::Mlp(m) => Box::new(mlp::ImageMlp::new(m, precond, h * w, varmap, dev)?),
     })
 }
 
@@ -65,8 +121,12 @@ pub fn fourier(c_noise: &Tensor, freq: &Tensor) -> Result<Tensor> {
 
 /// K frequencies 10000^(−k/K).
 pub fn frequencies(k: usize, dev: &Device) -> Result<Tensor> {
-    let f: Vec<f32> = (0..k).map(|i| (-(i as f64) / k as f64 * 10000f64.ln()).exp() as f32).collect();
-    Tensor::from_vec(f, (1, k), dev)
+    Tensor::from_vec(frequency_values(k), (1, k), dev)
+}
+
+/// The values of [`frequencies`] (shared with the hand-derived step).
+pub fn frequency_values(k: usize) -> Vec<f32> {
+    (0..k).map(|i| (-(i as f64) / k as f64 * 10000f64.ln()).exp() as f32).collect()
 }
 
 /// An image set split for a trial: training images first, then the held-out tail.

@@ -1,5 +1,7 @@
-//! Runs one image trial: load and split the IDX set, train the U-Net with EDM's loss (AdamW,
-//! EMA of the weights), evaluate the held-out denoising loss at fixed (σ, noise) draws at
+//! Runs one image trial: load and split the IDX set, train the network with the trial's
+//! objective (`super::objective`; AdamW, EMA of the weights) — on the CPU the MLP on the
+//! hand-derived step (`train::fast::image`, same draws and loss), otherwise through candle's
+//! autograd — evaluate the held-out denoising loss at fixed (σ, noise) draws at
 //! every checkpoint, then sample with the EMA weights (one tenth of the images per class for
 //! a class-conditional model, with classifier-free guidance when asked) and compute the
 //! metrics. Every random number comes from the trial seed's streams.
@@ -9,13 +11,15 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use schema::image::{ImageSamplerKind, ImageTrial};
+use schema::image::{ImageModel, ImageObjectiveKind, ImageSamplerKind, ImageTrial};
 
+use super::objective::{Objective, edm_weight, ssm_losses};
 use super::sample::{self, Denoiser};
 use super::unet::NULL_CLASS;
 use super::{ImageNet, Split, init_weights, tensor};
 use crate::error::EngineError;
 use crate::rng::{Rng, Stream};
+use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
 use crate::trial::{Progress, TrialOutcome, TrialStatus};
 
 /// σ levels of the held-out denoising loss (spanning EDM's training distribution).
@@ -24,14 +28,10 @@ pub const EVAL_SIGMAS: [f64; 5] = [0.05, 0.2, 0.5, 1.0, 2.0];
 /// Images per forward pass when evaluating or sampling (bounds memory).
 const CHUNK: usize = 500;
 
-/// EDM's loss weight λ(σ) = (σ² + σ_d²)/(σ σ_d)².
-fn weight(sigma: f64, sd: f64) -> f64 {
-    (sigma * sigma + sd * sd) / (sigma * sd).powi(2)
-}
-
-/// EDM's per-image loss λ(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with noise
-/// ε, levels σ (N,) and their weights λ(σ) (N,).
-fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> candle_core::Result<Tensor> {
+/// The per-image denoising loss w(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with
+/// noise ε, levels σ (N,) and their weights w(σ) (N,) (EDM's λ(σ) for `edm`, see
+/// [`super::objective`]).
+pub fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let n = x.dim(0)?;
     let y = (x + eps.broadcast_mul(&sigma.reshape((n, 1, 1, 1))?)?)?;
     let per = (net.denoise(&y, sigma, labels)? - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
@@ -58,6 +58,30 @@ impl Denoiser for Guided<'_> {
             (Some(null), true) => (cond * (1.0 + self.w))? - (self.net.denoise(x, &s, Some(null))?.detach() * self.w)?,
             _ => Ok(cond),
         }
+    }
+}
+
+/// The MLP's plain-buffer forward pass with fixed labels as a [`Denoiser`], guided as
+/// [`Guided`] when w > 0 (the unconditional pass with the null class).
+struct FastGuided<'a> {
+    fwd: &'a mut ImageForward,
+    labels: Vec<u32>,
+    w: f64,
+}
+
+impl Denoiser for FastGuided<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let sig = vec![sigma as f32; self.labels.len()];
+        let mut out = vec![0.0f32; xs.len()];
+        self.fwd.denoise(&xs, &sig, &self.labels, &mut out);
+        if self.w > 0.0 {
+            let mut un = vec![0.0f32; xs.len()];
+            self.fwd.denoise(&xs, &sig, &vec![NULL_CLASS; self.labels.len()], &mut un);
+            let (a, b) = ((1.0 + self.w) as f32, self.w as f32);
+            out.iter_mut().zip(&un).for_each(|(o, u)| *o = a * *o - b * u);
+        }
+        Tensor::from_vec(out, x.shape(), x.device())
     }
 }
 
@@ -94,6 +118,47 @@ impl Ema {
     }
 }
 
+/// The training step: candle's autograd (AdamW over the VarMap, [`Ema`]) or the hand-derived
+/// MLP step, which keeps its own weights and EMA and writes them into the VarMap on demand.
+enum Trainer {
+    Autograd { opt: AdamW, ema: Ema },
+    Fast(Box<FastImageMlp>),
+}
+
+impl Trainer {
+    fn name(&self) -> &'static str {
+        match self {
+            Trainer::Autograd { .. } => "autograd",
+            Trainer::Fast(_) => "fast_image_mlp",
+        }
+    }
+
+    /// Runs `f` with the EMA weights in the VarMap; the training weights stay where training
+    /// reads them.
+    fn with_ema_weights<T>(&mut self, varmap: &VarMap, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T, EngineError> {
+        match self {
+            Trainer::Autograd { ema, .. } => {
+                ema.swap()?;
+                let out = f();
+                ema.swap()?;
+                Ok(out?)
+            }
+            Trainer::Fast(fast) => {
+                fast.store_ema(varmap)?;
+                Ok(f()?)
+            }
+        }
+    }
+
+    /// Leaves the EMA weights in the VarMap (after training).
+    fn use_ema_weights(&mut self, varmap: &VarMap) -> Result<(), EngineError> {
+        match self {
+            Trainer::Autograd { ema, .. } => Ok(ema.swap()?),
+            Trainer::Fast(fast) => Ok(fast.store_ema(varmap)?),
+        }
+    }
+}
+
 /// Fixed held-out evaluation draws: for each of `n` images one σ from [`EVAL_SIGMAS`] in turn
 /// and one noise image.
 struct EvalSet {
@@ -113,7 +178,7 @@ fn eval_loss(net: &dyn ImageNet, set: &EvalSet, h: usize, w: usize, sd: f64, con
         let x = tensor(&set.x[start * d..end * d], h, w, dev)?;
         let e = tensor(&set.noise[start * d..end * d], h, w, dev)?;
         let sig = Tensor::from_slice(&set.sigmas[start..end], end - start, dev)?;
-        let lam: Vec<f32> = set.sigmas[start..end].iter().map(|&s| weight(s as f64, sd) as f32).collect();
+        let lam: Vec<f32> = set.sigmas[start..end].iter().map(|&s| edm_weight(s as f64, sd) as f32).collect();
         let labels = if cond { Some(Tensor::from_slice(&set.labels[start..end], end - start, dev)?) } else { None };
         let per = edm_losses(net, &x, &e, &sig, &Tensor::from_vec(lam, end - start, dev)?, labels.as_ref())?;
         total += per.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().sum::<f64>();
@@ -129,11 +194,14 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let sd = cfg.objective.sigma_data;
     let cond = cfg.model.class_cond();
     let varmap = VarMap::new();
-    let net = super::build(&cfg.model, sd, h, w, &varmap, &dev)?;
+    let objective = Objective::new(&cfg.objective, &split);
+    let precond = objective.precond();
+    let net = super::build(&cfg.model, precond, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
-    let vars = varmap.all_vars();
-    let mut opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
-    let mut ema = Ema::new(&vars, cfg.train.ema)?;
+    if cond && let Some(&bad) = split.train_labels.iter().chain(&split.held_labels).find(|&&l| l as u32 >= NULL_CLASS) {
+        let message = format!("label {bad}: class-conditional image models take labels 0 to 9");
+        return Err(EngineError::Data(crate::data::idx::IdxError::Corrupt { path: cfg.data.dir.clone(), message }));
+    }
 
     // The fixed evaluation draws over the held-out images.
     let mut erng = Rng::stream(cfg.seed, Stream::Eval);
@@ -155,15 +223,24 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let t_train = Instant::now();
     let b = cfg.train.batch;
     let mut steps_done = 0;
-    let checkpoint = |step: u64, train_loss: f64, ema: &mut Ema, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
-        let t = Instant::now();
-        ema.swap()?;
-        let l = eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev);
-        ema.swap()?;
-        *eval_seconds += t.elapsed().as_secs_f64();
-        Ok(vec![step as f64, train_loss, l?])
+    // The trainer: the hand-derived step for the MLP on CPU, else candle's autograd.
+    let mut trainer = match &cfg.model {
+        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) && objective.is_denoising() => {
+            Trainer::Fast(Box::new(FastImageMlp::new(spec, d, &varmap, b, cfg.train.lr, cfg.train.ema)?))
+        }
+        _ => {
+            let vars = varmap.all_vars();
+            let opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
+            Trainer::Autograd { opt, ema: Ema::new(&vars, cfg.train.ema)? }
+        }
     };
-    rows.push(checkpoint(0, f64::NAN, &mut ema, &mut eval_seconds)?);
+    let checkpoint = |step: u64, train_loss: f64, trainer: &mut Trainer, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
+        let t = Instant::now();
+        let l = trainer.with_ema_weights(&varmap, || eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev))?;
+        *eval_seconds += t.elapsed().as_secs_f64();
+        Ok(vec![step as f64, train_loss, l])
+    };
+    rows.push(checkpoint(0, f64::NAN, &mut trainer, &mut eval_seconds)?);
     for step in 1..=cfg.train.steps {
         if cancel.load(Ordering::Relaxed) {
             status = TrialStatus::Cancelled;
@@ -175,20 +252,43 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
                 *l = NULL_CLASS;
             }
         }
-        let sigmas: Vec<f32> = (0..b).map(|_| (cfg.objective.p_mean + cfg.objective.p_std * trng.normal()).exp() as f32).collect();
-        let weights: Vec<f32> = sigmas.iter().map(|&s| weight(s as f64, sd) as f32).collect();
-        let x = tensor(&x, h, w, &dev)?;
-        let e = tensor(&trng.normals_f32(b * d), h, w, &dev)?;
-        let sig = Tensor::from_vec(sigmas, b, &dev)?;
-        let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
-        let loss = edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?;
-        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let sigmas: Vec<f32> = (0..b).map(|_| objective.draw_sigma(&mut trng) as f32).collect();
+        let weights: Vec<f32> = sigmas.iter().map(|&s| objective.weight(s as f64) as f32).collect();
+        let eps = trng.normals_f32(b * d);
+        let lv = match &mut trainer {
+            Trainer::Fast(f) => {
+                let lv = f.loss_and_grad(&x, &eps, &labels, &Rows::new(&precond, sigmas, weights));
+                if lv.is_finite() {
+                    f.adam_step();
+                    f.ema_update(step);
+                }
+                lv
+            }
+            Trainer::Autograd { opt, ema } => {
+                let x = tensor(&x, h, w, &dev)?;
+                let e = tensor(&eps, h, w, &dev)?;
+                let sig = Tensor::from_vec(sigmas, b, &dev)?;
+                let lab = if cond { Some(Tensor::from_vec(labels, b, &dev)?) } else { None };
+                let loss = match objective.kind {
+                    ImageObjectiveKind::Ssm { vr, .. } => {
+                        let v: Vec<f32> = (0..b * d).map(|_| trng.rademacher() as f32).collect();
+                        let xt = (&x + e.broadcast_mul(&sig.reshape((b, 1, 1, 1))?)?)?;
+                        ssm_losses(net.as_ref(), &xt, &tensor(&v, h, w, &dev)?, &sig, vr, lab.as_ref())?.mean_all()?
+                    }
+                    _ => edm_losses(net.as_ref(), &x, &e, &sig, &Tensor::from_vec(weights, b, &dev)?, lab.as_ref())?.mean_all()?,
+                };
+                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if lv.is_finite() {
+                    opt.backward_step(&loss)?;
+                    ema.update(step)?;
+                }
+                lv
+            }
+        };
         if !lv.is_finite() {
             status = TrialStatus::Diverged { step };
             break;
         }
-        opt.backward_step(&loss)?;
-        ema.update(step)?;
         steps_done = step;
         loss_sum += lv;
         loss_n += 1;
@@ -196,7 +296,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         if step % cfg.train.eval_every == 0 || step == cfg.train.steps {
             let mean = loss_sum / loss_n.max(1) as f64;
             (loss_sum, loss_n) = (0.0, 0);
-            let row = checkpoint(step, mean, &mut ema, &mut eval_seconds)?;
+            let row = checkpoint(step, mean, &mut trainer, &mut eval_seconds)?;
             progress(&Progress { step, total_steps: cfg.train.steps, train_loss: mean, latest: vec![("eval_loss".into(), row[2])] });
             rows.push(row);
         } else if step % 10 == 0 {
@@ -217,9 +317,18 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         ("eval_seconds".into(), eval_seconds),
         ("setup_seconds".into(), setup_seconds),
     ];
+    if let Some(&top) = objective.ladder.first() {
+        metrics.extend([("ladder_levels".into(), objective.ladder.len() as f64), ("ladder_sigma_max".into(), top)]);
+    }
 
     // Sampling with the EMA weights.
-    ema.swap()?;
+    trainer.use_ema_weights(&varmap)?;
+    let trainer_name = trainer.name();
+    // The MLP's plain-buffer forward pass on CPU (the EMA weights, now in the VarMap).
+    let mut fast_forward = match &cfg.model {
+        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Some(ImageForward::new(spec, d, precond, &varmap)?),
+        _ => None,
+    };
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
     let mut labels_out: Vec<u32> = Vec::new();
     if status == TrialStatus::Ok && cfg.sampler.kind != ImageSamplerKind::None {
@@ -231,13 +340,22 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let m = end - start;
-            let mut den = Guided {
-                net: net.as_ref(),
-                labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
-                null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
-                w: cfg.sampler.guidance,
+            let shape = [m, 1, h, w];
+            let (x, k) = match fast_forward.as_mut() {
+                Some(fwd) => {
+                    let mut den = FastGuided { fwd, labels: labels[start..end].to_vec(), w: if cond { cfg.sampler.guidance } else { 0.0 } };
+                    sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
+                }
+                None => {
+                    let mut den = Guided {
+                        net: net.as_ref(),
+                        labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
+                        null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
+                        w: cfg.sampler.guidance,
+                    };
+                    sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
+                }
             };
-            let (x, k) = sample::sample(&cfg.sampler.kind, &mut den, &[m, 1, h, w], &cfg.sampler.schedule, &mut srng, &dev)?;
             nfe = k;
             let x = x.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             samples_out.extend(x);
@@ -270,7 +388,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     if status == TrialStatus::Ok {
         let t = Instant::now();
-        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), &eval, &samples_out, &labels_out, &dev, &mut files)?);
+        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), fast_forward.as_mut(), &eval, &samples_out, &labels_out, &dev, &mut files)?);
         metrics.push(("metrics_seconds".into(), t.elapsed().as_secs_f64()));
     }
     let weights: Vec<(String, Tensor)> = {
@@ -290,7 +408,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         weights,
         files,
         device: crate::device::label(&dev),
-        trainer: "autograd".into(),
+        trainer: trainer_name.into(),
     })
 }
 
@@ -311,6 +429,7 @@ fn digit_metrics(
     cfg: &ImageTrial,
     split: &Split,
     net: &dyn ImageNet,
+    mut fast_forward: Option<&mut ImageForward>,
     eval: &EvalSet,
     samples: &[Vec<f32>],
     labels: &[u32],
@@ -368,6 +487,17 @@ fn digit_metrics(
         let n = eval.labels.len().min(WHICH_IMAGES);
         let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
         let score = |x: &[f32], sig: &[f32], lab: &[u8]| -> candle_core::Result<Vec<f32>> {
+            if let Some(fwd) = fast_forward.as_deref_mut() {
+                let labels: Vec<u32> = lab.iter().map(|&l| l as u32).collect();
+                let mut out = vec![0.0f32; x.len()];
+                fwd.denoise(x, sig, &labels, &mut out);
+                for (i, &s) in sig.iter().enumerate() {
+                    for (o, &xv) in out[i * d..(i + 1) * d].iter_mut().zip(&x[i * d..(i + 1) * d]) {
+                        *o = (*o - xv) / (s * s);
+                    }
+                }
+                return Ok(out);
+            }
             let mut out = Vec::with_capacity(x.len());
             for start in (0..lab.len()).step_by(CHUNK) {
                 let end = (start + CHUNK).min(lab.len());
@@ -390,7 +520,8 @@ fn digit_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schema::image::{ImageMlpSpec, ImageModel};
+    use crate::images::Precond;
+    use schema::image::ImageMlpSpec;
 
     /// Classifier-free guidance: w = 0 is the conditional denoiser alone, and any w gives
     /// (1 + w) D(x, c) − w D(x, ∅) exactly.
@@ -398,7 +529,8 @@ mod tests {
     fn guidance_zero_is_the_conditional_model_and_w_mixes_linearly() {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let net = super::super::build(&ImageModel::Mlp(ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true }), 0.5, 4, 4, &vm, &dev).unwrap();
+        let net =
+            super::super::build(&ImageModel::Mlp(ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true }), Precond::Edm { sigma_data: 0.5 }, 4, 4, &vm, &dev).unwrap();
         init_weights(&vm, &mut Rng::new(1)).unwrap();
         let x = Tensor::from_vec(Rng::new(2).normals_f32(3 * 16), (3, 1, 4, 4), &dev).unwrap();
         let labels = Tensor::new(&[1u32, 4, 9], &dev).unwrap();

@@ -10,25 +10,26 @@
 //! label that classifier-free guidance trains with label dropout.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Embedding, GroupNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{Embedding, GroupNorm, Linear, VarBuilder, VarMap};
 use schema::image::UnetSpec;
 
-use super::ImageNet;
+use super::conv::Conv;
+use super::{ImageNet, Precond};
 
 /// The label that means "no class" (unconditional), one past the ten digits.
 pub const NULL_CLASS: u32 = 10;
 
-fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding: k / 2, stride, ..Default::default() }, vb)
+fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv> {
+    Conv::new(cin, cout, k, stride, vb)
 }
 
 struct ResBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     emb: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    skip: Option<Conv2d>,
+    conv2: Conv,
+    skip: Option<Conv>,
 }
 
 impl ResBlock {
@@ -59,21 +60,21 @@ impl ResBlock {
 /// The U-Net F with EDM's preconditioning around it.
 pub struct Unet {
     spec: UnetSpec,
-    sigma_data: f64,
-    conv_in: Conv2d,
+    precond: Precond,
+    conv_in: Conv,
     freq: Tensor,
     emb1: Linear,
     emb2: Linear,
     class_emb: Option<Embedding>,
-    down: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    down: Vec<(Vec<ResBlock>, Option<Conv>)>,
     mid: [ResBlock; 2],
-    up: Vec<(Vec<ResBlock>, Option<Conv2d>)>,
+    up: Vec<(Vec<ResBlock>, Option<Conv>)>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl Unet {
-    pub fn new(spec: &UnetSpec, sigma_data: f64, varmap: &VarMap, dev: &Device) -> Result<Self> {
+    pub fn new(spec: &UnetSpec, precond: Precond, varmap: &VarMap, dev: &Device) -> Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, dev);
         let c = spec.channels;
         let g = spec.groups;
@@ -114,7 +115,7 @@ impl Unet {
         }
         let norm_out = candle_nn::group_norm(g, ch, 1e-5, vb.pp("norm_out"))?;
         let conv_out = conv(vb.pp("conv_out"), ch, 1, 3, 1)?;
-        Ok(Unet { spec: spec.clone(), sigma_data, conv_in, freq, emb1, emb2, class_emb, down, mid, up, norm_out, conv_out })
+        Ok(Unet { spec: spec.clone(), precond, conv_in, freq, emb1, emb2, class_emb, down, mid, up, norm_out, conv_out })
     }
 
     pub fn spec(&self) -> &UnetSpec {
@@ -123,8 +124,8 @@ impl Unet {
 }
 
 impl ImageNet for Unet {
-    fn sigma_data(&self) -> f64 {
-        self.sigma_data
+    fn precond(&self) -> Precond {
+        self.precond
     }
 
     fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
@@ -174,7 +175,7 @@ mod tests {
         for mults in [vec![1], vec![1, 2], vec![1, 2, 2]] {
             let spec = UnetSpec { channels: 8, mults: mults.clone(), blocks: 1, emb: 16, groups: 4, class_cond: true };
             let vm = VarMap::new();
-            let net = Unet::new(&spec, 0.5, &vm, &dev).unwrap();
+            let net = Unet::new(&spec, Precond::Edm { sigma_data: 0.5 }, &vm, &dev).unwrap();
             let x = Tensor::randn(0f32, 1.0, (3, 1, 28, 28), &dev).unwrap();
             let labels = Tensor::new(&[0u32, 7, NULL_CLASS], &dev).unwrap();
             let sigma = Tensor::new(&[1e-6f32, 1e-6, 1e-6], &dev).unwrap();

@@ -8,7 +8,9 @@
 //! - [`dsm`]: multi-σ DSM (λ(σ) = σ²), the batch split over threads;
 //! - [`ssm`]: SSM / SSM-VR with the tangent rows stacked under the primal rows;
 //! - [`ism`]: exact ISM on the closed-form trace (depth 2);
-//! - [`forward`]: S(x, σ) for the samplers.
+//! - [`forward`]: S(x, σ) for the samplers;
+//! - [`image`]: EDM's loss for the class-conditional image MLP (`images::mlp`), with AdamW and
+//!   the EMA of the weights.
 //!
 //! Architecture Invariant: each step is pinned to candle's autograd of the same loss by tests
 //! (`engine/tests/fastmlp.rs`).
@@ -31,11 +33,13 @@ pub fn slices_for(n: usize) -> usize {
 
 pub mod dsm;
 pub mod forward;
+pub mod image;
 pub mod ism;
 pub mod ssm;
 
 pub use dsm::FastDsm;
 pub use forward::FastForward;
+pub use image::FastImageMlp;
 pub use ism::FastIsm;
 pub use ssm::FastSsm;
 
@@ -244,16 +248,26 @@ fn col_sums(out: &mut [f32], m: &[f32], n: usize, w: usize) {
 
 /// Adam (candle's AdamW formula with weight decay 0, β = (0.9, 0.999), ε = 1e-8).
 fn adam(params: &mut [(Param, Param)], t: i32, lr: f64) {
+    adam_each(params.iter_mut().flat_map(|(w, b)| [w, b]), t, lr);
+}
+
+/// [`adam`] over any parameters.
+fn adam_each<'a>(params: impl Iterator<Item = &'a mut Param>, t: i32, lr: f64) {
+    for p in params {
+        adam_slices(&mut p.w, &mut p.m, &mut p.v, &p.g, t, lr);
+    }
+}
+
+/// [`adam`] on the matching slices of one parameter's weights, moments and gradient.
+fn adam_slices(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: i32, lr: f64) {
     let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     let sm = 1.0 / (1.0 - 0.9f64.powi(t)) as f32;
     let sv = 1.0 / (1.0 - 0.999f64.powi(t)) as f32;
     let lr = lr as f32;
-    for p in params.iter_mut().flat_map(|(w, b)| [w, b]) {
-        for (((w, m), v), g) in p.w.iter_mut().zip(p.m.iter_mut()).zip(p.v.iter_mut()).zip(&p.g) {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
-        }
+    for (((w, m), v), g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
     }
 }
 

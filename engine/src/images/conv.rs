@@ -1,0 +1,190 @@
+//! The U-Net's convolutions on the CPU as im2col + one matrix product: candle's own CPU conv2d
+//! (and the conv-transpose its backward pass uses) loops directly over pixels, channels and
+//! taps, several times slower than PyTorch's. Here a k×k convolution (padding k/2, any
+//! stride) is an [`Im2Col`] custom op (NCHW → rows of C·k·k taps, backward = its adjoint
+//! col2im) followed by candle's matmul (gemm) against the (O, C·k·k) weight, so candle's
+//! autograd differentiates everything but the gather, whose adjoint is written here. On other
+//! devices [`Conv`] is candle's conv2d. Pinned to candle's conv2d (values and gradients) by
+//! `conv_matches_candles_conv2d`.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor, bail};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+/// A k×k convolution with padding k/2 and the given stride (weights named as candle_nn's).
+pub struct Conv {
+    inner: Conv2d,
+    k: usize,
+    stride: usize,
+}
+
+impl Conv {
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let inner = candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding: k / 2, stride, ..Default::default() }, vb)?;
+        Ok(Conv { inner, k, stride })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !crate::device::fast_paths(x.device()) {
+            return self.inner.forward(x);
+        }
+        let n = x.dim(0)?;
+        let geo = Geometry::new(x.dims4()?, self.k, self.stride);
+        let cols = x.contiguous()?.apply_op1(Im2Col(geo))?;
+        let wt = self.inner.weight();
+        let o = wt.dim(0)?;
+        let y = cols.matmul(&wt.reshape((o, geo.taps()))?.t()?)?;
+        let (ho, wo) = geo.out_hw();
+        let y = y.reshape((n, ho, wo, o))?.permute((0, 3, 1, 2))?;
+        match self.inner.bias() {
+            Some(b) => y.broadcast_add(&b.reshape((1, o, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Shape of one im2col: input (N, C, H, W), k×k taps, padding k/2, stride.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl Geometry {
+    fn new((n, c, h, w): (usize, usize, usize, usize), k: usize, stride: usize) -> Self {
+        Geometry { n, c, h, w, k, stride }
+    }
+
+    fn out_hw(&self) -> (usize, usize) {
+        let p = self.k / 2;
+        ((self.h + 2 * p - self.k) / self.stride + 1, (self.w + 2 * p - self.k) / self.stride + 1)
+    }
+
+    fn taps(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Calls `f(row offset within the image's rows, tap, source index within the image)` for
+    /// every in-bounds tap of every output pixel.
+    #[inline(always)]
+    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+        let (ho, wo) = self.out_hw();
+        let (k, p, s, t) = (self.k as isize, (self.k / 2) as isize, self.stride as isize, self.taps());
+        for oy in 0..ho as isize {
+            for ox in 0..wo as isize {
+                let row = (oy as usize * wo + ox as usize) * t;
+                for c in 0..self.c {
+                    for ky in 0..k {
+                        let iy = oy * s + ky - p;
+                        if iy < 0 || iy >= self.h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = ox * s + kx - p;
+                            if ix < 0 || ix >= self.w as isize {
+                                continue;
+                            }
+                            let tap = (c * self.k + ky as usize) * self.k + kx as usize;
+                            f(row + tap, (c * self.h + iy as usize) * self.w + ix as usize);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The contiguous f32 data of a storage.
+fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => bail!("{op}: expects a contiguous f32 tensor"),
+    }
+}
+
+/// (N, C, H, W) → (N·Ho·Wo, C·k·k): row (n, oy, ox) holds the k×k neighbourhood of the output
+/// pixel with zero padding, ordered (c, ky, kx) as the weight (O, C, k, k).
+struct Im2Col(Geometry);
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let src = data(s, l, self.name())?;
+        let (ho, wo) = g.out_hw();
+        let (img, rows) = (g.c * g.h * g.w, ho * wo * g.taps());
+        let mut out = vec![0f32; g.n * rows];
+        if rows > 0 && img > 0 {
+            out.par_chunks_mut(rows).zip(src.par_chunks(img)).for_each(|(dst, x)| g.for_each(|to, from| dst[to] = x[from]));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.n * ho * wo, g.taps()))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: each entry summed back to the pixel it was copied from.
+struct Col2Im(Geometry);
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let src = data(s, l, self.name())?;
+        let (ho, wo) = g.out_hw();
+        let (img, rows) = (g.c * g.h * g.w, ho * wo * g.taps());
+        if src.len() != g.n * rows {
+            bail!("col2im: {} values for {g:?}", src.len());
+        }
+        let mut out = vec![0f32; g.n * img];
+        if rows > 0 && img > 0 {
+            out.par_chunks_mut(img).zip(src.par_chunks(rows)).for_each(|(x, cols)| g.for_each(|from, to| x[to] += cols[from]));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// Values and gradients (input, weight, bias) equal candle's conv2d for 3×3 stride 1 and 2
+    /// (odd and even sizes) and 1×1: the same sums in another order, so 1e-4 of the largest
+    /// entry.
+    #[test]
+    fn conv_matches_candles_conv2d() {
+        let dev = Device::Cpu;
+        for (k, stride, (h, w)) in [(3, 1, (7, 6)), (3, 2, (7, 7)), (3, 2, (8, 6)), (1, 1, (5, 4))] {
+            let vm = VarMap::new();
+            let conv = Conv::new(3, 5, k, stride, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap()).unwrap();
+            let target = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap();
+            let ours = conv.forward(&x).unwrap();
+            let theirs = x.conv2d(conv.inner.weight(), k / 2, stride, 1, 1).unwrap().broadcast_add(&conv.inner.bias().unwrap().reshape((1, 5, 1, 1)).unwrap()).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "k {k} stride {stride}");
+            let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max(&(&ours - &theirs).unwrap()) < 1e-4 * max(&theirs), "k {k} stride {stride}: values");
+            let (g1, g2) = (target(&ours).backward().unwrap(), target(&theirs).backward().unwrap());
+            for t in [x.as_tensor(), conv.inner.weight(), conv.inner.bias().unwrap()] {
+                let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+                assert!(max(&(a - b).unwrap()) < 1e-4 * max(b), "k {k} stride {stride}: gradient of {:?}", t.dims());
+            }
+        }
+    }
+}

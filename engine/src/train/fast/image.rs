@@ -1,0 +1,492 @@
+//! The hand-derived training step of the class-conditional image MLP (`images::mlp::ImageMlp`):
+//! the weighted denoising loss mean_i w_i·mean_j (D_ij − x0_ij)² with
+//! D = c_skip y + c_out F(c_in y; c_noise, c), y = x0 + σ ε, F = MLP([c_in y, sin/cos(c_noise f_k),
+//! E[c]]) — EDM's loss when w = λ(σ) and the coefficients are EDM's, multi-σ and continuous-time
+//! DSM with other coefficients and weights ([`Rows`] carries them per image, so the objective
+//! lives in one place, `images::objective`). Forward, backward (parameters and the class
+//! embedding's rows), AdamW (weight decay 0, as the autograd path) and the EMA of the weights,
+//! over preallocated buffers.
+//!
+//! The batch is split into [`image_slices_for`]`(batch)` slices (a function of the batch size
+//! only) run at once on rayon's pool, and their gradients are summed in slice order; a batch
+//! that is one slice (up to 256 images) threads its products instead. Either way the result
+//! does not depend on the thread count.
+//!
+//! Pinned to candle's autograd of `images::run::edm_losses` by
+//! `engine/tests/fastmlp.rs::fast_image_mlp_matches_candle_autograd`.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarMap;
+use gemm::Parallelism;
+use schema::image::ImageMlpSpec;
+
+use super::*;
+use crate::images::Precond;
+
+/// Rows per slice of an image batch. Products of 128 × 1024 × 1024 are large enough for gemm's
+/// own threading (over output tiles; the sum over the inner dimension keeps its order, so the
+/// bits do not depend on the thread count — `fast_image_mlp_bits_do_not_depend_on_threads`),
+/// and splitting them further only adds gradient sums: one slice up to 256 rows.
+pub const IMAGE_SLICE_ROWS: usize = 256;
+
+/// Slices of an image batch of `n`: one per [`IMAGE_SLICE_ROWS`] rows, at least 1, at most 16.
+pub fn image_slices_for(n: usize) -> usize {
+    (n / IMAGE_SLICE_ROWS).clamp(1, 16)
+}
+
+/// The per-image numbers of one batch: σ, the loss weight and the preconditioning's
+/// coefficients, all f32 as the autograd path computes them.
+pub struct Rows {
+    pub sigma: Vec<f32>,
+    pub weight: Vec<f32>,
+    pub c_skip: Vec<f32>,
+    pub c_out: Vec<f32>,
+    pub c_in: Vec<f32>,
+    pub c_noise: Vec<f32>,
+}
+
+impl Rows {
+    pub fn new(precond: &Precond, sigma: Vec<f32>, weight: Vec<f32>) -> Self {
+        let [c_skip, c_out, c_in, c_noise] = precond.columns(&sigma);
+        Rows { sigma, weight, c_skip, c_out, c_in, c_noise }
+    }
+
+    fn range(&self, lo: usize, hi: usize) -> RowsRef<'_> {
+        RowsRef {
+            sigma: &self.sigma[lo..hi],
+            weight: &self.weight[lo..hi],
+            c_skip: &self.c_skip[lo..hi],
+            c_out: &self.c_out[lo..hi],
+            c_in: &self.c_in[lo..hi],
+            c_noise: &self.c_noise[lo..hi],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RowsRef<'a> {
+    sigma: &'a [f32],
+    weight: &'a [f32],
+    c_skip: &'a [f32],
+    c_out: &'a [f32],
+    c_in: &'a [f32],
+    c_noise: &'a [f32],
+}
+
+/// The net's shape: dims = [D + 2K + E, H, …, H, D].
+struct Shape {
+    dims: Vec<usize>,
+    dim: usize,
+    /// Fourier frequencies f_k (K of them).
+    freq: Vec<f32>,
+    /// Class-embedding width E (0 without classes).
+    emb: usize,
+}
+
+/// Elements per task of the threaded Adam update.
+const ADAM_CHUNK: usize = 1 << 16;
+
+/// One task of the threaded Adam update: matching slices of (weights, m, v, gradient).
+type AdamChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32]);
+
+/// One slice's buffers.
+struct Shard {
+    h: Vec<Vec<f32>>,
+    d: Vec<Vec<f32>>,
+    out: Vec<f32>,
+    g: Vec<f32>,
+    g2: Vec<f32>,
+    ge: Vec<f32>,
+    /// This slice's gradients, in the order of `FastImageMlp::params`.
+    grads: Vec<Vec<f32>>,
+}
+
+/// Preallocated trainer of one image MLP and batch size (see the module docs).
+pub struct FastImageMlp {
+    shape: Shape,
+    /// [layer0.weight, layer0.bias, …, out.weight, out.bias, class_emb.weight?], weights
+    /// (out × in) row-major as candle stores them.
+    params: Vec<Param>,
+    names: Vec<String>,
+    ema: Vec<Vec<f32>>,
+    ema_decay: f64,
+    lr: f64,
+    t: i32,
+    /// gemm threading inside a slice (only when there is one slice).
+    par: Parallelism,
+    shards: Vec<Shard>,
+}
+
+impl FastImageMlp {
+    /// The trainer of the MLP `spec` on `dim` pixels whose weights are in `varmap` (built by
+    /// `images::mlp::ImageMlp::new`), split as [`image_slices_for`]`(batch)`.
+    pub fn new(spec: &ImageMlpSpec, dim: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64) -> Result<Self> {
+        Self::with_slices(spec, dim, varmap, batch, lr, ema_decay, image_slices_for(batch))
+    }
+
+    /// As [`FastImageMlp::new`] with `slices` slices per batch.
+    pub fn with_slices(spec: &ImageMlpSpec, dim: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64, slices: usize) -> Result<Self> {
+        Self::with_threads(spec, dim, varmap, batch, lr, ema_decay, slices, candle_core::utils::get_num_threads())
+    }
+
+    /// As [`FastImageMlp::with_slices`], a single slice's products on `threads` threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_threads(spec: &ImageMlpSpec, dim: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64, slices: usize, threads: usize) -> Result<Self> {
+        let half = spec.emb / 2;
+        let emb = if spec.class_cond { spec.emb } else { 0 };
+        let mut dims = vec![dim + 2 * half + emb];
+        dims.extend(std::iter::repeat_n(spec.hidden, spec.depth));
+        dims.push(dim);
+        let mut names: Vec<String> = Vec::new();
+        for l in 0..=spec.depth {
+            let p = if l == spec.depth { "out".to_string() } else { format!("layer{l}") };
+            names.push(format!("{p}.weight"));
+            names.push(format!("{p}.bias"));
+        }
+        if spec.class_cond {
+            names.push("class_emb.weight".into());
+        }
+        let params = {
+            let data = varmap.data().lock().expect("varmap lock");
+            names
+                .iter()
+                .map(|n| match data.get(n) {
+                    Some(v) => Param::new(v.as_tensor()),
+                    None => Err(candle_core::Error::Msg(format!("image MLP variable `{n}` missing from the VarMap"))),
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        for (l, w) in dims.windows(2).enumerate() {
+            if params[2 * l].w.len() != w[0] * w[1] || params[2 * l + 1].w.len() != w[1] {
+                return Err(candle_core::Error::Msg(format!("image MLP layer {l} does not have shape {}×{}", w[1], w[0])));
+            }
+        }
+        let ns = slices.clamp(1, batch.max(1));
+        let rows = batch.div_ceil(ns);
+        let wmax = spec.hidden.max(dim);
+        let shards = (0..ns)
+            .map(|_| Shard {
+                h: dims[..dims.len() - 1].iter().map(|&w| vec![0.0; rows * w]).collect(),
+                d: dims[1..dims.len() - 1].iter().map(|&w| vec![0.0; rows * w]).collect(),
+                out: vec![0.0; rows * dim],
+                g: vec![0.0; rows * wmax],
+                g2: vec![0.0; rows * wmax],
+                ge: vec![0.0; rows * emb],
+                grads: params.iter().map(|p| vec![0.0; p.w.len()]).collect(),
+            })
+            .collect();
+        let ema = params.iter().map(|p| p.w.clone()).collect();
+        let shape = Shape { dims, dim, freq: crate::images::frequency_values(half), emb };
+        let par = if ns == 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        Ok(FastImageMlp { shape, params, names, ema, ema_decay, lr, t: 0, par, shards })
+    }
+
+    /// Loss and gradients (kept in each parameter's `g`) of clean images `x0` (N×D), noise
+    /// `eps` (N×D), labels (N; `NULL_CLASS` = no class, ignored without class embedding) and
+    /// the per-image numbers `rows`.
+    pub fn loss_and_grad(&mut self, x0: &[f32], eps: &[f32], labels: &[u32], rows: &Rows) -> f64 {
+        let n = rows.sigma.len();
+        let d = self.shape.dim;
+        let ns = self.shards.len();
+        let per = n.div_ceil(ns);
+        let (shape, params, par) = (&self.shape, &self.params, self.par);
+        let sums = if ns == 1 {
+            vec![slice(shape, params, &mut self.shards[0], x0, eps, labels, rows.range(0, n), n, par)]
+        } else {
+            run_slices(&mut self.shards, |k, sh| {
+                let (lo, hi) = ((k * per).min(n), ((k + 1) * per).min(n));
+                slice(shape, params, sh, &x0[lo * d..hi * d], &eps[lo * d..hi * d], &labels[lo..hi], rows.range(lo, hi), n, Parallelism::None)
+            })
+        };
+        for (i, p) in self.params.iter_mut().enumerate() {
+            // One slice: its gradient buffer becomes the parameter's (every slice overwrites
+            // all of its gradients), no copy.
+            if ns == 1 {
+                std::mem::swap(&mut p.g, &mut self.shards[0].grads[i]);
+                continue;
+            }
+            p.g.copy_from_slice(&self.shards[0].grads[i]);
+            for sh in &self.shards[1..] {
+                p.g.iter_mut().zip(&sh.grads[i]).for_each(|(a, b)| *a += b);
+            }
+        }
+        sums.iter().sum::<f64>() / n as f64
+    }
+
+    /// One AdamW step (weight decay 0) on the gradients of the last `loss_and_grad`.
+    pub fn adam_step(&mut self) {
+        self.t += 1;
+        let (t, lr) = (self.t, self.lr);
+        match self.par {
+            // Elementwise, so chunks on several threads give the same bits as one pass.
+            Parallelism::Rayon(_) => {
+                use rayon::prelude::*;
+                let mut chunks: Vec<AdamChunk> = Vec::new();
+                for p in &mut self.params {
+                    let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK));
+                    chunks.extend(parts.map(|(((w, m), v), g)| (w, m, v, g)));
+                }
+                chunks.into_par_iter().for_each(|(w, m, v, g)| adam_slices(w, m, v, g, t, lr));
+            }
+            Parallelism::None => adam_each(self.params.iter_mut(), t, lr),
+        }
+    }
+
+    /// shadow ← d·shadow + (1 − d)·w with d = min(decay, (1 + step)/(10 + step)), as the
+    /// autograd path's EMA.
+    pub fn ema_update(&mut self, step: u64) {
+        let dd = self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let (a, b) = (dd as f32, (1.0 - dd) as f32);
+        for (s, p) in self.ema.iter_mut().zip(&self.params) {
+            s.iter_mut().zip(&p.w).for_each(|(s, w)| *s = *s * a + w * b);
+        }
+    }
+
+    /// One step: loss and gradients, then AdamW and the EMA when the loss is finite; returns
+    /// the loss before the update.
+    pub fn step(&mut self, x0: &[f32], eps: &[f32], labels: &[u32], rows: &Rows, step: u64) -> f64 {
+        let l = self.loss_and_grad(x0, eps, labels, rows);
+        if l.is_finite() {
+            self.adam_step();
+            self.ema_update(step);
+        }
+        l
+    }
+
+    /// The gradient of the variable `name` (as the VarMap names it) from the last
+    /// `loss_and_grad`.
+    pub fn grad(&self, name: &str) -> Option<&[f32]> {
+        self.names.iter().position(|n| n == name).map(|i| &self.params[i].g[..])
+    }
+
+    /// Writes the current weights into the VarMap's variables.
+    pub fn store(&self, varmap: &VarMap) -> Result<()> {
+        self.write(varmap, self.params.iter().map(|p| &p.w[..]))
+    }
+
+    /// Writes the EMA weights into the VarMap's variables.
+    pub fn store_ema(&self, varmap: &VarMap) -> Result<()> {
+        self.write(varmap, self.ema.iter().map(|v| &v[..]))
+    }
+
+    fn write<'a>(&self, varmap: &VarMap, values: impl Iterator<Item = &'a [f32]>) -> Result<()> {
+        let data = varmap.data().lock().expect("varmap lock");
+        for (name, v) in self.names.iter().zip(values) {
+            let var = data.get(name).ok_or_else(|| candle_core::Error::Msg(format!("image MLP variable `{name}` missing from the VarMap")))?;
+            var.set(&Tensor::from_slice(v, var.shape(), var.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Forward and backward on one slice (`rows.sigma.len()` images of a batch of `n_total`):
+/// returns Σ_i w_i·mean_j r_ij² over the slice and leaves its gradients (already divided by
+/// `n_total`) in `sh.grads`.
+#[allow(clippy::too_many_arguments)]
+fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32], labels: &[u32], rows: RowsRef, n_total: usize, par: Parallelism) -> f64 {
+    let n = rows.sigma.len();
+    let d = net.dim;
+    let nl = net.dims.len() - 1;
+    if n == 0 {
+        sh.grads.iter_mut().for_each(|g| g.iter_mut().for_each(|v| *v = 0.0));
+        return 0.0;
+    }
+    // Input rows [c_in·y, sin(c_noise f), cos(c_noise f), E[c]].
+    let (w0, k, e) = (net.dims[0], net.freq.len(), net.emb);
+    let table = if e > 0 { Some(&params[2 * nl].w) } else { None };
+    for i in 0..n {
+        let row = &mut sh.h[0][i * w0..(i + 1) * w0];
+        let (s, ci) = (rows.sigma[i], rows.c_in[i]);
+        for j in 0..d {
+            row[j] = ci * (x0[i * d + j] + eps[i * d + j] * s);
+        }
+        for (q, &f) in net.freq.iter().enumerate() {
+            let a = rows.c_noise[i] * f;
+            row[d + q] = a.sin();
+            row[d + k + q] = a.cos();
+        }
+        if let Some(t) = table {
+            let l = labels[i] as usize;
+            row[d + 2 * k..].copy_from_slice(&t[l * e..(l + 1) * e]);
+        }
+    }
+    // Forward: z = h Wᵀ + b, then SiLU.
+    for l in 0..nl {
+        let (fi, fo) = (net.dims[l], net.dims[l + 1]);
+        let (w, b) = (&params[2 * l].w, &params[2 * l + 1].w);
+        let is_out = l + 1 == nl;
+        let (src, dst) = if is_out {
+            (&sh.h[l][..], &mut sh.out[..])
+        } else {
+            let (lo, hi) = sh.h.split_at_mut(l + 1);
+            (&lo[l][..], &mut hi[0][..])
+        };
+        for i in 0..n {
+            dst[i * fo..(i + 1) * fo].copy_from_slice(b);
+        }
+        mm(dst, src, w, n, fo, fi, false, true, true, par);
+        if !is_out {
+            let z = std::mem::take(&mut sh.h[l + 1]);
+            let mut a = std::mem::take(&mut sh.g2);
+            if a.len() < z.len() {
+                a.resize(z.len(), 0.0);
+            }
+            silu(&z[..n * fo], &mut a[..n * fo], &mut sh.d[l][..n * fo]);
+            sh.g2 = z;
+            sh.h[l + 1] = a;
+            if sh.g2.len() < n * fo {
+                sh.g2.resize(n * fo, 0.0);
+            }
+        }
+    }
+    // r = c_skip·y + c_out·F − x0; loss_i = w_i·mean_j r²; ∂L/∂F = (2 w_i c_out,i /(N·D))·r.
+    let mut loss = 0.0f64;
+    for i in 0..n {
+        let (s, cs, co) = (rows.sigma[i], rows.c_skip[i], rows.c_out[i]);
+        let k = 2.0 * rows.weight[i] * co / (n_total * d) as f32;
+        let mut acc = 0.0f32;
+        for j in 0..d {
+            let x = x0[i * d + j];
+            let y = x + eps[i * d + j] * s;
+            let r = cs * y + co * sh.out[i * d + j] - x;
+            acc += r * r;
+            sh.g[i * d + j] = k * r;
+        }
+        loss += (rows.weight[i] * acc / d as f32) as f64;
+    }
+    // Backward.
+    for l in (0..nl).rev() {
+        let (fi, fo) = (net.dims[l], net.dims[l + 1]);
+        let gz = &sh.g[..n * fo];
+        let (gw, rest) = sh.grads[2 * l..].split_first_mut().expect("weight");
+        mm(gw, gz, &sh.h[l], fo, fi, n, true, false, false, par);
+        col_sums(&mut rest[0], gz, n, fo);
+        let w = &params[2 * l].w;
+        if l > 0 {
+            mm(&mut sh.g2, gz, w, n, fi, fo, false, false, false, par);
+            for (g, dv) in sh.g2[..n * fi].iter_mut().zip(&sh.d[l - 1][..n * fi]) {
+                *g *= dv;
+            }
+            std::mem::swap(&mut sh.g, &mut sh.g2);
+        } else if e > 0 {
+            // ∂L/∂E[c] = Σ over the slice's images of class c of (gz W)[:, embedding columns].
+            let off = fi - e;
+            assert!(sh.ge.len() >= n * e && gz.len() >= n * fo && w.len() >= fo * fi);
+            // SAFETY: rows i < n of gz (stride fo), columns off..off+e of W (row stride fi)
+            // and rows of ge (stride e) are in bounds by the assert above.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    e,
+                    fo,
+                    sh.ge.as_mut_ptr(),
+                    1,
+                    e as isize,
+                    false,
+                    gz.as_ptr(),
+                    1,
+                    fo as isize,
+                    w.as_ptr().add(off),
+                    1,
+                    fi as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            let gt = &mut sh.grads[2 * nl];
+            gt.iter_mut().for_each(|v| *v = 0.0);
+            for i in 0..n {
+                let c = labels[i] as usize;
+                for (g, v) in gt[c * e..(c + 1) * e].iter_mut().zip(&sh.ge[i * e..(i + 1) * e]) {
+                    *g += v;
+                }
+            }
+        }
+    }
+    loss
+}
+
+/// The image MLP's inference pass over plain buffers (the samplers' and "which digit"'s hot
+/// loop): D(x; σ, c) with the weights the VarMap holds when it is built (the EMA weights after
+/// training), products threaded by gemm as in training.
+pub struct ImageForward {
+    shape: Shape,
+    /// (weight, bias) per layer, weights transposed: (in × out) row-major.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    table: Vec<f32>,
+    precond: Precond,
+    par: Parallelism,
+    bufs: [Vec<f32>; 3],
+}
+
+impl ImageForward {
+    pub fn new(spec: &ImageMlpSpec, dim: usize, precond: Precond, varmap: &VarMap) -> Result<Self> {
+        let trainer = FastImageMlp::with_threads(spec, dim, varmap, 1, 0.0, 0.0, 1, 1)?;
+        let FastImageMlp { shape, mut params, .. } = trainer;
+        let table = if shape.emb > 0 { params.pop().map(|p| p.w).unwrap_or_default() } else { Vec::new() };
+        // Weights stored transposed (in × out) so the products stream contiguous rows.
+        let layers = params
+            .chunks_exact_mut(2)
+            .zip(shape.dims.windows(2))
+            .map(|(p, io)| {
+                let (fi, fo) = (io[0], io[1]);
+                let w = &p[0].w;
+                let wt: Vec<f32> = (0..fi * fo).map(|q| w[(q % fo) * fi + q / fo]).collect();
+                (wt, std::mem::take(&mut p[1].w))
+            })
+            .collect();
+        let threads = candle_core::utils::get_num_threads();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        Ok(ImageForward { shape, layers, table, precond, par, bufs: Default::default() })
+    }
+
+    /// D(x; σ_i, labels) for the rows of `x` (N×D), one σ per row, into `out` (N×D); labels
+    /// as in training (`NULL_CLASS`: no class; ignored without a class embedding).
+    pub fn denoise(&mut self, x: &[f32], sigma: &[f32], labels: &[u32], out: &mut [f32]) {
+        let net = &self.shape;
+        let (d, w0, k, e) = (net.dim, net.dims[0], net.freq.len(), net.emb);
+        let n = x.len() / d;
+        let [c_skip, c_out, c_in, c_noise] = self.precond.columns(sigma);
+        let [h, z, dd] = &mut self.bufs;
+        h.resize(n * w0, 0.0);
+        for i in 0..n {
+            let (c_in, c_noise) = (c_in[i], c_noise[i]);
+            let row = &mut h[i * w0..(i + 1) * w0];
+            for j in 0..d {
+                row[j] = c_in * x[i * d + j];
+            }
+            for (q, &f) in net.freq.iter().enumerate() {
+                let a = c_noise * f;
+                row[d + q] = a.sin();
+                row[d + k + q] = a.cos();
+            }
+            if e > 0 {
+                let l = labels[i] as usize;
+                row[d + 2 * k..].copy_from_slice(&self.table[l * e..(l + 1) * e]);
+            }
+        }
+        let nl = self.layers.len();
+        for (l, (w, b)) in self.layers.iter().enumerate() {
+            let (fi, fo) = (net.dims[l], net.dims[l + 1]);
+            z.resize(n * fo, 0.0);
+            for i in 0..n {
+                z[i * fo..(i + 1) * fo].copy_from_slice(b);
+            }
+            mm(z, h, w, n, fo, fi, false, false, true, self.par);
+            if l + 1 < nl {
+                h.resize(n * fo, 0.0);
+                dd.resize(n * fo, 0.0);
+                silu(&z[..n * fo], &mut h[..n * fo], &mut dd[..n * fo]);
+            }
+        }
+        for i in 0..n {
+            for j in i * d..(i + 1) * d {
+                out[j] = c_skip[i] * x[j] + c_out[i] * z[j];
+            }
+        }
+    }
+}
