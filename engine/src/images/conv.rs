@@ -4,10 +4,11 @@
 //! stride) is an [`Im2Col`] custom op (NCHW → rows of C·k·k taps, backward = its adjoint
 //! col2im) followed by candle's matmul (gemm) against the (O, C·k·k) weight, so candle's
 //! autograd differentiates everything but the gather, whose adjoint is written here. On other
-//! devices [`Conv`] is candle's conv2d. Pinned to candle's conv2d (values and gradients) by
+//! devices [`Conv`] is candle's conv2d. The product's (pixel, channel) rows become NCHW with the
+//! bias added in one op ([`ToNchw`], its backward written here too). Pinned to candle's conv2d (values and gradients) by
 //! `conv_matches_candles_conv2d`.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shape, Tensor, bail};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
@@ -37,10 +38,9 @@ impl Module for Conv {
         let o = wt.dim(0)?;
         let y = cols.matmul(&wt.reshape((o, geo.taps()))?.t()?)?;
         let (ho, wo) = geo.out_hw();
-        let y = y.reshape((n, ho, wo, o))?.permute((0, 3, 1, 2))?;
         match self.inner.bias() {
-            Some(b) => y.broadcast_add(&b.reshape((1, o, 1, 1))?),
-            None => Ok(y),
+            Some(b) => y.contiguous()?.apply_op2(&b.contiguous()?, ToNchw { n, hw: ho * wo, o })?.reshape((n, o, ho, wo)),
+            None => y.reshape((n, ho, wo, o))?.permute((0, 3, 1, 2)),
         }
     }
 }
@@ -155,6 +155,88 @@ impl CustomOp1 for Col2Im {
             out.par_chunks_mut(img).zip(src.par_chunks(rows)).for_each(|(x, cols)| g.for_each(|from, to| x[to] += cols[from]));
         }
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+/// The product's rows (N·P, O), P = Ho·Wo pixels per image, plus the bias (O) → (N, O, P):
+/// the transpose to channels-first and the bias add in one pass (candle would run a strided
+/// copy and a broadcast add, and their backward a copy and a reduction).
+#[derive(Clone, Copy)]
+struct ToNchw {
+    n: usize,
+    hw: usize,
+    o: usize,
+}
+
+impl CustomOp2 for ToNchw {
+    fn name(&self) -> &'static str {
+        "to-nchw-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, b) = (data(s1, l1, self.name())?, data(s2, l2, self.name())?);
+        let (img, hw, o) = (self.hw * self.o, self.hw, self.o);
+        if y.len() != self.n * img || b.len() != o {
+            bail!("to-nchw-bias: {} values and {} biases for {} images of {hw}×{o}", y.len(), b.len(), self.n);
+        }
+        let mut out = vec![0f32; y.len()];
+        if img > 0 {
+            out.par_chunks_mut(img).zip(y.par_chunks(img)).for_each(|(dst, y)| {
+                for (c, (dst, &b)) in dst.chunks_mut(hw).zip(b).enumerate() {
+                    for (p, d) in dst.iter_mut().enumerate() {
+                        *d = y[p * o + c] + b;
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((self.n, o, hw))))
+    }
+
+    fn bwd(&self, _y: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let all = grad.contiguous()?.apply_op1_no_bwd(&FromNchw(*self))?;
+        let len = self.n * self.hw * self.o;
+        let dy = all.narrow(0, 0, len)?.reshape((self.n * self.hw, self.o))?;
+        let db = all.narrow(0, len, self.o)?;
+        Ok((Some(dy), Some(db)))
+    }
+}
+
+/// The backward of [`ToNchw`]: ∂L/∂out (N, O, P) → one flat tensor [∂y (N·P, O); ∂b (O)], the
+/// bias's sums taken per image and added in image order (the same bits on any thread count).
+struct FromNchw(ToNchw);
+
+impl CustomOp1 for FromNchw {
+    fn name(&self) -> &'static str {
+        "from-nchw-bias"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ToNchw { n, hw, o } = self.0;
+        let g = data(s, l, self.name())?;
+        let img = hw * o;
+        if g.len() != n * img {
+            bail!("from-nchw-bias: {} gradients for {n} images of {hw}×{o}", g.len());
+        }
+        let mut out = vec![0f32; n * img + o];
+        let mut partial = vec![0f32; n * o];
+        if img > 0 {
+            let (dy, _) = out.split_at_mut(n * img);
+            dy.par_chunks_mut(img).zip(partial.par_chunks_mut(o)).zip(g.par_chunks(img)).for_each(|((dy, db), g)| {
+                for (c, (g, db)) in g.chunks(hw).zip(db.iter_mut()).enumerate() {
+                    let mut s = 0f32;
+                    for (p, &v) in g.iter().enumerate() {
+                        dy[p * o + c] = v;
+                        s += v;
+                    }
+                    *db = s;
+                }
+            });
+        }
+        let db = &mut out[n * img..];
+        for part in partial.chunks(o.max(1)) {
+            db.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n * img + o)))
     }
 }
 

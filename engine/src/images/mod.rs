@@ -5,7 +5,8 @@
 //! its network evaluations.
 //!
 //! - [`ImageNet`]: a preconditioning around a network; [`unet`] and [`mlp`] are the two;
-//!   [`conv`]: the U-Net's convolutions as im2col + gemm on the CPU;
+//!   [`conv`]: the U-Net's convolutions as im2col + gemm on the CPU; [`norm`]: its
+//!   GroupNorm + SiLU as one fused CPU op with a hand-derived backward;
 //! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
 //!   they are tested on a Gaussian whose denoiser is exact;
 //! - [`objective`]: the training objectives (EDM, multi-σ DSM, VE and VP continuous-time DSM,
@@ -21,6 +22,7 @@ use crate::rng::Rng;
 
 pub mod conv;
 pub mod mlp;
+pub mod norm;
 pub mod objective;
 pub mod run;
 pub mod sample;

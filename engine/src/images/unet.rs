@@ -10,10 +10,11 @@
 //! label that classifier-free guidance trains with label dropout.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, GroupNorm, Linear, VarBuilder, VarMap};
+use candle_nn::{Embedding, Linear, VarBuilder, VarMap};
 use schema::image::UnetSpec;
 
 use super::conv::Conv;
+use super::norm::GroupNormSilu;
 use super::{ImageNet, Precond};
 
 /// The label that means "no class" (unconditional), one past the ten digits.
@@ -24,10 +25,10 @@ fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize) -> Res
 }
 
 struct ResBlock {
-    norm1: GroupNorm,
+    norm1: GroupNormSilu,
     conv1: Conv,
     emb: Linear,
-    norm2: GroupNorm,
+    norm2: GroupNormSilu,
     conv2: Conv,
     skip: Option<Conv>,
 }
@@ -35,20 +36,19 @@ struct ResBlock {
 impl ResBlock {
     fn new(vb: VarBuilder, cin: usize, cout: usize, emb: usize, groups: usize) -> Result<Self> {
         Ok(ResBlock {
-            norm1: candle_nn::group_norm(groups, cin, 1e-5, vb.pp("norm1"))?,
+            norm1: GroupNormSilu::new(groups, cin, 1e-5, true, vb.pp("norm1"))?,
             conv1: conv(vb.pp("conv1"), cin, cout, 3, 1)?,
             emb: candle_nn::linear(emb, cout, vb.pp("emb"))?,
-            norm2: candle_nn::group_norm(groups, cout, 1e-5, vb.pp("norm2"))?,
+            norm2: GroupNormSilu::new(groups, cout, 1e-5, true, vb.pp("norm2"))?,
             conv2: conv(vb.pp("conv2"), cout, cout, 3, 1)?,
             skip: if cin != cout { Some(conv(vb.pp("skip"), cin, cout, 1, 1)?) } else { None },
         })
     }
 
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let e = self.emb.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&e)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward(x)?)?;
+        let e = self.emb.forward(emb)?;
+        let h = self.conv2.forward(&self.norm2.forward_shifted(&h, &e)?)?;
         let skip = match &self.skip {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -69,7 +69,7 @@ pub struct Unet {
     down: Vec<(Vec<ResBlock>, Option<Conv>)>,
     mid: [ResBlock; 2],
     up: Vec<(Vec<ResBlock>, Option<Conv>)>,
-    norm_out: GroupNorm,
+    norm_out: GroupNormSilu,
     conv_out: Conv,
 }
 
@@ -113,7 +113,7 @@ impl Unet {
             let us = if i > 0 { Some(conv(vbl.pp("up"), ch, ch, 3, 1)?) } else { None };
             up.push((blocks, us));
         }
-        let norm_out = candle_nn::group_norm(g, ch, 1e-5, vb.pp("norm_out"))?;
+        let norm_out = GroupNormSilu::new(g, ch, 1e-5, true, vb.pp("norm_out"))?;
         let conv_out = conv(vb.pp("conv_out"), ch, 1, 3, 1)?;
         Ok(Unet { spec: spec.clone(), precond, conv_in, freq, emb1, emb2, class_emb, down, mid, up, norm_out, conv_out })
     }
@@ -159,7 +159,7 @@ impl ImageNet for Unet {
                 h = u.forward(&h.upsample_nearest2d(target.2, target.3)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward(&h)?)
     }
 }
 

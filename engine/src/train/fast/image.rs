@@ -18,6 +18,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarMap;
 use gemm::Parallelism;
+use rayon::prelude::*;
 use schema::image::ImageMlpSpec;
 
 use super::*;
@@ -283,6 +284,9 @@ impl FastImageMlp {
 /// returns Σ_i w_i·mean_j r_ij² over the slice and leaves its gradients (already divided by
 /// `n_total`) in `sh.grads`.
 #[allow(clippy::too_many_arguments)]
+/// Rows per rayon task in the threaded elementwise passes of [`slice`].
+const ROWS_PER_TASK: usize = 16;
+
 fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32], labels: &[u32], rows: RowsRef, n_total: usize, par: Parallelism) -> f64 {
     let n = rows.sigma.len();
     let d = net.dim;
@@ -294,8 +298,8 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
     // Input rows [c_in·y, sin(c_noise f), cos(c_noise f), E[c]].
     let (w0, k, e) = (net.dims[0], net.freq.len(), net.emb);
     let table = if e > 0 { Some(&params[2 * nl].w) } else { None };
-    for i in 0..n {
-        let row = &mut sh.h[0][i * w0..(i + 1) * w0];
+    let threaded = matches!(par, Parallelism::Rayon(t) if t > 1);
+    let input = |i: usize, row: &mut [f32]| {
         let (s, ci) = (rows.sigma[i], rows.c_in[i]);
         for j in 0..d {
             row[j] = ci * (x0[i * d + j] + eps[i * d + j] * s);
@@ -309,6 +313,12 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             let l = labels[i] as usize;
             row[d + 2 * k..].copy_from_slice(&t[l * e..(l + 1) * e]);
         }
+    };
+    // Row by row (each row's arithmetic the same on any thread, so the same bits).
+    if threaded {
+        sh.h[0][..n * w0].par_chunks_mut(w0).enumerate().for_each(|(i, row)| input(i, row));
+    } else {
+        sh.h[0][..n * w0].chunks_mut(w0).enumerate().for_each(|(i, row)| input(i, row));
     }
     // Forward: z = h Wᵀ + b, then SiLU.
     for l in 0..nl {
@@ -331,7 +341,13 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             if a.len() < z.len() {
                 a.resize(z.len(), 0.0);
             }
-            silu(&z[..n * fo], &mut a[..n * fo], &mut sh.d[l][..n * fo]);
+            if threaded {
+                // Elementwise, so chunks on several threads give the same bits as one pass.
+                let c = ROWS_PER_TASK * fo;
+                z[..n * fo].par_chunks(c).zip(a[..n * fo].par_chunks_mut(c)).zip(sh.d[l][..n * fo].par_chunks_mut(c)).for_each(|((z, a), dv)| silu(z, a, dv));
+            } else {
+                silu(&z[..n * fo], &mut a[..n * fo], &mut sh.d[l][..n * fo]);
+            }
             sh.g2 = z;
             sh.h[l + 1] = a;
             if sh.g2.len() < n * fo {
@@ -340,8 +356,7 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
         }
     }
     // r = c_skip·y + c_out·F − x0; loss_i = w_i·mean_j r²; ∂L/∂F = (2 w_i c_out,i /(N·D))·r.
-    let mut loss = 0.0f64;
-    for i in 0..n {
+    let residual = |i: usize, g: &mut [f32]| {
         let (s, cs, co) = (rows.sigma[i], rows.c_skip[i], rows.c_out[i]);
         let k = 2.0 * rows.weight[i] * co / (n_total * d) as f32;
         let mut acc = 0.0f32;
@@ -350,22 +365,46 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             let y = x + eps[i * d + j] * s;
             let r = cs * y + co * sh.out[i * d + j] - x;
             acc += r * r;
-            sh.g[i * d + j] = k * r;
+            g[j] = k * r;
         }
-        loss += (rows.weight[i] * acc / d as f32) as f64;
-    }
+        rows.weight[i] * acc / d as f32
+    };
+    // Per-image losses row by row, summed in image order.
+    let losses: Vec<f32> = if threaded {
+        sh.g[..n * d].par_chunks_mut(d).enumerate().map(|(i, g)| residual(i, g)).collect()
+    } else {
+        sh.g[..n * d].chunks_mut(d).enumerate().map(|(i, g)| residual(i, g)).collect()
+    };
+    let loss = losses.iter().map(|&v| v as f64).sum::<f64>();
     // Backward.
     for l in (0..nl).rev() {
         let (fi, fo) = (net.dims[l], net.dims[l + 1]);
         let gz = &sh.g[..n * fo];
         let (gw, rest) = sh.grads[2 * l..].split_first_mut().expect("weight");
         mm(gw, gz, &sh.h[l], fo, fi, n, true, false, false, par);
-        col_sums(&mut rest[0], gz, n, fo);
+        if threaded {
+            // Each column summed over the rows in row order, whichever thread takes it.
+            let c = 128.min(fo.max(1));
+            rest[0].par_chunks_mut(c).enumerate().for_each(|(q, out)| {
+                out.iter_mut().for_each(|v| *v = 0.0);
+                for i in 0..n {
+                    let row = &gz[i * fo + q * c..i * fo + q * c + out.len()];
+                    out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+                }
+            });
+        } else {
+            col_sums(&mut rest[0], gz, n, fo);
+        }
         let w = &params[2 * l].w;
         if l > 0 {
             mm(&mut sh.g2, gz, w, n, fi, fo, false, false, false, par);
-            for (g, dv) in sh.g2[..n * fi].iter_mut().zip(&sh.d[l - 1][..n * fi]) {
-                *g *= dv;
+            if threaded {
+                let c = ROWS_PER_TASK * fi;
+                sh.g2[..n * fi].par_chunks_mut(c).zip(sh.d[l - 1][..n * fi].par_chunks(c)).for_each(|(g, dv)| g.iter_mut().zip(dv).for_each(|(g, dv)| *g *= dv));
+            } else {
+                for (g, dv) in sh.g2[..n * fi].iter_mut().zip(&sh.d[l - 1][..n * fi]) {
+                    *g *= dv;
+                }
             }
             std::mem::swap(&mut sh.g, &mut sh.g2);
         } else if e > 0 {
@@ -480,7 +519,13 @@ impl ImageForward {
             if l + 1 < nl {
                 h.resize(n * fo, 0.0);
                 dd.resize(n * fo, 0.0);
-                silu(&z[..n * fo], &mut h[..n * fo], &mut dd[..n * fo]);
+                if matches!(self.par, Parallelism::Rayon(t) if t > 1) {
+                    // Elementwise: the same bits on any number of threads.
+                    let c = ROWS_PER_TASK * fo;
+                    z[..n * fo].par_chunks(c).zip(h[..n * fo].par_chunks_mut(c)).zip(dd[..n * fo].par_chunks_mut(c)).for_each(|((z, h), dd)| silu(z, h, dd));
+                } else {
+                    silu(&z[..n * fo], &mut h[..n * fo], &mut dd[..n * fo]);
+                }
             }
         }
         for i in 0..n {
