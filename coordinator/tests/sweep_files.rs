@@ -103,3 +103,18 @@ fn keys_set_by_one_axis_each_are_accepted() {
     let sweep = Sweep::parse(&src, Path::new("sweep.toml")).unwrap();
     assert_eq!(sweep.trials.len(), 3);
 }
+
+#[test]
+fn every_committed_sweep_expands() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let sweep = Sweep::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!sweep.trials.is_empty(), "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "only {seen} sweep files under {}", dir.display());
+}
