@@ -372,6 +372,14 @@ fn load_tls(tls: &TlsArgs) -> Result<(Option<coordinator::tls::ServerTls>, Optio
     Ok((server, ca))
 }
 
+/// The run's random token; without a random source the run cannot start.
+fn run_token() -> Result<String, ExitCode> {
+    coordinator::auth::new_token().map_err(|e| {
+        eprintln!("error: no random token: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
     let respawns = if s.respawns > 0 { format!("; {} local worker respawn(s), see report.md", s.respawns) } else { String::new() };
     eprintln!("{} trials: {} done, {} failed; results in {}{respawns}", s.trials, s.done, s.failed, out.display());
@@ -410,12 +418,9 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(code) => return code,
             };
-            let token = match coordinator::auth::new_token() {
+            let token = match run_token() {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: no random token: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let kind = launcher;
             let req = LaunchRequest {
@@ -464,12 +469,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
-            let token = match coordinator::auth::new_token() {
+            let token = match run_token() {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: no random token: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let opts = RunOptions {
                 sweep,

@@ -152,10 +152,7 @@ fn dsm_slice(net: &DsmNet, params: &[(Param, Param)], sh: &mut DsmShard, xt: &[f
             let (lo, hi) = sh.h.split_at_mut(l + 1);
             (&lo[l][..], &mut hi[0][..])
         };
-        for i in 0..n {
-            dst[i * fo..(i + 1) * fo].copy_from_slice(b);
-        }
-        mm(dst, src, w, n, fo, fi, false, true, true, par);
+        super::affine(dst, src, w, b, n, fo, fi, true, par);
         if !is_out {
             let z = std::mem::take(&mut sh.h[l + 1]);
             let mut a = std::mem::take(&mut sh.g2);

@@ -54,10 +54,7 @@ impl FastForward {
             let (fi, fo) = (self.dims[l], self.dims[l + 1]);
             let (w, b) = &self.params[l];
             z.resize(n * fo, 0.0);
-            for i in 0..n {
-                z[i * fo..(i + 1) * fo].copy_from_slice(b);
-            }
-            mm(z, h, w, n, fo, fi, false, false, true, self.par);
+            super::affine(z, h, w, b, n, fo, fi, false, self.par);
             if l + 1 < nl {
                 h.resize(n * fo, 0.0);
                 dd.resize(n * fo, 0.0);

@@ -331,10 +331,7 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             let (lo, hi) = sh.h.split_at_mut(l + 1);
             (&lo[l][..], &mut hi[0][..])
         };
-        for i in 0..n {
-            dst[i * fo..(i + 1) * fo].copy_from_slice(b);
-        }
-        mm(dst, src, w, n, fo, fi, false, true, true, par);
+        super::affine(dst, src, w, b, n, fo, fi, true, par);
         if !is_out {
             let z = std::mem::take(&mut sh.h[l + 1]);
             let mut a = std::mem::take(&mut sh.g2);
@@ -512,10 +509,7 @@ impl ImageForward {
         for (l, (w, b)) in self.layers.iter().enumerate() {
             let (fi, fo) = (net.dims[l], net.dims[l + 1]);
             z.resize(n * fo, 0.0);
-            for i in 0..n {
-                z[i * fo..(i + 1) * fo].copy_from_slice(b);
-            }
-            mm(z, h, w, n, fo, fi, false, false, true, self.par);
+            super::affine(z, h, w, b, n, fo, fi, false, self.par);
             if l + 1 < nl {
                 h.resize(n * fo, 0.0);
                 dd.resize(n * fo, 0.0);

@@ -57,6 +57,17 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
+/// A dense layer's pre-activation for `n` rows: `z[..n·fo]` = h·op(W) + b, with h n×`fi`,
+/// W `fo`×`fi` when `wt` (as stored by the trainers) or `fi`×`fo` (transposed, as the
+/// inference passes keep it), b of length `fo`.
+#[allow(clippy::too_many_arguments)]
+fn affine(z: &mut [f32], h: &[f32], w: &[f32], b: &[f32], n: usize, fo: usize, fi: usize, wt: bool, par: Parallelism) {
+    for row in z[..n * fo].chunks_exact_mut(fo) {
+        row.copy_from_slice(b);
+    }
+    mm(z, h, w, n, fo, fi, false, wt, true, par);
+}
+
 /// C (m×n, row-major) = [C +] op(A)·op(B); A is m×k (or k×m stored when `at`), B is k×n (or
 /// n×k stored when `bt`).
 #[allow(clippy::too_many_arguments)]
