@@ -9,13 +9,14 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
 use crate::data::{Mixture, MixtureSource};
-use crate::images::sample::{self, Denoiser};
-use crate::images::{self, ImageNet, Precond};
+use crate::images::sample::{self, BufferDenoiser, Denoiser};
+use crate::images::{self, Precond};
 use crate::models::{Activation, Arch, MlpScore};
 use crate::objectives::{self, ObjectiveKind, ProbeDist, TrainObjective};
 use crate::rng::Rng;
 use crate::samplers;
 use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
+use crate::train::fast::unet::FastUnet;
 use crate::train::fast::{FastDsm, FastIsm, FastSsm};
 use schema::image::{ImageMlpSpec, ImageModel, ImageSamplerKind, Schedule, UnetSpec};
 
@@ -31,8 +32,11 @@ pub enum Case {
     ImageMlp,
     /// The same step through candle's autograd.
     ImageMlpCandle,
-    /// The default U-Net's EDM training step (1.21 M parameters), batch 32, candle autograd.
+    /// The default U-Net's EDM training step (1.21 M parameters), batch 32: the hand-derived
+    /// step the CPU trials use.
     Unet,
+    /// The same step through candle's autograd.
+    UnetCandle,
     /// 18 Heun steps (35 evaluations) for 500 images with the image MLP.
     ImageMlpSample,
     /// 18 Heun steps (35 evaluations) for 50 images with the default U-Net.
@@ -50,6 +54,7 @@ impl Case {
             "image_mlp" => Case::ImageMlp,
             "image_mlp_candle" => Case::ImageMlpCandle,
             "unet" => Case::Unet,
+            "unet_candle" => Case::UnetCandle,
             "image_mlp_sample" => Case::ImageMlpSample,
             "unet_sample" => Case::UnetSample,
             _ => return None,
@@ -65,6 +70,7 @@ impl Case {
             Case::ImageMlp => "image_mlp",
             Case::ImageMlpCandle => "image_mlp_candle",
             Case::Unet => "unet",
+            Case::UnetCandle => "unet_candle",
             Case::ImageMlpSample => "image_mlp_sample",
             Case::UnetSample => "unet_sample",
         }
@@ -120,7 +126,7 @@ fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, iters: usize) -> 
 
 /// Runs one case; `dim` only applies to `ism`.
 pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
-    if matches!(case, Case::ImageMlp | Case::ImageMlpCandle | Case::Unet | Case::ImageMlpSample | Case::UnetSample) {
+    if matches!(case, Case::ImageMlp | Case::ImageMlpCandle | Case::Unet | Case::UnetCandle | Case::ImageMlpSample | Case::UnetSample) {
         return run_image(case, iters);
     }
     let dev = Device::Cpu;
@@ -212,22 +218,9 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
     Ok(BenchResult { case, dim, batch, ms, peak_mib: peak_mib() })
 }
 
-/// A fixed-label denoiser for the sampling cases.
-struct Labelled<'a> {
-    net: &'a dyn ImageNet,
-    labels: Tensor,
-}
-
-impl Denoiser for Labelled<'_> {
-    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        let s = Tensor::full(sigma as f32, x.dim(0)?, x.device())?;
-        Ok(self.net.denoise(x, &s, Some(&self.labels))?.detach())
-    }
-}
-
-/// The MLP's plain-buffer forward pass with fixed labels.
+/// A plain-buffer forward pass with fixed labels.
 struct FastLabelled {
-    fwd: ImageForward,
+    fwd: Box<dyn BufferDenoiser>,
     labels: Vec<u32>,
 }
 
@@ -250,8 +243,9 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
     let d = h * w;
     let precond = Precond::Edm { sigma_data: 0.5 };
     let mlp_spec = ImageMlpSpec { hidden: 1024, depth: 2, emb: 64, class_cond: true };
+    let unet_spec = UnetSpec { channels: 40, mults: vec![1, 2, 2], blocks: 1, emb: 160, groups: 8, class_cond: true };
     let model = match case {
-        Case::Unet | Case::UnetSample => ImageModel::Unet(UnetSpec { channels: 40, mults: vec![1, 2, 2], blocks: 1, emb: 160, groups: 8, class_cond: true }),
+        Case::Unet | Case::UnetCandle | Case::UnetSample => ImageModel::Unet(unet_spec.clone()),
         _ => ImageModel::Mlp(mlp_spec.clone()),
     };
     let varmap = VarMap::new();
@@ -261,14 +255,15 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         let n = if case == Case::UnetSample { 50 } else { 500 };
         let sched = Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 };
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
-        // The MLP samples through its plain-buffer forward pass, as CPU trials do.
-        let mut den: Box<dyn Denoiser + '_> = match case {
-            Case::ImageMlpSample => Box::new(FastLabelled { fwd: ImageForward::new(&mlp_spec, d, precond, &varmap)?, labels }),
-            _ => Box::new(Labelled { net: net.as_ref(), labels: Tensor::from_vec(labels, n, &dev)? }),
+        // Both nets sample through their plain-buffer forward passes, as CPU trials do.
+        let fwd: Box<dyn BufferDenoiser> = match case {
+            Case::ImageMlpSample => Box::new(ImageForward::new(&mlp_spec, d, precond, &varmap)?),
+            _ => Box::new(FastUnet::inference(&unet_spec, precond, h, w, &varmap, n)?),
         };
+        let mut den = FastLabelled { fwd, labels };
         let ms = median_ms(
             || {
-                sample::sample(&ImageSamplerKind::Heun, den.as_mut(), &[n, 1, h, w], &sched, &mut rng, &dev)?;
+                sample::sample(&ImageSamplerKind::Heun, &mut den, &[n, 1, h, w], &sched, &mut rng, &dev)?;
                 Ok(())
             },
             1,
@@ -276,7 +271,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         )?;
         return Ok(BenchResult { case, dim: d, batch: n, ms, peak_mib: peak_mib() });
     }
-    let batch = if case == Case::Unet { 32 } else { 128 };
+    let batch = if matches!(case, Case::Unet | Case::UnetCandle) { 32 } else { 128 };
     let x0: Vec<f32> = (0..batch * d).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
     let draw = |rng: &mut Rng| {
@@ -296,6 +291,24 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
             3,
             iters,
         )?;
+        return Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() });
+    }
+    if case == Case::Unet {
+        let mut fast = FastUnet::trainer(&unet_spec, precond, h, w, &varmap, batch, 1e-3, 0.0)?;
+        let ms = median_ms(
+            || {
+                let (sigma, weight, eps) = draw(&mut rng);
+                fast.loss_and_grad(&x0, &eps, &labels, &Rows::new(&precond, sigma, weight));
+                fast.adam_step();
+                Ok(())
+            },
+            3,
+            iters,
+        )?;
+        let p = crate::train::fast::unet::PROF.lock().unwrap();
+        let tot: f64 = p.iter().map(|x| x.1).sum();
+        let mut v = p.clone(); v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, t) in v { eprintln!("{k:12} {:5.1}%", 100.0 * t / tot); }
         return Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() });
     }
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;

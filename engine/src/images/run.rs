@@ -14,12 +14,13 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use schema::image::{ImageModel, ImageObjectiveKind, ImageSamplerKind, ImageTrial};
 
 use super::objective::{Objective, edm_weight, ssm_losses};
-use super::sample::{self, Denoiser};
+use super::sample::{self, BufferDenoiser, Denoiser};
 use super::unet::NULL_CLASS;
 use super::{ImageNet, Split, init_weights, tensor};
 use crate::error::EngineError;
 use crate::rng::{Rng, Stream};
 use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
+use crate::train::fast::unet::FastUnet;
 use crate::trial::{Progress, TrialOutcome, TrialStatus};
 
 /// σ levels of the held-out denoising loss (spanning EDM's training distribution).
@@ -27,6 +28,10 @@ pub const EVAL_SIGMAS: [f64; 5] = [0.05, 0.2, 0.5, 1.0, 2.0];
 
 /// Images per forward pass when evaluating or sampling (bounds memory).
 const CHUNK: usize = 500;
+
+/// Images per pass of the U-Net's plain-buffer inference (its activations for this many
+/// images stay allocated: about 2 MB per image at 28×28 and 40 channels).
+const UNET_PASS: usize = 64;
 
 /// The per-image denoising loss w(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with
 /// noise ε, levels σ (N,) and their weights w(σ) (N,) (EDM's λ(σ) for `edm`, see
@@ -61,10 +66,10 @@ impl Denoiser for Guided<'_> {
     }
 }
 
-/// The MLP's plain-buffer forward pass with fixed labels as a [`Denoiser`], guided as
-/// [`Guided`] when w > 0 (the unconditional pass with the null class).
+/// A plain-buffer forward pass (the MLP's or the U-Net's) with fixed labels as a [`Denoiser`],
+/// guided as [`Guided`] when w > 0 (the unconditional pass with the null class).
 struct FastGuided<'a> {
-    fwd: &'a mut ImageForward,
+    fwd: &'a mut dyn BufferDenoiser,
     labels: Vec<u32>,
     w: f64,
 }
@@ -118,11 +123,13 @@ impl Ema {
     }
 }
 
-/// The training step: candle's autograd (AdamW over the VarMap, [`Ema`]) or the hand-derived
-/// MLP step, which keeps its own weights and EMA and writes them into the VarMap on demand.
+/// The training step: candle's autograd (AdamW over the VarMap, [`Ema`]) or a hand-derived
+/// step (the MLP's or the U-Net's), which keeps its own weights and EMA and writes them into
+/// the VarMap on demand.
 enum Trainer {
     Autograd { opt: AdamW, ema: Ema },
     Fast(Box<FastImageMlp>),
+    FastUnet(Box<FastUnet>),
 }
 
 impl Trainer {
@@ -130,6 +137,7 @@ impl Trainer {
         match self {
             Trainer::Autograd { .. } => "autograd",
             Trainer::Fast(_) => "fast_image_mlp",
+            Trainer::FastUnet(_) => "fast_unet",
         }
     }
 
@@ -147,6 +155,10 @@ impl Trainer {
                 fast.store_ema(varmap)?;
                 Ok(f()?)
             }
+            Trainer::FastUnet(fast) => {
+                fast.store_ema(varmap)?;
+                Ok(f()?)
+            }
         }
     }
 
@@ -155,6 +167,7 @@ impl Trainer {
         match self {
             Trainer::Autograd { ema, .. } => Ok(ema.swap()?),
             Trainer::Fast(fast) => Ok(fast.store_ema(varmap)?),
+            Trainer::FastUnet(fast) => Ok(fast.store_ema(varmap)?),
         }
     }
 }
@@ -228,6 +241,9 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) && objective.is_denoising() => {
             Trainer::Fast(Box::new(FastImageMlp::new(spec, d, &varmap, b, cfg.train.lr, cfg.train.ema)?))
         }
+        ImageModel::Unet(spec) if crate::device::fast_paths(&dev) && objective.is_denoising() => {
+            Trainer::FastUnet(Box::new(FastUnet::trainer(spec, precond, h, w, &varmap, b, cfg.train.lr, cfg.train.ema)?))
+        }
         _ => {
             let vars = varmap.all_vars();
             let opt = AdamW::new(vars.clone(), ParamsAdamW { lr: cfg.train.lr, weight_decay: 0.0, ..Default::default() })?;
@@ -256,14 +272,8 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         let weights: Vec<f32> = sigmas.iter().map(|&s| objective.weight(s as f64) as f32).collect();
         let eps = trng.normals_f32(b * d);
         let lv = match &mut trainer {
-            Trainer::Fast(f) => {
-                let lv = f.loss_and_grad(&x, &eps, &labels, &Rows::new(&precond, sigmas, weights));
-                if lv.is_finite() {
-                    f.adam_step();
-                    f.ema_update(step);
-                }
-                lv
-            }
+            Trainer::Fast(f) => f.step(&x, &eps, &labels, &Rows::new(&precond, sigmas, weights), step),
+            Trainer::FastUnet(f) => f.step(&x, &eps, &labels, &Rows::new(&precond, sigmas, weights), step),
             Trainer::Autograd { opt, ema } => {
                 let x = tensor(&x, h, w, &dev)?;
                 let e = tensor(&eps, h, w, &dev)?;
@@ -324,9 +334,10 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     // Sampling with the EMA weights.
     trainer.use_ema_weights(&varmap)?;
     let trainer_name = trainer.name();
-    // The MLP's plain-buffer forward pass on CPU (the EMA weights, now in the VarMap).
-    let mut fast_forward = match &cfg.model {
-        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Some(ImageForward::new(spec, d, precond, &varmap)?),
+    // The plain-buffer forward pass on CPU (the EMA weights, now in the VarMap).
+    let mut fast_forward: Option<Box<dyn BufferDenoiser>> = match &cfg.model {
+        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Some(Box::new(ImageForward::new(spec, d, precond, &varmap)?)),
+        ImageModel::Unet(spec) if crate::device::fast_paths(&dev) => Some(Box::new(FastUnet::inference(spec, precond, h, w, &varmap, UNET_PASS)?)),
         _ => None,
     };
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
@@ -341,7 +352,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
             let end = (start + CHUNK).min(n);
             let m = end - start;
             let shape = [m, 1, h, w];
-            let (x, k) = match fast_forward.as_mut() {
+            let (x, k) = match fast_forward.as_deref_mut() {
                 Some(fwd) => {
                     let mut den = FastGuided { fwd, labels: labels[start..end].to_vec(), w: if cond { cfg.sampler.guidance } else { 0.0 } };
                     sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
@@ -388,7 +399,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     if status == TrialStatus::Ok {
         let t = Instant::now();
-        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), fast_forward.as_mut(), &eval, &samples_out, &labels_out, &dev, &mut files)?);
+        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), fast_forward.as_mut().map(|f| f.as_mut() as &mut dyn BufferDenoiser), &eval, &samples_out, &labels_out, &dev, &mut files)?);
         metrics.push(("metrics_seconds".into(), t.elapsed().as_secs_f64()));
     }
     let weights: Vec<(String, Tensor)> = {
@@ -429,7 +440,7 @@ fn digit_metrics(
     cfg: &ImageTrial,
     split: &Split,
     net: &dyn ImageNet,
-    mut fast_forward: Option<&mut ImageForward>,
+    mut fast_forward: Option<&mut dyn BufferDenoiser>,
     eval: &EvalSet,
     samples: &[Vec<f32>],
     labels: &[u32],

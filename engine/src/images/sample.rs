@@ -22,6 +22,24 @@ pub trait Denoiser {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor>;
 }
 
+/// A class-conditional denoiser on plain buffers (the CPU inference passes of the image MLP and
+/// the U-Net): D(x; σ_i, c_i) of the images x (N × D) into `out` (N × D).
+pub trait BufferDenoiser {
+    fn denoise(&mut self, x: &[f32], sigma: &[f32], labels: &[u32], out: &mut [f32]);
+}
+
+impl BufferDenoiser for crate::train::fast::image::ImageForward {
+    fn denoise(&mut self, x: &[f32], sigma: &[f32], labels: &[u32], out: &mut [f32]) {
+        crate::train::fast::image::ImageForward::denoise(self, x, sigma, labels, out)
+    }
+}
+
+impl BufferDenoiser for crate::train::fast::unet::FastUnet {
+    fn denoise(&mut self, x: &[f32], sigma: &[f32], labels: &[u32], out: &mut [f32]) {
+        crate::train::fast::unet::FastUnet::denoise(self, x, sigma, labels, out)
+    }
+}
+
 /// The σ levels σ_0 > … > σ_{N−1} and a final 0.
 pub fn schedule(s: &Schedule) -> Vec<f64> {
     let n = s.steps;

@@ -10,7 +10,9 @@
 //! - [`ism`]: exact ISM on the closed-form trace (depth 2);
 //! - [`forward`]: S(x, σ) for the samplers;
 //! - [`image`]: EDM's loss for the class-conditional image MLP (`images::mlp`), with AdamW and
-//!   the EMA of the weights.
+//!   the EMA of the weights;
+//! - [`unet`]: the same for the U-Net (`images::unet`), NHWC buffers, im2col + gemm
+//!   convolutions, GroupNorm + SiLU, and its inference pass.
 //!
 //! Architecture Invariant: each step is pinned to candle's autograd of the same loss by tests
 //! (`engine/tests/fastmlp.rs`).
@@ -36,6 +38,7 @@ pub mod forward;
 pub mod image;
 pub mod ism;
 pub mod ssm;
+pub mod unet;
 
 pub use dsm::FastDsm;
 pub use forward::FastForward;
