@@ -2,7 +2,8 @@
 //! autograd of the same net (`images::unet::Unet`): same loss, every gradient, one AdamW step
 //! and an EMA update; the inference pass against candle's denoiser; bits independent of the
 //! thread count. Shapes cover odd image sizes (7 → 4 → 7 on the way up), several blocks per
-//! level, no class embedding and every preconditioning.
+//! level, no class embedding, every preconditioning, and both convolution paths (im2col, and
+//! the padded grid for wide images with many channels).
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
@@ -28,6 +29,8 @@ fn cases() -> Vec<Case> {
         Case { spec: spec(8, &[1, 2], 1, 8, 4, false), precond: Precond::Score { sigma_data: 0.7 }, h: 7, w: 6, n: 4 },
         Case { spec: spec(4, &[1], 1, 8, 2, true), precond: Precond::Eps, h: 5, w: 5, n: 2 },
         Case { spec: spec(8, &[1, 2], 1, 8, 4, true), precond: Precond::Score { sigma_data: 0.5 }, h: 10, w: 6, n: 3 },
+        // ≥ 16 channels on images ≥ 16 wide: the convolutions without im2col (and 17 rows).
+        Case { spec: spec(16, &[1, 2], 1, 16, 4, true), precond: Precond::Edm { sigma_data: 0.5 }, h: 18, w: 16, n: 2 },
     ]
 }
 
@@ -172,7 +175,9 @@ fn fast_unet_inference_matches_candle_denoiser() {
 #[test]
 fn fast_unet_bits_do_not_depend_on_threads() {
     let dev = Device::Cpu;
-    let c = &cases()[0];
+    // The wide case: both convolution paths, and runs of images in the weight gradients.
+    let all = cases();
+    let c = all.iter().find(|c| c.w >= 16).expect("a case with images 16 wide");
     let vm = VarMap::new();
     images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.h, c.w, &vm, &dev).unwrap();
     let mut rng = Rng::new(5);

@@ -301,8 +301,8 @@ pub struct FastUnet {
     wparts: Vec<f32>,
     /// Whether each buffer's gradient holds a contribution yet in this backward pass.
     written: Vec<bool>,
-    /// GroupNorm backward's ȳ.
-    ybar: Vec<f32>,
+    /// SiLU′(y) of each GroupNorm layer's output (training only; its backward's ȳ after).
+    dsilu: Vec<Vec<f32>>,
     /// Per-image partial sums of per-channel gradients (GroupNorm's γ and β).
     partial: Vec<f32>,
     labels: Vec<u32>,
@@ -354,7 +354,6 @@ impl FastUnet {
         let grad: Vec<Vec<f32>> = if train { prog.bufs.iter().map(|b| vec![0.0; cap * b.len()]).collect() } else { Vec::new() };
         let stats = prog.gn_groups.iter().map(|&g| vec![0.0; cap * g * 2]).collect();
         let mut cols = 0;
-        let mut widest = 0;
         let mut kernel = 0;
         for op in &prog.ops {
             if let Op::Conv { src, dst, k, .. } = *op {
@@ -362,9 +361,6 @@ impl FastUnet {
                 // The forward's columns, and the backward's of ∂Y (stride 1).
                 cols = cols.max(o.pixels() * k * k * s.c).max(s.pixels() * k * k * o.c);
                 kernel = kernel.max(k * k * s.c * o.c);
-            }
-            if let Op::Gn { src, .. } = *op {
-                widest = widest.max(prog.bufs[src].len());
             }
         }
         let maxc = prog.bufs.iter().map(|b| b.c).max().unwrap_or(1);
@@ -387,7 +383,7 @@ impl FastUnet {
             wflip: if train { vec![0.0; kernel] } else { Vec::new() },
             wparts: if train { vec![0.0; WGRAD_PARTS * (kernel + maxc)] } else { Vec::new() },
             written: vec![false; prog.bufs.len()],
-            ybar: if train { vec![0.0; cap * widest] } else { Vec::new() },
+            dsilu: prog.ops.iter().filter_map(|op| if let Op::Gn { src, .. } = op { Some(if train { vec![0.0; cap * prog.bufs[*src].len()] } else { Vec::new() }) } else { None }).collect(),
             partial: if train { vec![0.0; cap * 2 * maxc] } else { Vec::new() },
             labels: vec![NULL_CLASS; cap],
             coefs: Default::default(),
@@ -479,7 +475,8 @@ impl FastUnet {
                             &zeros
                         }
                     };
-                    gn_forward(&self.act[src][..n * s.len()], sh, &mut out[..n * s.len()], &mut self.stats[stat], &self.params[gamma].w, &self.params[beta].w, s, groups);
+                    let dsilu = if self.train { Some(&mut self.dsilu[stat][..n * s.len()]) } else { None };
+                    gn_forward(&self.act[src][..n * s.len()], sh, &mut out[..n * s.len()], dsilu, &mut self.stats[stat], &self.params[gamma].w, &self.params[beta].w, s, groups);
                     self.act[dst] = out;
                 }
                 Op::AddScale { a, b, dst, scale } => {
@@ -633,6 +630,13 @@ impl FastUnet {
                         flip_kernel(wt, &mut self.wflip, k, s.c, o.c);
                         let wide = k * k * o.c;
                         let wflip = &self.wflip[..wide * s.c];
+                        if let Some(per) = implicit_scratch(o, s, k, 1).filter(|&per| per * n <= self.cols.len()) {
+                            dx_n.par_chunks_mut(s.len()).zip(dy.par_chunks(o.len())).zip(self.cols.par_chunks_mut(per)).for_each(|((dx, dy), scratch)| {
+                                conv_implicit(dy, dx, scratch, wflip, None, acc, o, s, k);
+                            });
+                            self.grad[src] = dx;
+                            continue;
+                        }
                         dx_n.par_chunks_mut(CONV_ROWS * s.c).zip(self.cols.par_chunks_mut(CONV_ROWS * wide)).enumerate().for_each(|(i, (dx, cols))| {
                             let r = dx.len() / s.c;
                             im2col_rows(dy, &mut cols[..r * wide], o, s, k, 1, i * CONV_ROWS);
@@ -703,12 +707,11 @@ impl FastUnet {
                         &self.grad[dst][..len],
                         &self.stats[stat],
                         &self.params[gamma].w,
-                        &self.params[beta].w,
                         s,
                         groups,
                         &mut dx[..len],
                         &mut ds,
-                        &mut self.ybar[..len],
+                        &mut self.dsilu[stat][..len],
                         &mut self.partial[..n * 2 * s.c],
                     );
                     self.grad[src] = dx;
@@ -904,7 +907,7 @@ fn im2col_rows(x: &[f32], cols: &mut [f32], s: Buf, o: Buf, k: usize, stride: us
             if stride == 1 && ix0 >= 0 && ix0 + k as isize <= s.w as isize {
                 // The k taps of this row are k adjacent pixels: one copy.
                 let from = (iy as usize * s.w + ix0 as usize) * s.c;
-                dst.copy_from_slice(&x[from..from + k * s.c]);
+                copy(dst, &x[from..from + k * s.c]);
                 continue;
             }
             for kx in 0..k {
@@ -914,10 +917,19 @@ fn im2col_rows(x: &[f32], cols: &mut [f32], s: Buf, o: Buf, k: usize, stride: us
                     d.iter_mut().for_each(|v| *v = 0.0);
                 } else {
                     let from = (iy as usize * s.w + ix as usize) * s.c;
-                    d.copy_from_slice(&x[from..from + s.c]);
+                    copy(d, &x[from..from + s.c]);
                 }
             }
         }
+    }
+}
+
+/// `dst` ← `src` (equal lengths) as an inlined loop: the runs im2col copies are a few hundred
+/// bytes, where a `memmove` call costs more than the copy.
+#[inline(always)]
+fn copy(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
     }
 }
 
@@ -928,15 +940,112 @@ fn conv_forward(x: &[f32], y: &mut [f32], cols: &mut [f32], w: &[f32], b: &[f32]
     let taps = k * k * s.c;
     if k == 1 && stride == 1 {
         y.par_chunks_mut(CONV_ROWS * o.c).zip(x.par_chunks(CONV_ROWS * s.c)).for_each(|(y, a)| {
-            affine(y, a, w, b, y.len() / o.c, o.c, taps, false, Parallelism::None);
+            mm(y, a, w, y.len() / o.c, o.c, taps, false, false, false, Parallelism::None);
+            add_bias(y, b);
+        });
+        return;
+    }
+    let n = x.len() / s.len();
+    if let Some(per) = implicit_scratch(s, o, k, stride).filter(|&per| per * n <= cols.len()) {
+        y.par_chunks_mut(o.len()).zip(x.par_chunks(s.len())).zip(cols.par_chunks_mut(per)).for_each(|((y, x), scratch)| {
+            conv_implicit(x, y, scratch, w, Some(b), false, s, o, k);
         });
         return;
     }
     y.par_chunks_mut(CONV_ROWS * o.c).zip(cols.par_chunks_mut(CONV_ROWS * taps)).enumerate().for_each(|(i, (y, cols))| {
         let r = y.len() / o.c;
         im2col_rows(x, &mut cols[..r * taps], s, o, k, stride, i * CONV_ROWS);
-        affine(y, cols, w, b, r, o.c, taps, false, Parallelism::None);
+        mm(y, cols, w, r, o.c, taps, false, false, false, Parallelism::None);
+        add_bias(y, b);
     });
+}
+
+/// Each row of `y` (O values) plus b.
+fn add_bias(y: &mut [f32], b: &[f32]) {
+    for row in y.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
+}
+
+/// Scratch floats per image of [`conv_implicit`], where that path is the faster one: stride 1,
+/// k > 1, images at least 16 pixels wide (the padded grid wastes (W + k − 1)/W of the
+/// products) and at least 16 channels in.
+fn implicit_scratch(s: Buf, o: Buf, k: usize, stride: usize) -> Option<usize> {
+    (stride == 1 && k > 1 && s.w >= 16 && s.c >= 16).then(|| {
+        let wp = s.w + k - 1;
+        (s.h * wp + k) * s.c + s.h * wp * o.c
+    })
+}
+
+/// One image's k×k, stride-1 convolution without im2col: the image is copied once into rows
+/// padded to W + k − 1 columns, and each tap (ky, kx) is one product of the (O × C) kernel
+/// slice with a contiguous run of that buffer (the padded pixels shifted by the tap, read in
+/// place: gemm multiplies it unpacked), added into an output grid of the same padded width
+/// whose k − 1 extra columns are dropped when the valid pixels (plus bias) are copied out.
+/// Output rows whose tap falls above or below the image are left out of that tap's product.
+/// With `b`, y = conv + b; without, y = conv, or y += conv when `acc` (the backward's ∂X).
+#[allow(clippy::too_many_arguments)]
+fn conv_implicit(x: &[f32], y: &mut [f32], scratch: &mut [f32], w: &[f32], b: Option<&[f32]>, acc: bool, s: Buf, o: Buf, k: usize) {
+    let (c, oc, p) = (s.c, o.c, k / 2);
+    let wp = s.w + k - 1;
+    let (xp, grid) = scratch.split_at_mut((s.h * wp + k) * c);
+    let grid = &mut grid[..s.h * wp * oc];
+    for (iy, row) in xp[..s.h * wp * c].chunks_exact_mut(wp * c).enumerate() {
+        row[..p * c].iter_mut().for_each(|v| *v = 0.0);
+        row[p * c..(p + s.w) * c].copy_from_slice(&x[iy * s.w * c..(iy + 1) * s.w * c]);
+        row[(p + s.w) * c..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    xp[s.h * wp * c..].iter_mut().for_each(|v| *v = 0.0);
+    // The middle row of taps covers every output row: it goes first and writes the grid.
+    let order = (0..k).map(|kx| (p, kx)).chain((0..k).filter(|&ky| ky != p).flat_map(|ky| (0..k).map(move |kx| (ky, kx))));
+    for (i, (ky, kx)) in order.enumerate() {
+        let y0 = p.saturating_sub(ky);
+        let y1 = (s.h + p).saturating_sub(ky).min(s.h);
+        if y1 <= y0 {
+            continue;
+        }
+        let cols = (y1 - y0) * wp;
+        let src = ((y0 + ky - p) * wp + kx) * c;
+        let tap = (ky * k + kx) * c * oc;
+        assert!(src + (cols - 1) * c + c <= xp.len() && y0 * wp * oc + cols * oc <= grid.len() && tap + c * oc <= w.len());
+        // SAFETY: the assert bounds every index gemm touches: dst (O × cols) at column stride
+        // O, lhs the (O × C) slice at column stride O, rhs (C × cols) at column stride C.
+        unsafe {
+            gemm::gemm(
+                oc,
+                cols,
+                c,
+                grid.as_mut_ptr().add(y0 * wp * oc),
+                oc as isize,
+                1,
+                i > 0,
+                w.as_ptr().add(tap),
+                oc as isize,
+                1,
+                xp.as_ptr().add(src),
+                c as isize,
+                1,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+    for (oy, out) in y.chunks_exact_mut(o.w * oc).enumerate() {
+        let g = &grid[oy * wp * oc..(oy * wp + o.w) * oc];
+        match (b, acc) {
+            (Some(b), _) => {
+                for (out, g) in out.chunks_exact_mut(oc).zip(g.chunks_exact(oc)) {
+                    out.iter_mut().zip(g).zip(b).for_each(|((v, g), b)| *v = g + b);
+                }
+            }
+            (None, true) => out.iter_mut().zip(g).for_each(|(v, g)| *v += g),
+            (None, false) => out.copy_from_slice(g),
+        }
+    }
 }
 
 /// ∂W = im2col(X)ᵀ ḡ ((k·k·C) × O) and ∂b = Σ_rows ḡ as [`WGRAD_PARTS`] partial sums of ∂Wᵀ = ḡᵀ im2col(X) over
@@ -944,6 +1053,13 @@ fn conv_forward(x: &[f32], y: &mut [f32], cols: &mut [f32], w: &[f32], b: &[f32]
 /// run at once and added in order.
 #[allow(clippy::too_many_arguments)]
 fn weight_grad(x: &[f32], dy: &[f32], cols: &mut [f32], parts: &mut [f32], gw: &mut [f32], gb: &mut [f32], s: Buf, o: Buf, k: usize, stride: usize) {
+    let n = x.len() / s.len();
+    if let Some(per) = implicit_scratch(s, o, k, stride) {
+        let np = WGRAD_PARTS.min(n).max(1);
+        if np * per <= cols.len() {
+            return weight_grad_implicit(x, dy, cols, parts, gw, gb, s, o, k, np, per);
+        }
+    }
     let taps = k * k * s.c;
     let rows = dy.len() / o.c;
     let tasks = rows.div_ceil(CONV_ROWS);
@@ -992,6 +1108,89 @@ fn weight_grad(x: &[f32], dy: &[f32], cols: &mut [f32], parts: &mut [f32], gw: &
     }
 }
 
+/// [`weight_grad`] without im2col, for the shapes of [`conv_implicit`]: `np` fixed runs of
+/// images, each image's x padded and ḡ laid out on the same padded grid (zeros in the extra
+/// columns), and per tap ∂W_tap (C × O) += (x shifted by the tap)ᵀ ḡ over the rows the tap
+/// reaches, one product each, unpacked; the runs' sums added in order.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_implicit(x: &[f32], dy: &[f32], cols: &mut [f32], parts: &mut [f32], gw: &mut [f32], gb: &mut [f32], s: Buf, o: Buf, k: usize, np: usize, per: usize) {
+    let n = x.len() / s.len();
+    let (c, oc, p) = (s.c, o.c, k / 2);
+    let wp = s.w + k - 1;
+    let size = k * k * c * oc + oc;
+    parts[..np * size].par_chunks_mut(size).zip(cols[..np * per].par_chunks_mut(per)).enumerate().for_each(|(pi, (part, scratch))| {
+        let (xp, grid) = scratch.split_at_mut((s.h * wp + k) * c);
+        let grid = &mut grid[..s.h * wp * oc];
+        let (dw, db) = part.split_at_mut(k * k * c * oc);
+        let (i0, i1) = (pi * n / np, (pi + 1) * n / np);
+        for img in i0..i1 {
+            let x = &x[img * s.len()..(img + 1) * s.len()];
+            let dy = &dy[img * o.len()..(img + 1) * o.len()];
+            for (iy, row) in xp[..s.h * wp * c].chunks_exact_mut(wp * c).enumerate() {
+                row[..p * c].iter_mut().for_each(|v| *v = 0.0);
+                row[p * c..(p + s.w) * c].copy_from_slice(&x[iy * s.w * c..(iy + 1) * s.w * c]);
+                row[(p + s.w) * c..].iter_mut().for_each(|v| *v = 0.0);
+            }
+            xp[s.h * wp * c..].iter_mut().for_each(|v| *v = 0.0);
+            for (oy, row) in grid.chunks_exact_mut(wp * oc).enumerate() {
+                row[..o.w * oc].copy_from_slice(&dy[oy * o.w * oc..(oy + 1) * o.w * oc]);
+                row[o.w * oc..].iter_mut().for_each(|v| *v = 0.0);
+            }
+            for ky in 0..k {
+                let y0 = p.saturating_sub(ky);
+                let y1 = (s.h + p).saturating_sub(ky).min(s.h);
+                if y1 <= y0 {
+                    continue;
+                }
+                for kx in 0..k {
+                    let rows = (y1 - y0) * wp;
+                    let src = ((y0 + ky - p) * wp + kx) * c;
+                    let tap = (ky * k + kx) * c * oc;
+                    let first = img == i0;
+                    assert!(src + (rows - 1) * c + c <= xp.len() && y0 * wp * oc + rows * oc <= grid.len() && tap + c * oc <= dw.len());
+                    // SAFETY: the assert bounds every index: dst (C × O) row-major, lhs
+                    // (C × rows) at column stride C, rhs (rows × O) row-major.
+                    unsafe {
+                        gemm::gemm(
+                            c,
+                            oc,
+                            rows,
+                            dw.as_mut_ptr().add(tap),
+                            1,
+                            oc as isize,
+                            !first,
+                            xp.as_ptr().add(src),
+                            c as isize,
+                            1,
+                            grid.as_ptr().add(y0 * wp * oc),
+                            1,
+                            oc as isize,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                }
+            }
+            if img == i0 {
+                db.iter_mut().for_each(|v| *v = 0.0);
+            }
+            for row in dy.chunks_exact(oc) {
+                db.iter_mut().zip(row).for_each(|(b, v)| *b += v);
+            }
+        }
+    });
+    gw.copy_from_slice(&parts[..size - oc]);
+    gb.copy_from_slice(&parts[size - oc..size]);
+    for q in 1..np {
+        gw.iter_mut().zip(&parts[q * size..q * size + size - oc]).for_each(|(a, b)| *a += b);
+        gb.iter_mut().zip(&parts[q * size + size - oc..(q + 1) * size]).for_each(|(a, b)| *a += b);
+    }
+}
+
 /// W̃[(ky·k + kx)·O + o, c] = W[((k−1−ky)·k + (k−1−kx))·C + c, o] of a k×k kernel W
 /// ((k·k·C) × O) into `out` ((k·k·O) × C).
 fn flip_kernel(w: &[f32], out: &mut [f32], k: usize, c: usize, o: usize) {
@@ -1037,11 +1236,20 @@ fn col2im(cols: &[f32], dx: &mut [f32], s: Buf, o: Buf, k: usize, stride: usize)
 /// SiLU(GroupNorm(x + s)) per image (x NHWC of shape `b`, s (N, C)); keeps μ and 1/σ per
 /// (image, group) in `stats`.
 #[allow(clippy::too_many_arguments)]
-fn gn_forward(x: &[f32], shift: &[f32], out: &mut [f32], stats: &mut [f32], gamma: &[f32], beta: &[f32], b: Buf, groups: usize) {
+fn gn_forward(x: &[f32], shift: &[f32], out: &mut [f32], dsilu: Option<&mut [f32]>, stats: &mut [f32], gamma: &[f32], beta: &[f32], b: Buf, groups: usize) {
+    let len = b.len();
+    let mut none = [];
+    let (dsilu, dlen) = match dsilu {
+        Some(d) => (d, len),
+        None => (&mut none[..], 0),
+    };
+    // Without SiLU′ to keep (inference), each image gets an empty slice.
     let (c, p) = (b.c, b.pixels());
     let cg = c / groups;
     let m = (p * cg) as f64;
-    out.par_chunks_mut(b.len()).zip(x.par_chunks(b.len())).zip(shift.par_chunks(c)).zip(stats.par_chunks_mut(2 * groups)).for_each(|(((out, x), sh), st)| {
+    let n = x.len() / len;
+    let mut dchunks: Vec<&mut [f32]> = if dlen > 0 { dsilu.chunks_mut(dlen).collect() } else { (0..n).map(|_| &mut [][..]).collect() };
+    out.par_chunks_mut(len).zip(x.par_chunks(len)).zip(shift.par_chunks(c)).zip(stats.par_chunks_mut(2 * groups)).zip(dchunks.par_iter_mut()).for_each(|((((out, x), sh), st), ds)| {
         let mut sum = vec![0.0f32; c];
         for px in x.chunks_exact(c) {
             sum.iter_mut().zip(px).for_each(|(s, v)| *s += v);
@@ -1073,17 +1281,29 @@ fn gn_forward(x: &[f32], shift: &[f32], out: &mut [f32], stats: &mut [f32], gamm
                 bb[k] = beta[k] + off[k] * a[k];
             }
         }
-        for (o, px) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for (((o, &v), &a), &b) in o.iter_mut().zip(px).zip(&a).zip(&bb) {
-                let y = v * a + b;
-                *o = y * sigmoid(y);
+        if ds.is_empty() {
+            for (o, px) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for (((o, &v), &a), &b) in o.iter_mut().zip(px).zip(&a).zip(&bb) {
+                    let y = v * a + b;
+                    *o = y * sigmoid(y);
+                }
+            }
+        } else {
+            for ((o, px), d) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(ds.chunks_exact_mut(c)) {
+                for ((((o, &v), &a), &b), d) in o.iter_mut().zip(px).zip(&a).zip(&bb).zip(d) {
+                    let y = v * a + b;
+                    let s = sigmoid(y);
+                    *o = y * s;
+                    *d = s * (1.0 + y * (1.0 - s));
+                }
             }
         }
     });
 }
 
-/// The backward of [`gn_forward`]: adds ∂x into `dx` (writes it when not `acc`), writes ∂s (N, C) and the per-image
-/// partial sums [∂γ; ∂β] (N × 2C) into `partial`; `ybar` is scratch.
+/// The backward of [`gn_forward`]: adds ∂x into `dx` (writes it when not `acc`), writes ∂s
+/// (N, C) and the per-image partial sums [∂γ; ∂β] (N × 2C) into `partial`; `dsilu` holds
+/// the forward's SiLU′(y) and is overwritten with ȳ.
 #[allow(clippy::too_many_arguments)]
 fn gn_backward(
     acc: bool,
@@ -1092,12 +1312,11 @@ fn gn_backward(
     dout: &[f32],
     stats: &[f32],
     gamma: &[f32],
-    beta: &[f32],
     b: Buf,
     groups: usize,
     dx: &mut [f32],
     ds: &mut [f32],
-    ybar: &mut [f32],
+    dsilu: &mut [f32],
     partial: &mut [f32],
 ) {
     let (c, p) = (b.c, b.pixels());
@@ -1106,7 +1325,7 @@ fn gn_backward(
     dx.par_chunks_mut(b.len())
         .zip(x.par_chunks(b.len()))
         .zip(dout.par_chunks(b.len()))
-        .zip(ybar.par_chunks_mut(b.len()))
+        .zip(dsilu.par_chunks_mut(b.len()))
         .zip(shift.par_chunks(c))
         .zip(stats.par_chunks(2 * groups))
         .zip(ds.par_chunks_mut(c))
@@ -1124,9 +1343,7 @@ fn gn_backward(
             for ((yb, px), go) in yb.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dout.chunks_exact(c)) {
                 for k in 0..c {
                     let xh = (px[k] + off[k]) * r[k];
-                    let y = gamma[k] * xh + beta[k];
-                    let s = sigmoid(y);
-                    let v = go[k] * s * (1.0 + y * (1.0 - s));
+                    let v = go[k] * yb[k];
                     yb[k] = v;
                     db[k] += v;
                     dg[k] += v * xh;
