@@ -305,10 +305,6 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
             3,
             iters,
         )?;
-        let p = crate::train::fast::unet::PROF.lock().unwrap();
-        let tot: f64 = p.iter().map(|x| x.1).sum();
-        let mut v = p.clone(); v.sort_by(|a, b| b.1.total_cmp(&a.1));
-        for (k, t) in v { eprintln!("{k:12} {:5.1}%", 100.0 * t / tot); }
         return Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() });
     }
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;

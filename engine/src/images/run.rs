@@ -199,6 +199,38 @@ fn eval_loss(net: &dyn ImageNet, set: &EvalSet, h: usize, w: usize, sd: f64, con
     Ok(total / n as f64)
 }
 
+/// [`eval_loss`] through a plain-buffer forward pass (the CPU's).
+fn eval_loss_buffers(fwd: &mut dyn BufferDenoiser, set: &EvalSet, d: usize, sd: f64, cond: bool) -> f64 {
+    let n = set.labels.len();
+    let mut total = 0.0;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let x = &set.x[start * d..end * d];
+        let sig = &set.sigmas[start..end];
+        let y: Vec<f32> = (0..(end - start) * d).map(|j| x[j] + sig[j / d] * set.noise[start * d + j]).collect();
+        let labels: Vec<u32> = if cond { set.labels[start..end].to_vec() } else { vec![NULL_CLASS; end - start] };
+        let mut out = vec![0.0f32; y.len()];
+        fwd.denoise(&y, sig, &labels, &mut out);
+        for (i, (o, x)) in out.chunks_exact(d).zip(x.chunks_exact(d)).enumerate() {
+            let se: f64 = o.iter().zip(x).map(|(a, b)| ((a - b) * (a - b)) as f64).sum();
+            total += edm_weight(sig[i] as f64, sd) * se / d as f64;
+        }
+    }
+    total / n as f64
+}
+
+/// The plain-buffer forward pass of a trial's net on the CPU (its weights as the VarMap holds
+/// them now), or None elsewhere.
+fn buffer_net(model: &ImageModel, precond: super::Precond, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> candle_core::Result<Option<Box<dyn BufferDenoiser>>> {
+    if !crate::device::fast_paths(dev) {
+        return Ok(None);
+    }
+    Ok(Some(match model {
+        ImageModel::Mlp(spec) => Box::new(ImageForward::new(spec, h * w, precond, varmap)?),
+        ImageModel::Unet(spec) => Box::new(FastUnet::inference(spec, precond, h, w, varmap, UNET_PASS)?),
+    }))
+}
+
 /// Runs an image trial on `dev`.
 pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
     let t_setup = Instant::now();
@@ -252,7 +284,10 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     };
     let checkpoint = |step: u64, train_loss: f64, trainer: &mut Trainer, eval_seconds: &mut f64| -> Result<Vec<f64>, EngineError> {
         let t = Instant::now();
-        let l = trainer.with_ema_weights(&varmap, || eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev))?;
+        let l = trainer.with_ema_weights(&varmap, || match buffer_net(&cfg.model, precond, h, w, &varmap, &dev)? {
+            Some(mut fwd) => Ok(eval_loss_buffers(fwd.as_mut(), &eval, d, sd, cond)),
+            None => eval_loss(net.as_ref(), &eval, h, w, sd, cond, &dev),
+        })?;
         *eval_seconds += t.elapsed().as_secs_f64();
         Ok(vec![step as f64, train_loss, l])
     };
@@ -335,11 +370,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     trainer.use_ema_weights(&varmap)?;
     let trainer_name = trainer.name();
     // The plain-buffer forward pass on CPU (the EMA weights, now in the VarMap).
-    let mut fast_forward: Option<Box<dyn BufferDenoiser>> = match &cfg.model {
-        ImageModel::Mlp(spec) if crate::device::fast_paths(&dev) => Some(Box::new(ImageForward::new(spec, d, precond, &varmap)?)),
-        ImageModel::Unet(spec) if crate::device::fast_paths(&dev) => Some(Box::new(FastUnet::inference(spec, precond, h, w, &varmap, UNET_PASS)?)),
-        _ => None,
-    };
+    let mut fast_forward = buffer_net(&cfg.model, precond, h, w, &varmap, &dev)?;
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
     let mut labels_out: Vec<u32> = Vec::new();
     if status == TrialStatus::Ok && cfg.sampler.kind != ImageSamplerKind::None {

@@ -44,6 +44,9 @@ const GN_EPS: f32 = 1e-5;
 /// Elements per task of the threaded AdamW and EMA updates.
 const UPDATE_CHUNK: usize = 1 << 15;
 
+/// One task of the threaded AdamW update: matching slices of (weights, m, v, gradient).
+type UpdateChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32]);
+
 /// An activation's shape per image: `h`×`w` pixels of `c` channels (a vector: 1×1).
 #[derive(Clone, Copy, Debug)]
 struct Buf {
@@ -93,8 +96,8 @@ enum Layout {
 
 impl Layout {
     /// candle's order → this module's.
-    fn to_ours(&self, v: &[f32]) -> Vec<f32> {
-        match *self {
+    fn to_ours(self, v: &[f32]) -> Vec<f32> {
+        match self {
             Layout::Plain => v.to_vec(),
             Layout::Conv { o, c, k } => {
                 let mut out = vec![0.0; v.len()];
@@ -111,8 +114,8 @@ impl Layout {
     }
 
     /// This module's order → candle's.
-    fn to_candle(&self, v: &[f32]) -> Vec<f32> {
-        match *self {
+    fn to_candle(self, v: &[f32]) -> Vec<f32> {
+        match self {
             Layout::Plain => v.to_vec(),
             Layout::Conv { o, c, k } => {
                 let mut out = vec![0.0; v.len()];
@@ -431,7 +434,6 @@ impl FastUnet {
     fn forward(&mut self, n: usize) {
         for op in 0..self.prog.ops.len() {
             let op = self.prog.ops[op].clone();
-            let _t = Prof::new(&op, "f");
             match op {
                 Op::Conv { src, dst, k, stride, w, b } => {
                     let (s, o) = (self.prog.bufs[src], self.prog.bufs[dst]);
@@ -593,7 +595,6 @@ impl FastUnet {
     fn backward(&mut self, n: usize) {
         for op in (0..self.prog.ops.len()).rev() {
             let op = self.prog.ops[op].clone();
-            let _t = Prof::new(&op, "b");
             let dst = match op {
                 Op::Conv { dst, .. } | Op::Lin { dst, .. } | Op::Silu { dst, .. } | Op::ClassAdd { dst, .. } | Op::Gn { dst, .. } | Op::AddScale { dst, .. } | Op::Concat { dst, .. } | Op::Up { dst, .. } => dst,
             };
@@ -780,10 +781,9 @@ impl FastUnet {
 
     /// One AdamW step (weight decay 0, as the autograd path) on the last gradients.
     pub fn adam_step(&mut self) {
-        let _t = Prof(String::from("adam"), std::time::Instant::now());
         self.t += 1;
         let (t, lr) = (self.t, self.lr);
-        let mut chunks: Vec<(&mut [f32], &mut [f32], &mut [f32], &[f32])> = Vec::new();
+        let mut chunks: Vec<UpdateChunk> = Vec::new();
         for p in &mut self.params {
             let parts = p.w.chunks_mut(UPDATE_CHUNK).zip(p.m.chunks_mut(UPDATE_CHUNK)).zip(p.v.chunks_mut(UPDATE_CHUNK)).zip(p.g.chunks(UPDATE_CHUNK));
             chunks.extend(parts.map(|(((w, m), v), g)| (w, m, v, g)));
@@ -1371,18 +1371,3 @@ fn gn_backward(
         });
 }
 
-pub static PROF: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
-struct Prof(String, std::time::Instant);
-impl Prof {
-    fn new(op: &Op, d: &str) -> Self {
-        let k = format!("{d} {}", match op { Op::Conv { k, stride, .. } => format!("conv{k}s{stride}"), Op::Lin { .. } => "lin".into(), Op::Silu { .. } => "silu".into(), Op::ClassAdd { .. } => "class".into(), Op::Gn { .. } => "gn".into(), Op::AddScale { .. } => "add".into(), Op::Concat { .. } => "cat".into(), Op::Up { .. } => "up".into() });
-        Prof(k, std::time::Instant::now())
-    }
-}
-impl Drop for Prof {
-    fn drop(&mut self) {
-        let e = self.1.elapsed().as_secs_f64() * 1e3;
-        let mut p = PROF.lock().unwrap();
-        match p.iter_mut().find(|(k, _)| *k == self.0) { Some(x) => x.1 += e, None => p.push((self.0.clone(), e)) }
-    }
-}
