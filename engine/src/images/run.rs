@@ -430,7 +430,17 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     if status == TrialStatus::Ok {
         let t = Instant::now();
-        metrics.extend(digit_metrics(cfg, &split, net.as_ref(), fast_forward.as_mut().map(|f| f.as_mut() as &mut dyn BufferDenoiser), &eval, &samples_out, &labels_out, &dev, &mut files)?);
+        metrics.extend(digit_metrics(
+            cfg,
+            &split,
+            net.as_ref(),
+            fast_forward.as_mut().map(|f| f.as_mut() as &mut dyn BufferDenoiser),
+            &eval,
+            &samples_out,
+            &labels_out,
+            &dev,
+            &mut files,
+        )?);
         metrics.push(("metrics_seconds".into(), t.elapsed().as_secs_f64()));
     }
     let weights: Vec<(String, Tensor)> = {

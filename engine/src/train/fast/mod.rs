@@ -39,6 +39,7 @@ pub mod image;
 pub mod ism;
 pub mod ssm;
 pub mod unet;
+mod winograd;
 
 pub use dsm::FastDsm;
 pub use forward::FastForward;

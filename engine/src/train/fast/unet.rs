@@ -10,6 +10,11 @@
 //! GroupNorm's per-channel work vectorises across the channels of a pixel. Weights are kept in
 //! that layout and turned back into candle's (O, C, k, k) when stored or read as gradients.
 //!
+//! The 3×3 stride-1 convolutions with at least 8 channels each way (nearly all of the net's
+//! flops) go through `train::fast::winograd` instead: Winograd F(2×2, 3×3), forward and
+//! backward in the transformed domain, 2.25× fewer multiplies; the kernel is transformed from
+//! the current weights at each forward pass and reused by the backward.
+//!
 //! Backward, per layer (ḡ = ∂L/∂output):
 //! - convolution Y = im2col(X)·W + b: ∂W = im2col(X)ᵀ ḡ (the columns are rebuilt, not kept),
 //!   ∂b = Σ_rows ḡ, ∂X += col2im(ḡ Wᵀ) (im2col's adjoint: each tap's C values added back);
@@ -34,6 +39,7 @@ use rayon::prelude::*;
 use schema::image::UnetSpec;
 
 use super::image::Rows;
+use super::winograd;
 use super::{Param, adam_slices, affine, exp_f32, mm};
 use crate::images::Precond;
 use crate::images::unet::NULL_CLASS;
@@ -69,20 +75,59 @@ impl Buf {
 #[derive(Clone, Debug)]
 enum Op {
     /// k×k convolution, padding k/2, with bias; W stored (k·k·C)×O, rows (ky, kx, c).
-    Conv { src: usize, dst: usize, k: usize, stride: usize, w: usize, b: usize },
+    Conv {
+        src: usize,
+        dst: usize,
+        k: usize,
+        stride: usize,
+        w: usize,
+        b: usize,
+    },
     /// y = x Wᵀ + b on vectors, W (out × in) as candle stores it.
-    Lin { src: usize, dst: usize, w: usize, b: usize },
-    Silu { src: usize, dst: usize },
+    Lin {
+        src: usize,
+        dst: usize,
+        w: usize,
+        b: usize,
+    },
+    Silu {
+        src: usize,
+        dst: usize,
+    },
     /// y = x + E[label].
-    ClassAdd { src: usize, dst: usize, table: usize },
+    ClassAdd {
+        src: usize,
+        dst: usize,
+        table: usize,
+    },
     /// SiLU(GroupNorm(x + s)) with s the vector buffer `shift` per (image, channel).
-    Gn { src: usize, shift: Option<usize>, dst: usize, gamma: usize, beta: usize, groups: usize, stat: usize },
+    Gn {
+        src: usize,
+        shift: Option<usize>,
+        dst: usize,
+        gamma: usize,
+        beta: usize,
+        groups: usize,
+        stat: usize,
+    },
     /// y = (a + b)·scale.
-    AddScale { a: usize, b: usize, dst: usize, scale: f32 },
+    AddScale {
+        a: usize,
+        b: usize,
+        dst: usize,
+        scale: f32,
+    },
     /// Channels of `a` then of `b`.
-    Concat { a: usize, b: usize, dst: usize },
+    Concat {
+        a: usize,
+        b: usize,
+        dst: usize,
+    },
     /// Nearest upsampling to the destination's size (candle's index rule).
-    Up { src: usize, dst: usize },
+    Up {
+        src: usize,
+        dst: usize,
+    },
 }
 
 /// How a parameter is stored here relative to candle.
@@ -300,6 +345,13 @@ pub struct FastUnet {
     cols: Vec<f32>,
     /// A flipped, transposed kernel (the backward's ∂X).
     wflip: Vec<f32>,
+    /// Per op: the Winograd-transformed kernel of a 3×3 stride-1 convolution that goes through
+    /// `winograd` (16 × C × O, from the current weights), else empty.
+    wino_v: Vec<Vec<f32>>,
+    /// The Winograd passes' scratch, weight-gradient parts and summed ∂V.
+    wino_scratch: Vec<f32>,
+    wino_parts: Vec<f32>,
+    wino_dv: Vec<f32>,
     /// Partial sums of a weight gradient.
     wparts: Vec<f32>,
     /// Whether each buffer's gradient holds a contribution yet in this backward pass.
@@ -358,13 +410,25 @@ impl FastUnet {
         let stats = prog.gn_groups.iter().map(|&g| vec![0.0; cap * g * 2]).collect();
         let mut cols = 0;
         let mut kernel = 0;
+        let (mut wscratch, mut wpart, mut wdv) = (0, 0, 0);
+        let mut wino_v = Vec::with_capacity(prog.ops.len());
         for op in &prog.ops {
-            if let Op::Conv { src, dst, k, .. } = *op {
+            let mut v = Vec::new();
+            if let Op::Conv { src, dst, k, stride, .. } = *op {
                 let (s, o) = (prog.bufs[src], prog.bufs[dst]);
-                // The forward's columns, and the backward's of ∂Y (stride 1).
-                cols = cols.max(o.pixels() * k * k * s.c).max(s.pixels() * k * k * o.c);
-                kernel = kernel.max(k * k * s.c * o.c);
+                if winograd::eligible(k, stride, s.c, o.c) {
+                    let shape = wino_shape(s, o);
+                    wscratch = wscratch.max(shape.scratch(train));
+                    wpart = wpart.max(shape.part());
+                    wdv = wdv.max(16 * s.c * o.c);
+                    v = vec![0.0; 16 * s.c * o.c];
+                } else {
+                    // The forward's columns, and the backward's of ∂Y (stride 1).
+                    cols = cols.max(o.pixels() * k * k * s.c).max(s.pixels() * k * k * o.c);
+                    kernel = kernel.max(k * k * s.c * o.c);
+                }
             }
+            wino_v.push(v);
         }
         let maxc = prog.bufs.iter().map(|b| b.c).max().unwrap_or(1);
         let ema = if train { params.iter().map(|p| p.w.clone()).collect() } else { Vec::new() };
@@ -384,9 +448,17 @@ impl FastUnet {
             stats,
             cols: vec![0.0; cap * cols],
             wflip: if train { vec![0.0; kernel] } else { Vec::new() },
+            wino_v,
+            wino_scratch: vec![0.0; winograd::PARTS * wscratch],
+            wino_parts: if train { vec![0.0; winograd::PARTS * wpart] } else { Vec::new() },
+            wino_dv: if train { vec![0.0; wdv] } else { Vec::new() },
             wparts: if train { vec![0.0; WGRAD_PARTS * (kernel + maxc)] } else { Vec::new() },
             written: vec![false; prog.bufs.len()],
-            dsilu: prog.ops.iter().filter_map(|op| if let Op::Gn { src, .. } = op { Some(if train { vec![0.0; cap * prog.bufs[*src].len()] } else { Vec::new() }) } else { None }).collect(),
+            dsilu: prog
+                .ops
+                .iter()
+                .filter_map(|op| if let Op::Gn { src, .. } = op { Some(if train { vec![0.0; cap * prog.bufs[*src].len()] } else { Vec::new() }) } else { None })
+                .collect(),
             partial: if train { vec![0.0; cap * 2 * maxc] } else { Vec::new() },
             labels: vec![NULL_CLASS; cap],
             coefs: Default::default(),
@@ -432,12 +504,19 @@ impl FastUnet {
 
     /// Runs the program forward on the first `n` images loaded.
     fn forward(&mut self, n: usize) {
-        for op in 0..self.prog.ops.len() {
-            let op = self.prog.ops[op].clone();
+        for i in 0..self.prog.ops.len() {
+            let op = self.prog.ops[i].clone();
             match op {
                 Op::Conv { src, dst, k, stride, w, b } => {
                     let (s, o) = (self.prog.bufs[src], self.prog.bufs[dst]);
                     let mut out = std::mem::take(&mut self.act[dst]);
+                    if winograd::eligible(k, stride, s.c, o.c) {
+                        let v = &mut self.wino_v[i];
+                        winograd::kernel_transform(&self.params[w].w, v, s.c, o.c);
+                        winograd::forward(&self.act[src][..n * s.len()], &mut out[..n * o.len()], v, &self.params[b].w, &mut self.wino_scratch, wino_shape(s, o), n);
+                        self.act[dst] = out;
+                        continue;
+                    }
                     conv_forward(&self.act[src][..n * s.len()], &mut out[..n * o.len()], &mut self.cols, &self.params[w].w, &self.params[b].w, s, o, k, stride);
                     self.act[dst] = out;
                 }
@@ -593,10 +672,17 @@ impl FastUnet {
     /// Backward through the program (each buffer's gradient is the sum of its readers'
     /// contributions; parameters' gradients go to their `g`).
     fn backward(&mut self, n: usize) {
-        for op in (0..self.prog.ops.len()).rev() {
-            let op = self.prog.ops[op].clone();
+        for i in (0..self.prog.ops.len()).rev() {
+            let op = self.prog.ops[i].clone();
             let dst = match op {
-                Op::Conv { dst, .. } | Op::Lin { dst, .. } | Op::Silu { dst, .. } | Op::ClassAdd { dst, .. } | Op::Gn { dst, .. } | Op::AddScale { dst, .. } | Op::Concat { dst, .. } | Op::Up { dst, .. } => dst,
+                Op::Conv { dst, .. }
+                | Op::Lin { dst, .. }
+                | Op::Silu { dst, .. }
+                | Op::ClassAdd { dst, .. }
+                | Op::Gn { dst, .. }
+                | Op::AddScale { dst, .. }
+                | Op::Concat { dst, .. }
+                | Op::Up { dst, .. } => dst,
             };
             if !self.written[dst] {
                 // Read by nothing downstream: a zero gradient.
@@ -610,6 +696,29 @@ impl FastUnet {
                     let rows = n * o.pixels();
                     let taps = k * k * s.c;
                     let input = src == self.prog.input;
+                    if winograd::eligible(k, stride, s.c, o.c) {
+                        let (mut dx, acc) = if input { (Vec::new(), false) } else { self.take_grad(src, n * s.len(), false) };
+                        let [pw, pb] = self.params.get_disjoint_mut([w, b]).expect("a conv's weight and bias are two parameters");
+                        let dxn = if input { None } else { Some(&mut dx[..n * s.len()]) };
+                        winograd::backward(
+                            &self.act[src][..n * s.len()],
+                            &self.grad[dst][..rows * o.c],
+                            dxn,
+                            acc,
+                            &self.wino_v[i],
+                            &mut pw.g,
+                            &mut pb.g,
+                            &mut self.wino_scratch,
+                            &mut self.wino_parts,
+                            &mut self.wino_dv,
+                            wino_shape(s, o),
+                            n,
+                        );
+                        if !input {
+                            self.grad[src] = dx;
+                        }
+                        continue;
+                    }
                     let (mut dx, acc) = if input { (Vec::new(), false) } else { self.take_grad(src, n * s.len(), stride != 1) };
                     let dy = &self.grad[dst][..rows * o.c];
                     let x = &self.act[src][..n * s.len()];
@@ -847,6 +956,11 @@ impl FastUnet {
 }
 
 /// d += g (or d = g when not `acc`).
+/// A convolution's [`winograd::Shape`] from its input and output buffers.
+fn wino_shape(s: Buf, o: Buf) -> winograd::Shape {
+    winograd::Shape { h: s.h, w: s.w, c: s.c, o: o.c }
+}
+
 fn add_or_set(d: &mut [f32], g: &[f32], acc: bool) {
     if acc {
         d.iter_mut().zip(g).for_each(|(d, g)| *d += g);
@@ -1249,56 +1363,58 @@ fn gn_forward(x: &[f32], shift: &[f32], out: &mut [f32], dsilu: Option<&mut [f32
     let m = (p * cg) as f64;
     let n = x.len() / len;
     let mut dchunks: Vec<&mut [f32]> = if dlen > 0 { dsilu.chunks_mut(dlen).collect() } else { (0..n).map(|_| &mut [][..]).collect() };
-    out.par_chunks_mut(len).zip(x.par_chunks(len)).zip(shift.par_chunks(c)).zip(stats.par_chunks_mut(2 * groups)).zip(dchunks.par_iter_mut()).for_each(|((((out, x), sh), st), ds)| {
-        let mut sum = vec![0.0f32; c];
-        for px in x.chunks_exact(c) {
-            sum.iter_mut().zip(px).for_each(|(s, v)| *s += v);
-        }
-        let mut off = vec![0.0f32; c];
-        for g in 0..groups {
-            let r = g * cg..(g + 1) * cg;
-            let mean = (sum[r.clone()].iter().map(|&v| v as f64).sum::<f64>() + p as f64 * sh[r.clone()].iter().map(|&v| v as f64).sum::<f64>()) / m;
-            st[2 * g] = mean as f32;
-            for k in r {
-                off[k] = sh[k] - mean as f32;
+    out.par_chunks_mut(len).zip(x.par_chunks(len)).zip(shift.par_chunks(c)).zip(stats.par_chunks_mut(2 * groups)).zip(dchunks.par_iter_mut()).for_each(
+        |((((out, x), sh), st), ds)| {
+            let mut sum = vec![0.0f32; c];
+            for px in x.chunks_exact(c) {
+                sum.iter_mut().zip(px).for_each(|(s, v)| *s += v);
             }
-        }
-        let mut sq = vec![0.0f32; c];
-        for px in x.chunks_exact(c) {
-            for ((s, &v), &o) in sq.iter_mut().zip(px).zip(&off) {
-                let d = v + o;
-                *s += d * d;
-            }
-        }
-        let (mut a, mut bb) = (vec![0.0f32; c], vec![0.0f32; c]);
-        for g in 0..groups {
-            let r = g * cg..(g + 1) * cg;
-            let var = sq[r.clone()].iter().map(|&v| v as f64).sum::<f64>() / m;
-            let rs = (1.0 / (var + GN_EPS as f64).sqrt()) as f32;
-            st[2 * g + 1] = rs;
-            for k in r {
-                a[k] = gamma[k] * rs;
-                bb[k] = beta[k] + off[k] * a[k];
-            }
-        }
-        if ds.is_empty() {
-            for (o, px) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                for (((o, &v), &a), &b) in o.iter_mut().zip(px).zip(&a).zip(&bb) {
-                    let y = v * a + b;
-                    *o = y * sigmoid(y);
+            let mut off = vec![0.0f32; c];
+            for g in 0..groups {
+                let r = g * cg..(g + 1) * cg;
+                let mean = (sum[r.clone()].iter().map(|&v| v as f64).sum::<f64>() + p as f64 * sh[r.clone()].iter().map(|&v| v as f64).sum::<f64>()) / m;
+                st[2 * g] = mean as f32;
+                for k in r {
+                    off[k] = sh[k] - mean as f32;
                 }
             }
-        } else {
-            for ((o, px), d) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(ds.chunks_exact_mut(c)) {
-                for ((((o, &v), &a), &b), d) in o.iter_mut().zip(px).zip(&a).zip(&bb).zip(d) {
-                    let y = v * a + b;
-                    let s = sigmoid(y);
-                    *o = y * s;
-                    *d = s * (1.0 + y * (1.0 - s));
+            let mut sq = vec![0.0f32; c];
+            for px in x.chunks_exact(c) {
+                for ((s, &v), &o) in sq.iter_mut().zip(px).zip(&off) {
+                    let d = v + o;
+                    *s += d * d;
                 }
             }
-        }
-    });
+            let (mut a, mut bb) = (vec![0.0f32; c], vec![0.0f32; c]);
+            for g in 0..groups {
+                let r = g * cg..(g + 1) * cg;
+                let var = sq[r.clone()].iter().map(|&v| v as f64).sum::<f64>() / m;
+                let rs = (1.0 / (var + GN_EPS as f64).sqrt()) as f32;
+                st[2 * g + 1] = rs;
+                for k in r {
+                    a[k] = gamma[k] * rs;
+                    bb[k] = beta[k] + off[k] * a[k];
+                }
+            }
+            if ds.is_empty() {
+                for (o, px) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for (((o, &v), &a), &b) in o.iter_mut().zip(px).zip(&a).zip(&bb) {
+                        let y = v * a + b;
+                        *o = y * sigmoid(y);
+                    }
+                }
+            } else {
+                for ((o, px), d) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(ds.chunks_exact_mut(c)) {
+                    for ((((o, &v), &a), &b), d) in o.iter_mut().zip(px).zip(&a).zip(&bb).zip(d) {
+                        let y = v * a + b;
+                        let s = sigmoid(y);
+                        *o = y * s;
+                        *d = s * (1.0 + y * (1.0 - s));
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// The backward of [`gn_forward`]: adds ∂x into `dx` (writes it when not `acc`), writes ∂s
@@ -1370,4 +1486,3 @@ fn gn_backward(
             }
         });
 }
-
