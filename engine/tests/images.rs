@@ -201,7 +201,7 @@ fn image_trials_refuse_bad_keys_by_name() {
         (base("kind = \"mlp\"", "kind = \"vp\"\nnoise = { ladder = \"auto\" }", "kind = \"heun\""), "objective.noise"),
         (base("kind = \"unet\"", "kind = \"ssm\"\nnoise = { ladder = \"auto\" }", "kind = \"heun\""), "objective.kind"),
         (base("kind = \"mlp\"\nclass_cond = false", "kind = \"edm\"\nlabel_dropout = 0.2", "kind = \"heun\""), "objective.label_dropout"),
-        (base("kind = \"mlp\"", "kind = \"edm\"\nlabel_dropout = 0.0", "kind = \"heun\"\nguidance = 1.0"), "sampler.guidance"),
+        (base("kind = \"mlp\"", "kind = \"edm\"\nlabel_dropout = 0.0", "kind = \"heun\"\nguidance = 2.0"), "sampler.guidance"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nn = 15"), "sampler.n"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nsnr = 0.1"), "sampler.snr"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\neps = 0.1"), "sampler.eps"),

@@ -27,7 +27,8 @@
 //! [sampler]    # kind = "heun" (probability-flow ODE, EDM ρ schedule) | "euler_maruyama"
 //!              # (reverse VE SDE) | "pc" (predictor–corrector, snr) | "annealed_langevin"
 //!              # (steps_per_level, eps) | "none";
-//!              # steps, sigma_min, sigma_max, rho, guidance, n (images, one tenth per class)
+//!              # steps, sigma_min, sigma_max, rho, n (images, one tenth per class),
+//!              # guidance (classifier-free scale s: 0 unconditional, 1 conditional, > 1 guided)
 //! kind = "heun"
 //! ```
 
@@ -291,8 +292,9 @@ pub enum ImageSamplerKind {
 pub struct ImageSampler {
     pub kind: ImageSamplerKind,
     pub schedule: Schedule,
-    /// Classifier-free guidance scale w: D = (1 + w) D_cond − w D_uncond; 0 is the conditional
-    /// model alone.
+    /// Classifier-free guidance scale s: D = D_uncond + s (D_cond − D_uncond); 0 is the
+    /// unconditional model, 1 (the default) the conditional one, s > 1 guided (w = s − 1 in
+    /// Ho & Salimans' D = (1 + w) D_cond − w D_uncond).
     pub guidance: f64,
     /// Images to generate (a multiple of 10 with a class-conditional model: n/10 per class).
     pub n: usize,
@@ -495,12 +497,12 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     }
     let schedule =
         Schedule { steps: in_range("sampler.steps", s.steps.unwrap_or(default_steps), 2, 100_000)?, sigma_min, sigma_max, rho: positive("sampler.rho", s.rho.unwrap_or(7.0))? };
-    let guidance = s.guidance.unwrap_or(0.0);
+    let guidance = s.guidance.unwrap_or(1.0);
     if !(guidance.is_finite() && guidance >= 0.0) {
         return Err(field("sampler.guidance", format!("must be a finite number ≥ 0 (got {guidance})")));
     }
-    if guidance > 0.0 && label_dropout == 0.0 {
-        return Err(field("sampler.guidance", "needs an unconditional model too: train with objective.label_dropout > 0"));
+    if guidance != 1.0 && label_dropout == 0.0 {
+        return Err(field("sampler.guidance", format!("{guidance} needs an unconditional model (1 is the conditional one): train with objective.label_dropout > 0")));
     }
     let n = in_range("sampler.n", s.n.unwrap_or(100), 1, 1_000_000)?;
     if model.class_cond() && n % 10 != 0 {

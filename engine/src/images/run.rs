@@ -43,13 +43,20 @@ pub fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, 
     per * weights
 }
 
-/// The U-Net with fixed labels (or none) as a [`Denoiser`], guided when w > 0:
-/// D = (1 + w) D(x, c) − w D(x, ∅).
+/// Network passes per guided evaluation with classifier-free guidance scale `s`: the
+/// conditional one (s ≠ 0), the unconditional one (s ≠ 1).
+fn guided_passes(s: f64) -> usize {
+    usize::from(s != 0.0) + usize::from(s != 1.0)
+}
+
+/// The net with fixed labels (or none) as a [`Denoiser`], guided with scale `s` when it has
+/// the null class: D = D(x, ∅) + s (D(x, c) − D(x, ∅)), so s = 0 is the unconditional model,
+/// s = 1 the conditional one, s > 1 guided (Ho & Salimans' w = s − 1).
 struct Guided<'a> {
     net: &'a dyn ImageNet,
     labels: Option<Tensor>,
     null: Option<Tensor>,
-    w: f64,
+    s: f64,
 }
 
 impl Denoiser for Guided<'_> {
@@ -58,20 +65,25 @@ impl Denoiser for Guided<'_> {
         let s = Tensor::full(sigma as f32, n, x.device())?;
         // Detached: a sampler chains dozens of evaluations, and candle would otherwise keep
         // every one's activations alive for a backward pass that never comes.
-        let cond = self.net.denoise(x, &s, self.labels.as_ref())?.detach();
-        match (&self.null, self.w > 0.0) {
-            (Some(null), true) => (cond * (1.0 + self.w))? - (self.net.denoise(x, &s, Some(null))?.detach() * self.w)?,
-            _ => Ok(cond),
+        let null = match &self.null {
+            Some(null) if self.s != 1.0 => null,
+            _ => return Ok(self.net.denoise(x, &s, self.labels.as_ref())?.detach()),
+        };
+        let uncond = self.net.denoise(x, &s, Some(null))?.detach();
+        if self.s == 0.0 {
+            return Ok(uncond);
         }
+        let cond = self.net.denoise(x, &s, self.labels.as_ref())?.detach();
+        (cond * self.s)? + (uncond * (1.0 - self.s))?
     }
 }
 
 /// A plain-buffer forward pass (the MLP's or the U-Net's) with fixed labels as a [`Denoiser`],
-/// guided as [`Guided`] when w > 0 (the unconditional pass with the null class).
+/// guided with scale `s` as [`Guided`] (the unconditional pass with the null class).
 struct FastGuided<'a> {
     fwd: &'a mut dyn BufferDenoiser,
     labels: Vec<u32>,
-    w: f64,
+    s: f64,
 }
 
 impl Denoiser for FastGuided<'_> {
@@ -79,12 +91,16 @@ impl Denoiser for FastGuided<'_> {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let sig = vec![sigma as f32; self.labels.len()];
         let mut out = vec![0.0f32; xs.len()];
-        self.fwd.denoise(&xs, &sig, &self.labels, &mut out);
-        if self.w > 0.0 {
+        if self.s == 0.0 {
+            self.fwd.denoise(&xs, &sig, &vec![NULL_CLASS; self.labels.len()], &mut out);
+        } else {
+            self.fwd.denoise(&xs, &sig, &self.labels, &mut out);
+        }
+        if self.s != 0.0 && self.s != 1.0 {
             let mut un = vec![0.0f32; xs.len()];
             self.fwd.denoise(&xs, &sig, &vec![NULL_CLASS; self.labels.len()], &mut un);
-            let (a, b) = ((1.0 + self.w) as f32, self.w as f32);
-            out.iter_mut().zip(&un).for_each(|(o, u)| *o = a * *o - b * u);
+            let (a, b) = (self.s as f32, (1.0 - self.s) as f32);
+            out.iter_mut().zip(&un).for_each(|(o, u)| *o = a * *o + b * u);
         }
         Tensor::from_vec(out, x.shape(), x.device())
     }
@@ -379,13 +395,15 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         let labels: Vec<u32> = if cond { (0..n).map(|i| (i / (n / 10)) as u32).collect() } else { vec![NULL_CLASS; n] };
         let mut srng = Rng::stream(cfg.seed, Stream::Sampler);
         let mut nfe = 0;
+        // An unconditional model has no null class to guide with: its one pass is its model.
+        let scale = if cond { cfg.sampler.guidance } else { 1.0 };
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let m = end - start;
             let shape = [m, 1, h, w];
             let (x, k) = match fast_forward.as_deref_mut() {
                 Some(fwd) => {
-                    let mut den = FastGuided { fwd, labels: labels[start..end].to_vec(), w: if cond { cfg.sampler.guidance } else { 0.0 } };
+                    let mut den = FastGuided { fwd, labels: labels[start..end].to_vec(), s: scale };
                     sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
                 }
                 None => {
@@ -393,12 +411,13 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
                         net: net.as_ref(),
                         labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
                         null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
-                        w: cfg.sampler.guidance,
+                        s: scale,
                     };
                     sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
                 }
             };
-            nfe = k;
+            // Network passes: a guided evaluation with 0 < s ≠ 1 takes two.
+            nfe = k * guided_passes(scale) as u64;
             let x = x.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             samples_out.extend(x);
             if cancel.load(Ordering::Relaxed) {
@@ -575,10 +594,11 @@ mod tests {
     use crate::images::Precond;
     use schema::image::ImageMlpSpec;
 
-    /// Classifier-free guidance: w = 0 is the conditional denoiser alone, and any w gives
-    /// (1 + w) D(x, c) − w D(x, ∅) exactly.
+    /// Classifier-free guidance, both denoisers (candle's and the plain-buffer pass): scale 0 is
+    /// the unconditional model, 1 the conditional one, and any s gives
+    /// s D(x, c) + (1 − s) D(x, ∅) exactly, with the passes it needs.
     #[test]
-    fn guidance_zero_is_the_conditional_model_and_w_mixes_linearly() {
+    fn guidance_zero_is_the_unconditional_model_and_s_mixes_linearly() {
         let dev = Device::Cpu;
         let vm = VarMap::new();
         let net =
@@ -592,11 +612,19 @@ mod tests {
         let uncond = net.denoise(&x, &sigma, Some(&null)).unwrap();
         let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(max_diff(&cond, &uncond) > 1e-4, "the class must change the output");
-        for w in [0.0, 1.5] {
-            let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), w };
-            let got = g.denoise(&x, 0.7).unwrap();
-            let want = ((&cond * (1.0 + w)).unwrap() - (&uncond * w).unwrap()).unwrap();
-            assert!(max_diff(&got, &want) < 1e-5, "w = {w}");
+        let spec = ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true };
+        let mut fwd = ImageForward::new(&spec, 16, Precond::Edm { sigma_data: 0.5 }, &vm).unwrap();
+        for (s, passes) in [(0.0, 1), (1.0, 1), (2.5, 2), (0.4, 2)] {
+            let want = ((&cond * s).unwrap() + (&uncond * (1.0 - s)).unwrap()).unwrap();
+            let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), s };
+            assert!(max_diff(&g.denoise(&x, 0.7).unwrap(), &want) < 1e-5, "s = {s}");
+            let mut f = FastGuided { fwd: &mut fwd, labels: vec![1, 4, 9], s };
+            assert!(max_diff(&f.denoise(&x, 0.7).unwrap(), &want) < 1e-4, "s = {s}, plain buffers");
+            assert_eq!(guided_passes(s), passes);
         }
+        let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), s: 0.0 };
+        assert_eq!(max_diff(&g.denoise(&x, 0.7).unwrap(), &uncond), 0.0, "scale 0 is the unconditional model");
+        let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), s: 1.0 };
+        assert_eq!(max_diff(&g.denoise(&x, 0.7).unwrap(), &cond), 0.0, "scale 1 is the conditional model");
     }
 }
