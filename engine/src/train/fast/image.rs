@@ -84,11 +84,11 @@ struct Shape {
     emb: usize,
 }
 
-/// Elements per task of the threaded Adam update.
+/// Elements per task of the Adam (+ EMA) update (256 KiB per buffer: a chunk stays in L2).
 const ADAM_CHUNK: usize = 1 << 16;
 
-/// One task of the threaded Adam update: matching slices of (weights, m, v, gradient).
-type AdamChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32]);
+/// One task of the Adam (+ EMA) update: matching slices of (weights, m, v, gradient, EMA).
+type AdamChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32], &'a mut [f32]);
 
 /// One slice's buffers.
 struct Shard {
@@ -221,40 +221,56 @@ impl FastImageMlp {
 
     /// One AdamW step (weight decay 0) on the gradients of the last `loss_and_grad`.
     pub fn adam_step(&mut self) {
+        self.update(None);
+    }
+
+    /// AdamW, then (with `ema` = (d, 1 − d)) the EMA, chunk by chunk: each chunk's new weights
+    /// enter its EMA while they are still in cache, one pass over memory instead of two.
+    /// Elementwise, so chunks on several threads give the same bits as one pass, and the
+    /// same bits as [`FastImageMlp::adam_step`] followed by [`FastImageMlp::ema_update`].
+    fn update(&mut self, ema: Option<(f32, f32)>) {
         self.t += 1;
         let (t, lr) = (self.t, self.lr);
-        match self.par {
-            // Elementwise, so chunks on several threads give the same bits as one pass.
-            Parallelism::Rayon(_) => {
-                use rayon::prelude::*;
-                let mut chunks: Vec<AdamChunk> = Vec::new();
-                for p in &mut self.params {
-                    let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK));
-                    chunks.extend(parts.map(|(((w, m), v), g)| (w, m, v, g)));
-                }
-                chunks.into_par_iter().for_each(|(w, m, v, g)| adam_slices(w, m, v, g, t, lr));
+        let chunk = |(w, m, v, g, s): AdamChunk| {
+            adam_slices(w, m, v, g, t, lr);
+            if let Some((a, b)) = ema {
+                s.iter_mut().zip(w.iter()).for_each(|(s, w)| *s = *s * a + w * b);
             }
-            Parallelism::None => adam_each(self.params.iter_mut(), t, lr),
+        };
+        let mut chunks: Vec<AdamChunk> = Vec::new();
+        for (p, s) in self.params.iter_mut().zip(&mut self.ema) {
+            let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK)).zip(s.chunks_mut(ADAM_CHUNK));
+            chunks.extend(parts.map(|((((w, m), v), g), s)| (w, m, v, g, s)));
         }
+        match self.par {
+            Parallelism::Rayon(_) => chunks.into_par_iter().for_each(chunk),
+            Parallelism::None => chunks.into_iter().for_each(chunk),
+        }
+    }
+
+    /// The EMA coefficients (d, 1 − d) after step `step`: d = min(decay, (1 + step)/(10 + step)),
+    /// as the autograd path's EMA.
+    fn ema_coefs(&self, step: u64) -> (f32, f32) {
+        let dd = self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        (dd as f32, (1.0 - dd) as f32)
     }
 
     /// shadow ← d·shadow + (1 − d)·w with d = min(decay, (1 + step)/(10 + step)), as the
     /// autograd path's EMA.
     pub fn ema_update(&mut self, step: u64) {
-        let dd = self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
-        let (a, b) = (dd as f32, (1.0 - dd) as f32);
+        let (a, b) = self.ema_coefs(step);
         for (s, p) in self.ema.iter_mut().zip(&self.params) {
             s.iter_mut().zip(&p.w).for_each(|(s, w)| *s = *s * a + w * b);
         }
     }
 
-    /// One step: loss and gradients, then AdamW and the EMA when the loss is finite; returns
-    /// the loss before the update.
+    /// One step: loss and gradients, then AdamW and the EMA (fused, see `update`) when the
+    /// loss is finite; returns the loss before the update.
     pub fn step(&mut self, x0: &[f32], eps: &[f32], labels: &[u32], rows: &Rows, step: u64) -> f64 {
         let l = self.loss_and_grad(x0, eps, labels, rows);
         if l.is_finite() {
-            self.adam_step();
-            self.ema_update(step);
+            let coefs = self.ema_coefs(step);
+            self.update(Some(coefs));
         }
         l
     }
