@@ -496,3 +496,50 @@ fn image_forward_matches_candle_denoiser() {
         }
     }
 }
+
+/// `step`'s fused AdamW + EMA pass gives the bits of `loss_and_grad`, `adam_step` and
+/// `ema_update` run one after the other, weights and EMA alike, on one and two threads.
+#[test]
+fn fast_image_mlp_fused_update_matches_separate_passes() {
+    use engine::images::{self, Precond};
+    use engine::train::fast::image::{FastImageMlp, Rows};
+    use schema::image::{ImageMlpSpec, ImageModel};
+    let dev = Device::Cpu;
+    let spec = ImageMlpSpec { hidden: 300, depth: 2, emb: 16, class_cond: true };
+    let vm = VarMap::new();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 12, 12, &vm, &dev).unwrap();
+    let mut rng = Rng::new(21);
+    images::init_weights(&vm, &mut rng).unwrap();
+    let (n, d) = (40, 144);
+    let x0: Vec<f32> = (0..n * d).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
+    let eps = rng.normals_f32(n * d);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
+    let sigma: Vec<f32> = (0..n).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
+    let rows = || Rows::new(&Precond::Edm { sigma_data: 0.5 }, sigma.clone(), vec![1.0; n]);
+    let values = |f: &FastImageMlp, ema: bool| {
+        let out = VarMap::new();
+        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 12, 12, &out, &dev).unwrap();
+        if ema {
+            f.store_ema(&out).unwrap()
+        } else {
+            f.store(&out).unwrap()
+        }
+        let data = out.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        names.into_iter().flat_map(|k| data[k].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).map(f32::to_bits).collect::<Vec<u32>>()
+    };
+    for threads in [1, 2] {
+        let mut fused = FastImageMlp::with_threads(&spec, d, &vm, n, 1e-3, 0.95, 1, threads).unwrap();
+        let mut apart = FastImageMlp::with_threads(&spec, d, &vm, n, 1e-3, 0.95, 1, threads).unwrap();
+        for step in 0..3 {
+            let l1 = fused.step(&x0, &eps, &labels, &rows(), step);
+            let l2 = apart.loss_and_grad(&x0, &eps, &labels, &rows());
+            apart.adam_step();
+            apart.ema_update(step);
+            assert_eq!(l1.to_bits(), l2.to_bits(), "{threads} threads, step {step}: loss");
+        }
+        assert!(values(&fused, false) == values(&apart, false), "{threads} threads: weights");
+        assert!(values(&fused, true) == values(&apart, true), "{threads} threads: EMA");
+    }
+}

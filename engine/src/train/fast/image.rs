@@ -84,11 +84,11 @@ struct Shape {
     emb: usize,
 }
 
-/// Elements per task of the threaded Adam update.
+/// Elements per task of the Adam (+ EMA) update (256 KiB per buffer: a chunk stays in L2).
 const ADAM_CHUNK: usize = 1 << 16;
 
-/// One task of the threaded Adam update: matching slices of (weights, m, v, gradient).
-type AdamChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32]);
+/// One task of the Adam (+ EMA) update: matching slices of (weights, m, v, gradient, EMA).
+type AdamChunk<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a [f32], &'a mut [f32]);
 
 /// One slice's buffers.
 struct Shard {
@@ -98,6 +98,9 @@ struct Shard {
     g: Vec<f32>,
     g2: Vec<f32>,
     ge: Vec<f32>,
+    /// x0 and y = x0 + σε, feature-major.
+    xt: Vec<f32>,
+    yt: Vec<f32>,
     /// This slice's gradients, in the order of `FastImageMlp::params`.
     grads: Vec<Vec<f32>>,
 }
@@ -173,6 +176,8 @@ impl FastImageMlp {
                 g: vec![0.0; rows * wmax],
                 g2: vec![0.0; rows * wmax],
                 ge: vec![0.0; rows * emb],
+                xt: vec![0.0; rows * dim],
+                yt: vec![0.0; rows * dim],
                 grads: params.iter().map(|p| vec![0.0; p.w.len()]).collect(),
             })
             .collect();
@@ -216,40 +221,56 @@ impl FastImageMlp {
 
     /// One AdamW step (weight decay 0) on the gradients of the last `loss_and_grad`.
     pub fn adam_step(&mut self) {
+        self.update(None);
+    }
+
+    /// AdamW, then (with `ema` = (d, 1 − d)) the EMA, chunk by chunk: each chunk's new weights
+    /// enter its EMA while they are still in cache, one pass over memory instead of two.
+    /// Elementwise, so chunks on several threads give the same bits as one pass, and the
+    /// same bits as [`FastImageMlp::adam_step`] followed by [`FastImageMlp::ema_update`].
+    fn update(&mut self, ema: Option<(f32, f32)>) {
         self.t += 1;
         let (t, lr) = (self.t, self.lr);
-        match self.par {
-            // Elementwise, so chunks on several threads give the same bits as one pass.
-            Parallelism::Rayon(_) => {
-                use rayon::prelude::*;
-                let mut chunks: Vec<AdamChunk> = Vec::new();
-                for p in &mut self.params {
-                    let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK));
-                    chunks.extend(parts.map(|(((w, m), v), g)| (w, m, v, g)));
-                }
-                chunks.into_par_iter().for_each(|(w, m, v, g)| adam_slices(w, m, v, g, t, lr));
+        let chunk = |(w, m, v, g, s): AdamChunk| {
+            adam_slices(w, m, v, g, t, lr);
+            if let Some((a, b)) = ema {
+                s.iter_mut().zip(w.iter()).for_each(|(s, w)| *s = *s * a + w * b);
             }
-            Parallelism::None => adam_each(self.params.iter_mut(), t, lr),
+        };
+        let mut chunks: Vec<AdamChunk> = Vec::new();
+        for (p, s) in self.params.iter_mut().zip(&mut self.ema) {
+            let parts = p.w.chunks_mut(ADAM_CHUNK).zip(p.m.chunks_mut(ADAM_CHUNK)).zip(p.v.chunks_mut(ADAM_CHUNK)).zip(p.g.chunks(ADAM_CHUNK)).zip(s.chunks_mut(ADAM_CHUNK));
+            chunks.extend(parts.map(|((((w, m), v), g), s)| (w, m, v, g, s)));
         }
+        match self.par {
+            Parallelism::Rayon(_) => chunks.into_par_iter().for_each(chunk),
+            Parallelism::None => chunks.into_iter().for_each(chunk),
+        }
+    }
+
+    /// The EMA coefficients (d, 1 − d) after step `step`: d = min(decay, (1 + step)/(10 + step)),
+    /// as the autograd path's EMA.
+    fn ema_coefs(&self, step: u64) -> (f32, f32) {
+        let dd = self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        (dd as f32, (1.0 - dd) as f32)
     }
 
     /// shadow ← d·shadow + (1 − d)·w with d = min(decay, (1 + step)/(10 + step)), as the
     /// autograd path's EMA.
     pub fn ema_update(&mut self, step: u64) {
-        let dd = self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
-        let (a, b) = (dd as f32, (1.0 - dd) as f32);
+        let (a, b) = self.ema_coefs(step);
         for (s, p) in self.ema.iter_mut().zip(&self.params) {
             s.iter_mut().zip(&p.w).for_each(|(s, w)| *s = *s * a + w * b);
         }
     }
 
-    /// One step: loss and gradients, then AdamW and the EMA when the loss is finite; returns
-    /// the loss before the update.
+    /// One step: loss and gradients, then AdamW and the EMA (fused, see `update`) when the
+    /// loss is finite; returns the loss before the update.
     pub fn step(&mut self, x0: &[f32], eps: &[f32], labels: &[u32], rows: &Rows, step: u64) -> f64 {
         let l = self.loss_and_grad(x0, eps, labels, rows);
         if l.is_finite() {
-            self.adam_step();
-            self.ema_update(step);
+            let coefs = self.ema_coefs(step);
+            self.update(Some(coefs));
         }
         l
     }
@@ -280,13 +301,89 @@ impl FastImageMlp {
     }
 }
 
+/// Feature rows per rayon task in the threaded elementwise passes of [`slice`] (and rows per
+/// task in [`ImageForward`]'s).
+const ROWS_PER_TASK: usize = 16;
+
+/// C = [C +] A·B on strided operands: C is m×n, A m×k, B k×n, each given with its (column,
+/// row) strides in elements. Column-major m×n (stride (m, 1)) is the slices' layout.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    c: &mut [f32],
+    (c_cs, c_rs): (usize, usize),
+    a: &[f32],
+    (a_cs, a_rs): (usize, usize),
+    b: &[f32],
+    (b_cs, b_rs): (usize, usize),
+    m: usize,
+    n: usize,
+    k: usize,
+    acc: bool,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // One past the last element of an r×c operand with strides (cs, rs).
+    let span = |r: usize, c: usize, cs: usize, rs: usize| (r - 1) * rs + (c - 1) * cs + 1;
+    assert!(c.len() >= span(m, n, c_cs, c_rs));
+    assert!(k == 0 || (a.len() >= span(m, k, a_cs, a_rs) && b.len() >= span(k, n, b_cs, b_rs)));
+    // SAFETY: the asserts above bound every index gemm touches for these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            c_cs as isize,
+            c_rs as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// out[q] = Σ_i m[q·n + i] (rows `q0..q0 + out.len()` of a row-major matrix with rows of `n`),
+/// each row summed in order, 8 rows at a time for independent chains.
+fn row_sums(out: &mut [f32], m: &[f32], q0: usize, n: usize) {
+    let mut blocks = out.chunks_exact_mut(8);
+    let mut q = q0;
+    for block in &mut blocks {
+        let mut s = [0.0f32; 8];
+        for i in 0..n {
+            for (r, s) in s.iter_mut().enumerate() {
+                *s += m[(q + r) * n + i];
+            }
+        }
+        block.copy_from_slice(&s);
+        q += 8;
+    }
+    for o in blocks.into_remainder() {
+        *o = m[q * n..(q + 1) * n].iter().fold(0.0f32, |a, v| a + v);
+        q += 1;
+    }
+}
+
 /// Forward and backward on one slice (`rows.sigma.len()` images of a batch of `n_total`):
 /// returns Σ_i w_i·mean_j r_ij² over the slice and leaves its gradients (already divided by
 /// `n_total`) in `sh.grads`.
+///
+/// Every activation and gradient buffer is feature-major (column-major n×width: feature f of
+/// image i at `f·n + i`), so each product's output is column-major and gemm runs with the
+/// batch as its row dimension: the weights are read where they lie, never packed (the
+/// row-major layout made gemm transpose-pack every weight matrix in the forward).
 #[allow(clippy::too_many_arguments)]
-/// Rows per rayon task in the threaded elementwise passes of [`slice`].
-const ROWS_PER_TASK: usize = 16;
-
 fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32], labels: &[u32], rows: RowsRef, n_total: usize, par: Parallelism) -> f64 {
     let n = rows.sigma.len();
     let d = net.dim;
@@ -295,32 +392,43 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
         sh.grads.iter_mut().for_each(|g| g.iter_mut().for_each(|v| *v = 0.0));
         return 0.0;
     }
-    // Input rows [c_in·y, sin(c_noise f), cos(c_noise f), E[c]].
+    let cm = (n, 1); // strides of a column-major n×w buffer
+    // Input features [c_in·y, sin(c_noise f), cos(c_noise f), E[c]], with x0 and y = x0 + σε
+    // kept feature-major for the residual.
     let (w0, k, e) = (net.dims[0], net.freq.len(), net.emb);
     let table = if e > 0 { Some(&params[2 * nl].w) } else { None };
     let threaded = matches!(par, Parallelism::Rayon(t) if t > 1);
-    let input = |i: usize, row: &mut [f32]| {
-        let (s, ci) = (rows.sigma[i], rows.c_in[i]);
-        for j in 0..d {
-            row[j] = ci * (x0[i * d + j] + eps[i * d + j] * s);
+    {
+        let (h0, xt, yt) = (&mut sh.h[0][..n * w0], &mut sh.xt[..n * d], &mut sh.yt[..n * d]);
+        let (pix, rest) = h0.split_at_mut(n * d);
+        for (j, ((hr, xr), yr)) in pix.chunks_exact_mut(n).zip(xt.chunks_exact_mut(n)).zip(yt.chunks_exact_mut(n)).enumerate() {
+            for i in 0..n {
+                let x = x0[i * d + j];
+                let y = x + eps[i * d + j] * rows.sigma[i];
+                xr[i] = x;
+                yr[i] = y;
+                hr[i] = rows.c_in[i] * y;
+            }
         }
+        let (fourier, emb_rows) = rest.split_at_mut(2 * k * n);
+        let (sin_rows, cos_rows) = fourier.split_at_mut(k * n);
         for (q, &f) in net.freq.iter().enumerate() {
-            let a = rows.c_noise[i] * f;
-            row[d + q] = a.sin();
-            row[d + k + q] = a.cos();
+            for i in 0..n {
+                let a = rows.c_noise[i] * f;
+                sin_rows[q * n + i] = a.sin();
+                cos_rows[q * n + i] = a.cos();
+            }
         }
         if let Some(t) = table {
-            let l = labels[i] as usize;
-            row[d + 2 * k..].copy_from_slice(&t[l * e..(l + 1) * e]);
+            for (i, &l) in labels.iter().enumerate() {
+                let l = l as usize;
+                for (q, &v) in t[l * e..(l + 1) * e].iter().enumerate() {
+                    emb_rows[q * n + i] = v;
+                }
+            }
         }
-    };
-    // Row by row (each row's arithmetic the same on any thread, so the same bits).
-    if threaded {
-        sh.h[0][..n * w0].par_chunks_mut(w0).enumerate().for_each(|(i, row)| input(i, row));
-    } else {
-        sh.h[0][..n * w0].chunks_mut(w0).enumerate().for_each(|(i, row)| input(i, row));
     }
-    // Forward: z = h Wᵀ + b, then SiLU.
+    // Forward: z = h Wᵀ + b (W fo×fi row-major read as Wᵀ with strides (fi, 1)), then SiLU.
     for l in 0..nl {
         let (fi, fo) = (net.dims[l], net.dims[l + 1]);
         let (w, b) = (&params[2 * l].w, &params[2 * l + 1].w);
@@ -331,7 +439,10 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             let (lo, hi) = sh.h.split_at_mut(l + 1);
             (&lo[l][..], &mut hi[0][..])
         };
-        super::affine(dst, src, w, b, n, fo, fi, true, par);
+        for (row, &bv) in dst[..n * fo].chunks_exact_mut(n).zip(b) {
+            row.iter_mut().for_each(|v| *v = bv);
+        }
+        gemm_strided(dst, cm, src, cm, w, (fi, 1), n, fo, fi, true, par);
         if !is_out {
             let z = std::mem::take(&mut sh.h[l + 1]);
             let mut a = std::mem::take(&mut sh.g2);
@@ -340,7 +451,7 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             }
             if threaded {
                 // Elementwise, so chunks on several threads give the same bits as one pass.
-                let c = ROWS_PER_TASK * fo;
+                let c = ROWS_PER_TASK * n;
                 z[..n * fo].par_chunks(c).zip(a[..n * fo].par_chunks_mut(c)).zip(sh.d[l][..n * fo].par_chunks_mut(c)).for_each(|((z, a), dv)| silu(z, a, dv));
             } else {
                 silu(&z[..n * fo], &mut a[..n * fo], &mut sh.d[l][..n * fo]);
@@ -353,50 +464,38 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
         }
     }
     // r = c_skip·y + c_out·F − x0; loss_i = w_i·mean_j r²; ∂L/∂F = (2 w_i c_out,i /(N·D))·r.
-    let residual = |i: usize, g: &mut [f32]| {
-        let (s, cs, co) = (rows.sigma[i], rows.c_skip[i], rows.c_out[i]);
-        let k = 2.0 * rows.weight[i] * co / (n_total * d) as f32;
-        let mut acc = 0.0f32;
-        for j in 0..d {
-            let x = x0[i * d + j];
-            let y = x + eps[i * d + j] * s;
-            let r = cs * y + co * sh.out[i * d + j] - x;
-            acc += r * r;
-            g[j] = k * r;
+    // Feature by feature, each image's Σ_j r² accumulated in feature order.
+    let kr: Vec<f32> = (0..n).map(|i| 2.0 * rows.weight[i] * rows.c_out[i] / (n_total * d) as f32).collect();
+    let mut acc = vec![0.0f32; n];
+    for (j, g) in sh.g[..n * d].chunks_exact_mut(n).enumerate() {
+        let (xr, yr, fr) = (&sh.xt[j * n..(j + 1) * n], &sh.yt[j * n..(j + 1) * n], &sh.out[j * n..(j + 1) * n]);
+        for i in 0..n {
+            let r = rows.c_skip[i] * yr[i] + rows.c_out[i] * fr[i] - xr[i];
+            acc[i] += r * r;
+            g[i] = kr[i] * r;
         }
-        rows.weight[i] * acc / d as f32
-    };
-    // Per-image losses row by row, summed in image order.
-    let losses: Vec<f32> = if threaded {
-        sh.g[..n * d].par_chunks_mut(d).enumerate().map(|(i, g)| residual(i, g)).collect()
-    } else {
-        sh.g[..n * d].chunks_mut(d).enumerate().map(|(i, g)| residual(i, g)).collect()
-    };
-    let loss = losses.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    // Per-image losses summed in image order.
+    let loss = acc.iter().zip(rows.weight).map(|(&a, &w)| (w * a / d as f32) as f64).sum::<f64>();
     // Backward.
     for l in (0..nl).rev() {
         let (fi, fo) = (net.dims[l], net.dims[l + 1]);
         let gz = &sh.g[..n * fo];
         let (gw, rest) = sh.grads[2 * l..].split_first_mut().expect("weight");
-        mm(gw, gz, &sh.h[l], fo, fi, n, true, false, false, par);
+        // ∂W (fo×fi row-major) = gzᵀ h: gzᵀ is fo×n with strides (1, n), h n×fi column-major.
+        gemm_strided(gw, (1, fi), gz, (1, n), &sh.h[l], cm, fo, fi, n, false, par);
+        // ∂b: each feature's row of gz summed over the images in order, whichever thread.
         if threaded {
-            // Each column summed over the rows in row order, whichever thread takes it.
-            let c = 128.min(fo.max(1));
-            rest[0].par_chunks_mut(c).enumerate().for_each(|(q, out)| {
-                out.iter_mut().for_each(|v| *v = 0.0);
-                for i in 0..n {
-                    let row = &gz[i * fo + q * c..i * fo + q * c + out.len()];
-                    out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
-                }
-            });
+            rest[0][..fo].par_chunks_mut(64).enumerate().for_each(|(q, out)| row_sums(out, gz, 64 * q, n));
         } else {
-            col_sums(&mut rest[0], gz, n, fo);
+            row_sums(&mut rest[0][..fo], gz, 0, n);
         }
         let w = &params[2 * l].w;
         if l > 0 {
-            mm(&mut sh.g2, gz, w, n, fi, fo, false, false, false, par);
+            // ∂h = gz W (W fo×fi row-major: strides (1, fi)), then ⊙ a'(z).
+            gemm_strided(&mut sh.g2, cm, gz, cm, w, (1, fi), n, fi, fo, false, par);
             if threaded {
-                let c = ROWS_PER_TASK * fi;
+                let c = ROWS_PER_TASK * n;
                 sh.g2[..n * fi].par_chunks_mut(c).zip(sh.d[l - 1][..n * fi].par_chunks(c)).for_each(|(g, dv)| g.iter_mut().zip(dv).for_each(|(g, dv)| *g *= dv));
             } else {
                 for (g, dv) in sh.g2[..n * fi].iter_mut().zip(&sh.d[l - 1][..n * fi]) {
@@ -405,40 +504,16 @@ fn slice(net: &Shape, params: &[Param], sh: &mut Shard, x0: &[f32], eps: &[f32],
             }
             std::mem::swap(&mut sh.g, &mut sh.g2);
         } else if e > 0 {
-            // ∂L/∂E[c] = Σ over the slice's images of class c of (gz W)[:, embedding columns].
+            // ∂L/∂E[c] = Σ over the slice's images of class c of (gz W)[:, embedding columns]:
+            // ge (n×e column-major) = gz · W[:, off..off + e] (strides (1, fi) from column off).
             let off = fi - e;
-            assert!(sh.ge.len() >= n * e && gz.len() >= n * fo && w.len() >= fo * fi);
-            // SAFETY: rows i < n of gz (stride fo), columns off..off+e of W (row stride fi)
-            // and rows of ge (stride e) are in bounds by the assert above.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    e,
-                    fo,
-                    sh.ge.as_mut_ptr(),
-                    1,
-                    e as isize,
-                    false,
-                    gz.as_ptr(),
-                    1,
-                    fo as isize,
-                    w.as_ptr().add(off),
-                    1,
-                    fi as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
+            gemm_strided(&mut sh.ge, cm, gz, cm, &w[off..], (1, fi), n, e, fo, false, par);
             let gt = &mut sh.grads[2 * nl];
             gt.iter_mut().for_each(|v| *v = 0.0);
-            for i in 0..n {
-                let c = labels[i] as usize;
-                for (g, v) in gt[c * e..(c + 1) * e].iter_mut().zip(&sh.ge[i * e..(i + 1) * e]) {
-                    *g += v;
+            for (i, &c) in labels.iter().enumerate() {
+                let c = c as usize;
+                for (q, g) in gt[c * e..(c + 1) * e].iter_mut().enumerate() {
+                    *g += sh.ge[q * n + i];
                 }
             }
         }
