@@ -301,19 +301,26 @@ fn a_g_at<const N: usize>(y: [[f32; N]; 4]) -> [[f32; N]; 16] {
     o
 }
 
-/// [`input_transform_body`] compiled for AVX2 where the CPU has it (checked at run time).
-fn input_transform(x: &[f32], u: &mut [f32], xp: &mut [f32], s: Shape, imgs: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(x: &[f32], u: &mut [f32], xp: &mut [f32], s: Shape, imgs: usize) {
-            input_transform_body(x, u, xp, s, imgs)
+/// `fn $name(args)`: `$body` compiled for AVX2 where the CPU has it (checked at run time),
+/// the plain build otherwise (the transforms only add and subtract: the same bits either way).
+macro_rules! avx2_dispatch {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*), ($($pass:ident),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $body($($pass),*)
+                }
+                // SAFETY: the feature was detected on this CPU.
+                return unsafe { wide($($pass),*) };
+            }
+            $body($($pass),*)
         }
-        // SAFETY: the feature was detected on this CPU.
-        return unsafe { wide(x, u, xp, s, imgs) };
-    }
-    input_transform_body(x, u, xp, s, imgs)
+    };
 }
+
+avx2_dispatch!(input_transform, input_transform_body, (x: &[f32], u: &mut [f32], xp: &mut [f32], s: Shape, imgs: usize), (x, u, xp, s, imgs));
 
 /// Bᵀ d B of every tile of `imgs` images (`x`: imgs × h × w × C) into `u` (16 × rows × C, rows
 /// = imgs · tiles); `xp` holds a padded grid of C channels.
@@ -335,19 +342,7 @@ fn input_transform_body(x: &[f32], u: &mut [f32], xp: &mut [f32], s: Shape, imgs
     }
 }
 
-/// [`output_transform_body`] compiled for AVX2 where the CPU has it (checked at run time).
-fn output_transform(m: &[f32], y: &mut [f32], yp: &mut [f32], bias: &[f32], s: Shape, imgs: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(m: &[f32], y: &mut [f32], yp: &mut [f32], bias: &[f32], s: Shape, imgs: usize) {
-            output_transform_body(m, y, yp, bias, s, imgs)
-        }
-        // SAFETY: the feature was detected on this CPU.
-        return unsafe { wide(m, y, yp, bias, s, imgs) };
-    }
-    output_transform_body(m, y, yp, bias, s, imgs)
-}
+avx2_dispatch!(output_transform, output_transform_body, (m: &[f32], y: &mut [f32], yp: &mut [f32], bias: &[f32], s: Shape, imgs: usize), (m, y, yp, bias, s, imgs));
 
 /// Y = Aᵀ M A + bias of every tile: `m` (16 × rows × O) → `y` (imgs × h × w × O), the 2×2
 /// blocks cropped to the image; `yp` holds 2·th × 2·tw pixels of O channels.
@@ -379,19 +374,7 @@ fn output_transform_body(m: &[f32], y: &mut [f32], yp: &mut [f32], bias: &[f32],
     }
 }
 
-/// [`output_adjoint_body`] compiled for AVX2 where the CPU has it (checked at run time).
-fn output_adjoint(dy: &[f32], g: &mut [f32], gp: &mut [f32], s: Shape, imgs: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(dy: &[f32], g: &mut [f32], gp: &mut [f32], s: Shape, imgs: usize) {
-            output_adjoint_body(dy, g, gp, s, imgs)
-        }
-        // SAFETY: the feature was detected on this CPU.
-        return unsafe { wide(dy, g, gp, s, imgs) };
-    }
-    output_adjoint_body(dy, g, gp, s, imgs)
-}
+avx2_dispatch!(output_adjoint, output_adjoint_body, (dy: &[f32], g: &mut [f32], gp: &mut [f32], s: Shape, imgs: usize), (dy, g, gp, s, imgs));
 
 /// Ḡ = A ḡ Aᵀ of every tile (the adjoint of [`output_transform`]): `dy` (imgs × h × w × O) →
 /// `g` (16 × rows × O); `gp` holds 2·th × 2·tw pixels of O channels.
@@ -424,19 +407,7 @@ fn output_adjoint_body(dy: &[f32], g: &mut [f32], gp: &mut [f32], s: Shape, imgs
     }
 }
 
-/// [`input_adjoint_body`] compiled for AVX2 where the CPU has it (checked at run time).
-fn input_adjoint(du: &[f32], dx: &mut [f32], xp: &mut [f32], acc: bool, s: Shape, imgs: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide(du: &[f32], dx: &mut [f32], xp: &mut [f32], acc: bool, s: Shape, imgs: usize) {
-            input_adjoint_body(du, dx, xp, acc, s, imgs)
-        }
-        // SAFETY: the feature was detected on this CPU.
-        return unsafe { wide(du, dx, xp, acc, s, imgs) };
-    }
-    input_adjoint_body(du, dx, xp, acc, s, imgs)
-}
+avx2_dispatch!(input_adjoint, input_adjoint_body, (du: &[f32], dx: &mut [f32], xp: &mut [f32], acc: bool, s: Shape, imgs: usize), (du, dx, xp, acc, s, imgs));
 
 /// ∂X += B ∂U Bᵀ of every tile, added onto its 4×4 input pixels (`du`: 16 × rows × C; `dx`:
 /// imgs × h × w × C, written instead without `acc`); `xp` holds a padded grid of C channels.
