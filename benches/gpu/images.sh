@@ -11,7 +11,7 @@ D=$(python3 -c 'import nvidia,os;print(os.path.join(os.path.dirname(nvidia.__fil
 [ -d "$D" ] || D=$(dirname "$(find / -name libcublas.so.13 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH="$D:${LD_LIBRARY_PATH:-}" RUST_BACKTRACE=0
 t0=$(date +%s)
-sed -e "s|^dir = .*|dir = \"${MNIST:-.gpu/mnist}\"|" -e "s/^steps = 60/steps = 1800/" -e "s/^eval_every = 60/eval_every = 450/" -e 's/^n = 100$/n = 10000/' -e "s/^kind = \"heun\"/kind = \"heun\"\nguidance = 1.0/" benches/gpu/unet_mnist.toml > /tmp/unet_main.toml
+sed -e "s/^steps = 60/steps = 1800/" -e "s/^eval_every = 60/eval_every = 450/" -e 's/^n = 100$/n = 10000/' -e "s/^kind = \"heun\"/kind = \"heun\"\nguidance = 1.0/" benches/gpu/unet_mnist.toml > /tmp/unet_main.toml
 timeout 420 /tmp/worker trial /tmp/unet_main.toml --out $OUT/main --device cuda > $OUT/main.log 2>&1 || { echo "main FAILED"; grep -v '^\[' $OUT/main.log | head -8; }
 tr '\r' '\n' < $OUT/main.log | grep "^\[" | grep eval_loss | tail -5
 nvidia-smi --query-gpu=memory.used --format=csv,noheader

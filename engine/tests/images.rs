@@ -69,14 +69,9 @@ fn corrupt_missing_and_mismatched_files_name_the_file() {
     assert!(matches!(idx::load_dir(empty.path()), Err(IdxError::Empty { .. })));
 }
 
-/// `../shared/data/mnist` beside the checkout, else `/work/shared/data/mnist` (override with
-/// SCORESWEEP_MNIST).
+/// MNIST's test split as the repository ships it (`data/mnist/`).
 fn mnist_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SCORESWEEP_MNIST") {
-        return d.into();
-    }
-    let candidates = [Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist"), PathBuf::from("/work/shared/data/mnist")];
-    candidates.iter().find(|d| d.is_dir()).cloned().unwrap_or_else(|| panic!("MNIST's test split is expected at {candidates:?} (or set SCORESWEEP_MNIST)"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist")
 }
 
 /// The real split: 10,000 digits of 28×28, checked against MD5SUMS, about 1,000 per class.
@@ -99,8 +94,7 @@ fn image_trial(extra_model: &str, steps: u64, sampler: &str) -> String {
 fn image_trial_with(extra_model: &str, objective: &str, steps: u64, sampler: &str) -> String {
     let every = (steps / 5).max(1);
     format!(
-        "seed = 2\n[data]\npreset = \"mnist\"\ndir = \"{}\"\nheld_out = 1000\nlimit = 3000\n[model]\n{extra_model}\n[objective]\n{objective}\n[train]\nsteps = {steps}\nbatch = 64\nlr = 1e-3\neval_every = {every}\n[eval]\nn = 500\n[sampler]\n{sampler}\n",
-        mnist_dir().display()
+        "seed = 2\n[data]\npreset = \"mnist\"\nheld_out = 1000\nlimit = 3000\n[model]\n{extra_model}\n[objective]\n{objective}\n[train]\nsteps = {steps}\nbatch = 64\nlr = 1e-3\neval_every = {every}\n[eval]\nn = 500\n[sampler]\n{sampler}\n"
     )
 }
 

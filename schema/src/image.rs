@@ -7,7 +7,8 @@
 //! seed = 0
 //! [data]       # preset = "mnist" | "fashion" | "idx" (dir required)
 //! preset = "mnist"
-//! dir = "../shared/data/mnist"  # default: $SCORESWEEP_MNIST, else ../shared/data/mnist (mnist);
+//! dir = "/data/mnist"          # default: $SCORESWEEP_MNIST, else MNIST's test split shipped in
+//!                               # the binary (mnist); $SCORESWEEP_FASHION, else
 //!                               # /usr/share/datasets/fashion-mnist (fashion); relative to the
 //!                               # worker's working directory
 //! held_out = 2000               # the last images: never trained on, what every metric uses
@@ -145,7 +146,9 @@ pub struct ImageTrial {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageData {
     pub preset: String,
-    pub dir: PathBuf,
+    /// The directory of IDX files; `None`: MNIST's test split compiled into the binary (the
+    /// `mnist` preset's default, from the repository's `data/mnist/`).
+    pub dir: Option<PathBuf>,
     pub held_out: usize,
     /// Pixels in [−1, 1] (true) or [0, 1] (false).
     pub symmetric: bool,
@@ -312,11 +315,12 @@ impl ImageSampler {
     }
 }
 
-/// The default directory of a preset.
-fn default_dir(preset: &str) -> Option<PathBuf> {
+/// The default directory of a preset: `Some(None)` is the embedded MNIST test split, `None` a
+/// preset without a default.
+fn default_dir(preset: &str) -> Option<Option<PathBuf>> {
     match preset {
-        "mnist" => Some(std::env::var_os("SCORESWEEP_MNIST").map_or_else(|| PathBuf::from("../shared/data/mnist"), PathBuf::from)),
-        "fashion" => Some(std::env::var_os("SCORESWEEP_FASHION").map_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from)),
+        "mnist" => Some(std::env::var_os("SCORESWEEP_MNIST").map(PathBuf::from)),
+        "fashion" => Some(Some(std::env::var_os("SCORESWEEP_FASHION").map_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from))),
         _ => None,
     }
 }
@@ -325,7 +329,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     let d = raw.data;
     let dir = match d.dir {
         Some(s) if s.is_empty() => return Err(field("data.dir", "must not be empty")),
-        Some(s) => PathBuf::from(s),
+        Some(s) => Some(PathBuf::from(s)),
         None => default_dir(&d.preset).ok_or_else(|| field("data.dir", format!("is required for preset `{}`", d.preset)))?,
     };
     let held_out = in_range("data.held_out", d.held_out.unwrap_or(2000), 1, 1_000_000)?;

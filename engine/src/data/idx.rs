@@ -5,6 +5,10 @@
 //! split first, so the last images are the test split's: a held-out tail taken from the end is
 //! never trained on. When the directory has an `MD5SUMS` file, every file it lists that is
 //! used is checked before anything is parsed. Every error names the file.
+//!
+//! MNIST's test split (the repository's `data/mnist/`, 1.7 MB) is also compiled into the
+//! binary: [`load_embedded_mnist`] is the `mnist` preset's default, so trials, tests and sweeps
+//! need no file outside the checkout and a worker on another machine needs no copy.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -59,9 +63,9 @@ impl ImageSet {
     }
 }
 
-/// Reads a whole file, gunzipping it when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, IdxError> {
-    let raw = std::fs::read(path).map_err(|source| IdxError::Io { path: path.to_path_buf(), source })?;
+/// `raw` itself, or its decompression when it starts with the gzip magic (`path` names it in
+/// errors).
+fn gunzip_if_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, IdxError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -72,12 +76,6 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, IdxError> {
     } else {
         Ok(raw)
     }
-}
-
-/// Parses an IDX file of unsigned bytes (type code 0x08) of rank `rank`.
-pub fn read_idx(path: &Path, rank: usize) -> Result<IdxArray, IdxError> {
-    let bytes = read_maybe_gz(path)?;
-    parse_idx(&bytes, rank).map_err(|message| IdxError::Corrupt { path: path.to_path_buf(), message })
 }
 
 /// The format: two zero bytes, the type code, the rank, then one big-endian u32 per dimension
@@ -123,29 +121,35 @@ fn md5sums(dir: &Path) -> Result<Option<Sums>, IdxError> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|source| IdxError::Io { path: path.clone(), source })?;
-    let sums = text
-        .lines()
+    Ok(Some((path, parse_md5sums(&text))))
+}
+
+/// The (hex digest, file name) lines of an `MD5SUMS` text.
+fn parse_md5sums(text: &str) -> Vec<(String, String)> {
+    text.lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
             let hex = it.next()?.to_ascii_lowercase();
             let name = it.next()?.trim_start_matches('*').to_string();
             Some((hex, name))
         })
-        .collect();
-    Ok(Some((path, sums)))
+        .collect()
 }
 
-fn check_md5(file: &Path, sums: &Option<Sums>) -> Result<(), IdxError> {
+/// Checks `bytes`, read from `file`, against its line in `sums` (if listed).
+fn check_md5(file: &Path, bytes: &[u8], sums: &Option<Sums>) -> Result<(), IdxError> {
     let Some((sums_path, list)) = sums else { return Ok(()) };
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let Some((expected, _)) = list.iter().find(|(_, n)| n == name) else { return Ok(()) };
-    let bytes = std::fs::read(file).map_err(|source| IdxError::Io { path: file.to_path_buf(), source })?;
-    let got = md5_hex(&bytes);
+    let got = md5_hex(bytes);
     if &got != expected {
         return Err(IdxError::Checksum { path: file.to_path_buf(), sums: sums_path.clone(), expected: expected.clone(), got });
     }
     Ok(())
 }
+
+/// One file of a set in memory: where it came from (for messages) and its raw bytes.
+type RawFile = (PathBuf, Vec<u8>);
 
 /// Loads every split present in `dir` (training first), checking `MD5SUMS` when present.
 pub fn load_dir(dir: &Path) -> Result<ImageSet, IdxError> {
@@ -153,14 +157,51 @@ pub fn load_dir(dir: &Path) -> Result<ImageSet, IdxError> {
         return Err(IdxError::Missing { path: dir.to_path_buf(), message: "no such directory".into() });
     }
     let sums = md5sums(dir)?;
-    let mut set = ImageSet { n: 0, h: 0, w: 0, pixels: Vec::new(), labels: Vec::new(), files: Vec::new() };
+    let read = |path: PathBuf| -> Result<RawFile, IdxError> {
+        let bytes = std::fs::read(&path).map_err(|source| IdxError::Io { path: path.clone(), source })?;
+        Ok((path, bytes))
+    };
+    let mut splits = Vec::new();
     for (img_stem, lab_stem) in SPLITS {
         let Some(img_path) = find(dir, img_stem) else { continue };
         let lab_path = find(dir, lab_stem).ok_or_else(|| IdxError::Missing { path: dir.join(lab_stem), message: format!("labels for {} are missing", img_path.display()) })?;
-        check_md5(&img_path, &sums)?;
-        check_md5(&lab_path, &sums)?;
-        let img = read_idx(&img_path, 3)?;
-        let lab = read_idx(&lab_path, 1)?;
+        splits.push((read(img_path)?, read(lab_path)?));
+    }
+    assemble(dir, splits, &sums)
+}
+
+/// MNIST's test split as shipped in `data/mnist/` (images, labels, checksums).
+const EMBEDDED_MNIST: [(&str, &[u8]); 2] = [
+    ("t10k-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist/t10k-images-idx3-ubyte.gz")),
+    ("t10k-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist/t10k-labels-idx1-ubyte.gz")),
+];
+const EMBEDDED_MNIST_SUMS: &str = include_str!("../../../data/mnist/MD5SUMS");
+
+/// Where the embedded copy says it comes from, in `ImageSet::files` and in errors.
+pub const EMBEDDED_MNIST_ORIGIN: &str = "<embedded>/mnist";
+
+/// MNIST's test split compiled into the binary (10,000 digits), checked against its MD5SUMS
+/// like a directory.
+pub fn load_embedded_mnist() -> Result<ImageSet, IdxError> {
+    let origin = Path::new(EMBEDDED_MNIST_ORIGIN);
+    let sums = Some((origin.join("MD5SUMS"), parse_md5sums(EMBEDDED_MNIST_SUMS)));
+    let [img, lab] = EMBEDDED_MNIST.map(|(name, bytes)| (origin.join(name), bytes.to_vec()));
+    assemble(origin, vec![(img, lab)], &sums)
+}
+
+/// Checks, parses and concatenates (images, labels) file pairs in order; `origin` names the
+/// set when it is empty.
+fn assemble(origin: &Path, splits: Vec<(RawFile, RawFile)>, sums: &Option<Sums>) -> Result<ImageSet, IdxError> {
+    let mut set = ImageSet { n: 0, h: 0, w: 0, pixels: Vec::new(), labels: Vec::new(), files: Vec::new() };
+    for ((img_path, img_raw), (lab_path, lab_raw)) in splits {
+        check_md5(&img_path, &img_raw, sums)?;
+        check_md5(&lab_path, &lab_raw, sums)?;
+        let parse = |path: &Path, raw: Vec<u8>, rank: usize| -> Result<IdxArray, IdxError> {
+            let bytes = gunzip_if_gz(path, raw)?;
+            parse_idx(&bytes, rank).map_err(|message| IdxError::Corrupt { path: path.to_path_buf(), message })
+        };
+        let img = parse(&img_path, img_raw, 3)?;
+        let lab = parse(&lab_path, lab_raw, 1)?;
         let (n, h, w) = (img.dims[0], img.dims[1], img.dims[2]);
         if lab.dims[0] != n {
             return Err(IdxError::Corrupt { path: lab_path, message: format!("{} labels for {n} images in {}", lab.dims[0], img_path.display()) });
@@ -182,7 +223,7 @@ pub fn load_dir(dir: &Path) -> Result<ImageSet, IdxError> {
         set.files.push(lab_path);
     }
     if set.n == 0 {
-        return Err(IdxError::Empty { dir: dir.to_path_buf() });
+        return Err(IdxError::Empty { dir: origin.to_path_buf() });
     }
     Ok(set)
 }
@@ -229,6 +270,23 @@ pub fn md5_hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The embedded copy is the repository's `data/mnist/` byte for byte, and MNIST's test split
+    /// as published: 10,000 images of 28×28 with the official per-digit counts.
+    #[test]
+    fn embedded_mnist_is_the_shipped_test_split() {
+        let embedded = load_embedded_mnist().unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
+        let on_disk = load_dir(&dir).unwrap();
+        assert_eq!((embedded.n, embedded.h, embedded.w), (10_000, 28, 28));
+        assert_eq!((&embedded.pixels, &embedded.labels), (&on_disk.pixels, &on_disk.labels));
+        let mut counts = [0usize; 10];
+        for &l in &embedded.labels {
+            counts[l as usize] += 1;
+        }
+        assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+        assert!(embedded.files.iter().all(|f| f.starts_with(EMBEDDED_MNIST_ORIGIN)));
+    }
 
     #[test]
     fn md5_matches_rfc_1321_vectors() {

@@ -144,10 +144,19 @@ pub struct Split {
     pub dequantize: bool,
 }
 
-/// Loads `spec.dir` and splits off the last `held_out` images (never trained on).
+/// Loads `spec.dir` (or the embedded MNIST test split) and splits off the last `held_out`
+/// images (never trained on).
 pub fn load(spec: &ImageData) -> std::result::Result<Split, IdxError> {
-    let set = idx::load_dir(&spec.dir)?;
-    split(set, spec).map_err(|message| IdxError::Corrupt { path: spec.dir.clone(), message })
+    let set = match &spec.dir {
+        Some(dir) => idx::load_dir(dir)?,
+        None => idx::load_embedded_mnist()?,
+    };
+    split(set, spec).map_err(|message| IdxError::Corrupt { path: data_origin(spec), message })
+}
+
+/// Where a trial's images come from, for messages: the directory or the embedded copy.
+pub fn data_origin(spec: &ImageData) -> std::path::PathBuf {
+    spec.dir.clone().unwrap_or_else(|| idx::EMBEDDED_MNIST_ORIGIN.into())
 }
 
 /// Splits a loaded set by the trial's data spec.

@@ -261,7 +261,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
     if cond && let Some(&bad) = split.train_labels.iter().chain(&split.held_labels).find(|&&l| l as u32 >= NULL_CLASS) {
         let message = format!("label {bad}: class-conditional image models take labels 0 to 9");
-        return Err(EngineError::Data(crate::data::idx::IdxError::Corrupt { path: cfg.data.dir.clone(), message }));
+        return Err(EngineError::Data(crate::data::idx::IdxError::Corrupt { path: super::data_origin(&cfg.data), message }));
     }
 
     // The fixed evaluation draws over the held-out images.
