@@ -1,6 +1,7 @@
 //! The `worker` binary: `worker trial FILE.toml --out DIR` runs one trial standalone;
 //! `worker --coordinator URL` joins a sweep and runs trials leased over gRPC (see `agent`);
-//! `worker bench` times one engine case; `worker devices` lists the GPUs it can see. Trials run
+//! `worker bench` times one engine case; `worker devices` lists the GPUs it can see; `worker
+//! data fetch mnist|fashion DIR` downloads a full data set (see `fetch`). Trials run
 //! on `--device` (`auto`: the first GPU of a `cuda` build with a driver, else the CPU). The
 //! engine itself (crate `engine`) knows nothing of
 //! gRPC: this binary is the only place where the two meet.
@@ -15,6 +16,7 @@ use engine::{outputs, trial};
 use schema::TrialConfig;
 
 mod agent;
+mod fetch;
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "scoresweep worker: trains and samples score models")]
@@ -57,6 +59,31 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
+    /// Data sets: `worker data fetch mnist|fashion DIR`.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download a data set's four standard IDX files into DIR (resumable, MD5-checked, with
+    /// progress), then train on it with `data.dir = "DIR"`.
+    Fetch {
+        /// mnist | fashion
+        set: String,
+        dir: PathBuf,
+        /// Base URL of a mirror holding the standard file names (default: the set's own).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Which split's files to fetch.
+        #[arg(long, value_enum, default_value = "all")]
+        split: fetch::Split,
+        /// Attempts per file; each resumes where the last stopped.
+        #[arg(long, default_value_t = 4)]
+        attempts: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +92,19 @@ fn main() -> ExitCode {
         (Some(Command::Trial { file, out, progress_every }), _) => run_trial(&file, &out, progress_every, cli.device),
         (Some(Command::Devices), _) => list_devices(),
         (Some(Command::Bench { case, threads, dim, iters }), _) => run_bench(&case, threads, dim, iters),
+        (Some(Command::Data { command: DataCommand::Fetch { set, dir, mirror, split, attempts } }), _) => {
+            match fetch::fetch(&fetch::FetchArgs { set, dir, mirror, split, attempts }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(fetch::FetchError::Usage(m)) => {
+                    eprintln!("error: {m}");
+                    ExitCode::from(2)
+                }
+                Err(fetch::FetchError::Failed(e)) => {
+                    eprintln!("worker: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         (None, Some(url)) => match agent::run(&url, &cli.agent, cli.device) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
