@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 /// many body bytes of a file's first full response, then closes (a dropped connection).
 struct Server {
     port: u16,
-    log: Arc<Mutex<Vec<(String, Option<u64>)>>>,
+    log: Arc<Mutex<Vec<Request>>>,
 }
+
+/// A request the server saw: the file and the first byte asked for, if a range.
+type Request = (String, Option<u64>);
 
 fn serve(files: HashMap<String, Vec<u8>>, cut: HashMap<String, usize>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
