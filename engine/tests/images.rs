@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use engine::data::idx::{self, IdxError};
-use engine::trial::{self, TrialStatus};
+use engine::outcome::TrialStatus;
+use engine::trial;
 use schema::TrialConfig;
 
 fn idx_bytes(dims: &[u32], payload: &[u8]) -> Vec<u8> {
@@ -207,7 +208,11 @@ fn image_trials_refuse_bad_keys_by_name() {
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\neps = 0.1"), "sampler.eps"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"annealed_langevin\"\nsteps_per_level = 0"), "sampler.steps_per_level"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nsigma_min = 100.0"), "sampler.sigma_max"),
-        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"ddim\""), "sampler.kind"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"dpm\""), "sampler.kind"),
+        // A Langevin step of 2σ_min² or more cannot be stable (the old default 2e-5 at 0.002).
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"annealed_langevin\"\neps = 2e-5"), "sampler.eps"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"langevin\"\nsigma_min = 0.1\neps = 0.02"), "sampler.eps"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"ddim\"\neps = 1e-6"), "sampler.eps"),
         (base("kind = \"mlp\"\nwidth = 3", "kind = \"edm\"", "kind = \"heun\""), "model.width"),
     ];
     for (src, key) in cases {
