@@ -110,3 +110,32 @@ fn every_sampler_recovers_a_mixture_from_its_exact_perturbed_score() {
     let w = engine::eval::samples::mode_weights(&x.iter().map(|&v| v as f64).collect::<Vec<f64>>(), &mix);
     assert!((w[0] - 0.5).abs() < 0.05, "plain Langevin: mode weights {w:?}");
 }
+
+/// The registry builds every sampler a trial file can name, toy or image (a schema variant
+/// without its registry line would make a trial skip sampling).
+#[test]
+fn the_registry_builds_every_sampler_the_schema_accepts() {
+    use schema::trial::TrialConfig;
+    let p = samplers::Params { sigmas: Some(vec![2.0, 1.0]), eps: 0.1, steps: 3, steps_per_level: 2, denoise: true, snr: 0.16, start: samplers::Start::Noise };
+    let toy = |kind: &str| {
+        format!(
+            "[data]\npreset = \"ncsn2d\"\n[model]\nkind = \"mlp\"\n[objective]\nkind = \"dsm\"\nnoise = {{ ladder = \"geometric\", sigma_max = 2.0, sigma_min = 1.0, levels = 2 }}\n[train]\nsteps = 1\n[sampler]\nkind = \"{kind}\"\n"
+        )
+    };
+    let image = |kind: &str| {
+        format!("[data]\npreset = \"mnist\"\ndir = \"/nonexistent\"\n[model]\nkind = \"mlp\"\n[objective]\nkind = \"edm\"\n[train]\nsteps = 1\n[sampler]\nkind = \"{kind}\"\n")
+    };
+    let kinds = ["annealed_langevin", "langevin", "score_ascent", "heun", "euler_maruyama", "pc", "ddim"];
+    let mut seen = 0;
+    for src in kinds.iter().map(|k| toy(k)).chain(kinds.iter().map(|k| image(k))) {
+        let name = match TrialConfig::from_str_at(&src, std::path::Path::new("t.toml")) {
+            Ok(TrialConfig::Train(t)) => t.sampler.name(),
+            Ok(TrialConfig::Image(t)) => t.sampler.name(),
+            _ => continue, // a kind this family does not offer (score ascent for images)
+        };
+        let s = samplers::build(name, &p).unwrap_or_else(|| panic!("no registry line for {name}"));
+        assert_eq!(s.name(), name);
+        seen += 1;
+    }
+    assert_eq!(seen, 13, "7 toy samplers and 6 image ones");
+}
