@@ -144,10 +144,15 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         let sigmas = crate::ladder::geometric(20.0, 1.0, 10);
         let ms = median_ms(
             || {
-                let s = samplers::AnnealedLangevin { sigmas: sigmas.clone(), eps: 0.05, steps_per_level: 100, denoise: false, start: samplers::Start::Box(8.0) };
+                // ε small enough that the untrained net's chains stay finite: a run stopped at the
+                // first non-finite value would time nothing.
+                let s = samplers::AnnealedLangevin { sigmas: sigmas.clone(), eps: 1e-4, steps_per_level: 100, denoise: false, start: samplers::Start::Box(8.0) };
                 let mut x = samplers::start(&s, batch, 2, &mut rng);
                 let mut scorer = samplers::scorer_for(&m, &dev)?;
-                samplers::sample(&s, scorer.as_mut(), &mut x, &mut rng, &mut || {}).map(|_| ())
+                match samplers::sample(&s, scorer.as_mut(), &mut x, &mut rng, &mut || {})?.diverged {
+                    Some(at) => Err(candle_core::Error::Msg(format!("the bench's chains diverged at step {}", at.step))),
+                    None => Ok(()),
+                }
             },
             1,
             iters.max(1),
