@@ -128,7 +128,9 @@ def train_step_fn(case, dim):
 
 
 def sample_fn():
-    n, levels, steps, eps = 10_000, 10, 100, 0.1
+    # NCSN's Langevin step x + αS + √(2α)z; ε small enough that the untrained net's chains stay
+    # finite (as the engine's case, which stops at the first non-finite value).
+    n, levels, steps, eps = 10_000, 10, 100, 1e-4
     net = mlp(3, 128, 2)
     sigmas = [20.0 * (1.0 / 20.0) ** (i / (levels - 1)) for i in range(levels)]
     last = sigmas[-1]
@@ -139,7 +141,7 @@ def sample_fn():
         inp = torch.empty(n, 3)
         for s in sigmas:
             alpha = eps * s * s / (last * last)
-            half, noise = alpha / 2.0, math.sqrt(alpha)
+            half, noise = alpha, math.sqrt(2.0 * alpha)
             inp[:, 2] = math.log(s)
             for _ in range(steps):
                 inp[:, :2] = x

@@ -9,7 +9,7 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
 use crate::data::{Mixture, MixtureSource};
-use crate::images::sample::{self, BufferDenoiser, Denoiser};
+use crate::images::guided::{BufferDenoiser, FastGuided};
 use crate::images::{self, Precond};
 use crate::models::{Activation, Arch, MlpScore};
 use crate::objectives::{self, ObjectiveKind, ProbeDist, TrainObjective};
@@ -18,7 +18,7 @@ use crate::samplers;
 use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
 use crate::train::fast::unet::FastUnet;
 use crate::train::fast::{FastDsm, FastIsm, FastSsm};
-use schema::image::{ImageMlpSpec, ImageModel, ImageSamplerKind, Schedule, UnetSpec};
+use schema::image::{ImageMlpSpec, ImageModel, UnetSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
@@ -144,9 +144,15 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
         let sigmas = crate::ladder::geometric(20.0, 1.0, 10);
         let ms = median_ms(
             || {
-                let mut x = samplers::uniform_box(batch, 2, 8.0, &mut rng);
+                // ε small enough that the untrained net's chains stay finite: a run stopped at the
+                // first non-finite value would time nothing.
+                let s = samplers::AnnealedLangevin { sigmas: sigmas.clone(), eps: 1e-4, steps_per_level: 100, denoise: false, start: samplers::Start::Box(8.0) };
+                let mut x = samplers::start(&s, batch, 2, &mut rng);
                 let mut scorer = samplers::scorer_for(&m, &dev)?;
-                samplers::annealed_langevin(scorer.as_mut(), &mut x, &sigmas, 0.1, 100, false, &mut rng, &mut || {})
+                match samplers::sample(&s, scorer.as_mut(), &mut x, &mut rng, &mut || {})?.diverged {
+                    Some(at) => Err(candle_core::Error::Msg(format!("the bench's chains diverged at step {}", at.step))),
+                    None => Ok(()),
+                }
             },
             1,
             iters.max(1),
@@ -219,20 +225,6 @@ pub fn run(case: Case, dim: usize, iters: usize) -> Result<BenchResult> {
 }
 
 /// A plain-buffer forward pass with fixed labels.
-struct FastLabelled {
-    fwd: Box<dyn BufferDenoiser>,
-    labels: Vec<u32>,
-}
-
-impl Denoiser for FastLabelled {
-    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0.0f32; xs.len()];
-        self.fwd.denoise(&xs, &vec![sigma as f32; self.labels.len()], &self.labels, &mut out);
-        Tensor::from_vec(out, x.shape(), x.device())
-    }
-}
-
 /// The image cases, mirrored by `benches/torch_bench.py` (nets of `benches/image_torch.py`):
 /// fixed images in [−1, 1] and labels, σ ~ exp(N(−1.2, 1.2²)) and ε drawn inside each step,
 /// EDM's weighted loss, AdamW (lr 1e-3, no weight decay, no EMA).
@@ -253,17 +245,19 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
     images::init_weights(&varmap, &mut rng)?;
     if matches!(case, Case::ImageMlpSample | Case::UnetSample) {
         let n = if case == Case::UnetSample { 50 } else { 500 };
-        let sched = Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 };
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
         // Both nets sample through their plain-buffer forward passes, as CPU trials do.
         let fwd: Box<dyn BufferDenoiser> = match case {
             Case::ImageMlpSample => Box::new(ImageForward::new(&mlp_spec, d, precond, &varmap)?),
             _ => Box::new(FastUnet::inference(&unet_spec, precond, h, w, &varmap, n)?),
         };
-        let mut den = FastLabelled { fwd, labels };
+        let mut fwd = fwd;
+        let heun = samplers::heun::Heun { sigmas: [samplers::rho_schedule(80.0, 0.002, 18, 7.0), vec![0.0]].concat() };
         let ms = median_ms(
             || {
-                sample::sample(&ImageSamplerKind::Heun, &mut den, &[n, 1, h, w], &sched, &mut rng, &dev)?;
+                let mut den = FastGuided { fwd: fwd.as_mut(), labels: labels.clone(), s: 1.0 };
+                let mut x = samplers::start(&heun, n, d, &mut rng);
+                samplers::sample(&heun, &mut den, &mut x, &mut rng, &mut || {})?;
                 Ok(())
             },
             1,

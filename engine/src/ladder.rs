@@ -72,10 +72,8 @@ pub fn ncsnv2_gamma(dim: usize) -> Option<f64> {
 /// Technique 4: with u = ε'/σ_L² and T steps per level,
 /// f(u) = (1−u)^{2T}(γ² − 2/(2−u)) + 2/(2−u) is the ratio of the sample variance at the end of a
 /// level to σ_L²-scaled target; pick the ε' in (0, σ_L²) that brings f closest to 1.
-///
-/// NCSNv2 derives ε' for steps x ← x + α' S + √(2α') z; this project's sampler steps
-/// x ← x + (α/2) S + √α z, the same chain with α = 2α'. The ε returned is therefore 2ε', the
-/// step size for this project's sampler.
+/// NCSNv2 derives ε' for steps x ← x + α' S + √(2α') z, the convention of every Langevin step
+/// here (`samplers`), so ε' is returned as it is.
 pub fn ncsnv2_step_size(sigma_min: f64, gamma: f64, steps_per_level: usize) -> f64 {
     let f = |u: f64| {
         let c = 2.0 / (2.0 - u);
@@ -96,7 +94,7 @@ pub fn ncsnv2_step_size(sigma_min: f64, gamma: f64, steps_per_level: usize) -> f
         let d = a + g * (b - a);
         if (f(c) - 1.0).abs() < (f(d) - 1.0).abs() { b = d } else { a = c }
     }
-    2.0 * 0.5 * (a + b) * sigma_min * sigma_min
+    0.5 * (a + b) * sigma_min * sigma_min
 }
 
 /// The auto ladder: returns (σs, γ, whether γ came from the NCSNv2 rule).
@@ -152,8 +150,7 @@ mod tests {
     #[test]
     fn step_size_rule_is_interior_minimum() {
         let (sl, g, t) = (0.01, 1.1, 100);
-        // In NCSNv2's parametrisation (half this sampler's step size).
-        let eps = ncsnv2_step_size(sl, g, t) / 2.0;
+        let eps = ncsnv2_step_size(sl, g, t);
         assert!(eps > 0.0 && eps < sl * sl);
         let f = |e: f64| {
             let u = e / (sl * sl);

@@ -8,13 +8,14 @@
 //! - [`models`]: [`models::ScoreModel`] (S(x, σ, label), optional tangents / closed-form trace /
 //!   energy);
 //! - [`train`]: [`train::Trainer`] (autograd, or a hand-derived step chosen automatically);
-//! - [`samplers`]: [`samplers::Sampler`] (chains moved by a [`samplers::Scorer`], network
-//!   evaluations counted);
+//! - [`samplers`]: [`samplers::Sampler`] (chains moved by a [`samplers::Field`]: a score or a
+//!   denoiser, toy and image models alike; network evaluations counted, divergence caught);
 //! - [`eval`]: [`eval::Checkpoint`] evaluators (loss gaps with exact scores) and sample metrics.
 //!
 //! [`device`] detects GPUs and picks the device (the hand-derived fast paths are CPU only);
 //! [`plan`] resolves what the file alone could not (ladder, step size, evaluation σ, device);
-//! [`trial`] runs the plan; [`outputs`] writes a standalone trial's files.
+//! [`trial`] runs the plan; [`outcome`] is what a run reports; [`outputs`] writes a standalone
+//! trial's files.
 
 pub mod bench;
 pub mod data;
@@ -25,6 +26,7 @@ pub mod images;
 pub mod ladder;
 pub mod models;
 pub mod objectives;
+pub mod outcome;
 pub mod outputs;
 pub mod plan;
 pub mod rng;

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::error::EngineError;
-use crate::trial::{TrialOutcome, TrialStatus};
+use crate::outcome::{TrialOutcome, TrialStatus};
 
 fn write_file(path: &Path, contents: &[u8]) -> Result<(), EngineError> {
     // Write to a temporary name and rename, so a crash never leaves a half-written file.

@@ -49,7 +49,7 @@ impl<'a> TrialPlan<'a> {
         let train_set = cfg.train.n_train.map(|n| data.sample(n, &mut train_rng).x);
         let ladder = cfg.noise.as_ref().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
         let eps = match (&cfg.sampler, &ladder) {
-            (SamplerSpec::None, _) => None,
+            (SamplerSpec::None | SamplerSpec::Heun { .. } | SamplerSpec::EulerMaruyama { .. } | SamplerSpec::Pc { .. } | SamplerSpec::Ddim { .. }, _) => None,
             (
                 SamplerSpec::AnnealedLangevin { eps, steps_per_level, .. }
                 | SamplerSpec::Langevin { eps, steps_per_level, .. }

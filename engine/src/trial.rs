@@ -15,71 +15,11 @@ use crate::eval::gaps::{self, DsmGap, EsmIsmGap, EvalSet, SsmLoss};
 use crate::eval::{Checkpoint, energy, samples};
 use crate::models::{self, ScoreModel};
 use crate::objectives::TrainObjective;
+use crate::outcome::{Progress, TrialOutcome, TrialStatus};
 use crate::plan::TrialPlan;
 use crate::rng::{Rng, Stream};
 use crate::samplers;
 use crate::train::{self, TrainSetup, Trainer};
-
-/// Reported to the caller during training and sampling.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub step: u64,
-    pub total_steps: u64,
-    pub train_loss: f64,
-    /// The latest checkpoint's values (empty between checkpoints).
-    pub latest: Vec<(String, f64)>,
-}
-
-/// How a run of the engine ended (the attempt's status is derived from it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrialStatus {
-    Ok,
-    Diverged { step: u64 },
-    Cancelled,
-}
-
-impl std::fmt::Display for TrialStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TrialStatus::Ok => "ok",
-            TrialStatus::Diverged { .. } => "diverged",
-            TrialStatus::Cancelled => "cancelled",
-        })
-    }
-}
-
-impl From<TrialStatus> for schema::Status {
-    fn from(s: TrialStatus) -> Self {
-        match s {
-            TrialStatus::Ok => schema::Status::Done,
-            TrialStatus::Diverged { .. } => schema::Status::Diverged,
-            TrialStatus::Cancelled => schema::Status::Cancelled,
-        }
-    }
-}
-
-pub struct TrialOutcome {
-    pub status: TrialStatus,
-    pub metrics: Vec<(String, f64)>,
-    pub curve_columns: Vec<String>,
-    pub curve_rows: Vec<Vec<f64>>,
-    pub samples: Vec<Vec<f32>>,
-    pub data_sample: Vec<Vec<f32>>,
-    /// Named parameters of the trained model (empty for sleep trials).
-    pub weights: Vec<(String, Tensor)>,
-    /// Other files the trial made, as (name, media type, bytes): e.g. `samples.png`.
-    pub files: Vec<(String, &'static str, Vec<u8>)>,
-    /// The device that ran the trial (`cpu`, `cuda:0`; `device::label`).
-    pub device: String,
-    /// The training step used (`fast_dsm`, `autograd`, …; empty for sleep trials).
-    pub trainer: String,
-}
-
-impl TrialOutcome {
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
-    }
-}
 
 /// Runs one trial on `device` on the calling thread (CPU heavy: call it off any async
 /// executor). Checks `cancel` between steps. On the CPU, MLP score nets use the hand-derived
@@ -260,10 +200,11 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     let t_sample = Instant::now();
     let mut samples_out = Vec::new();
     let mut data_out = Vec::new();
-    let sampler = samplers::build(&cfg.sampler, sigmas.as_deref(), plan.eps.unwrap_or(0.0));
-    if let (TrialStatus::Ok, Some(sampler), Some(init)) = (trained.status, sampler, sampler_init(cfg)) {
+    let mut status = trained.status;
+    let sampler = samplers::build(cfg.sampler.name(), &sampler_params(cfg, sigmas.as_deref(), plan.eps.unwrap_or(0.0)));
+    if let (TrialStatus::Ok, Some(sampler), Some(n)) = (status, sampler, sampler_n(cfg)) {
         let mut srng = Rng::stream(seed, Stream::Sampler);
-        let mut x = samplers::uniform_box(init.n, d, init.box_half, &mut srng);
+        let mut x = samplers::start(sampler.as_ref(), n, d, &mut srng);
         let mut scorer = samplers::scorer_for(model.as_ref(), &device)?;
         metrics.push(("eps_used".into(), plan.eps.unwrap_or(f64::NAN)));
         let total = sampler.steps();
@@ -279,20 +220,25 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
                 });
             }
         };
-        let nfe = samplers::sample(sampler.as_ref(), scorer.as_mut(), &mut x, &mut srng, &mut tick)?;
-        metrics.push(("nfe".into(), nfe as f64));
-        let xs: Vec<f64> = x.into_iter().map(f64::from).collect();
-        let reference = plan.data.sample(init.n, &mut Rng::stream(seed, Stream::Reference)).x;
-        let finite: Vec<f64> = xs.chunks(d).filter(|p| p.iter().all(|v| v.is_finite())).flatten().cloned().collect();
-        metrics.push(("samples_nonfinite".into(), ((xs.len() - finite.len()) / d) as f64));
-        if finite.len() >= 2 * d {
-            let mut mrng = Rng::stream(seed, Stream::Metrics);
-            metrics.extend(samples::sample_metrics(&finite, &reference, d, plan.data.exact(), &mut mrng));
+        let sampled = samplers::sample(sampler.as_ref(), scorer.as_mut(), &mut x, &mut srng, &mut tick)?;
+        metrics.push(("nfe".into(), sampled.nfe as f64));
+        if let Some(at) = sampled.diverged {
+            // A non-finite sample: the trial diverged while sampling, with no sample metrics.
+            status = TrialStatus::Diverged { step: trained.steps_done };
+            metrics.extend(at.metrics());
+        } else {
+            let xs: Vec<f64> = x.into_iter().map(f64::from).collect();
+            let reference = plan.data.sample(n, &mut Rng::stream(seed, Stream::Reference)).x;
+            metrics.push(("samples_nonfinite".into(), 0.0));
+            if xs.len() >= 2 * d {
+                let mut mrng = Rng::stream(seed, Stream::Metrics);
+                metrics.extend(samples::sample_metrics(&xs, &reference, d, plan.data.exact(), &mut mrng));
+            }
+            samples_out = xs.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
+            data_out = reference.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
         }
-        samples_out = xs.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
-        data_out = reference.chunks(d).map(|p| p.iter().map(|&v| v as f32).collect()).collect();
     }
-    if let (TrialStatus::Ok, Some(net), Some(mix)) = (trained.status, model.energy(), plan.data.exact())
+    if let (TrialStatus::Ok, Some(net), Some(mix)) = (status, model.energy(), plan.data.exact())
         && d <= 2
     {
         // The held-out points are the evaluation sample (drawn again from its stream).
@@ -310,7 +256,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
         varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<candle_core::Result<_>>()?;
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(TrialOutcome {
-        status: trained.status,
+        status,
         metrics,
         curve_columns: trained.columns,
         curve_rows: trained.rows,
@@ -323,11 +269,35 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     })
 }
 
-/// Where the sampler's chains start (None without a sampler).
-fn sampler_init(cfg: &TrainTrial) -> Option<&schema::trial::Init> {
+/// How many chains the sampler runs (None without a sampler).
+fn sampler_n(cfg: &TrainTrial) -> Option<usize> {
     use schema::trial::SamplerSpec;
     match &cfg.sampler {
         SamplerSpec::None => None,
-        SamplerSpec::AnnealedLangevin { init, .. } | SamplerSpec::Langevin { init, .. } | SamplerSpec::ScoreAscent { init, .. } => Some(init),
+        SamplerSpec::AnnealedLangevin { init, .. } | SamplerSpec::Langevin { init, .. } | SamplerSpec::ScoreAscent { init, .. } => Some(init.n),
+        SamplerSpec::Heun { n, .. } | SamplerSpec::EulerMaruyama { n, .. } | SamplerSpec::Pc { n, .. } | SamplerSpec::Ddim { n, .. } => Some(*n),
     }
+}
+
+/// What the sampler of a toy trial is built from: the Langevin family walks its noise ladder
+/// (descending; None for a clean-score model) with the resolved step size `eps` from the
+/// uniform box; the ODE/SDE samplers walk EDM's ρ schedule between the ladder's ends.
+fn sampler_params(cfg: &TrainTrial, ladder: Option<&[f64]>, eps: f64) -> samplers::Params {
+    use schema::trial::SamplerSpec;
+    let mut p = samplers::Params { sigmas: ladder.map(<[f64]>::to_vec), eps, steps: 0, steps_per_level: 1, denoise: false, snr: 0.0, start: samplers::Start::Noise };
+    match &cfg.sampler {
+        SamplerSpec::None => {}
+        SamplerSpec::AnnealedLangevin { init, steps_per_level, denoise, .. } => {
+            (p.steps_per_level, p.denoise, p.start) = (*steps_per_level, *denoise, samplers::Start::Box(init.box_half));
+        }
+        SamplerSpec::Langevin { init, steps, .. } | SamplerSpec::ScoreAscent { init, steps, .. } => (p.steps, p.start) = (*steps, samplers::Start::Box(init.box_half)),
+        SamplerSpec::Heun { steps, .. } | SamplerSpec::EulerMaruyama { steps, .. } | SamplerSpec::Pc { steps, .. } | SamplerSpec::Ddim { steps, .. } => {
+            // EDM's ρ = 7 schedule between the ladder's ends (validation requires a ladder).
+            p.sigmas = ladder.map(|l| samplers::rho_schedule(l[0], l[l.len() - 1], *steps, 7.0));
+            if let SamplerSpec::Pc { snr, .. } = &cfg.sampler {
+                p.snr = *snr;
+            }
+        }
+    }
+    p
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use engine::data::idx::{self, IdxError};
-use engine::trial::{self, TrialStatus};
+use engine::outcome::TrialStatus;
+use engine::trial;
 use schema::TrialConfig;
 
 fn idx_bytes(dims: &[u32], payload: &[u8]) -> Vec<u8> {
@@ -167,6 +168,20 @@ fn short_training_lowers_the_held_out_loss_and_is_deterministic() {
     assert_eq!(o.samples, again.samples);
 }
 
+/// The samplers image trials gained run end to end through the registry: DDIM (N
+/// evaluations for N levels) and plain Langevin at σ_min (one per step), with finite images.
+#[test]
+fn image_trials_sample_with_ddim_and_plain_langevin() {
+    for (sampler, nfe) in [("kind = \"ddim\"\nsteps = 6\nn = 10", 6.0), ("kind = \"langevin\"\nsteps = 7\nsigma_min = 0.1\nn = 10", 7.0)] {
+        let src = image_trial("kind = \"mlp\"\nhidden = 64", 3, sampler);
+        let cfg = TrialConfig::from_str_at(&src, Path::new("s.toml")).unwrap();
+        let o = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        assert_eq!(o.status, TrialStatus::Ok, "{sampler}");
+        assert_eq!(o.metric("nfe"), Some(nfe), "{sampler}");
+        assert!(o.samples.len() == 10 && o.samples.iter().flatten().all(|v| v.is_finite()), "{sampler}");
+    }
+}
+
 /// The U-Net trains on its hand-derived step (a few steps: shapes, gradients and the EMA swap).
 #[test]
 fn unet_trial_runs_end_to_end() {
@@ -201,7 +216,11 @@ fn image_trials_refuse_bad_keys_by_name() {
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\neps = 0.1"), "sampler.eps"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"annealed_langevin\"\nsteps_per_level = 0"), "sampler.steps_per_level"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"heun\"\nsigma_min = 100.0"), "sampler.sigma_max"),
-        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"ddim\""), "sampler.kind"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"dpm\""), "sampler.kind"),
+        // A Langevin step of 2σ_min² or more cannot be stable (the old default 2e-5 at 0.002).
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"annealed_langevin\"\neps = 2e-5"), "sampler.eps"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"langevin\"\nsigma_min = 0.1\neps = 0.03"), "sampler.eps"),
+        (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"ddim\"\neps = 1e-6"), "sampler.eps"),
         (base("kind = \"mlp\"\nwidth = 3", "kind = \"edm\"", "kind = \"heun\""), "model.width"),
     ];
     for (src, key) in cases {

@@ -26,8 +26,9 @@
 //! steps = 2000
 //! [eval]       # n: held-out images the metrics use
 //! [sampler]    # kind = "heun" (probability-flow ODE, EDM ρ schedule) | "euler_maruyama"
-//!              # (reverse VE SDE) | "pc" (predictor–corrector, snr) | "annealed_langevin"
-//!              # (steps_per_level, eps) | "none";
+//!              # (reverse VE SDE) | "pc" (predictor–corrector, snr) | "ddim" (η = 0)
+//!              # | "annealed_langevin" (steps_per_level, eps: the step at sigma_min, default
+//!              # 0.2·sigma_min², below 2·sigma_min²) | "langevin" (eps, at sigma_min) | "none";
 //!              # steps, sigma_min, sigma_max, rho, n (images, one tenth per class),
 //!              # guidance (classifier-free scale s: 0 unconditional, 1 conditional, > 1 guided)
 //! kind = "heun"
@@ -37,7 +38,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::trial::{FieldError, NoiseSpec, RawNoise, field, in_range, positive, validate_noise};
+use crate::trial::{FieldError, NoiseSpec, RawNoise, field, in_range, langevin_step_is_stable, positive, validate_noise};
 
 /// The data presets that make a trial an image trial.
 pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];
@@ -289,6 +290,14 @@ pub enum ImageSamplerKind {
         steps_per_level: usize,
         eps: f64,
     },
+    /// Plain Langevin x ← x + eps S + √(2 eps) z at σ_min for `steps` steps, from uniform
+    /// pixels in [−1, 1]: N evaluations.
+    Langevin {
+        eps: f64,
+    },
+    /// DDIM with η = 0: x ← D + (σ_{i+1}/σ_i)(x − D) over the schedule and a final 0: N
+    /// evaluations.
+    Ddim,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -311,6 +320,8 @@ impl ImageSampler {
             ImageSamplerKind::EulerMaruyama => "euler_maruyama",
             ImageSamplerKind::Pc { .. } => "pc",
             ImageSamplerKind::AnnealedLangevin { .. } => "annealed_langevin",
+            ImageSamplerKind::Langevin { .. } => "langevin",
+            ImageSamplerKind::Ddim => "ddim",
         }
     }
 }
@@ -474,31 +485,45 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     let eval_n = in_range("eval.n", raw.eval.n.unwrap_or(held_out), 2, held_out).map_err(|e| field(&e.key, format!("{} (at most data.held_out)", e.message)))?;
 
     let s = raw.sampler;
-    let kind = match s.kind.as_str() {
-        "none" => ImageSamplerKind::None,
-        "heun" => ImageSamplerKind::Heun,
-        "euler_maruyama" => ImageSamplerKind::EulerMaruyama,
-        "pc" => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        "annealed_langevin" => ImageSamplerKind::AnnealedLangevin {
-            steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?,
-            eps: positive("sampler.eps", s.eps.unwrap_or(2e-5))?,
-        },
-        other => return Err(field("sampler.kind", format!("must be \"heun\", \"euler_maruyama\", \"pc\", \"annealed_langevin\" or \"none\" (got \"{other}\")"))),
-    };
-    if s.snr.is_some() && !matches!(kind, ImageSamplerKind::Pc { .. }) {
-        return Err(field("sampler.snr", "applies to kind = \"pc\" only"));
-    }
-    for (key, set) in [("sampler.steps_per_level", s.steps_per_level.is_some()), ("sampler.eps", s.eps.is_some())] {
-        if set && !matches!(kind, ImageSamplerKind::AnnealedLangevin { .. }) {
-            return Err(field(key, "applies to kind = \"annealed_langevin\" only"));
-        }
-    }
-    let default_steps = if kind == ImageSamplerKind::Heun { 18 } else { 100 };
     let sigma_min = positive("sampler.sigma_min", s.sigma_min.unwrap_or(0.002))?;
     let sigma_max = positive("sampler.sigma_max", s.sigma_max.unwrap_or(80.0))?;
     if sigma_max <= sigma_min {
         return Err(field("sampler.sigma_max", format!("must exceed sampler.sigma_min ({sigma_max} ≤ {sigma_min})")));
     }
+    // The Langevin step at σ_min: NCSN's 2e-5 at σ_L = 0.01 (0.2 σ_min²) unless given, and
+    // below 2σ_min², beyond which no step can be stable.
+    let eps = || -> Result<f64, FieldError> {
+        let eps = positive("sampler.eps", s.eps.unwrap_or(0.2 * sigma_min * sigma_min))?;
+        langevin_step_is_stable("sampler.eps", eps, sigma_min, "sampler.sigma_min")?;
+        Ok(eps)
+    };
+    let kind = match s.kind.as_str() {
+        "none" => ImageSamplerKind::None,
+        "heun" => ImageSamplerKind::Heun,
+        "euler_maruyama" => ImageSamplerKind::EulerMaruyama,
+        "pc" => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        "annealed_langevin" => {
+            ImageSamplerKind::AnnealedLangevin { steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?, eps: eps()? }
+        }
+        "langevin" => ImageSamplerKind::Langevin { eps: eps()? },
+        "ddim" => ImageSamplerKind::Ddim,
+        other => {
+            return Err(field(
+                "sampler.kind",
+                format!("must be \"heun\", \"euler_maruyama\", \"pc\", \"ddim\", \"annealed_langevin\", \"langevin\" or \"none\" (got \"{other}\")"),
+            ));
+        }
+    };
+    if s.snr.is_some() && !matches!(kind, ImageSamplerKind::Pc { .. }) {
+        return Err(field("sampler.snr", "applies to kind = \"pc\" only"));
+    }
+    if s.steps_per_level.is_some() && !matches!(kind, ImageSamplerKind::AnnealedLangevin { .. }) {
+        return Err(field("sampler.steps_per_level", "applies to kind = \"annealed_langevin\" only"));
+    }
+    if s.eps.is_some() && !matches!(kind, ImageSamplerKind::AnnealedLangevin { .. } | ImageSamplerKind::Langevin { .. }) {
+        return Err(field("sampler.eps", "applies to kind = \"annealed_langevin\" or \"langevin\" only"));
+    }
+    let default_steps = if kind == ImageSamplerKind::Heun { 18 } else { 100 };
     let schedule =
         Schedule { steps: in_range("sampler.steps", s.steps.unwrap_or(default_steps), 2, 100_000)?, sigma_min, sigma_max, rho: positive("sampler.rho", s.rho.unwrap_or(7.0))? };
     let guidance = s.guidance.unwrap_or(1.0);

@@ -19,7 +19,10 @@
 //! steps = 3000
 //! [eval]       # n, dsm_sigma, c_samples
 //! [sampler]    # kind = annealed_langevin | langevin | score_ascent | none; steps_per_level; steps;
-//!              # eps (number or "auto"); n; denoise; box
+//!              # or kind = heun | euler_maruyama | pc (snr) | ddim: `steps` levels of EDM's
+//!              # ρ = 7 schedule between the ladder's ends, chains from σ_max z;
+//!              # eps (number or "auto": the Langevin step x ← x + εS + √(2ε)z at the smallest
+//!              # level, below 2·sigma_min²); n; denoise; box
 //! kind = "annealed_langevin"
 //! ```
 //! A trial with a top-level `[sleep] seconds = x` only sleeps (scheduler benchmarks) and takes
@@ -270,6 +273,10 @@ enum RawSamplerKind {
     AnnealedLangevin,
     Langevin,
     ScoreAscent,
+    Heun,
+    EulerMaruyama,
+    Pc,
+    Ddim,
     None,
 }
 
@@ -294,6 +301,7 @@ struct RawSampler {
     denoise: bool,
     #[serde(rename = "box")]
     box_half: Option<f64>,
+    snr: Option<f64>,
 }
 fn d_spl() -> usize {
     100
@@ -440,6 +448,14 @@ pub enum NoiseSpec {
 }
 
 impl NoiseSpec {
+    /// The smallest level.
+    pub fn sigma_min(&self) -> f64 {
+        match self {
+            NoiseSpec::Geometric { sigma_min, .. } | NoiseSpec::Auto { sigma_min, .. } => *sigma_min,
+            NoiseSpec::List(v) => v.iter().copied().fold(f64::INFINITY, f64::min),
+        }
+    }
+
     /// The number of levels as configured (an `auto` ladder may end up with another count).
     pub fn levels(&self) -> usize {
         match self {
@@ -493,7 +509,8 @@ pub enum SamplerSpec {
         eps: StepSize,
         denoise: bool,
     },
-    /// `steps` steps x ← x + (α/2) S + √α z at the smallest σ (or the unconditional score).
+    /// `steps` steps x ← x + α S + √(2α) z (NCSN's convention, as annealed Langevin's) at the
+    /// smallest σ (or the unconditional score).
     Langevin {
         init: Init,
         steps: usize,
@@ -507,6 +524,29 @@ pub enum SamplerSpec {
         eps: StepSize,
         steps_per_level: usize,
     },
+    /// The probability-flow ODE by Heun's steps (EDM) over `steps` levels of EDM's ρ = 7
+    /// schedule between the ladder's largest and smallest σ, from σ_max z: 2·steps − 1
+    /// evaluations.
+    Heun {
+        n: usize,
+        steps: usize,
+    },
+    /// The reverse VE SDE by Euler–Maruyama over the same schedule: `steps` evaluations.
+    EulerMaruyama {
+        n: usize,
+        steps: usize,
+    },
+    /// Euler–Maruyama plus one Langevin corrector step at signal-to-noise ratio `snr`.
+    Pc {
+        n: usize,
+        steps: usize,
+        snr: f64,
+    },
+    /// DDIM (η = 0) over the same schedule: `steps` evaluations.
+    Ddim {
+        n: usize,
+        steps: usize,
+    },
 }
 
 impl SamplerSpec {
@@ -516,6 +556,10 @@ impl SamplerSpec {
             SamplerSpec::AnnealedLangevin { .. } => "annealed_langevin",
             SamplerSpec::Langevin { .. } => "langevin",
             SamplerSpec::ScoreAscent { .. } => "score_ascent",
+            SamplerSpec::Heun { .. } => "heun",
+            SamplerSpec::EulerMaruyama { .. } => "euler_maruyama",
+            SamplerSpec::Pc { .. } => "pc",
+            SamplerSpec::Ddim { .. } => "ddim",
         }
     }
 }
@@ -524,6 +568,22 @@ impl SamplerSpec {
 const MAX_DIM: usize = 4096;
 const MAX_HIDDEN: usize = 8192;
 const MAX_POINTS: usize = 10_000_000;
+
+/// Refuses a Langevin step `eps` (α at the level `sigma`, named `sigma_key`) of 2σ² or more:
+/// where the perturbed score's slope is −1/σ² (its steepest), x ← x + α S multiplies a
+/// deviation by 1 − α/σ², so no such step can be stable.
+pub(crate) fn langevin_step_is_stable(key: &str, eps: f64, sigma: f64, sigma_key: &str) -> Result<(), FieldError> {
+    let bound = 2.0 * sigma * sigma;
+    if eps < bound {
+        return Ok(());
+    }
+    Err(field(
+        key,
+        format!(
+            "{eps} is not below 2·{sigma_key}² = {bound}: a Langevin step α ≥ 2σ² cannot be stable (x ← x + α S multiplies a deviation by 1 − α/σ² where the score's slope is −1/σ²)"
+        ),
+    ))
+}
 
 pub(crate) fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
     if v.is_finite() && v > 0.0 { Ok(v) } else { Err(field(key, format!("must be a positive finite number (got {v})"))) }
@@ -703,7 +763,29 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
         }
         Some(RawEps::Word(w)) => return Err(field("sampler.eps", format!("must be a positive number or \"auto\" (got \"{w}\")"))),
     };
+    use RawSamplerKind as K;
+    let ode_sde = matches!(s.kind, K::Heun | K::EulerMaruyama | K::Pc | K::Ddim);
+    if ode_sde {
+        if noise.is_none() {
+            return Err(field("sampler.kind", "the ODE/SDE samplers need a noise ladder (objective.noise)"));
+        }
+        for (key, set) in [("sampler.eps", s.eps.is_some()), ("sampler.box", s.box_half.is_some())] {
+            if set {
+                return Err(field(key, "applies to the Langevin samplers only (the ODE/SDE ones start at σ_max z)"));
+            }
+        }
+    } else if s.kind != K::None
+        && let (StepSize::Fixed(eps), Some(sigma_min)) = (eps, noise.map(NoiseSpec::sigma_min))
+    {
+        // Every Langevin-family sampler steps at the ladder's smallest level: a fixed step
+        // must be stable there (NCSNv2's "auto" rule is, by construction).
+        langevin_step_is_stable("sampler.eps", eps, sigma_min, "objective.noise.sigma_min")?;
+    }
+    if s.snr.is_some() && s.kind != K::Pc {
+        return Err(field("sampler.snr", "applies to kind = \"pc\" only"));
+    }
     let levels = noise.map_or(1, NoiseSpec::levels);
+    let ode_steps = || in_range("sampler.steps", s.steps.unwrap_or(if s.kind == K::Heun { 18 } else { 100 }), 2, 100_000);
     let steps = in_range("sampler.steps", s.steps.unwrap_or(levels * s.steps_per_level), 1, 100_000_000)?;
     let DataSpec::Mixture { mixture, .. } = data;
     let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.max_std()))?;
@@ -718,6 +800,10 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
         }
         RawSamplerKind::Langevin => SamplerSpec::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
         RawSamplerKind::ScoreAscent => SamplerSpec::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
+        RawSamplerKind::Heun => SamplerSpec::Heun { n: s.n, steps: ode_steps()? },
+        RawSamplerKind::EulerMaruyama => SamplerSpec::EulerMaruyama { n: s.n, steps: ode_steps()? },
+        RawSamplerKind::Pc => SamplerSpec::Pc { n: s.n, steps: ode_steps()?, snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        RawSamplerKind::Ddim => SamplerSpec::Ddim { n: s.n, steps: ode_steps()? },
     })
 }
 
@@ -895,6 +981,11 @@ kind = "annealed_langevin"
             SamplerSpec::Langevin { steps, .. } => assert_eq!(steps, 1000, "levels × steps_per_level"),
             ref other => panic!("{other:?}"),
         }
+        let pc = GOOD.replace("kind = \"annealed_langevin\"", "kind = \"pc\"\nsnr = 0.2");
+        let want = SamplerSpec::Pc { n: 2000, steps: 100, snr: 0.2 };
+        assert_eq!(TrialConfig::from_str_at(&pc, Path::new("t.toml")).unwrap().train().unwrap().sampler, want);
+        let heun = GOOD.replace("annealed_langevin", "heun");
+        assert_eq!(TrialConfig::from_str_at(&heun, Path::new("t.toml")).unwrap().train().unwrap().sampler, SamplerSpec::Heun { n: 2000, steps: 18 });
     }
 
     /// Table of bad inputs: (edit of GOOD, expected key, line, message fragment).
@@ -911,6 +1002,10 @@ kind = "annealed_langevin"
             (GOOD.replace("seed = 3", "seed = = 3"), "<syntax>", 2, ""),
             (GOOD.replace("noise = { ladder = \"geometric\", sigma_max = 10.0, sigma_min = 0.1, levels = 10 }", ""), "objective.noise", 7, "needs a noise ladder"),
             (GOOD.replace("[sampler]", "[sleep]\nseconds = 1\n[sampler]"), "data", 3, "sleep"),
+            // A Langevin step of 2σ_min² = 0.02 or more cannot be stable.
+            (GOOD.replace("kind = \"annealed_langevin\"", "kind = \"annealed_langevin\"\neps = 0.03"), "sampler.eps", 14, "cannot be stable"),
+            (GOOD.replace("kind = \"annealed_langevin\"", "kind = \"heun\"\neps = 0.001"), "sampler.eps", 14, "Langevin samplers only"),
+            (GOOD.replace("kind = \"annealed_langevin\"", "kind = \"heun\"\nsnr = 0.1"), "sampler.snr", 14, "pc"),
         ];
         for (src, key, line, msg) in cases {
             check_err(&src, key, line, msg);

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use engine::device::{self, DeviceChoice};
+use engine::outcome::{self, TrialOutcome, TrialStatus};
 use engine::outputs::{json_number, weights_safetensors};
-use engine::trial::{self, TrialOutcome, TrialStatus};
+use engine::trial;
 use schema::{Status, TrialConfig};
 use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
@@ -316,7 +317,7 @@ async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement) -> 
 }
 
 struct Shared {
-    progress: Mutex<trial::Progress>,
+    progress: Mutex<outcome::Progress>,
     cancel: AtomicBool,
 }
 
@@ -324,7 +325,7 @@ struct Shared {
 /// lease the coordinator sent back with the report, if any.
 async fn run_lease(client: &Client, id: &str, lease: pb::Lease, args: &AgentArgs, ordinal: Option<u32>) -> anyhow::Result<Option<pb::LeaseReply>> {
     let started = Instant::now();
-    let shared = Arc::new(Shared { progress: Mutex::new(trial::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
+    let shared = Arc::new(Shared { progress: Mutex::new(outcome::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
     {
         let shared = shared.clone();

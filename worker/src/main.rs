@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 use engine::device::{self, DeviceChoice};
-use engine::{outputs, trial};
+use engine::{outcome, outputs, trial};
 use schema::TrialConfig;
 
 mod agent;
@@ -155,7 +155,7 @@ fn run_trial(file: &std::path::Path, out: &std::path::Path, progress_every: u64,
     }
     let cancel = AtomicBool::new(false);
     let mut last_eval = u64::MAX;
-    let mut report = |p: &trial::Progress| {
+    let mut report = |p: &outcome::Progress| {
         let at_checkpoint = !p.latest.is_empty() && p.step != last_eval;
         if at_checkpoint || (progress_every > 0 && p.step.is_multiple_of(progress_every)) {
             let latest: Vec<String> = p.latest.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();

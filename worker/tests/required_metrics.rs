@@ -7,7 +7,8 @@
 
 use std::sync::atomic::AtomicBool;
 
-use engine::trial::{TrialStatus, run_trial};
+use engine::outcome::TrialStatus;
+use engine::trial::run_trial;
 use schema::TrialConfig;
 
 const TRAIN: &str =

@@ -1,14 +1,12 @@
 //! Image trials: an IDX set split into a training part and a held-out tail, a U-Net or MLP
 //! denoiser trained with one of the image objectives (EDM by default; with an EMA of its
-//! weights), and the samplers that turn a denoiser into images (probability-flow ODE with Heun
-//! steps, reverse-SDE Euler–Maruyama, predictor–corrector, annealed Langevin), each counting
-//! its network evaluations.
+//! weights), sampled by the crate's samplers (`samplers`: the nets are denoisers D(x; σ)).
 //!
 //! - [`ImageNet`]: a preconditioning around a network; [`unet`] and [`mlp`] are the two;
 //!   [`conv`]: the U-Net's convolutions as im2col + gemm on the CPU; [`norm`]: its
 //!   GroupNorm + SiLU as one fused CPU op with a hand-derived backward;
-//! - [`sample`]: the σ schedule and the samplers, written against a [`Denoiser`] closure so
-//!   they are tested on a Gaussian whose denoiser is exact;
+//! - [`guided`]: the nets (candle's, or the CPU's plain-buffer passes) with fixed labels and
+//!   classifier-free guidance as the samplers' `Field`;
 //! - [`objective`]: the training objectives (EDM, multi-σ DSM, VE and VP continuous-time DSM,
 //!   SSM) as σ draws, loss weights and parametrisations;
 //! - [`run`]: the trial runner (train, evaluate, sample, metrics, sample grid).
@@ -21,11 +19,11 @@ use crate::data::idx::{self, IdxError, ImageSet};
 use crate::rng::Rng;
 
 pub mod conv;
+pub mod guided;
 pub mod mlp;
 pub mod norm;
 pub mod objective;
 pub mod run;
-pub mod sample;
 pub mod unet;
 
 /// How a network F becomes a denoiser: D(x; σ, c) = c_skip x + c_out F(c_in x; c_noise, c),

@@ -11,17 +11,18 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use schema::image::{ImageModel, ImageObjectiveKind, ImageSamplerKind, ImageTrial};
+use schema::image::{ImageModel, ImageObjectiveKind, ImageSampler, ImageSamplerKind, ImageTrial};
 
+use super::guided::{BufferDenoiser, FastGuided, Guided, guided_passes};
 use super::objective::{Objective, edm_weight, ssm_losses};
-use super::sample::{self, BufferDenoiser, Denoiser};
 use super::unet::NULL_CLASS;
 use super::{ImageNet, Split, init_weights, tensor};
 use crate::error::EngineError;
+use crate::outcome::{Progress, TrialOutcome, TrialStatus};
 use crate::rng::{Rng, Stream};
+use crate::samplers::{self, Params, Start};
 use crate::train::fast::image::{FastImageMlp, ImageForward, Rows};
 use crate::train::fast::unet::FastUnet;
-use crate::trial::{Progress, TrialOutcome, TrialStatus};
 
 /// σ levels of the held-out denoising loss (spanning EDM's training distribution).
 pub const EVAL_SIGMAS: [f64; 5] = [0.05, 0.2, 0.5, 1.0, 2.0];
@@ -41,69 +42,6 @@ pub fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, 
     let y = (x + eps.broadcast_mul(&sigma.reshape((n, 1, 1, 1))?)?)?;
     let per = (net.denoise(&y, sigma, labels)? - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
     per * weights
-}
-
-/// Network passes per guided evaluation with classifier-free guidance scale `s`: the
-/// conditional one (s ≠ 0), the unconditional one (s ≠ 1).
-fn guided_passes(s: f64) -> usize {
-    usize::from(s != 0.0) + usize::from(s != 1.0)
-}
-
-/// The net with fixed labels (or none) as a [`Denoiser`], guided with scale `s` when it has
-/// the null class: D = D(x, ∅) + s (D(x, c) − D(x, ∅)), so s = 0 is the unconditional model,
-/// s = 1 the conditional one, s > 1 guided (Ho & Salimans' w = s − 1).
-struct Guided<'a> {
-    net: &'a dyn ImageNet,
-    labels: Option<Tensor>,
-    null: Option<Tensor>,
-    s: f64,
-}
-
-impl Denoiser for Guided<'_> {
-    fn denoise(&mut self, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
-        let n = x.dim(0)?;
-        let s = Tensor::full(sigma as f32, n, x.device())?;
-        // Detached: a sampler chains dozens of evaluations, and candle would otherwise keep
-        // every one's activations alive for a backward pass that never comes.
-        let null = match &self.null {
-            Some(null) if self.s != 1.0 => null,
-            _ => return Ok(self.net.denoise(x, &s, self.labels.as_ref())?.detach()),
-        };
-        let uncond = self.net.denoise(x, &s, Some(null))?.detach();
-        if self.s == 0.0 {
-            return Ok(uncond);
-        }
-        let cond = self.net.denoise(x, &s, self.labels.as_ref())?.detach();
-        (cond * self.s)? + (uncond * (1.0 - self.s))?
-    }
-}
-
-/// A plain-buffer forward pass (the MLP's or the U-Net's) with fixed labels as a [`Denoiser`],
-/// guided with scale `s` as [`Guided`] (the unconditional pass with the null class).
-struct FastGuided<'a> {
-    fwd: &'a mut dyn BufferDenoiser,
-    labels: Vec<u32>,
-    s: f64,
-}
-
-impl Denoiser for FastGuided<'_> {
-    fn denoise(&mut self, x: &Tensor, sigma: f64) -> candle_core::Result<Tensor> {
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let sig = vec![sigma as f32; self.labels.len()];
-        let mut out = vec![0.0f32; xs.len()];
-        if self.s == 0.0 {
-            self.fwd.denoise(&xs, &sig, &vec![NULL_CLASS; self.labels.len()], &mut out);
-        } else {
-            self.fwd.denoise(&xs, &sig, &self.labels, &mut out);
-        }
-        if self.s != 0.0 && self.s != 1.0 {
-            let mut un = vec![0.0f32; xs.len()];
-            self.fwd.denoise(&xs, &sig, &vec![NULL_CLASS; self.labels.len()], &mut un);
-            let (a, b) = (self.s as f32, (1.0 - self.s) as f32);
-            out.iter_mut().zip(&un).for_each(|(o, u)| *o = a * *o + b * u);
-        }
-        Tensor::from_vec(out, x.shape(), x.device())
-    }
 }
 
 /// The EMA of the trainable variables.
@@ -245,6 +183,29 @@ fn buffer_net(model: &ImageModel, precond: super::Precond, h: usize, w: usize, v
         ImageModel::Mlp(spec) => Box::new(ImageForward::new(spec, h * w, precond, varmap)?),
         ImageModel::Unet(spec) => Box::new(FastUnet::inference(spec, precond, h, w, varmap, UNET_PASS)?),
     }))
+}
+
+/// What the sampler of an image trial is built from: EDM's ρ schedule as its levels, chains
+/// from σ_max z (plain Langevin: uniform in [−1, 1], over the pixel range, the toy trials'
+/// "scatter points everywhere").
+fn sampler_params(s: &ImageSampler) -> Params {
+    let sch = &s.schedule;
+    let mut p = Params {
+        sigmas: Some(samplers::rho_schedule(sch.sigma_max, sch.sigma_min, sch.steps, sch.rho)),
+        eps: 0.0,
+        steps: sch.steps,
+        steps_per_level: 1,
+        denoise: true,
+        snr: 0.0,
+        start: Start::Noise,
+    };
+    match s.kind {
+        ImageSamplerKind::Pc { snr } => p.snr = snr,
+        ImageSamplerKind::AnnealedLangevin { steps_per_level, eps } => (p.steps_per_level, p.eps) = (steps_per_level, eps),
+        ImageSamplerKind::Langevin { eps } => (p.eps, p.start) = (eps, Start::Box(1.0)),
+        _ => {}
+    }
+    p
 }
 
 /// Runs an image trial on `dev`.
@@ -389,43 +350,53 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut fast_forward = buffer_net(&cfg.model, precond, h, w, &varmap, &dev)?;
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
     let mut labels_out: Vec<u32> = Vec::new();
-    if status == TrialStatus::Ok && cfg.sampler.kind != ImageSamplerKind::None {
-        let t = Instant::now();
+    let sampler = samplers::build(cfg.sampler.name(), &sampler_params(&cfg.sampler));
+    let (mut t_sample, mut nfe) = (None, 0);
+    if let (TrialStatus::Ok, Some(sampler)) = (status, sampler) {
+        t_sample = Some(Instant::now());
         let n = cfg.sampler.n;
         let labels: Vec<u32> = if cond { (0..n).map(|i| (i / (n / 10)) as u32).collect() } else { vec![NULL_CLASS; n] };
         let mut srng = Rng::stream(cfg.seed, Stream::Sampler);
-        let mut nfe = 0;
         // An unconditional model has no null class to guide with: its one pass is its model.
         let scale = if cond { cfg.sampler.guidance } else { 1.0 };
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let m = end - start;
-            let shape = [m, 1, h, w];
-            let (x, k) = match fast_forward.as_deref_mut() {
+            let mut x = samplers::start(sampler.as_ref(), m, d, &mut srng);
+            let sampled = match fast_forward.as_deref_mut() {
                 Some(fwd) => {
                     let mut den = FastGuided { fwd, labels: labels[start..end].to_vec(), s: scale };
-                    sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
+                    samplers::sample(sampler.as_ref(), &mut den, &mut x, &mut srng, &mut || {})?
                 }
                 None => {
                     let mut den = Guided {
                         net: net.as_ref(),
+                        shape: [m, 1, h, w],
                         labels: if cond { Some(Tensor::from_slice(&labels[start..end], m, &dev)?) } else { None },
                         null: if cond { Some(Tensor::full(NULL_CLASS, m, &dev)?) } else { None },
                         s: scale,
+                        device: dev.clone(),
                     };
-                    sample::sample(&cfg.sampler.kind, &mut den, &shape, &cfg.sampler.schedule, &mut srng, &dev)?
+                    samplers::sample(sampler.as_ref(), &mut den, &mut x, &mut srng, &mut || {})?
                 }
             };
             // Network passes: a guided evaluation with 0 < s ≠ 1 takes two.
-            nfe = k * guided_passes(scale) as u64;
-            let x = x.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            samples_out.extend(x);
+            nfe = sampled.nfe * guided_passes(scale) as u64;
+            if let Some(at) = sampled.diverged {
+                // Non-finite images: the trial diverged while sampling; no sample metrics.
+                status = TrialStatus::Diverged { step: steps_done };
+                metrics.extend(at.metrics());
+                break;
+            }
+            samples_out.extend(x.chunks(d).map(|c| c.to_vec()));
             if cancel.load(Ordering::Relaxed) {
                 status = TrialStatus::Cancelled;
                 break;
             }
         }
         labels_out = labels;
+    }
+    if let Some(t) = t_sample.filter(|_| !matches!(status, TrialStatus::Diverged { .. })) {
         let secs = t.elapsed().as_secs_f64();
         let flat: Vec<f64> = samples_out.iter().flatten().map(|&v| v as f64).collect();
         let real: Vec<f64> = eval.x.iter().map(|&v| v as f64).collect();
@@ -586,45 +557,4 @@ fn digit_metrics(
         m.push(("which_digit_accuracy".into(), hit as f64 / n as f64));
     }
     Ok(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::images::Precond;
-    use schema::image::ImageMlpSpec;
-
-    /// Classifier-free guidance, both denoisers (candle's and the plain-buffer pass): scale 0 is
-    /// the unconditional model, 1 the conditional one, and any s gives
-    /// s D(x, c) + (1 − s) D(x, ∅) exactly, with the passes it needs.
-    #[test]
-    fn guidance_zero_is_the_unconditional_model_and_s_mixes_linearly() {
-        let dev = Device::Cpu;
-        let vm = VarMap::new();
-        let net =
-            super::super::build(&ImageModel::Mlp(ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true }), Precond::Edm { sigma_data: 0.5 }, 4, 4, &vm, &dev).unwrap();
-        init_weights(&vm, &mut Rng::new(1)).unwrap();
-        let x = Tensor::from_vec(Rng::new(2).normals_f32(3 * 16), (3, 1, 4, 4), &dev).unwrap();
-        let labels = Tensor::new(&[1u32, 4, 9], &dev).unwrap();
-        let null = Tensor::full(NULL_CLASS, 3, &dev).unwrap();
-        let sigma = Tensor::full(0.7f32, 3, &dev).unwrap();
-        let cond = net.denoise(&x, &sigma, Some(&labels)).unwrap();
-        let uncond = net.denoise(&x, &sigma, Some(&null)).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(max_diff(&cond, &uncond) > 1e-4, "the class must change the output");
-        let spec = ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true };
-        let mut fwd = ImageForward::new(&spec, 16, Precond::Edm { sigma_data: 0.5 }, &vm).unwrap();
-        for (s, passes) in [(0.0, 1), (1.0, 1), (2.5, 2), (0.4, 2)] {
-            let want = ((&cond * s).unwrap() + (&uncond * (1.0 - s)).unwrap()).unwrap();
-            let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), s };
-            assert!(max_diff(&g.denoise(&x, 0.7).unwrap(), &want) < 1e-5, "s = {s}");
-            let mut f = FastGuided { fwd: &mut fwd, labels: vec![1, 4, 9], s };
-            assert!(max_diff(&f.denoise(&x, 0.7).unwrap(), &want) < 1e-4, "s = {s}, plain buffers");
-            assert_eq!(guided_passes(s), passes);
-        }
-        let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), s: 0.0 };
-        assert_eq!(max_diff(&g.denoise(&x, 0.7).unwrap(), &uncond), 0.0, "scale 0 is the unconditional model");
-        let mut g = Guided { net: net.as_ref(), labels: Some(labels.clone()), null: Some(null.clone()), s: 1.0 };
-        assert_eq!(max_diff(&g.denoise(&x, 0.7).unwrap(), &cond), 0.0, "scale 1 is the conditional model");
-    }
 }
