@@ -1,4 +1,4 @@
-//! Data sources: where training points come from, with class labels when the source has them,
+//! Data sources: where training points come from (capabilities say whether a source has labels),
 //! and — for toy densities only — the exact density. Exact densities are Gaussian mixtures,
 //! the family closed under σ-perturbation, which ESM_σ and the DSM constant need; a source
 //! without one (images) gets no ESM objective and no ESM/ISM/quadrature columns.
@@ -16,11 +16,10 @@ pub mod mixture;
 
 pub use mixture::Mixture;
 
-/// A batch of training points: row-major (n × dim) and, for labelled sources, one class each.
+/// A batch of training points, row-major (n × dim).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub x: Vec<f64>,
-    pub labels: Option<Vec<u32>>,
 }
 
 /// A source of training (and reference) points.
@@ -58,7 +57,7 @@ impl DataSource for MixtureSource {
         &self.label
     }
     fn sample(&self, n: usize, rng: &mut Rng) -> Batch {
-        Batch { x: self.mixture.sample(n, rng), labels: None }
+        Batch { x: self.mixture.sample(n, rng) }
     }
     fn exact(&self) -> Option<&Mixture> {
         Some(&self.mixture)

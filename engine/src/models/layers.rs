@@ -201,11 +201,6 @@ pub(crate) fn first_tangent(w1: &Tensor, dim: usize, probes: &Probes) -> Result<
     }
 }
 
-/// A (N, 1) column of σ values.
-pub fn sigma_column(sigmas: &[f32], dev: &Device) -> Result<Tensor> {
-    Tensor::from_slice(sigmas, (sigmas.len(), 1), dev)
-}
-
 /// Row-major f64 points to an (N, D) f32 tensor.
 pub fn points(xs: &[f64], dim: usize, dev: &Device) -> Result<Tensor> {
     let v: Vec<f32> = xs.iter().map(|&x| x as f32).collect();
