@@ -158,8 +158,13 @@ fn short_training_lowers_the_held_out_loss_and_is_deterministic() {
     // The digit metrics: the cached classifier (trained on the 3,000 training digits) reads
     // held-out digits well; the rest are fractions; the grid travels as a PNG file.
     assert!(o.metric("classifier_accuracy").unwrap() > 0.9, "{:?}", o.metric("classifier_accuracy"));
-    for k in ["class_match", "which_digit_accuracy"] {
-        assert!((0.0..=1.0).contains(&o.metric(k).unwrap()), "{k}");
+    // Each with its Wilson 95% interval around it and its count.
+    for (k, n) in [("class_match", 20.0), ("which_digit_accuracy", 500.0), ("classifier_accuracy", 500.0)] {
+        let (p, lo, hi) = (o.metric(k).unwrap(), o.metric(&format!("{k}_lo")).unwrap(), o.metric(&format!("{k}_hi")).unwrap());
+        assert!((0.0..=1.0).contains(&p) && lo <= p && p <= hi && (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi), "{k}: {p} [{lo}, {hi}]");
+        assert_eq!(o.metric(&format!("{k}_n")), Some(n), "{k}");
+        let (wlo, whi) = engine::eval::interval::wilson((p * n).round() as usize, n as usize);
+        assert_eq!((lo, hi), (wlo, whi), "{k}");
     }
     assert!(o.metric("fid").unwrap() > o.metric("fid_real_floor").unwrap(), "150 steps do not reach real digits");
     assert!(o.files.iter().any(|(name, kind, bytes)| name == "samples.png" && *kind == "image/png" && bytes.starts_with(b"\x89PNG")));

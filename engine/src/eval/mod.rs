@@ -7,7 +7,8 @@
 //! Image metrics, on plain slices of n×h×w pixels in [−1, 1]: [`classifier`] (a small CNN
 //! judge of digits, cached per machine; its penultimate features feed [`fid`], the Fréchet
 //! distance), [`by_denoising`] (which class, by a conditional score's denoising loss) and
-//! [`png`] (image grids as PNG files).
+//! [`png`] (image grids as PNG files); proportions judged against targets carry Wilson 95%
+//! intervals ([`interval`]).
 
 use candle_core::Result;
 
@@ -18,6 +19,7 @@ pub mod classifier;
 pub mod energy;
 pub mod fid;
 pub mod gaps;
+pub mod interval;
 pub mod png;
 pub mod samples;
 

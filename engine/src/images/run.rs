@@ -478,6 +478,7 @@ fn digit_metrics(
     dev: &Device,
     files: &mut Vec<(String, &'static str, Vec<u8>)>,
 ) -> Result<Vec<(String, f64)>, EngineError> {
+    use crate::eval::interval::proportion_metrics;
     use crate::eval::{by_denoising, classifier, fid, png};
     let (h, w, d) = (split.h, split.w, split.dim());
     // The classifier works on [−1, 1] pixels.
@@ -488,7 +489,8 @@ fn digit_metrics(
     let cls_err = |e: classifier::ClassifierError| EngineError::Metric(e.to_string());
     let cache = classifier::default_cache_dir();
     let clf = classifier::load_or_train(&cache, &train, &split.train_labels, h, w, &classifier::ClassifierConfig::default(), &Device::Cpu).map_err(cls_err)?;
-    let mut m: Vec<(String, f64)> = vec![("classifier_accuracy".into(), clf.accuracy(&held, &held_labels).map_err(cls_err)?)];
+    let accuracy = clf.accuracy(&held, &held_labels).map_err(cls_err)?;
+    let mut m = proportion_metrics("classifier_accuracy", (accuracy * held_labels.len() as f64).round() as usize, held_labels.len());
     let held_feat = clf.features(&held).map_err(cls_err)?;
     let fd = clf.feature_dim();
 
@@ -497,7 +499,7 @@ fn digit_metrics(
         let pred = clf.predict(&flat).map_err(cls_err)?;
         if cfg.model.class_cond() {
             let hit = pred.iter().zip(labels).filter(|(p, l)| **p as u32 == **l).count();
-            m.push(("class_match".into(), hit as f64 / pred.len() as f64));
+            m.extend(proportion_metrics("class_match", hit, pred.len()));
         }
         let feat = clf.features(&flat).map_err(cls_err)?;
         m.push(("fid".into(), fid::frechet_distance(&feat, &held_feat, fd)));
@@ -554,7 +556,7 @@ fn digit_metrics(
         };
         let pred = by_denoising::classify_by_denoising(10, &eval.x[..n * d], h, w, &draws, score)?;
         let hit = pred.iter().zip(&eval.labels).filter(|(p, l)| **p as u32 == **l).count();
-        m.push(("which_digit_accuracy".into(), hit as f64 / n as f64));
+        m.extend(proportion_metrics("which_digit_accuracy", hit, n));
     }
     Ok(m)
 }
