@@ -36,7 +36,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::trial::{FieldError, NoiseSpec, RawNoise, field, in_range, positive, validate_noise};
+use crate::noise::{NoiseSpec, RawNoise, validate_noise};
+use crate::validate::{FieldError, field, in_range, positive};
 
 /// The data presets that make a trial an image trial.
 pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];
