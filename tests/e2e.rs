@@ -146,10 +146,10 @@ fn a_missing_worker_or_unknown_launcher_is_refused_before_anything_runs() {
     let o = Command::new(bin("coordinator")).arg("run").arg(&sweep).arg("--out").arg(&out).env("SCORESWEEP_WORKER", &missing).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-worker"));
-    let o = run(&sweep, &out, &["--launcher", "pbs"]);
+    let o = run(&sweep, &out, &["--launcher", "lsf"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("unknown launcher `pbs`") && err.contains("local, slurm, ssh"), "{err}");
+    assert!(err.contains("unknown launcher `lsf`") && err.contains("local, slurm, ssh, pbs"), "{err}");
     assert!(!out.exists(), "output written");
 }
 
@@ -509,8 +509,11 @@ fn bad_cluster_settings_are_refused_before_anything_runs() {
     let sweep = dir.join("sleep.toml");
     std::fs::write(&sweep, "[base]\nseed = 0\n[base.sleep]\nseconds = 0.1\n").unwrap();
     let out = dir.join("out");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--launcher", "local", "--ssh-hosts", "a"], "--ssh-hosts is a setting of --launcher ssh"),
+        (&["--launcher", "slurm", "--pbs-queue", "q"], "--pbs-queue is a setting of --launcher pbs, not of --launcher slurm"),
+        (&["--launcher", "pbs", "--pbs-walltime", "2h"], "--pbs-walltime: `2h` is not a PBS walltime"),
+        (&["--launcher", "local", "--remote-worker-bin", "/opt/worker"], "--remote-worker-bin is for launchers whose workers run on other machines"),
         (&["--launcher", "slurm", "--ssh-arg=-p2222"], "--ssh-arg is a setting of --launcher ssh"),
         (&["--launcher", "ssh"], "--ssh-hosts"),
         (&["--launcher", "ssh", "--ssh-hosts", "a:0"], "`a:0`"),

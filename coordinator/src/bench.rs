@@ -13,7 +13,7 @@ use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
 
 use crate::artifacts::{Artifacts, DEFAULT_MAX_BYTES};
-use crate::launch::{LaunchConfig, Launcher};
+use crate::launch::LaunchConfig;
 use crate::run::{RunOptions, run};
 use sweep_proto::pb::sweep_server::{Sweep as SweepRpc, SweepServer};
 use tonic::{Request, Response, Status};

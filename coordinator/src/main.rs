@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use coordinator::artifacts::DEFAULT_MAX_BYTES;
-use coordinator::launch::{self, LaunchConfig, Launcher};
+use coordinator::launch;
 use coordinator::run::{RunOptions, db_path, run};
 use coordinator::sweep::Sweep;
 
@@ -22,21 +22,16 @@ enum Command {
     /// Expand, persist and run a sweep with local workers (re-running resumes).
     Run {
         sweep: PathBuf,
-        /// Local CPU worker processes (default: one per core not given to GPU workers).
+        /// Workers: local CPU worker processes (default: one per core not given to GPU
+        /// workers), or batch jobs (default: `workers` of the launcher's table, else one per
+        /// core here).
         #[arg(long)]
         workers: Option<usize>,
-        /// Local GPU workers: `auto` (one per GPU that `worker devices` finds, each alone in
-        /// its CUDA_VISIBLE_DEVICES), or a number up to that many (0: none).
-        #[arg(long, default_value = "auto")]
-        gpu_workers: String,
-        /// CPU threads of each local GPU worker (data, host-side work).
-        #[arg(long, default_value_t = 4)]
-        gpu_worker_threads: usize,
         /// Output directory (default: out/<sweep name>).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Address to listen on (default: 127.0.0.1:0 for local workers, 0.0.0.0:0 for the
-        /// slurm and ssh launchers).
+        /// launchers whose workers run on other machines: slurm, ssh, pbs).
         #[arg(long)]
         listen: Option<String>,
         /// Host name or address the workers dial (default: 127.0.0.1 for local workers; for
@@ -50,11 +45,16 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         lease_secs: f64,
         /// How workers are started: `local` (processes on this machine), `slurm` (one sbatch
-        /// job each), `ssh` (on the hosts of --ssh-hosts).
+        /// job each), `ssh` (on the hosts of --ssh-hosts), `pbs` (one qsub job each).
         #[arg(long, default_value = "local")]
         launcher: String,
+        /// Each launcher's own settings (`--gpu-workers`, `--slurm-*`, `--ssh-*`, `--pbs-*`).
         #[command(flatten)]
-        cluster: Box<ClusterArgs>,
+        launcher_flags: Box<launch::LauncherFlags>,
+        /// The worker executable's path on the machines of a remote launcher (`worker_bin` of
+        /// its table; default: the local one's path).
+        #[arg(long, value_name = "PATH")]
+        remote_worker_bin: Option<PathBuf>,
         #[command(flatten)]
         tls: TlsArgs,
         /// Worker executable (default: $SCORESWEEP_WORKER, else `worker` next to this one).
@@ -176,53 +176,6 @@ struct TlsArgs {
     tls_ca: Option<PathBuf>,
 }
 
-/// Settings of the slurm and ssh launchers; each wins over its key in `[launcher.*]`.
-#[derive(clap::Args)]
-struct ClusterArgs {
-    /// Slurm partition (`[launcher.slurm] partition`).
-    #[arg(long, value_name = "NAME")]
-    slurm_partition: Option<String>,
-    /// Slurm time limit per worker job, e.g. 2:00:00 (`time`).
-    #[arg(long, value_name = "TIME")]
-    slurm_time: Option<String>,
-    /// GPUs per worker job (`gpus`).
-    #[arg(long, value_name = "N")]
-    slurm_gpus: Option<u32>,
-    /// CPUs per worker job (`cpus`).
-    #[arg(long, value_name = "N")]
-    slurm_cpus: Option<u32>,
-    /// An extra sbatch argument (repeat for more), e.g. --slurm-arg=--qos=short.
-    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
-    slurm_arg: Vec<String>,
-    /// Hosts of the ssh launcher with their worker counts: host1:2,host2 (`hosts`).
-    #[arg(long, value_name = "HOST[:N],…")]
-    ssh_hosts: Option<String>,
-    /// An extra ssh argument (repeat for more), e.g. --ssh-arg=-p2222 (`ssh_args`).
-    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
-    ssh_arg: Vec<String>,
-    /// The worker executable's path on Slurm nodes or ssh hosts (`worker_bin`; default: the
-    /// local one's path).
-    #[arg(long, value_name = "PATH")]
-    remote_worker_bin: Option<PathBuf>,
-}
-
-impl ClusterArgs {
-    /// The flags that only a cluster launcher reads, by name, when given.
-    fn given(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let slurm = [
-            ("--slurm-partition", self.slurm_partition.is_some()),
-            ("--slurm-time", self.slurm_time.is_some()),
-            ("--slurm-gpus", self.slurm_gpus.is_some()),
-            ("--slurm-cpus", self.slurm_cpus.is_some()),
-            ("--slurm-arg", !self.slurm_arg.is_empty()),
-        ];
-        let ssh = [("--ssh-hosts", self.ssh_hosts.is_some()), ("--ssh-arg", !self.ssh_arg.is_empty())];
-        v.extend(slurm.iter().chain(ssh.iter()).filter(|(_, g)| *g).map(|(n, _)| *n));
-        v
-    }
-}
-
 fn default_out(sweep: &Sweep) -> PathBuf {
     PathBuf::from("out").join(&sweep.name)
 }
@@ -237,128 +190,6 @@ fn load(path: &std::path::Path) -> Result<Sweep, ExitCode> {
 fn usage(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(2)
-}
-
-/// What `run` needs of the command line beside the sweep, checked.
-struct LaunchRequest<'a> {
-    kind: &'a str,
-    worker_bin: Option<&'a std::path::Path>,
-    workers: Option<usize>,
-    token: &'a str,
-    gpu_workers: &'a str,
-    gpu_threads: usize,
-    tls_ca: Option<String>,
-    out: PathBuf,
-    cluster: &'a ClusterArgs,
-}
-
-/// The launcher of `run`, built before anything is written; an unknown kind, a missing worker
-/// executable, a bad `--gpu-workers`, a flag of another launcher or a bad cluster setting is a
-/// usage error (exit code 2). Returns None when no worker is to be started.
-fn make_launcher(req: LaunchRequest<'_>, tables: &launch::LauncherTables) -> Result<Option<Box<dyn Launcher>>, ExitCode> {
-    let LaunchRequest { kind, worker_bin, workers, gpu_workers, gpu_threads, token, tls_ca, out, cluster } = req;
-    if !launch::KINDS.contains(&kind) {
-        return Err(usage(launch::LaunchError::UnknownKind { kind: kind.to_string() }));
-    }
-    let foreign: Vec<&str> = cluster.given().into_iter().filter(|f| !f.starts_with(&format!("--{kind}-"))).collect();
-    if let Some(f) = foreign.first() {
-        return Err(usage(format_args!("{f} is a setting of --launcher {}, not of --launcher {kind}", f.trim_start_matches('-').split('-').next().unwrap_or_default())));
-    }
-    if kind == "local" && cluster.remote_worker_bin.is_some() {
-        return Err(usage("--remote-worker-bin is for --launcher slurm or ssh; local workers use --worker-bin"));
-    }
-    let mut slurm = tables.slurm.clone().unwrap_or_default();
-    let mut ssh = tables.ssh.clone().unwrap_or_default();
-    if let Some(t) = &cluster.slurm_time {
-        launch::slurm::check_time(t).map_err(|m| usage(format_args!("--slurm-time: {m}")))?;
-    }
-    slurm.partition = cluster.slurm_partition.clone().or(slurm.partition);
-    slurm.time = cluster.slurm_time.clone().or(slurm.time);
-    slurm.gpus = cluster.slurm_gpus.or(slurm.gpus);
-    slurm.cpus = cluster.slurm_cpus.or(slurm.cpus);
-    slurm.sbatch_args.extend(cluster.slurm_arg.iter().cloned());
-    if let Some(h) = &cluster.ssh_hosts {
-        ssh.hosts = h.split(',').map(str::to_string).collect();
-    }
-    ssh.ssh_args.extend(cluster.ssh_arg.iter().cloned());
-    let asked = match gpu_workers {
-        "auto" => None,
-        n => Some(n.parse::<usize>().map_err(|_| usage(format_args!("--gpu-workers: `{n}` is neither `auto` nor a number of GPU workers")))?),
-    };
-    if gpu_threads == 0 {
-        return Err(usage("--gpu-worker-threads must be at least 1"));
-    }
-    let cores = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if kind == "local" {
-        return local_launcher(worker_bin, workers, asked, gpu_threads, token, tls_ca, out);
-    }
-    let workers = match kind {
-        "ssh" => {
-            if workers.is_some() {
-                return Err(usage("--workers does not apply to --launcher ssh: give each host's count in --ssh-hosts host:N"));
-            }
-            let hosts = launch::ssh::parse_hosts(&ssh.hosts).map_err(|m| usage(format_args!("--ssh-hosts: {m}")))?;
-            if hosts.is_empty() {
-                return Err(usage(launch::LaunchError::NoHostsGiven));
-            }
-            hosts.iter().map(|(_, n)| n).sum()
-        }
-        _ => workers.or(slurm.workers).unwrap_or_else(cores),
-    };
-    if workers == 0 {
-        return Ok(None);
-    }
-    // A worker path on other machines is not checked here; otherwise the local executable
-    // must exist (and its path is the default on the other machines). GPUs are the nodes'
-    // business (`--slurm-gpus`; `--device auto` on the workers).
-    let remote_bin = cluster.remote_worker_bin.clone().or_else(|| if kind == "slurm" { slurm.worker_bin.clone() } else { ssh.worker_bin.clone() });
-    let worker_bin = match remote_bin {
-        Some(p) => p,
-        None => launch::worker_executable(worker_bin).map_err(usage)?,
-    };
-    slurm.worker_bin = Some(worker_bin.clone());
-    ssh.worker_bin = Some(worker_bin.clone());
-    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), tls_ca, out, slurm, ssh, ..Default::default() };
-    launch::launcher(kind, &config).map(Some).map_err(usage)
-}
-
-/// The local launcher: `workers` CPU workers (default: the cores GPU workers leave) and one
-/// GPU worker per visible GPU (`asked`: how many; None: all).
-fn local_launcher(
-    worker_bin: Option<&std::path::Path>,
-    workers: Option<usize>,
-    asked: Option<usize>,
-    gpu_threads: usize,
-    token: &str,
-    tls_ca: Option<String>,
-    out: PathBuf,
-) -> Result<Option<Box<dyn Launcher>>, ExitCode> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    if workers == Some(0) && asked == Some(0) {
-        return Ok(None);
-    }
-    let worker_bin = launch::worker_executable(worker_bin).map_err(usage)?;
-    let gpus = if asked != Some(0) {
-        let found = launch::local::visible_gpus(&worker_bin).map_err(usage)?;
-        match asked {
-            Some(n) if n > found.len() => {
-                return Err(usage(format_args!("--gpu-workers {n}: `{} devices` finds {} GPU(s)", worker_bin.display(), found.len())));
-            }
-            Some(n) => found[..n].to_vec(),
-            None => found,
-        }
-    } else {
-        Vec::new()
-    };
-    let workers = workers.unwrap_or_else(|| launch::local::default_cpu_workers(cores, gpus.len(), gpu_threads));
-    if workers == 0 && gpus.is_empty() {
-        return Ok(None);
-    }
-    if !gpus.is_empty() {
-        eprintln!("starting {} GPU worker(s) (CUDA_VISIBLE_DEVICES {}) and {workers} CPU worker(s)", gpus.len(), gpus.join(", "));
-    }
-    let config = LaunchConfig { worker_bin, workers, token: Some(token.to_string()), tls_ca, out, gpus, gpu_threads, ..Default::default() };
-    launch::launcher("local", &config).map(Some).map_err(usage)
 }
 
 /// `--tls-cert`/`--tls-key`/`--tls-ca`: the server's TLS and the CA PEM for launched workers.
@@ -394,15 +225,14 @@ fn main() -> ExitCode {
         Command::Run {
             sweep,
             workers,
-            gpu_workers,
-            gpu_worker_threads,
             out,
             listen,
             advertise,
             retry_failed,
             lease_secs,
             launcher,
-            cluster,
+            launcher_flags,
+            remote_worker_bin,
             tls,
             worker_bin,
             max_artifact_bytes,
@@ -422,23 +252,15 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(code) => return code,
             };
+            // The launcher, built before anything is written: an unknown kind, a missing worker
+            // executable, a flag of another launcher or a bad launcher setting is a usage error.
             let kind = launcher;
-            let req = LaunchRequest {
-                kind: &kind,
-                worker_bin: worker_bin.as_deref(),
-                workers,
-                gpu_workers: &gpu_workers,
-                gpu_threads: gpu_worker_threads,
-                token: &token,
-                tls_ca,
-                out: out.clone(),
-                cluster: &cluster,
-            };
-            let launcher = match make_launcher(req, &sw.launcher) {
+            let shared = launch::Shared { worker_bin, remote_worker_bin, workers, token: Some(token.clone()), tls_ca, out: out.clone() };
+            let launcher = match launch::launcher(&kind, &shared, &sw.launcher, &launcher_flags) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => return usage(e),
             };
-            let remote_workers = kind != "local";
+            let remote_workers = launch::is_remote(&kind);
             let listen = listen.unwrap_or_else(|| if remote_workers { "0.0.0.0:0" } else { "127.0.0.1:0" }.to_string());
             let opts = RunOptions {
                 sweep,

@@ -15,11 +15,9 @@
 //! [[variants]]              # extra trials: each entry is a dotted key whose value replaces
 //! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
 //! gpu = true                # not a trial key: this variant's trials need a GPU worker
-//! [launcher.slurm]          # settings of `--launcher slurm` (see launch/slurm.rs); flags win
-//! partition = "gpu"
-//! time = "2:00:00"
-//! [launcher.ssh]            # settings of `--launcher ssh` (see launch/ssh.rs)
-//! hosts = ["node1:2", "node2"]
+//! [launcher.slurm]          # settings of `--launcher slurm` (launch/slurm.rs), checked by it;
+//! partition = "gpu"         # its flags win. Likewise [launcher.ssh] (hosts = ["node1:2"]),
+//! time = "2:00:00"          # [launcher.pbs] (queue, walltime), … (one table per launcher)
 //! ```
 //! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
 //! trial schema (`schema`: the rules the engine runs by, without building the engine) before
@@ -207,14 +205,13 @@ impl Sweep {
         if !(raw.timeout.is_finite() && raw.timeout > 0.0) {
             return Err(invalid(&["timeout"], "timeout", format!("must be a positive number of seconds (got {})", raw.timeout), None));
         }
-        if let Some(t) = raw.launcher.slurm.as_ref().and_then(|s| s.time.as_deref()) {
-            crate::launch::slurm::check_time(t).map_err(|m| invalid(&["launcher", "slurm", "time"], "launcher.slurm.time", m, None))?;
-        }
-        if raw.launcher.slurm.as_ref().is_some_and(|s| s.workers == Some(0)) {
-            return Err(invalid(&["launcher", "slurm", "workers"], "launcher.slurm.workers", "must be at least 1".into(), None));
-        }
-        if let Some(ssh) = &raw.launcher.ssh {
-            crate::launch::ssh::parse_hosts(&ssh.hosts).map_err(|m| invalid(&["launcher", "ssh", "hosts"], "launcher.ssh.hosts", m, None))?;
+        // Each `[launcher.<kind>]` is checked by its launcher (the launcher in use is a flag).
+        for (kind, table) in &raw.launcher {
+            crate::launch::check_table(kind, table).map_err(|e| {
+                let mut segs = vec!["launcher", kind.as_str()];
+                segs.extend(e.key.split('.').filter(|s| !s.is_empty()));
+                invalid(&segs, &segs.join("."), e.message, None)
+            })?;
         }
         if raw.repeats.is_some() && raw.seeds.is_some() {
             return Err(invalid(&["seeds"], "seeds", "give either repeats or seeds, not both".into(), None));

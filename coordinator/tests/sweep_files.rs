@@ -75,7 +75,12 @@ fn bad_sweeps_are_refused_with_file_line_column_and_key() {
         ("an unknown slurm key", format!("{BASE}[launcher.slurm]\nqueue = \"x\"\n"), vec!["sweep.toml:7:1:", "launcher.slurm", "unknown field `queue`"]),
         ("zero slurm workers", format!("{BASE}[launcher.slurm]\nworkers = 0\n"), vec!["sweep.toml:7:1:", "key `launcher.slurm.workers`", "at least 1"]),
         ("an ssh host with no workers", format!("{BASE}[launcher.ssh]\nhosts = [\"a:2\", \"b:0\"]\n"), vec!["sweep.toml:7:1:", "key `launcher.ssh.hosts`", "`b:0`", "≥ 1"]),
-        ("an unknown launcher", format!("{BASE}[launcher.pbs]\nqueue = \"x\"\n"), vec!["sweep.toml:", "launcher", "unknown field `pbs`"]),
+        (
+            "an unknown launcher",
+            format!("{BASE}[launcher.lsf]\nqueue = \"x\"\n"),
+            vec!["sweep.toml:6:11:", "key `launcher.lsf`", "unknown launcher `lsf` (known: local, slurm, ssh, pbs)"],
+        ),
+        ("a bad pbs walltime", format!("{BASE}[launcher.pbs]\nwalltime = \"2h\"\n"), vec!["sweep.toml:7:1:", "key `launcher.pbs.walltime`", "not a PBS walltime"]),
     ];
     for (case, src, want) in &cases {
         check_refused(case, src, want);

@@ -9,7 +9,7 @@
 //! | `trials.parquet`, `trials.csv` | one row per trial: hash, idx, in_sweep, config keys, status, attempts, diverged_step, final metrics, wall_seconds |
 //! | `curves.parquet` | one row per checkpoint, with the config keys useful for grouping |
 //! | `claims.csv` | `claim, scope, statistic, expected, tolerance, verdict` |
-//! | `report.md` | claims, key tables, plot links, artifacts, out-of-sweep and failed trials, respawned workers |
+//! | `report.md` | claims, key tables, plot links, sample grids, artifacts, out-of-sweep and failed trials, respawned workers |
 //! | `plots/*.svg` | gap per checkpoint with C, samples vs data, a metric vs σ_max |
 //!
 //! Modules: [`layout`] defines the database (shared with the coordinator), [`state`] reads it,

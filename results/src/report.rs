@@ -1,5 +1,6 @@
-//! `report.md`: the claims, the tolerances behind them, key tables (metrics against the σ
-//! ladder, the sampler's step size, the objective, …), links to the plots, the artifacts each
+//! `report.md`: the claims, the tolerances behind them, key tables (the metrics the trials
+//! carry, toy and image alike, against the σ ladder, the sampler's step size, the objective,
+//! …), links to the plots, each image trial's sample grid, the artifacts each
 //! trial uploaded, the trials that no longer belong to the sweep, the failed trials (every
 //! status [`schema::Status::is_unusable`] classifies so) with their errors, and the local
 //! workers that died and were respawned.
@@ -11,10 +12,58 @@ use serde_json::Value;
 
 use crate::claims::{ClaimRow, TOLERANCES, fmt_num};
 use crate::plots::Plot;
-use crate::state::{State, Trial};
+use crate::state::{Artifact, State, Trial};
+use schema::image::IMAGE_PRESETS;
 
-/// Metrics summarised in the key tables, in column order (those no trial has are left out).
-const TABLE_METRICS: [&str; 13] = ["l_esm", "l_ism", "gap", "c_true", "l_dsm", "dsm_gap", "fd", "swd", "mmd", "mode_weight_err", "nll", "kl", "train_seconds"];
+/// Metrics that lead the key tables' columns, in this order: the toy trials' score-matching
+/// losses, gaps and sample metrics, then the image trials' loss, sample quality and evaluations.
+/// Every other metric the trials carry follows in name order, `train_seconds` last; a metric no
+/// trial of the table carries gets no column.
+const LEAD_METRICS: [&str; 17] =
+    ["l_esm", "l_ism", "gap", "c_true", "l_dsm", "dsm_gap", "fd", "swd", "mmd", "mode_weight_err", "nll", "kl", "eval_loss", "fid", "class_match", "which_digit_accuracy", "nfe"];
+
+/// Metrics left out of the key tables (`trials.csv` has them all): what describes how a trial
+/// ran rather than what it reached (counts, the resolved ladder and step size, throughput), and
+/// reference values of the data rather than of the model (the real images' pixel statistics,
+/// the FID of real against real images, the classifier's accuracy on real images, a mixture's
+/// true weights). Standard errors (`*_se`), per-component weights (`mode_w_*`, `true_w_*`),
+/// rates (`*_per_second*`) and timings other than `train_seconds` are left out by name too.
+const CONTEXT_METRICS: [&str; 16] = [
+    "steps_done",
+    "n_train",
+    "n_held_out",
+    "levels",
+    "sigma_max_used",
+    "sigma_min_used",
+    "ladder_levels",
+    "ladder_sigma_max",
+    "gamma",
+    "data_diameter",
+    "eps_used",
+    "dsm_sigma",
+    "fid_real_floor",
+    "real_pixel_mean",
+    "real_pixel_std",
+    "classifier_accuracy",
+];
+
+/// Whether `name` gets a column in the key tables (see [`CONTEXT_METRICS`]).
+fn is_table_metric(name: &str) -> bool {
+    let timing = name.ends_with("_seconds") && name != "train_seconds";
+    let per_part = name.starts_with("mode_w_") || name.starts_with("true_w_");
+    let se = name.ends_with("_se") || name.contains("_se_");
+    !(CONTEXT_METRICS.contains(&name) || timing || per_part || se || name.contains("per_second"))
+}
+
+/// The key tables' metric columns: every metric some trial of `trials` carries (finite) and
+/// [`is_table_metric`] admits, ordered as [`LEAD_METRICS`] says.
+fn table_metrics(trials: &[&Trial]) -> Vec<String> {
+    let carried: BTreeSet<&String> = trials.iter().filter_map(|t| t.result.as_ref()).flat_map(|r| r.metrics.iter().filter(|(_, v)| v.is_finite()).map(|(k, _)| k)).collect();
+    let mut names: Vec<String> = carried.into_iter().filter(|m| is_table_metric(m)).cloned().collect();
+    let rank = |m: &str| (m == "train_seconds", LEAD_METRICS.iter().position(|l| *l == m).unwrap_or(LEAD_METRICS.len()));
+    names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+    names
+}
 
 /// Config prefixes whose varying keys get a key table, in report order: the σ ladder first,
 /// then the sampler (step size, steps), the objective and the model.
@@ -33,6 +82,7 @@ pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]
     claims_section(&mut md, claims);
     key_tables(&mut md, state);
     plots_section(&mut md, plots);
+    sample_grids_section(&mut md, state);
     artifacts_section(&mut md, state);
     out_of_sweep_section(&mut md, state);
     failed_section(&mut md, state);
@@ -142,14 +192,18 @@ fn key_tables(md: &mut String, state: &State) {
         let _ = writeln!(md, "No sweep key varies between finished trials.\n");
         return;
     }
-    let _ = writeln!(md, "Means over the finished trials of the sweep, per data distribution and value of one swept key.\n");
+    let _ = writeln!(
+        md,
+        "Means over the finished trials of the sweep, per data distribution and value of one swept key, of the metrics the trials carry \
+         (toy and image trials alike; standard errors, timings and reference values of the data are in [`trials.csv`](trials.csv)).\n"
+    );
+    let metrics = table_metrics(&trials);
     for key in keys {
-        key_table(md, &trials, &key);
+        key_table(md, &trials, &key, &metrics);
     }
 }
 
-fn key_table(md: &mut String, trials: &[&Trial], key: &str) {
-    let metrics: Vec<&str> = TABLE_METRICS.iter().copied().filter(|m| trials.iter().any(|t| t.metric(m).is_some())).collect();
+fn key_table(md: &mut String, trials: &[&Trial], key: &str, metrics: &[String]) {
     // Group by (scope, value); numeric values sort numerically.
     let mut groups: BTreeMap<(String, SortKey), Vec<&Trial>> = BTreeMap::new();
     for t in trials {
@@ -158,17 +212,17 @@ fn key_table(md: &mut String, trials: &[&Trial], key: &str) {
     }
     let _ = writeln!(md, "### Metrics vs `{key}`\n");
     let _ = write!(md, "| scope | {key} | n |");
-    for m in &metrics {
+    for m in metrics {
         let _ = write!(md, " {m} |");
     }
     let _ = write!(md, "\n|---|---|---|");
-    for _ in &metrics {
+    for _ in metrics {
         let _ = write!(md, "---|");
     }
     md.push('\n');
     for ((scope, value), group) in &groups {
         let _ = write!(md, "| {} | {} | {} |", cell(scope), cell(&value.label), group.len());
-        for m in &metrics {
+        for m in metrics {
             let xs: Vec<f64> = group.iter().filter_map(|t| t.metric(m)).collect();
             let mean = (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
             let _ = write!(md, " {} |", mean.map_or("—".to_string(), fmt_num));
@@ -237,12 +291,42 @@ fn artifacts_section(md: &mut String, state: &State) {
         }
     }
     md.push('\n');
-    // Images (sample grids) are shown, one per trial, with the trial's differing keys.
-    let varying = table_keys(&state.in_sweep().collect::<Vec<&Trial>>());
-    for t in state.trials.iter().filter(|t| t.in_sweep) {
-        for a in t.artifacts.iter().filter(|a| a.name.ends_with(".png")) {
-            let label: Vec<String> = varying.iter().filter_map(|k| Some(format!("{k}={}", t.config_display(k)?))).collect();
-            let _ = writeln!(md, "**`{}`** {}\n\n![{} of {}]({})\n", t.short_hash(), label.join(", "), a.name, t.short_hash(), a.rel_path);
+}
+
+/// Whether `a` is a picture the report can show (a sample grid).
+fn is_image(a: &Artifact) -> bool {
+    a.media_type == "image/png" || a.name.ends_with(".png")
+}
+
+/// Each image trial of the sweep (its `data.preset` is an image set) with its sample grid
+/// shown, or why it has none; then any other trial's picture. Nothing when the sweep has
+/// neither.
+fn sample_grids_section(md: &mut String, state: &State) {
+    let trials: Vec<&Trial> = state.in_sweep().collect();
+    let image_trial = |t: &Trial| t.config.get("data.preset").and_then(Value::as_str).is_some_and(|p| IMAGE_PRESETS.contains(&p));
+    let shown: Vec<&Trial> = trials.iter().copied().filter(|t| image_trial(t) || t.artifacts.iter().any(is_image)).collect();
+    if shown.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Sample grids\n");
+    let _ = writeln!(md, "The samples each image trial drew (`samples.png`, uploaded by its worker), with the keys that vary in the sweep.\n");
+    let varying = table_keys(&trials);
+    for t in shown {
+        let label: Vec<String> = varying.iter().filter_map(|k| Some(format!("{k}={}", t.config_display(k)?))).collect();
+        let _ = writeln!(md, "**`{}`** {}\n", t.short_hash(), label.join(", "));
+        let grids: Vec<&Artifact> = t.artifacts.iter().filter(|a| is_image(a)).collect();
+        for a in &grids {
+            let _ = writeln!(md, "![{} of {}]({})\n", a.name, t.short_hash(), a.rel_path);
+        }
+        if grids.is_empty() {
+            let why = if !t.status.is_success() {
+                format!("the trial is {}", t.status)
+            } else if t.config_display("sampler.kind").as_deref() == Some("none") {
+                "`sampler.kind = \"none\"` draws no samples".to_string()
+            } else {
+                "its worker uploaded none".to_string()
+            };
+            let _ = writeln!(md, "No sample grid: {why}.\n");
         }
     }
 }

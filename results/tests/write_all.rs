@@ -80,11 +80,13 @@ impl Db {
             .unwrap();
     }
 
+    /// An artifact row; a `.png` is `image/png`, as the worker uploads sample grids.
     fn artifact(&self, hash: &str, name: &str, bytes: i64, sha256: &str) {
+        let media_type = if name.ends_with(".png") { "image/png" } else { "application/octet-stream" };
         self.conn
             .execute(
-                "INSERT INTO artifacts(trial_id, trial_hash, name, media_type, bytes, sha256) VALUES (?1, ?2, ?3, 'application/octet-stream', ?4, ?5)",
-                params![self.id(hash), hash, name, bytes, sha256],
+                "INSERT INTO artifacts(trial_id, trial_hash, name, media_type, bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![self.id(hash), hash, name, media_type, bytes, sha256],
             )
             .unwrap();
     }
@@ -387,7 +389,12 @@ fn report_lists_claims_out_of_sweep_and_failed_trials() {
         ("## Trials no longer in the sweep", vec!["eeee5555", "model.width=64"], vec!["aaaa1111", "dddd4444"]),
         ("## Failed trials", vec!["dddd4444", "boom: out of memory"], vec!["aaaa1111"]),
         ("## Claims", vec!["esm_ism_offset", "**FAIL**", "**pass**", "not enough data", "spread", "side=plain", "D/σ² − E‖∇log p_σ‖²"], vec!["C_σ"]),
-        ("## Key tables", vec!["objective.noise.sigma_max", "objective.kind", "sampler.kind"], vec![]),
+        // Standard errors, per-component weights and reference values stay in trials.csv.
+        (
+            "## Key tables",
+            vec!["objective.noise.sigma_max", "objective.kind", "sampler.kind", "| l_esm | l_ism | gap | c_true | fd | mode_weight_err |"],
+            vec!["l_esm_se", "true_w_0", "mode_w_0", "data_diameter", "sigma_max_used"],
+        ),
         ("## Plots", vec!["plots/gap_vs_checkpoint_data.preset-ncsn2d.svg", "plots/fd_vs_sigma_max_data.preset-ncsn2d.svg"], vec![]),
     ] {
         let text = section(title);
@@ -453,6 +460,81 @@ fn report_lists_artifacts_per_trial() {
     assert!(!section.contains("bbbb2222"), "{section}");
     // An image artifact is shown, not only linked.
     assert!(report.contains("![grid.png of aaaa1111](artifacts/aaaa1111/grid.png)"), "{report}");
+}
+
+/// The section of `report` under the heading `title`, up to the next one.
+fn report_section(report: &str, title: &str) -> String {
+    let start = report.find(title).unwrap_or_else(|| panic!("no section {title}:\n{report}"));
+    let rest = &report[start + title.len()..];
+    rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
+}
+
+/// An image sweep over the model: a U-Net with a sample grid, an MLP whose sampler is `none`,
+/// a failed U-Net. Its key tables show the image metrics the rows carry (not the toy ones, not
+/// the reference values), and each image trial has its grid or the reason it has none.
+#[test]
+fn image_trials_get_their_metrics_in_the_key_tables_and_their_sample_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    let cfg = |model: &str, sampler: &str| json!({"data.preset": "mnist", "model.kind": model, "objective.kind": "edm", "sampler.kind": sampler, "seed": 0});
+    let image_metrics = |eval_loss: f64, fid: f64, sampled: bool| {
+        let mut m = json!({
+            "steps_done": 100.0, "eval_loss": eval_loss, "train_seconds": 2.0, "eval_seconds": 0.5, "parameters": 1000.0,
+            "n_held_out": 200.0, "fid_real_floor": 1.5, "real_pixel_mean": -0.7, "classifier_accuracy": 0.98,
+        });
+        if sampled {
+            for (k, v) in [
+                ("fid", fid),
+                ("class_match", 0.9),
+                ("which_digit_accuracy", 0.8),
+                ("nfe", 35.0),
+                ("pixel_mean", -0.6),
+                ("sample_seconds", 1.0),
+                ("images_per_second_sampling", 50.0),
+            ] {
+                m[k] = json!(v);
+            }
+        }
+        m
+    };
+    db.trial("img1aaaaaa", 0, cfg("unet", "heun"), true, Status::Done, None);
+    db.result("img1aaaaaa", image_metrics(0.25, 40.0, true));
+    db.artifact("img1aaaaaa", "samples.png", 4321, &"ef".repeat(32));
+    db.artifact("img1aaaaaa", "model.safetensors", 99, &"ab".repeat(32));
+    db.trial("img2bbbbbb", 1, cfg("mlp", "none"), true, Status::Done, None);
+    db.result("img2bbbbbb", image_metrics(0.5, 0.0, false));
+    db.trial("img3cccccc", 2, cfg("unet", "pc"), true, Status::Failed, Some("out of memory"));
+    let out = dir.path().join("out");
+    write_all(&db.path, &out).unwrap();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+
+    let tables = report_section(&report, "## Key tables");
+    let header = "| scope | model.kind | n | eval_loss | fid | class_match | which_digit_accuracy | nfe | parameters | pixel_mean | train_seconds |";
+    assert!(tables.contains(header), "image metrics, lead ones first, train_seconds last:\n{tables}");
+    assert!(tables.contains("| data.preset=mnist | unet | 1 | 0.25 | 40 | 0.9 | 0.8 | 35 |"), "{tables}");
+    assert!(tables.contains("| data.preset=mnist | mlp | 1 | 0.5 | — | — | — | — |"), "an unsampled trial has no sample metrics:\n{tables}");
+    for absent in ["l_esm", "gap", "steps_done", "fid_real_floor", "real_pixel_mean", "classifier_accuracy", "n_held_out", "sample_seconds", "per_second"] {
+        assert!(!tables.contains(absent), "{absent} in the key tables:\n{tables}");
+    }
+
+    let grids = report_section(&report, "## Sample grids");
+    assert!(grids.contains("**`img1aaaaaa`** sampler.kind=heun, model.kind=unet\n\n![samples.png of img1aaaaaa](artifacts/img1aaaaaa/samples.png)"), "{grids}");
+    assert!(grids.contains("**`img2bbbbbb`** sampler.kind=none, model.kind=mlp\n\nNo sample grid: `sampler.kind = \"none\"` draws no samples."), "{grids}");
+    assert!(grids.contains("**`img3cccccc`** sampler.kind=pc, model.kind=unet\n\nNo sample grid: the trial is failed."), "{grids}");
+    assert!(!grids.contains("model.safetensors"), "{grids}");
+}
+
+/// A toy sweep without pictures has no sample-grid section.
+#[test]
+fn toy_sweeps_have_no_sample_grid_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    db.trial("toy1aaaaaa", 0, config("ncsn2d", "dsm", 1.0, "langevin", 0), true, Status::Done, None);
+    db.result("toy1aaaaaa", metrics(-1.9, 0.8, 0.1));
+    let out = dir.path().join("out");
+    write_all(&db.path, &out).unwrap();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(!report.contains("## Sample grids"), "{report}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! serve, with the key to change; the engine's registry tests pin each model kind's declared
 //! capabilities to what its implementation really offers.
 
-use crate::trial::FieldError;
+use crate::validate::FieldError;
 
 /// What a data source offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

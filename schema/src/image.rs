@@ -38,7 +38,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::trial::{FieldError, NoiseSpec, RawNoise, field, in_range, langevin_step_is_stable, positive, validate_noise};
+use crate::noise::{NoiseSpec, RawNoise, validate_noise};
+use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive};
 
 /// The data presets that make a trial an image trial.
 pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];

@@ -42,26 +42,10 @@ use crate::caps::{self, DataCaps, ModelCaps, Needs};
 use crate::data::MixtureSpec;
 use crate::image::{ImageTrial, RawImageTrial};
 use crate::locate::{line_col, locate};
-
-/// A validation error on one key of a trial given as a TOML value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FieldError {
-    /// Dotted path such as `objective.noise.sigma_min`; empty for the whole document.
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() { write!(f, "{}", self.message) } else { write!(f, "key `{}`: {}", self.key, self.message) }
-    }
-}
-
-impl std::error::Error for FieldError {}
-
-pub fn field(key: &str, message: impl Into<String>) -> FieldError {
-    FieldError { key: key.to_string(), message: message.into() }
-}
+pub use crate::noise::NoiseSpec;
+use crate::noise::{RawNoise, validate_noise};
+pub use crate::validate::{FieldError, field};
+use crate::validate::{in_range, langevin_step_is_stable, positive, raw_error, required};
 
 /// A trial file that could not be read or is invalid, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -228,16 +212,6 @@ fn d_probe() -> ProbeDist {
 }
 fn d_chunk() -> usize {
     64
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNoise {
-    ladder: String,
-    sigma_max: Option<f64>,
-    sigma_min: Option<f64>,
-    levels: Option<usize>,
-    sigmas: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -433,39 +407,6 @@ pub struct ObjectiveSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum NoiseSpec {
-    Geometric {
-        sigma_max: f64,
-        sigma_min: f64,
-        levels: usize,
-    },
-    List(Vec<f64>),
-    /// NCSNv2: σ₁ from the data, γ from D; `levels` is used only where the γ rule has no root.
-    Auto {
-        sigma_min: f64,
-        levels: usize,
-    },
-}
-
-impl NoiseSpec {
-    /// The smallest level.
-    pub fn sigma_min(&self) -> f64 {
-        match self {
-            NoiseSpec::Geometric { sigma_min, .. } | NoiseSpec::Auto { sigma_min, .. } => *sigma_min,
-            NoiseSpec::List(v) => v.iter().copied().fold(f64::INFINITY, f64::min),
-        }
-    }
-
-    /// The number of levels as configured (an `auto` ladder may end up with another count).
-    pub fn levels(&self) -> usize {
-        match self {
-            NoiseSpec::Geometric { levels, .. } | NoiseSpec::Auto { levels, .. } => *levels,
-            NoiseSpec::List(v) => v.len(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct TrainSpec {
     pub steps: u64,
     pub batch: usize,
@@ -568,52 +509,6 @@ impl SamplerSpec {
 const MAX_DIM: usize = 4096;
 const MAX_HIDDEN: usize = 8192;
 const MAX_POINTS: usize = 10_000_000;
-
-/// Refuses a Langevin step `eps` (α at the level `sigma`, named `sigma_key`) of 2σ² or more:
-/// where the perturbed score's slope is −1/σ² (its steepest), x ← x + α S multiplies a
-/// deviation by 1 − α/σ², so no such step can be stable.
-pub(crate) fn langevin_step_is_stable(key: &str, eps: f64, sigma: f64, sigma_key: &str) -> Result<(), FieldError> {
-    let bound = 2.0 * sigma * sigma;
-    if eps < bound {
-        return Ok(());
-    }
-    Err(field(
-        key,
-        format!(
-            "{eps} is not below 2·{sigma_key}² = {bound}: a Langevin step α ≥ 2σ² cannot be stable (x ← x + α S multiplies a deviation by 1 − α/σ² where the score's slope is −1/σ²)"
-        ),
-    ))
-}
-
-pub(crate) fn positive(key: &str, v: f64) -> Result<f64, FieldError> {
-    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(field(key, format!("must be a positive finite number (got {v})"))) }
-}
-
-pub(crate) fn in_range(key: &str, v: usize, lo: usize, hi: usize) -> Result<usize, FieldError> {
-    if (lo..=hi).contains(&v) { Ok(v) } else { Err(field(key, format!("must be between {lo} and {hi} (got {v})"))) }
-}
-
-fn required<T>(key: &str, v: Option<T>) -> Result<T, FieldError> {
-    v.ok_or_else(|| field(key, "is required"))
-}
-
-/// A serde error on the raw form as a [`FieldError`] on its dotted key.
-fn raw_error(e: serde_path_to_error::Error<toml::de::Error>) -> FieldError {
-    let mut key = e.path().to_string();
-    if key == "." {
-        key.clear();
-    }
-    // toml appends "\nin `table`"; the key already says where.
-    let msg = e.inner().to_string().lines().next().unwrap_or_default().to_string();
-    // Unknown keys: point at the key itself, not its table.
-    if let Some(rest) = msg.strip_prefix("unknown field `")
-        && let Some(name) = rest.split('`').next()
-        && !(key == name || key.ends_with(&format!(".{name}")))
-    {
-        key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
-    }
-    FieldError { key, message: msg }
-}
 
 impl TrialConfig {
     /// Validate a trial given as a TOML table (a sweep's `[base]` with expansions applied).
@@ -877,51 +772,6 @@ fn validate_data(d: &RawData) -> Result<DataSpec, FieldError> {
         other => return Err(field("data.preset", format!("unknown preset `{other}` (expected seed1d, ncsn2d, ring8, iso or custom)"))),
     };
     Ok(DataSpec::Mixture { preset: d.preset.clone(), mixture: mix })
-}
-
-pub(crate) fn validate_noise(n: &RawNoise) -> Result<NoiseSpec, FieldError> {
-    let only = |allowed: &[&str]| -> Result<(), FieldError> {
-        let given = [("sigma_max", n.sigma_max.is_some()), ("sigma_min", n.sigma_min.is_some()), ("levels", n.levels.is_some()), ("sigmas", n.sigmas.is_some())];
-        for (k, set) in given {
-            if set && !allowed.contains(&k) {
-                return Err(field(&format!("objective.noise.{k}"), format!("does not apply to ladder `{}`", n.ladder)));
-            }
-        }
-        Ok(())
-    };
-    match n.ladder.as_str() {
-        "geometric" => {
-            only(&["sigma_max", "sigma_min", "levels"])?;
-            let hi = positive("objective.noise.sigma_max", required("objective.noise.sigma_max", n.sigma_max)?)?;
-            let lo = positive("objective.noise.sigma_min", required("objective.noise.sigma_min", n.sigma_min)?)?;
-            let levels = in_range("objective.noise.levels", required("objective.noise.levels", n.levels)?, 1, 10_000)?;
-            if lo > hi || (levels > 1 && lo == hi) {
-                return Err(field("objective.noise.sigma_min", format!("must be below sigma_max ({lo} ≥ {hi})")));
-            }
-            Ok(NoiseSpec::Geometric { sigma_max: hi, sigma_min: lo, levels })
-        }
-        "list" => {
-            only(&["sigmas"])?;
-            let s = required("objective.noise.sigmas", n.sigmas.clone())?;
-            if s.is_empty() {
-                return Err(field("objective.noise.sigmas", "the ladder is empty"));
-            }
-            for (i, &v) in s.iter().enumerate() {
-                positive(&format!("objective.noise.sigmas[{i}]"), v)?;
-            }
-            if s.windows(2).any(|w| w[1] >= w[0]) {
-                return Err(field("objective.noise.sigmas", "must be strictly decreasing (σ₁ > σ₂ > … > σ_L)"));
-            }
-            Ok(NoiseSpec::List(s))
-        }
-        "auto" => {
-            only(&["sigma_min", "levels"])?;
-            let lo = positive("objective.noise.sigma_min", n.sigma_min.unwrap_or(0.01))?;
-            let levels = in_range("objective.noise.levels", n.levels.unwrap_or(10), 1, 10_000)?;
-            Ok(NoiseSpec::Auto { sigma_min: lo, levels })
-        }
-        other => Err(field("objective.noise.ladder", format!("unknown ladder `{other}` (expected geometric, list or auto)"))),
-    }
 }
 
 #[cfg(test)]

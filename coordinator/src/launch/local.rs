@@ -13,7 +13,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Exited, LaunchConfig, LaunchError, Launcher};
+use serde::Deserialize;
+
+use super::{BadSetting, BoxFuture, Exited, Kind, LaunchConfig, LaunchError, Launcher, Shared};
+
+/// The local launcher's settings: flags only (`[launcher.local]` takes no key).
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct LocalOptions {
+    /// Local GPU workers: `auto` (the default: one per GPU that `worker devices` finds, each
+    /// alone in its CUDA_VISIBLE_DEVICES), or a number up to that many (0: none).
+    #[arg(long, value_name = "auto|N")]
+    #[serde(skip)]
+    pub gpu_workers: Option<String>,
+    /// CPU threads of each local GPU worker (data, host-side work) [default: 4].
+    #[arg(long, value_name = "N")]
+    #[serde(skip)]
+    pub gpu_worker_threads: Option<usize>,
+}
+
+/// CPU threads of each local GPU worker when `--gpu-worker-threads` is not given.
+pub const DEFAULT_GPU_THREADS: usize = 4;
 
 /// One local worker to start (and to restart under the same name).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,12 +167,73 @@ impl LocalLauncher {
     }
 }
 
-impl Launcher for LocalLauncher {
-    fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
+impl LocalLauncher {
+    /// The launcher of `config`'s workers: `config.workers` CPU workers and one GPU worker per
+    /// entry of `config.gpus`.
+    pub fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let specs = plan(cores, config.workers, &config.gpus, config.gpu_threads).into_iter().map(|w| (w.name.clone(), w)).collect();
         Ok(LocalLauncher { config: config.clone(), url: String::new(), specs, children: Vec::new() })
     }
+}
+
+impl Kind for LocalLauncher {
+    const REMOTE: bool = false;
+    type Options = LocalOptions;
+
+    fn given(flags: &LocalOptions) -> Vec<&'static str> {
+        [("--gpu-workers", flags.gpu_workers.is_some()), ("--gpu-worker-threads", flags.gpu_worker_threads.is_some())].into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
+    }
+
+    fn merge(_table: LocalOptions, flags: LocalOptions) -> LocalOptions {
+        flags
+    }
+
+    fn check(o: &LocalOptions) -> Result<(), BadSetting> {
+        if let Some(n) = o.gpu_workers.as_deref().filter(|n| *n != "auto" && n.parse::<usize>().is_err()) {
+            return Err(BadSetting { key: "gpu_workers", flag: Some("--gpu-workers"), message: format!("`{n}` is neither `auto` nor a number of GPU workers") });
+        }
+        if o.gpu_worker_threads == Some(0) {
+            return Err(BadSetting { key: "gpu_worker_threads", flag: Some("--gpu-worker-threads"), message: "must be at least 1".into() });
+        }
+        Ok(())
+    }
+
+    /// `--workers` CPU workers (default: the cores GPU workers leave) and one GPU worker per
+    /// visible GPU (`--gpu-workers`: how many; `auto`: all).
+    fn build(shared: &Shared, o: LocalOptions) -> Result<Option<Self>, LaunchError> {
+        let asked = o.gpu_workers.as_deref().and_then(|n| n.parse::<usize>().ok());
+        let gpu_threads = o.gpu_worker_threads.unwrap_or(DEFAULT_GPU_THREADS);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if shared.workers == Some(0) && asked == Some(0) {
+            return Ok(None);
+        }
+        let worker_bin = super::worker_executable(shared.worker_bin.as_deref())?;
+        let gpus = if asked != Some(0) {
+            let found = visible_gpus(&worker_bin).map_err(|e| LaunchError::Setting(e.to_string()))?;
+            match asked {
+                Some(n) if n > found.len() => {
+                    return Err(LaunchError::Setting(format!("--gpu-workers {n}: `{} devices` finds {} GPU(s)", worker_bin.display(), found.len())));
+                }
+                Some(n) => found[..n].to_vec(),
+                None => found,
+            }
+        } else {
+            Vec::new()
+        };
+        let workers = shared.workers.unwrap_or_else(|| default_cpu_workers(cores, gpus.len(), gpu_threads));
+        if workers == 0 && gpus.is_empty() {
+            return Ok(None);
+        }
+        if !gpus.is_empty() {
+            eprintln!("starting {} GPU worker(s) (CUDA_VISIBLE_DEVICES {}) and {workers} CPU worker(s)", gpus.len(), gpus.join(", "));
+        }
+        let config = LaunchConfig { gpus, gpu_threads, ..shared.config(worker_bin, workers) };
+        Self::new(&config).map(Some)
+    }
+}
+
+impl Launcher for LocalLauncher {
 
     fn start(&mut self, url: &str) -> Result<(), LaunchError> {
         self.url = url.to_string();

@@ -3,45 +3,49 @@
 //! NAME --ignore-interrupt`), wherever a launcher puts them; the coordinator knows nothing of
 //! the engine.
 //!
-//! Launchers: `local` (processes on this machine), `slurm` (one `sbatch` job per worker) and
-//! `ssh` (workers on other hosts, stopped when their ssh session ends). Whatever the launcher,
-//! the run's token reaches workers through their environment or standard input, never a
-//! command line, and a worker's results and artifacts come back over the protocol (nothing
-//! assumes a file system shared with the coordinator).
+//! Launchers: `local` (processes on this machine), `slurm` (one `sbatch` job per worker), `ssh`
+//! (workers on other hosts, stopped when their ssh session ends) and `pbs` (one `qsub` job per
+//! worker). Whatever the launcher, the run's token reaches workers through their environment or
+//! standard input, never a command line, and a worker's results and artifacts come back over
+//! the protocol (nothing assumes a file system shared with the coordinator).
 //!
-//! To add a launcher (e.g. Kubernetes): write `launch/<kind>.rs` with a type implementing
-//! [`Launcher`] (its `new` gets the [`LaunchConfig`]), and add one line `"<kind>" =>
-//! <kind>::<Type>,` to the `registry!` invocation below; `--launcher <kind>` then selects it.
+//! Each launcher owns its settings ([`Kind`]): one `Options` struct that is both its
+//! `[launcher.<kind>]` table in a sweep file and its `--<kind>-*` flags, checked by the launcher
+//! (a bad key is located in the sweep file, a bad flag named), and it resolves its own worker
+//! count and worker path from the settings every launcher shares ([`Shared`]). Neither the
+//! command line (`main.rs`) nor the sweep file (`sweep.rs`) knows one launcher from another.
+//!
+//! To add a launcher (e.g. LSF): write `launch/<kind>.rs` with a type implementing
+//! [`Launcher`] and [`Kind`], and add one line `"<kind>" => <kind>::<Type>,` to the
+//! `registry!` invocation below; `--launcher <kind>`, its flags and `[launcher.<kind>]` then
+//! exist (`pbs.rs` is the smallest model).
 //!
 //! A worker that dies before the sweep is over (killed, out of memory, a crash) is replaced
 //! through [`Launcher::respawn`] as the [`Respawner`] decides: at most `--max-respawns` times
 //! per run, and after a delay that doubles while replacements keep dying young.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-/// What every launcher is given.
+/// What a launcher starts, resolved by its [`Kind::build`] from the [`Shared`] settings and its
+/// own.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchConfig {
-    /// The worker executable (see [`worker_executable`]).
+    /// The worker executable: on this machine (see [`worker_executable`]), or its path on the
+    /// machines a remote launcher starts workers on ([`Shared::remote_worker_bin`]).
     pub worker_bin: PathBuf,
-    /// Workers to start (CPU workers for the local launcher; the `ssh` launcher starts its
-    /// hosts' counts instead).
+    /// Workers to start (CPU workers for the local launcher).
     pub workers: usize,
     /// The run's token, handed to workers through the environment (`auth::TOKEN_ENV`) or
     /// their standard input, never a command line.
     pub token: Option<String>,
     /// PEM of the CA certificate workers verify a TLS coordinator with (`TLS_CA_ENV`).
     pub tls_ca: Option<String>,
-    /// The run's output directory (Slurm job logs).
+    /// The run's output directory (batch job logs).
     pub out: PathBuf,
-    /// `slurm` launcher settings (`[launcher.slurm]` merged with the `--slurm-*` flags).
-    pub slurm: slurm::SlurmOptions,
-    /// `ssh` launcher settings (`[launcher.ssh]` merged with the `--ssh-*` flags).
-    pub ssh: ssh::SshOptions,
     /// Local GPU workers: one per entry, started with `CUDA_VISIBLE_DEVICES` = the entry and
     /// `--device cuda` (see [`local::visible_gpus`]). Empty: none.
     pub gpus: Vec<String>,
@@ -56,17 +60,118 @@ impl LaunchConfig {
     }
 }
 
-/// `[launcher]` in a sweep file: settings of the launchers that need some.
-#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LauncherTables {
-    pub slurm: Option<slurm::SlurmOptions>,
-    pub ssh: Option<ssh::SshOptions>,
+/// The settings of `coordinator run` that every launcher shares (hyperqueue's
+/// `SharedQueueOpts`); each launcher reads what applies to it in [`Kind::build`].
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// `--worker-bin`: the worker executable on this machine.
+    pub worker_bin: Option<PathBuf>,
+    /// `--remote-worker-bin`: its path on the machines of a remote launcher ([`Kind::REMOTE`]).
+    pub remote_worker_bin: Option<PathBuf>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    pub token: Option<String>,
+    pub tls_ca: Option<String>,
+    /// The run's output directory.
+    pub out: PathBuf,
+}
+
+impl Shared {
+    /// The worker executable on other machines: `--remote-worker-bin`, else the launcher's own
+    /// `worker_bin` setting (`own`), else the local executable's path (which must exist here).
+    /// Paths on other machines are not checked here.
+    pub fn remote_worker_bin(&self, own: Option<&PathBuf>) -> Result<PathBuf, LaunchError> {
+        match self.remote_worker_bin.as_ref().or(own) {
+            Some(p) => Ok(p.clone()),
+            None => worker_executable(self.worker_bin.as_deref()),
+        }
+    }
+
+    /// The configuration of `workers` workers of `worker_bin`.
+    pub fn config(&self, worker_bin: PathBuf, workers: usize) -> LaunchConfig {
+        LaunchConfig { worker_bin, workers, token: self.token.clone(), tls_ca: self.tls_ca.clone(), out: self.out.clone(), ..Default::default() }
+    }
+}
+
+/// The worker count of a batch launcher: `--workers`, else its table's `workers`, else one per
+/// core of this machine.
+pub fn batch_workers(shared: &Shared, own: Option<usize>) -> usize {
+    shared.workers.or(own).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// A setting a launcher refuses: the key of its `[launcher.<kind>]` table, the flag that sets
+/// it (None: the table only), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadSetting {
+    pub key: &'static str,
+    pub flag: Option<&'static str>,
+    pub message: String,
+}
+
+/// A kind of launcher with its own settings: the registry builds it from them.
+pub trait Kind: Launcher + Sized + 'static {
+    /// Its workers run on other machines: `coordinator run` listens on a wildcard address by
+    /// default, and `--remote-worker-bin` applies.
+    const REMOTE: bool;
+    /// Its settings: the keys of `[launcher.<kind>]` (serde, unknown keys refused) and its
+    /// `--<kind>-*` flags (clap) in one struct.
+    type Options: serde::de::DeserializeOwned + clap::Args + clap::FromArgMatches + Default + Clone + std::fmt::Debug + Send + Sync + 'static;
+    /// The flags set in `flags`, by name (`--slurm-time`): refused under another launcher.
+    fn given(flags: &Self::Options) -> Vec<&'static str>;
+    /// `flags` over `table`: a flag wins over its key.
+    fn merge(table: Self::Options, flags: Self::Options) -> Self::Options;
+    /// Refuses settings that cannot work, naming the key (and its flag).
+    fn check(options: &Self::Options) -> Result<(), BadSetting>;
+    /// Resolves the run's workers (count, executable) and builds the launcher; None when no
+    /// worker is to be started. Nothing is started yet.
+    fn build(shared: &Shared, options: Self::Options) -> Result<Option<Self>, LaunchError>;
+}
+
+/// `[launcher.<kind>]` tables of a sweep file, by kind, as written (checked by
+/// [`check_table`] when the sweep is loaded).
+pub type LauncherTables = BTreeMap<String, toml::Value>;
+
+/// A bad `[launcher.<kind>]` table: the dotted key under it (empty: the table itself) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableError {
+    pub key: String,
+    pub message: String,
+}
+
+/// The settings of kind `K` in `table`, checked.
+fn options_of<K: Kind>(table: &toml::Value) -> Result<K::Options, TableError> {
+    let options: K::Options = serde_path_to_error::deserialize(table.clone()).map_err(|e| {
+        let key = e.path().to_string();
+        TableError { key: if key == "." { String::new() } else { key }, message: e.inner().to_string().lines().next().unwrap_or_default().to_string() }
+    })?;
+    K::check(&options).map_err(|b| TableError { key: b.key.to_string(), message: b.message })?;
+    Ok(options)
+}
+
+/// Builds the launcher of kind `K` (named `kind`) from its table and flags.
+fn build_of<K: Kind>(kind: &str, shared: &Shared, table: Option<&toml::Value>, flags: &K::Options) -> Result<Option<Box<dyn Launcher>>, LaunchError> {
+    if !K::REMOTE && shared.remote_worker_bin.is_some() {
+        return Err(LaunchError::Setting(format!(
+            "--remote-worker-bin is for launchers whose workers run on other machines ({}); {kind} workers use --worker-bin",
+            remote_kinds().join(", ")
+        )));
+    }
+    let table = match table {
+        Some(t) => options_of::<K>(t).map_err(|e| LaunchError::Setting(format!("[launcher.{kind}] {}: {}", e.key, e.message)))?,
+        None => K::Options::default(),
+    };
+    let options = K::merge(table, flags.clone());
+    K::check(&options).map_err(|b| LaunchError::Setting(format!("{}: {}", b.flag.map_or_else(|| format!("launcher.{kind}.{}", b.key), str::to_string), b.message)))?;
+    Ok(K::build(shared, options)?.map(|l| Box::new(l) as Box<dyn Launcher>))
 }
 
 /// The environment variable that carries the CA certificate (PEM text, public) to workers of
 /// a TLS coordinator.
 pub const TLS_CA_ENV: &str = "SCORESWEEP_TLS_CA";
+
+/// Workers started by a launcher on other machines give up on an unreachable coordinator
+/// after this many seconds (a coordinator killed with SIGKILL cannot cancel their jobs).
+pub const REMOTE_MAX_UNREACHABLE: u32 = 300;
 
 /// `s` single-quoted for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
@@ -126,6 +231,9 @@ pub enum LaunchError {
     ToolMissing { tool: String, launcher: &'static str },
     #[error("no ssh host could start workers: {0}")]
     NoHosts(String),
+    /// A setting the launcher refuses, with the flag or key that holds it.
+    #[error("{0}")]
+    Setting(String),
     #[error("the ssh launcher needs hosts: --ssh-hosts HOST[:N],… or `hosts` in [launcher.ssh]")]
     NoHostsGiven,
 }
@@ -134,12 +242,9 @@ pub enum LaunchError {
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Starts, watches and stops the workers of one run. Called from the run loop on the async
-/// runtime; `start` and `poll` must not block.
+/// runtime; `start` and `poll` must not block. Built by [`Kind::build`], which checks what it
+/// needs before anything starts.
 pub trait Launcher: Send {
-    /// Builds the launcher (checks what it needs before anything starts).
-    fn new(config: &LaunchConfig) -> Result<Self, LaunchError>
-    where
-        Self: Sized;
     /// Starts the configured workers, which join the coordinator at `url`.
     fn start(&mut self, url: &str) -> Result<(), LaunchError>;
     /// Starts a replacement for the worker `name`, which has exited (same name, same
@@ -244,18 +349,63 @@ impl Respawner {
     }
 }
 
-/// The launcher registry: one line per kind, `"name" => module::Type`. Each line also
-/// declares the module (`launch/<module>.rs`).
+/// The launcher registry: one line per kind, `"name" => module::Type` (`Type` implements
+/// [`Kind`]). Each line also declares the module (`launch/<module>.rs`), its flags and its
+/// `[launcher.<name>]` table.
 macro_rules! registry {
     ($($kind:literal => $module:ident :: $ty:ident),* $(,)?) => {
+        pub mod batch;
         $(pub mod $module;)*
         /// Launcher kinds, as given to `--launcher`.
         pub const KINDS: &[&str] = &[$($kind),*];
-        /// The launcher of `kind`, built from `config`.
-        pub fn launcher(kind: &str, config: &LaunchConfig) -> Result<Box<dyn Launcher>, LaunchError> {
+
+        /// Every launcher's own flags, flattened into `coordinator run`.
+        #[derive(clap::Args, Debug, Default, Clone)]
+        pub struct LauncherFlags {
+            $(
+                #[command(flatten)]
+                pub $module: <$module::$ty as Kind>::Options,
+            )*
+        }
+
+        /// The kinds whose workers run on other machines.
+        pub fn remote_kinds() -> Vec<&'static str> {
+            let mut v = Vec::new();
+            $(if <$module::$ty as Kind>::REMOTE { v.push($kind); })*
+            v
+        }
+
+        /// Checks `[launcher.<kind>]` of a sweep file (the keys the launcher knows, their
+        /// values); an unknown kind is refused with the list of known ones.
+        pub fn check_table(kind: &str, table: &toml::Value) -> Result<(), TableError> {
             match kind {
-                $($kind => Ok(Box::new(<$module::$ty as Launcher>::new(config)?)),)*
+                $($kind => options_of::<$module::$ty>(table).map(drop),)*
+                _ => Err(TableError { key: String::new(), message: format!("unknown launcher `{kind}` (known: {})", KINDS.join(", ")) }),
+            }
+        }
+
+        /// The launcher of `kind` with its `[launcher.<kind>]` table from `tables` and its
+        /// flags from `flags` (a flag of another launcher is refused); None when no worker
+        /// is to be started.
+        pub fn launcher(kind: &str, shared: &Shared, tables: &LauncherTables, flags: &LauncherFlags) -> Result<Option<Box<dyn Launcher>>, LaunchError> {
+            if !KINDS.contains(&kind) {
+                return Err(LaunchError::UnknownKind { kind: kind.to_string() });
+            }
+            let given: Vec<(&str, &str)> = [$(<$module::$ty as Kind>::given(&flags.$module).into_iter().map(|f| (f, $kind)).collect::<Vec<_>>()),*].concat();
+            if let Some((flag, owner)) = given.iter().find(|(_, owner)| *owner != kind) {
+                return Err(LaunchError::Setting(format!("{flag} is a setting of --launcher {owner}, not of --launcher {kind}")));
+            }
+            match kind {
+                $($kind => build_of::<$module::$ty>(kind, shared, tables.get(kind), &flags.$module),)*
                 _ => Err(LaunchError::UnknownKind { kind: kind.to_string() }),
+            }
+        }
+
+        /// Whether the workers of `kind` run on other machines (false for an unknown kind).
+        pub fn is_remote(kind: &str) -> bool {
+            match kind {
+                $($kind => <$module::$ty as Kind>::REMOTE,)*
+                _ => false,
             }
         }
     };
@@ -265,6 +415,7 @@ registry! {
     "local" => local::LocalLauncher,
     "slurm" => slurm::SlurmLauncher,
     "ssh" => ssh::SshLauncher,
+    "pbs" => pbs::PbsLauncher,
 }
 
 /// The worker executable: `given` (`--worker-bin`), else `$SCORESWEEP_WORKER`, else `worker`
@@ -323,16 +474,73 @@ mod tests {
         assert_eq!(last, BACKOFF_MAX);
     }
 
+    fn shared() -> Shared {
+        Shared { worker_bin: Some(PathBuf::from("/bin/true")), workers: Some(1), ..Default::default() }
+    }
+
+    fn table(src: &str) -> toml::Value {
+        toml::from_str(src).unwrap()
+    }
+
     #[test]
     fn unknown_kinds_and_missing_workers_are_refused_clearly() {
-        let config = LaunchConfig::local(PathBuf::from("/bin/true"), 1);
-        let err = launcher("pbs", &config).err().expect("refused").to_string();
-        assert!(err.contains("unknown launcher `pbs`") && err.contains("local, slurm, ssh"), "{err}");
-        assert!(launcher("local", &config).is_ok());
+        let tables = LauncherTables::new();
+        let mut flags = LauncherFlags::default();
+        // No GPU probe: /bin/true is no worker.
+        flags.local.gpu_workers = Some("0".into());
+        let err = launcher("lsf", &shared(), &tables, &flags).err().expect("refused").to_string();
+        assert!(err.contains("unknown launcher `lsf`") && err.contains("local, slurm, ssh, pbs"), "{err}");
+        assert!(launcher("local", &shared(), &tables, &flags).unwrap().is_some());
         let err = worker_executable(Some(Path::new("/nonexistent/worker"))).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/worker") && err.contains("cargo build --release -p worker") && err.contains("--worker-bin"), "{err}");
-        let err = launcher("ssh", &config).err().expect("no hosts").to_string();
+        let err = launcher("ssh", &Shared { workers: None, ..shared() }, &tables, &LauncherFlags::default()).err().expect("no hosts").to_string();
         assert!(err.contains("--ssh-hosts"), "{err}");
+    }
+
+    /// Each launcher's settings reach only it: a flag under another launcher, a bad value in a
+    /// flag or a table, `--remote-worker-bin` for local workers are refused with the flag or key.
+    #[test]
+    fn settings_belong_to_their_launcher_and_are_checked() {
+        let tables = LauncherTables::new();
+        let mut flags = LauncherFlags::default();
+        flags.slurm.time = Some("1h".into());
+        let err = launcher("slurm", &shared(), &tables, &flags).err().expect("bad time").to_string();
+        assert!(err.starts_with("--slurm-time: `1h` is not a Slurm time limit"), "{err}");
+        let err = launcher("pbs", &shared(), &tables, &flags).err().expect("foreign flag").to_string();
+        assert_eq!(err, "--slurm-time is a setting of --launcher slurm, not of --launcher pbs");
+        let mut flags = LauncherFlags::default();
+        flags.pbs.walltime = Some("1h".into());
+        let err = launcher("pbs", &shared(), &tables, &flags).err().expect("bad walltime").to_string();
+        assert!(err.starts_with("--pbs-walltime: `1h` is not a PBS walltime"), "{err}");
+        let remote = Shared { remote_worker_bin: Some(PathBuf::from("/opt/worker")), ..shared() };
+        let err = launcher("local", &remote, &tables, &LauncherFlags::default()).err().expect("local").to_string();
+        assert!(err.contains("--remote-worker-bin is for launchers whose workers run on other machines (slurm, ssh, pbs)"), "{err}");
+        assert_eq!(remote_kinds(), ["slurm", "ssh", "pbs"]);
+        assert!(is_remote("pbs") && !is_remote("local") && !is_remote("lsf"));
+    }
+
+    #[test]
+    fn tables_are_checked_by_their_launcher() {
+        let cases: [(&str, &str, Option<(&str, &str)>); 7] = [
+            ("slurm", "partition = \"gpu\"\ntime = \"2:00:00\"", None),
+            ("slurm", "time = \"1h\"", Some(("time", "not a Slurm time limit"))),
+            ("slurm", "queue = \"x\"", Some(("queue", "unknown field `queue`"))),
+            ("ssh", "hosts = [\"a:2\", \"b:0\"]", Some(("hosts", "`b:0`"))),
+            ("pbs", "queue = \"workq\"\nwalltime = \"2:00:00\"", None),
+            ("pbs", "workers = 0", Some(("workers", "at least 1"))),
+            ("lsf", "queue = \"x\"", Some(("", "unknown launcher `lsf`"))),
+        ];
+        for (kind, src, want) in cases {
+            let got = check_table(kind, &table(src));
+            match want {
+                None => assert_eq!(got, Ok(()), "{kind}: {src}"),
+                Some((key, msg)) => {
+                    let e = got.expect_err(src);
+                    assert_eq!(e.key, key, "{kind}: {src}: {e:?}");
+                    assert!(e.message.contains(msg), "{kind}: {src}: {e:?}");
+                }
+            }
+        }
     }
 
     #[test]

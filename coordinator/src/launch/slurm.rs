@@ -12,39 +12,50 @@
 //! shared with the coordinator, except the job log directory (`output`, default
 //! `<out>/slurm/%x-%j.out`) and the worker executable at `worker_bin` on the nodes.
 //!
-//! A job that ends before the sweep does (cancelled, time limit, node failure) is a lost worker:
-//! its attempt's lease expires and the trial is retried; the run loop submits a replacement as
-//! the [`super::Respawner`] decides. Every job submitted is listed in `<out>/slurm/jobs.tsv`.
+//! Watching, respawning and cancelling are the batch launchers' ([`super::batch`]); this file
+//! says how Slurm submits, reports and cancels jobs. Every job submitted is listed in
+//! `<out>/slurm/jobs.tsv`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{BoxFuture, Exited, LaunchConfig, LaunchError, Launcher, shell_quote};
+use super::batch::{BatchLauncher, JobState, Scheduler};
+use super::{BadSetting, Exited, Kind, LaunchConfig, LaunchError, REMOTE_MAX_UNREACHABLE, Shared, shell_quote};
 
-/// `[launcher.slurm]` in a sweep file; each key also has a `--slurm-*` flag (the flag wins).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// The slurm launcher's settings: `[launcher.slurm]` in a sweep file, and the `--slurm-*`
+/// flags (a flag wins over its key; `--slurm-arg`s follow the table's `sbatch_args`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmOptions {
-    /// `--partition`.
+    /// Slurm partition of the worker jobs (`partition`).
+    #[arg(long = "slurm-partition", value_name = "NAME")]
     pub partition: Option<String>,
-    /// `--time` (Slurm's formats: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`).
+    /// Slurm time limit per worker job, e.g. 2:00:00 (`time`; Slurm's formats: `MM`, `MM:SS`,
+    /// `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`).
+    #[arg(long = "slurm-time", value_name = "TIME")]
     pub time: Option<String>,
-    /// `--gpus` per job.
+    /// GPUs per worker job (`gpus`).
+    #[arg(long = "slurm-gpus", value_name = "N")]
     pub gpus: Option<u32>,
-    /// `--cpus-per-task` (also the worker's thread count).
+    /// CPUs per worker job (`cpus`; also the worker's thread count).
+    #[arg(long = "slurm-cpus", value_name = "N")]
     pub cpus: Option<u32>,
-    /// Jobs (workers) to submit when `--workers` is not given.
+    /// Jobs (workers) to submit when `--workers` is not given (table only).
+    #[arg(skip)]
     pub workers: Option<usize>,
-    /// Extra `sbatch` arguments, e.g. `["--account=ml", "--qos=short"]`.
+    /// An extra sbatch argument (repeat for more), e.g. --slurm-arg=--qos=short (`sbatch_args`).
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
     #[serde(default)]
     pub sbatch_args: Vec<String>,
-    /// Job log file (`--output`); default `<out>/slurm/%x-%j.out`.
+    /// Job log file (`--output`); default `<out>/slurm/%x-%j.out` (table only).
+    #[arg(skip)]
     pub output: Option<String>,
-    /// The worker executable on the compute nodes (default: the local one's path).
+    /// The worker executable on the compute nodes (default: the local one's path; the
+    /// `--remote-worker-bin` flag wins).
+    #[arg(skip)]
     pub worker_bin: Option<PathBuf>,
 }
 
@@ -64,15 +75,6 @@ pub fn check_time(t: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("`{t}` is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)")) }
 }
 
-/// `<out>/slurm/jobs.tsv`: one line per submitted job, `JOB_ID<TAB>WORKER_NAME`.
-pub const JOBS_FILE: &str = "jobs.tsv";
-
-/// How often job states are asked of Slurm.
-const QUERY_EVERY: Duration = Duration::from_secs(1);
-/// Workers started by a launcher on other machines give up on an unreachable coordinator
-/// after this many seconds (a coordinator killed with SIGKILL cannot cancel its jobs).
-pub const REMOTE_MAX_UNREACHABLE: u32 = 300;
-
 /// Terminal job states (`squeue --states=all`).
 fn finished(state: &str) -> bool {
     matches!(
@@ -81,32 +83,19 @@ fn finished(state: &str) -> bool {
     )
 }
 
-struct Job {
-    name: String,
-    id: String,
-    submitted: Instant,
-}
-
-/// What one background query found: job id → (state, `ExitCode=` of a finished job).
-type Found = Result<HashMap<String, (String, Option<String>)>, String>;
-
-pub struct SlurmLauncher {
-    config: LaunchConfig,
+/// Slurm, with the run's settings.
+pub struct Slurm {
     opts: SlurmOptions,
-    url: String,
-    /// Jobs submitted and not yet seen ending.
-    jobs: Vec<Job>,
-    /// Every job this launcher submitted that may still exist (cancelled on stop and drop).
-    live_ids: Vec<String>,
-    query: Option<std::thread::JoinHandle<Found>>,
-    last_query: Option<Instant>,
 }
 
-impl SlurmLauncher {
+/// The slurm launcher: one `sbatch` job per worker.
+pub type SlurmLauncher = BatchLauncher<Slurm>;
+
+impl Slurm {
     /// The batch script: no secret in it (it is stored with the job and shown to its owner).
-    fn script(&self, name: &str) -> String {
-        let bin = self.opts.worker_bin.as_ref().unwrap_or(&self.config.worker_bin);
-        let args = ["--coordinator", &self.url, "--name", name, "--max-unreachable", &REMOTE_MAX_UNREACHABLE.to_string()].map(shell_quote).join(" ");
+    fn script(&self, config: &LaunchConfig, url: &str, name: &str) -> String {
+        let bin = self.opts.worker_bin.as_ref().unwrap_or(&config.worker_bin);
+        let args = ["--coordinator", url, "--name", name, "--max-unreachable", &REMOTE_MAX_UNREACHABLE.to_string()].map(shell_quote).join(" ");
         format!(
             "#!/bin/sh\n# scoresweep worker {name}: the run's token comes in the job's environment (SCORESWEEP_TOKEN)\n\
              RAYON_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-${{SLURM_CPUS_ON_NODE:-1}}}}\nexport RAYON_NUM_THREADS\nexec {} {args}\n",
@@ -114,11 +103,12 @@ impl SlurmLauncher {
         )
     }
 
-    /// `sbatch` arguments for worker `name` (the script comes on stdin).
-    fn sbatch_args(&self, name: &str, out: &Path) -> Vec<String> {
+    /// `sbatch` arguments for worker `name` with its log under `dir` (the script comes on
+    /// stdin).
+    fn sbatch_args(&self, name: &str, dir: &Path) -> Vec<String> {
         let o = &self.opts;
         let mut a = vec!["--parsable".to_string(), format!("--job-name=scoresweep-{name}"), "--export=ALL".to_string()];
-        a.push(format!("--output={}", o.output.clone().unwrap_or_else(|| out.join("slurm").join("%x-%j.out").to_string_lossy().into_owned())));
+        a.push(format!("--output={}", o.output.clone().unwrap_or_else(|| dir.join("%x-%j.out").to_string_lossy().into_owned())));
         if let Some(p) = &o.partition {
             a.push(format!("--partition={p}"));
         }
@@ -134,22 +124,24 @@ impl SlurmLauncher {
         a.extend(o.sbatch_args.iter().cloned());
         a
     }
+}
 
-    fn submit(&mut self, name: &str) -> Result<(), LaunchError> {
+impl Scheduler for Slurm {
+    const KIND: &'static str = "slurm";
+
+    fn submit(&self, config: &LaunchConfig, url: &str, name: &str, dir: &Path) -> Result<String, LaunchError> {
         use std::io::Write;
-        let out = std::path::absolute(&self.config.out).unwrap_or_else(|_| self.config.out.clone());
-        std::fs::create_dir_all(out.join("slurm")).map_err(|source| LaunchError::Spawn { path: out.join("slurm"), source })?;
         let mut cmd = Command::new("sbatch");
-        cmd.args(self.sbatch_args(name, &out)).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if let Some(t) = &self.config.token {
+        cmd.args(self.sbatch_args(name, dir)).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(t) = &config.token {
             cmd.env(crate::auth::TOKEN_ENV, t);
         }
-        if let Some(ca) = &self.config.tls_ca {
+        if let Some(ca) = &config.tls_ca {
             cmd.env(super::TLS_CA_ENV, ca);
         }
         let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn { path: PathBuf::from("sbatch"), source })?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(self.script(name).as_bytes()).map_err(|source| LaunchError::Spawn { path: PathBuf::from("sbatch"), source })?;
+            stdin.write_all(self.script(config, url, name).as_bytes()).map_err(|source| LaunchError::Spawn { path: PathBuf::from("sbatch"), source })?;
         }
         let o = child.wait_with_output().map_err(|source| LaunchError::Spawn { path: PathBuf::from("sbatch"), source })?;
         let stdout = String::from_utf8_lossy(&o.stdout);
@@ -157,44 +149,40 @@ impl SlurmLauncher {
         if !o.status.success() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(LaunchError::Command { what: format!("sbatch for worker {name}"), message: String::from_utf8_lossy(&o.stderr).trim().to_string() });
         }
-        // Every job of the run, for the record (and for `scancel` by hand after a `kill -9`).
-        let record = out.join("slurm").join(JOBS_FILE);
-        let line = format!("{id}\t{name}\n");
-        let _ = std::fs::OpenOptions::new().create(true).append(true).open(&record).and_then(|mut f| f.write_all(line.as_bytes()));
-        self.jobs.push(Job { name: name.to_string(), id: id.clone(), submitted: Instant::now() });
-        self.live_ids.push(id);
-        Ok(())
+        Ok(id)
     }
 
-    /// Asks Slurm, off the async runtime, for the state of `ids`, and for the exit code of
-    /// those that ended.
-    fn spawn_query(ids: Vec<String>) -> std::thread::JoinHandle<Found> {
-        std::thread::spawn(move || {
-            let o = Command::new("squeue")
-                .args(["--noheader", "--states=all", "--format=%i|%T"])
-                .arg(format!("--jobs={}", ids.join(",")))
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("squeue: {e}"))?;
-            if !o.status.success() {
-                let err = String::from_utf8_lossy(&o.stderr);
-                // Every id purged from slurmctld's memory: all of them are gone.
-                if err.contains("Invalid job id") {
-                    return Ok(HashMap::new());
-                }
-                return Err(format!("squeue: {}", err.trim()));
+    /// `squeue` for the states of `ids`, and `scontrol show job` for the exit code of those
+    /// that ended.
+    fn query(ids: &[String]) -> Result<HashMap<String, JobState>, String> {
+        let o = Command::new("squeue")
+            .args(["--noheader", "--states=all", "--format=%i|%T"])
+            .arg(format!("--jobs={}", ids.join(",")))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("squeue: {e}"))?;
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            // Every id purged from slurmctld's memory: all of them are gone.
+            if err.contains("Invalid job id") {
+                return Ok(HashMap::new());
             }
-            let mut found = HashMap::new();
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
-                if let Some((id, state)) = line.trim().split_once('|') {
-                    // A state may carry a reason suffix (`CANCELLED by 0`).
-                    let state = state.split_whitespace().next().unwrap_or_default().to_string();
-                    let code = if finished(&state) { exit_code(id) } else { None };
-                    found.insert(id.to_string(), (state, code));
-                }
+            return Err(format!("squeue: {}", err.trim()));
+        }
+        let mut found = HashMap::new();
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some((id, state)) = line.trim().split_once('|') {
+                // A state may carry a reason suffix (`CANCELLED by 0`).
+                let state = state.split_whitespace().next().unwrap_or_default();
+                let job = match state {
+                    s if finished(s) => JobState::Finished(exited("", id, s, exit_code(id).as_deref())),
+                    "PENDING" => JobState::Pending,
+                    _ => JobState::Active,
+                };
+                found.insert(id.to_string(), job);
             }
-            Ok(found)
-        })
+        }
+        Ok(found)
     }
 
     fn cancel(ids: &[String]) {
@@ -223,93 +211,56 @@ fn exited(name: &str, id: &str, state: &str, code: Option<&str>) -> Exited {
     Exited { name: name.to_string(), code, signal, detail: Some(format!("slurm job {id}: {state}")) }
 }
 
-impl Launcher for SlurmLauncher {
-    fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
+impl Kind for SlurmLauncher {
+    const REMOTE: bool = true;
+    type Options = SlurmOptions;
+
+    fn given(f: &SlurmOptions) -> Vec<&'static str> {
+        let given = [
+            ("--slurm-partition", f.partition.is_some()),
+            ("--slurm-time", f.time.is_some()),
+            ("--slurm-gpus", f.gpus.is_some()),
+            ("--slurm-cpus", f.cpus.is_some()),
+            ("--slurm-arg", !f.sbatch_args.is_empty()),
+        ];
+        given.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
+    }
+
+    fn merge(table: SlurmOptions, flags: SlurmOptions) -> SlurmOptions {
+        let mut o = table;
+        o.partition = flags.partition.or(o.partition);
+        o.time = flags.time.or(o.time);
+        o.gpus = flags.gpus.or(o.gpus);
+        o.cpus = flags.cpus.or(o.cpus);
+        o.sbatch_args.extend(flags.sbatch_args);
+        o
+    }
+
+    fn check(o: &SlurmOptions) -> Result<(), BadSetting> {
+        if let Some(t) = &o.time {
+            check_time(t).map_err(|message| BadSetting { key: "time", flag: Some("--slurm-time"), message })?;
+        }
+        if o.workers == Some(0) {
+            return Err(BadSetting { key: "workers", flag: None, message: "must be at least 1".into() });
+        }
+        Ok(())
+    }
+
+    /// `--workers` jobs (else `workers`, else one per core here) of the worker at
+    /// `--remote-worker-bin` (else `worker_bin`, else the local executable's path).
+    fn build(shared: &Shared, mut opts: SlurmOptions) -> Result<Option<Self>, LaunchError> {
+        let workers = super::batch_workers(shared, opts.workers);
+        if workers == 0 {
+            return Ok(None);
+        }
+        let worker_bin = shared.remote_worker_bin(opts.worker_bin.as_ref())?;
+        opts.worker_bin = Some(worker_bin.clone());
         for tool in ["sbatch", "squeue", "scancel", "scontrol"] {
             if super::find_in_path(tool).is_none() {
                 return Err(LaunchError::ToolMissing { tool: tool.to_string(), launcher: "slurm" });
             }
         }
-        Ok(SlurmLauncher { config: config.clone(), opts: config.slurm.clone(), url: String::new(), jobs: Vec::new(), live_ids: Vec::new(), query: None, last_query: None })
-    }
-
-    fn start(&mut self, url: &str) -> Result<(), LaunchError> {
-        self.url = url.to_string();
-        for i in 0..self.config.workers {
-            self.submit(&format!("slurm{i}"))?;
-        }
-        Ok(())
-    }
-
-    fn respawn(&mut self, name: &str) -> Result<(), LaunchError> {
-        self.submit(name)
-    }
-
-    fn poll(&mut self) -> Vec<Exited> {
-        let mut gone = Vec::new();
-        if self.query.as_ref().is_some_and(|q| q.is_finished())
-            && let Some(q) = self.query.take()
-        {
-            // A failed query (slurmctld busy or restarting) declares nobody dead.
-            if let Ok(Ok(found)) = q.join() {
-                let now = Instant::now();
-                self.jobs.retain(|j| match found.get(&j.id) {
-                    Some((state, code)) if finished(state) => {
-                        gone.push(exited(&j.name, &j.id, state, code.as_deref()));
-                        false
-                    }
-                    Some(_) => true,
-                    // Purged from slurmctld's memory (or never known): gone, status unknown.
-                    None if now.duration_since(j.submitted) > Duration::from_secs(10) => {
-                        gone.push(Exited { name: j.name.clone(), code: None, signal: None, detail: Some(format!("slurm job {}: no longer known to Slurm", j.id)) });
-                        false
-                    }
-                    None => true,
-                });
-                let alive: Vec<&String> = self.jobs.iter().map(|j| &j.id).collect();
-                self.live_ids.retain(|id| alive.contains(&id));
-            }
-        }
-        if self.query.is_none() && !self.jobs.is_empty() && self.last_query.is_none_or(|t| t.elapsed() >= QUERY_EVERY) {
-            self.last_query = Some(Instant::now());
-            self.query = Some(Self::spawn_query(self.jobs.iter().map(|j| j.id.clone()).collect()));
-        }
-        gone
-    }
-
-    fn alive(&self) -> usize {
-        self.jobs.len()
-    }
-
-    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let deadline = Instant::now() + grace;
-            // Workers that were told "done" end their jobs; pending jobs have nothing to do.
-            while !self.jobs.is_empty() && Instant::now() < deadline {
-                let ids: Vec<String> = self.jobs.iter().map(|j| j.id.clone()).collect();
-                let found = tokio::task::spawn_blocking(move || Self::spawn_query(ids).join()).await;
-                let Ok(Ok(Ok(found))) = found else { break };
-                let pending: Vec<String> = self.jobs.iter().filter(|j| found.get(&j.id).is_some_and(|(s, _)| s == "PENDING")).map(|j| j.id.clone()).collect();
-                Self::cancel(&pending);
-                self.jobs.retain(|j| found.get(&j.id).is_some_and(|(s, _)| !finished(s) && s != "PENDING"));
-                let jobs = &self.jobs;
-                self.live_ids.retain(|id| jobs.iter().any(|j| &j.id == id));
-                if self.jobs.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            let all = std::mem::take(&mut self.live_ids);
-            Self::cancel(&all);
-            self.jobs.clear();
-        })
-    }
-}
-
-impl Drop for SlurmLauncher {
-    /// A run that fails or is dropped cancels every job it may still have.
-    fn drop(&mut self) {
-        Self::cancel(&self.live_ids);
+        Ok(Some(BatchLauncher::new(shared.config(worker_bin, workers), Slurm { opts })))
     }
 }
 
@@ -327,14 +278,13 @@ mod tests {
         }
     }
 
-    fn launcher(opts: SlurmOptions) -> SlurmLauncher {
-        let config = LaunchConfig { token: Some("secret-token".into()), slurm: opts.clone(), ..LaunchConfig::local(PathBuf::from("/opt/sw/worker"), 2) };
-        SlurmLauncher { config, opts, url: "http://node0:4000".into(), jobs: Vec::new(), live_ids: Vec::new(), query: None, last_query: None }
+    fn config() -> LaunchConfig {
+        LaunchConfig { token: Some("secret-token".into()), ..LaunchConfig::local(PathBuf::from("/opt/sw/worker"), 2) }
     }
 
     #[test]
     fn the_script_and_arguments_carry_the_options_and_never_the_token() {
-        let l = launcher(SlurmOptions {
+        let l = Slurm { opts: SlurmOptions {
             partition: Some("gpu".into()),
             time: Some("1:00:00".into()),
             gpus: Some(1),
@@ -342,11 +292,11 @@ mod tests {
             sbatch_args: vec!["--qos=short".into()],
             worker_bin: Some(PathBuf::from("/shared/bin/worker")),
             ..Default::default()
-        });
-        let script = l.script("slurm0");
+        } };
+        let script = l.script(&config(), "http://node0:4000", "slurm0");
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         assert!(script.contains("exec '/shared/bin/worker' '--coordinator' 'http://node0:4000' '--name' 'slurm0'"), "{script}");
-        let args = l.sbatch_args("slurm0", Path::new("/runs/x"));
+        let args = l.sbatch_args("slurm0", Path::new("/runs/x/slurm"));
         for want in ["--parsable", "--job-name=scoresweep-slurm0", "--export=ALL", "--output=/runs/x/slurm/%x-%j.out", "--partition=gpu", "--time=1:00:00", "--gpus=1", "--cpus-per-task=4", "--qos=short"] {
             assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
         }

@@ -26,20 +26,27 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{BoxFuture, Exited, LaunchConfig, LaunchError, Launcher, shell_quote};
+use super::{BadSetting, BoxFuture, Exited, Kind, LaunchConfig, LaunchError, Launcher, Shared, shell_quote};
 
-/// `[launcher.ssh]` in a sweep file (`--ssh-hosts`, `--ssh-arg` and `--remote-worker-bin` win).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// The ssh launcher's settings: `[launcher.ssh]` in a sweep file, and the `--ssh-*` flags
+/// (`--ssh-hosts` replaces `hosts`; `--ssh-arg`s follow the table's `ssh_args`;
+/// `--remote-worker-bin` wins over `worker_bin`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SshOptions {
-    /// `HOST` or `HOST:N` (N workers on it, default 1); HOST may be `user@host` or an alias of
-    /// the ssh configuration.
+    /// Hosts of the ssh launcher with their worker counts: host1:2,host2 (`hosts`: `HOST` or
+    /// `HOST:N`, N workers on it, default 1; HOST may be `user@host` or an alias of the ssh
+    /// configuration).
+    #[arg(long = "ssh-hosts", value_name = "HOST[:N],…", value_delimiter = ',')]
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Extra `ssh` arguments, e.g. `["-p", "2222", "-i", "~/.ssh/sweep"]` or `["-F", "config"]`.
+    /// An extra ssh argument (repeat for more), e.g. --ssh-arg=-p2222 (`ssh_args`, e.g.
+    /// `["-p", "2222", "-i", "~/.ssh/sweep"]` or `["-F", "config"]`).
+    #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
     #[serde(default)]
     pub ssh_args: Vec<String>,
-    /// The worker executable on the hosts (default: the local one's path).
+    /// The worker executable on the hosts (default: the local one's path; table only).
+    #[arg(skip)]
     pub worker_bin: Option<PathBuf>,
 }
 
@@ -92,6 +99,7 @@ struct Remote {
 
 pub struct SshLauncher {
     config: LaunchConfig,
+    opts: SshOptions,
     hosts: Vec<(String, usize)>,
     url: String,
     remotes: Vec<Remote>,
@@ -101,7 +109,7 @@ pub struct SshLauncher {
 
 impl SshLauncher {
     fn worker_bin(&self) -> String {
-        self.config.ssh.worker_bin.as_ref().unwrap_or(&self.config.worker_bin).to_string_lossy().into_owned()
+        self.config.worker_bin.to_string_lossy().into_owned()
     }
 
     /// `ssh [user's arguments] [ours] -- HOST REMOTE`. For `-o` options ssh keeps the first
@@ -110,7 +118,7 @@ impl SshLauncher {
     /// workers' sessions within a minute.
     fn ssh(&self, host: &str, remote: &str) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(&self.config.ssh.ssh_args)
+        cmd.args(&self.opts.ssh_args)
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-T", "--"])
             .arg(host)
             .arg(remote);
@@ -126,7 +134,7 @@ impl SshLauncher {
     /// The POSIX shell script that starts worker `name` (`per_host` workers share the cores).
     fn remote_script(&self, name: &str, per_host: usize) -> String {
         let mut args = vec!["--coordinator".to_string(), self.url.clone(), "--name".into(), name.into(), "--exit-on-stdin-eof".into()];
-        args.extend(["--max-unreachable".to_string(), super::slurm::REMOTE_MAX_UNREACHABLE.to_string()]);
+        args.extend(["--max-unreachable".to_string(), super::REMOTE_MAX_UNREACHABLE.to_string()]);
         if self.config.token.is_some() {
             args.push("--token-stdin".into());
         }
@@ -192,17 +200,60 @@ impl SshLauncher {
     }
 }
 
-impl Launcher for SshLauncher {
-    fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
-        let hosts = parse_hosts(&config.ssh.hosts).map_err(|m| LaunchError::Command { what: "--ssh-hosts".into(), message: m })?;
+impl SshLauncher {
+    /// The launcher of `opts.hosts` (each host's count of workers) running `config.worker_bin`
+    /// there.
+    fn new(config: LaunchConfig, opts: SshOptions) -> Result<Self, LaunchError> {
+        let hosts = parse_hosts(&opts.hosts).map_err(|m| LaunchError::Setting(format!("--ssh-hosts: {m}")))?;
         if hosts.is_empty() {
             return Err(LaunchError::NoHostsGiven);
         }
         if super::find_in_path("ssh").is_none() {
             return Err(LaunchError::ToolMissing { tool: "ssh".into(), launcher: "ssh" });
         }
-        Ok(SshLauncher { config: config.clone(), hosts, url: String::new(), remotes: Vec::new(), host_of: HashMap::new() })
+        Ok(SshLauncher { config, opts, hosts, url: String::new(), remotes: Vec::new(), host_of: HashMap::new() })
     }
+}
+
+impl Kind for SshLauncher {
+    const REMOTE: bool = true;
+    type Options = SshOptions;
+
+    fn given(f: &SshOptions) -> Vec<&'static str> {
+        [("--ssh-hosts", !f.hosts.is_empty()), ("--ssh-arg", !f.ssh_args.is_empty())].into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
+    }
+
+    fn merge(table: SshOptions, flags: SshOptions) -> SshOptions {
+        let mut o = table;
+        if !flags.hosts.is_empty() {
+            o.hosts = flags.hosts;
+        }
+        o.ssh_args.extend(flags.ssh_args);
+        o
+    }
+
+    fn check(o: &SshOptions) -> Result<(), BadSetting> {
+        parse_hosts(&o.hosts).map(drop).map_err(|message| BadSetting { key: "hosts", flag: Some("--ssh-hosts"), message })
+    }
+
+    /// Each host's count of workers (`--workers` does not apply) of the worker at
+    /// `--remote-worker-bin` (else `worker_bin`, else the local executable's path).
+    fn build(shared: &Shared, mut opts: SshOptions) -> Result<Option<Self>, LaunchError> {
+        if shared.workers.is_some() {
+            return Err(LaunchError::Setting("--workers does not apply to --launcher ssh: give each host's count in --ssh-hosts host:N".into()));
+        }
+        let hosts = parse_hosts(&opts.hosts).map_err(|m| LaunchError::Setting(format!("--ssh-hosts: {m}")))?;
+        if hosts.is_empty() {
+            return Err(LaunchError::NoHostsGiven);
+        }
+        let workers = hosts.iter().map(|(_, n)| n).sum();
+        let worker_bin = shared.remote_worker_bin(opts.worker_bin.as_ref())?;
+        opts.worker_bin = Some(worker_bin.clone());
+        Self::new(shared.config(worker_bin, workers), opts).map(Some)
+    }
+}
+
+impl Launcher for SshLauncher {
 
     fn start(&mut self, url: &str) -> Result<(), LaunchError> {
         self.url = url.to_string();
@@ -296,8 +347,7 @@ mod tests {
     fn the_remote_command_holds_no_token_and_runs_in_sh() {
         let mut config = LaunchConfig::local(PathBuf::from("/opt/it's/worker"), 1);
         config.token = Some("secret-token".into());
-        config.ssh.hosts = vec!["h:2".into()];
-        let mut l = SshLauncher::new(&config).unwrap();
+        let mut l = SshLauncher::new(config, SshOptions { hosts: vec!["h:2".into()], ..Default::default() }).unwrap();
         l.url = "http://coord:5000".into();
         let cmd = l.remote_command("h:0", 2);
         assert!(!cmd.contains("secret-token"), "{cmd}");
