@@ -37,7 +37,7 @@ pub fn write_token(out: &Path, token: &str) -> std::io::Result<PathBuf> {
 }
 
 /// Equal in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -220,6 +220,7 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
         advertise: None,
         remote_workers: false,
         tls: None,
+        dashboard: None,
     };
     let launcher = crate::launch::local::LocalLauncher::new(&LaunchConfig::local(worker_bin.to_path_buf(), workers))?;
     let start = Instant::now();

@@ -2,14 +2,16 @@
 //! state (`state`, layout from `results::layout`) behind group commit (`store`), the gRPC
 //! service (`service`), uploaded files (`artifacts`), worker launchers (`launch`), resource
 //! matching of trials to workers (`resources`: GPU trials to GPU workers) and the run
-//! loop (`run`), the address workers dial (`address`), optional TLS (`tls`) and the Kubernetes
-//! manifest (`k8s`). The `coordinator` binary is glue over these. Nothing here depends on the
-//! engine or candle; workers are the separate `worker` executable.
+//! loop (`run`), the address workers dial (`address`), optional TLS (`tls`), the Kubernetes
+//! manifest (`k8s`) and the read-only web page of a run (`dashboard`). The `coordinator`
+//! binary is glue over these. Nothing here depends on the engine or candle; workers are the
+//! separate `worker` executable.
 
 pub mod address;
 pub mod artifacts;
 pub mod auth;
 pub mod bench;
+pub mod dashboard;
 pub mod k8s;
 pub mod launch;
 pub mod resources;

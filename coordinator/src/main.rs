@@ -1,5 +1,5 @@
-//! The `coordinator` binary: `run`, `serve`, `status`, `report`, `bench` and `k8s-manifest` over
-//! the library.
+//! The `coordinator` binary: `run`, `serve`, `status`, `report`, `dashboard`, `export`,
+//! `bench` and `k8s-manifest` over the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +69,8 @@ enum Command {
         max_respawns: usize,
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Like `run` without spawning workers: workers started elsewhere join with
     /// `worker --coordinator URL`.
@@ -91,6 +93,21 @@ enum Command {
         /// Largest artifact (e.g. model file) a trial may upload, in bytes.
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
         max_artifact_bytes: u64,
+        #[command(flatten)]
+        dashboard: DashboardArgs,
+    },
+    /// Serve the web page of a finished or interrupted run (read from its state database)
+    /// until Ctrl-C; prints its link.
+    Dashboard {
+        dir: PathBuf,
+        /// Loopback address to serve on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// Write a run (finished, interrupted or going on) to stdout in another tool's format.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
     },
     /// Counts of a run (finished, interrupted or going on), its workers and their devices, the
     /// running attempts, and whether trials wait for a GPU worker.
@@ -99,6 +116,9 @@ enum Command {
         /// Also one line per trial: status, worker and device.
         #[arg(long)]
         trials: bool,
+        /// Redraw every second, in place, until no trial is queued or running.
+        #[arg(long)]
+        watch: bool,
     },
     /// Print a Kubernetes Secret (the run's token) and a Job of N workers joining a coordinator
     /// started with `serve` (YAML for `kubectl apply -f -`).
@@ -176,6 +196,76 @@ struct TlsArgs {
     tls_ca: Option<PathBuf>,
 }
 
+#[derive(Subcommand)]
+enum ExportFormat {
+    /// Optuna's JournalStorage log: `coordinator export optuna OUT > journal.log`, then
+    /// `optuna-dashboard journal.log` (swept keys as params, the metric as value, its
+    /// checkpoints as intermediate values).
+    Optuna {
+        dir: PathBuf,
+        /// The final metric that is each trial's value (default: the only metric every result
+        /// has).
+        #[arg(long)]
+        metric: Option<String>,
+        /// `minimize` or `maximize` the metric.
+        #[arg(long, default_value = "minimize")]
+        direction: String,
+    },
+}
+
+/// `export optuna`: the journal on stdout; a missing database, an unknown or ambiguous metric,
+/// or an unknown direction is a usage error (exit 2).
+fn export_optuna(dir: &std::path::Path, metric: Option<&str>, direction: &str) -> Result<(), ExitCode> {
+    use results::optuna::{self, Direction};
+    let direction = match direction {
+        "minimize" => Direction::Minimize,
+        "maximize" => Direction::Maximize,
+        d => return Err(usage(format_args!("--direction `{d}`: `minimize` or `maximize`"))),
+    };
+    let db = db_path(dir);
+    if !db.exists() {
+        return Err(usage(format_args!("{} has no state database (state.db)", dir.display())));
+    }
+    let state = results::state::State::load(&db).map_err(usage)?;
+    let known: std::collections::BTreeSet<&str> = state.in_sweep().filter_map(|t| t.result.as_ref()).flat_map(|r| r.metrics.keys().map(String::as_str)).collect();
+    let list = || known.iter().copied().collect::<Vec<_>>().join(", ");
+    let metric = match metric {
+        Some(m) if known.contains(m) => m.to_string(),
+        Some(m) => return Err(usage(format_args!("--metric `{m}`: no result has it (metrics: {})", list()))),
+        None => match optuna::common_metrics(&state).as_slice() {
+            [one] => one.clone(),
+            [] if known.is_empty() => return Err(usage("the run has no results yet: nothing to take as the value (give --metric)")),
+            _ => return Err(usage(format_args!("choose the value with --metric (metrics: {})", list()))),
+        },
+    };
+    let text = optuna::journal(&state, &metric, direction).map_err(|e| usage(format_args!("failed to read {}: {e}", db.display())))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// The run's web page (`coordinator::dashboard`).
+#[derive(clap::Args)]
+struct DashboardArgs {
+    /// Serve the run's live web page on this loopback address; its link (with a token) is
+    /// printed as `dashboard: http://…`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    dashboard: String,
+    /// Serve no web page.
+    #[arg(long, conflicts_with = "dashboard")]
+    no_dashboard: bool,
+}
+
+impl DashboardArgs {
+    /// The checked address to serve on; None with --no-dashboard.
+    fn address(&self) -> Result<Option<String>, ExitCode> {
+        if self.no_dashboard {
+            return Ok(None);
+        }
+        coordinator::dashboard::check_address(&self.dashboard).map_err(usage)?;
+        Ok(Some(self.dashboard.clone()))
+    }
+}
+
 fn default_out(sweep: &Sweep) -> PathBuf {
     PathBuf::from("out").join(&sweep.name)
 }
@@ -238,9 +328,14 @@ fn main() -> ExitCode {
             max_artifact_bytes,
             max_respawns,
             quiet,
+            dashboard,
         } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
+                Err(code) => return code,
+            };
+            let dashboard = match dashboard.address() {
+                Ok(d) => d,
                 Err(code) => return code,
             };
             let out = out.unwrap_or_else(|| default_out(&sw));
@@ -275,12 +370,17 @@ fn main() -> ExitCode {
                 advertise,
                 remote_workers,
                 tls,
+                dashboard,
             };
             run(&opts, sw, launcher).map(|s| print_summary(&s, &out))
         }
-        Command::Serve { sweep, out, listen, advertise, tls, retry_failed, lease_secs, max_artifact_bytes } => {
+        Command::Serve { sweep, out, listen, advertise, tls, retry_failed, lease_secs, max_artifact_bytes, dashboard } => {
             let sw = match load(&sweep) {
                 Ok(s) => s,
+                Err(code) => return code,
+            };
+            let dashboard = match dashboard.address() {
+                Ok(d) => d,
                 Err(code) => return code,
             };
             if tls.tls_ca.is_some() {
@@ -308,10 +408,23 @@ fn main() -> ExitCode {
                 advertise,
                 remote_workers: true,
                 tls,
+                dashboard,
             };
             run(&opts, sw, None).map(|s| print_summary(&s, &out))
         }
-        Command::Status { dir, trials } => status(&dir, trials),
+        Command::Status { dir, trials, watch } => status(&dir, trials, watch),
+        Command::Export { format: ExportFormat::Optuna { dir, metric, direction } } => {
+            return match export_optuna(&dir, metric.as_deref(), &direction) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            };
+        }
+        Command::Dashboard { dir, listen } => {
+            if let Err(e) = coordinator::dashboard::check_address(&listen) {
+                return usage(e);
+            }
+            coordinator::dashboard::serve_finished(&dir, &listen)
+        }
         Command::K8sManifest { coordinator, image, worker_path, workers, token_file, tls_ca, name, namespace, cpu, memory, gpus } => {
             let token = match std::fs::read_to_string(&token_file) {
                 Ok(t) => t,
@@ -360,17 +473,45 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn status(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<()> {
+/// `status`: once, or with `--watch` redrawn in place every second until no trial is queued
+/// or running (or Ctrl-C).
+fn status(dir: &std::path::Path, per_trial: bool, watch: bool) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let (text, over) = status_text(dir, per_trial)?;
+        let mut out = std::io::stdout().lock();
+        if watch && terminal {
+            // Cursor home, clear the screen below it: the next frame replaces this one.
+            write!(out, "\x1b[H\x1b[J")?;
+        }
+        write!(out, "{text}")?;
+        if !watch || over {
+            return Ok(());
+        }
+        if !terminal {
+            writeln!(out)?;
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// What `status` prints, and whether the run is over (nothing queued or running).
+fn status_text(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<(String, bool)> {
+    use std::fmt::Write;
+    let mut o = String::new();
     let db = db_path(dir);
     anyhow::ensure!(db.exists(), "{} has no state database (state.db)", dir.display());
     let st = coordinator::state::State::open(&db, 1, f64::INFINITY)?;
     let c = st.counts()?;
     // `failed` counts every finished trial without a usable result (diverged and timed out
     // too), as the run summary does.
-    println!("{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed);
+    writeln!(o, "{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed)?;
     let shortage = st.gpu_shortage()?;
     if shortage > 0 {
-        println!("waiting for a GPU worker: {shortage} queued trial(s) need a GPU (gpu = true) and no worker with a GPU has registered since the run started");
+        writeln!(o, "waiting for a GPU worker: {shortage} queued trial(s) need a GPU (gpu = true) and no worker with a GPU has registered since the run started")?;
     }
     let running = st.running()?;
     drop(st);
@@ -380,28 +521,29 @@ fn status(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<()> {
         *by_worker.entry(r.worker.as_str()).or_default() += 1;
     }
     if !state.workers.is_empty() {
-        println!("workers ({}):", state.workers.len());
+        writeln!(o, "workers ({}):", state.workers.len())?;
         for w in &state.workers {
             let n = by_worker.get(w.name.as_str()).copied().unwrap_or(0);
-            println!("  {} on {}, {} core(s): {n} result(s)", w.name, if w.device.is_empty() { "an unrecorded device" } else { &w.device }, w.cores);
+            writeln!(o, "  {} on {}, {} core(s): {n} result(s)", w.name, if w.device.is_empty() { "an unrecorded device" } else { &w.device }, w.cores)?;
         }
     }
     for (hash, worker, device) in &running {
-        println!(
+        writeln!(
+            o,
             "running: trial {} on {} ({})",
             &hash[..hash.len().min(10)],
             results::state::worker_display(worker),
             if device.is_empty() { "device not recorded" } else { device }
-        );
+        )?;
     }
     if per_trial {
         for t in state.in_sweep() {
             let (worker, device) = t.result.as_ref().map(|r| (r.worker.as_str(), r.device.as_str())).unwrap_or(("", ""));
             let on = if worker.is_empty() { String::new() } else { format!(" by {worker} on {}", if device.is_empty() { "?" } else { device }) };
-            println!("  {} #{:<4} {:<9}{on}", t.short_hash(), t.idx, t.status.as_str());
+            writeln!(o, "  {} #{:<4} {:<9}{on}", t.short_hash(), t.idx, t.status.as_str())?;
         }
     }
-    Ok(())
+    Ok((o, c.queued + c.running == 0))
 }
 
 fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: usize, worker_bin: &std::path::Path) -> anyhow::Result<()> {

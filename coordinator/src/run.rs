@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub remote_workers: bool,
     /// Serve TLS with this certificate (`https://` URLs).
     pub tls: Option<crate::tls::ServerTls>,
+    /// Serve the dashboard (`crate::dashboard`) on this loopback address; None: no dashboard.
+    pub dashboard: Option<String>,
 }
 
 /// How long stopping waits for workers to exit on their own before killing them.
@@ -98,6 +100,21 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             })
             .await
         });
+        let dashboard = match &opts.dashboard {
+            Some(addr) => {
+                let live = crate::dashboard::Live { activity: shared.activity.subscribe(), lease_secs: opts.lease_secs };
+                let bound = crate::dashboard::bind(addr, db_path(&opts.out), Some(live)).await?;
+                if !opts.quiet {
+                    eprintln!("dashboard: {}", bound.url);
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(crate::dashboard::serve(bound.listener, bound.dashboard, async {
+                    let _ = rx.await;
+                }));
+                Some((tx, task))
+            }
+            None => None,
+        };
         // Lease expiry.
         let expiry = {
             let shared = shared.clone();
@@ -105,7 +122,9 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tick.tick().await;
-                    let _ = shared.store.call(|st| st.expire()).await;
+                    if shared.store.call(|st| st.expire()).await.is_ok_and(|n| n > 0) {
+                        shared.touched();
+                    }
                 }
             })
         };
@@ -187,6 +206,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
                     l.respawn(&name)?;
                     let detail = format!("{name} respawned ({} of at most {})", respawner.count(), respawner.max());
                     let _ = shared.store.call(move |st| st.note("respawn", &detail)).await;
+                    shared.touched();
                 }
                 if l.alive() == 0 && c.running == 0 && respawner.pending() == 0 {
                     anyhow::bail!("all launched workers exited with {} trials still queued ({} respawned, at most {})", c.queued, respawner.count(), respawner.max());
@@ -212,6 +232,10 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         expiry.abort();
         let _ = stop_tx.send(());
         let _ = server.await;
+        if let Some((tx, task)) = dashboard {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
         anyhow::Ok(())
     })?;
     shared.store.close();

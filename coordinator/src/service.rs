@@ -49,6 +49,9 @@ pub struct Shared {
     pub cancel_all: AtomicBool,
     /// Uploaded files waiting for their report, and where recorded ones go.
     pub artifacts: Artifacts,
+    /// Bumped after every change a person watching the run would see (a registration, a
+    /// lease, a report, a cancel, an expiry, a respawn): the dashboard's live feed.
+    pub activity: tokio::sync::watch::Sender<u64>,
 }
 
 /// Longest a Lease call is held while nothing is queued (the worker then calls again).
@@ -66,7 +69,13 @@ impl Shared {
             heartbeat_secs: (lease_secs / 4.0).clamp(0.05, 10.0),
             stopping: AtomicBool::new(false),
             cancel_all: AtomicBool::new(false),
+            activity: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Tells the dashboard's live feed that the run changed.
+    pub fn touched(&self) {
+        self.activity.send_modify(|v| *v += 1);
     }
 
     /// Stops leasing and wakes every held Lease call so it answers "done".
@@ -97,7 +106,10 @@ impl Shared {
         }
         let (w, secs) = (worker.to_string(), self.lease_secs);
         match self.checked(move |st| st.next_lease(&w, secs)).await? {
-            LeaseOutcome::Leased(l) => Ok(Some(self.lease_of(l)?)),
+            LeaseOutcome::Leased(l) => {
+                self.touched();
+                Ok(Some(self.lease_of(l)?))
+            }
             LeaseOutcome::Done => Ok(Some(lease_reply::Reply::Done(true))),
             LeaseOutcome::Wait { .. } => Ok(None),
         }
@@ -209,6 +221,7 @@ impl SweepRpc for Service {
         }
         let w = registration(&r);
         let id = self.0.with_state(move |st| st.register(&w)).await?;
+        self.0.touched();
         Ok(Response::new(pb::RegisterReply { worker_id: id }))
     }
 
@@ -251,6 +264,7 @@ impl SweepRpc for Service {
             })
             .await?
         };
+        s.touched();
         // After the commit: recorded artifacts move into place, the others are dropped.
         let mut note = Vec::new();
         if recorded && with_result {
@@ -284,6 +298,7 @@ impl SweepRpc for Service {
         let r = req.into_inner();
         let attempt = r.attempt_id;
         self.0.checked(move |st| st.cancel(&r.worker_id, attempt)).await?;
+        self.0.touched();
         self.0.artifacts.discard(r.attempt_id);
         Ok(Response::new(pb::CancelReply {}))
     }

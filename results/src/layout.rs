@@ -112,6 +112,12 @@ pub fn open_checked(path: &Path) -> Result<Connection, LayoutError> {
     Ok(conn)
 }
 
+/// Opens the database read-only (readers: the report, the dashboard, exports), without
+/// checking its version (see [`check_version`]).
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
+}
+
 /// Row-major values as the little-endian f32 bytes of a samples BLOB.
 pub fn f32_le(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()

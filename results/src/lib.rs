@@ -14,11 +14,13 @@
 //!
 //! Modules: [`layout`] defines the database (shared with the coordinator), [`state`] reads it,
 //! [`table`] builds the frames, [`claims`] checks the
-//! claims, [`plots`] draws, [`report`] writes the Markdown.
+//! claims, [`plots`] draws, [`report`] writes the Markdown, [`optuna`] writes the run as an
+//! Optuna journal.
 
 pub mod claims;
 mod error;
 pub mod layout;
+pub mod optuna;
 pub mod plots;
 pub mod report;
 pub mod state;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use schema::Status;
 use serde_json::Value;
 
@@ -162,8 +162,7 @@ pub struct State {
 impl State {
     /// Opens `db_path` read-only and loads every table.
     pub fn load(db_path: &Path) -> Result<State, ResultsError> {
-        let conn = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|source| ResultsError::OpenDb { path: db_path.to_path_buf(), source })?;
+        let conn = crate::layout::open_read_only(db_path).map_err(|source| ResultsError::OpenDb { path: db_path.to_path_buf(), source })?;
         crate::layout::check_version(&conn, db_path)?;
         let reader = Reader { conn: &conn, path: db_path };
         let sweep = reader.sweep()?;

@@ -1,0 +1,331 @@
+//! The dashboard: a read-only web page of a run, served by `coordinator run` and `serve` while
+//! the run goes on (live) and by `coordinator dashboard OUT` for a finished or interrupted one.
+//!
+//! HTTP/1.1 on hyper (already in the build through tonic), one listener of its own. Routes:
+//! `/` (the page), `/app.js`, `/app.css` (the page's script and style, compiled into the
+//! binary: nothing is fetched from elsewhere), `/api/run` (the run as JSON, see [`snapshot`]),
+//! `/api/trial?hash=H` (one trial's curve and samples), `/api/events` (server-sent events: a
+//! `change` event after each change of the run, fed by [`crate::service::Shared::activity`],
+//! at most one per [`MIN_EVENT_GAP`]; the page then fetches `/api/run`).
+//!
+//! Access: a fresh random token per dashboard. The printed link carries it
+//! (`/?token=T`, the Jupyter convention); the answer sets it as an HttpOnly, SameSite=Strict
+//! cookie and redirects to the address without it. Every route answers 401 without the cookie
+//! (or an `Authorization: Bearer T` header). Only GET and HEAD are served: the dashboard
+//! cannot change the run. Answers carry a Content-Security-Policy that allows only the
+//! page's own script and style, so even a worker-supplied string that got into the document
+//! as markup could not run; the page puts such strings into the document as text only.
+
+pub mod snapshot;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// Least time between two `change` events of one event stream (a burst of reports is one
+/// event, and one rebuild of `/api/run`).
+pub const MIN_EVENT_GAP: Duration = Duration::from_millis(300);
+
+/// A comment line on an idle event stream this often keeps proxies from closing it.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Why the dashboard cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("--dashboard `{0}` is not an address with a port (e.g. 127.0.0.1:0)")]
+    BadAddress(String),
+    #[error(
+        "--dashboard {0} is not a loopback address: the dashboard serves plain HTTP, so it listens on loopback only (reach it from elsewhere through an SSH tunnel: ssh -L PORT:127.0.0.1:PORT this-host)"
+    )]
+    NotLoopback(String),
+    #[error("failed to listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("no random token: {0}")]
+    Token(std::io::Error),
+}
+
+/// What a live run adds to the database.
+pub struct Live {
+    /// Bumped after every change of the run ([`crate::service::Shared::activity`]).
+    pub activity: tokio::sync::watch::Receiver<u64>,
+    /// The run's lease length (a running attempt's last heartbeat is its deadline less this).
+    pub lease_secs: f64,
+}
+
+/// The last `/api/run` answer and the state it was built from.
+struct Built {
+    /// The activity count it was built at.
+    seq: u64,
+    json: Bytes,
+    state: Arc<results::state::State>,
+}
+
+struct Cache {
+    built: Option<Built>,
+    /// Unix seconds and finished trials when the dashboard first looked (rate and ETA).
+    first: Option<(f64, usize)>,
+}
+
+/// One dashboard: the run's database, its token and (while the run goes on) its live feed.
+pub struct Dashboard {
+    db: PathBuf,
+    token: String,
+    /// The cookie's name; it names the port, since browsers share cookies between the ports
+    /// of one host.
+    cookie: String,
+    live: Option<Live>,
+    /// A tokio mutex: held while a rebuild runs on the blocking pool, so that concurrent
+    /// requests wait for that one rebuild rather than starting their own.
+    cache: tokio::sync::Mutex<Cache>,
+}
+
+/// A bound dashboard, ready for [`serve`].
+pub struct Bound {
+    pub listener: TcpListener,
+    pub dashboard: Arc<Dashboard>,
+    /// The link to print: `http://HOST:PORT/?token=TOKEN`.
+    pub url: String,
+}
+
+/// `--dashboard ADDR`, checked: an IP address and port on loopback.
+pub fn check_address(addr: &str) -> Result<SocketAddr, DashboardError> {
+    let parsed: SocketAddr = addr.parse().map_err(|_| DashboardError::BadAddress(addr.to_string()))?;
+    if !parsed.ip().is_loopback() {
+        return Err(DashboardError::NotLoopback(addr.to_string()));
+    }
+    Ok(parsed)
+}
+
+/// Binds `addr` (loopback only) for the run whose state database is `db`.
+pub async fn bind(addr: &str, db: PathBuf, live: Option<Live>) -> Result<Bound, DashboardError> {
+    let parsed = check_address(addr)?;
+    let listener = TcpListener::bind(parsed).await.map_err(|source| DashboardError::Listen { addr: addr.to_string(), source })?;
+    let local = listener.local_addr().map_err(|source| DashboardError::Listen { addr: addr.to_string(), source })?;
+    let token = crate::auth::new_token().map_err(DashboardError::Token)?;
+    let url = format!("http://{local}/?token={token}");
+    let cookie = format!("scoresweep_dashboard_{}", local.port());
+    let dashboard = Arc::new(Dashboard { db, token, cookie, live, cache: tokio::sync::Mutex::new(Cache { built: None, first: None }) });
+    Ok(Bound { listener, dashboard, url })
+}
+
+/// Serves the dashboard until `shutdown` resolves (open event streams end with the runtime).
+pub async fn serve(listener: TcpListener, dashboard: Arc<Dashboard>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let d = dashboard.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let d = d.clone();
+                async move { Ok::<_, Infallible>(d.respond(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// `coordinator dashboard OUT`: serves the page of the run in `out` (finished or interrupted)
+/// from its state database until Ctrl-C, after printing the link.
+pub fn serve_finished(out: &std::path::Path, addr: &str) -> anyhow::Result<()> {
+    let db = crate::run::db_path(out);
+    anyhow::ensure!(db.exists(), "{} has no state database (state.db)", out.display());
+    // Read once now, so that a database the page cannot show is an error here, not a 500.
+    results::state::State::load(&db)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let bound = bind(addr, db, None).await?;
+        println!("dashboard: {}", bound.url);
+        serve(bound.listener, bound.dashboard, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        anyhow::Ok(())
+    })
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
+}
+
+/// An answer with the headers every answer carries.
+fn answer(status: StatusCode, content_type: &str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_str(content_type).unwrap_or(header::HeaderValue::from_static("text/plain")));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    r
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    answer(status, "text/plain; charset=utf-8", full(message.into()))
+}
+
+/// The value of `name` in a query string (values here are hex: no percent-decoding needed).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+}
+
+impl Dashboard {
+    fn token_ok(&self, given: &str) -> bool {
+        crate::auth::same(given.as_bytes(), self.token.as_bytes())
+    }
+
+    /// The request carries the token: as the cookie, or as a bearer header.
+    fn authorized(&self, headers: &hyper::HeaderMap) -> bool {
+        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if bearer.is_some_and(|t| self.token_ok(t)) {
+            return true;
+        }
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .any(|c| c.trim().split_once('=').is_some_and(|(k, v)| k == self.cookie && self.token_ok(v)))
+    }
+
+    async fn respond(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if *req.method() != Method::GET && *req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "the dashboard is read-only: GET and HEAD only\n");
+            r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        if let Some(t) = query_param(&query, "token") {
+            if !self.token_ok(t) {
+                return text(StatusCode::UNAUTHORIZED, "wrong token: open the link the coordinator printed\n");
+            }
+            // The token moves into a cookie; the address bar (and history) keep no token.
+            let mut r = text(StatusCode::SEE_OTHER, "");
+            let h = r.headers_mut();
+            h.insert(header::LOCATION, header::HeaderValue::from_str(&path).unwrap_or(header::HeaderValue::from_static("/")));
+            let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", self.cookie, self.token);
+            if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+                h.insert(header::SET_COOKIE, v);
+            }
+            return r;
+        }
+        if !self.authorized(req.headers()) {
+            return text(StatusCode::UNAUTHORIZED, "no token: open the link the coordinator printed (http://HOST:PORT/?token=…)\n");
+        }
+        match path.as_str() {
+            "/" | "/index.html" => answer(StatusCode::OK, "text/html; charset=utf-8", full(INDEX_HTML)),
+            "/app.js" => answer(StatusCode::OK, "text/javascript; charset=utf-8", full(APP_JS)),
+            "/app.css" => answer(StatusCode::OK, "text/css; charset=utf-8", full(APP_CSS)),
+            "/api/run" => match self.built().await {
+                Ok((json, _)) => answer(StatusCode::OK, "application/json", full(json)),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
+            },
+            "/api/trial" => {
+                let Some(hash) = query_param(&query, "hash") else {
+                    return text(StatusCode::BAD_REQUEST, "/api/trial needs ?hash=TRIAL_HASH\n");
+                };
+                let hash = hash.to_string();
+                match self.built().await {
+                    Ok((_, state)) => match snapshot::trial(&state, &hash) {
+                        Some(v) => answer(StatusCode::OK, "application/json", full(v.to_string())),
+                        None => text(StatusCode::NOT_FOUND, format!("no trial {hash}\n")),
+                    },
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
+                }
+            }
+            "/api/events" => self.events(),
+            _ => text(StatusCode::NOT_FOUND, format!("no page {path}\n")),
+        }
+    }
+
+    /// The `/api/run` JSON and its state, rebuilt when the run changed since the last build.
+    async fn built(self: &Arc<Self>) -> anyhow::Result<(Bytes, Arc<results::state::State>)> {
+        let mut cache = self.cache.lock().await;
+        let seq = self.live.as_ref().map_or(0, |l| *l.activity.borrow());
+        if let Some(b) = cache.built.as_ref().filter(|b| b.seq == seq) {
+            return Ok((b.json.clone(), b.state.clone()));
+        }
+        let (db, live, lease_secs, first) = (self.db.clone(), self.live.is_some(), self.live.as_ref().map(|l| l.lease_secs), cache.first);
+        let (json, state, first) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let state = results::state::State::load(&db)?;
+            let running = snapshot::running_attempts(&db)?;
+            let now = crate::state::now();
+            let first = first.unwrap_or((now, snapshot::Progress::of(&state).finished()));
+            let info = snapshot::RunInfo { live, now, first, lease_secs };
+            let json = snapshot::run_json(&state, &running, &info).to_string();
+            Ok((Bytes::from(json), Arc::new(state), first))
+        })
+        .await??;
+        cache.first = Some(first);
+        cache.built = Some(Built { seq, json: json.clone(), state: state.clone() });
+        Ok((json, state))
+    }
+
+    /// `/api/events`: `change` at once and after each change of the run; `end` when the run
+    /// is over (or, for a finished run, at once).
+    fn events(&self) -> Response<Body> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let frame = |s: String| Ok(Frame::data(Bytes::from(s)));
+        let activity = self.live.as_ref().map(|l| l.activity.clone());
+        tokio::spawn(async move {
+            let Some(mut activity) = activity else {
+                let _ = tx.send(frame("event: end\ndata: finished\n\n".into())).await;
+                return;
+            };
+            let seq = *activity.borrow_and_update();
+            if tx.send(frame(format!("retry: 1000\nevent: change\ndata: {seq}\n\n"))).await.is_err() {
+                return;
+            }
+            loop {
+                match tokio::time::timeout(KEEP_ALIVE, activity.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        let _ = tx.send(frame("event: end\ndata: run over\n\n".into())).await;
+                        return;
+                    }
+                    Err(_) => {
+                        if tx.send(frame(": keep-alive\n\n".into())).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                tokio::time::sleep(MIN_EVENT_GAP).await;
+                let seq = *activity.borrow_and_update();
+                if tx.send(frame(format!("event: change\ndata: {seq}\n\n"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        answer(StatusCode::OK, "text/event-stream", StreamBody::new(ReceiverStream::new(rx)).boxed_unsync())
+    }
+}

@@ -1,0 +1,216 @@
+//! What the dashboard shows, as JSON: the run read from its state database (read-only, through
+//! `results::state`, the reader the report uses, and `results::claims`, so the page and
+//! report.md show the same numbers), plus the running attempts with their lease deadlines.
+//! Worker-supplied strings (names, devices, errors, metric keys) travel as JSON strings; the
+//! page only ever puts them into the document as text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use results::state::{State, Trial, worker_display};
+use schema::Status;
+use serde_json::{Value, json};
+
+/// Most sample and data points `/api/trial` sends per trial (the scatter needs no more).
+pub const MAX_POINTS: usize = 2000;
+
+/// A running attempt (`attempts` row with outcome `running`).
+#[derive(Debug, Clone)]
+pub struct RunningAttempt {
+    pub trial: String,
+    pub worker: String,
+    pub device: String,
+    pub leased_at: f64,
+    pub deadline: f64,
+}
+
+/// The running attempts, oldest first.
+pub fn running_attempts(db: &Path) -> rusqlite::Result<Vec<RunningAttempt>> {
+    let conn = results::layout::open_read_only(db)?;
+    let device = if results::layout::has_column(&conn, "attempts", "device")? { "COALESCE(device, '')" } else { "''" };
+    let mut st = conn.prepare(&format!("SELECT trial_hash, worker, {device}, leased_at, deadline FROM attempts WHERE outcome = ?1 ORDER BY id"))?;
+    let rows = st.query_map([Status::Running.as_str()], |r| {
+        Ok(RunningAttempt { trial: r.get(0)?, worker: worker_display(&r.get::<_, String>(1)?), device: r.get(2)?, leased_at: r.get(3)?, deadline: r.get(4)? })
+    })?;
+    rows.collect()
+}
+
+/// A finite number, or JSON null.
+fn num(x: Option<f64>) -> Value {
+    x.filter(|v| v.is_finite()).map_or(Value::Null, |v| json!(v))
+}
+
+/// Counts of the in-sweep trials by the classes `coordinator status` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: usize,
+    pub done: usize,
+    pub running: usize,
+    pub queued: usize,
+    pub failed: usize,
+}
+
+impl Progress {
+    pub fn of(state: &State) -> Progress {
+        let mut p = Progress::default();
+        for t in state.in_sweep() {
+            p.total += 1;
+            match t.status {
+                Status::Queued => p.queued += 1,
+                Status::Running => p.running += 1,
+                s if s.is_success() => p.done += 1,
+                _ => p.failed += 1,
+            }
+        }
+        p
+    }
+
+    pub fn finished(&self) -> usize {
+        self.done + self.failed
+    }
+}
+
+/// Rate and ETA: finished trials per second since the dashboard first looked (`first`: unix
+/// seconds and finished count then), and the seconds the rest would take at that rate.
+pub fn rate(first: (f64, usize), now: f64, p: &Progress) -> (Option<f64>, Option<f64>) {
+    let (dt, dn) = (now - first.0, p.finished().saturating_sub(first.1));
+    if dt <= 0.0 || dn == 0 {
+        return (None, None);
+    }
+    let r = dn as f64 / dt;
+    (Some(r), Some((p.total - p.finished()) as f64 / r))
+}
+
+/// Inputs of the run summary that are not in the database.
+pub struct RunInfo {
+    /// The run is going on (`run`/`serve`), not read back from a finished one.
+    pub live: bool,
+    pub now: f64,
+    /// Unix seconds and finished count when the dashboard first looked.
+    pub first: (f64, usize),
+    /// Seconds a lease lives without a heartbeat (a running attempt's last heartbeat is its
+    /// deadline less this); None when unknown (a finished run).
+    pub lease_secs: Option<f64>,
+}
+
+fn trial_json(t: &Trial, keys: &[String]) -> Value {
+    let config: BTreeMap<&str, String> = keys.iter().filter_map(|k| t.config_display(k).map(|v| (k.as_str(), v))).collect();
+    let metrics: BTreeMap<&str, Value> = t.result.iter().flat_map(|r| r.metrics.iter().map(|(k, v)| (k.as_str(), num(Some(*v))))).collect();
+    let columns: BTreeSet<&str> = t.curve.iter().flat_map(|r| r.keys().map(String::as_str)).collect();
+    json!({
+        "hash": t.hash,
+        "short": t.short_hash(),
+        "idx": t.idx,
+        "status": t.status.as_str(),
+        "attempts": t.attempts,
+        "config": config,
+        "metrics": metrics,
+        "worker": t.result.as_ref().map(|r| r.worker.as_str()).unwrap_or(""),
+        "device": t.result.as_ref().map(|r| r.device.as_str()).unwrap_or(""),
+        "wall_seconds": num(t.result.as_ref().map(|r| r.wall_seconds)),
+        "error": t.last_error.as_ref().map(|(outcome, e)| format!("{outcome}: {e}")),
+        "curve_columns": columns,
+        "checkpoints": t.curve.len(),
+        "has_samples": t.samples.is_some(),
+    })
+}
+
+/// The whole page's data (`/api/run`), without curves and samples (see [`trial`]).
+pub fn run_json(state: &State, running: &[RunningAttempt], info: &RunInfo) -> Value {
+    let in_sweep: Vec<&Trial> = state.in_sweep().collect();
+    let keys = results::table::grouping_keys(&in_sweep);
+    let progress = Progress::of(state);
+    let (rate, eta) = if info.live { rate(info.first, info.now, &progress) } else { (None, None) };
+    let metrics: BTreeSet<&str> = in_sweep.iter().flat_map(|t| t.result.iter().flat_map(|r| r.metrics.keys().map(String::as_str))).collect();
+    let columns: BTreeSet<&str> = in_sweep.iter().flat_map(|t| t.curve.iter().flat_map(|r| r.keys().map(String::as_str))).collect();
+    let short: BTreeMap<&str, &str> = state.trials.iter().map(|t| (t.hash.as_str(), t.short_hash())).collect();
+    let workers: Vec<Value> = state
+        .workers
+        .iter()
+        .map(|w| {
+            let mine: Vec<&RunningAttempt> = running.iter().filter(|a| a.worker == w.name).collect();
+            let heartbeat = info.lease_secs.and_then(|s| mine.iter().map(|a| a.deadline - s).reduce(f64::max));
+            let results = in_sweep.iter().filter(|t| t.result.as_ref().is_some_and(|r| r.worker == w.name)).count();
+            json!({
+                "name": w.name,
+                "device": w.device,
+                "cores": w.cores,
+                "gpus": w.gpus,
+                "registered_at": num(Some(w.registered_at)),
+                "current": mine.iter().map(|a| short.get(a.trial.as_str()).copied().unwrap_or(a.trial.as_str())).collect::<Vec<_>>(),
+                "last_heartbeat": num(heartbeat),
+                "results": results,
+            })
+        })
+        .collect();
+    let running_json: Vec<Value> = running
+        .iter()
+        .map(|a| {
+            json!({
+                "trial": short.get(a.trial.as_str()).copied().unwrap_or(a.trial.as_str()),
+                "worker": a.worker,
+                "device": a.device,
+                "leased_at": num(Some(a.leased_at)),
+                "deadline": num(Some(a.deadline)),
+                "last_heartbeat": num(info.lease_secs.map(|s| a.deadline - s)),
+            })
+        })
+        .collect();
+    let claims: Vec<Value> = results::claims::evaluate(state)
+        .iter()
+        .map(|c| {
+            json!({
+                "claim": c.claim,
+                "scope": c.scope,
+                "verdict": c.verdict.as_str(),
+                "statistic": num(c.statistic),
+                "expected": c.expected,
+                "tolerance": num(Some(c.tolerance)),
+                "value": num(c.value),
+                "expected_value": num(c.expected_value),
+                "se": num(c.se),
+                "z": num(c.z),
+                "details": c.details,
+                "n_rows": c.n_rows,
+                "n_trials": c.n_trials,
+            })
+        })
+        .collect();
+    let events: Vec<Value> = state.events.iter().map(|e| json!({"at": e.at, "kind": e.kind, "detail": e.detail})).collect();
+    json!({
+        "sweep": state.sweep.as_ref().map(|s| json!({"name": s.name, "file": s.file})),
+        "live": info.live,
+        "now": info.now,
+        "progress": {
+            "total": progress.total, "done": progress.done, "running": progress.running,
+            "queued": progress.queued, "failed": progress.failed,
+        },
+        "rate_per_second": num(rate),
+        "eta_seconds": num(eta),
+        "respawns": state.count_events("respawn"),
+        "keys": keys,
+        "metrics": metrics,
+        "curve_columns": columns,
+        "trials": in_sweep.iter().map(|t| trial_json(t, &keys)).collect::<Vec<_>>(),
+        "out_of_sweep": state.trials.len() - in_sweep.len(),
+        "workers": workers,
+        "running": running_json,
+        "claims": claims,
+        "events": events,
+    })
+}
+
+/// Every `step`-th point so that at most [`MAX_POINTS`] remain, first two coordinates.
+fn thin(points: &[Vec<f64>]) -> Vec<[Value; 2]> {
+    let step = points.len().div_ceil(MAX_POINTS).max(1);
+    points.iter().step_by(step).map(|p| [num(p.first().copied()), num(p.get(1).copied())]).collect()
+}
+
+/// One trial's curve rows and (thinned) samples (`/api/trial?hash=…`); None for an unknown
+/// hash.
+pub fn trial(state: &State, hash: &str) -> Option<Value> {
+    let t = state.trials.iter().find(|t| t.hash == hash || t.short_hash() == hash)?;
+    let curve: Vec<BTreeMap<&str, Value>> = t.curve.iter().map(|r| r.iter().map(|(k, v)| (k.as_str(), num(Some(*v)))).collect()).collect();
+    let samples = t.samples.as_ref().map(|s| json!({"dim": s.dim, "samples": thin(&s.samples), "data": thin(&s.data)}));
+    Some(json!({"hash": t.hash, "short": t.short_hash(), "status": t.status.as_str(), "curve": curve, "samples": samples}))
+}
