@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 type Client = SweepClient<tonic::transport::Channel>;
 
-const SWEEP: &str = "seeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n[grid]\n\"sleep.seconds\" = [0.001, 0.002]\n";
+const SWEEP: &str = "retries = 0\nseeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n[grid]\n\"sleep.seconds\" = [0.001, 0.002]\n";
 const EVIL_DEVICE: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
 
 fn tmpdir(tag: &str) -> PathBuf {
