@@ -66,7 +66,8 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) ->
     let head = String::from_utf8(raw).unwrap();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+    // (Chromium's DevTools server writes `Name:value`, without the space.)
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string())).collect();
     let mut body = Vec::new();
     match headers.iter().find(|(k, _)| k == "content-length") {
         Some((_, n)) => {
