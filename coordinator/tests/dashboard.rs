@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 type Client = SweepClient<tonic::transport::Channel>;
 
-const SWEEP: &str = "seeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n[grid]\n\"sleep.seconds\" = [0.001, 0.002]\n";
+const SWEEP: &str = "retries = 0\nseeds = [0, 1]\n[base]\nseed = 0\n[base.sleep]\nseconds = 0.001\n[grid]\n\"sleep.seconds\" = [0.001, 0.002]\n";
 const EVIL_DEVICE: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -66,7 +66,8 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) ->
     let head = String::from_utf8(raw).unwrap();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+    // (Chromium's DevTools server writes `Name:value`, without the space.)
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string())).collect();
     let mut body = Vec::new();
     match headers.iter().find(|(k, _)| k == "content-length") {
         Some((_, n)) => {

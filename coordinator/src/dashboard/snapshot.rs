@@ -27,8 +27,12 @@ pub struct RunningAttempt {
 /// The running attempts, oldest first.
 pub fn running_attempts(db: &Path) -> rusqlite::Result<Vec<RunningAttempt>> {
     let conn = results::layout::open_read_only(db)?;
-    let device = if results::layout::has_column(&conn, "attempts", "device")? { "COALESCE(device, '')" } else { "''" };
-    let mut st = conn.prepare(&format!("SELECT trial_hash, worker, {device}, leased_at, deadline FROM attempts WHERE outcome = ?1 ORDER BY id"))?;
+    // An attempt records its device with its report; while it runs, its worker's registered
+    // device is where it runs.
+    let device = if results::layout::has_column(&conn, "attempts", "device")? { "COALESCE(NULLIF(a.device, ''), w.device, '')" } else { "COALESCE(w.device, '')" };
+    let mut st = conn.prepare(&format!(
+        "SELECT a.trial_hash, a.worker, {device}, a.leased_at, a.deadline FROM attempts a LEFT JOIN workers w ON w.id = a.worker WHERE a.outcome = ?1 ORDER BY a.id"
+    ))?;
     let rows = st.query_map([Status::Running.as_str()], |r| {
         Ok(RunningAttempt { trial: r.get(0)?, worker: worker_display(&r.get::<_, String>(1)?), device: r.get(2)?, leased_at: r.get(3)?, deadline: r.get(4)? })
     })?;
