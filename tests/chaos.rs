@@ -1,5 +1,6 @@
 //! Processes dying under a running sweep, with the real binaries: a local worker killed with
-//! SIGKILL is respawned and the run finishes; local workers exit within about a second of
+//! SIGKILL is respawned and the run finishes; one stopped with SIGTERM gives its attempt back
+//! at once (not counted as a try); local workers exit within about a second of
 //! their coordinator's death (a worker started by hand keeps its retry window); and a sweep
 //! whose workers and coordinator are killed many times at random (seeded) ends, after a rerun,
 //! with every trial recorded once, the same table as an undisturbed run (timing columns aside)
@@ -53,7 +54,11 @@ fn tagged(tag: &str) -> Vec<u32> {
 }
 
 fn kill(pid: u32) {
-    let _ = Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
+    signal(pid, "KILL");
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").args(["-s", name, &pid.to_string()]).status();
 }
 
 /// `coordinator run SWEEP --out OUT ARGS…` in a process group of its own (so the test's own
@@ -118,6 +123,43 @@ fn a_killed_local_worker_is_respawned_and_the_run_finishes() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Workers") && report.contains("2 local worker(s) died") && report.contains("local0 respawned (2 of at most 100)"), "{report}");
     assert!(tagged(&tag).is_empty(), "processes left behind");
+}
+
+/// SIGTERM (what `scancel`, `qdel` and `kill` send) makes a worker give its running attempt back
+/// (`Cancel`): the trial is queued again at once, long before its 60 s lease would expire, and
+/// the attempt is not counted as a try.
+#[test]
+fn a_worker_stopped_with_sigterm_gives_its_attempt_back() {
+    let dir = tmp("sigterm");
+    let sweep = dir.join("sleep.toml");
+    std::fs::write(&sweep, "timeout = 120\nretries = 0\nrepeats = 2\n[base]\nseed = 0\n[base.sleep]\nseconds = 2.0\n").unwrap();
+    let out = dir.join("out");
+    let child = Command::new(bin("coordinator"))
+        .arg("run")
+        .arg(&sweep)
+        .arg("--out")
+        .arg(&out)
+        .args(["--workers", "1", "--lease-secs", "60"])
+        .process_group(0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let coordinator = child.id();
+    wait_for("a running attempt", 30.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'running'") == Some(1) && children(coordinator).len() == 1);
+    let victim = children(coordinator)[0];
+    let stopped = Instant::now();
+    signal(victim, "TERM");
+    wait_for("the attempt given back", 10.0, || try_count(&out, "SELECT COUNT(*) FROM attempts WHERE outcome = 'cancelled'") == Some(1));
+    assert!(stopped.elapsed() < Duration::from_secs(10), "given back, not expired");
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM; attempt 1 of trial") && stderr.contains("given back"), "{stderr}");
+    // With retries = 0 a counted attempt would have failed the trial: both are done, and the
+    // trial given back was run again.
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM trials WHERE status = 'done'"), 2, "{stderr}");
+    assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 3);
+    assert_eq!(count(&out, "SELECT MAX(attempts) FROM trials"), 1, "the attempt given back is not counted");
 }
 
 #[test]

@@ -548,10 +548,6 @@ impl TrialConfig {
         }
     }
 
-    pub fn is_sleep(&self) -> bool {
-        matches!(self, TrialConfig::Sleep(_))
-    }
-
     /// The training trial, if this is one.
     pub fn train(&self) -> Option<&TrainTrial> {
         match self {

@@ -4,6 +4,11 @@
 //! failures are retried with backoff, and a finished result is kept until it is delivered — a
 //! restarted coordinator still receives it. A local worker of `coordinator run`
 //! (`--parent-pid`) exits within 0.2 s of its coordinator's death instead.
+//!
+//! SIGTERM (a batch scheduler cancelling the job, `kill`), and SIGINT unless
+//! `--ignore-interrupt`, stop the worker: it gives its running attempt back (the `Cancel` call:
+//! the trial is queued again at once and the attempt does not count as a try) and exits with an
+//! error naming the signal, without waiting for the trial's next step.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use schema::{Status, TrialConfig};
 use sweep_proto::pb::sweep_client::SweepClient;
 use sweep_proto::pb::{self, lease_reply};
 use sweep_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, status_to_wire};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 #[derive(clap::Args, Default)]
@@ -220,13 +226,45 @@ pub fn run(url: &str, args: &AgentArgs, choice: DeviceChoice) -> anyhow::Result<
     let place = placement(choice)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        if args.ignore_interrupt {
-            // Listening replaces the default action (exit) for the life of the process.
-            let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-            tokio::spawn(async move { while sigint.recv().await.is_some() {} });
-        }
-        agent(url, args, token, &place).await
+        let stop = stop_signals(args.ignore_interrupt)?;
+        agent(url, args, token, &place, stop).await
     })
+}
+
+/// The signal that asked this worker to stop, once one has: SIGTERM, or SIGINT unless
+/// `ignore_interrupt`. Listening replaces the signals' default action (exit) for the life of
+/// the process, so an ignored SIGINT stays ignored.
+fn stop_signals(ignore_interrupt: bool) -> std::io::Result<watch::Receiver<Option<&'static str>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            if name == "SIGINT" && ignore_interrupt {
+                continue;
+            }
+            let _ = tx.send(Some(name));
+            // Keeps listening (and the receivers open) for the life of the process.
+            while term.recv().await.is_some() {}
+            return;
+        }
+    });
+    Ok(rx)
+}
+
+/// Waits for a stop signal; returns its name.
+async fn stopped(stop: &mut watch::Receiver<Option<&'static str>>) -> &'static str {
+    match stop.wait_for(Option::is_some).await {
+        Ok(sig) => sig.unwrap_or("a signal"),
+        // The listener is gone (never, while the runtime runs): no signal will come.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Retries `f` with exponential backoff (0.1 s … 5 s) while the error is a transport failure.
@@ -265,7 +303,7 @@ where
     }
 }
 
-async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement) -> anyhow::Result<()> {
+async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement, mut stop: watch::Receiver<Option<&'static str>>) -> anyhow::Result<()> {
     let client = SweepClient::with_interceptor(channel(url, args)?, token).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let register = register_request(args, place);
     let register = || {
@@ -285,12 +323,15 @@ async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement) -> 
         let reply = match next.take() {
             Some(r @ pb::LeaseReply { reply: Some(lease_reply::Reply::Lease(_) | lease_reply::Reply::Done(_)) }) => r,
             _ => {
-                let asked = retry_status(args, "lease", || {
+                let lease = retry_status(args, "lease", || {
                     let mut c = client.clone();
                     let req = pb::LeaseRequest { worker_id: id.clone() };
                     async move { c.lease(req).await }
-                })
-                .await?;
+                });
+                let asked = tokio::select! {
+                    asked = lease => asked?,
+                    sig = stopped(&mut stop) => anyhow::bail!("stopped by {sig} (no trial was running)"),
+                };
                 match asked {
                     Ok(r) => {
                         fresh = false;
@@ -309,8 +350,11 @@ async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement) -> 
             }
         };
         match reply.reply {
-            Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args, place.ordinal).await?,
-            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.0, 30.0))).await,
+            Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args, place.ordinal, &mut stop).await?,
+            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.0, 30.0))) => {}
+                sig = stopped(&mut stop) => anyhow::bail!("stopped by {sig} (no trial was running)"),
+            },
             Some(lease_reply::Reply::Done(_)) | None => return Ok(()),
         }
     }
@@ -321,9 +365,20 @@ struct Shared {
     cancel: AtomicBool,
 }
 
+/// How long a stopping worker tries to give its attempt back.
+const GIVE_BACK_WITHIN: Duration = Duration::from_secs(5);
+
 /// Runs one leased trial, heartbeating meanwhile, and delivers its report; returns the next
-/// lease the coordinator sent back with the report, if any.
-async fn run_lease(client: &Client, id: &str, lease: pb::Lease, args: &AgentArgs, ordinal: Option<u32>) -> anyhow::Result<Option<pb::LeaseReply>> {
+/// lease the coordinator sent back with the report, if any. A stop signal gives the attempt
+/// back instead (and is returned as an error).
+async fn run_lease(
+    client: &Client,
+    id: &str,
+    lease: pb::Lease,
+    args: &AgentArgs,
+    ordinal: Option<u32>,
+    stop: &mut watch::Receiver<Option<&'static str>>,
+) -> anyhow::Result<Option<pb::LeaseReply>> {
     let started = Instant::now();
     let shared = Arc::new(Shared { progress: Mutex::new(outcome::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
@@ -345,6 +400,17 @@ async fn run_lease(client: &Client, id: &str, lease: pb::Lease, args: &AgentArgs
     let outcome = loop {
         tokio::select! {
             r = &mut rx => break r.unwrap_or_else(|_| Err("trial thread panicked".into())),
+            sig = stopped(stop) => {
+                shared.cancel.store(true, Ordering::Relaxed);
+                let req = pb::CancelRequest { worker_id: id.into(), attempt_id: lease.attempt_id };
+                let given_back = tokio::time::timeout(GIVE_BACK_WITHIN, client.clone().cancel(req)).await;
+                let trial = short(&lease.trial_hash);
+                match given_back {
+                    Ok(Ok(_)) => anyhow::bail!("stopped by {sig}; attempt {} of trial {trial} given back", lease.attempt_id),
+                    Ok(Err(s)) => anyhow::bail!("stopped by {sig}; attempt {} of trial {trial} not given back ({}): its lease will expire", lease.attempt_id, s.message()),
+                    Err(_) => anyhow::bail!("stopped by {sig}; attempt {} of trial {trial} not given back (no answer within {:?}): its lease will expire", lease.attempt_id, GIVE_BACK_WITHIN),
+                }
+            }
             _ = tokio::time::sleep(beat) => {
                 let p = shared.progress.lock().expect("progress lock").clone();
                 let req = pb::HeartbeatRequest { worker_id: id.into(), attempt_id: lease.attempt_id, step: p.step, total_steps: p.total_steps, train_loss: p.train_loss };
