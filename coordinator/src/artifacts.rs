@@ -8,7 +8,14 @@
 //! records its `artifacts` row); any other report (failed, cancelled, ignored) drops the
 //! attempt's partial files. An upload over the limit (`--max-artifact-bytes`) is refused with
 //! `RESOURCE_EXHAUSTED` and leaves nothing behind; the attempt and its later report are not
-//! affected. `.partial` is cleared when a run starts and ends.
+//! affected. `.partial` is cleared when a run starts and ends, after [`Artifacts::recover`].
+//!
+//! Durability: a complete upload is written to disk (`fsync` of the file and its directory)
+//! before the report that names it can commit its row, and the move into place is made durable
+//! too. A crash between the commit and the move leaves the file in `.partial/<attempt>/`, and
+//! the next start (or the end of the run) moves every recorded artifact whose file is missing
+//! there into place before clearing `.partial`; a move that fails is said in the report's reply
+//! and retried then.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,8 +29,9 @@ use crate::state::Artifact;
 /// Default of `--max-artifact-bytes`: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
-/// Longest artifact name, in characters.
-pub const MAX_NAME_CHARS: usize = 128;
+/// Longest artifact name, in bytes (UTF-8): the temporary file `.<name>.<n>.tmp` must stay
+/// within the 255 bytes a file name may have on Linux file systems.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// Why an upload was refused (the gRPC adapter maps each to a status code).
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +50,17 @@ pub enum UploadError {
     },
 }
 
-/// Checks that `name` is a plain file name: not empty, at most [`MAX_NAME_CHARS`] characters,
-/// no path separator, no `..`, not starting with a dot, no control characters.
+/// Checks that `name` is a plain file name: not empty, at most [`MAX_NAME_BYTES`] bytes, no
+/// path separator, no `..`, not starting with a dot, no control characters, and no character
+/// that reorders or hides text ([`results::escape::is_invisible`]: bidi controls, zero-width
+/// characters), so that a name reads as what it is.
 pub fn check_name(name: &str) -> Result<(), UploadError> {
     let bad = |why| Err(UploadError::BadName(name.to_string(), why));
     if name.is_empty() {
         return bad("empty");
     }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return bad("longer than 128 characters");
+    if name.len() > MAX_NAME_BYTES {
+        return bad("longer than 200 bytes (UTF-8)");
     }
     if name.contains(['/', '\\']) {
         return bad("contains a path separator");
@@ -63,6 +73,9 @@ pub fn check_name(name: &str) -> Result<(), UploadError> {
     }
     if name.chars().any(char::is_control) {
         return bad("contains a control character");
+    }
+    if name.chars().any(results::escape::is_invisible) {
+        return bad("contains an invisible or bidirectional control character");
     }
     Ok(())
 }
@@ -162,19 +175,41 @@ impl Artifacts {
 
     /// After the commit that recorded `keep` for `attempt`'s trial: moves those files to
     /// `artifacts/<trial_hash>/`, then drops the attempt's other partial files.
+    /// On failure the attempt's files stay in `.partial` for [`Artifacts::recover`].
     pub fn keep(&self, attempt: u64, trial_hash: &str, keep: &[Artifact]) -> std::io::Result<()> {
-        let mut result = Ok(());
         if !keep.is_empty() {
             let dir = self.root.join(trial_hash);
-            result = std::fs::create_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
             for a in keep {
-                if result.is_ok() {
-                    result = std::fs::rename(self.partial_dir(attempt).join(&a.name), dir.join(&a.name));
-                }
+                std::fs::rename(self.partial_dir(attempt).join(&a.name), dir.join(&a.name))?;
             }
+            sync_dir(&dir)?;
+            sync_dir(&self.root)?;
         }
         self.discard(attempt);
-        result
+        Ok(())
+    }
+
+    /// Moves into place every recorded artifact (`recorded`: trial hash, name, and the attempt
+    /// whose result recorded it) whose file is missing but still waits in `.partial` (a crash or
+    /// a failed move after the commit). Returns the artifacts moved and those whose file is lost.
+    pub fn recover(&self, recorded: &[(String, String, u64)]) -> (usize, Vec<String>) {
+        let (mut moved, mut lost) = (0, Vec::new());
+        for (hash, name, attempt) in recorded {
+            let dest = self.path(hash, name);
+            if dest.exists() {
+                continue;
+            }
+            let src = self.partial_dir(*attempt).join(name);
+            let ok =
+                src.exists() && std::fs::create_dir_all(self.root.join(hash)).and_then(|()| std::fs::rename(&src, &dest)).and_then(|()| sync_dir(&self.root.join(hash))).is_ok();
+            if ok {
+                moved += 1;
+            } else {
+                lost.push(format!("artifacts/{hash}/{name}"));
+            }
+        }
+        (moved, lost)
     }
 
     /// Drops `attempt`'s partial files (its report was not recorded with a result).
@@ -185,6 +220,11 @@ impl Artifacts {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Makes a directory's entries (a rename into it) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Upload<'_> {
@@ -218,9 +258,13 @@ impl Upload<'_> {
             move |source| UploadError::Io { name, source }
         };
         file.flush().await.map_err(io(&self.name))?;
+        // On disk before its report can commit the row that names it.
+        file.sync_all().await.map_err(io(&self.name))?;
         drop(file);
-        let dest = self.store.partial_dir(self.attempt).join(&self.name);
+        let dir = self.store.partial_dir(self.attempt);
+        let dest = dir.join(&self.name);
         tokio::fs::rename(&self.tmp, &dest).await.map_err(io(&self.name))?;
+        tokio::task::spawn_blocking(move || sync_dir(&dir)).await.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r).map_err(io(&self.name))?;
         let sha256 = std::mem::take(&mut self.hasher).finalize().iter().map(|b| format!("{b:02x}")).collect();
         let artifact = Artifact { name: self.name.clone(), media_type: self.media_type.clone(), bytes: self.received, sha256 };
         self.store.uploads.lock().unwrap_or_else(|p| p.into_inner()).entry(self.attempt).or_default().insert(self.name.clone(), artifact.clone());
@@ -241,12 +285,32 @@ impl Drop for Upload<'_> {
 mod tests {
     use super::*;
 
+    /// A crash between the commit that records an artifact and the move into place leaves the
+    /// file in `.partial`: the next start moves it to `artifacts/<hash>/<name>` before clearing
+    /// `.partial`, and names what is lost.
+    #[test]
+    fn recorded_artifacts_left_in_partial_are_recovered() {
+        let out = std::env::temp_dir().join(format!("scoresweep-artifacts-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let a = Artifacts::new(&out, DEFAULT_MAX_BYTES);
+        std::fs::create_dir_all(a.partial_dir(7)).unwrap();
+        std::fs::write(a.partial_dir(7).join("model.bin"), b"weights").unwrap();
+        let recorded = [("h1".to_string(), "model.bin".to_string(), 7), ("h2".to_string(), "gone.bin".to_string(), 8)];
+        assert_eq!(a.recover(&recorded), (1, vec!["artifacts/h2/gone.bin".to_string()]));
+        a.clear_partial();
+        assert_eq!(std::fs::read(a.path("h1", "model.bin")).unwrap(), b"weights");
+        assert_eq!(a.recover(&recorded[..1]), (0, vec![]), "already in place");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
     #[test]
     fn names_must_be_plain_file_names() {
-        for ok in ["model.safetensors", "curve v2.csv", &"x".repeat(128)] {
+        for ok in ["model.safetensors", "curve v2.csv", "modèle.bin", &"x".repeat(200), &"€".repeat(66)] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "a\\b", "..", "x..y", ".hidden", "a\nb", &"x".repeat(129)] {
+        // 67 × '€' is 67 characters but 201 bytes; bidi and zero-width characters hide what a
+        // name is (`model\u{202E}nib.exe` shows as `modelexe.bin`).
+        for bad in ["", "a/b", "a\\b", "..", "x..y", ".hidden", "a\nb", &"x".repeat(201), &"€".repeat(67), "model\u{202E}nib.exe", "a\u{200B}b", "\u{FEFF}x"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -3,7 +3,9 @@
 //! service (`service`), uploaded files (`artifacts`), worker launchers (`launch`), resource
 //! matching of trials to workers (`resources`: GPU trials to GPU workers) and the run
 //! loop (`run`), the address workers dial (`address`), optional TLS (`tls`) and the Kubernetes
-//! manifest (`k8s`). The `coordinator` binary is glue over these. Nothing here depends on the
+//! manifest (`k8s`), the limits on what workers send and hold (`limits`) and the checks of
+//! launcher settings and path names a sweep file carries (`launch_checks`). The `coordinator`
+//! binary is glue over these. Nothing here depends on the
 //! engine or candle; workers are the separate `worker` executable.
 
 pub mod address;
@@ -12,6 +14,8 @@ pub mod auth;
 pub mod bench;
 pub mod k8s;
 pub mod launch;
+pub mod launch_checks;
+pub mod limits;
 pub mod resources;
 pub mod run;
 pub mod service;

@@ -215,6 +215,16 @@ impl Sweep {
         }
         if let Some(ssh) = &raw.launcher.ssh {
             crate::launch::ssh::parse_hosts(&ssh.hosts).map_err(|m| invalid(&["launcher", "ssh", "hosts"], "launcher.ssh.hosts", m, None))?;
+            crate::launch_checks::check_ssh_args(&ssh.ssh_args).map_err(|m| invalid(&["launcher", "ssh", "ssh_args"], "launcher.ssh.ssh_args", m, None))?;
+        }
+        if let Some(slurm) = &raw.launcher.slurm {
+            crate::launch_checks::check_sbatch_args(&slurm.sbatch_args).map_err(|m| invalid(&["launcher", "slurm", "sbatch_args"], "launcher.slurm.sbatch_args", m, None))?;
+            if let Some(o) = &slurm.output {
+                crate::launch_checks::check_path_component("output", o).map_err(|m| invalid(&["launcher", "slurm", "output"], "launcher.slurm.output", m, None))?;
+            }
+        }
+        if let Some(n) = &raw.name {
+            crate::launch_checks::check_path_component("the sweep name", n).map_err(|m| invalid(&["name"], "name", m, None))?;
         }
         if raw.repeats.is_some() && raw.seeds.is_some() {
             return Err(invalid(&["seeds"], "seeds", "give either repeats or seeds, not both".into(), None));

@@ -76,6 +76,21 @@ fn bad_sweeps_are_refused_with_file_line_column_and_key() {
         ("zero slurm workers", format!("{BASE}[launcher.slurm]\nworkers = 0\n"), vec!["sweep.toml:7:1:", "key `launcher.slurm.workers`", "at least 1"]),
         ("an ssh host with no workers", format!("{BASE}[launcher.ssh]\nhosts = [\"a:2\", \"b:0\"]\n"), vec!["sweep.toml:7:1:", "key `launcher.ssh.hosts`", "`b:0`", "≥ 1"]),
         ("an unknown launcher", format!("{BASE}[launcher.pbs]\nqueue = \"x\"\n"), vec!["sweep.toml:", "launcher", "unknown field `pbs`"]),
+        // A sweep file must not run commands nor write outside its run (issue 20, item 13).
+        (
+            "an ssh ProxyCommand",
+            format!("{BASE}[launcher.ssh]\nhosts = [\"a\"]\nssh_args = [\"-oProxyCommand=touch /tmp/pwned\"]\n"),
+            vec!["sweep.toml:8:1:", "key `launcher.ssh.ssh_args`", "ProxyCommand", "not allowed"],
+        ),
+        ("an ssh config file", format!("{BASE}[launcher.ssh]\nssh_args = [\"-F\", \"evil\"]\n"), vec!["sweep.toml:7:1:", "key `launcher.ssh.ssh_args`", "`-F`"]),
+        (
+            "an sbatch --output",
+            format!("{BASE}[launcher.slurm]\nsbatch_args = [\"--output=/any/file\"]\n"),
+            vec!["sweep.toml:7:1:", "key `launcher.slurm.sbatch_args`", "--output"],
+        ),
+        ("a slurm output path", format!("{BASE}[launcher.slurm]\noutput = \"/etc/x\"\n"), vec!["sweep.toml:7:1:", "key `launcher.slurm.output`", "path separator"]),
+        ("a name with ..", BASE.replace("name = \"t\"", "name = \"../../etc\""), vec!["sweep.toml:1:1:", "key `name`", "one plain file name"]),
+        ("a name that is ..", BASE.replace("name = \"t\"", "name = \"..\""), vec!["sweep.toml:1:1:", "key `name`", "`.` or `..`"]),
     ];
     for (case, src, want) in &cases {
         check_refused(case, src, want);

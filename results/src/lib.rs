@@ -14,10 +14,12 @@
 //!
 //! Modules: [`layout`] defines the database (shared with the coordinator), [`state`] reads it,
 //! [`table`] builds the frames, [`claims`] checks the
-//! claims, [`plots`] draws, [`report`] writes the Markdown.
+//! claims, [`plots`] draws, [`report`] writes the Markdown, [`escape`] makes worker text safe
+//! for each of them.
 
 pub mod claims;
 mod error;
+pub mod escape;
 pub mod layout;
 pub mod plots;
 pub mod report;

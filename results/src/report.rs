@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::claims::{ClaimRow, TOLERANCES, fmt_num};
+use crate::escape::{link_target, md_text};
 use crate::plots::Plot;
 use crate::state::{State, Trial};
 
@@ -233,7 +234,9 @@ fn artifacts_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "| hash | name | bytes | path | sha256 |\n|---|---|---|---|---|");
     for t in with {
         for a in &t.artifacts {
-            let _ = writeln!(md, "| `{}` | {} | {} | [`{}`]({}) | `{}` |", t.short_hash(), cell(&a.name), a.bytes, a.rel_path, a.rel_path, a.sha256);
+            // The name is the worker's: shown as plain text, linked percent-encoded.
+            let _ =
+                writeln!(md, "| `{}` | {} | {} | [{}]({}) | `{}` |", t.short_hash(), md_text(&a.name), a.bytes, md_text(&a.rel_path), link_target(&a.rel_path), md_text(&a.sha256));
         }
     }
     md.push('\n');
@@ -242,7 +245,7 @@ fn artifacts_section(md: &mut String, state: &State) {
     for t in state.trials.iter().filter(|t| t.in_sweep) {
         for a in t.artifacts.iter().filter(|a| a.name.ends_with(".png")) {
             let label: Vec<String> = varying.iter().filter_map(|k| Some(format!("{k}={}", t.config_display(k)?))).collect();
-            let _ = writeln!(md, "**`{}`** {}\n\n![{} of {}]({})\n", t.short_hash(), label.join(", "), a.name, t.short_hash(), a.rel_path);
+            let _ = writeln!(md, "**`{}`** {}\n\n![{} of {}]({})\n", t.short_hash(), label.join(", "), md_text(&a.name), t.short_hash(), link_target(&a.rel_path));
         }
     }
 }
@@ -292,7 +295,7 @@ fn workers_section(md: &mut String, state: &State) {
     }
     let _ = writeln!(md, "## Workers\n");
     if !by_device.is_empty() {
-        let devices: Vec<String> = by_device.iter().map(|(d, n)| format!("{n} on {d}")).collect();
+        let devices: Vec<String> = by_device.iter().map(|(d, n)| format!("{n} on {}", md_text(d))).collect();
         let _ = writeln!(md, "Results by device: {}. The `worker` and `device` columns of [`trials.csv`](trials.csv) say which produced each row.", devices.join(", "));
         if by_device.keys().any(|d| d.starts_with("cuda")) && by_device.len() > 1 {
             let _ = writeln!(md, "GPU results are not bit-identical run to run, nor to the CPU's; the claims pool rows of every device under the same tolerances.");
@@ -303,7 +306,7 @@ fn workers_section(md: &mut String, state: &State) {
         let _ = writeln!(md, "| worker | device | cores | results |\n|---|---|---:|---:|");
         for w in state.workers.iter().take(MAX_WORKERS_LISTED) {
             let n = by_worker.get(w.name.as_str()).map_or(0, |(n, _)| *n);
-            let _ = writeln!(md, "| {} | {} | {} | {n} |", cell(&w.name), cell(&w.device), w.cores);
+            let _ = writeln!(md, "| {} | {} | {} | {n} |", md_text(&w.name), md_text(&w.device), w.cores);
         }
         if state.workers.len() > MAX_WORKERS_LISTED {
             let _ = writeln!(md, "\n… and {} more workers.", state.workers.len() - MAX_WORKERS_LISTED);
@@ -332,14 +335,15 @@ fn failed_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "| hash | idx | in sweep | status | attempts | diverged at step | last error |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for t in failed {
-        let error = t.last_error.as_ref().map_or("—".to_string(), |(outcome, e)| format!("{outcome}: {}", truncate(e, 400)));
+        let error = t.last_error.as_ref().map_or("—".to_string(), |(outcome, e)| format!("{outcome}: {}", md_text(&truncate(e, 400))));
         let diverged = t.result.as_ref().and_then(|r| r.diverged_step).map_or("—".to_string(), |s| s.to_string());
-        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} | {} | {} |", t.hash, t.idx, if t.in_sweep { "yes" } else { "no" }, t.status, t.attempts, diverged, cell(&error));
+        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} | {} | {} |", t.hash, t.idx, if t.in_sweep { "yes" } else { "no" }, t.status, t.attempts, diverged, error);
     }
     md.push('\n');
 }
 
-/// Makes text safe inside a Markdown table cell.
+/// Makes text of the sweep file (configs, claims) safe inside a Markdown table cell; text a
+/// worker chose goes through [`md_text`] instead.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }

@@ -113,7 +113,10 @@ fn channel(url: &str, args: &AgentArgs) -> anyhow::Result<Channel> {
         }
         (true, None) => anyhow::bail!("{url} is https: give the CA certificate that signed the coordinator's (--tls-ca FILE or {TLS_CA_ENV})"),
         (false, Some(_)) if args.tls_ca.is_some() => anyhow::bail!("--tls-ca needs an https:// coordinator URL (got {url})"),
-        (false, _) => endpoint,
+        // A CA given for a cleartext URL: the token would cross the network in clear when the
+        // user meant it not to.
+        (false, Some(_)) => anyhow::bail!("{TLS_CA_ENV} is set but the coordinator URL {url} is http://: use its https:// URL (or unset {TLS_CA_ENV})"),
+        (false, None) => endpoint,
     };
     Ok(endpoint.connect_lazy())
 }
@@ -203,6 +206,8 @@ fn register_request(args: &AgentArgs, place: &Placement) -> pb::RegisterRequest 
         version: env!("CARGO_PKG_VERSION").into(),
         gpu_devices: place.gpus.iter().map(|g| pb::GpuInfo { index: g.index, name: g.name.clone(), memory_bytes: g.memory_bytes }).collect(),
         device: place.label.clone(),
+        // One trial at a time.
+        slots: 1,
     }
 }
 
@@ -309,7 +314,7 @@ async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement) -> 
         };
         match reply.reply {
             Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args, place.ordinal).await?,
-            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.0, 30.0))).await,
+            Some(lease_reply::Reply::WaitSeconds(s)) => tokio::time::sleep(seconds(s, 0.0, 30.0)).await,
             Some(lease_reply::Reply::Done(_)) | None => return Ok(()),
         }
     }
@@ -340,7 +345,7 @@ async fn run_lease(client: &Client, id: &str, lease: pb::Lease, args: &AgentArgs
             let _ = tx.send(out);
         });
     }
-    let beat = Duration::from_secs_f64(lease.heartbeat_seconds.clamp(0.02, 30.0));
+    let beat = seconds(lease.heartbeat_seconds, 0.02, 30.0);
     let outcome = loop {
         tokio::select! {
             r = &mut rx => break r.unwrap_or_else(|_| Err("trial thread panicked".into())),
@@ -382,21 +387,86 @@ async fn run_lease(client: &Client, id: &str, lease: pb::Lease, args: &AgentArgs
         }
     }
     report.lease_next = true;
-    let reply = retry_status(args, "report", || {
-        let mut c = client.clone();
-        let r = report.clone();
-        async move { c.report(r).await }
-    })
-    .await?;
-    match reply {
-        Ok(r) => Ok(r.into_inner().next),
-        // The coordinator will never take this report (e.g. it no longer knows the attempt):
-        // drop it and ask for more work.
-        Err(s) => {
-            eprintln!("worker: report of attempt {} refused, dropped: {}", lease.attempt_id, s.message());
-            Ok(None)
+    deliver(client, report, args).await
+}
+
+/// A coordinator's answer as a wait: `secs` clamped to [lo, hi], NaN as `lo`.
+fn seconds(secs: f64, lo: f64, hi: f64) -> Duration {
+    Duration::from_secs_f64(if secs.is_nan() { lo } else { secs.clamp(lo, hi) })
+}
+
+/// Refusals of a report that may go away (`INTERNAL`, `ABORTED`: a coordinator's storage
+/// failing) are retried this many times; `UNAVAILABLE` and lost connections are retried for
+/// `--max-unreachable` seconds.
+const REPORT_RETRIES: u32 = 8;
+
+/// Delivers a finished report and returns the next lease that came back with it. Kept and
+/// sent again while the coordinator cannot take it for now (bounded, with backoff); a report
+/// refused as too large or malformed is replaced by a FAILED one that says why (the attempt
+/// ends with the reason instead of expiring); any other refusal (e.g. the attempt is no
+/// longer known) drops it.
+async fn deliver(client: &Client, mut report: pb::ReportRequest, args: &AgentArgs) -> anyhow::Result<Option<pb::LeaseReply>> {
+    let mut tries = 0;
+    let mut wait = Duration::from_millis(200);
+    let mut replaced = false;
+    loop {
+        let reply = retry_status(args, "report", || {
+            let mut c = client.clone();
+            let r = report.clone();
+            async move { c.report(r).await }
+        })
+        .await?;
+        match reply {
+            Ok(r) => return Ok(r.into_inner().next),
+            Err(s) if matches!(s.code(), tonic::Code::Internal | tonic::Code::Aborted) && tries < REPORT_RETRIES => {
+                tries += 1;
+                eprintln!("worker: report of attempt {} not taken ({}); sending it again in {:.1}s", report.attempt_id, s.message(), wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) && !replaced => {
+                replaced = true;
+                eprintln!("worker: report of attempt {} refused ({}); reporting the attempt as failed with the reason", report.attempt_id, s.message());
+                report = refused_report(&report, s.message());
+            }
+            Err(s) => {
+                eprintln!("worker: report of attempt {} refused, dropped: {}", report.attempt_id, s.message());
+                return Ok(None);
+            }
         }
     }
+}
+
+/// A FAILED report of `report`'s attempt saying why the coordinator refused it.
+fn refused_report(report: &pb::ReportRequest, why: &str) -> pb::ReportRequest {
+    pb::ReportRequest {
+        worker_id: report.worker_id.clone(),
+        attempt_id: report.attempt_id,
+        trial_hash: report.trial_hash.clone(),
+        status: status_to_wire(Status::Failed),
+        metrics_json: "{}".into(),
+        curve_json: "[]".into(),
+        wall_seconds: report.wall_seconds,
+        error: truncate(&format!("the coordinator refused the report: {why}"), MAX_ERROR_BYTES),
+        lease_next: report.lease_next,
+        device: report.device.clone(),
+        ..Default::default()
+    }
+}
+
+/// The coordinator's limit on a report's error text, in bytes.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// `s` cut to at most `max` bytes (on a character boundary).
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// The first 12 characters of a trial hash, for logs.
@@ -451,7 +521,7 @@ fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>,
     match outcome {
         Err(e) => {
             r.status = status_to_wire(Status::Failed);
-            r.error = e;
+            r.error = truncate(&e, MAX_ERROR_BYTES);
         }
         Ok(o) => {
             r.status = status_to_wire(o.status.into());

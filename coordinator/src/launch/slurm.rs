@@ -39,10 +39,12 @@ pub struct SlurmOptions {
     pub cpus: Option<u32>,
     /// Jobs (workers) to submit when `--workers` is not given.
     pub workers: Option<usize>,
-    /// Extra `sbatch` arguments, e.g. `["--account=ml", "--qos=short"]`.
+    /// Extra `sbatch` arguments, e.g. `["--account=ml", "--qos=short"]`; none that names a file
+    /// or runs a command (`crate::launch_checks::check_sbatch_args`).
     #[serde(default)]
     pub sbatch_args: Vec<String>,
-    /// Job log file (`--output`); default `<out>/slurm/%x-%j.out`.
+    /// Job log file name (`--output`) under `<out>/slurm/`, one path component with Slurm's
+    /// patterns (e.g. `%x-%j.log`); default `%x-%j.out`.
     pub output: Option<String>,
     /// The worker executable on the compute nodes (default: the local one's path).
     pub worker_bin: Option<PathBuf>,
@@ -118,7 +120,7 @@ impl SlurmLauncher {
     fn sbatch_args(&self, name: &str, out: &Path) -> Vec<String> {
         let o = &self.opts;
         let mut a = vec!["--parsable".to_string(), format!("--job-name=scoresweep-{name}"), "--export=ALL".to_string()];
-        a.push(format!("--output={}", o.output.clone().unwrap_or_else(|| out.join("slurm").join("%x-%j.out").to_string_lossy().into_owned())));
+        a.push(format!("--output={}", out.join("slurm").join(o.output.as_deref().unwrap_or("%x-%j.out")).display()));
         if let Some(p) = &o.partition {
             a.push(format!("--partition={p}"));
         }
@@ -225,6 +227,7 @@ fn exited(name: &str, id: &str, state: &str, code: Option<&str>) -> Exited {
 
 impl Launcher for SlurmLauncher {
     fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
+        crate::launch_checks::check_sbatch_args(&config.slurm.sbatch_args).map_err(|m| LaunchError::Command { what: "--slurm-arg".into(), message: m })?;
         for tool in ["sbatch", "squeue", "scancel", "scontrol"] {
             if super::find_in_path(tool).is_none() {
                 return Err(LaunchError::ToolMissing { tool: tool.to_string(), launcher: "slurm" });
