@@ -10,6 +10,12 @@
 //! `RESOURCE_EXHAUSTED` and leaves nothing behind; the attempt and its later report are not
 //! affected. `.partial` is cleared when a run starts and ends, after [`Artifacts::recover`].
 //!
+//! Disk is bounded per attempt and per run: an attempt uploads at most [`MAX_FILES_PER_ATTEMPT`]
+//! files, at most [`ATTEMPT_BUDGET_FILES`] × the per-file limit in all, [`MAX_ACTIVE_UPLOADS`]
+//! at a time, and no upload starts or goes on while the output's file system has less than
+//! [`DEFAULT_MIN_FREE_BYTES`] free. An attempt's partial files go as soon as it ends (reported,
+//! cancelled, expired), and an ended attempt uploads nothing more.
+//!
 //! Durability: a complete upload is written to disk (`fsync` of the file and its directory)
 //! before the report that names it can commit its row, and the move into place is made durable
 //! too. A crash between the commit and the move leaves the file in `.partial/<attempt>/`, and
@@ -29,6 +35,15 @@ use crate::state::Artifact;
 /// Default of `--max-artifact-bytes`: 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
+/// Most files one attempt may upload.
+pub const MAX_FILES_PER_ATTEMPT: usize = 32;
+/// An attempt may upload this many times `--max-artifact-bytes` in all.
+pub const ATTEMPT_BUDGET_FILES: u64 = 4;
+/// Uploads of one attempt at the same time.
+pub const MAX_ACTIVE_UPLOADS: usize = 2;
+/// Free space the output's file system keeps: uploads are refused below it (1 GiB).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
+
 /// Longest artifact name, in bytes (UTF-8): the temporary file `.<name>.<n>.tmp` must stay
 /// within the 255 bytes a file name may have on Linux file systems.
 pub const MAX_NAME_BYTES: usize = 200;
@@ -42,6 +57,8 @@ pub enum UploadError {
     TooLarge { name: String, size: String, limit: u64 },
     #[error("artifact `{name}`: {message}")]
     Malformed { name: String, message: String },
+    #[error("artifact `{name}`: {why}")]
+    Budget { name: String, why: String },
     #[error("artifact `{name}`: {source}")]
     Io {
         name: String,
@@ -91,6 +108,19 @@ pub struct Artifacts {
     uploads: Mutex<HashMap<u64, BTreeMap<String, Artifact>>>,
     /// Makes temporary file names unique.
     seq: AtomicU64,
+    /// What each attempt has used: files begun, bytes received, uploads active.
+    used: Mutex<HashMap<u64, Used>>,
+    /// Attempts that have ended: they upload nothing more.
+    ended: Mutex<std::collections::HashSet<u64>>,
+    /// Free bytes the output's file system keeps (see [`DEFAULT_MIN_FREE_BYTES`]).
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Used {
+    files: usize,
+    bytes: u64,
+    active: usize,
 }
 
 /// An upload in progress: a temporary file removed on drop unless finished.
@@ -109,7 +139,15 @@ pub struct Upload<'a> {
 impl Artifacts {
     /// Artifacts under `<out>/artifacts`, each at most `max_bytes`.
     pub fn new(out: &Path, max_bytes: u64) -> Artifacts {
-        Artifacts { root: out.join("artifacts"), max_bytes, uploads: Mutex::new(HashMap::new()), seq: AtomicU64::new(0) }
+        Artifacts {
+            root: out.join("artifacts"),
+            max_bytes,
+            uploads: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            used: Mutex::new(HashMap::new()),
+            ended: Mutex::new(std::collections::HashSet::new()),
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
     }
 
     fn partial_dir(&self, attempt: u64) -> PathBuf {
@@ -139,11 +177,38 @@ impl Artifacts {
         if total_bytes > self.max_bytes {
             return Err(self.too_large(name, total_bytes.to_string()));
         }
+        self.check_free(name)?;
+        {
+            let budget = |why: String| Err(UploadError::Budget { name: name.to_string(), why });
+            if self.ended.lock().unwrap_or_else(|p| p.into_inner()).contains(&attempt) {
+                return budget(format!("attempt {attempt} has ended"));
+            }
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            let u = used.entry(attempt).or_default();
+            let limit = self.max_bytes.saturating_mul(ATTEMPT_BUDGET_FILES);
+            if u.files >= MAX_FILES_PER_ATTEMPT {
+                return budget(format!("attempt {attempt} has uploaded {MAX_FILES_PER_ATTEMPT} files, the most one attempt may"));
+            }
+            if u.active >= MAX_ACTIVE_UPLOADS {
+                return budget(format!("attempt {attempt} has {MAX_ACTIVE_UPLOADS} uploads going on, the most at a time"));
+            }
+            if u.bytes.saturating_add(total_bytes) > limit {
+                return budget(format!("attempt {attempt} would upload more than {limit} bytes in all ({ATTEMPT_BUDGET_FILES} × --max-artifact-bytes)"));
+            }
+            u.files += 1;
+            u.active += 1;
+        }
         let dir = self.partial_dir(attempt);
         let io = |source| UploadError::Io { name: name.to_string(), source };
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
         let tmp = dir.join(format!(".{name}.{}.tmp", self.seq.fetch_add(1, Ordering::Relaxed)));
-        let file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let file = match tokio::fs::File::create(&tmp).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.release(attempt, 0);
+                return Err(io(e));
+            }
+        };
         Ok(Upload {
             store: self,
             attempt,
@@ -212,14 +277,56 @@ impl Artifacts {
         (moved, lost)
     }
 
-    /// Drops `attempt`'s partial files (its report was not recorded with a result).
+    /// Refused while the output's file system has less than [`Artifacts::min_free_bytes`]
+    /// free (a run-wide floor: uploads never fill the disk the state database is on).
+    fn check_free(&self, name: &str) -> Result<(), UploadError> {
+        match free_bytes(self.root.parent().unwrap_or(&self.root)) {
+            Some(free) if free < self.min_free_bytes => {
+                Err(UploadError::Budget { name: name.to_string(), why: format!("the output's file system has {free} bytes free, less than the {} it keeps", self.min_free_bytes) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An upload of `attempt` is over (`bytes` more received than counted so far).
+    fn release(&self, attempt: u64, bytes: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = used.get_mut(&attempt) {
+            u.active = u.active.saturating_sub(1);
+            u.bytes = u.bytes.saturating_add(bytes);
+        }
+    }
+
+    /// Drops `attempt`'s partial files (its report was not recorded with a result, or it
+    /// ended); it uploads nothing more.
     pub fn discard(&self, attempt: u64) {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).insert(attempt);
         let had = self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt).is_some();
         let dir = self.partial_dir(attempt);
         if had || dir.exists() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Free bytes for an unprivileged user on the file system of `path` (None if unknown).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer of the right type; statvfs writes
+    // it in full when it returns 0, and only then is it read.
+    let st = unsafe {
+        if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Makes a directory's entries (a rename into it) durable.
@@ -237,6 +344,10 @@ impl Upload<'_> {
         let received = self.received + data.len() as u64;
         if received > self.store.max_bytes {
             return Err(self.store.too_large(&self.name, format!("at least {received}")));
+        }
+        // The floor is checked again every 64 MiB.
+        if received >> 26 != self.received >> 26 {
+            self.store.check_free(&self.name)?;
         }
         let file = self.file.as_mut().expect("an open upload");
         file.write_all(data).await.map_err(|source| UploadError::Io { name: self.name.clone(), source })?;
@@ -261,6 +372,9 @@ impl Upload<'_> {
         // On disk before its report can commit the row that names it.
         file.sync_all().await.map_err(io(&self.name))?;
         drop(file);
+        if self.store.ended.lock().unwrap_or_else(|p| p.into_inner()).contains(&self.attempt) {
+            return Err(UploadError::Budget { name: self.name.clone(), why: format!("attempt {} ended during the upload", self.attempt) });
+        }
         let dir = self.store.partial_dir(self.attempt);
         let dest = dir.join(&self.name);
         tokio::fs::rename(&self.tmp, &dest).await.map_err(io(&self.name))?;
@@ -275,6 +389,7 @@ impl Upload<'_> {
 
 impl Drop for Upload<'_> {
     fn drop(&mut self) {
+        self.store.release(self.attempt, self.received);
         if !self.tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.tmp);
         }
@@ -300,6 +415,48 @@ mod tests {
         a.clear_partial();
         assert_eq!(std::fs::read(a.path("h1", "model.bin")).unwrap(), b"weights");
         assert_eq!(a.recover(&recorded[..1]), (0, vec![]), "already in place");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    /// Issue 20, item 8: per-attempt file count and byte budget, at most two uploads at a
+    /// time, a run-wide free-space floor, and nothing more once the attempt has ended.
+    #[test]
+    fn uploads_are_bounded_per_attempt_and_by_free_space() {
+        let out = std::env::temp_dir().join(format!("scoresweep-artifacts-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let a = Artifacts::new(&out, 10);
+            let budget = |r: Result<Upload<'_>, UploadError>| matches!(r, Err(UploadError::Budget { .. }));
+            // Four full files fill the budget of 4 × 10 bytes; a fifth is refused.
+            for i in 0..4 {
+                let mut u = a.begin(1, &format!("f{i}"), "x", 10).await.unwrap();
+                u.write(&[0u8; 10]).await.unwrap();
+                u.finish().await.unwrap();
+            }
+            assert!(budget(a.begin(1, "f4", "x", 1).await), "over the attempt's bytes");
+            // Empty files: 32 per attempt.
+            for i in 0..MAX_FILES_PER_ATTEMPT {
+                a.begin(2, &format!("e{i}"), "x", 0).await.unwrap().finish().await.unwrap();
+            }
+            assert!(budget(a.begin(2, "one-more", "x", 0).await), "over the attempt's file count");
+            // Two at a time.
+            let (u1, u2) = (a.begin(3, "a", "x", 1).await.unwrap(), a.begin(3, "b", "x", 1).await.unwrap());
+            assert!(budget(a.begin(3, "c", "x", 1).await), "a third at once");
+            drop((u1, u2));
+            let mut u3 = a.begin(3, "c", "x", 1).await.expect("one ended: room again");
+            u3.write(b"z").await.unwrap();
+            // The attempt ends during an upload: it cannot finish, and nothing new starts.
+            a.discard(3);
+            assert!(budget(u3.finish().await.map(|_| unreachable!())), "finished after the attempt ended");
+            assert!(budget(a.begin(3, "d", "x", 1).await));
+            assert!(!a.partial_dir(3).exists(), "no partial file re-created");
+            // The free-space floor.
+            let mut b = Artifacts::new(&out, 10);
+            b.min_free_bytes = u64::MAX;
+            let err = b.begin(9, "m", "x", 1).await.err().expect("refused").to_string();
+            assert!(err.contains("free"), "{err}");
+        });
         let _ = std::fs::remove_dir_all(&out);
     }
 

@@ -58,6 +58,12 @@ pub struct Shared {
     pub artifacts: Artifacts,
 }
 
+/// Longest an upload may go without a chunk.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// Concurrent calls (HTTP/2 streams) one connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// Longest a Lease call is held while nothing is queued (the worker then calls again).
 const LONG_POLL: Duration = Duration::from_secs(5);
 
@@ -267,7 +273,7 @@ fn refused(r: Refusal) -> Status {
 /// The gRPC status of a refused upload.
 fn upload_status(e: UploadError) -> Status {
     match e {
-        UploadError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        UploadError::TooLarge { .. } | UploadError::Budget { .. } => Status::resource_exhausted(e.to_string()),
         UploadError::BadName(..) | UploadError::Malformed { .. } => Status::invalid_argument(e.to_string()),
         UploadError::Io { .. } => Status::internal(e.to_string()),
     }
@@ -400,7 +406,9 @@ impl SweepRpc for Service {
         }
         let mut upload = self.0.artifacts.begin(attempt, &first.name, &first.media_type, first.total_bytes).await.map_err(upload_status)?;
         upload.write(&first.data).await.map_err(upload_status)?;
-        while let Some(chunk) = chunks.message().await? {
+        // An upload that stops sending is dropped (its file removed) after UPLOAD_IDLE.
+        let idle = |name: &str| Status::deadline_exceeded(format!("artifact `{name}`: no data for {} s", UPLOAD_IDLE.as_secs()));
+        while let Some(chunk) = tokio::time::timeout(UPLOAD_IDLE, chunks.message()).await.map_err(|_| idle(&first.name))?? {
             if chunk.attempt_id != attempt || chunk.worker_id != worker {
                 return Err(Status::invalid_argument(format!("artifact `{}`: a chunk of another attempt or worker in the stream of attempt {attempt}", first.name)));
             }
@@ -438,7 +446,12 @@ pub async fn serve_secured(
 ) -> Result<(), tonic::transport::Error> {
     let svc = SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Headers are bounded too (a call carries a few hundred bytes of them).
-    let mut builder = tonic::transport::Server::builder().http2_max_header_list_size(MAX_HEADER_BYTES);
+    // Streams per connection are bounded, and dead connections found by keep-alive pings.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(t) = tls {
         builder = builder.tls_config(t.config())?;
     }
@@ -453,12 +466,20 @@ pub async fn serve_secured(
     }
 }
 
-/// Accepted connections with Nagle's algorithm off (small request/reply messages).
+/// Accepted connections with Nagle's algorithm off (small request/reply messages). A failed
+/// accept (out of file descriptors, say) waits 100 ms instead of being retried at once, so the
+/// accept loop does not spin while the process is at its descriptor limit.
 pub fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok(s)
-    })
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .then(|s| async move {
+            match s.and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    None
+                }
+            }
+        })
+        .filter_map(|s| s.map(Ok))
 }

@@ -559,6 +559,85 @@ mod tests {
         assert_eq!(format!("{e:#}"), "--device cuda:0: cannot use cuda:0: built without the `cuda` feature");
     }
 
+    /// A coordinator whose Report answers each status of `script` in turn (then accepts),
+    /// recording every report it sees.
+    struct Flaky {
+        script: Mutex<Vec<tonic::Code>>,
+        seen: Arc<Mutex<Vec<pb::ReportRequest>>>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::sweep_server::Sweep for Flaky {
+        async fn register(&self, _: tonic::Request<pb::RegisterRequest>) -> Result<tonic::Response<pb::RegisterReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn lease(&self, _: tonic::Request<pb::LeaseRequest>) -> Result<tonic::Response<pb::LeaseReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn heartbeat(&self, _: tonic::Request<pb::HeartbeatRequest>) -> Result<tonic::Response<pb::HeartbeatReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn report(&self, req: tonic::Request<pb::ReportRequest>) -> Result<tonic::Response<pb::ReportReply>, tonic::Status> {
+            self.seen.lock().unwrap().push(req.into_inner());
+            let mut script = self.script.lock().unwrap();
+            if script.is_empty() {
+                return Ok(tonic::Response::new(pb::ReportReply { recorded: true, ..Default::default() }));
+            }
+            Err(tonic::Status::new(script.remove(0), "scripted refusal"))
+        }
+        async fn cancel(&self, _: tonic::Request<pb::CancelRequest>) -> Result<tonic::Response<pb::CancelReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn upload_artifact(&self, _: tonic::Request<tonic::Streaming<pb::ArtifactChunk>>) -> Result<tonic::Response<pb::ArtifactReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+    }
+
+    /// Delivers a done report to a coordinator that answers `script` first; returns the
+    /// reports it saw.
+    fn deliver_against(script: Vec<tonic::Code>) -> Vec<pb::ReportRequest> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let flaky = Flaky { script: Mutex::new(script), seen: seen.clone() };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // A free port (the client retries until the server listens).
+            let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let url = format!("http://{addr}");
+            let server = tokio::spawn(tonic::transport::Server::builder().add_service(pb::sweep_server::SweepServer::new(flaky)).serve(addr));
+            let args = AgentArgs { max_unreachable: 30.0, ..Default::default() };
+            let client = SweepClient::with_interceptor(channel(&url, &args).unwrap(), Token(None));
+            let report = pb::ReportRequest {
+                worker_id: "w#1.00".into(),
+                attempt_id: 3,
+                trial_hash: "h".into(),
+                status: status_to_wire(Status::Done),
+                metrics_json: r#"{"fd": 0.5}"#.into(),
+                ..Default::default()
+            };
+            deliver(&client, report, &args).await.unwrap();
+            server.abort();
+        });
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    /// Issue 20, item 2: a finished report is kept and sent again while the coordinator's
+    /// storage fails for a while (INTERNAL from an older coordinator, UNAVAILABLE from this
+    /// one), and a report refused as over a limit becomes a FAILED one that says why.
+    #[test]
+    fn a_finished_report_survives_transient_refusals() {
+        use tonic::Code::*;
+        let seen = deliver_against(vec![Internal, Unavailable, Internal]);
+        assert_eq!(seen.len(), 4, "three refusals, then taken");
+        assert!(seen.iter().all(|r| r.status == status_to_wire(Status::Done) && r.metrics_json.contains("fd")), "the same report each time");
+        let seen = deliver_against(vec![ResourceExhausted]);
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[1].status, seen[1].attempt_id), (status_to_wire(Status::Failed), 3));
+        assert!(seen[1].error.contains("refused the report") && seen[1].error.contains("scripted refusal"), "{}", seen[1].error);
+        // A refusal that will not change drops it (no endless loop).
+        assert_eq!(deliver_against(vec![PermissionDenied]).len(), 1);
+    }
+
     /// The registration lists the GPU the worker uses, with its count.
     #[test]
     fn a_gpu_placement_is_advertised() {
