@@ -1,7 +1,7 @@
 //! Checks of what a sweep file (or a command line) hands to the cluster launchers and to the
 //! file system, so that a sweep file cannot run commands or write files outside the run: ssh
 //! arguments from an allow-list (no `ProxyCommand`, `LocalCommand` or other `-o` option that
-//! executes, no `-F` configuration file, no extra host), sbatch arguments without the options
+//! executes, no `-F` configuration file in a sweep file, no extra host), sbatch arguments without the options
 //! that name files or run commands (`--output`, `--error`, `--input`, `--chdir`, `--wrap`, …),
 //! and names that become part of a path as one plain path component.
 
@@ -60,9 +60,10 @@ const SSH_O_OPTIONS: [&str; 40] = [
 /// options `-c -i -J -l -m -p` with a value, and `-o Key=Value` for the keys of
 /// [`SSH_O_OPTIONS`]. Anything else is refused, naming it: options that run commands
 /// (`ProxyCommand`, `LocalCommand`, `PermitLocalCommand`, `KnownHostsCommand`, `Match exec`),
-/// a configuration file (`-F`, `Include`), forwardings, and a word that is no option (ssh
-/// would take it as the host).
-pub fn check_ssh_args(args: &[String]) -> Result<(), String> {
+/// a configuration file (`-F`, `Include`) in a sweep file, forwardings, and a word that is no
+/// option (ssh would take it as the host). `-F FILE` is allowed on the command line
+/// (`sweep_file` false: the user names their own configuration), never in a sweep file.
+pub fn check_ssh_args(args: &[String], sweep_file: bool) -> Result<(), String> {
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -74,7 +75,8 @@ pub fn check_ssh_args(args: &[String]) -> Result<(), String> {
         let (Some('-'), Some(opt)) = (chars.next(), chars.next()) else {
             return Err(format!("ssh argument `{a}` is not an option (ssh would take it for the host)"));
         };
-        if !SSH_VALUE_OPTIONS.contains(&opt) {
+        let config_file = opt == 'F' && !sweep_file;
+        if !SSH_VALUE_OPTIONS.contains(&opt) && !config_file {
             return Err(format!(
                 "ssh option `{a}` is not allowed (allowed: {} {}, and -o with one of {})",
                 SSH_FLAGS.join(" "),
@@ -179,7 +181,7 @@ mod tests {
             &["-p2222", "-oBatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-J", "bastion", "-4", "-q"],
             &["-o", "UserKnownHostsFile /tmp/known", "-l", "me", "-o", "proxyjump=gw"],
         ] {
-            assert_eq!(check_ssh_args(&v(ok)), Ok(()), "{ok:?}");
+            assert_eq!(check_ssh_args(&v(ok), true), Ok(()), "{ok:?}");
         }
         for (bad, says) in [
             (&["-oProxyCommand=sh -c 'touch /tmp/pwned'"][..], "ProxyCommand"),
@@ -194,9 +196,12 @@ mod tests {
             (&["-J", "-oProxyCommand=x"], "starts with `-`"),
             (&["-p"], "needs a value"),
         ] {
-            let err = check_ssh_args(&v(bad)).expect_err(&format!("{bad:?} refused"));
+            let err = check_ssh_args(&v(bad), true).expect_err(&format!("{bad:?} refused"));
             assert!(err.contains(says), "{bad:?}: {err}");
         }
+        // On the command line the user may name their own ssh configuration; nothing else opens.
+        assert_eq!(check_ssh_args(&v(&["-F", "/home/me/.ssh/cluster", "-p", "22"]), false), Ok(()));
+        assert!(check_ssh_args(&v(&["-F", "c", "-oProxyCommand=x"]), false).is_err());
     }
 
     #[test]

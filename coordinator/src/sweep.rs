@@ -215,7 +215,7 @@ impl Sweep {
         }
         if let Some(ssh) = &raw.launcher.ssh {
             crate::launch::ssh::parse_hosts(&ssh.hosts).map_err(|m| invalid(&["launcher", "ssh", "hosts"], "launcher.ssh.hosts", m, None))?;
-            crate::launch_checks::check_ssh_args(&ssh.ssh_args).map_err(|m| invalid(&["launcher", "ssh", "ssh_args"], "launcher.ssh.ssh_args", m, None))?;
+            crate::launch_checks::check_ssh_args(&ssh.ssh_args, true).map_err(|m| invalid(&["launcher", "ssh", "ssh_args"], "launcher.ssh.ssh_args", m, None))?;
         }
         if let Some(slurm) = &raw.launcher.slurm {
             crate::launch_checks::check_sbatch_args(&slurm.sbatch_args).map_err(|m| invalid(&["launcher", "slurm", "sbatch_args"], "launcher.slurm.sbatch_args", m, None))?;

@@ -38,7 +38,7 @@ pub struct SshOptions {
     pub hosts: Vec<String>,
     /// Extra `ssh` arguments, e.g. `["-p", "2222", "-i", "~/.ssh/sweep"]`, from an allow-list
     /// (`crate::launch_checks::check_ssh_args`: nothing that runs a command or reads another
-    /// configuration; host settings go in `~/.ssh/config`).
+    /// configuration; host settings go in `~/.ssh/config`, or `--ssh-arg=-F FILE`).
     #[serde(default)]
     pub ssh_args: Vec<String>,
     /// The worker executable on the hosts (default: the local one's path).
@@ -197,7 +197,9 @@ impl SshLauncher {
 impl Launcher for SshLauncher {
     fn new(config: &LaunchConfig) -> Result<Self, LaunchError> {
         let hosts = parse_hosts(&config.ssh.hosts).map_err(|m| LaunchError::Command { what: "--ssh-hosts".into(), message: m })?;
-        crate::launch_checks::check_ssh_args(&config.ssh.ssh_args).map_err(|m| LaunchError::Command { what: "--ssh-arg".into(), message: m })?;
+        // The sweep file's part was checked strictly when it was read; `-F` may come from
+        // --ssh-arg.
+        crate::launch_checks::check_ssh_args(&config.ssh.ssh_args, false).map_err(|m| LaunchError::Command { what: "--ssh-arg".into(), message: m })?;
         if hosts.is_empty() {
             return Err(LaunchError::NoHostsGiven);
         }
