@@ -126,13 +126,14 @@ fn a_killed_local_worker_is_respawned_and_the_run_finishes() {
 }
 
 /// SIGTERM (what `scancel`, `qdel` and `kill` send) makes a worker give its running attempt back
-/// (`Cancel`): the trial is queued again at once, long before its 60 s lease would expire, and
-/// the attempt is not counted as a try.
+/// (`Cancel`): the trial is queued again at once, long before its 60 s lease would expire. The
+/// attempt counts as a try (a worker-initiated cancel always does: otherwise lease → cancel
+/// would hold a trial for ever), so one retry lets it finish.
 #[test]
 fn a_worker_stopped_with_sigterm_gives_its_attempt_back() {
     let dir = tmp("sigterm");
     let sweep = dir.join("sleep.toml");
-    std::fs::write(&sweep, "timeout = 120\nretries = 0\nrepeats = 2\n[base]\nseed = 0\n[base.sleep]\nseconds = 2.0\n").unwrap();
+    std::fs::write(&sweep, "timeout = 120\nretries = 1\nrepeats = 2\n[base]\nseed = 0\n[base.sleep]\nseconds = 2.0\n").unwrap();
     let out = dir.join("out");
     let child = Command::new(bin("coordinator"))
         .arg("run")
@@ -155,11 +156,10 @@ fn a_worker_stopped_with_sigterm_gives_its_attempt_back() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("stopped by SIGTERM; attempt 1 of trial") && stderr.contains("given back"), "{stderr}");
-    // With retries = 0 a counted attempt would have failed the trial: both are done, and the
-    // trial given back was run again.
+    // Both are done; the trial given back was run again, its cancelled attempt counted.
     assert_eq!(count(&out, "SELECT COUNT(*) FROM trials WHERE status = 'done'"), 2, "{stderr}");
     assert_eq!(count(&out, "SELECT COUNT(*) FROM attempts"), 3);
-    assert_eq!(count(&out, "SELECT MAX(attempts) FROM trials"), 1, "the attempt given back is not counted");
+    assert_eq!(count(&out, "SELECT MAX(attempts) FROM trials"), 2, "the attempt given back counts as a try");
 }
 
 #[test]

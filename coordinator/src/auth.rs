@@ -19,7 +19,13 @@ pub const TOKEN_FILE: &str = "token";
 
 /// 256 random bits from the OS, as 64 hex digits.
 pub fn new_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
+    random_hex(32)
+}
+
+/// `n` random bytes from the OS's random source (`/dev/urandom`), as 2n hex digits: run tokens
+/// and the secret part of worker ids.
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

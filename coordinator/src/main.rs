@@ -9,6 +9,7 @@ use coordinator::artifacts::DEFAULT_MAX_BYTES;
 use coordinator::launch;
 use coordinator::run::{RunOptions, db_path, run};
 use coordinator::sweep::Sweep;
+use results::escape::terminal;
 
 #[derive(Parser)]
 #[command(name = "coordinator", version, about = "scoresweep: run score-matching experiment sweeps")]
@@ -42,7 +43,7 @@ enum Command {
         #[arg(long)]
         retry_failed: bool,
         /// Seconds a lease lives without a heartbeat.
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, default_value_t = 30.0, value_parser = coordinator::limits::parse_lease_secs)]
         lease_secs: f64,
         /// How workers are started: `local` (processes on this machine), `slurm` (one sbatch
         /// job each), `ssh` (on the hosts of --ssh-hosts), `pbs` (one qsub job each).
@@ -88,7 +89,7 @@ enum Command {
         tls: TlsArgs,
         #[arg(long)]
         retry_failed: bool,
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, default_value_t = 30.0, value_parser = coordinator::limits::parse_lease_secs)]
         lease_secs: f64,
         /// Largest artifact (e.g. model file) a trial may upload, in bytes.
         #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
@@ -524,7 +525,13 @@ fn status_text(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<(String
         writeln!(o, "workers ({}):", state.workers.len())?;
         for w in &state.workers {
             let n = by_worker.get(w.name.as_str()).copied().unwrap_or(0);
-            writeln!(o, "  {} on {}, {} core(s): {n} result(s)", w.name, if w.device.is_empty() { "an unrecorded device" } else { &w.device }, w.cores)?;
+            writeln!(
+                o,
+                "  {} on {}, {} core(s): {n} result(s)",
+                terminal(&w.name),
+                if w.device.is_empty() { "an unrecorded device".to_string() } else { terminal(&w.device) },
+                w.cores
+            )?;
         }
     }
     for (hash, worker, device) in &running {
@@ -532,14 +539,14 @@ fn status_text(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<(String
             o,
             "running: trial {} on {} ({})",
             &hash[..hash.len().min(10)],
-            results::state::worker_display(worker),
-            if device.is_empty() { "device not recorded" } else { device }
+            terminal(&results::state::worker_display(worker)),
+            if device.is_empty() { "device not recorded".to_string() } else { terminal(device) }
         )?;
     }
     if per_trial {
         for t in state.in_sweep() {
             let (worker, device) = t.result.as_ref().map(|r| (r.worker.as_str(), r.device.as_str())).unwrap_or(("", ""));
-            let on = if worker.is_empty() { String::new() } else { format!(" by {worker} on {}", if device.is_empty() { "?" } else { device }) };
+            let on = if worker.is_empty() { String::new() } else { format!(" by {} on {}", terminal(worker), if device.is_empty() { "?".to_string() } else { terminal(device) }) };
             writeln!(o, "  {} #{:<4} {:<9}{on}", t.short_hash(), t.idx, t.status.as_str())?;
         }
     }

@@ -44,6 +44,19 @@ pub struct RunOptions {
 /// How long stopping waits for workers to exit on their own before killing them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Moves recorded artifacts left in `.partial` into place ([`Artifacts::recover`]), saying what
+/// was moved and what is lost.
+fn recover_artifacts(artifacts: &Artifacts, recorded: &[(String, String, u64)]) {
+    let (moved, lost) = artifacts.recover(recorded);
+    if moved > 0 {
+        eprintln!("coordinator: moved {moved} recorded artifact(s) left in artifacts/.partial into place");
+    }
+    if !lost.is_empty() {
+        let more = if lost.len() > 5 { format!(" and {} more", lost.len() - 5) } else { String::new() };
+        eprintln!("warning: {} recorded artifact(s) have no file: {}{more}", lost.len(), lost[..lost.len().min(5)].join(", "));
+    }
+}
+
 pub fn db_path(out: &Path) -> PathBuf {
     out.join("state.db")
 }
@@ -52,6 +65,7 @@ pub fn db_path(out: &Path) -> PathBuf {
 /// workers join from elsewhere); the sweep is validated, and the launcher built, before
 /// anything is written.
 pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launcher>>) -> anyhow::Result<results::Summary> {
+    crate::limits::check_lease_secs(opts.lease_secs).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&opts.out).with_context(|| format!("failed to create {}", opts.out.display()))?;
     let mut state = State::open(&db_path(&opts.out), sweep.retries + 1, sweep.timeout).context("failed to open the state database")?;
     let sync = state.sync(&sweep, opts.retry_failed).context("failed to record the sweep")?;
@@ -74,7 +88,9 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         }
     }
     let artifacts = Artifacts::new(&opts.out, opts.max_artifact_bytes);
-    // Partial uploads of an earlier run can no longer be reported.
+    // Recorded artifacts an earlier run did not get to move into place (a crash after the
+    // commit) are moved now; the other partial uploads can no longer be reported.
+    recover_artifacts(&artifacts, &state.recorded_artifacts().context("failed to read the recorded artifacts")?);
     artifacts.clear_partial();
     let shared = Shared::new(state, &sweep.trials, opts.lease_secs, artifacts);
 
@@ -88,6 +104,12 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             if let Some(w) = warning.filter(|_| launcher.is_some()) {
                 eprintln!("warning: {w}");
             }
+        }
+        // Said whether quiet or not: the run's token crosses the network in clear.
+        if let Some(w) = crate::tls::cleartext_warning(addr, opts.tls.is_some()) {
+            eprintln!("{w}");
+        }
+        if !opts.quiet {
             eprintln!("serving on {url}");
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -122,8 +144,14 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tick.tick().await;
-                    if shared.store.call(|st| st.expire()).await.is_ok_and(|n| n > 0) {
-                        shared.touched();
+                    // An expired attempt's uploads can no longer be reported: drop them now.
+                    if let Ok(expired) = shared.store.call(|st| st.expire()).await {
+                        if !expired.is_empty() {
+                            shared.touched();
+                        }
+                        for attempt in expired {
+                            shared.artifacts.discard(attempt);
+                        }
                     }
                 }
             })
@@ -170,10 +198,18 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         loop {
             let _ = tokio::time::timeout(Duration::from_millis(250), changed.changed()).await;
             changed.borrow_and_update();
-            let c = shared.store.call(|st| st.counts()).await?;
+            // A transient storage error (busy, full disk) skips a round; the run goes on.
+            let (c, shortage) = match shared.store.call(|st| Ok((st.counts()?, st.gpu_shortage()?))).await {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => {
+                    bar.suspend(|| eprintln!("coordinator: {e}; retrying"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);
-            let shortage = shared.store.call(|st| st.gpu_shortage()).await?;
             let waiting = if shortage > 0 { format!(" — waiting: {shortage} trial(s) need a GPU (gpu = true) and no GPU worker is connected") } else { String::new() };
             bar.set_message(format!("done {} running {} failed {} queued {}{waiting}", c.done, c.running, c.failed, c.queued));
             if shortage > 0 && !warned_gpu && !opts.quiet {
@@ -238,7 +274,11 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         }
         anyhow::Ok(())
     })?;
+    let recorded = rt.block_on(shared.store.call(|st| st.recorded_artifacts()));
     shared.store.close();
+    if let Ok(recorded) = recorded {
+        recover_artifacts(&shared.artifacts, &recorded);
+    }
     shared.artifacts.clear_partial();
     drop(shared);
     let summary = results::write_all(&db_path(&opts.out), &opts.out).context("failed to write the results")?;

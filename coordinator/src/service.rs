@@ -8,6 +8,12 @@
 //! naming another trial than its attempt's (`FAILED_PRECONDITION`). A report that cannot be
 //! taken as sent (undecodable curve or samples, a `done` result without its trial's required
 //! metrics, …) is not refused but recorded as a failed attempt with the reason.
+//!
+//! Every field is bounded first ([`crate::limits`]: `RESOURCE_EXHAUSTED` over a limit,
+//! `INVALID_ARGUMENT` when malformed), and a report with more than
+//! [`crate::limits::PRECHECK_BYTES`] to parse is checked against its attempt's holder before
+//! any of it is parsed. A transient storage error (busy database, full disk, I/O) answers
+//! `UNAVAILABLE`, which workers retry: a finished result is never dropped for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,8 +28,9 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{Artifacts, UploadError};
+use crate::limits::{self, Exceeded, Invalid, Refused};
 use crate::state::{AttemptResult, Lease, LeaseOutcome, Refusal, Registration, Samples, State};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sweep::Trial;
 
 /// Largest message the server decodes (a Report with samples and curves; artifacts stream in
@@ -53,6 +60,12 @@ pub struct Shared {
     /// lease, a report, a cancel, an expiry, a respawn): the dashboard's live feed.
     pub activity: tokio::sync::watch::Sender<u64>,
 }
+
+/// Longest an upload may go without a chunk.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// Concurrent calls (HTTP/2 streams) one connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// Longest a Lease call is held while nothing is queued (the worker then calls again).
 const LONG_POLL: Duration = Duration::from_secs(5);
@@ -85,7 +98,7 @@ impl Shared {
     }
 
     async fn with_state<T: Send + 'static>(&self, f: impl Fn(&mut State) -> rusqlite::Result<T> + Send + 'static) -> Result<T, Status> {
-        self.store.call(f).await.map_err(|e| Status::internal(e.to_string()))
+        self.store.call(f).await.map_err(store_status)
     }
 
     /// As [`Shared::with_state`] for a request that may be refused.
@@ -137,43 +150,111 @@ impl Shared {
 #[derive(Clone)]
 pub struct Service(pub Arc<Shared>);
 
-/// The domain form of a report. A report that cannot be taken as sent (a status other than
-/// DONE, DIVERGED, CANCELLED or FAILED, a curve or samples that do not decode) becomes a
-/// malformed one, recorded as FAILED with the reason.
-fn to_domain(r: &mut pb::ReportRequest) -> AttemptResult {
+/// The domain form of a report (its sizes checked by [`check_report`]). A report that cannot
+/// be taken as sent (a status other than DONE, DIVERGED, CANCELLED or FAILED, a curve or
+/// samples that do not decode) becomes a malformed one, recorded as FAILED with the reason;
+/// metrics or a curve over the limits of [`crate::limits`] are refused. The curve is parsed
+/// one row at a time, each row kept as its JSON text.
+fn to_domain(r: &mut pb::ReportRequest) -> Result<AttemptResult, Exceeded> {
     let status = match sweep_proto::status_from_wire(r.status) {
         Ok(s @ (TrialStatus::Done | TrialStatus::Diverged | TrialStatus::Cancelled | TrialStatus::Failed)) => s,
-        Ok(s) => return AttemptResult::malformed(&format!("status {s}; {}", r.error), r.wall_seconds),
-        Err(e) => return AttemptResult::malformed(&format!("{e}; {}", r.error), r.wall_seconds),
+        Ok(s) => return Ok(AttemptResult::malformed(&format!("status {s}; {}", r.error), r.wall_seconds)),
+        Err(e) => return Ok(AttemptResult::malformed(&format!("{e}; {}", r.error), r.wall_seconds)),
     };
-    let curve: Vec<serde_json::Value> = match serde_json::from_str(&r.curve_json) {
-        Ok(c) => c,
-        Err(e) => return AttemptResult::malformed(&format!("curve_json: {e}"), r.wall_seconds),
+    // Over a limit: refused. Malformed: [`AttemptResult::check`] says how.
+    let _ = limits::metrics(&r.metrics_json)?;
+    let curve_rows = match limits::curve_rows(&r.curve_json)? {
+        Ok(rows) => rows,
+        Err(e) => return Ok(AttemptResult::malformed(&e, r.wall_seconds)),
     };
     let samples = match samples(r.samples.take(), r.data.take()) {
         Ok(s) => s,
-        Err(e) => return AttemptResult::malformed(&e, r.wall_seconds),
+        Err(e) => return Ok(AttemptResult::malformed(&e, r.wall_seconds)),
     };
-    AttemptResult {
+    Ok(AttemptResult {
         status,
         diverged_step: r.diverged_step,
         metrics_json: std::mem::take(&mut r.metrics_json),
-        curve_rows: curve.iter().map(|v| v.to_string()).collect(),
+        curve_rows,
         samples,
         wall_seconds: r.wall_seconds,
         error: std::mem::take(&mut r.error),
         artifacts: Vec::new(),
         device: std::mem::take(&mut r.device),
+    })
+}
+
+/// The sizes of a report's fields, before anything in it is parsed or looked up.
+fn check_report(r: &pb::ReportRequest) -> Result<(), Exceeded> {
+    limits::text("worker_id", &r.worker_id, limits::MAX_ID_BYTES)?;
+    limits::text("trial_hash", &r.trial_hash, limits::MAX_ID_BYTES)?;
+    limits::text("metrics_json", &r.metrics_json, limits::MAX_METRICS_JSON_BYTES)?;
+    limits::text("curve_json", &r.curve_json, limits::MAX_CURVE_JSON_BYTES)?;
+    limits::text("error", &r.error, limits::MAX_ERROR_BYTES)?;
+    limits::text("device", &r.device, limits::MAX_DEVICE_BYTES)?;
+    limits::at_most("artifacts", r.artifacts.len(), limits::MAX_REPORT_ARTIFACTS, "names")?;
+    for name in &r.artifacts {
+        limits::text("an artifact name", name, crate::artifacts::MAX_NAME_BYTES)?;
+    }
+    for (field, p) in [("samples", &r.samples), ("data", &r.data)] {
+        if let Some(p) = p.as_ref().filter(|p| p.dim > 0) {
+            limits::at_most(field, p.dim as usize, limits::MAX_DIM as usize, "dimensions")?;
+            limits::at_most(field, p.f32_le.len() / 4 / p.dim as usize, limits::MAX_POINTS, "points")?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of a report that parsing reads (see [`crate::limits::PRECHECK_BYTES`]).
+fn parsed_bytes(r: &pb::ReportRequest) -> usize {
+    let points = |p: &Option<pb::Points>| p.as_ref().map_or(0, |p| p.f32_le.len());
+    r.metrics_json.len() + r.curve_json.len() + points(&r.samples) + points(&r.data)
+}
+
+/// The sizes of a registration's fields, and its GPU count against its GPU list.
+fn check_registration(r: &pb::RegisterRequest) -> Result<(), Refused> {
+    limits::text("name", &r.name, limits::MAX_NAME_BYTES)?;
+    limits::text("version", &r.version, limits::MAX_VERSION_BYTES)?;
+    limits::text("device", &r.device, limits::MAX_DEVICE_BYTES)?;
+    limits::at_most("gpu_devices", r.gpu_devices.len(), limits::MAX_GPU_DEVICES, "entries")?;
+    for g in &r.gpu_devices {
+        limits::text("a GPU name", &g.name, limits::MAX_GPU_NAME_BYTES)?;
+    }
+    if r.gpus as usize != r.gpu_devices.len() {
+        return Err(Invalid(format!("gpus = {} but gpu_devices lists {}: the GPUs a worker offers are the ones it lists", r.gpus, r.gpu_devices.len())).into());
+    }
+    limits::at_most("slots", r.slots as usize, limits::MAX_SLOTS as usize, "attempts")?;
+    Ok(())
+}
+
+/// The domain form of a registration (checked by [`check_registration`]); its device for
+/// people: `cpu`, or the device label with the GPU's name and memory (`cuda:0 (NVIDIA H100
+/// 80GB HBM3, 79.2 GiB)`). Its GPUs are the ones it lists.
+fn registration(r: &pb::RegisterRequest) -> Registration {
+    let gpu_count = r.gpu_devices.len() as u32;
+    let label = if r.device.is_empty() { if gpu_count > 0 { "gpu".to_string() } else { "cpu".to_string() } } else { r.device.clone() };
+    let gpus: Vec<String> = r.gpu_devices.iter().map(|g| format!("{}, {:.1} GiB", g.name, g.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
+    let device = if gpus.is_empty() { label } else { format!("{label} ({})", gpus.join("; ")) };
+    Registration { name: r.name.clone(), cores: r.cores, gpus: gpu_count, version: r.version.clone(), device, slots: r.slots }
+}
+
+/// The gRPC status of a store error: `UNAVAILABLE` for a transient one (the worker retries
+/// the same request), `INTERNAL` otherwise.
+fn store_status(e: StoreError) -> Status {
+    if e.is_transient() { Status::unavailable(format!("{e} (transient: send the request again)")) } else { Status::internal(e.to_string()) }
+}
+
+/// The gRPC status of a request refused by [`crate::limits`].
+fn limit_status(e: impl Into<Refused>) -> Status {
+    match e.into() {
+        Refused::Exceeded(e) => Status::resource_exhausted(e.to_string()),
+        Refused::Invalid(e) => Status::invalid_argument(e.to_string()),
     }
 }
 
-/// The domain form of a registration; its device for people: `cpu`, or the device label with
-/// the GPU's name and memory (`cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB)`).
-fn registration(r: &pb::RegisterRequest) -> Registration {
-    let label = if r.device.is_empty() { if r.gpus > 0 { "gpu".to_string() } else { "cpu".to_string() } } else { r.device.clone() };
-    let gpus: Vec<String> = r.gpu_devices.iter().map(|g| format!("{}, {:.1} GiB", g.name, g.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
-    let device = if gpus.is_empty() { label } else { format!("{label} ({})", gpus.join("; ")) };
-    Registration { name: r.name.clone(), cores: r.cores, gpus: r.gpus, version: r.version.clone(), device }
+/// A worker id of a request, bounded.
+fn worker_id(id: &str) -> Result<(), Status> {
+    limits::text("worker_id", id, limits::MAX_ID_BYTES).map_err(limit_status)
 }
 
 /// Samples and data points as BLOBs of the same dimension; None when there are no samples.
@@ -197,13 +278,14 @@ fn refused(r: Refusal) -> Status {
         Refusal::UnknownWorker(_) | Refusal::UnknownAttempt(_) => Status::not_found(r.to_string()),
         Refusal::NotHolder { .. } => Status::permission_denied(r.to_string()),
         Refusal::WrongTrial { .. } => Status::failed_precondition(r.to_string()),
+        Refusal::TooManyWorkers { .. } => Status::resource_exhausted(r.to_string()),
     }
 }
 
 /// The gRPC status of a refused upload.
 fn upload_status(e: UploadError) -> Status {
     match e {
-        UploadError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        UploadError::TooLarge { .. } | UploadError::Budget { .. } => Status::resource_exhausted(e.to_string()),
         UploadError::BadName(..) | UploadError::Malformed { .. } => Status::invalid_argument(e.to_string()),
         UploadError::Io { .. } => Status::internal(e.to_string()),
     }
@@ -219,20 +301,23 @@ impl SweepRpc for Service {
                 r.protocol_version
             )));
         }
+        check_registration(&r).map_err(limit_status)?;
         let w = registration(&r);
-        let id = self.0.with_state(move |st| st.register(&w)).await?;
+        let id = self.0.checked(move |st| st.register(&w)).await?;
         self.0.touched();
         Ok(Response::new(pb::RegisterReply { worker_id: id }))
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
         let worker = req.into_inner().worker_id;
+        worker_id(&worker)?;
         let reply = self.0.lease_wait(&worker).await?;
         Ok(Response::new(pb::LeaseReply { reply: Some(reply) }))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
         let r = req.into_inner();
+        worker_id(&r.worker_id)?;
         let s = &self.0;
         let (secs, cancel_all) = (s.lease_secs, s.cancel_all.load(Ordering::Relaxed));
         let (cancel, deadline) = s.checked(move |st| st.heartbeat(&r.worker_id, r.attempt_id, secs, cancel_all)).await?;
@@ -242,9 +327,16 @@ impl SweepRpc for Service {
     async fn report(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
         let mut r = req.into_inner();
         let s = &self.0;
+        check_report(&r).map_err(limit_status)?;
+        // Who sends it, before parsing anything sizeable; checked again with the report,
+        // atomically.
+        if parsed_bytes(&r) > limits::PRECHECK_BYTES {
+            let (worker, attempt, hash) = (r.worker_id.clone(), r.attempt_id, r.trial_hash.clone());
+            s.checked(move |st| st.check_holder(&worker, attempt, &hash)).await?;
+        }
         // Checked against what its trial must produce (unknown for a trial no longer in the
-        // sweep); the binding to the worker is checked with the report, atomically.
-        let mut result = to_domain(&mut r).checked(s.required_metrics.get(&r.trial_hash).map(Vec::as_slice));
+        // sweep).
+        let mut result = to_domain(&mut r).map_err(limit_status)?.checked(s.required_metrics.get(&r.trial_hash).map(Vec::as_slice));
         let (kept, missing) = s.artifacts.lookup(r.attempt_id, &r.artifacts);
         result.artifacts = kept;
         let with_result = matches!(result.status, TrialStatus::Done | TrialStatus::Diverged);
@@ -269,7 +361,10 @@ impl SweepRpc for Service {
         let mut note = Vec::new();
         if recorded && with_result {
             if let Err(e) = s.artifacts.keep(attempt, &hash, &artifacts) {
-                eprintln!("coordinator: failed to move the artifacts of trial {hash} into place: {e}");
+                // Recorded and on disk in `.partial`: moved into place when the run ends or
+                // starts again (`Artifacts::recover`).
+                eprintln!("coordinator: failed to move the artifacts of trial {hash} into place: {e}; kept in artifacts/.partial until the run ends");
+                note.push(format!("artifacts recorded but not yet moved into place ({e}): moved when the run ends"));
             }
         } else {
             s.artifacts.discard(attempt);
@@ -296,6 +391,7 @@ impl SweepRpc for Service {
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
         let r = req.into_inner();
+        worker_id(&r.worker_id)?;
         let attempt = r.attempt_id;
         self.0.checked(move |st| st.cancel(&r.worker_id, attempt)).await?;
         self.0.touched();
@@ -308,7 +404,9 @@ impl SweepRpc for Service {
         let mut chunks = req.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty artifact stream: the first chunk names the artifact"))?;
         let (attempt, worker) = (first.attempt_id, first.worker_id.clone());
+        worker_id(&worker)?;
         crate::artifacts::check_name(&first.name).map_err(upload_status)?;
+        limits::text("media_type", &first.media_type, limits::MAX_NAME_BYTES).map_err(limit_status)?;
         let outcome = {
             let worker = worker.clone();
             self.0.with_state(move |st| st.attempt_of(&worker, attempt)).await?
@@ -323,7 +421,9 @@ impl SweepRpc for Service {
         }
         let mut upload = self.0.artifacts.begin(attempt, &first.name, &first.media_type, first.total_bytes).await.map_err(upload_status)?;
         upload.write(&first.data).await.map_err(upload_status)?;
-        while let Some(chunk) = chunks.message().await? {
+        // An upload that stops sending is dropped (its file removed) after UPLOAD_IDLE.
+        let idle = |name: &str| Status::deadline_exceeded(format!("artifact `{name}`: no data for {} s", UPLOAD_IDLE.as_secs()));
+        while let Some(chunk) = tokio::time::timeout(UPLOAD_IDLE, chunks.message()).await.map_err(|_| idle(&first.name))?? {
             if chunk.attempt_id != attempt || chunk.worker_id != worker {
                 return Err(Status::invalid_argument(format!("artifact `{}`: a chunk of another attempt or worker in the stream of attempt {attempt}", first.name)));
             }
@@ -361,7 +461,12 @@ pub async fn serve_secured(
 ) -> Result<(), tonic::transport::Error> {
     let svc = SweepServer::new(Service(shared)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Headers are bounded too (a call carries a few hundred bytes of them).
-    let mut builder = tonic::transport::Server::builder().http2_max_header_list_size(MAX_HEADER_BYTES);
+    // Streams per connection are bounded, and dead connections found by keep-alive pings.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(t) = tls {
         builder = builder.tls_config(t.config())?;
     }
@@ -376,12 +481,20 @@ pub async fn serve_secured(
     }
 }
 
-/// Accepted connections with Nagle's algorithm off (small request/reply messages).
+/// Accepted connections with Nagle's algorithm off (small request/reply messages). A failed
+/// accept (out of file descriptors, say) waits 100 ms instead of being retried at once, so the
+/// accept loop does not spin while the process is at its descriptor limit.
 pub fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok(s)
-    })
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .then(|s| async move {
+            match s.and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    None
+                }
+            }
+        })
+        .filter_map(|s| s.map(Ok))
 }

@@ -40,8 +40,16 @@ fn lit(s: Status) -> String {
 /// `trials_queued_by_gpu` index).
 static NEXT_QUEUED: LazyLock<String> =
     LazyLock::new(|| format!("SELECT id, hash FROM trials WHERE status = {} AND in_sweep = 1 AND gpu = ?1 ORDER BY idx LIMIT 1", lit(Status::Queued)));
+/// Running attempts of a worker (?1) (the `attempts_running_by_worker` index).
+static HELD_BY: LazyLock<String> = LazyLock::new(|| format!("SELECT COUNT(*) FROM attempts WHERE outcome = {} AND worker = ?1", lit(Status::Running)));
+/// Running attempts of a trial (?1) other than one (?2).
+static OTHERS_RUNNING: LazyLock<String> = LazyLock::new(|| format!("SELECT COUNT(*) FROM attempts WHERE outcome = {} AND trial_id = ?1 AND id != ?2", lit(Status::Running)));
 /// Running attempts past a deadline (uses the `attempts_running` index).
 static STALE_RUNNING: LazyLock<String> = LazyLock::new(|| format!("SELECT id, trial_id, leased_at FROM attempts WHERE outcome = {} AND deadline < ?1", lit(Status::Running)));
+
+/// The error text of a running attempt the coordinator has told to cancel (it is stopping):
+/// its cancellation does not count as an attempt.
+pub const CANCEL_ASKED: &str = "cancel asked by the coordinator";
 
 pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -162,6 +170,8 @@ pub enum Refusal {
     NotHolder { attempt: u64, worker: String },
     #[error("attempt {attempt} runs trial {holds}, not {claimed}")]
     WrongTrial { attempt: u64, holds: String, claimed: String },
+    #[error("{max} workers have registered in this run, the most one run takes (README: Limits)")]
+    TooManyWorkers { max: usize },
 }
 
 /// An attempt as the binding checks see it.
@@ -268,6 +278,8 @@ pub struct Registration {
     pub version: String,
     /// Where its trials run, for people: `cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB)`.
     pub device: String,
+    /// Attempts it may hold at once (0 counts as 1; at most [`crate::limits::MAX_SLOTS`]).
+    pub slots: u32,
 }
 
 impl State {
@@ -285,6 +297,12 @@ impl State {
         };
         setup().map_err(|source| LayoutError::Sql { path: path.to_path_buf(), source })?;
         Ok(State { conn, max_attempts, timeout, woke: false })
+    }
+
+    /// How long a statement waits for another writer's lock before failing with SQLITE_BUSY
+    /// (10 s by default; a transient error, see [`crate::store::StoreError::is_transient`]).
+    pub fn set_busy_timeout(&self, wait: std::time::Duration) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(wait)
     }
 
     /// Runs `sql` through the prepared-statement cache (the hot paths run the same few
@@ -381,16 +399,27 @@ impl State {
     // makes it all-or-nothing. Callers outside the store wrap them in `atomic` too.
 
     /// Registers a worker and returns its id: `<name>#<n>.<random>`, unique in this database
-    /// and not guessable (the id is what binds a worker to its attempts).
-    pub fn register(&mut self, w: &Registration) -> rusqlite::Result<String> {
+    /// and not guessable (the id is what binds a worker to its attempts; its secret part is 64
+    /// bits from the OS's random source). Refused once
+    /// [`crate::limits::MAX_REGISTRATIONS_PER_RUN`] workers have registered since the run
+    /// started.
+    pub fn register(&mut self, w: &Registration) -> rusqlite::Result<Result<String, Refusal>> {
+        let max = crate::limits::MAX_REGISTRATIONS_PER_RUN;
+        let since: f64 = self.conn.prepare_cached("SELECT COALESCE(MAX(updated_at), 0) FROM sweep")?.query_row([], |r| r.get(0))?;
+        let this_run: i64 = self.conn.prepare_cached("SELECT COUNT(*) FROM workers WHERE registered_at >= ?1")?.query_row(params![since], |r| r.get(0))?;
+        if this_run as usize >= max {
+            return Ok(Err(Refusal::TooManyWorkers { max }));
+        }
         let n: i64 = self.conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM workers")?.query_row([], |r| r.get(0))?;
-        let id = format!("{}#{n}.{}", w.name, random_hex());
+        let secret = crate::auth::random_hex(8).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let id = format!("{}#{n}.{secret}", w.name);
+        let slots = w.slots.clamp(1, crate::limits::MAX_SLOTS);
         Self::exec(
             &self.conn,
-            "INSERT INTO workers(seq, id, name, registered_at, cores, gpus, version, device) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![n, id, w.name, now(), w.cores, w.gpus, w.version, w.device],
+            "INSERT INTO workers(seq, id, name, registered_at, cores, gpus, version, device, slots) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![n, id, w.name, now(), w.cores, w.gpus.min(crate::limits::MAX_GPU_DEVICES as u32), w.version, w.device, slots],
         )?;
-        Ok(id)
+        Ok(Ok(id))
     }
 
     /// Whether `worker` was issued by [`State::register`].
@@ -414,17 +443,30 @@ impl State {
         })
     }
 
+    /// Whether `worker` holds `attempt` and it runs trial `hash`, refused as [`State::report`]
+    /// refuses (nothing changes either way).
+    pub fn check_holder(&self, worker: &str, attempt: u64, hash: &str) -> rusqlite::Result<Result<(), Refusal>> {
+        Ok(match self.held(worker, attempt)? {
+            Ok(a) if a.hash != hash => Err(Refusal::WrongTrial { attempt, holds: a.hash, claimed: hash.to_string() }),
+            Ok(_) => Ok(()),
+            Err(refused) => Err(refused),
+        })
+    }
+
     /// How an attempt of `worker` stands (Running while it may still report), or why the
     /// worker may not ask.
     pub fn attempt_of(&self, worker: &str, attempt: u64) -> rusqlite::Result<Result<Status, Refusal>> {
         Ok(self.held(worker, attempt)?.map(|a| a.outcome))
     }
 
-    /// What a registered worker offers (its cores and GPU count as it registered them).
+    /// What a registered worker offers (its cores and GPU count as it registered them; the
+    /// count bounded by [`crate::limits::MAX_GPU_DEVICES`] whatever a row of an older database
+    /// says).
     pub fn offer(&self, worker: &str) -> rusqlite::Result<crate::resources::Offer> {
         let row: Option<(u32, u32)> =
             self.conn.prepare_cached("SELECT cores, gpus FROM workers WHERE id = ?1")?.query_row(params![worker], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         let (cores, gpus) = row.unwrap_or((0, 0));
+        let gpus = gpus.min(crate::limits::MAX_GPU_DEVICES as u32);
         let gpus = (0..gpus).map(|i| crate::resources::Gpu { index: i, name: String::new(), memory_bytes: u64::MAX }).collect();
         Ok(crate::resources::Offer { cores, gpus })
     }
@@ -475,13 +517,18 @@ impl State {
     /// A lease of a registered `worker` as from [`State::lease`]; with nothing it can run
     /// queued, [`LeaseOutcome::Wait`] while attempts run or trials it cannot run wait for
     /// another worker (a CPU worker while GPU trials are queued: a GPU worker may still
-    /// join), and [`LeaseOutcome::Done`] once nothing is queued or running.
+    /// join), and [`LeaseOutcome::Done`] once nothing is queued or running. A worker that
+    /// already holds as many running attempts as it registered slots (one by default) gets
+    /// [`LeaseOutcome::Wait`]: no worker id can hoard the queue.
     pub fn next_lease(&mut self, worker: &str, lease_secs: f64) -> rusqlite::Result<Result<LeaseOutcome, Refusal>> {
-        if !self.is_registered(worker)? {
+        let Some(slots) = self.conn.prepare_cached("SELECT slots FROM workers WHERE id = ?1")?.query_row(params![worker], |r| r.get::<_, i64>(0)).optional()? else {
             return Ok(Err(Refusal::UnknownWorker(worker.to_string())));
-        }
+        };
+        let held: i64 = self.conn.prepare_cached(&HELD_BY)?.query_row(params![worker], |r| r.get(0))?;
+        let full = held >= slots.max(1);
         let offer = self.offer(worker)?;
-        Ok(Ok(match self.lease(worker, &offer, lease_secs)? {
+        let leased = if full { None } else { self.lease(worker, &offer, lease_secs)? };
+        Ok(Ok(match leased {
             Some(l) => LeaseOutcome::Leased(l),
             None => match self.counts()? {
                 c if c.queued == 0 && c.running == 0 => LeaseOutcome::Done,
@@ -507,21 +554,34 @@ impl State {
             return Ok(Ok((true, t)));
         }
         let deadline = (t + lease_secs).min(a.leased_at + self.timeout);
-        Self::exec(&self.conn, "UPDATE attempts SET deadline = ?2 WHERE id = ?1", params![attempt as i64, deadline])?;
+        // A cancel the coordinator asks for (it is stopping) does not count as an attempt.
+        let error: Option<&str> = cancel_all.then_some(CANCEL_ASKED);
+        Self::exec(&self.conn, "UPDATE attempts SET deadline = ?2, error = COALESCE(?3, error) WHERE id = ?1", params![attempt as i64, deadline, error])?;
         Ok(Ok((cancel_all, deadline)))
     }
 
-    /// Closes a running attempt with `outcome` (Failed, Timeout, Expired or Cancelled) and
-    /// re-queues its trial while attempts remain; a cancelled attempt does not count.
+    /// Closes an attempt with `outcome` (Failed, Timeout, Expired or Cancelled). Only an
+    /// attempt that still holds its trial (it was running, and no other attempt of the trial
+    /// runs) changes the trial: re-queued while attempts remain, else finished as failed (or
+    /// timed out). The report of an attempt that no longer holds its trial (its lease expired
+    /// and the trial went back to the queue, maybe to another worker) closes only that attempt.
+    /// A cancel counts as an attempt (lease, cancel, lease again would otherwise hold a trial
+    /// for ever) unless the coordinator asked for it while stopping ([`CANCEL_ASKED`]).
     fn close_attempt(&mut self, attempt: u64, trial: i64, outcome: Status, error: &str) -> rusqlite::Result<()> {
         let t = now();
         self.woke = true;
         let tx = &self.conn;
         let (queued, running) = (Status::Queued.as_str(), Status::Running.as_str());
+        let (was, asked): (String, Option<String>) =
+            tx.prepare_cached("SELECT outcome, error FROM attempts WHERE id = ?1")?.query_row(params![attempt as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Self::exec(tx, "UPDATE attempts SET outcome = ?2, finished_at = ?3, error = ?4 WHERE id = ?1", params![attempt as i64, outcome.as_str(), t, error])?;
+        let others: i64 = tx.prepare_cached(&OTHERS_RUNNING)?.query_row(params![trial, attempt as i64], |r| r.get(0))?;
+        if was != running || others > 0 {
+            return Ok(());
+        }
         let attempts: i64 = tx.prepare_cached("SELECT attempts FROM trials WHERE id = ?1")?.query_row(params![trial], |r| r.get(0))?;
         let final_status = if outcome == Status::Timeout { Status::Timeout } else { Status::Failed };
-        if outcome == Status::Cancelled {
+        if outcome == Status::Cancelled && asked.as_deref() == Some(CANCEL_ASKED) {
             Self::exec(tx, "UPDATE trials SET status = ?2, attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND status = ?3", params![trial, queued, running])?;
         } else if attempts < self.max_attempts as i64 {
             Self::exec(tx, "UPDATE trials SET status = ?2 WHERE id = ?1 AND status = ?3", params![trial, queued, running])?;
@@ -531,8 +591,8 @@ impl State {
         Ok(())
     }
 
-    /// Expires running attempts past their deadline; returns how many.
-    pub fn expire(&mut self) -> rusqlite::Result<usize> {
+    /// Expires running attempts past their deadline; returns their ids.
+    pub fn expire(&mut self) -> rusqlite::Result<Vec<u64>> {
         let t = now();
         let stale: Vec<(u64, i64, f64)> = {
             let mut st = self.conn.prepare_cached(&STALE_RUNNING)?;
@@ -544,7 +604,7 @@ impl State {
             let (outcome, why) = if timed_out { (Status::Timeout, "trial timeout exceeded") } else { (Status::Expired, "lease expired without a heartbeat") };
             self.close_attempt(*id, *trial, outcome, why)?;
         }
-        Ok(stale.len())
+        Ok(stale.into_iter().map(|(id, _, _)| id).collect())
     }
 
     /// Records the result of an attempt of `worker` exactly once. Refused (nothing changes)
@@ -619,6 +679,14 @@ impl State {
         Ok(self.report(worker, attempt, &hash, &AttemptResult::cancelled())?.map(drop))
     }
 
+    /// Every recorded artifact as (trial hash, name, the attempt whose result recorded it),
+    /// for [`crate::artifacts::Artifacts::recover`].
+    pub fn recorded_artifacts(&self) -> rusqlite::Result<Vec<(String, String, u64)>> {
+        let mut st = self.conn.prepare("SELECT a.trial_hash, a.name, r.attempt_id FROM artifacts a JOIN results r ON r.trial_id = a.trial_id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        rows.collect()
+    }
+
     /// Records a run-level event (`events` table), e.g. `respawn` with what died.
     pub fn note(&mut self, kind: &str, detail: &str) -> rusqlite::Result<()> {
         Self::exec(&self.conn, "INSERT INTO events(at, kind, detail) VALUES (?1, ?2, ?3)", params![now(), kind, detail]).map(drop)
@@ -646,14 +714,6 @@ impl State {
         }
         Ok(c)
     }
-}
-
-/// 64 random bits as hex (std's hasher keys are seeded from the OS's random source).
-fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    format!("{:016x}", h.finish())
 }
 
 /// A status text of the database; an unknown one is a conversion error (the database was

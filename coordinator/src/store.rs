@@ -29,18 +29,41 @@ use crate::state::State;
 pub enum StoreError {
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("state database commit failed: {0}")]
-    Commit(String),
+    #[error("state database commit failed: {message}")]
+    Commit { message: String, transient: bool },
     #[error("state store is closed")]
     Closed,
 }
+
+impl StoreError {
+    /// Whether the same request may succeed later: the database was busy or locked, the disk
+    /// full, an I/O or memory error, or the store closing (a restarted coordinator answers).
+    /// The gRPC adapter answers these with a retryable status, so that a worker keeps a
+    /// finished report and sends it again instead of dropping it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sql(e) => transient(e),
+            StoreError::Commit { transient, .. } => *transient,
+            StoreError::Closed => true,
+        }
+    }
+}
+
+/// Whether an SQLite error may go away by itself (see [`StoreError::is_transient`]).
+pub fn transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | OutOfMemory | CannotOpen))
+}
+
+/// A failed commit: its message, and whether it was transient.
+type CommitError = (String, bool);
 
 /// A queued request: run (possibly twice, see the module docs), then answer.
 trait Request: Send {
     /// Runs against the state; false if it failed (its answer is then the error).
     fn run(&mut self, st: &mut State) -> bool;
     /// Hands over the answer once the commit outcome is known (None: committed).
-    fn deliver(self: Box<Self>, commit_error: Option<String>);
+    fn deliver(self: Box<Self>, commit_error: Option<CommitError>);
 }
 
 struct Req<F, T> {
@@ -56,9 +79,9 @@ impl<F: Fn(&mut State) -> rusqlite::Result<T> + Send, T: Send> Request for Req<F
         self.answer = Some(r);
         ok
     }
-    fn deliver(self: Box<Self>, commit_error: Option<String>) {
+    fn deliver(self: Box<Self>, commit_error: Option<CommitError>) {
         let answer = match (commit_error, self.answer) {
-            (Some(e), _) => Err(StoreError::Commit(e)),
+            (Some((message, transient)), _) => Err(StoreError::Commit { message, transient }),
             (None, Some(r)) => r.map_err(StoreError::from),
             (None, None) => Err(StoreError::Closed),
         };
@@ -213,7 +236,7 @@ impl Inner {
         let Some(state) = guard.as_mut() else {
             drop(guard);
             for j in jobs {
-                j.deliver(Some("state store is closed".into()));
+                j.deliver(Some(("state store is closed".into(), true)));
             }
             return true;
         };
@@ -239,7 +262,7 @@ impl Inner {
 
 /// Runs a batch as one transaction; on a failed request, rolls it all back and runs each
 /// request as its own transaction. Returns the commit error that voids every answer, if any.
-fn run_batch(state: &mut State, jobs: &mut [Job]) -> Option<String> {
+fn run_batch(state: &mut State, jobs: &mut [Job]) -> Option<CommitError> {
     if state.begin().is_ok() {
         if jobs.iter_mut().all(|j| j.run(state)) {
             match state.commit() {
@@ -247,7 +270,7 @@ fn run_batch(state: &mut State, jobs: &mut [Job]) -> Option<String> {
                 Err(e) => {
                     state.rollback();
                     state.woke = false;
-                    return Some(e.to_string());
+                    return Some((e.to_string(), transient(&e)));
                 }
             }
         }

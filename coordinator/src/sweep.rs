@@ -213,6 +213,9 @@ impl Sweep {
                 invalid(&segs, &segs.join("."), e.message, None)
             })?;
         }
+        if let Some(n) = &raw.name {
+            crate::launch_checks::check_path_component("the sweep name", n).map_err(|m| invalid(&["name"], "name", m, None))?;
+        }
         if raw.repeats.is_some() && raw.seeds.is_some() {
             return Err(invalid(&["seeds"], "seeds", "give either repeats or seeds, not both".into(), None));
         }

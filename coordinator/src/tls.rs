@@ -76,6 +76,18 @@ impl ServerTls {
     }
 }
 
+/// The warning a run without TLS prints when it listens beyond loopback: the token (and every
+/// result) crosses the network in clear. None with TLS or on a loopback address.
+pub fn cleartext_warning(bound: std::net::SocketAddr, tls: bool) -> Option<String> {
+    (!tls && !bound.ip().is_loopback()).then(|| {
+        format!(
+            "WARNING: serving without TLS on {bound}: the run's token and results cross the network in clear, and anyone who sees the token can \
+             lease, report and upload. Give --tls-cert/--tls-key (README, \"TLS\": one openssl command makes a self-signed certificate), \
+             or listen on 127.0.0.1 only."
+        )
+    })
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -271,7 +271,8 @@ fn a_panicking_request_does_not_stall_the_store() {
 fn lease_outcomes_and_a_diverged_trial_counts_as_unusable_everywhere() {
     let dir = tmpdir("classes");
     let (mut st, _) = setup(&dir, 2, 0);
-    let w = st.atomic(|st| st.register(&Registration { name: "w".into(), cores: 1, version: "test".into(), ..Default::default() })).unwrap();
+    // Two slots: it holds both trials at once.
+    let w = st.atomic(|st| st.register(&Registration { name: "w".into(), cores: 1, version: "test".into(), slots: 2, ..Default::default() })).unwrap().unwrap();
     let lease = |st: &mut State| match st.atomic(|st| st.next_lease(&w, 60.0)).unwrap().unwrap() {
         LeaseOutcome::Leased(l) => l,
         other => panic!("expected a lease, got {other:?}"),
@@ -330,11 +331,12 @@ fn gpu_trials_go_only_to_gpu_workers() {
         assert_eq!(needs, [sweep_gpu, sweep_gpu, !sweep_gpu, !sweep_gpu], "the variant's `gpu` is not a trial key: {:?}", sweep.trials[2].flat);
         let mut st = State::open(&dir.join("state.db"), 1, sweep.timeout).unwrap();
         st.sync(&sweep, false).unwrap();
-        let reg = |name: &str, gpus: u32| Registration { name: name.into(), cores: 16, gpus, version: "test".into(), device: "test".into() };
-        let cpu = st.atomic(|st| st.register(&reg("cpu", 0))).unwrap();
+        // Four slots each: a worker holds what it leases here (nothing is reported).
+        let reg = |name: &str, gpus: u32| Registration { name: name.into(), cores: 16, gpus, version: "test".into(), device: "test".into(), slots: 4 };
+        let cpu = st.atomic(|st| st.register(&reg("cpu", 0))).unwrap().unwrap();
         let mut gpu = None;
         for (i, &(who, want, shortage)) in steps.iter().enumerate() {
-            let worker = if who == "cpu" { cpu.clone() } else { gpu.get_or_insert_with(|| st.atomic(|st| st.register(&reg("gpu", 1))).unwrap()).clone() };
+            let worker = if who == "cpu" { cpu.clone() } else { gpu.get_or_insert_with(|| st.atomic(|st| st.register(&reg("gpu", 1))).unwrap().unwrap()).clone() };
             let got = match st.atomic(|st| st.next_lease(&worker, 60.0)).unwrap().unwrap() {
                 LeaseOutcome::Leased(l) => {
                     if sweep.trials.iter().find(|t| t.hash == l.hash).unwrap().gpu {

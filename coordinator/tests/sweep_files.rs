@@ -81,6 +81,27 @@ fn bad_sweeps_are_refused_with_file_line_column_and_key() {
             vec!["sweep.toml:6:11:", "key `launcher.lsf`", "unknown launcher `lsf` (known: local, slurm, ssh, pbs)"],
         ),
         ("a bad pbs walltime", format!("{BASE}[launcher.pbs]\nwalltime = \"2h\"\n"), vec!["sweep.toml:7:1:", "key `launcher.pbs.walltime`", "not a PBS walltime"]),
+        // A sweep file must not run commands nor write outside its run (issue 20, item 13).
+        (
+            "an ssh ProxyCommand",
+            format!("{BASE}[launcher.ssh]\nhosts = [\"a\"]\nssh_args = [\"-oProxyCommand=touch /tmp/pwned\"]\n"),
+            vec!["sweep.toml:8:1:", "key `launcher.ssh.ssh_args`", "ProxyCommand", "not allowed"],
+        ),
+        (
+            "an sbatch --output",
+            format!("{BASE}[launcher.slurm]\nsbatch_args = [\"--output=/any/file\"]\n"),
+            vec!["sweep.toml:7:1:", "key `launcher.slurm.sbatch_args`", "--output"],
+        ),
+        ("a slurm output path", format!("{BASE}[launcher.slurm]\noutput = \"/etc/x\"\n"), vec!["sweep.toml:7:1:", "key `launcher.slurm.output`", "path separator"]),
+        ("a name with ..", BASE.replace("name = \"t\"", "name = \"../../etc\""), vec!["sweep.toml:1:1:", "key `name`", "one plain file name"]),
+        // Sizes each within limits whose product is not (issue 20, item 15): 10⁷ points of
+        // dimension 4096 are 164 GB of f32.
+        (
+            "a trial that cannot fit in memory",
+            format!("{train}[base.train]\nsteps = 10\n[base.sampler]\nkind = \"none\"\n[grid]\n\"data.preset\" = [\"iso\"]\n\"data.dim\" = [4096]\n\"eval.n\" = [10000000]\n"),
+            vec!["sweep.toml:", "key `eval.n`", "GB", "more than the 64 GiB a trial may use"],
+        ),
+        ("a name that is ..", BASE.replace("name = \"t\"", "name = \"..\""), vec!["sweep.toml:1:1:", "key `name`", "`.` or `..`"]),
     ];
     for (case, src, want) in &cases {
         check_refused(case, src, want);

@@ -6,8 +6,8 @@
 //! Tables are keyed by the trial's integer id (rowid, assigned in sweep order) rather than its
 //! hash: trials are leased and finished roughly in id order, so results, curves and attempt
 //! rows are appended to the same few B-tree pages instead of scattered over random ones — a
-//! commit writes a handful of pages. The two indexes are partial: they hold only what the hot
-//! queries look for (queued trials by sweep order, running attempts by deadline), so finishing
+//! commit writes a handful of pages. The indexes are partial: they hold only what the hot
+//! queries look for (queued trials by sweep order, running attempts by deadline and worker), so finishing
 //! an attempt removes entries and adds none. Readers use the named `trial_hash` columns, which
 //! every table keeps.
 //!
@@ -16,7 +16,7 @@
 //! dimension beside them ([`f32_le`], [`points`]). Artifacts are files under
 //! `<out>/artifacts/<trial_hash>/<name>`, one `artifacts` row each.
 //!
-//! Two tables ([`SCHEMA_SQL`]) and three columns ([`ADDED_COLUMNS`]) were added to layout 3
+//! Two tables ([`SCHEMA_SQL`]) and four columns ([`ADDED_COLUMNS`]) were added to layout 3
 //! without changing its number, because they only add: a
 //! database written before them gets them (empty) when the coordinator opens it, and readers
 //! treat a missing one as empty. `workers`: the worker ids the coordinator issued (attempts
@@ -50,15 +50,21 @@ CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, kind
 /// sweep's or its variant's `gpu = true`). `attempts.device`: the device that ran the attempt
 /// (`cpu`, `cuda:0`), as its worker reported it. `workers.device`: the device a worker
 /// registered (its trials run there), with the GPU's name and memory when it has one.
-pub const ADDED_COLUMNS: [(&str, &str, &str); 3] =
-    [("trials", "gpu", "INTEGER NOT NULL DEFAULT 0"), ("attempts", "device", "TEXT"), ("workers", "device", "TEXT NOT NULL DEFAULT ''")];
+/// `workers.slots`: how many attempts the worker may hold at once (as it registered).
+pub const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("trials", "gpu", "INTEGER NOT NULL DEFAULT 0"),
+    ("attempts", "device", "TEXT"),
+    ("workers", "device", "TEXT NOT NULL DEFAULT ''"),
+    ("workers", "slots", "INTEGER NOT NULL DEFAULT 1"),
+];
 
 /// The indexes (created after [`ADDED_COLUMNS`]): queued trials by GPU need and sweep order,
-/// running attempts by deadline.
+/// running attempts by deadline and by worker (how many a worker holds).
 pub const INDEX_SQL: &str = "
 DROP INDEX IF EXISTS trials_queued;
 CREATE INDEX IF NOT EXISTS trials_queued_by_gpu ON trials(in_sweep, gpu, idx) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS attempts_running ON attempts(deadline) WHERE outcome = 'running';
+CREATE INDEX IF NOT EXISTS attempts_running_by_worker ON attempts(worker) WHERE outcome = 'running';
 ";
 
 /// Whether `table` has `column`.

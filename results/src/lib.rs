@@ -15,10 +15,11 @@
 //! Modules: [`layout`] defines the database (shared with the coordinator), [`state`] reads it,
 //! [`table`] builds the frames, [`claims`] checks the
 //! claims, [`plots`] draws, [`report`] writes the Markdown, [`optuna`] writes the run as an
-//! Optuna journal.
+//! Optuna journal, [`escape`] makes worker text safe for each of them.
 
 pub mod claims;
 mod error;
+pub mod escape;
 pub mod layout;
 pub mod optuna;
 pub mod plots;

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::claims::{ClaimRow, TOLERANCES, fmt_num};
+use crate::escape::{link_target, md_text};
 use crate::plots::Plot;
 use crate::state::{Artifact, State, Trial};
 use schema::image::IMAGE_PRESETS;
@@ -287,7 +288,9 @@ fn artifacts_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "| hash | name | bytes | path | sha256 |\n|---|---|---|---|---|");
     for t in with {
         for a in &t.artifacts {
-            let _ = writeln!(md, "| `{}` | {} | {} | [`{}`]({}) | `{}` |", t.short_hash(), cell(&a.name), a.bytes, a.rel_path, a.rel_path, a.sha256);
+            // The name is the worker's: shown as plain text, linked percent-encoded.
+            let _ =
+                writeln!(md, "| `{}` | {} | {} | [{}]({}) | `{}` |", t.short_hash(), md_text(&a.name), a.bytes, md_text(&a.rel_path), link_target(&a.rel_path), md_text(&a.sha256));
         }
     }
     md.push('\n');
@@ -316,7 +319,7 @@ fn sample_grids_section(md: &mut String, state: &State) {
         let _ = writeln!(md, "**`{}`** {}\n", t.short_hash(), label.join(", "));
         let grids: Vec<&Artifact> = t.artifacts.iter().filter(|a| is_image(a)).collect();
         for a in &grids {
-            let _ = writeln!(md, "![{} of {}]({})\n", a.name, t.short_hash(), a.rel_path);
+            let _ = writeln!(md, "![{} of {}]({})\n", md_text(&a.name), t.short_hash(), link_target(&a.rel_path));
         }
         if grids.is_empty() {
             let why = if !t.status.is_success() {
@@ -376,7 +379,7 @@ fn workers_section(md: &mut String, state: &State) {
     }
     let _ = writeln!(md, "## Workers\n");
     if !by_device.is_empty() {
-        let devices: Vec<String> = by_device.iter().map(|(d, n)| format!("{n} on {d}")).collect();
+        let devices: Vec<String> = by_device.iter().map(|(d, n)| format!("{n} on {}", md_text(d))).collect();
         let _ = writeln!(md, "Results by device: {}. The `worker` and `device` columns of [`trials.csv`](trials.csv) say which produced each row.", devices.join(", "));
         if by_device.keys().any(|d| d.starts_with("cuda")) && by_device.len() > 1 {
             let _ = writeln!(md, "GPU results are not bit-identical run to run, nor to the CPU's; the claims pool rows of every device under the same tolerances.");
@@ -387,7 +390,7 @@ fn workers_section(md: &mut String, state: &State) {
         let _ = writeln!(md, "| worker | device | cores | results |\n|---|---|---:|---:|");
         for w in state.workers.iter().take(MAX_WORKERS_LISTED) {
             let n = by_worker.get(w.name.as_str()).map_or(0, |(n, _)| *n);
-            let _ = writeln!(md, "| {} | {} | {} | {n} |", cell(&w.name), cell(&w.device), w.cores);
+            let _ = writeln!(md, "| {} | {} | {} | {n} |", md_text(&w.name), md_text(&w.device), w.cores);
         }
         if state.workers.len() > MAX_WORKERS_LISTED {
             let _ = writeln!(md, "\n… and {} more workers.", state.workers.len() - MAX_WORKERS_LISTED);
@@ -416,14 +419,15 @@ fn failed_section(md: &mut String, state: &State) {
     let _ = writeln!(md, "| hash | idx | in sweep | status | attempts | diverged at step | last error |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for t in failed {
-        let error = t.last_error.as_ref().map_or("—".to_string(), |(outcome, e)| format!("{outcome}: {}", truncate(e, 400)));
+        let error = t.last_error.as_ref().map_or("—".to_string(), |(outcome, e)| format!("{outcome}: {}", md_text(&truncate(e, 400))));
         let diverged = t.result.as_ref().and_then(|r| r.diverged_step).map_or("—".to_string(), |s| s.to_string());
-        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} | {} | {} |", t.hash, t.idx, if t.in_sweep { "yes" } else { "no" }, t.status, t.attempts, diverged, cell(&error));
+        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} | {} | {} |", t.hash, t.idx, if t.in_sweep { "yes" } else { "no" }, t.status, t.attempts, diverged, error);
     }
     md.push('\n');
 }
 
-/// Makes text safe inside a Markdown table cell.
+/// Makes text of the sweep file (configs, claims) safe inside a Markdown table cell; text a
+/// worker chose goes through [`md_text`] instead.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }

@@ -18,17 +18,22 @@ use crate::state::{State, Trial, display_value};
 /// Curve columns shown first, in this order; the rest follow sorted by name.
 const CURVE_LEAD: [&str; 2] = ["step", "train_loss"];
 
+/// The fixed columns of `trials.parquet` that come after the config keys: neither a config key
+/// nor a metric (a name the worker chose) takes one of these names.
+const TRIALS_FIXED: [&str; 6] = ["status", "attempts", "diverged_step", "wall_seconds", "worker", "device"];
+
 /// Builds `trials.parquet`'s frame: hash, idx, in_sweep, config…, status, attempts,
-/// diverged_step, metrics…, wall_seconds, worker, device.
+/// diverged_step, metrics…, wall_seconds, worker, device. Column names are unique whatever
+/// the metric names (see [`Columns::unique`]).
 pub fn trials_frame(state: &State) -> PolarsResult<DataFrame> {
     let trials = &state.trials;
-    let mut cols = Columns::default();
+    let mut cols = Columns { reserved: &TRIALS_FIXED, ..Columns::default() };
     cols.push(Column::new("hash".into(), trials.iter().map(|t| t.hash.clone()).collect::<Vec<_>>()));
     cols.push(Column::new("idx".into(), trials.iter().map(|t| t.idx).collect::<Vec<_>>()));
     cols.push(Column::new("in_sweep".into(), trials.iter().map(|t| t.in_sweep).collect::<Vec<_>>()));
     for key in config_keys(trials.iter()) {
         let values: Vec<Option<&Value>> = trials.iter().map(|t| t.config.get(&key)).collect();
-        cols.push(json_column(&key, &values));
+        cols.push(json_column(&cols.unique(&key, "config."), &values));
     }
     cols.push(Column::new("status".into(), trials.iter().map(|t| t.status.as_str()).collect::<Vec<_>>()));
     cols.push(Column::new("attempts".into(), trials.iter().map(|t| t.attempts).collect::<Vec<_>>()));
@@ -41,9 +46,9 @@ pub fn trials_frame(state: &State) -> PolarsResult<DataFrame> {
     cols.push(Column::new("wall_seconds".into(), trials.iter().map(|t| t.result.as_ref().map(|r| r.wall_seconds)).collect::<Vec<_>>()));
     // Which worker, on which device, produced the row (null: no result, or not recorded).
     let known = |s: &String| (!s.is_empty()).then(|| s.clone());
-    cols.push(Column::new(cols.unique("worker", "run."), trials.iter().map(|t| t.result.as_ref().and_then(|r| known(&r.worker))).collect::<Vec<_>>()));
-    cols.push(Column::new(cols.unique("device", "run."), trials.iter().map(|t| t.result.as_ref().and_then(|r| known(&r.device))).collect::<Vec<_>>()));
-    DataFrame::new(trials.len(), cols.0)
+    cols.push(Column::new("worker".into(), trials.iter().map(|t| t.result.as_ref().and_then(|r| known(&r.worker))).collect::<Vec<_>>()));
+    cols.push(Column::new("device".into(), trials.iter().map(|t| t.result.as_ref().and_then(|r| known(&r.device))).collect::<Vec<_>>()));
+    DataFrame::new(trials.len(), cols.columns)
 }
 
 /// Builds `curves.parquet`'s frame: hash, the config keys useful for grouping (every `data.*`
@@ -56,9 +61,9 @@ pub fn curves_frame(state: &State) -> PolarsResult<DataFrame> {
     cols.push(Column::new("hash".into(), rows.iter().map(|(t, _, _)| t.hash.clone()).collect::<Vec<_>>()));
     for key in grouping_keys(&with_curves) {
         let values: Vec<Option<&Value>> = rows.iter().map(|(t, _, _)| t.config.get(&key)).collect();
-        cols.push(json_column(&key, &values));
+        cols.push(json_column(&cols.unique(&key, "config."), &values));
     }
-    cols.push(Column::new("row".into(), rows.iter().map(|(_, i, _)| *i as i64).collect::<Vec<_>>()));
+    cols.push(Column::new(cols.unique("row", "curves."), rows.iter().map(|(_, i, _)| *i as i64).collect::<Vec<_>>()));
     let names: BTreeSet<&String> = rows.iter().flat_map(|(_, _, r)| r.keys()).collect();
     let ordered = CURVE_LEAD
         .iter()
@@ -74,7 +79,7 @@ pub fn curves_frame(state: &State) -> PolarsResult<DataFrame> {
             cols.push(Column::new(cols.unique(&name, "curve."), values));
         }
     }
-    DataFrame::new(rows.len(), cols.0)
+    DataFrame::new(rows.len(), cols.columns)
 }
 
 /// The union of config keys over `trials`, sorted.
@@ -97,20 +102,40 @@ pub fn grouping_keys(trials: &[&Trial]) -> Vec<String> {
         .collect()
 }
 
-/// Columns with unique names: a name already taken gets a prefix (e.g. a metric called
-/// `seed` becomes `metric.seed`).
+/// Columns with unique names: a name already taken (or reserved for a fixed column still to
+/// come) gets a prefix (e.g. a metric called `seed` becomes `metric.seed`), then a number
+/// (`metric.seed#2`, …) until it is free, so that no name a worker sends can make two columns
+/// of one name (which polars refuses).
 #[derive(Default)]
-struct Columns(Vec<Column>);
+struct Columns {
+    columns: Vec<Column>,
+    /// Names of the fixed columns (pushed under these names, never given to another).
+    reserved: &'static [&'static str],
+}
 
 impl Columns {
     fn push(&mut self, column: Column) {
-        self.0.push(column);
+        debug_assert!(!self.columns.iter().any(|c| c.name() == column.name()), "column `{}` pushed twice", column.name());
+        self.columns.push(column);
     }
 
-    /// `name`, or `prefix` + `name` when a column of that name exists already.
+    fn taken(&self, name: &str) -> bool {
+        self.reserved.contains(&name) || self.columns.iter().any(|c| c.name().as_str() == name)
+    }
+
+    /// `name` if free, else `prefix` + `name`, else that with `#2`, `#3`, … (the first free).
     fn unique(&self, name: &str, prefix: &str) -> PlSmallStr {
-        let taken = self.0.iter().any(|c| c.name().as_str() == name);
-        if taken { format!("{prefix}{name}").into() } else { name.into() }
+        if !self.taken(name) {
+            return name.into();
+        }
+        let prefixed = format!("{prefix}{name}");
+        let mut candidate = prefixed.clone();
+        let mut n = 1;
+        while self.taken(&candidate) {
+            n += 1;
+            candidate = format!("{prefixed}#{n}");
+        }
+        candidate.into()
     }
 }
 
@@ -139,8 +164,27 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), ResultsError
     Ok(())
 }
 
-/// Writes `df` as CSV (with a header) to `path`.
+/// Writes `df` as CSV (with a header) to `path`; text cells and column names go through
+/// [`crate::escape::csv_cell`], so that no cell a worker wrote runs as a spreadsheet formula.
 pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), ResultsError> {
+    let table_err = |source| ResultsError::Table { path: path.into(), source };
+    let mut safe = csv_safe(df).map_err(table_err)?;
     let file = File::create(path).map_err(|source| ResultsError::Io { path: path.into(), source })?;
-    CsvWriter::new(file).include_header(true).finish(df).map_err(|source| ResultsError::Table { path: path.into(), source })
+    CsvWriter::new(file).include_header(true).finish(&mut safe).map_err(table_err)
+}
+
+/// `df` with every String cell and column name made safe for a spreadsheet.
+fn csv_safe(df: &DataFrame) -> PolarsResult<DataFrame> {
+    let mut columns = Vec::with_capacity(df.width());
+    for c in df.columns() {
+        let name: PlSmallStr = crate::escape::csv_cell(c.name()).into();
+        let c = if c.dtype() == &DataType::String {
+            let values: Vec<Option<String>> = c.str()?.iter().map(|v| v.map(crate::escape::csv_cell)).collect();
+            Column::new(name, values)
+        } else {
+            c.clone().with_name(name)
+        };
+        columns.push(c);
+    }
+    DataFrame::new(df.height(), columns)
 }

@@ -574,3 +574,67 @@ fn a_database_in_another_layout_is_refused() {
     let err = layout::open_checked(&path).unwrap_err().to_string();
     assert!(err.contains("layout"), "{err}");
 }
+
+/// What workers choose cannot break the tables or the report (issue 20, items 4 and 12):
+/// metric names and curve keys equal to fixed columns or to their prefixed forms still give
+/// unique column names; a device with a line break cannot forge a section, names and errors
+/// cannot inject HTML or links, and no CSV cell starts a spreadsheet formula.
+#[test]
+fn worker_chosen_names_keep_columns_unique_and_the_report_inert() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    db.trial("aaaa1111", 0, config("ncsn2d", "ism", 1.0, "langevin", 0), true, Status::Done, None);
+    db.result("aaaa1111", json!({"l_ism": -1.0, "wall_seconds": 11.0, "status": 12.0, "metric.status": 13.0, "metric.status#2": 14.0, "worker": 15.0, "hash": 16.0}));
+    db.curve("aaaa1111", &[json!({"step": 0, "hash": 1.0, "curve.hash": 2.0, "row": 3.0, "curve.row": 4.0}), json!({"step": 1, "hash": 5.0})]);
+    let forged_device = "cpu\n\n## Claims\n\n| forged | **pass** |";
+    let formula_worker = "=HYPERLINK(\"http://evil.example\")#1.00ff";
+    db.conn.execute("UPDATE attempts SET device = ?1, worker = ?2", params![forged_device, formula_worker]).unwrap();
+    db.conn
+        .execute(
+            "INSERT INTO workers(seq, id, name, registered_at, cores, gpus, version, device) VALUES (1, ?1, '<b>w</b>', 0.0, 1, 0, 'v', ?2)",
+            params!["<b>w</b>#1.00ff", forged_device],
+        )
+        .unwrap();
+    db.artifact("aaaa1111", "a](javascript:alert(1)).png", 3, &"ab".repeat(32));
+    db.trial("bbbb2222", 1, config("ncsn2d", "ism", 2.0, "langevin", 0), true, Status::Failed, Some("<img src=x onerror=alert(1)> [click](javascript:alert(1))\n## Claims"));
+    let out = dir.path().join("out");
+    write_all(&db.path, &out).expect("the report is written whatever the names");
+
+    // Unique column names by construction; each metric under a name of its own.
+    for (file, df) in [("trials.parquet", read_parquet(&out.join("trials.parquet"))), ("curves.parquet", read_parquet(&out.join("curves.parquet")))] {
+        let cols = names(&df);
+        let distinct: std::collections::BTreeSet<&String> = cols.iter().collect();
+        assert_eq!(distinct.len(), cols.len(), "{file}: {cols:?}");
+    }
+    let trials = read_parquet(&out.join("trials.parquet"));
+    let value = |col: &str| trials.column(col).unwrap_or_else(|e| panic!("{col}: {e} in {:?}", names(&trials))).f64().unwrap().get(0);
+    for (col, want) in [
+        ("metric.wall_seconds", 11.0),
+        ("metric.status#3", 12.0),
+        ("metric.status", 13.0),
+        ("metric.status#2", 14.0),
+        ("metric.worker", 15.0),
+        ("metric.hash", 16.0),
+        ("wall_seconds", 1.5),
+    ] {
+        assert_eq!(value(col), Some(want), "{col}");
+    }
+    assert_eq!(strings(&trials, "status")[0], "done");
+    let curves = read_parquet(&out.join("curves.parquet"));
+    let curve = |col: &str| curves.column(col).unwrap_or_else(|e| panic!("{col}: {e} in {:?}", names(&curves))).f64().unwrap().get(0);
+    for (col, want) in [("curve.hash", 2.0), ("curve.hash#2", 1.0), ("curve.row", 4.0), ("curve.row#2", 3.0)] {
+        assert_eq!(curve(col), Some(want), "{col}");
+    }
+
+    // trials.csv: the worker cell is text, not a formula; the device stays on its line.
+    let csv = std::fs::read_to_string(out.join("trials.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "a header and two rows:\n{csv}");
+    assert!(!csv.contains(",=") && !csv.contains(",\"=") && csv.contains("'=HYPERLINK"), "{csv}");
+
+    // report.md: one Claims section, no HTML, no link but to the artifact's own path.
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(report.matches("\n## Claims").count(), 1, "{report}");
+    assert!(!report.contains("<img") && !report.contains("<b>") && !report.contains("[click](") && !report.contains("**pass** |\n"), "{report}");
+    assert!(report.match_indices("](javascript").all(|(i, _)| report[..i].ends_with('\\')), "{report}");
+    assert!(report.contains("(artifacts/aaaa1111/a%5D%28javascript%3Aalert%281%29%29.png)") && report.contains("&lt;b&gt;w&lt;/b&gt;"), "{report}");
+}

@@ -510,6 +510,34 @@ const MAX_DIM: usize = 4096;
 const MAX_HIDDEN: usize = 8192;
 const MAX_POINTS: usize = 10_000_000;
 
+/// The most memory a trial may need by [`check_memory`]'s estimate: 64 GiB. Each size has its
+/// own limit; this bounds their product (`data.dim` 4096 with `eval.n` 10⁷ is 164 GB of f32
+/// points, which would kill the worker by OOM instead of being refused here).
+pub const MAX_TRIAL_MEMORY_BYTES: u64 = 64 << 30;
+
+/// Refuses a trial whose estimated memory is over [`MAX_TRIAL_MEMORY_BYTES`], naming its
+/// largest set of points: the estimate is that set as f32 points of dimension `dim`, twice (the
+/// points and one working copy of the same shape), plus the model's parameters with their
+/// gradients and two AdamW moments (4 × f32 each). A lower bound of what the engine holds,
+/// meant to catch the products that cannot fit anywhere, not to pack memory tightly.
+fn check_memory(dim: usize, sets: &[(&'static str, usize)], hidden: usize, depth: usize) -> Result<(), FieldError> {
+    let Some(&(key, n)) = sets.iter().max_by_key(|(_, n)| *n) else { return Ok(()) };
+    let points = 2 * 4 * (n as u128) * (dim as u128);
+    let params = (hidden as u128) * (hidden as u128) * (depth as u128) + 2 * (hidden as u128) * (dim as u128 + 1);
+    let bytes = points + 16 * params;
+    if bytes > MAX_TRIAL_MEMORY_BYTES as u128 {
+        return Err(field(
+            key,
+            format!(
+                "the trial would need about {:.1} GB ({n} points of dimension {dim} as f32, with a working copy, and the model), more than the {} GiB a trial may use: lower {key} or data.dim",
+                bytes as f64 / 1e9,
+                MAX_TRIAL_MEMORY_BYTES >> 30
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl TrialConfig {
     /// Validate a trial given as a TOML table (a sweep's `[base]` with expansions applied).
     pub fn from_value(v: &toml::Value) -> Result<TrialConfig, FieldError> {
@@ -636,7 +664,10 @@ fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
     let c_samples = in_range("eval.c_samples", e.c_samples.unwrap_or(200_000), 2, MAX_POINTS)?;
     let eval = EvalSpec { n: n_eval, dsm_sigma: e.dsm_sigma, c_samples };
 
-    let sampler = validate_sampler(&required("sampler", raw.sampler)?, &data, noise.as_ref())?;
+    let raw_sampler = required("sampler", raw.sampler)?;
+    let sampler = validate_sampler(&raw_sampler, &data, noise.as_ref())?;
+    let sets = [("eval.n", n_eval), ("eval.c_samples", c_samples), ("train.n_train", t.n_train.unwrap_or(0)), ("sampler.n", raw_sampler.n), ("train.batch", t.batch)];
+    check_memory(dim, &sets, m.hidden, m.depth)?;
     Ok(TrialConfig::Train(Box::new(TrainTrial { seed: raw.seed, name: raw.name, data, model, objective, noise, train, eval, sampler })))
 }
 

@@ -120,7 +120,10 @@ fn channel(url: &str, args: &AgentArgs) -> anyhow::Result<Channel> {
         }
         (true, None) => anyhow::bail!("{url} is https: give the CA certificate that signed the coordinator's (--tls-ca FILE or {TLS_CA_ENV})"),
         (false, Some(_)) if args.tls_ca.is_some() => anyhow::bail!("--tls-ca needs an https:// coordinator URL (got {url})"),
-        (false, _) => endpoint,
+        // A CA given for a cleartext URL: the token would cross the network in clear when the
+        // user meant it not to.
+        (false, Some(_)) => anyhow::bail!("{TLS_CA_ENV} is set but the coordinator URL {url} is http://: use its https:// URL (or unset {TLS_CA_ENV})"),
+        (false, None) => endpoint,
     };
     Ok(endpoint.connect_lazy())
 }
@@ -210,6 +213,8 @@ fn register_request(args: &AgentArgs, place: &Placement) -> pb::RegisterRequest 
         version: env!("CARGO_PKG_VERSION").into(),
         gpu_devices: place.gpus.iter().map(|g| pb::GpuInfo { index: g.index, name: g.name.clone(), memory_bytes: g.memory_bytes }).collect(),
         device: place.label.clone(),
+        // One trial at a time.
+        slots: 1,
     }
 }
 
@@ -352,7 +357,7 @@ async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement, mut
         match reply.reply {
             Some(lease_reply::Reply::Lease(lease)) => next = run_lease(&client, &id, lease, args, place.ordinal, &mut stop).await?,
             Some(lease_reply::Reply::WaitSeconds(s)) => tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(s.clamp(0.0, 30.0))) => {}
+                _ = tokio::time::sleep(seconds(s, 0.0, 30.0)) => {}
                 sig = stopped(&mut stop) => anyhow::bail!("stopped by {sig} (no trial was running)"),
             },
             Some(lease_reply::Reply::Done(_)) | None => return Ok(()),
@@ -396,7 +401,7 @@ async fn run_lease(
             let _ = tx.send(out);
         });
     }
-    let beat = Duration::from_secs_f64(lease.heartbeat_seconds.clamp(0.02, 30.0));
+    let beat = seconds(lease.heartbeat_seconds, 0.02, 30.0);
     let outcome = loop {
         tokio::select! {
             r = &mut rx => break r.unwrap_or_else(|_| Err("trial thread panicked".into())),
@@ -449,21 +454,86 @@ async fn run_lease(
         }
     }
     report.lease_next = true;
-    let reply = retry_status(args, "report", || {
-        let mut c = client.clone();
-        let r = report.clone();
-        async move { c.report(r).await }
-    })
-    .await?;
-    match reply {
-        Ok(r) => Ok(r.into_inner().next),
-        // The coordinator will never take this report (e.g. it no longer knows the attempt):
-        // drop it and ask for more work.
-        Err(s) => {
-            eprintln!("worker: report of attempt {} refused, dropped: {}", lease.attempt_id, s.message());
-            Ok(None)
+    deliver(client, report, args).await
+}
+
+/// A coordinator's answer as a wait: `secs` clamped to [lo, hi], NaN as `lo`.
+fn seconds(secs: f64, lo: f64, hi: f64) -> Duration {
+    Duration::from_secs_f64(if secs.is_nan() { lo } else { secs.clamp(lo, hi) })
+}
+
+/// Refusals of a report that may go away (`INTERNAL`, `ABORTED`: a coordinator's storage
+/// failing) are retried this many times; `UNAVAILABLE` and lost connections are retried for
+/// `--max-unreachable` seconds.
+const REPORT_RETRIES: u32 = 8;
+
+/// Delivers a finished report and returns the next lease that came back with it. Kept and
+/// sent again while the coordinator cannot take it for now (bounded, with backoff); a report
+/// refused as too large or malformed is replaced by a FAILED one that says why (the attempt
+/// ends with the reason instead of expiring); any other refusal (e.g. the attempt is no
+/// longer known) drops it.
+async fn deliver(client: &Client, mut report: pb::ReportRequest, args: &AgentArgs) -> anyhow::Result<Option<pb::LeaseReply>> {
+    let mut tries = 0;
+    let mut wait = Duration::from_millis(200);
+    let mut replaced = false;
+    loop {
+        let reply = retry_status(args, "report", || {
+            let mut c = client.clone();
+            let r = report.clone();
+            async move { c.report(r).await }
+        })
+        .await?;
+        match reply {
+            Ok(r) => return Ok(r.into_inner().next),
+            Err(s) if matches!(s.code(), tonic::Code::Internal | tonic::Code::Aborted) && tries < REPORT_RETRIES => {
+                tries += 1;
+                eprintln!("worker: report of attempt {} not taken ({}); sending it again in {:.1}s", report.attempt_id, s.message(), wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) && !replaced => {
+                replaced = true;
+                eprintln!("worker: report of attempt {} refused ({}); reporting the attempt as failed with the reason", report.attempt_id, s.message());
+                report = refused_report(&report, s.message());
+            }
+            Err(s) => {
+                eprintln!("worker: report of attempt {} refused, dropped: {}", report.attempt_id, s.message());
+                return Ok(None);
+            }
         }
     }
+}
+
+/// A FAILED report of `report`'s attempt saying why the coordinator refused it.
+fn refused_report(report: &pb::ReportRequest, why: &str) -> pb::ReportRequest {
+    pb::ReportRequest {
+        worker_id: report.worker_id.clone(),
+        attempt_id: report.attempt_id,
+        trial_hash: report.trial_hash.clone(),
+        status: status_to_wire(Status::Failed),
+        metrics_json: "{}".into(),
+        curve_json: "[]".into(),
+        wall_seconds: report.wall_seconds,
+        error: truncate(&format!("the coordinator refused the report: {why}"), MAX_ERROR_BYTES),
+        lease_next: report.lease_next,
+        device: report.device.clone(),
+        ..Default::default()
+    }
+}
+
+/// The coordinator's limit on a report's error text, in bytes.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// `s` cut to at most `max` bytes (on a character boundary).
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// The first 12 characters of a trial hash, for logs.
@@ -518,7 +588,7 @@ fn to_report(id: &str, lease: &pb::Lease, outcome: Result<TrialOutcome, String>,
     match outcome {
         Err(e) => {
             r.status = status_to_wire(Status::Failed);
-            r.error = e;
+            r.error = truncate(&e, MAX_ERROR_BYTES);
         }
         Ok(o) => {
             r.status = status_to_wire(o.status.into());
@@ -554,6 +624,85 @@ mod tests {
         }
         let e = placement(DeviceChoice::Cuda(0)).err().expect("no GPU to use");
         assert_eq!(format!("{e:#}"), "--device cuda:0: cannot use cuda:0: built without the `cuda` feature");
+    }
+
+    /// A coordinator whose Report answers each status of `script` in turn (then accepts),
+    /// recording every report it sees.
+    struct Flaky {
+        script: Mutex<Vec<tonic::Code>>,
+        seen: Arc<Mutex<Vec<pb::ReportRequest>>>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::sweep_server::Sweep for Flaky {
+        async fn register(&self, _: tonic::Request<pb::RegisterRequest>) -> Result<tonic::Response<pb::RegisterReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn lease(&self, _: tonic::Request<pb::LeaseRequest>) -> Result<tonic::Response<pb::LeaseReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn heartbeat(&self, _: tonic::Request<pb::HeartbeatRequest>) -> Result<tonic::Response<pb::HeartbeatReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn report(&self, req: tonic::Request<pb::ReportRequest>) -> Result<tonic::Response<pb::ReportReply>, tonic::Status> {
+            self.seen.lock().unwrap().push(req.into_inner());
+            let mut script = self.script.lock().unwrap();
+            if script.is_empty() {
+                return Ok(tonic::Response::new(pb::ReportReply { recorded: true, ..Default::default() }));
+            }
+            Err(tonic::Status::new(script.remove(0), "scripted refusal"))
+        }
+        async fn cancel(&self, _: tonic::Request<pb::CancelRequest>) -> Result<tonic::Response<pb::CancelReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn upload_artifact(&self, _: tonic::Request<tonic::Streaming<pb::ArtifactChunk>>) -> Result<tonic::Response<pb::ArtifactReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+    }
+
+    /// Delivers a done report to a coordinator that answers `script` first; returns the
+    /// reports it saw.
+    fn deliver_against(script: Vec<tonic::Code>) -> Vec<pb::ReportRequest> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let flaky = Flaky { script: Mutex::new(script), seen: seen.clone() };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // A free port (the client retries until the server listens).
+            let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let url = format!("http://{addr}");
+            let server = tokio::spawn(tonic::transport::Server::builder().add_service(pb::sweep_server::SweepServer::new(flaky)).serve(addr));
+            let args = AgentArgs { max_unreachable: 30.0, ..Default::default() };
+            let client = SweepClient::with_interceptor(channel(&url, &args).unwrap(), Token(None));
+            let report = pb::ReportRequest {
+                worker_id: "w#1.00".into(),
+                attempt_id: 3,
+                trial_hash: "h".into(),
+                status: status_to_wire(Status::Done),
+                metrics_json: r#"{"fd": 0.5}"#.into(),
+                ..Default::default()
+            };
+            deliver(&client, report, &args).await.unwrap();
+            server.abort();
+        });
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    /// Issue 20, item 2: a finished report is kept and sent again while the coordinator's
+    /// storage fails for a while (INTERNAL from an older coordinator, UNAVAILABLE from this
+    /// one), and a report refused as over a limit becomes a FAILED one that says why.
+    #[test]
+    fn a_finished_report_survives_transient_refusals() {
+        use tonic::Code::*;
+        let seen = deliver_against(vec![Internal, Unavailable, Internal]);
+        assert_eq!(seen.len(), 4, "three refusals, then taken");
+        assert!(seen.iter().all(|r| r.status == status_to_wire(Status::Done) && r.metrics_json.contains("fd")), "the same report each time");
+        let seen = deliver_against(vec![ResourceExhausted]);
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[1].status, seen[1].attempt_id), (status_to_wire(Status::Failed), 3));
+        assert!(seen[1].error.contains("refused the report") && seen[1].error.contains("scripted refusal"), "{}", seen[1].error);
+        // A refusal that will not change drops it (no endless loop).
+        assert_eq!(deliver_against(vec![PermissionDenied]).len(), 1);
     }
 
     /// The registration lists the GPU the worker uses, with its count.

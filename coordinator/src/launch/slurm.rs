@@ -46,11 +46,13 @@ pub struct SlurmOptions {
     /// Jobs (workers) to submit when `--workers` is not given (table only).
     #[arg(skip)]
     pub workers: Option<usize>,
-    /// An extra sbatch argument (repeat for more), e.g. --slurm-arg=--qos=short (`sbatch_args`).
+    /// Extra `sbatch` arguments, e.g. `["--account=ml", "--qos=short"]`; none that names a file
+    /// or runs a command (`crate::launch_checks::check_sbatch_args`). Flag: --slurm-arg=ARG.
     #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
     #[serde(default)]
     pub sbatch_args: Vec<String>,
-    /// Job log file (`--output`); default `<out>/slurm/%x-%j.out` (table only).
+    /// Job log file name (`--output`) under `<out>/slurm/`, one path component with Slurm's
+    /// patterns (e.g. `%x-%j.log`); default `%x-%j.out` (table only).
     #[arg(skip)]
     pub output: Option<String>,
     /// The worker executable on the compute nodes (default: the local one's path; the
@@ -108,7 +110,7 @@ impl Slurm {
     fn sbatch_args(&self, name: &str, dir: &Path) -> Vec<String> {
         let o = &self.opts;
         let mut a = vec!["--parsable".to_string(), format!("--job-name=scoresweep-{name}"), "--export=ALL".to_string()];
-        a.push(format!("--output={}", o.output.clone().unwrap_or_else(|| dir.join("%x-%j.out").to_string_lossy().into_owned())));
+        a.push(format!("--output={}", dir.join(o.output.as_deref().unwrap_or("%x-%j.out")).display()));
         if let Some(p) = &o.partition {
             a.push(format!("--partition={p}"));
         }
@@ -242,6 +244,10 @@ impl Kind for SlurmLauncher {
         }
         if o.workers == Some(0) {
             return Err(BadSetting { key: "workers", flag: None, message: "must be at least 1".into() });
+        }
+        crate::launch_checks::check_sbatch_args(&o.sbatch_args).map_err(|message| BadSetting { key: "sbatch_args", flag: Some("--slurm-arg"), message })?;
+        if let Some(out) = &o.output {
+            crate::launch_checks::check_path_component("output", out).map_err(|message| BadSetting { key: "output", flag: None, message })?;
         }
         Ok(())
     }

@@ -40,8 +40,9 @@ pub struct SshOptions {
     #[arg(long = "ssh-hosts", value_name = "HOST[:N],…", value_delimiter = ',')]
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// An extra ssh argument (repeat for more), e.g. --ssh-arg=-p2222 (`ssh_args`, e.g.
-    /// `["-p", "2222", "-i", "~/.ssh/sweep"]` or `["-F", "config"]`).
+    /// Extra `ssh` arguments, e.g. `["-p", "2222", "-i", "~/.ssh/sweep"]`, from an allow-list
+    /// (`crate::launch_checks::check_ssh_args`: nothing that runs a command or reads another
+    /// configuration; host settings go in `~/.ssh/config`, or `--ssh-arg=-F FILE`).
     #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
     #[serde(default)]
     pub ssh_args: Vec<String>,
@@ -233,7 +234,9 @@ impl Kind for SshLauncher {
     }
 
     fn check(o: &SshOptions) -> Result<(), BadSetting> {
-        parse_hosts(&o.hosts).map(drop).map_err(|message| BadSetting { key: "hosts", flag: Some("--ssh-hosts"), message })
+        parse_hosts(&o.hosts).map_err(|message| BadSetting { key: "hosts", flag: Some("--ssh-hosts"), message })?;
+        // Nothing that runs a command; `-F FILE` stays allowed (host settings may live there).
+        crate::launch_checks::check_ssh_args(&o.ssh_args, false).map_err(|message| BadSetting { key: "ssh_args", flag: Some("--ssh-arg"), message })
     }
 
     /// Each host's count of workers (`--workers` does not apply) of the worker at
