@@ -521,6 +521,7 @@ mod tests {
 
     #[test]
     fn tables_are_checked_by_their_launcher() {
+        #[allow(clippy::type_complexity)]
         let cases: [(&str, &str, Option<(&str, &str)>); 7] = [
             ("slurm", "partition = \"gpu\"\ntime = \"2:00:00\"", None),
             ("slurm", "time = \"1h\"", Some(("time", "not a Slurm time limit"))),
