@@ -100,10 +100,8 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
         let addr = listener.local_addr()?;
         let (host, warning) = crate::address::advertised_host(addr, opts.advertise.as_deref(), opts.remote_workers);
         let url = crate::address::url(&host, addr.port(), opts.tls.is_some());
-        if !opts.quiet {
-            if let Some(w) = warning.filter(|_| launcher.is_some()) {
-                eprintln!("warning: {w}");
-            }
+        if let Some(w) = warning.filter(|_| launcher.is_some() && !opts.quiet) {
+            eprintln!("warning: {w}");
         }
         // Said whether quiet or not: the run's token crosses the network in clear.
         if let Some(w) = crate::tls::cleartext_warning(addr, opts.tls.is_some()) {

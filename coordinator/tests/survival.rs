@@ -262,7 +262,8 @@ fn registrations_and_reports_are_bounded() {
 
         let many_metrics = format!("{{{}}}", (0..=limits::MAX_METRICS).map(|i| format!("\"m{i}\": 1")).collect::<Vec<_>>().join(","));
         let many_rows = format!("[{}]", vec!["{}"; limits::MAX_CURVE_ROWS + 1].join(","));
-        let cases: [(&str, Box<dyn Fn(&mut pb::ReportRequest)>, &str); 4] = [
+        type Edit = Box<dyn Fn(&mut pb::ReportRequest)>;
+        let cases: [(&str, Edit, &str); 4] = [
             ("1025 metrics", Box::new(move |r| r.metrics_json = many_metrics.clone()), "metrics_json"),
             ("100 001 curve rows", Box::new(move |r| r.curve_json = many_rows.clone()), "curve_json"),
             ("a long error", Box::new(|r| r.error = "e".repeat(limits::MAX_ERROR_BYTES + 1)), "error"),

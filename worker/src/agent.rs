@@ -684,8 +684,7 @@ mod tests {
             deliver(&client, report, &args).await.unwrap();
             server.abort();
         });
-        let seen = seen.lock().unwrap().clone();
-        seen
+        seen.lock().unwrap().clone()
     }
 
     /// Issue 20, item 2: a finished report is kept and sent again while the coordinator's
