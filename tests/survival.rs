@@ -161,8 +161,7 @@ fn hostile_probes_hold_against_a_real_serve() {
 fn watch(pid: u32) -> std::thread::JoinHandle<(u64, usize)> {
     std::thread::spawn(move || {
         let (mut rss, mut fds) = (0, 0);
-        loop {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { break };
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
                 break;
             }
