@@ -1,6 +1,9 @@
 //! `coordinator bench`: scheduler throughput and overhead, measured on loopback.
 //! 1. Round trips: an in-process server with a sweep of no-op trials; C concurrent clients each
 //!    loop lease → report as fast as they can; reports round trips (lease + report) per second.
+//!    The piggybacked run is also measured with a browser connected to the run's dashboard: a
+//!    client that does what the page does (holds `/api/events` open and fetches `/api/run` after
+//!    each `change`, one fetch at a time), so the ratio shows what a watcher costs the scheduler.
 //! 2. Overhead: `run` of a sweep of T one-second sleep trials with W local workers against the
 //!    ideal ceil(T/W) seconds.
 
@@ -43,6 +46,10 @@ pub struct RoundTrips {
     pub piggyback: f64,
     /// The no-op baseline, piggybacked.
     pub piggyback_baseline: f64,
+    /// The real service, piggybacked, with a browser connected to its dashboard.
+    pub piggyback_browser: f64,
+    /// `/api/run` answers that browser read during its run.
+    pub browser_fetches: u64,
     /// Mean requests per commit in the piggybacked run (group commit at work).
     pub batch_mean: f64,
     /// Share of the piggybacked run's wall time the store spent running batches.
@@ -74,28 +81,39 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> a
         let mut state = State::open(&template, 1, 600.0)?;
         state.sync(&sweep, false)?;
     }
-    let real = |piggyback: bool| -> anyhow::Result<(f64, crate::store::StoreStats)> {
+    let real = |piggyback: bool, browser: bool| -> anyhow::Result<(f64, crate::store::StoreStats, u64)> {
         let db = dir.join("rt.db");
         remove_db(&db);
         std::fs::copy(&template, &db)?;
         let shared = Shared::new(State::open(&db, 1, 600.0)?, &sweep.trials, 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
-        let rate = rt.block_on(drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback))?;
+        let (rate, fetches) = rt.block_on(async {
+            let watcher = if browser { Some(Watcher::start(&shared, &db).await?) } else { None };
+            let rate = drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback).await?;
+            let fetches = match watcher {
+                Some(w) => w.stop().await?,
+                None => 0,
+            };
+            anyhow::Ok((rate, fetches))
+        })?;
         let stats = shared.store.stats();
         shared.store.close();
-        Ok((rate, stats))
+        Ok((rate, stats, fetches))
     };
     let baseline = |piggyback: bool| rt.block_on(drive(SweepServer::new(NullService), clients, seconds, piggyback));
     let mut out = Vec::with_capacity(repeat);
     for _ in 0..repeat.max(1) {
-        let (two_calls, _) = real(false)?;
+        let (two_calls, _, _) = real(false, false)?;
         let two_calls_baseline = baseline(false)?;
-        let (piggyback, st) = real(true)?;
+        let (piggyback, st, _) = real(true, false)?;
         let piggyback_baseline = baseline(true)?;
+        let (piggyback_browser, _, browser_fetches) = real(true, true)?;
         out.push(RoundTrips {
             two_calls,
             two_calls_baseline,
             piggyback,
             piggyback_baseline,
+            piggyback_browser,
+            browser_fetches,
             batch_mean: st.requests as f64 / st.batches.max(1) as f64,
             store_busy: st.busy_seconds / seconds,
         });
@@ -103,6 +121,84 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> a
     remove_db(&template);
     remove_db(&dir.join("rt.db"));
     Ok(out)
+}
+
+/// A browser on the run's dashboard, as the page behaves: `/api/events` held open, and after
+/// each `change` one `/api/run` fetch (a change during a fetch makes one more after it).
+struct Watcher {
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    client: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl Watcher {
+    async fn start(shared: &Arc<Shared>, db: &Path) -> anyhow::Result<Watcher> {
+        let live = crate::dashboard::Live { activity: shared.activity.subscribe(), lease_secs: shared.lease_secs };
+        let bound = crate::dashboard::bind("127.0.0.1:0", db.to_path_buf(), Some(live)).await?;
+        let addr = bound.listener.local_addr()?;
+        let token = bound.url.split_once("token=").map(|(_, t)| t.to_string()).unwrap_or_default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Stopped by `stop` once the browser has stopped.
+        let server = tokio::spawn(crate::dashboard::serve(bound.listener, bound.dashboard, std::future::pending()));
+        let client = tokio::spawn(browse(addr, token, stopped));
+        Ok(Watcher { stop, server, client })
+    }
+
+    /// Stops the browser and the dashboard; the number of `/api/run` answers read.
+    async fn stop(self) -> anyhow::Result<u64> {
+        let _ = self.stop.send(true);
+        let fetches = self.client.await??;
+        self.server.abort();
+        Ok(fetches)
+    }
+}
+
+/// One GET over a fresh HTTP/1.1 connection, read to its end; the body's length.
+async fn get(addr: std::net::SocketAddr, path: &str, token: &str) -> anyhow::Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await?;
+    anyhow::ensure!(body.starts_with(b"HTTP/1.1 200"), "{path}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+    Ok(body.len())
+}
+
+async fn browse(addr: std::net::SocketAddr, token: String, mut stopped: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut events = tokio::net::TcpStream::connect(addr).await?;
+    events.write_all(format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await?;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let fetcher = {
+        let (changed, token, mut stopped) = (changed.clone(), token.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let mut fetches = 0u64;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stopped.wait_for(|s| *s) => return anyhow::Ok(fetches),
+                    _ = changed.notified() => {}
+                }
+                get(addr, "/api/run", &token).await?;
+                fetches += 1;
+            }
+        })
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            n = events.read(&mut buf) => {
+                let n = n?;
+                anyhow::ensure!(n > 0, "the dashboard closed its event stream");
+                if buf[..n].windows(13).any(|w| w == b"event: change") {
+                    // Notify keeps one permit: changes during a fetch make one fetch after it.
+                    changed.notify_one();
+                }
+            }
+        }
+    }
+    fetcher.await?
 }
 
 fn remove_db(db: &Path) {

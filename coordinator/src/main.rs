@@ -571,6 +571,28 @@ fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: us
         let (a, b) = (med(&|r| pick(r).0), med(&|r| pick(r).1));
         println!("  {:<42} {a:>9.0} {b:>16.0} {:>7.2}", format!("{name}, median"), med(&|r| pick(r).0 / pick(r).1));
     }
+    // A browser on the dashboard: the piggybacked scheduler with it against without it, both
+    // runs of each repetition side by side.
+    println!("  {:<42} {:>9} {:>16} {:>7}", "", "browser", "no browser", "ratio");
+    for (i, r) in runs.iter().enumerate() {
+        println!(
+            "  {:<42} {:>9.0} {:>16.0} {:>7.3}  ({} /api/run answers read)",
+            format!("piggybacked, browser connected #{}", i + 1),
+            r.piggyback_browser,
+            r.piggyback,
+            r.piggyback_browser / r.piggyback,
+            r.browser_fetches
+        );
+    }
+    let ratios: Vec<f64> = runs.iter().map(|r| r.piggyback_browser / r.piggyback).collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let sd = (ratios.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (ratios.len().max(2) - 1) as f64).sqrt();
+    println!(
+        "  browser connected / not (scheduler): median {:.3}, mean {mean:.3} ± {:.3} (SE of {} repetitions)",
+        median(ratios.clone()),
+        sd / (ratios.len() as f64).sqrt(),
+        ratios.len()
+    );
     let batch = median(runs.iter().map(|r| r.batch_mean).collect());
     let busy = median(runs.iter().map(|r| r.store_busy).collect());
     println!("  group commit (piggybacked, median): {batch:.1} requests per transaction; state store busy (SQLite work) {:.0}% of the time", 100.0 * busy);
