@@ -11,7 +11,7 @@
 //!
 //! Adding a hand-derived step: its file under `fast/` with an `impl ToyStep` (toys) or
 //! `impl image::ImageStep` (images), a test against autograd in `engine/tests/fastmlp.rs`
-//! (or `fastunet.rs`), and one arm in [`fast_trainer`] (or [`image::build`]).
+//! (or `fastunet.rs`), and one arm in `fast_trainer` (or [`image::build`]).
 
 use candle_core::{Device, Result};
 use candle_nn::VarMap;
