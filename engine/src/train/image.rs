@@ -244,3 +244,73 @@ impl Trainer for ImageAutograd<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use schema::image::{ImageMlpSpec, ImageObjectiveKind};
+
+    use super::*;
+    use crate::images::{self, Precond};
+
+    /// The image MLP's hand-derived trainer and candle's autograd, built from the same
+    /// weights and fed the same batches and stream, draw the same numbers (the streams stay
+    /// in step), report the same losses and end with the same EMA weights.
+    #[test]
+    fn the_fast_image_step_and_autograd_draw_and_train_alike() {
+        let (h, w, b) = (4, 4, 6);
+        let spec = ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true };
+        let model = ImageModel::Mlp(spec);
+        let objective = Objective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: 0.5, ladder: vec![] };
+        let dev = Device::Cpu;
+        let net_for = |varmap: &VarMap| {
+            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, h, w, varmap, &dev).unwrap();
+            images::init_weights(varmap, &mut Rng::new(11)).unwrap();
+            net
+        };
+        let (vm_fast, vm_auto) = (VarMap::new(), VarMap::new());
+        let (net_fast, net_auto) = (net_for(&vm_fast), net_for(&vm_auto));
+        let setup =
+            |net, varmap| ImageSetup { model: &model, net, varmap, objective: objective.clone(), label_dropout: 0.5, h, w, batch: b, lr: 1e-2, ema: 0.9, device: Device::Cpu };
+        let mut fast = build(setup(net_fast.as_ref(), &vm_fast)).unwrap();
+        assert_eq!(fast.name(), "fast_image_mlp", "the CPU picks the hand-derived step");
+        let s = setup(net_auto.as_ref(), &vm_auto);
+        let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: h * w };
+        let mut auto: Box<dyn Trainer> = Box::new(ImageAutograd::new(s, draws).unwrap());
+
+        let mut data = Rng::new(5);
+        let (mut rf, mut ra) = (Rng::new(9), Rng::new(9));
+        for step in 1..=4 {
+            let batch = Batch { x: (0..b * h * w).map(|_| (2.0 * data.uniform() - 1.0) as f32 as f64).collect(), labels: (0..b).map(|i| (i % 10) as u32).collect() };
+            let (lf, la) = (fast.step(&batch, &mut rf, step).unwrap(), auto.step(&batch, &mut ra, step).unwrap());
+            assert!((lf - la).abs() <= 1e-4 * la.abs().max(1.0), "step {step}: fast {lf} autograd {la}");
+        }
+        assert_eq!(rf.next_u64(), ra.next_u64(), "both trainers drew the same count of numbers");
+        fast.sync().unwrap();
+        auto.sync().unwrap();
+        let values = |vm: &VarMap| -> Vec<(String, Vec<f32>)> {
+            let data = vm.data().lock().unwrap();
+            let mut v: Vec<_> = data.iter().map(|(k, var)| (k.clone(), var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let (wf, wa) = (values(&vm_fast), values(&vm_auto));
+        assert_eq!(wf.len(), wa.len());
+        let init = {
+            let vm = VarMap::new();
+            let _net = net_for(&vm);
+            values(&vm)
+        };
+        for (((name, f), (_, a)), (_, i)) in wf.iter().zip(&wa).zip(&init) {
+            let moved = f.iter().zip(i).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let diff = f.iter().zip(a).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(diff <= 1e-4 + 1e-2 * moved, "{name}: EMA weights differ by {diff} (training moved them by {moved})");
+        }
+        assert!(wf.iter().zip(&init).any(|((_, f), (_, i))| f != i), "training moved the EMA weights");
+        // resume swaps autograd's training weights back in; sync again returns the EMA.
+        auto.resume().unwrap();
+        assert_ne!(values(&vm_auto), wa);
+        auto.sync().unwrap();
+        auto.sync().unwrap();
+        assert_eq!(values(&vm_auto), wa, "sync is idempotent");
+    }
+}
