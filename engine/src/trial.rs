@@ -1,5 +1,6 @@
 //! Runs one trial by its plan: build the model, train it with the chosen trainer through the
-//! one train loop (`train::run`) while the checkpoint evaluators measure loss gaps, sample, and compute sample (and energy) metrics.
+//! one train loop (`train::run`) while the checkpoint evaluators measure loss gaps, sample,
+//! and compute sample (and energy) metrics.
 //! Everything random comes from the trial seed's streams (`rng`), so the same trial gives the
 //! same metrics on CPU.
 
