@@ -44,6 +44,7 @@ use serde::Deserialize;
 
 use crate::caps::{self, DataCaps, ModelCaps, Needs};
 use crate::noise::{NoiseSpec, RawNoise, validate_noise};
+use crate::sampler::SamplerKind;
 use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive};
 
 /// The data presets that make a trial an image trial.
@@ -125,18 +126,6 @@ impl RawImageObjectiveKind {
     }
 }
 
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum RawImageSamplerKind {
-    None,
-    Heun,
-    EulerMaruyama,
-    Pc,
-    Ddim,
-    AnnealedLangevin,
-    Langevin,
-}
-
 /// What every image set offers: labels, no exact score.
 pub const IMAGE_DATA_CAPS: DataCaps = DataCaps { exact_score: false, labels: true };
 
@@ -189,7 +178,7 @@ struct RawImageEval {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawImageSampler {
-    kind: RawImageSamplerKind,
+    kind: SamplerKind,
     steps: Option<usize>,
     sigma_min: Option<f64>,
     sigma_max: Option<f64>,
@@ -576,15 +565,18 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
         Ok(eps)
     };
     let kind = match s.kind {
-        RawImageSamplerKind::None => ImageSamplerKind::None,
-        RawImageSamplerKind::Heun => ImageSamplerKind::Heun,
-        RawImageSamplerKind::EulerMaruyama => ImageSamplerKind::EulerMaruyama,
-        RawImageSamplerKind::Pc => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        RawImageSamplerKind::AnnealedLangevin => {
+        SamplerKind::None => ImageSamplerKind::None,
+        SamplerKind::Heun => ImageSamplerKind::Heun,
+        SamplerKind::EulerMaruyama => ImageSamplerKind::EulerMaruyama,
+        SamplerKind::Pc => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        SamplerKind::AnnealedLangevin => {
             ImageSamplerKind::AnnealedLangevin { steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?, eps: eps()? }
         }
-        RawImageSamplerKind::Langevin => ImageSamplerKind::Langevin { eps: eps()? },
-        RawImageSamplerKind::Ddim => ImageSamplerKind::Ddim,
+        SamplerKind::Langevin => ImageSamplerKind::Langevin { eps: eps()? },
+        SamplerKind::Ddim => ImageSamplerKind::Ddim,
+        SamplerKind::ScoreAscent => {
+            return Err(field("sampler.kind", "score_ascent is a toy-trial sampler; image trials take heun, euler_maruyama, pc, ddim, annealed_langevin, langevin or none"));
+        }
     };
     if s.snr.is_some() && !matches!(kind, ImageSamplerKind::Pc { .. }) {
         return Err(field("sampler.snr", "applies to kind = \"pc\" only"));

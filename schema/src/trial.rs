@@ -44,6 +44,7 @@ use crate::image::{ImageTrial, RawImageTrial};
 use crate::locate::{line_col, locate};
 pub use crate::noise::NoiseSpec;
 use crate::noise::{RawNoise, validate_noise};
+use crate::sampler::SamplerKind;
 pub use crate::validate::{FieldError, field};
 use crate::validate::{in_range, langevin_step_is_stable, positive, raw_error, required};
 
@@ -241,19 +242,6 @@ struct RawEval {
     c_samples: Option<usize>,
 }
 
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum RawSamplerKind {
-    AnnealedLangevin,
-    Langevin,
-    ScoreAscent,
-    Heun,
-    EulerMaruyama,
-    Pc,
-    Ddim,
-    None,
-}
-
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
 enum RawEps {
@@ -264,7 +252,7 @@ enum RawEps {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawSampler {
-    kind: RawSamplerKind,
+    kind: SamplerKind,
     #[serde(default = "d_spl")]
     steps_per_level: usize,
     steps: Option<usize>,
@@ -675,7 +663,7 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
     in_range("sampler.steps_per_level", s.steps_per_level, 1, 1_000_000)?;
     in_range("sampler.n", s.n, 1, MAX_POINTS)?;
     let eps = match &s.eps {
-        None => StepSize::Fixed(if s.kind == RawSamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
+        None => StepSize::Fixed(if s.kind == SamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
         Some(RawEps::Value(v)) => StepSize::Fixed(positive("sampler.eps", *v)?),
         Some(RawEps::Word(w)) if w == "auto" => {
             if noise.is_none() {
@@ -685,7 +673,7 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
         }
         Some(RawEps::Word(w)) => return Err(field("sampler.eps", format!("must be a positive number or \"auto\" (got \"{w}\")"))),
     };
-    use RawSamplerKind as K;
+    use SamplerKind as K;
     let ode_sde = matches!(s.kind, K::Heun | K::EulerMaruyama | K::Pc | K::Ddim);
     if ode_sde {
         if noise.is_none() {
@@ -713,19 +701,19 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
     let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.max_std()))?;
     let init = Init { n: s.n, box_half };
     Ok(match s.kind {
-        RawSamplerKind::None => SamplerSpec::None,
-        RawSamplerKind::AnnealedLangevin => {
+        SamplerKind::None => SamplerSpec::None,
+        SamplerKind::AnnealedLangevin => {
             if noise.is_none() {
                 return Err(field("sampler.kind", "annealed_langevin needs a noise ladder (objective.noise)"));
             }
             SamplerSpec::AnnealedLangevin { init, steps_per_level: s.steps_per_level, eps, denoise: s.denoise }
         }
-        RawSamplerKind::Langevin => SamplerSpec::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
-        RawSamplerKind::ScoreAscent => SamplerSpec::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
-        RawSamplerKind::Heun => SamplerSpec::Heun { n: s.n, steps: ode_steps()? },
-        RawSamplerKind::EulerMaruyama => SamplerSpec::EulerMaruyama { n: s.n, steps: ode_steps()? },
-        RawSamplerKind::Pc => SamplerSpec::Pc { n: s.n, steps: ode_steps()?, snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        RawSamplerKind::Ddim => SamplerSpec::Ddim { n: s.n, steps: ode_steps()? },
+        SamplerKind::Langevin => SamplerSpec::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
+        SamplerKind::ScoreAscent => SamplerSpec::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
+        SamplerKind::Heun => SamplerSpec::Heun { n: s.n, steps: ode_steps()? },
+        SamplerKind::EulerMaruyama => SamplerSpec::EulerMaruyama { n: s.n, steps: ode_steps()? },
+        SamplerKind::Pc => SamplerSpec::Pc { n: s.n, steps: ode_steps()?, snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        SamplerKind::Ddim => SamplerSpec::Ddim { n: s.n, steps: ode_steps()? },
     })
 }
 
@@ -957,7 +945,8 @@ n = 20
         let cases: Vec<(String, &str, usize, usize, &str)> = vec![
             (GOOD_IMAGE.replace("kind = \"mlp\"", "kind = \"transformer\""), "model.kind", 6, 1, "unknown variant `transformer`"),
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"flow\""), "objective.kind", 9, 1, "unknown variant `flow`"),
-            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"score_ascent\""), "sampler.kind", 13, 1, "unknown variant `score_ascent`"),
+            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"score_ascent\""), "sampler.kind", 13, 1, "toy-trial sampler"),
+            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"dpm\""), "sampler.kind", 13, 1, "unknown variant `dpm`"),
             (GOOD_IMAGE.replace("hidden = 64", "hidden = 64\nchannels = 8"), "model.channels", 8, 1, "does not apply to kind = \"mlp\""),
             (GOOD_IMAGE.replace("hidden = 64", "hidden = 4"), "model.hidden", 7, 1, "between 8 and 8192"),
             (GOOD_IMAGE.replace("held_out = 500", "held_out = 500\nscale = \"wide\""), "data.scale", 5, 1, "\"sym\""),
