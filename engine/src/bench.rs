@@ -307,7 +307,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
     let ms = median_ms(
         || {
             let (sigma, weight, eps) = draw(&mut rng);
-            let loss = images::run::edm_losses(
+            let loss = images::objective::edm_losses(
                 net.as_ref(),
                 &xt,
                 &images::tensor(&eps, h, w, &dev)?,

@@ -7,7 +7,8 @@
 //! - [`data`]: [`data::DataSource`] (training points, optional labels, optional exact density);
 //! - [`models`]: [`models::ScoreModel`] (S(x, σ, label), optional tangents / closed-form trace /
 //!   energy);
-//! - [`train`]: [`train::Trainer`] (autograd, or a hand-derived step chosen automatically);
+//! - [`train`]: [`train::Trainer`] (autograd, or a hand-derived step chosen automatically, toy
+//!   and image models alike) and the one train loop [`train::run`];
 //! - [`samplers`]: [`samplers::Sampler`] (chains moved by a [`samplers::Field`]: a score or a
 //!   denoiser, toy and image models alike; network evaluations counted, divergence caught);
 //! - [`eval`]: [`eval::Checkpoint`] evaluators (loss gaps with exact scores) and sample metrics.

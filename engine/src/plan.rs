@@ -31,8 +31,6 @@ pub struct TrialPlan<'a> {
     pub cfg: &'a TrainTrial,
     pub data: &'a dyn DataSource,
     pub device: Device,
-    /// The trial's training stream, after drawing the fixed training set (if any).
-    pub train_rng: Rng,
     /// A fixed training set of `train.n_train` points (None: fresh points every step).
     pub train_set: Option<Vec<f64>>,
     pub ladder: Option<Ladder>,
@@ -43,8 +41,10 @@ pub struct TrialPlan<'a> {
 }
 
 impl<'a> TrialPlan<'a> {
-    /// `data` is the source built from `cfg.data` (`data::build`).
-    pub fn resolve(cfg: &'a TrainTrial, data: &'a dyn DataSource, device: Device) -> Self {
+    /// `data` is the source built from `cfg.data` (`data::build`). Returns the plan and the
+    /// trial's training stream after drawing the fixed training set (if any), which the
+    /// batches and the trainer's draws continue.
+    pub fn resolve(cfg: &'a TrainTrial, data: &'a dyn DataSource, device: Device) -> (Self, Rng) {
         let mut train_rng = Rng::stream(cfg.seed, Stream::Train);
         let train_set = cfg.train.n_train.map(|n| data.sample(n, &mut train_rng).x);
         let ladder = cfg.noise.as_ref().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
@@ -66,7 +66,7 @@ impl<'a> TrialPlan<'a> {
             (Some(l), Some(_)) => Some(cfg.eval.dsm_sigma.unwrap_or(l.sigmas[l.sigmas.len() / 2])),
             _ => None,
         };
-        TrialPlan { cfg, data, device, train_rng, train_set, ladder, eps, dsm_sigma }
+        (TrialPlan { cfg, data, device, train_set, ladder, eps, dsm_sigma }, train_rng)
     }
 
     pub fn dim(&self) -> usize {
@@ -79,20 +79,20 @@ impl<'a> TrialPlan<'a> {
         self.ladder.as_ref().map(Ladder::smallest)
     }
 
-    /// The next training batch: drawn from the fixed set with replacement, or fresh.
-    pub fn next_batch(&mut self) -> Vec<f64> {
+    /// The next training batch from `rng`: drawn from the fixed set with replacement, or fresh.
+    pub fn next_batch(&self, rng: &mut Rng) -> Vec<f64> {
         let (d, b) = (self.dim(), self.cfg.train.batch);
         match &self.train_set {
             Some(t) => {
                 let n = t.len() / d;
                 (0..b)
                     .flat_map(|_| {
-                        let i = self.train_rng.below(n);
+                        let i = rng.below(n);
                         t[i * d..(i + 1) * d].to_vec()
                     })
                     .collect()
             }
-            None => self.data.sample(b, &mut self.train_rng).x,
+            None => self.data.sample(b, rng).x,
         }
     }
 }

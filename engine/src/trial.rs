@@ -1,5 +1,6 @@
-//! Runs one trial by its plan: build the model, train it with the chosen trainer while the
-//! checkpoint evaluators measure loss gaps, sample, and compute sample (and energy) metrics.
+//! Runs one trial by its plan: build the model, train it with the chosen trainer through the
+//! one train loop (`train::run`) while the checkpoint evaluators measure loss gaps, sample,
+//! and compute sample (and energy) metrics.
 //! Everything random comes from the trial seed's streams (`rng`), so the same trial gives the
 //! same metrics on CPU.
 
@@ -10,16 +11,17 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use schema::trial::{ObjectiveKind, SleepTrial, TrainTrial, TrialConfig};
 
+use crate::data::Batch;
 pub use crate::error::EngineError;
 use crate::eval::gaps::{self, DsmGap, EsmIsmGap, EvalSet, SsmLoss};
 use crate::eval::{Checkpoint, energy, samples};
-use crate::models::{self, ScoreModel};
+use crate::models;
 use crate::objectives::TrainObjective;
 use crate::outcome::{Progress, TrialOutcome, TrialStatus};
 use crate::plan::TrialPlan;
 use crate::rng::{Rng, Stream};
 use crate::samplers;
-use crate::train::{self, TrainSetup, Trainer};
+use crate::train::{self, Checkpoints, Schedule, TrainSetup};
 
 /// Runs one trial on `device` on the calling thread (CPU heavy: call it off any async
 /// executor). Checks `cancel` between steps. On the CPU, MLP score nets use the hand-derived
@@ -92,76 +94,9 @@ fn checkpoints(plan: &TrialPlan, objective: &TrainObjective) -> candle_core::Res
     Ok(out)
 }
 
-/// What training produced.
-struct Trained {
-    status: TrialStatus,
-    columns: Vec<String>,
-    rows: Vec<Vec<f64>>,
-    steps_done: u64,
-    last_loss: f64,
-    train_seconds: f64,
-    eval_seconds: f64,
-}
-
-/// Trains for `train.steps` steps, evaluating at step 0, every `eval_every` steps and at the
-/// end; stops at a non-finite loss or checkpoint value (diverged) or on `cancel`.
-fn train_loop(
-    plan: &mut TrialPlan,
-    model: &dyn ScoreModel,
-    trainer: &mut dyn Trainer,
-    evals: &[Box<dyn Checkpoint>],
-    progress: &mut dyn FnMut(&Progress),
-    cancel: &AtomicBool,
-) -> candle_core::Result<Trained> {
-    let spec = plan.cfg.train.clone();
-    let mut columns: Vec<String> = vec!["step".into(), "train_loss".into()];
-    columns.extend(evals.iter().flat_map(|e| e.columns().iter().map(|c| c.to_string())));
-    let mut out = Trained { status: TrialStatus::Ok, columns, rows: Vec::new(), steps_done: 0, last_loss: f64::NAN, train_seconds: 0.0, eval_seconds: 0.0 };
-    let t_train = Instant::now();
-    for step in 0..=spec.steps {
-        if step % spec.eval_every == 0 || step == spec.steps {
-            let t0 = Instant::now();
-            trainer.sync()?;
-            let mut row = vec![step as f64, out.last_loss];
-            for e in evals {
-                row.extend(e.evaluate(model)?);
-            }
-            out.eval_seconds += t0.elapsed().as_secs_f64();
-            let latest: Vec<(String, f64)> = out.columns.iter().cloned().zip(row.iter().cloned()).skip(1).collect();
-            let finite = row[2..].iter().all(|v| v.is_finite());
-            out.rows.push(row);
-            progress(&Progress { step, total_steps: spec.steps, train_loss: out.last_loss, latest });
-            if !finite {
-                out.status = TrialStatus::Diverged { step };
-                break;
-            }
-        }
-        if step == spec.steps {
-            break;
-        }
-        if cancel.load(Ordering::Relaxed) {
-            out.status = TrialStatus::Cancelled;
-            break;
-        }
-        let batch = plan.next_batch();
-        let loss = trainer.step(&batch, &mut plan.train_rng)?;
-        out.last_loss = loss;
-        if !loss.is_finite() {
-            out.status = TrialStatus::Diverged { step };
-            break;
-        }
-        out.steps_done = step + 1;
-        progress(&Progress { step: out.steps_done, total_steps: spec.steps, train_loss: loss, latest: vec![] });
-    }
-    trainer.sync()?;
-    // Training time excludes the checkpoints' evaluation time.
-    out.train_seconds = (t_train.elapsed().as_secs_f64() - out.eval_seconds).max(0.0);
-    Ok(out)
-}
-
 fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
     let data = crate::data::build(&cfg.data);
-    let mut plan = TrialPlan::resolve(cfg, data.as_ref(), device.clone());
+    let (plan, mut train_rng) = TrialPlan::resolve(cfg, data.as_ref(), device.clone());
     let d = plan.dim();
     let seed = cfg.seed;
     let sigmas = plan.ladder.as_ref().map(|l| l.sigmas.clone());
@@ -178,7 +113,23 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     let mut trainer =
         train::build(TrainSetup { model: model.as_ref(), varmap: &varmap, data: data.as_ref(), objective, batch: cfg.train.batch, lr: cfg.train.lr, device: device.clone() })?;
     let trainer_name = trainer.name().to_string();
-    let trained = train_loop(&mut plan, model.as_ref(), trainer.as_mut(), &evals, progress, cancel)?;
+    let mut evaluate = || -> candle_core::Result<Vec<f64>> {
+        let mut values = Vec::new();
+        for e in &evals {
+            values.extend(e.evaluate(model.as_ref())?);
+        }
+        Ok(values)
+    };
+    let columns = evals.iter().flat_map(|e| e.columns().iter().map(|c| c.to_string())).collect();
+    let trained = train::run(
+        trainer.as_mut(),
+        Schedule { steps: cfg.train.steps, eval_every: cfg.train.eval_every },
+        &mut |rng: &mut Rng| Batch { x: plan.next_batch(rng), labels: Vec::new() },
+        &mut train_rng,
+        Checkpoints { columns, evaluate: &mut evaluate },
+        progress,
+        cancel,
+    )?;
     drop(trainer);
 
     let mut metrics: Vec<(String, f64)> = Vec::new();

@@ -288,7 +288,7 @@ fn fast_ism_matches_candle_autograd() {
     }
 }
 
-/// The hand-derived image-MLP step against candle's autograd of `images::run::edm_losses`
+/// The hand-derived image-MLP step against candle's autograd of `images::objective::edm_losses`
 /// (EDM's preconditioning and weighting; NCSN's S = F/σ and VP's ε-prediction with DSM's
 /// weight 1/σ²): loss,
 /// every gradient (the class embedding's rows included: labels with the null class, classes
@@ -296,7 +296,7 @@ fn fast_ism_matches_candle_autograd() {
 /// another order, the polynomial exp in SiLU): 1e-4 of each tensor's largest gradient.
 #[test]
 fn fast_image_mlp_matches_candle_autograd() {
-    use engine::images::{self, Precond, run::edm_losses};
+    use engine::images::{self, Precond, objective::edm_losses};
     use engine::train::fast::image::{FastImageMlp, Rows};
     use schema::image::{ImageMlpSpec, ImageModel};
     let dev = Device::Cpu;

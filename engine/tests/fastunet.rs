@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
-use engine::images::{self, Precond, run::edm_losses, unet::NULL_CLASS};
+use engine::images::{self, Precond, objective::edm_losses, unet::NULL_CLASS};
 use engine::rng::Rng;
 use engine::train::fast::image::Rows;
 use engine::train::fast::unet::FastUnet;

@@ -237,3 +237,26 @@ fn image_trials_refuse_bad_keys_by_name() {
     let err = trial::run_trial(&cfg, &candle_core::Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).err().expect("no data").to_string();
     assert!(err.contains("/nonexistent"), "{err}");
 }
+
+/// Each image net offers what `schema::image::ImageModel::caps` declares for it: forward
+/// tangents (sliced score matching) exactly where `tangents` is set.
+#[test]
+fn image_model_caps_match_the_nets() {
+    use candle_core::{Device, Tensor};
+    use schema::image::{ImageMlpSpec, ImageModel, UnetSpec};
+    let dev = Device::Cpu;
+    let models = [
+        ImageModel::Mlp(ImageMlpSpec { hidden: 8, depth: 1, emb: 8, class_cond: true }),
+        ImageModel::Unet(UnetSpec { channels: 8, mults: vec![1, 2], blocks: 1, emb: 8, groups: 4, class_cond: true }),
+    ];
+    for model in models {
+        let varmap = candle_nn::VarMap::new();
+        let net = engine::images::build(&model, engine::images::Precond::Score { sigma_data: 0.5 }, 8, 8, &varmap, &dev).unwrap();
+        let x = Tensor::ones((2, 1, 8, 8), candle_core::DType::F32, &dev).unwrap();
+        let c_noise = Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap();
+        let labels = Tensor::new(&[1u32, 2], &dev).unwrap();
+        let tangent = net.raw_tangent(&x, &x, &c_noise, Some(&labels));
+        assert_eq!(tangent.is_ok(), model.caps().tangents, "{}: {:?}", model.name(), tangent.err());
+        assert!(!model.caps().closed_trace, "no image net has a closed-form trace");
+    }
+}

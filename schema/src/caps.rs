@@ -1,7 +1,9 @@
 //! Capabilities: what a data source and a score model can compute, and what each objective
 //! needs of them. Validation refuses a trial whose objective the model or the data cannot
 //! serve, with the key to change; the engine's registry tests pin each model kind's declared
-//! capabilities to what its implementation really offers.
+//! capabilities to what its implementation really offers. Toy and image trials both check
+//! through [`check`] (`trial::ObjectiveKind::needs`, `image`'s objective kinds and
+//! `ImageModel::caps`).
 
 use crate::validate::FieldError;
 

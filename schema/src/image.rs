@@ -1,7 +1,11 @@
 //! Image trials (MNIST, Fashion-MNIST and other IDX sets): their own raw form and validated
 //! [`ImageTrial`], chosen when `data.preset` names an image set. The sections mirror the toy
 //! trials' (`data`, `model`, `objective`, `train`, `eval`, `sampler`) with the keys that apply
-//! to images; unknown keys are refused with their dotted path like everywhere else.
+//! to images; unknown keys are refused with their dotted path like everywhere else, the kinds
+//! (`model.kind`, `objective.kind`, `sampler.kind`) are serde enums, and the "X needs Y"
+//! checks between objective, net and data go through [`caps::check`] with the toy trials'
+//! [`Needs`], [`ModelCaps`] and [`DataCaps`] ([`ImageModel::caps`], [`IMAGE_DATA_CAPS`]).
+//! Errors are located at file:line:column by `TrialConfig::from_str_at`, as the toy ones.
 //!
 //! ```toml
 //! seed = 0
@@ -38,7 +42,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::caps::{self, DataCaps, ModelCaps, Needs};
 use crate::noise::{NoiseSpec, RawNoise, validate_noise};
+use crate::sampler::SamplerKind;
 use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive};
 
 /// The data presets that make a trial an image trial.
@@ -70,10 +76,63 @@ struct RawImageData {
     limit: Option<usize>,
 }
 
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawImageModelKind {
+    Unet,
+    Mlp,
+}
+
+impl RawImageModelKind {
+    fn name(self) -> &'static str {
+        match self {
+            RawImageModelKind::Unet => "unet",
+            RawImageModelKind::Mlp => "mlp",
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawImageObjectiveKind {
+    Edm,
+    Dsm,
+    Ve,
+    Vp,
+    Ssm,
+    SsmVr,
+}
+
+impl RawImageObjectiveKind {
+    fn name(self) -> &'static str {
+        match self {
+            RawImageObjectiveKind::Edm => "edm",
+            RawImageObjectiveKind::Dsm => "dsm",
+            RawImageObjectiveKind::Ve => "ve",
+            RawImageObjectiveKind::Vp => "vp",
+            RawImageObjectiveKind::Ssm => "ssm",
+            RawImageObjectiveKind::SsmVr => "ssm_vr",
+        }
+    }
+
+    /// What this objective needs of the net and the data (checked by [`caps::check`]).
+    fn needs(self) -> Needs {
+        let none = Needs { exact_score: false, exact_trace: false, tangents: false, noise_ladder: false };
+        match self {
+            RawImageObjectiveKind::Edm | RawImageObjectiveKind::Ve | RawImageObjectiveKind::Vp => none,
+            RawImageObjectiveKind::Dsm => Needs { noise_ladder: true, ..none },
+            RawImageObjectiveKind::Ssm | RawImageObjectiveKind::SsmVr => Needs { tangents: true, noise_ladder: true, ..none },
+        }
+    }
+}
+
+/// What every image set offers: labels, no exact score.
+pub const IMAGE_DATA_CAPS: DataCaps = DataCaps { exact_score: false, labels: true };
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawImageModel {
-    kind: String,
+    kind: RawImageModelKind,
     hidden: Option<usize>,
     depth: Option<usize>,
     channels: Option<usize>,
@@ -87,7 +146,7 @@ struct RawImageModel {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawImageObjective {
-    kind: String,
+    kind: RawImageObjectiveKind,
     p_mean: Option<f64>,
     p_std: Option<f64>,
     sigma_data: Option<f64>,
@@ -119,7 +178,7 @@ struct RawImageEval {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawImageSampler {
-    kind: String,
+    kind: SamplerKind,
     steps: Option<usize>,
     sigma_min: Option<f64>,
     sigma_max: Option<f64>,
@@ -179,6 +238,16 @@ impl ImageModel {
         match self {
             ImageModel::Unet(_) => "unet",
             ImageModel::Mlp(_) => "mlp",
+        }
+    }
+
+    /// What the net offers beyond D(x; σ, c): the MLP has forward tangents (sliced score
+    /// matching), the U-Net none; neither a closed-form trace. Pinned to the engine's nets by
+    /// `engine/tests/images.rs`.
+    pub fn caps(&self) -> ModelCaps {
+        match self {
+            ImageModel::Unet(_) => ModelCaps { tangents: false, closed_trace: false },
+            ImageModel::Mlp(_) => ModelCaps { tangents: true, closed_trace: false },
         }
     }
 }
@@ -367,12 +436,12 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
             ("groups", m.groups.is_some()),
         ];
         match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
-            Some((k, _)) => Err(field(&format!("model.{k}"), format!("does not apply to kind = \"{}\"", m.kind))),
+            Some((k, _)) => Err(field(&format!("model.{k}"), format!("does not apply to kind = \"{}\"", m.kind.name()))),
             None => Ok(()),
         }
     };
-    let model = match m.kind.as_str() {
-        "unet" => {
+    let model = match m.kind {
+        RawImageModelKind::Unet => {
             only(&["channels", "mults", "blocks", "groups"])?;
             let channels = in_range("model.channels", m.channels.unwrap_or(40), 4, 512)?;
             let mults = m.mults.clone().unwrap_or_else(|| vec![1, 2, 2]);
@@ -387,7 +456,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
             }
             ImageModel::Unet(UnetSpec { channels, mults, blocks, emb, groups, class_cond })
         }
-        "mlp" => {
+        RawImageModelKind::Mlp => {
             only(&["hidden", "depth"])?;
             ImageModel::Mlp(ImageMlpSpec {
                 hidden: in_range("model.hidden", m.hidden.unwrap_or(1024), 8, 8192)?,
@@ -396,7 +465,6 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
                 class_cond,
             })
         }
-        other => return Err(field("model.kind", format!("image trials take kind = \"unet\" or \"mlp\" (got \"{other}\")"))),
     };
 
     let o = raw.objective;
@@ -412,15 +480,17 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     ];
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
         match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
-            Some((k, _)) => Err(field(&format!("objective.{k}"), format!("does not apply to kind = \"{}\"", o.kind))),
+            Some((k, _)) => Err(field(&format!("objective.{k}"), format!("does not apply to kind = \"{}\"", o.kind.name()))),
             None => Ok(()),
         }
     };
+    caps::check(o.kind.name(), o.kind.needs(), model.name(), model.caps(), &data.preset, IMAGE_DATA_CAPS, o.noise.is_some())?;
+    // Present whenever the objective needs one (`caps::check`).
     let ladder = |o: &RawImageObjective| -> Result<NoiseSpec, FieldError> {
-        validate_noise(o.noise.as_ref().ok_or_else(|| field("objective.noise", format!("kind = \"{}\" needs a noise ladder", o.kind)))?)
+        validate_noise(o.noise.as_ref().ok_or_else(|| field("objective.noise", format!("kind = \"{}\" needs a noise ladder", o.kind.name())))?)
     };
-    let kind = match o.kind.as_str() {
-        "edm" => {
+    let kind = match o.kind {
+        RawImageObjectiveKind::Edm => {
             only(&["p_mean", "p_std"])?;
             let p_mean = o.p_mean.unwrap_or(-1.2);
             if !p_mean.is_finite() {
@@ -428,18 +498,15 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
             }
             ImageObjectiveKind::Edm { p_mean, p_std: positive("objective.p_std", o.p_std.unwrap_or(1.2))? }
         }
-        "dsm" => {
+        RawImageObjectiveKind::Dsm => {
             only(&["noise"])?;
             ImageObjectiveKind::Dsm { noise: ladder(&o)? }
         }
-        "ssm" | "ssm_vr" => {
+        RawImageObjectiveKind::Ssm | RawImageObjectiveKind::SsmVr => {
             only(&["noise"])?;
-            if !matches!(model, ImageModel::Mlp(_)) {
-                return Err(field("objective.kind", format!("kind = \"{}\" needs model.kind = \"mlp\" (forward tangents)", o.kind)));
-            }
-            ImageObjectiveKind::Ssm { noise: ladder(&o)?, vr: o.kind == "ssm_vr" }
+            ImageObjectiveKind::Ssm { noise: ladder(&o)?, vr: o.kind == RawImageObjectiveKind::SsmVr }
         }
-        "ve" => {
+        RawImageObjectiveKind::Ve => {
             only(&["sigma_min", "sigma_max"])?;
             let lo = positive("objective.sigma_min", o.sigma_min.unwrap_or(0.01))?;
             let hi = positive("objective.sigma_max", o.sigma_max.unwrap_or(50.0))?;
@@ -448,7 +515,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
             }
             ImageObjectiveKind::Ve { sigma_min: lo, sigma_max: hi }
         }
-        "vp" => {
+        RawImageObjectiveKind::Vp => {
             only(&["beta_min", "beta_max", "t_min"])?;
             let beta_min = positive("objective.beta_min", o.beta_min.unwrap_or(0.1))?;
             let beta_max = positive("objective.beta_max", o.beta_max.unwrap_or(20.0))?;
@@ -461,7 +528,6 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
             }
             ImageObjectiveKind::Vp { beta_min, beta_max, t_min }
         }
-        other => return Err(field("objective.kind", format!("image trials take kind = \"edm\", \"dsm\", \"ve\", \"vp\", \"ssm\" or \"ssm_vr\" (got \"{other}\")"))),
     };
     let label_dropout = o.label_dropout.unwrap_or(if model.class_cond() { 0.1 } else { 0.0 });
     if !(0.0..1.0).contains(&label_dropout) {
@@ -498,21 +564,18 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
         langevin_step_is_stable("sampler.eps", eps, sigma_min, "sampler.sigma_min")?;
         Ok(eps)
     };
-    let kind = match s.kind.as_str() {
-        "none" => ImageSamplerKind::None,
-        "heun" => ImageSamplerKind::Heun,
-        "euler_maruyama" => ImageSamplerKind::EulerMaruyama,
-        "pc" => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        "annealed_langevin" => {
+    let kind = match s.kind {
+        SamplerKind::None => ImageSamplerKind::None,
+        SamplerKind::Heun => ImageSamplerKind::Heun,
+        SamplerKind::EulerMaruyama => ImageSamplerKind::EulerMaruyama,
+        SamplerKind::Pc => ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        SamplerKind::AnnealedLangevin => {
             ImageSamplerKind::AnnealedLangevin { steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?, eps: eps()? }
         }
-        "langevin" => ImageSamplerKind::Langevin { eps: eps()? },
-        "ddim" => ImageSamplerKind::Ddim,
-        other => {
-            return Err(field(
-                "sampler.kind",
-                format!("must be \"heun\", \"euler_maruyama\", \"pc\", \"ddim\", \"annealed_langevin\", \"langevin\" or \"none\" (got \"{other}\")"),
-            ));
+        SamplerKind::Langevin => ImageSamplerKind::Langevin { eps: eps()? },
+        SamplerKind::Ddim => ImageSamplerKind::Ddim,
+        SamplerKind::ScoreAscent => {
+            return Err(field("sampler.kind", "score_ascent is a toy-trial sampler; image trials take heun, euler_maruyama, pc, ddim, annealed_langevin, langevin or none"));
         }
     };
     if s.snr.is_some() && !matches!(kind, ImageSamplerKind::Pc { .. }) {
@@ -545,4 +608,38 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
 /// Whether a trial given as TOML is an image trial (its `data.preset` names an image set).
 pub fn is_image(v: &toml::Value) -> bool {
     v.get("data").and_then(|d| d.get("preset")).and_then(|p| p.as_str()).is_some_and(|p| IMAGE_PRESETS.contains(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The capability table of image nets and objectives, through the one `caps::check`.
+    #[test]
+    fn image_objectives_need_what_caps_declares() {
+        let mlp = ImageModel::Mlp(ImageMlpSpec { hidden: 8, depth: 1, emb: 8, class_cond: true });
+        let unet = ImageModel::Unet(UnetSpec { channels: 8, mults: vec![1], blocks: 1, emb: 8, groups: 1, class_cond: true });
+        let all = [
+            RawImageObjectiveKind::Edm,
+            RawImageObjectiveKind::Dsm,
+            RawImageObjectiveKind::Ve,
+            RawImageObjectiveKind::Vp,
+            RawImageObjectiveKind::Ssm,
+            RawImageObjectiveKind::SsmVr,
+        ];
+        for kind in all {
+            for (model, ladder) in [(&mlp, true), (&mlp, false), (&unet, true), (&unet, false)] {
+                let got = caps::check(kind.name(), kind.needs(), model.name(), model.caps(), "mnist", IMAGE_DATA_CAPS, ladder).err().map(|e| e.key);
+                let sliced = matches!(kind, RawImageObjectiveKind::Ssm | RawImageObjectiveKind::SsmVr);
+                let want = if sliced && model.name() == "unet" {
+                    Some("objective.kind")
+                } else if (sliced || kind == RawImageObjectiveKind::Dsm) && !ladder {
+                    Some("objective.noise")
+                } else {
+                    None
+                };
+                assert_eq!(got.as_deref(), want, "{} on {} (ladder: {ladder})", kind.name(), model.name());
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`status`]: the one status enum of trials and attempts shared by the proto, the
 //!   coordinator and the results;
 //! - [`noise`]: the noise ladder (`objective.noise`) of toy and image trials;
+//! - [`sampler`]: the sampler kinds (`sampler.kind`) of toy and image trials;
 //! - [`validate`]: the helpers every module validates with ([`validate::FieldError`] on a dotted
 //!   key, range checks); it imports no other module, so the others never import one another
 //!   in a cycle (tests/tidy.rs checks);
@@ -22,6 +23,7 @@ pub mod image;
 pub mod locate;
 pub mod metrics;
 pub mod noise;
+pub mod sampler;
 pub mod status;
 pub mod trial;
 pub mod validate;

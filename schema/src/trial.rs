@@ -44,6 +44,7 @@ use crate::image::{ImageTrial, RawImageTrial};
 use crate::locate::{line_col, locate};
 pub use crate::noise::NoiseSpec;
 use crate::noise::{RawNoise, validate_noise};
+use crate::sampler::SamplerKind;
 pub use crate::validate::{FieldError, field};
 use crate::validate::{in_range, langevin_step_is_stable, positive, raw_error, required};
 
@@ -241,19 +242,6 @@ struct RawEval {
     c_samples: Option<usize>,
 }
 
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum RawSamplerKind {
-    AnnealedLangevin,
-    Langevin,
-    ScoreAscent,
-    Heun,
-    EulerMaruyama,
-    Pc,
-    Ddim,
-    None,
-}
-
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
 enum RawEps {
@@ -264,7 +252,7 @@ enum RawEps {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawSampler {
-    kind: RawSamplerKind,
+    kind: SamplerKind,
     #[serde(default = "d_spl")]
     steps_per_level: usize,
     steps: Option<usize>,
@@ -675,7 +663,7 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
     in_range("sampler.steps_per_level", s.steps_per_level, 1, 1_000_000)?;
     in_range("sampler.n", s.n, 1, MAX_POINTS)?;
     let eps = match &s.eps {
-        None => StepSize::Fixed(if s.kind == RawSamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
+        None => StepSize::Fixed(if s.kind == SamplerKind::ScoreAscent { 0.1 } else { 2e-5 }),
         Some(RawEps::Value(v)) => StepSize::Fixed(positive("sampler.eps", *v)?),
         Some(RawEps::Word(w)) if w == "auto" => {
             if noise.is_none() {
@@ -685,7 +673,7 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
         }
         Some(RawEps::Word(w)) => return Err(field("sampler.eps", format!("must be a positive number or \"auto\" (got \"{w}\")"))),
     };
-    use RawSamplerKind as K;
+    use SamplerKind as K;
     let ode_sde = matches!(s.kind, K::Heun | K::EulerMaruyama | K::Pc | K::Ddim);
     if ode_sde {
         if noise.is_none() {
@@ -713,19 +701,19 @@ fn validate_sampler(s: &RawSampler, data: &DataSpec, noise: Option<&NoiseSpec>) 
     let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.max_std()))?;
     let init = Init { n: s.n, box_half };
     Ok(match s.kind {
-        RawSamplerKind::None => SamplerSpec::None,
-        RawSamplerKind::AnnealedLangevin => {
+        SamplerKind::None => SamplerSpec::None,
+        SamplerKind::AnnealedLangevin => {
             if noise.is_none() {
                 return Err(field("sampler.kind", "annealed_langevin needs a noise ladder (objective.noise)"));
             }
             SamplerSpec::AnnealedLangevin { init, steps_per_level: s.steps_per_level, eps, denoise: s.denoise }
         }
-        RawSamplerKind::Langevin => SamplerSpec::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
-        RawSamplerKind::ScoreAscent => SamplerSpec::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
-        RawSamplerKind::Heun => SamplerSpec::Heun { n: s.n, steps: ode_steps()? },
-        RawSamplerKind::EulerMaruyama => SamplerSpec::EulerMaruyama { n: s.n, steps: ode_steps()? },
-        RawSamplerKind::Pc => SamplerSpec::Pc { n: s.n, steps: ode_steps()?, snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        RawSamplerKind::Ddim => SamplerSpec::Ddim { n: s.n, steps: ode_steps()? },
+        SamplerKind::Langevin => SamplerSpec::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
+        SamplerKind::ScoreAscent => SamplerSpec::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
+        SamplerKind::Heun => SamplerSpec::Heun { n: s.n, steps: ode_steps()? },
+        SamplerKind::EulerMaruyama => SamplerSpec::EulerMaruyama { n: s.n, steps: ode_steps()? },
+        SamplerKind::Pc => SamplerSpec::Pc { n: s.n, steps: ode_steps()?, snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
+        SamplerKind::Ddim => SamplerSpec::Ddim { n: s.n, steps: ode_steps()? },
     })
 }
 
@@ -804,6 +792,7 @@ fn validate_data(d: &RawData) -> Result<DataSpec, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind, ImageSampler, ImageSamplerKind, ImageTrain, ImageTrial, Schedule, is_image};
 
     const GOOD: &str = r#"
 seed = 3
@@ -905,5 +894,146 @@ kind = "annealed_langevin"
         assert!(matches!(e, ConfigError::NotUtf8 { offset: 11, .. }), "{e}");
         assert!(e.to_string().contains("bad.toml:1:1"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A small image trial (`crate::image`); its line numbers are the table's below.
+    const GOOD_IMAGE: &str = r#"seed = 7
+[data]
+preset = "mnist"
+held_out = 500
+[model]
+kind = "mlp"
+hidden = 64
+[objective]
+kind = "edm"
+[train]
+steps = 10
+[sampler]
+kind = "heun"
+n = 20
+"#;
+
+    fn image(src: &str) -> ImageTrial {
+        match TrialConfig::from_str_at(src, Path::new("t.toml")).unwrap() {
+            TrialConfig::Image(t) => *t,
+            other => panic!("not an image trial: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_image_trial_validates_with_its_defaults() {
+        let t = image(GOOD_IMAGE);
+        assert_eq!(t.seed, 7);
+        assert_eq!((t.data.preset.as_str(), t.data.held_out, t.data.symmetric, t.data.dequantize), ("mnist", 500, true, true));
+        assert_eq!(t.model, ImageModel::Mlp(ImageMlpSpec { hidden: 64, depth: 2, emb: 64, class_cond: true }));
+        assert_eq!(t.objective, ImageObjective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: 0.5, label_dropout: 0.1 });
+        assert_eq!(t.train, ImageTrain { steps: 10, batch: 128, lr: 1e-3, ema: 0.999, eval_every: 10 });
+        assert_eq!(t.eval_n, 500, "every held-out image by default");
+        assert_eq!(t.sampler, ImageSampler { kind: ImageSamplerKind::Heun, schedule: Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 }, guidance: 1.0, n: 20 });
+        // The Langevin default step: 0.2·σ_min².
+        let al = image(&GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"annealed_langevin\""));
+        assert_eq!(al.sampler.kind, ImageSamplerKind::AnnealedLangevin { steps_per_level: 10, eps: 0.2 * 0.002 * 0.002 });
+        let ssm = image(&GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ssm_vr\"\nnoise = { ladder = \"list\", sigmas = [1.0, 0.1] }"));
+        assert_eq!(ssm.objective.kind, ImageObjectiveKind::Ssm { noise: NoiseSpec::List(vec![1.0, 0.1]), vr: true });
+    }
+
+    /// Table of bad image trials: (edit of GOOD_IMAGE, key, line, column, message fragment). Each
+    /// error reads `t.toml:LINE:COLUMN: key `KEY`: message`, as the toy trials' do.
+    #[test]
+    fn bad_image_trials_are_located_at_file_line_column() {
+        let unet = |s: &str| s.replace("kind = \"mlp\"\nhidden = 64", "kind = \"unet\"");
+        let cases: Vec<(String, &str, usize, usize, &str)> = vec![
+            (GOOD_IMAGE.replace("kind = \"mlp\"", "kind = \"transformer\""), "model.kind", 6, 1, "unknown variant `transformer`"),
+            (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"flow\""), "objective.kind", 9, 1, "unknown variant `flow`"),
+            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"score_ascent\""), "sampler.kind", 13, 1, "toy-trial sampler"),
+            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"dpm\""), "sampler.kind", 13, 1, "unknown variant `dpm`"),
+            (GOOD_IMAGE.replace("hidden = 64", "hidden = 64\nchannels = 8"), "model.channels", 8, 1, "does not apply to kind = \"mlp\""),
+            (GOOD_IMAGE.replace("hidden = 64", "hidden = 4"), "model.hidden", 7, 1, "between 8 and 8192"),
+            (GOOD_IMAGE.replace("held_out = 500", "held_out = 500\nscale = \"wide\""), "data.scale", 5, 1, "\"sym\""),
+            (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"edm\"\nsigma_min = 0.1"), "objective.sigma_min", 10, 1, "does not apply to kind = \"edm\""),
+            (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ve\"\nsigma_min = 5.0\nsigma_max = 1.0"), "objective.sigma_max", 11, 1, "must exceed"),
+            (GOOD_IMAGE.replace("steps = 10", "steps = 10\nema = 1.5"), "train.ema", 12, 1, "[0, 1)"),
+            (GOOD_IMAGE.replace("n = 20", "n = 25"), "sampler.n", 14, 1, "multiple of 10"),
+            (GOOD_IMAGE.replace("n = 20", "n = 20\nguidance = 2.0").replace("kind = \"edm\"", "kind = \"edm\"\nlabel_dropout = 0.0"), "sampler.guidance", 16, 1, "label_dropout"),
+            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"langevin\"\neps = 1e-5"), "sampler.eps", 14, 1, "cannot be stable"),
+            (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"heun\"\nsnr = 0.1"), "sampler.snr", 14, 1, "pc"),
+            (GOOD_IMAGE.replace("n = 20", "n = 20\ncolour = true"), "sampler.colour", 15, 1, "unknown field"),
+            (unet(GOOD_IMAGE).replace("[model]\nkind = \"unet\"", "[model]\nkind = \"unet\"\ngroups = 3"), "model.groups", 7, 1, "divide"),
+            // The capability checks (`caps`): sliced score matching needs forward tangents,
+            // which the U-Net lacks; DSM and SSM need a noise ladder.
+            (
+                unet(GOOD_IMAGE).replace("kind = \"edm\"", "kind = \"ssm\"\nnoise = { ladder = \"list\", sigmas = [1.0] }"),
+                "objective.kind",
+                8,
+                1,
+                "forward-mode tangents J·v, and model `unet` has none",
+            ),
+            (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"dsm\""), "objective.noise", 8, 2, "dsm needs a noise ladder"),
+            (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ssm\""), "objective.noise", 8, 2, "ssm needs a noise ladder"),
+        ];
+        for (src, key, line, column, msg) in cases {
+            let e = TrialConfig::from_str_at(&src, Path::new("t.toml")).unwrap_err();
+            match &e {
+                ConfigError::Invalid { key: k, line: l, column: c, message, .. } => {
+                    assert_eq!((k.as_str(), *l, *c), (key, line, column), "{e}");
+                    assert!(message.contains(msg), "{e}");
+                }
+                other => panic!("{key}: unexpected {other}"),
+            }
+            assert!(e.to_string().starts_with(&format!("t.toml:{line}:{column}: key `{key}`: ")), "{e}");
+        }
+    }
+
+    /// Every committed image sweep's base, and the base with each of its grid values, zip
+    /// columns and variants applied, validates (the sweep expansion itself is the
+    /// coordinator's; here each edit is applied alone).
+    #[test]
+    fn committed_image_sweeps_validate() {
+        fn set(t: &mut toml::Table, dotted: &str, v: toml::Value) {
+            let mut parts: Vec<&str> = dotted.split('.').collect();
+            let last = parts.pop().unwrap();
+            let mut cur = t;
+            for p in parts {
+                cur = cur.entry(p).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().unwrap();
+            }
+            cur.insert(last.to_string(), v);
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sweeps");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let sweep: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let base = sweep["base"].as_table().unwrap().clone();
+            if !is_image(&toml::Value::Table(base.clone())) {
+                continue;
+            }
+            let mut edits: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
+            if let Some(grid) = sweep.get("grid").and_then(|g| g.as_table()) {
+                for (k, vs) in grid {
+                    edits.extend(vs.as_array().unwrap().iter().map(|v| vec![(k.clone(), v.clone())]));
+                }
+            }
+            for z in sweep.get("zip").and_then(|z| z.as_array()).into_iter().flatten() {
+                let z = z.as_table().unwrap();
+                let n = z.values().next().map_or(0, |v| v.as_array().unwrap().len());
+                edits.extend((0..n).map(|i| z.iter().map(|(k, vs)| (k.clone(), vs.as_array().unwrap()[i].clone())).collect()));
+            }
+            for v in sweep.get("variants").and_then(|v| v.as_array()).into_iter().flatten() {
+                edits.push(v.as_table().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+            }
+            for edit in edits {
+                let mut t = base.clone();
+                for (k, v) in &edit {
+                    set(&mut t, k, v.clone());
+                }
+                let got = TrialConfig::from_value(&toml::Value::Table(t));
+                assert!(matches!(got, Ok(TrialConfig::Image(_))), "{}: {edit:?}: {got:?}", path.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "only {checked} image trials found in {}", dir.display());
     }
 }

@@ -16,10 +16,12 @@ pub mod mixture;
 
 pub use mixture::Mixture;
 
-/// A batch of training points, row-major (n × dim).
+/// A batch of training points, row-major (n × dim), with their class labels (empty where the
+/// source has none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub x: Vec<f64>,
+    pub labels: Vec<u32>,
 }
 
 /// A source of training (and reference) points.
@@ -57,7 +59,7 @@ impl DataSource for MixtureSource {
         &self.label
     }
     fn sample(&self, n: usize, rng: &mut Rng) -> Batch {
-        Batch { x: self.mixture.sample(n, rng) }
+        Batch { x: self.mixture.sample(n, rng), labels: Vec::new() }
     }
     fn exact(&self) -> Option<&Mixture> {
         Some(&self.mixture)

@@ -2,7 +2,7 @@
 //! choices: how σ is drawn, the loss weight w(σ) and the network's parametrisation
 //! ([`Precond`]). Every denoising objective is then the one loss w(σ)·mean_j (D_j − x0_j)² with
 //! D(x; σ) = c_skip x + c_out F(c_in x; c_noise), shared by the autograd path
-//! (`run::edm_losses`) and the hand-derived step (`train::fast::image`); sliced score matching
+//! ([`edm_losses`]) and the hand-derived step (`train::fast::image`); sliced score matching
 //! has its own loss ([`ssm_losses`]) on the same parametrisation. Because every kind ends up as
 //! a denoiser D(x; σ) on the VE scale, the samplers (`sample`) need no per-objective code: a
 //! VP-trained ε-net is sampled through D(x; σ) = x − σ ε(x/√(1 + σ²), σ), the VE-scale view of
@@ -114,6 +114,15 @@ pub fn resolve_ladder(noise: &NoiseSpec, split: &Split) -> Vec<f64> {
             crate::ladder::auto(&x, d, *sigma_min, *levels).0
         }
     }
+}
+
+/// The per-image denoising loss w(σ)·mean‖D(x + σε; σ, c) − x‖² of a batch x (N, 1, H, W) with
+/// noise ε, levels σ (N,) and their weights w(σ) (N,) (EDM's λ(σ) for `edm`).
+pub fn edm_losses(net: &dyn ImageNet, x: &Tensor, eps: &Tensor, sigma: &Tensor, weights: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let y = (x + eps.broadcast_mul(&sigma.reshape((n, 1, 1, 1))?)?)?;
+    let per = (net.denoise(&y, sigma, labels)? - x)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?;
+    per * weights
 }
 
 /// Sliced score matching per image on perturbed images `xt` (N, 1, H, W) at levels σ (N,)

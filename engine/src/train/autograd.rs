@@ -1,4 +1,4 @@
-//! The reference trainer: the objective's loss built as candle ops, back-propagated piece by
+//! The reference toy trainer: the objective's loss built as candle ops, back-propagated piece by
 //! piece (the exact trace comes in chunks of basis tangents, so the graph never holds more than
 //! one chunk), gradients summed, one AdamW step (no weight decay).
 
@@ -7,7 +7,7 @@ use candle_core::{Device, Result, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::{TrainSetup, Trainer};
-use crate::data::DataSource;
+use crate::data::{Batch, DataSource};
 use crate::models::ScoreModel;
 use crate::objectives::{self, TrainObjective};
 use crate::rng::Rng;
@@ -34,7 +34,8 @@ impl Trainer for Autograd<'_> {
         "autograd"
     }
 
-    fn step(&mut self, x0: &[f64], rng: &mut Rng) -> Result<f64> {
+    fn step(&mut self, batch: &Batch, rng: &mut Rng, _step: u64) -> Result<f64> {
+        let x0 = &batch.x[..];
         let mut loss = 0.0;
         let mut grads: Option<GradStore> = None;
         let vars = &self.vars;

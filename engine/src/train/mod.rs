@@ -1,34 +1,55 @@
-//! Trainers: one optimisation step of an objective on a batch of clean points. candle's
-//! autograd ([`autograd::Autograd`]) trains every model with every objective; where a
-//! hand-derived step exists for the model and objective ([`fast`]: DSM, SSM/SSM-VR and exact
-//! ISM at depth 2 on MLP score nets, on CPU) [`build`] picks it automatically — same loss, same
-//! random draws, pinned to autograd by tests.
+//! Training: one [`Trainer`] trait for every model family and one train loop ([`run`]) that
+//! drives it — cadence, checkpoints, cancel, divergence, progress and timing live there and
+//! nowhere else.
 //!
-//! Adding a hand-derived step: its file under `fast/`, a test against autograd in
-//! `engine/tests/fastmlp.rs`, and one arm in [`fast_trainer`].
+//! Trainers: candle's autograd trains every toy model with every objective
+//! ([`autograd::Autograd`]) and every image net ([`image::ImageAutograd`]); where a
+//! hand-derived step exists ([`fast`]: DSM, SSM/SSM-VR and exact ISM at depth 2 on toy MLP
+//! score nets; the image MLP and the U-Net on every denoising objective), on CPU, the builders
+//! ([`build`], [`image::build`]) pick it automatically — same loss, same random draws, pinned
+//! to autograd by tests.
+//!
+//! Adding a hand-derived step: its file under `fast/` with an `impl ToyStep` (toys) or
+//! `impl image::ImageStep` (images), a test against autograd in `engine/tests/fastmlp.rs`
+//! (or `fastunet.rs`), and one arm in `fast_trainer` (or [`image::build`]).
 
 use candle_core::{Device, Result};
 use candle_nn::VarMap;
 
+use crate::data::Batch;
 use crate::models::{MlpScore, ScoreModel};
 use crate::objectives::{self, ObjectiveKind, TrainObjective};
 use crate::rng::Rng;
 
 pub mod autograd;
 pub mod fast;
+pub mod image;
+mod run;
 
-/// A training step for one model, objective and batch size.
+pub use run::{Checkpoints, Schedule, Trained, run};
+
+/// A training step for one model, objective and batch size, whatever the model family.
+///
+/// Invariants: `step` draws everything random (perturbations, σ, probes, label dropout) from
+/// the `rng` it is given, in a fixed order, and updates nothing when the loss is not finite;
+/// after `sync` the model's variables hold the weights to evaluate and sample with (the EMA of
+/// the weights where the trainer keeps one), after `resume` the ones training continues from.
 pub trait Trainer {
-    /// `autograd`, or the hand-derived step's name.
+    /// `autograd`, or the hand-derived step's name (`fast_dsm`, `fast_unet`, …).
     fn name(&self) -> &'static str;
-    /// One step on the clean row-major points `x0`, drawing perturbations and probes from
-    /// `rng`; returns the loss before the update.
-    fn step(&mut self, x0: &[f64], rng: &mut Rng) -> Result<f64>;
-    /// Writes the parameters back into the model's variables (before evaluation or saving).
+    /// Training step number `step` (1-based: the EMA's warm-up counts it) on the clean batch,
+    /// drawing perturbations and probes from `rng`; returns the loss before the update.
+    fn step(&mut self, batch: &Batch, rng: &mut Rng, step: u64) -> Result<f64>;
+    /// Writes the weights to evaluate into the model's variables.
     fn sync(&mut self) -> Result<()>;
+    /// Undoes what `sync` changed that training reads (autograd with an EMA swaps the training
+    /// weights back); nothing for the others.
+    fn resume(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// What a trainer is built from.
+/// What a toy trainer is built from.
 pub struct TrainSetup<'a> {
     pub model: &'a dyn ScoreModel,
     pub varmap: &'a VarMap,
@@ -47,92 +68,66 @@ pub fn build<'a>(setup: TrainSetup<'a>) -> Result<Box<dyn Trainer + 'a>> {
     Ok(Box::new(autograd::Autograd::new(setup)?))
 }
 
-/// The registry of hand-derived steps: (model type, objective) → step. CPU only.
+/// The registry of hand-derived toy steps: (model type, objective) → step. CPU only.
 fn fast_trainer<'a>(s: &TrainSetup<'a>) -> Result<Option<Box<dyn Trainer + 'a>>> {
     if !crate::device::fast_paths(&s.device) {
         return Ok(None);
     }
     let Some(m) = s.model.as_any().downcast_ref::<MlpScore>() else { return Ok(None) };
-    let d = m.arch.dim;
-    let sigmas = s.objective.sigmas.clone();
-    let step: FastStep = match s.objective.kind {
-        ObjectiveKind::Dsm => match sigmas.clone() {
-            Some(levels) => FastStep::Dsm(Box::new(fast::FastDsm::new(m, s.batch, s.lr)?), levels),
-            None => return Ok(None),
-        },
-        ObjectiveKind::Ssm | ObjectiveKind::SsmVr => FastStep::Ssm(Box::new(fast::FastSsm::new(m, s.objective.kind == ObjectiveKind::SsmVr, s.lr)?)),
+    fn boxed<'a, S: ToyStep + 'a>(step: S, model: &'a MlpScore, s: &TrainSetup<'a>) -> Option<Box<dyn Trainer + 'a>> {
+        Some(Box::new(Fast { step, model, varmap: s.varmap, objective: s.objective.clone() }))
+    }
+    Ok(match s.objective.kind {
+        ObjectiveKind::Dsm if s.objective.sigmas.is_some() => boxed(fast::FastDsm::new(m, s.batch, s.lr)?, m, s),
+        ObjectiveKind::Ssm | ObjectiveKind::SsmVr => boxed(fast::FastSsm::new(m, s.objective.kind == ObjectiveKind::SsmVr, s.lr)?, m, s),
         ObjectiveKind::Ism => match fast::FastIsm::new(m, s.lr)? {
-            Some(f) => FastStep::Ism(Box::new(f)),
-            None => return Ok(None),
+            Some(f) => boxed(f, m, s),
+            None => None,
         },
-        ObjectiveKind::Esm => return Ok(None),
-    };
-    Ok(Some(Box::new(FastTrainer { step, model: m, varmap: s.varmap, d, sigmas, objective: s.objective.clone() })))
+        ObjectiveKind::Dsm | ObjectiveKind::Esm => None,
+    })
 }
 
-enum FastStep {
-    Dsm(Box<fast::FastDsm>, Vec<f64>),
-    Ssm(Box<fast::FastSsm>),
-    Ism(Box<fast::FastIsm>),
+/// A hand-derived toy step over plain buffers: it draws what the autograd path draws
+/// (`objectives::loss_pieces`), in the same order, and writes its weights back on demand.
+pub trait ToyStep {
+    const NAME: &'static str;
+    /// One update on the clean row-major points `x0` (dimension `d`) under `objective`.
+    fn train(&mut self, x0: &[f64], d: usize, objective: &TrainObjective, rng: &mut Rng) -> Result<f64>;
+    /// Writes the weights into the model's variables.
+    fn store(&self, model: &MlpScore, varmap: &VarMap) -> Result<()>;
 }
 
-/// A hand-derived step with the same random draws as the autograd path
-/// (`objectives::loss_pieces`).
-struct FastTrainer<'a> {
-    step: FastStep,
+/// A [`ToyStep`] with the model whose variables it writes back.
+struct Fast<'a, S> {
+    step: S,
     model: &'a MlpScore,
     varmap: &'a VarMap,
-    d: usize,
-    sigmas: Option<Vec<f64>>,
     objective: TrainObjective,
+}
+
+impl<S: ToyStep> Trainer for Fast<'_, S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn step(&mut self, batch: &Batch, rng: &mut Rng, _step: u64) -> Result<f64> {
+        self.step.train(&batch.x, self.model.arch.dim, &self.objective, rng)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.step.store(self.model, self.varmap)
+    }
 }
 
 /// The points an SSM/ISM step trains on: each perturbed at a random ladder level (with its
 /// σ), or the clean batch without a ladder.
-fn training_points(batch: &[f64], d: usize, sigmas: Option<&[f64]>, rng: &mut Rng) -> (Vec<f32>, Option<Vec<f32>>) {
+pub(crate) fn training_points(batch: &[f64], d: usize, sigmas: Option<&[f64]>, rng: &mut Rng) -> (Vec<f32>, Option<Vec<f32>>) {
     match sigmas {
         Some(levels) => {
             let p = objectives::perturb(batch, d, levels, rng);
             (p.xt, Some(p.sigma))
         }
         None => (batch.iter().map(|&v| v as f32).collect(), None),
-    }
-}
-
-impl Trainer for FastTrainer<'_> {
-    fn name(&self) -> &'static str {
-        match self.step {
-            FastStep::Dsm(..) => "fast_dsm",
-            FastStep::Ssm(_) => "fast_ssm",
-            FastStep::Ism(_) => "fast_ism",
-        }
-    }
-
-    fn step(&mut self, x0: &[f64], rng: &mut Rng) -> Result<f64> {
-        let d = self.d;
-        Ok(match &mut self.step {
-            FastStep::Dsm(f, levels) => {
-                let p = objectives::perturb(x0, d, levels, rng);
-                f.step(&p.xt, &p.eps, &p.sigma)
-            }
-            FastStep::Ssm(f) => {
-                let n = x0.len() / d;
-                let (x, sig) = training_points(x0, d, self.sigmas.as_deref(), rng);
-                let v = objectives::probe_values(self.objective.probes, n, d, self.objective.probe, rng);
-                f.step(&x, &v, sig.as_deref())
-            }
-            FastStep::Ism(f) => {
-                let (x, sig) = training_points(x0, d, self.sigmas.as_deref(), rng);
-                f.step(&x, sig.as_deref())
-            }
-        })
-    }
-
-    fn sync(&mut self) -> Result<()> {
-        match &self.step {
-            FastStep::Dsm(f, _) => f.store(self.model, self.varmap),
-            FastStep::Ssm(f) => f.store(self.model, self.varmap),
-            FastStep::Ism(f) => f.store(self.model, self.varmap),
-        }
     }
 }

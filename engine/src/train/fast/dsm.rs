@@ -119,6 +119,21 @@ impl FastDsm {
     }
 }
 
+impl crate::train::ToyStep for FastDsm {
+    const NAME: &'static str = "fast_dsm";
+
+    /// Multi-σ DSM: each point perturbed at a random ladder level (`objectives::perturb`).
+    fn train(&mut self, x0: &[f64], d: usize, objective: &crate::objectives::TrainObjective, rng: &mut crate::rng::Rng) -> Result<f64> {
+        let levels = objective.sigmas.as_deref().ok_or_else(|| candle_core::Error::Msg("the hand-derived DSM step needs a noise ladder".into()))?;
+        let p = crate::objectives::perturb(x0, d, levels, rng);
+        Ok(self.step(&p.xt, &p.eps, &p.sigma))
+    }
+
+    fn store(&self, model: &MlpScore, varmap: &candle_nn::VarMap) -> Result<()> {
+        FastDsm::store(self, model, varmap)
+    }
+}
+
 /// Forward and backward of DSM on one slice of the batch (`sigma.len()` rows of a batch of
 /// `n_total`): returns Σ‖r‖² over the slice and leaves the slice's parameter gradients (already
 /// scaled by 1/`n_total`) in `sh.grads`.

@@ -12,7 +12,7 @@
 //! that is one slice (up to 256 images) threads its products instead. Either way the result
 //! does not depend on the thread count.
 //!
-//! Pinned to candle's autograd of `images::run::edm_losses` by
+//! Pinned to candle's autograd of `images::objective::edm_losses` by
 //! `engine/tests/fastmlp.rs::fast_image_mlp_matches_candle_autograd`.
 
 use candle_core::{Result, Tensor};

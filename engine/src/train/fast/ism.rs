@@ -207,3 +207,17 @@ impl FastIsm {
         store(&self.params, model, vars)
     }
 }
+
+impl crate::train::ToyStep for FastIsm {
+    const NAME: &'static str = "fast_ism";
+
+    /// The training points (perturbed on the ladder, if any); the trace is exact.
+    fn train(&mut self, x0: &[f64], d: usize, objective: &crate::objectives::TrainObjective, rng: &mut crate::rng::Rng) -> Result<f64> {
+        let (x, sig) = crate::train::training_points(x0, d, objective.sigmas.as_deref(), rng);
+        Ok(self.step(&x, sig.as_deref()))
+    }
+
+    fn store(&self, model: &MlpScore, varmap: &candle_nn::VarMap) -> Result<()> {
+        FastIsm::store(self, model, varmap)
+    }
+}

@@ -112,6 +112,21 @@ impl FastSsm {
     }
 }
 
+impl crate::train::ToyStep for FastSsm {
+    const NAME: &'static str = "fast_ssm";
+
+    /// The training points (perturbed on the ladder, if any), then the probes.
+    fn train(&mut self, x0: &[f64], d: usize, objective: &crate::objectives::TrainObjective, rng: &mut crate::rng::Rng) -> Result<f64> {
+        let (x, sig) = crate::train::training_points(x0, d, objective.sigmas.as_deref(), rng);
+        let v = crate::objectives::probe_values(objective.probes, x0.len() / d, d, objective.probe, rng);
+        Ok(self.step(&x, &v, sig.as_deref()))
+    }
+
+    fn store(&self, model: &MlpScore, varmap: &candle_nn::VarMap) -> Result<()> {
+        FastSsm::store(self, model, varmap)
+    }
+}
+
 /// SSM forward and backward for points `lo..hi` of a batch of `n_total` (probes `v` are the
 /// whole batch's, K×N×D probe-major): returns Σ w·loss over the slice and leaves its gradients
 /// (already scaled by 1/`n_total`) in `sh.grads`.

@@ -29,7 +29,7 @@
 //! output tiles and keeps each sum's order; per-channel sums over the batch are taken per image
 //! and added in image order. So the bits do not depend on the thread count
 //! (`fast_unet_bits_do_not_depend_on_threads`). Pinned to candle's autograd of
-//! `images::run::edm_losses` on the candle U-Net by
+//! `images::objective::edm_losses` on the candle U-Net by
 //! `engine/tests/fastmlp.rs::fast_unet_matches_candle_autograd`.
 
 use candle_core::{Result, Tensor};
