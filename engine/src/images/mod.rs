@@ -103,7 +103,7 @@ pub trait ImageNet {
 /// The network a trial's model spec names, its weights in `varmap`.
 pub fn build(spec: &schema::image::ImageModel, precond: Precond, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> Result<Box<dyn ImageNet>> {
     Ok(match spec {
-        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, precond, varmap, dev)?),
+        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, precond, 1, h, w, varmap, dev)?),
         schema::image::ImageModel::Mlp(m) => Box::new(mlp::ImageMlp::new(m, precond, h * w, varmap, dev)?),
     })
 }

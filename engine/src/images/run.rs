@@ -57,7 +57,7 @@ impl Ema {
 
     /// shadow ← d·shadow + (1 − d)·w with d warmed up as min(decay, (1 + step)/(10 + step)).
     fn update(&mut self, step: u64) -> candle_core::Result<()> {
-        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let d = crate::kernels::optim::ema_decay(self.decay, step);
         for (v, s) in &mut self.shadow {
             // Detached: otherwise each shadow keeps the previous one (and the weights) alive
             // through candle's graph, and memory grows by a model's size every step.
