@@ -137,29 +137,57 @@ pub struct FastUnet {
     labels: Vec<u32>,
     /// c_in, c_skip, c_out per image of the current pass.
     coefs: [Vec<f32>; 3],
+    /// Channel-major (NCHW) copies of the output and of its gradient, for images of several
+    /// channels (callers' images are NCHW; the buffers NHWC).
+    planar: Vec<f32>,
+    planar_grad: Vec<f32>,
 }
 
 impl FastUnet {
-    /// The trainer of the U-Net `spec` on h×w images whose weights are in `varmap` (built by
+    /// The trainer of the U-Net `spec` on h×w images of `channels` channels whose weights are in `varmap` (built by
     /// `images::unet::Unet::new`), batches of `batch`.
-    pub fn trainer(spec: &UnetSpec, precond: Precond, h: usize, w: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64) -> Result<Self> {
-        Self::build(spec, precond, h, w, varmap, batch, true, lr, ema_decay, candle_core::utils::get_num_threads())
+    #[allow(clippy::too_many_arguments)]
+    pub fn trainer(spec: &UnetSpec, precond: Precond, channels: usize, h: usize, w: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64) -> Result<Self> {
+        Self::build(spec, precond, channels, h, w, varmap, batch, true, lr, ema_decay, candle_core::utils::get_num_threads())
     }
 
     /// As [`FastUnet::trainer`] with gemm on `threads` threads.
     #[allow(clippy::too_many_arguments)]
-    pub fn trainer_with_threads(spec: &UnetSpec, precond: Precond, h: usize, w: usize, varmap: &VarMap, batch: usize, lr: f64, ema_decay: f64, threads: usize) -> Result<Self> {
-        Self::build(spec, precond, h, w, varmap, batch, true, lr, ema_decay, threads)
+    pub fn trainer_with_threads(
+        spec: &UnetSpec,
+        precond: Precond,
+        channels: usize,
+        h: usize,
+        w: usize,
+        varmap: &VarMap,
+        batch: usize,
+        lr: f64,
+        ema_decay: f64,
+        threads: usize,
+    ) -> Result<Self> {
+        Self::build(spec, precond, channels, h, w, varmap, batch, true, lr, ema_decay, threads)
     }
 
     /// The inference pass alone, `cap` images per pass (larger inputs go in chunks).
-    pub fn inference(spec: &UnetSpec, precond: Precond, h: usize, w: usize, varmap: &VarMap, cap: usize) -> Result<Self> {
-        Self::build(spec, precond, h, w, varmap, cap, false, 0.0, 0.0, candle_core::utils::get_num_threads())
+    pub fn inference(spec: &UnetSpec, precond: Precond, channels: usize, h: usize, w: usize, varmap: &VarMap, cap: usize) -> Result<Self> {
+        Self::build(spec, precond, channels, h, w, varmap, cap, false, 0.0, 0.0, candle_core::utils::get_num_threads())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn build(spec: &UnetSpec, precond: Precond, h: usize, w: usize, varmap: &VarMap, cap: usize, train: bool, lr: f64, ema_decay: f64, threads: usize) -> Result<Self> {
-        let prog = Arch::new(spec, 1, h, w).map_err(candle_core::Error::Msg)?;
+    fn build(
+        spec: &UnetSpec,
+        precond: Precond,
+        channels: usize,
+        h: usize,
+        w: usize,
+        varmap: &VarMap,
+        cap: usize,
+        train: bool,
+        lr: f64,
+        ema_decay: f64,
+        threads: usize,
+    ) -> Result<Self> {
+        let prog = Arch::new(spec, channels, h, w).map_err(candle_core::Error::Msg)?;
         let cap = cap.max(1);
         let params = {
             let data = varmap.data().lock().expect("varmap lock");
@@ -237,6 +265,8 @@ impl FastUnet {
             partial: if train { vec![0.0; cap * 2 * maxc] } else { Vec::new() },
             labels: vec![NULL_CLASS; cap],
             coefs: Default::default(),
+            planar: if prog.bufs[prog.input].c > 1 { vec![0.0; cap * prog.bufs[prog.input].len()] } else { Vec::new() },
+            planar_grad: if train && prog.bufs[prog.input].c > 1 { vec![0.0; cap * prog.bufs[prog.input].len()] } else { Vec::new() },
             params,
             prog,
         })
@@ -247,7 +277,7 @@ impl FastUnet {
         self.cap
     }
 
-    /// Pixels per image.
+    /// Values per image (channels × pixels).
     fn dim(&self) -> usize {
         self.prog.bufs[self.prog.input].len()
     }
@@ -258,10 +288,17 @@ impl FastUnet {
         let n = sigma.len();
         let d = self.dim();
         let [c_skip, c_out, c_in, c_noise] = self.precond.columns(sigma);
+        let g = self.prog.bufs[self.prog.input];
         let inp = &mut self.act[self.prog.input];
         for i in 0..n {
-            for (o, &v) in inp[i * d..(i + 1) * d].iter_mut().zip(&y[i * d..(i + 1) * d]) {
-                *o = c_in[i] * v;
+            let (o, y) = (&mut inp[i * d..(i + 1) * d], &y[i * d..(i + 1) * d]);
+            if g.c == 1 {
+                o.iter_mut().zip(y).for_each(|(o, &v)| *o = c_in[i] * v);
+            } else {
+                // NCHW in, NHWC here.
+                for (ch, plane) in y.chunks_exact(g.pixels()).enumerate() {
+                    plane.iter().enumerate().for_each(|(p, &v)| o[p * g.c + ch] = c_in[i] * v);
+                }
             }
         }
         let k = self.freq.len();
@@ -286,7 +323,7 @@ impl FastUnet {
             let hi = (lo + self.cap).min(n);
             self.load(&x[lo * d..hi * d], &sigma[lo..hi], &labels[lo..hi]);
             self.forward(hi - lo);
-            let f = &self.act[self.prog.output];
+            let f = output_nchw(&self.act[self.prog.output], &mut self.planar, self.prog.bufs[self.prog.output], hi - lo);
             let [_, c_skip, c_out] = &self.coefs;
             for i in 0..hi - lo {
                 for j in 0..d {
@@ -311,8 +348,9 @@ impl FastUnet {
         self.written[self.prog.output] = true;
         let mut total = 0.0f64;
         {
-            let f = &self.act[self.prog.output];
-            let df = &mut self.grad[self.prog.output];
+            let g = self.prog.bufs[self.prog.output];
+            let f = output_nchw(&self.act[self.prog.output], &mut self.planar, g, n);
+            let df = if g.c == 1 { &mut self.grad[self.prog.output] } else { &mut self.planar_grad };
             for i in 0..n {
                 let (cs, co, wi) = (rows.c_skip[i], rows.c_out[i], rows.weight[i]);
                 let mut s = 0.0f64;
@@ -323,6 +361,14 @@ impl FastUnet {
                     df[j] = k * r;
                 }
                 total += wi as f64 * s / d as f64;
+            }
+            if g.c > 1 {
+                let (src, dst) = (&self.planar_grad, &mut self.grad[self.prog.output]);
+                for (src, dst) in src[..n * d].chunks_exact(d).zip(dst.chunks_exact_mut(d)) {
+                    for (ch, plane) in src.chunks_exact(g.pixels()).enumerate() {
+                        plane.iter().enumerate().for_each(|(p, &v)| dst[p * g.c + ch] = v);
+                    }
+                }
             }
         }
         self.backward(n);
@@ -371,4 +417,19 @@ impl FastUnet {
         }
         Ok(())
     }
+}
+
+/// The output F of the first `n` images in the callers' layout (NCHW): the buffer `f` itself for
+/// one channel, else its transpose written into `planar`.
+fn output_nchw<'a>(f: &'a [f32], planar: &'a mut [f32], g: crate::kernels::conv::Grid, n: usize) -> &'a [f32] {
+    let f = &f[..n * g.len()];
+    if g.c == 1 {
+        return f;
+    }
+    for (src, dst) in f.chunks_exact(g.len()).zip(planar.chunks_exact_mut(g.len())) {
+        for (p, px) in src.chunks_exact(g.c).enumerate() {
+            px.iter().enumerate().for_each(|(ch, &v)| dst[ch * g.pixels() + p] = v);
+        }
+    }
+    &planar[..n * g.len()]
 }
