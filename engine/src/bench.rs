@@ -241,7 +241,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         _ => ImageModel::Mlp(mlp_spec.clone()),
     };
     let varmap = VarMap::new();
-    let net = images::build(&model, precond, h, w, &varmap, &dev)?;
+    let net = images::build(&model, precond, 1, h, w, &varmap, &dev)?;
     images::init_weights(&varmap, &mut rng)?;
     if matches!(case, Case::ImageMlpSample | Case::UnetSample) {
         let n = if case == Case::UnetSample { 50 } else { 500 };
@@ -249,7 +249,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         // Both nets sample through their plain-buffer forward passes, as CPU trials do.
         let fwd: Box<dyn BufferDenoiser> = match case {
             Case::ImageMlpSample => Box::new(ImageForward::new(&mlp_spec, d, precond, &varmap)?),
-            _ => Box::new(FastUnet::inference(&unet_spec, precond, h, w, &varmap, n)?),
+            _ => Box::new(FastUnet::inference(&unet_spec, precond, 1, h, w, &varmap, n)?),
         };
         let mut fwd = fwd;
         let heun = samplers::heun::Heun { sigmas: [samplers::rho_schedule(80.0, 0.002, 18, 7.0), vec![0.0]].concat() };
@@ -288,7 +288,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         return Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() });
     }
     if case == Case::Unet {
-        let mut fast = FastUnet::trainer(&unet_spec, precond, h, w, &varmap, batch, 1e-3, 0.0)?;
+        let mut fast = FastUnet::trainer(&unet_spec, precond, 1, h, w, &varmap, batch, 1e-3, 0.0)?;
         let ms = median_ms(
             || {
                 let (sigma, weight, eps) = draw(&mut rng);

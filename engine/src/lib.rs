@@ -13,6 +13,8 @@
 //!   denoiser, toy and image models alike; network evaluations counted, divergence caught);
 //! - [`eval`]: [`eval::Checkpoint`] evaluators (loss gaps with exact scores) and sample metrics.
 //!
+//! [`kernels`] holds the CPU kernels (gemm, convolutions, GroupNorm + SiLU, Adam, EMA) that the
+//! candle custom ops and the plain-buffer passes share.
 //! [`device`] detects GPUs and picks the device (the hand-derived fast paths are CPU only);
 //! [`plan`] resolves what the file alone could not (ladder, step size, evaluation σ, device);
 //! [`trial`] runs the plan; [`outcome`] is what a run reports; [`outputs`] writes a standalone
@@ -24,6 +26,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod images;
+pub mod kernels;
 pub mod ladder;
 pub mod models;
 pub mod objectives;

@@ -310,7 +310,7 @@ fn fast_image_mlp_matches_candle_autograd() {
     ];
     for (ci, (spec, precond, slices)) in cases.into_iter().enumerate() {
         let vm = VarMap::new();
-        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, h, w, &vm, &dev).unwrap();
+        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, 1, h, w, &vm, &dev).unwrap();
         let mut rng = Rng::new(40 + ci as u64);
         images::init_weights(&vm, &mut rng).unwrap();
         let n = 37;
@@ -392,7 +392,7 @@ fn fast_image_mlp_slices_match_one_slice() {
     let dev = Device::Cpu;
     let spec = ImageMlpSpec { hidden: 48, depth: 2, emb: 8, class_cond: true };
     let vm = VarMap::new();
-    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 6, 6, &vm, &dev).unwrap();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 1, 6, 6, &vm, &dev).unwrap();
     let mut rng = Rng::new(9);
     images::init_weights(&vm, &mut rng).unwrap();
     let n = 131;
@@ -428,7 +428,7 @@ fn fast_image_mlp_bits_do_not_depend_on_threads() {
     let dev = Device::Cpu;
     let spec = ImageMlpSpec { hidden: 1024, depth: 2, emb: 64, class_cond: true };
     let vm = VarMap::new();
-    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 28, 28, &vm, &dev).unwrap();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 1, 28, 28, &vm, &dev).unwrap();
     let mut rng = Rng::new(11);
     images::init_weights(&vm, &mut rng).unwrap();
     let n = 128;
@@ -444,7 +444,7 @@ fn fast_image_mlp_bits_do_not_depend_on_threads() {
         let grads: Vec<Vec<f32>> = ["layer0.weight", "layer1.weight", "out.weight", "out.bias", "class_emb.weight"].iter().map(|k| f.grad(k).unwrap().to_vec()).collect();
         f.adam_step();
         let out = VarMap::new();
-        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 28, 28, &out, &dev).unwrap();
+        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 1, 28, 28, &out, &dev).unwrap();
         f.store(&out).unwrap();
         let w: Vec<f32> = out.data().lock().unwrap()["layer1.weight"].as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         (l.to_bits(), grads, w)
@@ -473,7 +473,7 @@ fn image_forward_matches_candle_denoiser() {
     .enumerate()
     {
         let vm = VarMap::new();
-        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, 3, 5, &vm, &dev).unwrap();
+        let net = images::build(&ImageModel::Mlp(spec.clone()), precond, 1, 3, 5, &vm, &dev).unwrap();
         let mut rng = Rng::new(60 + ci as u64);
         images::init_weights(&vm, &mut rng).unwrap();
         let n = 23;
@@ -507,7 +507,7 @@ fn fast_image_mlp_fused_update_matches_separate_passes() {
     let dev = Device::Cpu;
     let spec = ImageMlpSpec { hidden: 300, depth: 2, emb: 16, class_cond: true };
     let vm = VarMap::new();
-    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 12, 12, &vm, &dev).unwrap();
+    images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 1, 12, 12, &vm, &dev).unwrap();
     let mut rng = Rng::new(21);
     images::init_weights(&vm, &mut rng).unwrap();
     let (n, d) = (40, 144);
@@ -518,7 +518,7 @@ fn fast_image_mlp_fused_update_matches_separate_passes() {
     let rows = || Rows::new(&Precond::Edm { sigma_data: 0.5 }, sigma.clone(), vec![1.0; n]);
     let values = |f: &FastImageMlp, ema: bool| {
         let out = VarMap::new();
-        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 12, 12, &out, &dev).unwrap();
+        images::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 1, 12, 12, &out, &dev).unwrap();
         if ema {
             f.store_ema(&out).unwrap()
         } else {

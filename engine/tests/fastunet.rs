@@ -3,7 +3,7 @@
 //! and an EMA update; the inference pass against candle's denoiser; bits independent of the
 //! thread count. Shapes cover odd image sizes (7 → 4 → 7 on the way up), several blocks per
 //! level, no class embedding, every preconditioning, and both convolution paths (im2col, and
-//! the padded grid for wide images with many channels).
+//! the padded grid for wide images with many channels), and 3-channel (colour) images.
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
@@ -16,6 +16,8 @@ use schema::image::{ImageModel, UnetSpec};
 struct Case {
     spec: UnetSpec,
     precond: Precond,
+    /// Image channels.
+    ch: usize,
     h: usize,
     w: usize,
     n: usize,
@@ -24,13 +26,16 @@ struct Case {
 fn cases() -> Vec<Case> {
     let spec = |channels, mults: &[usize], blocks, emb, groups, class_cond| UnetSpec { channels, mults: mults.to_vec(), blocks, emb, groups, class_cond };
     vec![
-        Case { spec: spec(8, &[1, 2], 1, 16, 4, true), precond: Precond::Edm { sigma_data: 0.5 }, h: 8, w: 8, n: 5 },
-        Case { spec: spec(6, &[1, 2, 2], 2, 12, 2, true), precond: Precond::Edm { sigma_data: 0.5 }, h: 12, w: 12, n: 3 },
-        Case { spec: spec(8, &[1, 2], 1, 8, 4, false), precond: Precond::Score { sigma_data: 0.7 }, h: 7, w: 6, n: 4 },
-        Case { spec: spec(4, &[1], 1, 8, 2, true), precond: Precond::Eps, h: 5, w: 5, n: 2 },
-        Case { spec: spec(8, &[1, 2], 1, 8, 4, true), precond: Precond::Score { sigma_data: 0.5 }, h: 10, w: 6, n: 3 },
+        Case { spec: spec(8, &[1, 2], 1, 16, 4, true), precond: Precond::Edm { sigma_data: 0.5 }, ch: 1, h: 8, w: 8, n: 5 },
+        Case { spec: spec(6, &[1, 2, 2], 2, 12, 2, true), precond: Precond::Edm { sigma_data: 0.5 }, ch: 1, h: 12, w: 12, n: 3 },
+        Case { spec: spec(8, &[1, 2], 1, 8, 4, false), precond: Precond::Score { sigma_data: 0.7 }, ch: 1, h: 7, w: 6, n: 4 },
+        Case { spec: spec(4, &[1], 1, 8, 2, true), precond: Precond::Eps, ch: 1, h: 5, w: 5, n: 2 },
+        Case { spec: spec(8, &[1, 2], 1, 8, 4, true), precond: Precond::Score { sigma_data: 0.5 }, ch: 1, h: 10, w: 6, n: 3 },
         // ≥ 16 channels on images ≥ 16 wide: the convolutions without im2col (and 17 rows).
-        Case { spec: spec(16, &[1, 2], 1, 16, 4, true), precond: Precond::Edm { sigma_data: 0.5 }, h: 18, w: 16, n: 2 },
+        Case { spec: spec(16, &[1, 2], 1, 16, 4, true), precond: Precond::Edm { sigma_data: 0.5 }, ch: 1, h: 18, w: 16, n: 2 },
+        // Colour images: 3 channels in and out (NCHW outside, NHWC inside), both conv paths.
+        Case { spec: spec(8, &[1, 2], 1, 16, 4, true), precond: Precond::Edm { sigma_data: 0.5 }, ch: 3, h: 8, w: 6, n: 3 },
+        Case { spec: spec(16, &[1], 1, 8, 4, false), precond: Precond::Score { sigma_data: 0.5 }, ch: 3, h: 5, w: 16, n: 2 },
     ]
 }
 
@@ -43,7 +48,7 @@ struct Batch {
 }
 
 fn batch(c: &Case, rng: &mut Rng) -> Batch {
-    let d = c.h * c.w;
+    let d = c.ch * c.h * c.w;
     let n = c.n;
     let sigma: Vec<f32> = (0..n).map(|_| (-1.2 + 1.2 * rng.normal()).exp() as f32).collect();
     Batch {
@@ -79,7 +84,7 @@ fn fast_unet_matches_candle_autograd() {
             continue;
         }
         let vm = VarMap::new();
-        let net = images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.h, c.w, &vm, &dev).unwrap();
+        let net = images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.ch, c.h, c.w, &vm, &dev).unwrap();
         let mut rng = Rng::new(70 + ci as u64);
         images::init_weights(&vm, &mut rng).unwrap();
         // Non-trivial GroupNorm affines, so γ and β enter every gradient.
@@ -92,10 +97,10 @@ fn fast_unet_matches_candle_autograd() {
         }
         let b = batch(&c, &mut rng);
         let n = c.n;
-        let mut fast = FastUnet::trainer(&c.spec, c.precond, c.h, c.w, &vm, n, 1e-2, 0.9).unwrap();
+        let mut fast = FastUnet::trainer(&c.spec, c.precond, c.ch, c.h, c.w, &vm, n, 1e-2, 0.9).unwrap();
         let fast_loss = fast.loss_and_grad(&b.x0, &b.eps, &b.labels, &Rows::new(&c.precond, b.sigma.clone(), b.weight.clone()));
 
-        let t = |v: &[f32]| Tensor::from_slice(v, (n, 1, c.h, c.w), &dev).unwrap();
+        let t = |v: &[f32]| Tensor::from_slice(v, (n, c.ch, c.h, c.w), &dev).unwrap();
         let lab = if c.spec.class_cond { Some(Tensor::from_slice(&b.labels, n, &dev).unwrap()) } else { None };
         let loss = edm_losses(net.as_ref(), &t(&b.x0), &t(&b.eps), &Tensor::from_slice(&b.sigma, n, &dev).unwrap(), &Tensor::from_slice(&b.weight, n, &dev).unwrap(), lab.as_ref())
             .unwrap()
@@ -144,19 +149,19 @@ fn fast_unet_inference_matches_candle_denoiser() {
     let dev = Device::Cpu;
     for (ci, c) in cases().into_iter().enumerate() {
         let vm = VarMap::new();
-        let net = images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.h, c.w, &vm, &dev).unwrap();
+        let net = images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.ch, c.h, c.w, &vm, &dev).unwrap();
         let mut rng = Rng::new(90 + ci as u64);
         images::init_weights(&vm, &mut rng).unwrap();
         let b = batch(&c, &mut rng);
         let n = c.n;
-        let d = c.h * c.w;
+        let d = c.ch * c.h * c.w;
         // Capacity 2: the batch goes in several passes (the last one partial for odd n).
-        let mut fwd = FastUnet::inference(&c.spec, c.precond, c.h, c.w, &vm, 2).unwrap();
+        let mut fwd = FastUnet::inference(&c.spec, c.precond, c.ch, c.h, c.w, &vm, 2).unwrap();
         let mut out = vec![0.0f32; n * d];
         fwd.denoise(&b.x0, &b.sigma, &b.labels, &mut out);
         let lab = if c.spec.class_cond { Some(Tensor::from_slice(&b.labels, n, &dev).unwrap()) } else { None };
         let want: Vec<f32> = net
-            .denoise(&Tensor::from_slice(&b.x0, (n, 1, c.h, c.w), &dev).unwrap(), &Tensor::from_slice(&b.sigma, n, &dev).unwrap(), lab.as_ref())
+            .denoise(&Tensor::from_slice(&b.x0, (n, c.ch, c.h, c.w), &dev).unwrap(), &Tensor::from_slice(&b.sigma, n, &dev).unwrap(), lab.as_ref())
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -179,16 +184,16 @@ fn fast_unet_bits_do_not_depend_on_threads() {
     let all = cases();
     let c = all.iter().find(|c| c.w >= 16).expect("a case with images 16 wide");
     let vm = VarMap::new();
-    images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.h, c.w, &vm, &dev).unwrap();
+    images::build(&ImageModel::Unet(c.spec.clone()), c.precond, c.ch, c.h, c.w, &vm, &dev).unwrap();
     let mut rng = Rng::new(5);
     images::init_weights(&vm, &mut rng).unwrap();
     let n = 24;
-    let big = Case { spec: c.spec.clone(), precond: c.precond, h: c.h, w: c.w, n };
+    let big = Case { spec: c.spec.clone(), precond: c.precond, ch: c.ch, h: c.h, w: c.w, n };
     let b = batch(&big, &mut rng);
     let rows = || Rows::new(&c.precond, b.sigma.clone(), b.weight.clone());
     let mut results = Vec::new();
     for threads in [1, 2, 3] {
-        let mut fast = FastUnet::trainer_with_threads(&c.spec, c.precond, c.h, c.w, &vm, n, 1e-3, 0.99, threads).unwrap();
+        let mut fast = FastUnet::trainer_with_threads(&c.spec, c.precond, c.ch, c.h, c.w, &vm, n, 1e-3, 0.99, threads).unwrap();
         let mut losses = Vec::new();
         for step in 1..=3 {
             losses.push(fast.step(&b.x0, &b.eps, &b.labels, &rows(), step).to_bits());

@@ -251,7 +251,7 @@ fn image_model_caps_match_the_nets() {
     ];
     for model in models {
         let varmap = candle_nn::VarMap::new();
-        let net = engine::images::build(&model, engine::images::Precond::Score { sigma_data: 0.5 }, 8, 8, &varmap, &dev).unwrap();
+        let net = engine::images::build(&model, engine::images::Precond::Score { sigma_data: 0.5 }, 1, 8, 8, &varmap, &dev).unwrap();
         let x = Tensor::ones((2, 1, 8, 8), candle_core::DType::F32, &dev).unwrap();
         let c_noise = Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap();
         let labels = Tensor::new(&[1u32, 2], &dev).unwrap();

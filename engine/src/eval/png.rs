@@ -1,7 +1,8 @@
-//! Grids of grayscale images as 8-bit PNG files, to look at samples: [`grid`] tiles n h×w
-//! images in [−1, 1] row by row (the caller passes e.g. 100 digits, ten of each class, for one
-//! row per digit), [`encode_gray`] writes the PNG (IHDR, one zlib IDAT of unfiltered scanlines,
-//! IEND; CRC-32 of each chunk from flate2).
+//! Grids of images as 8-bit PNG files, to look at samples: [`grid_channels`] tiles n C×h×w
+//! images (NCHW) in [−1, 1] row by row (the caller passes e.g. 100 digits, ten of each class,
+//! for one row per digit), [`encode`] writes the PNG (gray for one channel, RGB for three; IHDR,
+//! one zlib IDAT of unfiltered scanlines, IEND; CRC-32 of each chunk from flate2). [`grid`] and
+//! [`encode_gray`] are the one-channel cases.
 
 use std::io::Write;
 use std::path::Path;
@@ -30,17 +31,32 @@ pub fn to_gray(x: f32) -> u8 {
 /// # Panics
 /// If `pixels` holds fewer than n×h×w values or `cols` is 0.
 pub fn grid(pixels: &[f32], n: usize, h: usize, w: usize, cols: usize, pad: usize) -> (Vec<u8>, usize, usize) {
+    grid_channels(pixels, n, 1, h, w, cols, pad)
+}
+
+/// [`grid`] for images of `c` channels (`pixels`: n×c×h×w, channel-major per image): the
+/// levels come out pixel-interleaved (c per pixel, as a PNG scanline holds them), padding
+/// [`PAD_GRAY`] in every channel.
+///
+/// # Panics
+/// If `pixels` holds fewer than n×c×h×w values or `cols` is 0.
+pub fn grid_channels(pixels: &[f32], n: usize, c: usize, h: usize, w: usize, cols: usize, pad: usize) -> (Vec<u8>, usize, usize) {
     assert!(cols > 0, "a grid needs at least one column");
-    assert!(pixels.len() >= n * h * w, "{} pixels for {n} images of {h}×{w}", pixels.len());
+    assert!(pixels.len() >= n * c * h * w, "{} values for {n} images of {c}×{h}×{w}", pixels.len());
     let rows = n.div_ceil(cols).max(1);
     let (width, height) = (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad);
-    let mut out = vec![PAD_GRAY; width * height];
-    for (k, img) in pixels.chunks(h * w).take(n).enumerate() {
+    let mut out = vec![PAD_GRAY; width * height * c];
+    if c == 0 || h == 0 || w == 0 {
+        return (out, width, height);
+    }
+    for (k, img) in pixels.chunks(c * h * w).take(n).enumerate() {
         let (top, left) = (pad + (k / cols) * (h + pad), pad + (k % cols) * (w + pad));
-        for y in 0..h {
-            let row = &mut out[(top + y) * width + left..][..w];
-            for (o, &x) in row.iter_mut().zip(&img[y * w..(y + 1) * w]) {
-                *o = to_gray(x);
+        for (ch, plane) in img.chunks_exact(h * w).enumerate() {
+            for y in 0..h {
+                let row = &mut out[((top + y) * width + left) * c..][..w * c];
+                for (x, &v) in plane[y * w..(y + 1) * w].iter().enumerate() {
+                    row[x * c + ch] = to_gray(v);
+                }
             }
         }
     }
@@ -63,16 +79,32 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 /// # Panics
 /// If `gray.len()` is not width×height, or a side is 0 or above 2³¹−1 (PNG's limits).
 pub fn encode_gray(gray: &[u8], width: usize, height: usize) -> Vec<u8> {
-    assert_eq!(gray.len(), width * height, "{} gray levels for {width}×{height}", gray.len());
+    encode(gray, 1, width, height)
+}
+
+/// An 8-bit PNG of `levels` (width×height pixels row-major, `channels` levels each: 1 = gray,
+/// 3 = RGB).
+///
+/// # Panics
+/// If `channels` is not 1 or 3, `levels.len()` is not width×height×channels, or a side is 0
+/// or above 2³¹−1 (PNG's limits).
+pub fn encode(levels: &[u8], channels: usize, width: usize, height: usize) -> Vec<u8> {
+    let colour_type = match channels {
+        1 => 0,
+        3 => 2,
+        _ => panic!("PNG of {channels} channels: 1 (gray) or 3 (RGB)"),
+    };
+    assert_eq!(levels.len(), width * height * channels, "{} levels for {width}×{height}×{channels}", levels.len());
     assert!((1..=i32::MAX as usize).contains(&width) && (1..=i32::MAX as usize).contains(&height), "PNG size {width}×{height}");
     let mut ihdr = Vec::with_capacity(13);
     ihdr.extend_from_slice(&(width as u32).to_be_bytes());
     ihdr.extend_from_slice(&(height as u32).to_be_bytes());
-    // Bit depth 8, colour type 0 (grayscale), deflate, filters of method 0, no interlace.
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    // Bit depth 8, colour type 0 (grayscale) or 2 (RGB), deflate, filters of method 0, no
+    // interlace.
+    ihdr.extend_from_slice(&[8, colour_type, 0, 0, 0]);
     // Every scanline with filter type 0 (None).
-    let mut z = ZlibEncoder::new(Vec::with_capacity(gray.len() / 2), flate2::Compression::default());
-    for row in gray.chunks(width) {
+    let mut z = ZlibEncoder::new(Vec::with_capacity(levels.len() / 2), flate2::Compression::default());
+    for row in levels.chunks(width * channels) {
         z.write_all(&[0]).and_then(|_| z.write_all(row)).expect("writing to a Vec cannot fail");
     }
     let idat = z.finish().expect("writing to a Vec cannot fail");
@@ -174,6 +206,34 @@ mod tests {
             }
         }
         assert_eq!([to_gray(-1.0), to_gray(0.0), to_gray(1.0), to_gray(3.0), to_gray(f32::NAN)], [0, 128, 255, 255, 0]);
+    }
+
+    /// Colour: each channel of each image lands in its own byte of the interleaved scanline
+    /// (image 0 red, image 1 blue on a 2×1 grid with padding 1), and the RGB PNG inflates back to
+    /// those scanlines with colour type 2.
+    #[test]
+    fn colour_grid_and_png() {
+        let (h, w) = (2, 2);
+        let red = [vec![1.0f32; h * w], vec![-1.0; h * w], vec![-1.0; h * w]].concat();
+        let blue = [vec![-1.0f32; h * w], vec![-1.0; h * w], vec![1.0; h * w]].concat();
+        let (g, gw, gh) = grid_channels(&[red, blue].concat(), 2, 3, h, w, 2, 1);
+        assert_eq!((gw, gh, g.len()), (7, 4, 7 * 4 * 3));
+        let px = |y: usize, x: usize| &g[(y * gw + x) * 3..][..3];
+        assert_eq!(px(0, 0), [PAD_GRAY; 3]);
+        assert_eq!(px(1, 1), [255, 0, 0]);
+        assert_eq!(px(2, 2), [255, 0, 0]);
+        assert_eq!(px(1, 3), [PAD_GRAY; 3]);
+        assert_eq!(px(2, 4), [0, 0, 255]);
+        let png = encode(&g, 3, gw, gh);
+        let ch = chunks(&png);
+        assert_eq!(ch[0].1[8..], [8, 2, 0, 0, 0]);
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(&ch[1].1[..]).read_to_end(&mut raw).unwrap();
+        let expect: Vec<u8> = g.chunks(gw * 3).flat_map(|r| std::iter::once(0).chain(r.iter().copied())).collect();
+        assert_eq!(raw, expect);
+        // One channel is the gray grid.
+        let gray: Vec<f32> = (0..12).map(|i| i as f32 / 6.0 - 1.0).collect();
+        assert_eq!(grid_channels(&gray, 3, 1, 2, 2, 2, 1), grid(&gray, 3, 2, 2, 2, 1));
     }
 
     #[test]

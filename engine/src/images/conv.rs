@@ -12,6 +12,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shap
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use crate::kernels::conv::{Geometry, col2im_nchw, im2col_nchw};
+
 /// A k×k convolution with padding k/2 and the given stride (weights named as candle_nn's).
 pub struct Conv {
     inner: Conv2d,
@@ -45,61 +47,6 @@ impl Module for Conv {
     }
 }
 
-/// Shape of one im2col: input (N, C, H, W), k×k taps, padding k/2, stride.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-}
-
-impl Geometry {
-    fn new((n, c, h, w): (usize, usize, usize, usize), k: usize, stride: usize) -> Self {
-        Geometry { n, c, h, w, k, stride }
-    }
-
-    fn out_hw(&self) -> (usize, usize) {
-        let p = self.k / 2;
-        ((self.h + 2 * p - self.k) / self.stride + 1, (self.w + 2 * p - self.k) / self.stride + 1)
-    }
-
-    fn taps(&self) -> usize {
-        self.c * self.k * self.k
-    }
-
-    /// Calls `f(row offset within the image's rows, tap, source index within the image)` for
-    /// every in-bounds tap of every output pixel.
-    #[inline(always)]
-    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
-        let (ho, wo) = self.out_hw();
-        let (k, p, s, t) = (self.k as isize, (self.k / 2) as isize, self.stride as isize, self.taps());
-        for oy in 0..ho as isize {
-            for ox in 0..wo as isize {
-                let row = (oy as usize * wo + ox as usize) * t;
-                for c in 0..self.c {
-                    for ky in 0..k {
-                        let iy = oy * s + ky - p;
-                        if iy < 0 || iy >= self.h as isize {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let ix = ox * s + kx - p;
-                            if ix < 0 || ix >= self.w as isize {
-                                continue;
-                            }
-                            let tap = (c * self.k + ky as usize) * self.k + kx as usize;
-                            f(row + tap, (c * self.h + iy as usize) * self.w + ix as usize);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The contiguous f32 data of a storage.
 fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
@@ -108,8 +55,9 @@ fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-/// (N, C, H, W) → (N·Ho·Wo, C·k·k): row (n, oy, ox) holds the k×k neighbourhood of the output
-/// pixel with zero padding, ordered (c, ky, kx) as the weight (O, C, k, k).
+/// (N, C, H, W) → (N·Ho·Wo, C·k·k) (`kernels::conv::im2col_nchw`): row (n, oy, ox) holds the
+/// k×k neighbourhood of the output pixel with zero padding, ordered (c, ky, kx) as the weight
+/// (O, C, k, k).
 struct Im2Col(Geometry);
 
 impl CustomOp1 for Im2Col {
@@ -121,11 +69,8 @@ impl CustomOp1 for Im2Col {
         let g = self.0;
         let src = data(s, l, self.name())?;
         let (ho, wo) = g.out_hw();
-        let (img, rows) = (g.c * g.h * g.w, ho * wo * g.taps());
-        let mut out = vec![0f32; g.n * rows];
-        if rows > 0 && img > 0 {
-            out.par_chunks_mut(rows).zip(src.par_chunks(img)).for_each(|(dst, x)| g.for_each(|to, from| dst[to] = x[from]));
-        }
+        let mut out = vec![0f32; g.n * ho * wo * g.taps()];
+        im2col_nchw(g, src, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((g.n * ho * wo, g.taps()))))
     }
 
@@ -134,7 +79,8 @@ impl CustomOp1 for Im2Col {
     }
 }
 
-/// The adjoint of [`Im2Col`]: each entry summed back to the pixel it was copied from.
+/// The adjoint of [`Im2Col`] (`kernels::conv::col2im_nchw`): each entry summed back to the
+/// pixel it was copied from.
 struct Col2Im(Geometry);
 
 impl CustomOp1 for Col2Im {
@@ -151,9 +97,7 @@ impl CustomOp1 for Col2Im {
             bail!("col2im: {} values for {g:?}", src.len());
         }
         let mut out = vec![0f32; g.n * img];
-        if rows > 0 && img > 0 {
-            out.par_chunks_mut(img).zip(src.par_chunks(rows)).for_each(|(x, cols)| g.for_each(|from, to| x[to] += cols[from]));
-        }
+        col2im_nchw(g, src, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }

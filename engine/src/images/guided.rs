@@ -128,7 +128,7 @@ mod tests {
         let dev = Device::Cpu;
         let vm = VarMap::new();
         let spec = ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true };
-        let net = super::super::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 4, 4, &vm, &dev).unwrap();
+        let net = super::super::build(&ImageModel::Mlp(spec.clone()), Precond::Edm { sigma_data: 0.5 }, 1, 4, 4, &vm, &dev).unwrap();
         init_weights(&vm, &mut Rng::new(1)).unwrap();
         let xs = Rng::new(2).normals_f32(3 * 16);
         let x = Tensor::from_vec(xs.clone(), (3, 1, 4, 4), &dev).unwrap();

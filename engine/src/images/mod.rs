@@ -100,11 +100,11 @@ pub trait ImageNet {
     }
 }
 
-/// The network a trial's model spec names, its weights in `varmap`.
-pub fn build(spec: &schema::image::ImageModel, precond: Precond, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> Result<Box<dyn ImageNet>> {
+/// The network a trial's model spec names for c×h×w images (NCHW), its weights in `varmap`.
+pub fn build(spec: &schema::image::ImageModel, precond: Precond, c: usize, h: usize, w: usize, varmap: &VarMap, dev: &Device) -> Result<Box<dyn ImageNet>> {
     Ok(match spec {
-        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, precond, varmap, dev)?),
-        schema::image::ImageModel::Mlp(m) => Box::new(mlp::ImageMlp::new(m, precond, h * w, varmap, dev)?),
+        schema::image::ImageModel::Unet(u) => Box::new(unet::Unet::new(u, precond, c, h, w, varmap, dev)?),
+        schema::image::ImageModel::Mlp(m) => Box::new(mlp::ImageMlp::new(m, precond, c * h * w, varmap, dev)?),
     })
 }
 

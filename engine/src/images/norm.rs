@@ -2,7 +2,7 @@
 //! op. candle_nn's GroupNorm is a dozen separate elementwise ops (mean, subtract, square, sum,
 //! divide, sqrt, scale, shift) plus SiLU, each allocating its output and each with its own
 //! backward node; here the forward is one pass over the statistics and one over the output,
-//! and the backward (written out below) two passes, per image on rayon's pool.
+//! and the backward two passes, per image on rayon's pool (the kernels: `kernels::norm`).
 //!
 //! Per image n and group g of M = (C/G)·H·W values: μ, σ² (biased), r = 1/√(σ² + ε),
 //! x̂ = (x − μ) r, y = γ_c x̂ + β_c, out = SiLU(y) = y s(y) (or y without the SiLU). Backward,
@@ -16,7 +16,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor, bail};
 use candle_nn::{GroupNorm, VarBuilder};
-use rayon::prelude::*;
+
+use crate::kernels::norm as kernels;
 
 /// GroupNorm over `groups` groups with a learnt per-channel scale and shift (named `weight` and
 /// `bias` as candle_nn's), followed by SiLU when `silu`.
@@ -85,10 +86,6 @@ fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-fn sigmoid(y: f32) -> f32 {
-    1.0 / (1.0 + (-y).exp())
-}
-
 #[derive(Clone, Copy)]
 struct Fused {
     groups: usize,
@@ -107,16 +104,6 @@ impl Fused {
         }
         Ok((d[0], d[1], d[2..].iter().product()))
     }
-
-    /// Mean and 1/√(var + ε) of one group's values x + s (channel k's `hw` values shifted by
-    /// s[k]; sums in f64).
-    fn stats(&self, x: &[f32], s: &[f32], hw: usize) -> (f32, f32) {
-        let m = x.len() as f64;
-        let vals = || x.chunks(hw).zip(s).flat_map(|(x, &s)| x.iter().map(move |&v| (v + s) as f64));
-        let mean = vals().sum::<f64>() / m;
-        let var = vals().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
-        (mean as f32, (1.0 / (var + self.eps as f64).sqrt()) as f32)
-    }
 }
 
 impl CustomOp3 for Fused {
@@ -131,26 +118,8 @@ impl CustomOp3 for Fused {
         if shift.len() != n * c {
             bail!("group-norm-silu: {} shifts for {n}×{c} channels", shift.len());
         }
-        let (img, cg) = (c * hw, c / self.groups);
-        let group = cg * hw;
-        let mut out = vec![0f32; n * img];
-        if img > 0 {
-            out.par_chunks_mut(img).zip(x.par_chunks(img)).zip(shift.par_chunks(c)).for_each(|((o, x), sh)| {
-                for (g, (o, x)) in o.chunks_mut(group).zip(x.chunks(group)).enumerate() {
-                    let sh = &sh[g * cg..(g + 1) * cg];
-                    let (mean, r) = self.stats(x, sh, hw);
-                    for (k, (o, x)) in o.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
-                        let ch = g * cg + k;
-                        let a = gamma[ch] * r;
-                        let b = beta[ch] + (sh[k] - mean) * a;
-                        for (o, &x) in o.iter_mut().zip(x) {
-                            let y = x * a + b;
-                            *o = if self.silu { y * sigmoid(y) } else { y };
-                        }
-                    }
-                }
-            });
-        }
+        let mut out = vec![0f32; n * c * hw];
+        kernels::nchw_forward(x, shift, gamma, beta, c, hw, self.groups, self.eps, self.silu, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -192,66 +161,11 @@ impl CustomOp3 for Backward {
         if dout.len() != x.len() {
             bail!("group-norm-silu-bwd: {} gradients for {} values", dout.len(), x.len());
         }
-        let (img, cg) = (c * hw, c / f.groups);
-        let group = cg * hw;
+        let img = c * hw;
         let mut dx = vec![0f32; n * img];
         // Per image: ∂s, then its ∂γ and ∂β partial sums.
         let mut partial = vec![0f32; n * 3 * c];
-        if img > 0 {
-            dx.par_chunks_mut(img).zip(partial.par_chunks_mut(3 * c)).zip(x.par_chunks(img).zip(dout.par_chunks(img))).zip(shift.par_chunks(c)).for_each(
-                |(((dx, part), (x, dout)), sh)| {
-                    let (ds, part) = part.split_at_mut(c);
-                    let (dgamma, dbeta) = part.split_at_mut(c);
-                    for g in 0..f.groups {
-                        let span = g * group..(g + 1) * group;
-                        let (x, dout, dx) = (&x[span.clone()], &dout[span.clone()], &mut dx[span]);
-                        let sh = &sh[g * cg..(g + 1) * cg];
-                        let (mean, r) = f.stats(x, sh, hw);
-                        // First pass: x̄̂ = γ ȳ into dx, the channel sums and the group's two means.
-                        let (mut s1, mut s2) = (0f64, 0f64);
-                        for k in 0..cg {
-                            let ch = g * cg + k;
-                            let (gm, bt, mean) = (gamma[ch], beta[ch], mean - sh[k]);
-                            let (mut db, mut dg) = (0f32, 0f32);
-                            let (mut a1, mut a2) = (0f32, 0f32);
-                            let span = k * hw..(k + 1) * hw;
-                            for ((d, &x), &go) in dx[span.clone()].iter_mut().zip(&x[span.clone()]).zip(&dout[span]) {
-                                let xh = (x - mean) * r;
-                                let dy = if f.silu {
-                                    let y = gm * xh + bt;
-                                    let s = sigmoid(y);
-                                    go * s * (1.0 + y * (1.0 - s))
-                                } else {
-                                    go
-                                };
-                                db += dy;
-                                dg += dy * xh;
-                                let dxh = dy * gm;
-                                a1 += dxh;
-                                a2 += dxh * xh;
-                                *d = dxh;
-                            }
-                            dbeta[ch] = db;
-                            dgamma[ch] = dg;
-                            s1 += a1 as f64;
-                            s2 += a2 as f64;
-                        }
-                        let m1 = (s1 / group as f64) as f32;
-                        let m2 = (s2 / group as f64) as f32;
-                        for (k, (dx, x)) in dx.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
-                            let mean = mean - sh[k];
-                            let mut s = 0f32;
-                            for (d, &x) in dx.iter_mut().zip(x) {
-                                let xh = (x - mean) * r;
-                                *d = r * (*d - m1 - xh * m2);
-                                s += *d;
-                            }
-                            ds[g * cg + k] = s;
-                        }
-                    }
-                },
-            );
-        }
+        kernels::nchw_backward(x, shift, dout, gamma, beta, c, hw, f.groups, f.eps, f.silu, &mut dx, &mut partial);
         let mut out = dx;
         out.resize(n * img + n * c + 2 * c, 0.0);
         let (_, rest) = out.split_at_mut(n * img);

@@ -107,7 +107,7 @@ fn buffer_net(model: &ImageModel, precond: super::Precond, h: usize, w: usize, v
     }
     Ok(Some(match model {
         ImageModel::Mlp(spec) => Box::new(ImageForward::new(spec, h * w, precond, varmap)?),
-        ImageModel::Unet(spec) => Box::new(FastUnet::inference(spec, precond, h, w, varmap, UNET_PASS)?),
+        ImageModel::Unet(spec) => Box::new(FastUnet::inference(spec, precond, 1, h, w, varmap, UNET_PASS)?),
     }))
 }
 
@@ -143,7 +143,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let varmap = VarMap::new();
     let objective = Objective::new(&cfg.objective, &split);
     let precond = objective.precond();
-    let net = super::build(&cfg.model, precond, h, w, &varmap, &dev)?;
+    let net = super::build(&cfg.model, precond, 1, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
     if cond && let Some(&bad) = split.train_labels.iter().chain(&split.held_labels).find(|&&l| l as u32 >= NULL_CLASS) {
         let message = format!("label {bad}: class-conditional image models take labels 0 to 9");

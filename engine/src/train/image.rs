@@ -44,7 +44,7 @@ pub fn build<'a>(s: ImageSetup<'a>) -> Result<Box<dyn Trainer + 'a>> {
         match s.model {
             ImageModel::Mlp(spec) => return Ok(Box::new(FastImage { step: FastImageMlp::new(spec, s.h * s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws })),
             ImageModel::Unet(spec) => {
-                return Ok(Box::new(FastImage { step: FastUnet::trainer(spec, precond, s.h, s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws }));
+                return Ok(Box::new(FastImage { step: FastUnet::trainer(spec, precond, 1, s.h, s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws }));
             }
         }
     }
@@ -154,7 +154,7 @@ impl Ema {
 
     /// shadow ← d·shadow + (1 − d)·w with d warmed up as min(decay, (1 + step)/(10 + step)).
     fn update(&mut self, step: u64) -> Result<()> {
-        let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let d = crate::kernels::optim::ema_decay(self.decay, step);
         for (v, s) in &mut self.shadow {
             // Detached: otherwise each shadow keeps the previous one (and the weights) alive
             // through candle's graph, and memory grows by a model's size every step.
@@ -263,7 +263,7 @@ mod tests {
         let objective = Objective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: 0.5, ladder: vec![] };
         let dev = Device::Cpu;
         let net_for = |varmap: &VarMap| {
-            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, h, w, varmap, &dev).unwrap();
+            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, 1, h, w, varmap, &dev).unwrap();
             images::init_weights(varmap, &mut Rng::new(11)).unwrap();
             net
         };

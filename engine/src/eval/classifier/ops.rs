@@ -1,11 +1,13 @@
 //! CPU kernels of the classifier as candle custom ops with their backward passes: im2col of a
-//! 3×3 padded convolution (NHWC → rows of 9·C, backward col2im) and 2×2 max pooling (backward
+//! 3×3 padded convolution (NHWC → rows of 9·C, backward col2im; `kernels::conv`'s) and 2×2 max pooling (backward
 //! to the first maximum of each window). Made of candle's own ops (pad, nine narrows, cat,
 //! reshape; reductions over a non-last axis) the same steps were 10–20× slower than the matmul
 //! they feed. Images are independent, so every kernel splits them over rayon's pool.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+use crate::kernels::conv::{self, Grid};
 
 /// The contiguous f32 data of a storage.
 fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -28,28 +30,9 @@ impl CustomOp1 for Im2Col {
         let (n, h, w, c) = l.shape().dims4()?;
         let src = data(s, l, self.name())?;
         let mut out = vec![0f32; n * h * w * 9 * c];
+        let g = Grid { h, w, c };
         if n > 0 && c > 0 {
-            out.par_chunks_mut(h * w * 9 * c).zip(src.par_chunks(h * w * c)).for_each(|(dst, img)| {
-                for y in 0..h {
-                    for x in 0..w {
-                        let row = &mut dst[(y * w + x) * 9 * c..(y * w + x + 1) * 9 * c];
-                        for dy in 0..3 {
-                            let sy = y + dy;
-                            if sy < 1 || sy > h {
-                                continue;
-                            }
-                            for dx in 0..3 {
-                                let sx = x + dx;
-                                if sx < 1 || sx > w {
-                                    continue;
-                                }
-                                let from = ((sy - 1) * w + sx - 1) * c;
-                                row[(dy * 3 + dx) * c..(dy * 3 + dx + 1) * c].copy_from_slice(&img[from..from + c]);
-                            }
-                        }
-                    }
-                }
-            });
+            out.par_chunks_mut(h * w * 9 * c).zip(src.par_chunks(h * w * c)).for_each(|(dst, img)| conv::im2col_rows(img, dst, g, g, 3, 1, 0));
         }
         Ok((CpuStorage::F32(out), Shape::from((n * h * w, 9 * c))))
     }
@@ -82,29 +65,8 @@ impl CustomOp1 for Col2Im {
         }
         let mut out = vec![0f32; n * h * w * c];
         if n > 0 && c > 0 {
-            out.par_chunks_mut(h * w * c).zip(src.par_chunks(h * w * 9 * c)).for_each(|(img, cols)| {
-                for y in 0..h {
-                    for x in 0..w {
-                        let row = &cols[(y * w + x) * 9 * c..(y * w + x + 1) * 9 * c];
-                        for dy in 0..3 {
-                            let sy = y + dy;
-                            if sy < 1 || sy > h {
-                                continue;
-                            }
-                            for dx in 0..3 {
-                                let sx = x + dx;
-                                if sx < 1 || sx > w {
-                                    continue;
-                                }
-                                let to = ((sy - 1) * w + sx - 1) * c;
-                                for (o, g) in img[to..to + c].iter_mut().zip(&row[(dy * 3 + dx) * c..(dy * 3 + dx + 1) * c]) {
-                                    *o += g;
-                                }
-                            }
-                        }
-                    }
-                }
-            });
+            let g = Grid { h, w, c };
+            conv::col2im(src, &mut out, g, g, 3, 1);
         }
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
     }

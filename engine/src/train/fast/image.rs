@@ -23,6 +23,7 @@ use schema::image::ImageMlpSpec;
 
 use super::*;
 use crate::images::Precond;
+use crate::kernels::optim;
 
 /// Rows per slice of an image batch. Products of 128 × 1024 × 1024 are large enough for gemm's
 /// own threading (over output tiles; the sum over the inner dimension keeps its order, so the
@@ -233,8 +234,8 @@ impl FastImageMlp {
         let (t, lr) = (self.t, self.lr);
         let chunk = |(w, m, v, g, s): AdamChunk| {
             adam_slices(w, m, v, g, t, lr);
-            if let Some((a, b)) = ema {
-                s.iter_mut().zip(w.iter()).for_each(|(s, w)| *s = *s * a + w * b);
+            if let Some(coefs) = ema {
+                optim::ema_blend(s, w, coefs);
             }
         };
         let mut chunks: Vec<AdamChunk> = Vec::new();
@@ -251,16 +252,15 @@ impl FastImageMlp {
     /// The EMA coefficients (d, 1 − d) after step `step`: d = min(decay, (1 + step)/(10 + step)),
     /// as the autograd path's EMA.
     fn ema_coefs(&self, step: u64) -> (f32, f32) {
-        let dd = self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
-        (dd as f32, (1.0 - dd) as f32)
+        optim::ema_coefs(self.ema_decay, step)
     }
 
     /// shadow ← d·shadow + (1 − d)·w with d = min(decay, (1 + step)/(10 + step)), as the
     /// autograd path's EMA.
     pub fn ema_update(&mut self, step: u64) {
-        let (a, b) = self.ema_coefs(step);
+        let coefs = self.ema_coefs(step);
         for (s, p) in self.ema.iter_mut().zip(&self.params) {
-            s.iter_mut().zip(&p.w).for_each(|(s, w)| *s = *s * a + w * b);
+            optim::ema_blend(s, &p.w, coefs);
         }
     }
 

@@ -11,8 +11,10 @@
 //! - [`forward`]: S(x, σ) for the samplers;
 //! - [`image`]: EDM's loss for the class-conditional image MLP (`images::mlp`), with AdamW and
 //!   the EMA of the weights;
-//! - [`unet`]: the same for the U-Net (`images::unet`), NHWC buffers, im2col + gemm
-//!   convolutions, GroupNorm + SiLU, and its inference pass.
+//! - [`unet`]: the same for the U-Net (`images::unet`) on NHWC buffers, and its inference pass.
+//!
+//! The kernels they share (gemm, convolutions, GroupNorm + SiLU, Adam, EMA) live in
+//! `crate::kernels`.
 //!
 //! Architecture Invariant: each step is pinned to candle's autograd of the same loss by tests
 //! (`engine/tests/fastmlp.rs`).
@@ -39,27 +41,16 @@ pub mod image;
 pub mod ism;
 pub mod ssm;
 pub mod unet;
-mod winograd;
+
+pub use crate::kernels::exp_f32;
+use crate::kernels::optim::adam_slices;
+use crate::kernels::{col_sums, mm};
 
 pub use dsm::FastDsm;
 pub use forward::FastForward;
 pub use image::FastImageMlp;
 pub use ism::FastIsm;
 pub use ssm::FastSsm;
-
-/// e^x for f32 without libm: 2^n · p(r), r = x − n·ln2 ∈ [−ln2/2, ln2/2], degree-6 Taylor
-/// polynomial (relative error < 2e-7). Written so loops over it auto-vectorise.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    // Round to nearest with the 1.5·2²³ trick (no floor/round call).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n without a float→int conversion (which blocks vectorisation): n + 127 + 2²³ holds the
-    // biased exponent in its low mantissa bits; shift it into the exponent field.
-    p * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
-}
 
 /// A dense layer's pre-activation for `n` rows: `z[..n·fo]` = h·op(W) + b, with h n×`fi`,
 /// W `fo`×`fi` when `wt` (as stored by the trainers) or `fi`×`fo` (transposed, as the
@@ -70,19 +61,6 @@ fn affine(z: &mut [f32], h: &[f32], w: &[f32], b: &[f32], n: usize, fo: usize, f
         row.copy_from_slice(b);
     }
     mm(z, h, w, n, fo, fi, false, wt, true, par);
-}
-
-/// C (m×n, row-major) = [C +] op(A)·op(B); A is m×k (or k×m stored when `at`), B is k×n (or
-/// n×k stored when `bt`).
-#[allow(clippy::too_many_arguments)]
-fn mm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, at: bool, bt: bool, acc: bool, par: Parallelism) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    let (a_cs, a_rs) = if at { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if bt { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the asserts above bound every index gemm touches for these strides.
-    unsafe {
-        gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, acc, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs, 1.0f32, 1.0f32, false, false, false, par);
-    }
 }
 
 /// SiLU and its derivative over equal-length slices, written index-wise so it vectorises.
@@ -251,16 +229,6 @@ fn through_activation(g: &mut [f32], d: &[f32], e: &[f32], dt: &[f32], betas: &[
     }
 }
 
-/// out[j] = Σ_i m[i·w + j] over the n rows of an n×w matrix.
-fn col_sums(out: &mut [f32], m: &[f32], n: usize, w: usize) {
-    out.iter_mut().for_each(|v| *v = 0.0);
-    for i in 0..n {
-        for (o, v) in out.iter_mut().zip(&m[i * w..(i + 1) * w]) {
-            *o += v;
-        }
-    }
-}
-
 /// Adam (candle's AdamW formula with weight decay 0, β = (0.9, 0.999), ε = 1e-8).
 fn adam(params: &mut [(Param, Param)], t: i32, lr: f64) {
     adam_each(params.iter_mut().flat_map(|(w, b)| [w, b]), t, lr);
@@ -270,19 +238,6 @@ fn adam(params: &mut [(Param, Param)], t: i32, lr: f64) {
 fn adam_each<'a>(params: impl Iterator<Item = &'a mut Param>, t: i32, lr: f64) {
     for p in params {
         adam_slices(&mut p.w, &mut p.m, &mut p.v, &p.g, t, lr);
-    }
-}
-
-/// [`adam`] on the matching slices of one parameter's weights, moments and gradient.
-fn adam_slices(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], t: i32, lr: f64) {
-    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-    let sm = 1.0 / (1.0 - 0.9f64.powi(t)) as f32;
-    let sv = 1.0 / (1.0 - 0.999f64.powi(t)) as f32;
-    let lr = lr as f32;
-    for (((w, m), v), g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        *w -= lr * (*m * sm) / ((*v * sv).sqrt() + eps);
     }
 }
 

@@ -24,11 +24,11 @@ use gemm::Parallelism;
 const TILE_ROWS: usize = 256;
 
 /// Fixed runs of chunks (the tasks of a pass; the weight gradient's partial sums).
-pub(super) const PARTS: usize = 8;
+pub const PARTS: usize = 8;
 
 /// A convolution's shape: h×w images, `c` channels in, `o` out.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Shape {
+pub struct Shape {
     pub h: usize,
     pub w: usize,
     pub c: usize,
@@ -67,12 +67,12 @@ impl Shape {
 
 /// Whether a convolution goes through here: 3×3, stride 1, and enough channels both ways for
 /// 16 products to beat one (the U-Net's first and last convolutions have 1).
-pub(super) fn eligible(k: usize, stride: usize, c: usize, o: usize) -> bool {
+pub fn eligible(k: usize, stride: usize, c: usize, o: usize) -> bool {
     k == 3 && stride == 1 && c >= 8 && o >= 8
 }
 
 /// V = G g Gᵀ for every (c, o): `w` ((ky·3 + kx)·C + c) × O → `v` (16 × C × O).
-pub(super) fn kernel_transform(w: &[f32], v: &mut [f32], c: usize, o: usize) {
+pub fn kernel_transform(w: &[f32], v: &mut [f32], c: usize, o: usize) {
     let m = c * o;
     v[..16 * m].par_chunks_mut(m).enumerate().for_each(|(xi, out)| {
         let (i, j) = (xi / 4, xi % 4);
@@ -100,7 +100,7 @@ pub(super) fn kernel_transform(w: &[f32], v: &mut [f32], c: usize, o: usize) {
 }
 
 /// ∂g = Gᵀ ∂V G: `dv` (16 × C × O) → `dw` ((ky·3 + kx)·C + c) × O, written.
-pub(super) fn kernel_adjoint(dv: &[f32], dw: &mut [f32], c: usize, o: usize) {
+pub fn kernel_adjoint(dv: &[f32], dw: &mut [f32], c: usize, o: usize) {
     let m = c * o;
     dw[..9 * m].par_chunks_mut(m).enumerate().for_each(|(tap, out)| {
         let (ky, kx) = (tap / 3, tap % 3);
@@ -449,7 +449,7 @@ fn runs(s: Shape, n: usize) -> Vec<(usize, usize)> {
 /// Y = conv(X) + b of `n` images (`x`: n × h × w × C, `y`: n × h × w × O) with the transformed
 /// kernel `v` (16 × C × O, from [`kernel_transform`]); `scratch` holds [`PARTS`] ×
 /// [`Shape::scratch`]`(false)` floats.
-pub(super) fn forward(x: &[f32], y: &mut [f32], v: &[f32], bias: &[f32], scratch: &mut [f32], s: Shape, n: usize) {
+pub fn forward(x: &[f32], y: &mut [f32], v: &[f32], bias: &[f32], scratch: &mut [f32], s: Shape, n: usize) {
     let (th, tw) = s.tiles();
     let (px, py) = (s.h * s.w * s.c, s.h * s.w * s.o);
     let per = s.scratch(false);
@@ -501,7 +501,7 @@ type BackwardTask<'a> = (usize, usize, Option<&'a mut [f32]>, &'a mut [f32], &'a
 /// transformed kernel; `scratch` holds [`PARTS`] × [`Shape::scratch`]`(true)` floats, `parts`
 /// [`PARTS`] × [`Shape::part`], `dv` 16 × C × O.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward(
+pub fn backward(
     x: &[f32],
     dy: &[f32],
     dx: Option<&mut [f32]>,
