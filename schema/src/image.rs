@@ -11,7 +11,10 @@
 //!                               # the binary (mnist); $SCORESWEEP_FASHION, else
 //!                               # /usr/share/datasets/fashion-mnist (fashion); relative to the
 //!                               # worker's working directory
-//! held_out = 2000               # the last images: never trained on, what every metric uses
+//! held_out = 2000               # never trained on, what every metric uses; with `judge`
+//!                               # (default: 10,000 of a ≥ 50k set, else a fifth: 2,000 of
+//!                               # the 10k test split; 0: the training part) drawn stratified
+//!                               # by class by a permutation seeded per data set
 //! scale = "sym"                 # pixels in [−1, 1] ("unit": [0, 1]), uniform dequantisation
 //! [model]      # kind = "unet": channels, mults, blocks, emb, groups, class_cond
 //! kind = "unet" #      | "mlp": hidden, depth, emb, class_cond
@@ -65,6 +68,7 @@ struct RawImageData {
     preset: String,
     dir: Option<String>,
     held_out: Option<usize>,
+    judge: Option<usize>,
     scale: Option<String>,
     dequantize: Option<bool>,
     limit: Option<usize>,
@@ -152,10 +156,14 @@ pub struct ImageData {
     /// `mnist` preset's default, from the repository's `data/mnist/`).
     pub dir: Option<PathBuf>,
     pub held_out: usize,
+    /// Images kept for the digit judge (never trained on by the score model); `None`: 10,000
+    /// for a set of at least 50,000 images, else a fifth of the set; 0: the judge trains on
+    /// the score model's training part (stated in the metrics and report).
+    pub judge: Option<usize>,
     /// Pixels in [−1, 1] (true) or [0, 1] (false).
     pub symmetric: bool,
     pub dequantize: bool,
-    /// Train on at most this many images (the first ones), if set.
+    /// Train on at most this many images (a stratified subset of the training part), if set.
     pub limit: Option<usize>,
 }
 
@@ -353,7 +361,10 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     if let Some(l) = d.limit {
         in_range("data.limit", l, 1, 10_000_000)?;
     }
-    let data = ImageData { preset: d.preset, dir, held_out, symmetric, dequantize: d.dequantize.unwrap_or(true), limit: d.limit };
+    if let Some(j) = d.judge {
+        in_range("data.judge", j, 0, 1_000_000)?;
+    }
+    let data = ImageData { preset: d.preset, dir, held_out, judge: d.judge, symmetric, dequantize: d.dequantize.unwrap_or(true), limit: d.limit };
 
     let m = raw.model;
     let class_cond = m.class_cond.unwrap_or(true);
