@@ -132,6 +132,26 @@ fn mnist_split_is_stratified_and_spans_the_file() {
     assert!(engine::images::split(set, &spec(Some(8000), None)).err().unwrap().contains("too few"));
 }
 
+/// `objective.sigma_data = "data"` measures σ_d as the training images' RMS: MNIST in
+/// [−1, 1] is about 0.96 (not EDM's 0.5), computed here independently from the raw bytes of
+/// the whole file (the training part is a stratified 60% of it, so the two agree to 1%).
+#[test]
+fn sigma_data_is_measured_from_the_training_images() {
+    use engine::images::objective::Objective;
+    let set = idx::load_embedded_mnist().unwrap();
+    let whole = (set.pixels.iter().map(|&b| ((b as f64 + 0.5) / 128.0 - 1.0).powi(2)).sum::<f64>() / set.pixels.len() as f64).sqrt();
+    assert!((whole - 0.96).abs() < 0.01, "MNIST's RMS in [−1, 1]: {whole}");
+    let src = image_trial_with("kind = \"mlp\"", "kind = \"edm\"\nsigma_data = \"data\"", 1, "kind = \"heun\"");
+    let cfg = match TrialConfig::from_str_at(&src, Path::new("t.toml")).unwrap() {
+        TrialConfig::Image(c) => c,
+        other => panic!("not an image trial: {other:?}"),
+    };
+    let split = engine::images::load(&cfg.data).unwrap();
+    let o = Objective::new(&cfg.objective, &split);
+    assert!((o.sigma_data - whole).abs() < 0.01 * whole, "{} vs {whole}", o.sigma_data);
+    assert_eq!(o.precond(), engine::images::Precond::Edm { sigma_data: o.sigma_data });
+}
+
 fn image_trial(extra_model: &str, steps: u64, sampler: &str) -> String {
     image_trial_with(extra_model, "kind = \"edm\"", steps, sampler)
 }
@@ -285,6 +305,8 @@ fn image_trials_refuse_bad_keys_by_name() {
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"langevin\"\nsigma_min = 0.1\neps = 0.03"), "sampler.eps"),
         (base("kind = \"mlp\"", "kind = \"edm\"", "kind = \"ddim\"\neps = 1e-6"), "sampler.eps"),
         (base("kind = \"mlp\"\nwidth = 3", "kind = \"edm\"", "kind = \"heun\""), "model.width"),
+        (base("kind = \"mlp\"", "kind = \"edm\"\nsigma_data = \"rms\"", "kind = \"heun\""), "objective.sigma_data"),
+        (base("kind = \"mlp\"", "kind = \"edm\"\nsigma_data = -0.5", "kind = \"heun\""), "objective.sigma_data"),
     ];
     for (src, key) in cases {
         let err = TrialConfig::from_str_at(&src, Path::new("bad.toml")).expect_err(key).to_string();

@@ -51,7 +51,7 @@ const LEAD_METRICS: [&str; 19] = [
 /// the split's and the judge's description (`split_*`, `judge_*`), per-component weights
 /// (`mode_w_*`, `true_w_*`), rates (`*_per_second*`) and timings other than `train_seconds`
 /// are left out by name too.
-const CONTEXT_METRICS: [&str; 16] = [
+const CONTEXT_METRICS: [&str; 17] = [
     "steps_done",
     "n_train",
     "n_held_out",
@@ -68,6 +68,7 @@ const CONTEXT_METRICS: [&str; 16] = [
     "real_pixel_mean",
     "real_pixel_std",
     "classifier_accuracy",
+    "sigma_data",
 ];
 
 /// Whether `name` gets a column in the key tables (see [`CONTEXT_METRICS`]).

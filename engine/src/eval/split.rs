@@ -113,6 +113,12 @@ fn shuffle(v: &mut [usize], rng: &mut Rng) {
     }
 }
 
+/// The RMS of pixel values, √(mean x²) accumulated in f64: σ_d of `sigma_data = "data"`
+/// (EDM's coefficients assume data of second moment σ_d²). NaN for no pixels.
+pub fn pixel_rms(pixels: &[f32]) -> f64 {
+    (pixels.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / pixels.len() as f64).sqrt()
+}
+
 /// Images per class (0 to `classes` − 1) among `labels`.
 pub fn class_counts(labels: &[u8], classes: usize) -> Vec<usize> {
     let mut c = vec![0; classes];
@@ -222,6 +228,7 @@ mod tests {
         assert_eq!(m[0], ("split_seed".to_string(), a as f64));
         assert!(m.contains(&("split_train_1".to_string(), 2.0)) && m.contains(&("split_held_2".to_string(), 1.0)));
         assert_eq!(default_judge(10_000), 2_000);
+        assert!((pixel_rms(&[3.0, -4.0]) - 12.5f64.sqrt()).abs() < 1e-12);
         assert_eq!(default_judge(70_000), 10_000);
     }
 }

@@ -32,7 +32,10 @@ pub mod unet;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Precond {
     /// EDM: c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²), so
-    /// F's input and target both have unit variance at every σ.
+    /// F's input and target both have unit second moment at every σ when the data's second
+    /// moment is σ_d² (EDM's 0.5 fits CIFAR-10 in [−1, 1]; MNIST in [−1, 1] has RMS ≈ 0.96,
+    /// which `objective.sigma_data = "data"` measures; with 0.5 F's input and target are off
+    /// unit scale by up to that ratio).
     Edm { sigma_data: f64 },
     /// NCSN's score net with its output scaled by 1/σ, S = F/σ, i.e. D = x + σ² S = x + σ F
     /// (c_skip = 1, c_out = σ); the input is scaled as EDM's, c_in = 1/√(σ² + σ_d²).

@@ -213,10 +213,10 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let t_setup = Instant::now();
     let split: Split = super::load(&cfg.data)?;
     let (h, w, d) = (split.h, split.w, split.dim());
-    let sd = cfg.objective.sigma_data;
     let cond = cfg.model.class_cond();
     let varmap = VarMap::new();
     let objective = Objective::new(&cfg.objective, &split);
+    let sd = objective.sigma_data;
     let precond = objective.precond();
     let net = super::build(&cfg.model, precond, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
@@ -335,6 +335,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         ("n_train".into(), split.n_train() as f64),
         ("n_held_out".into(), split.held_labels.len() as f64),
         ("n_judge".into(), split.judge_labels.len() as f64),
+        ("sigma_data".into(), sd),
         ("train_images_per_second".into(), (steps_done as f64 * b as f64) / train_seconds.max(1e-9)),
         ("train_seconds".into(), train_seconds),
         ("eval_seconds".into(), eval_seconds),
