@@ -15,6 +15,16 @@ pub enum Stream {
     Probes = 7,
     Metrics = 8,
     Ladder = 9,
+    /// The digit judge's initial weights (seeded by the judge's own seed, not a trial's).
+    JudgeInit = 10,
+    /// The digit judge's batch order.
+    JudgeTrain = 11,
+    /// The held-out/judge/training split's permutation (seeded per data set).
+    Split = 12,
+    /// Which training images make the FID floor and which samples enter an equal-n FID.
+    FidDraw = 13,
+    /// The FID's bootstrap resamples.
+    Bootstrap = 14,
 }
 
 #[derive(Clone, Debug)]
@@ -283,6 +293,23 @@ mod tests {
             let (s, c) = sin_cos_turn_f32(q);
             let t = std::f64::consts::TAU * q as f64 / (1u32 << 24) as f64;
             assert!((s as f64 - t.sin()).abs() < 3e-7 && (c as f64 - t.cos()).abs() < 3e-7, "sin/cos at {q}");
+        }
+    }
+
+    #[test]
+    fn evaluator_streams_differ_from_every_trial_stream() {
+        // The judge (seed 0) and the evaluators draw from streams that no seed-0 trial uses.
+        let first = |seed: u64, s: Stream| -> Vec<u64> {
+            let mut r = Rng::stream(seed, s);
+            (0..4).map(|_| r.next_u64()).collect()
+        };
+        let trial = [Stream::Init, Stream::Train, Stream::Eval, Stream::Constant, Stream::Sampler, Stream::Reference, Stream::Probes, Stream::Metrics, Stream::Ladder];
+        let own = [Stream::JudgeInit, Stream::JudgeTrain, Stream::Split, Stream::FidDraw, Stream::Bootstrap];
+        let mut seen: Vec<Vec<u64>> = Vec::new();
+        for s in trial.iter().chain(&own) {
+            let v = first(0, *s);
+            assert!(!seen.contains(&v), "{s:?} repeats another stream");
+            seen.push(v);
         }
     }
 

@@ -26,6 +26,7 @@ pub mod plots;
 pub mod report;
 pub mod state;
 pub mod table;
+pub mod targets;
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
-//! `report.md`: the claims, the tolerances behind them, key tables (the metrics the trials
+//! `report.md`: the claims, the tolerances behind them, the digit targets judged on their
+//! intervals ([`crate::targets`]), key tables (the metrics the trials
 //! carry, toy and image alike, against the σ ladder, the sampler's step size, the objective,
 //! …), links to the plots, each image trial's sample grid, the artifacts each
 //! trial uploaded, the trials that no longer belong to the sweep, the failed trials (every
@@ -20,16 +21,37 @@ use schema::image::IMAGE_PRESETS;
 /// losses, gaps and sample metrics, then the image trials' loss, sample quality and evaluations.
 /// Every other metric the trials carry follows in name order, `train_seconds` last; a metric no
 /// trial of the table carries gets no column.
-const LEAD_METRICS: [&str; 17] =
-    ["l_esm", "l_ism", "gap", "c_true", "l_dsm", "dsm_gap", "fd", "swd", "mmd", "mode_weight_err", "nll", "kl", "eval_loss", "fid", "class_match", "which_digit_accuracy", "nfe"];
+const LEAD_METRICS: [&str; 19] = [
+    "l_esm",
+    "l_ism",
+    "gap",
+    "c_true",
+    "l_dsm",
+    "dsm_gap",
+    "fd",
+    "swd",
+    "mmd",
+    "mode_weight_err",
+    "nll",
+    "kl",
+    "eval_loss",
+    "fid",
+    "fid_over_floor",
+    "class_match",
+    "which_digit_accuracy",
+    "memorisation",
+    "nfe",
+];
 
 /// Metrics left out of the key tables (`trials.csv` has them all): what describes how a trial
 /// ran rather than what it reached (counts, the resolved ladder and step size, throughput), and
 /// reference values of the data rather than of the model (the real images' pixel statistics,
 /// the FID of real against real images, the classifier's accuracy on real images, a mixture's
-/// true weights). Standard errors (`*_se`), per-component weights (`mode_w_*`, `true_w_*`),
-/// rates (`*_per_second*`) and timings other than `train_seconds` are left out by name too.
-const CONTEXT_METRICS: [&str; 16] = [
+/// true weights). Standard errors (`*_se`), interval ends and counts (`*_lo`, `*_hi`, `*_n`),
+/// the split's and the judge's description (`split_*`, `judge_*`), per-component weights
+/// (`mode_w_*`, `true_w_*`), rates (`*_per_second*`) and timings other than `train_seconds`
+/// are left out by name too.
+const CONTEXT_METRICS: [&str; 17] = [
     "steps_done",
     "n_train",
     "n_held_out",
@@ -46,6 +68,7 @@ const CONTEXT_METRICS: [&str; 16] = [
     "real_pixel_mean",
     "real_pixel_std",
     "classifier_accuracy",
+    "sigma_data",
 ];
 
 /// Whether `name` gets a column in the key tables (see [`CONTEXT_METRICS`]).
@@ -53,7 +76,11 @@ fn is_table_metric(name: &str) -> bool {
     let timing = name.ends_with("_seconds") && name != "train_seconds";
     let per_part = name.starts_with("mode_w_") || name.starts_with("true_w_");
     let se = name.ends_with("_se") || name.contains("_se_");
-    !(CONTEXT_METRICS.contains(&name) || timing || per_part || se || name.contains("per_second"))
+    // Interval ends and counts are per trial (the digit targets section shows them); the
+    // split's per-class counts and the judge's description are context.
+    let interval = name.ends_with("_lo") || name.ends_with("_hi") || name.ends_with("_n");
+    let split = name.starts_with("split_") || name.starts_with("judge_") || name == "n_judge" || name == "memorisation_threshold";
+    !(CONTEXT_METRICS.contains(&name) || timing || per_part || se || interval || split || name.contains("per_second"))
 }
 
 /// The key tables' metric columns: every metric some trial of `trials` carries (finite) and
@@ -81,6 +108,7 @@ pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]
     let _ = writeln!(md, "State database: `{}`\n", state.path.display());
     trials_section(&mut md, state);
     claims_section(&mut md, claims);
+    crate::targets::targets_section(&mut md, state);
     key_tables(&mut md, state);
     plots_section(&mut md, plots);
     sample_grids_section(&mut md, state);

@@ -15,7 +15,10 @@
 //!                               # the binary (mnist); $SCORESWEEP_FASHION, else
 //!                               # /usr/share/datasets/fashion-mnist (fashion); relative to the
 //!                               # worker's working directory
-//! held_out = 2000               # the last images: never trained on, what every metric uses
+//! held_out = 2000               # never trained on, what every metric uses; with `judge`
+//!                               # (default: 10,000 of a ≥ 50k set, else a fifth: 2,000 of
+//!                               # the 10k test split; 0: the training part) drawn stratified
+//!                               # by class by a permutation seeded per data set
 //! scale = "sym"                 # pixels in [−1, 1] ("unit": [0, 1]), uniform dequantisation
 //! [model]      # kind = "unet": channels, mults, blocks, emb, groups, class_cond
 //! kind = "unet" #      | "mlp": hidden, depth, emb, class_cond
@@ -25,7 +28,8 @@
 //!              #      | "ve": continuous-time DSM, VE SDE (sigma_min 0.01, sigma_max 50)
 //!              #      | "vp": continuous-time DSM, VP SDE (beta_min 0.1, beta_max 20, t_min 1e-3)
 //!              #      | "ssm" | "ssm_vr": sliced score matching on the ladder (noise; MLP only)
-//!              # every kind: sigma_data (0.5), label_dropout (classifier-free guidance)
+//!              # every kind: sigma_data (0.5, EDM's; "data": the training images' RMS,
+//!              # ≈ 0.96 for MNIST in [−1, 1]), label_dropout (classifier-free guidance)
 //! [train]      # steps, batch, lr, ema (decay), eval_every
 //! steps = 2000
 //! [eval]       # n: held-out images the metrics use
@@ -71,6 +75,7 @@ struct RawImageData {
     preset: String,
     dir: Option<String>,
     held_out: Option<usize>,
+    judge: Option<usize>,
     scale: Option<String>,
     dequantize: Option<bool>,
     limit: Option<usize>,
@@ -149,7 +154,7 @@ struct RawImageObjective {
     kind: RawImageObjectiveKind,
     p_mean: Option<f64>,
     p_std: Option<f64>,
-    sigma_data: Option<f64>,
+    sigma_data: Option<RawSigmaData>,
     label_dropout: Option<f64>,
     noise: Option<RawNoise>,
     sigma_min: Option<f64>,
@@ -157,6 +162,14 @@ struct RawImageObjective {
     beta_min: Option<f64>,
     beta_max: Option<f64>,
     t_min: Option<f64>,
+}
+
+/// `objective.sigma_data`: a number, or `"data"` (measured on the training images).
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum RawSigmaData {
+    Value(f64),
+    Word(String),
 }
 
 #[derive(Deserialize, Debug)]
@@ -211,10 +224,14 @@ pub struct ImageData {
     /// `mnist` preset's default, from the repository's `data/mnist/`).
     pub dir: Option<PathBuf>,
     pub held_out: usize,
+    /// Images kept for the digit judge (never trained on by the score model); `None`: 10,000
+    /// for a set of at least 50,000 images, else a fifth of the set; 0: the judge trains on
+    /// the score model's training part (stated in the metrics and report).
+    pub judge: Option<usize>,
     /// Pixels in [−1, 1] (true) or [0, 1] (false).
     pub symmetric: bool,
     pub dequantize: bool,
-    /// Train on at most this many images (the first ones), if set.
+    /// Train on at most this many images (a stratified subset of the training part), if set.
     pub limit: Option<usize>,
 }
 
@@ -275,14 +292,26 @@ pub struct UnetSpec {
     pub class_cond: bool,
 }
 
+/// σ_d of an image objective.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SigmaData {
+    /// A fixed value (the default: 0.5, EDM's).
+    Value(f64),
+    /// The RMS of the training images' pixels on the trial's scale, measured when the trial
+    /// starts (`sigma_data = "data"`).
+    Data,
+}
+
 /// How an image denoiser is trained: the σ distribution, the loss weight and the network's
 /// parametrisation (`kind`), plus what every kind shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageObjective {
     pub kind: ImageObjectiveKind,
-    /// The data's standard deviation σ_d: EDM's preconditioning and weighting, and the input
-    /// scaling 1/√(σ² + σ_d²) of every kind.
-    pub sigma_data: f64,
+    /// The data's scale σ_d: EDM's preconditioning and weighting, and the input scaling
+    /// 1/√(σ² + σ_d²) of every kind. EDM derives its coefficients for data of second moment
+    /// σ_d² (zero mean): 0.5 is its value for CIFAR-10 in [−1, 1]; MNIST in [−1, 1] has an RMS
+    /// of about 0.96 (mean −0.74, standard deviation 0.62), which [`SigmaData::Data`] measures.
+    pub sigma_data: SigmaData,
     /// Probability of training a batch image without its class (classifier-free guidance).
     pub label_dropout: f64,
 }
@@ -422,7 +451,10 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     if let Some(l) = d.limit {
         in_range("data.limit", l, 1, 10_000_000)?;
     }
-    let data = ImageData { preset: d.preset, dir, held_out, symmetric, dequantize: d.dequantize.unwrap_or(true), limit: d.limit };
+    if let Some(j) = d.judge {
+        in_range("data.judge", j, 0, 1_000_000)?;
+    }
+    let data = ImageData { preset: d.preset, dir, held_out, judge: d.judge, symmetric, dequantize: d.dequantize.unwrap_or(true), limit: d.limit };
 
     let m = raw.model;
     let class_cond = m.class_cond.unwrap_or(true);
@@ -536,7 +568,13 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     if label_dropout > 0.0 && !model.class_cond() {
         return Err(field("objective.label_dropout", "needs a class-conditional model (model.class_cond)"));
     }
-    let objective = ImageObjective { kind, sigma_data: positive("objective.sigma_data", o.sigma_data.unwrap_or(0.5))?, label_dropout };
+    let sigma_data = match o.sigma_data {
+        None => SigmaData::Value(0.5),
+        Some(RawSigmaData::Value(v)) => SigmaData::Value(positive("objective.sigma_data", v)?),
+        Some(RawSigmaData::Word(w)) if w == "data" => SigmaData::Data,
+        Some(RawSigmaData::Word(w)) => return Err(field("objective.sigma_data", format!("must be a positive number or \"data\" (the training images' RMS) (got \"{w}\")"))),
+    };
+    let objective = ImageObjective { kind, sigma_data, label_dropout };
 
     let t = raw.train;
     if t.steps > 10_000_000 {

@@ -926,7 +926,7 @@ n = 20
         assert_eq!(t.seed, 7);
         assert_eq!((t.data.preset.as_str(), t.data.held_out, t.data.symmetric, t.data.dequantize), ("mnist", 500, true, true));
         assert_eq!(t.model, ImageModel::Mlp(ImageMlpSpec { hidden: 64, depth: 2, emb: 64, class_cond: true }));
-        assert_eq!(t.objective, ImageObjective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: 0.5, label_dropout: 0.1 });
+        assert_eq!(t.objective, ImageObjective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: crate::image::SigmaData::Value(0.5), label_dropout: 0.1 });
         assert_eq!(t.train, ImageTrain { steps: 10, batch: 128, lr: 1e-3, ema: 0.999, eval_every: 10 });
         assert_eq!(t.eval_n, 500, "every held-out image by default");
         assert_eq!(t.sampler, ImageSampler { kind: ImageSamplerKind::Heun, schedule: Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 }, guidance: 1.0, n: 20 });

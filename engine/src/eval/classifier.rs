@@ -8,8 +8,10 @@
 //! flatten → linear (→ hidden) → ReLU (the features) → linear (→ 10). Convolutions are im2col
 //! with candle ops (nine shifted views of the padded input, concatenated, then one matmul), so
 //! training and inference are gemm-bound: candle's CPU `conv2d` backward goes through a direct
-//! `conv_transpose2d`, several times slower. Weights are drawn from [`Rng`] streams of the seed
-//! and batches are shuffled from another, so training is deterministic given the seed.
+//! `conv_transpose2d`, several times slower. Weights are drawn from the judge's own [`Rng`]
+//! stream of its seed ([`Stream::JudgeInit`]) and batches are shuffled from another
+//! ([`Stream::JudgeTrain`]), so training is deterministic given the seed and its draws never
+//! coincide with a trial's (whose streams have other identifiers).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,7 @@ pub const CLASSES: usize = 10;
 
 /// Version of the network and of its file layout: part of the cache key and of the file, so a
 /// changed net never loads an old file.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Images per forward pass at inference.
 const INFER_BATCH: usize = 256;
@@ -184,7 +186,7 @@ impl Classifier {
             return Err(ClassifierError::Input("batch and epochs must be positive".into()));
         }
         // He-normal weights (the output layer: LeCun-normal), zero biases.
-        let mut init = Rng::stream(cfg.seed, Stream::Init);
+        let mut init = Rng::stream(cfg.seed, Stream::JudgeInit);
         let vars = shapes(h, w, cfg)
             .iter()
             .enumerate()
@@ -207,7 +209,7 @@ impl Classifier {
 
         let hw = h * w;
         let mut order: Vec<usize> = (0..n).collect();
-        let mut rng = Rng::stream(cfg.seed, Stream::Train);
+        let mut rng = Rng::stream(cfg.seed, Stream::JudgeTrain);
         let steps = cfg.epochs * n.div_ceil(cfg.batch);
         let mut step = 0;
         let mut xb = Vec::with_capacity(cfg.batch * hw);
@@ -538,7 +540,7 @@ mod tests {
         map.insert("meta".into(), Tensor::new(&[FORMAT + 1, 8, 8], &dev).unwrap());
         candle_core::safetensors::save(&map, &garbage).unwrap();
         let err = Classifier::load(&garbage, &dev).err().unwrap().to_string();
-        assert!(err.contains("format 2, image size 8×8"), "{err}");
+        assert!(err.contains(&format!("format {}, image size 8×8", FORMAT + 1)), "{err}");
 
         // Other data or settings, other files.
         assert_ne!(cache_key(&x, &y, 8, 8, &cfg), cache_key(&x, &y, 8, 8, &ClassifierConfig { seed: 1, ..small() }));

@@ -8,7 +8,9 @@
 //! judge of digits, cached per machine; its penultimate features feed [`fid`], the Fréchet
 //! distance), [`by_denoising`] (which class, by a conditional score's denoising loss) and
 //! [`png`] (image grids as PNG files); proportions judged against targets carry Wilson 95%
-//! intervals ([`interval`]).
+//! intervals ([`interval`]), the FID a bootstrap error next to its equal-n floor
+//! ([`fid_bootstrap`]); [`memorisation`] measures copying of training images; [`split`] makes
+//! the held-out / judge / training split; [`digits`] puts them together for an image trial.
 
 use candle_core::Result;
 
@@ -16,12 +18,16 @@ use crate::models::ScoreModel;
 
 pub mod by_denoising;
 pub mod classifier;
+pub mod digits;
 pub mod energy;
 pub mod fid;
+pub mod fid_bootstrap;
 pub mod gaps;
 pub mod interval;
+pub mod memorisation;
 pub mod png;
 pub mod samples;
+pub mod split;
 
 /// Columns measured on the model at every checkpoint.
 pub trait Checkpoint {

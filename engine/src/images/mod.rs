@@ -1,4 +1,5 @@
-//! Image trials: an IDX set split into a training part and a held-out tail, a U-Net or MLP
+//! Image trials: an IDX set split into training, held-out and judge parts (stratified by class,
+//! [`crate::eval::split`]), a U-Net or MLP
 //! denoiser trained with one of the image objectives (EDM by default; with an EMA of its
 //! weights), sampled by the crate's samplers (`samplers`: the nets are denoisers D(x; σ)).
 //!
@@ -31,7 +32,10 @@ pub mod unet;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Precond {
     /// EDM: c_skip = σ_d²/(σ² + σ_d²), c_out = σ σ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²), so
-    /// F's input and target both have unit variance at every σ.
+    /// F's input and target both have unit second moment at every σ when the data's second
+    /// moment is σ_d² (EDM's 0.5 fits CIFAR-10 in [−1, 1]; MNIST in [−1, 1] has RMS ≈ 0.96,
+    /// which `objective.sigma_data = "data"` measures; with 0.5 F's input and target are off
+    /// unit scale by up to that ratio).
     Edm { sigma_data: f64 },
     /// NCSN's score net with its output scaled by 1/σ, S = F/σ, i.e. D = x + σ² S = x + σ F
     /// (c_skip = 1, c_out = σ); the input is scaled as EDM's, c_in = 1/√(σ² + σ_d²).
@@ -129,7 +133,8 @@ pub fn frequency_values(k: usize) -> Vec<f32> {
     (0..k).map(|i| (-(i as f64) / k as f64 * 10000f64.ln()).exp() as f32).collect()
 }
 
-/// An image set split for a trial: training images first, then the held-out tail.
+/// An image set split for a trial ([`crate::eval::split`]): the training part, the held-out
+/// part and the judge's part, stratified by class by a permutation seeded per data set.
 pub struct Split {
     pub h: usize,
     pub w: usize,
@@ -138,12 +143,17 @@ pub struct Split {
     pub train_labels: Vec<u8>,
     pub held_pixels: Vec<u8>,
     pub held_labels: Vec<u8>,
+    /// The digit judge's training images (never trained on by the score model; empty when
+    /// `data.judge = 0`: the judge then trains on the training part).
+    pub judge_pixels: Vec<u8>,
+    pub judge_labels: Vec<u8>,
+    /// The seed of the split's permutation ([`crate::eval::split::split_seed`]).
+    pub seed: u32,
     pub symmetric: bool,
     pub dequantize: bool,
 }
 
-/// Loads `spec.dir` (or the embedded MNIST test split) and splits off the last `held_out`
-/// images (never trained on).
+/// Loads `spec.dir` (or the embedded MNIST test split) and splits it.
 pub fn load(spec: &ImageData) -> std::result::Result<Split, IdxError> {
     let set = match &spec.dir {
         Some(dir) => idx::load_dir(dir)?,
@@ -157,22 +167,26 @@ pub fn data_origin(spec: &ImageData) -> std::path::PathBuf {
     spec.dir.clone().unwrap_or_else(|| idx::EMBEDDED_MNIST_ORIGIN.into())
 }
 
-/// Splits a loaded set by the trial's data spec.
+/// Splits a loaded set by the trial's data spec ([`crate::eval::split::stratified`]).
 pub fn split(set: ImageSet, spec: &ImageData) -> std::result::Result<Split, String> {
-    if set.n <= spec.held_out + 1 {
-        return Err(format!("{} images: too few to hold out {} and train on the rest", set.n, spec.held_out));
-    }
+    use crate::eval::split as sp;
     let d = set.dim();
-    let n_train = set.n - spec.held_out;
-    let n_used = spec.limit.map_or(n_train, |l| l.min(n_train));
+    let judge = spec.judge.unwrap_or_else(|| sp::default_judge(set.n));
+    let seed = sp::split_seed(set.n, set.h, set.w, &set.labels);
+    let parts = sp::stratified(&set.labels, spec.held_out, judge, spec.limit, seed)?;
+    let pixels = |idx: &[usize]| -> Vec<u8> { idx.iter().flat_map(|&i| set.pixels[i * d..(i + 1) * d].iter().copied()).collect() };
+    let labels = |idx: &[usize]| -> Vec<u8> { idx.iter().map(|&i| set.labels[i]).collect() };
     Ok(Split {
         h: set.h,
         w: set.w,
         classes: set.classes().max(1),
-        train_pixels: set.pixels[..n_used * d].to_vec(),
-        train_labels: set.labels[..n_used].to_vec(),
-        held_pixels: set.pixels[n_train * d..].to_vec(),
-        held_labels: set.labels[n_train..].to_vec(),
+        train_pixels: pixels(&parts.train),
+        train_labels: labels(&parts.train),
+        held_pixels: pixels(&parts.held),
+        held_labels: labels(&parts.held),
+        judge_pixels: pixels(&parts.judge),
+        judge_labels: labels(&parts.judge),
+        seed,
         symmetric: spec.symmetric,
         dequantize: spec.dequantize,
     })

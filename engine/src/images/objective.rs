@@ -16,7 +16,7 @@
 //! | `vp` | σ(t) = √(e^{B(t)} − 1), t ~ U(t_min, 1) | 1/σ² (= ‖ε̂ − ε‖²) | ε-prediction |
 
 use candle_core::{D, Result, Tensor};
-use schema::image::{ImageObjective, ImageObjectiveKind};
+use schema::image::{ImageObjective, ImageObjectiveKind, SigmaData};
 use schema::trial::NoiseSpec;
 
 use super::{ImageNet, Precond, Split};
@@ -36,13 +36,17 @@ pub struct Objective {
 }
 
 impl Objective {
-    /// Resolves the spec against the training images (the `auto` ladder's σ₁).
+    /// Resolves the spec against the training images (the `auto` ladder's σ₁, a measured σ_d).
     pub fn new(spec: &ImageObjective, split: &Split) -> Self {
         let ladder = match &spec.kind {
             ImageObjectiveKind::Dsm { noise } | ImageObjectiveKind::Ssm { noise, .. } => resolve_ladder(noise, split),
             _ => Vec::new(),
         };
-        Objective { kind: spec.kind.clone(), sigma_data: spec.sigma_data, ladder }
+        let sigma_data = match spec.sigma_data {
+            SigmaData::Value(v) => v,
+            SigmaData::Data => crate::eval::split::pixel_rms(&split.to_floats(&split.train_pixels)),
+        };
+        Objective { kind: spec.kind.clone(), sigma_data, ladder }
     }
 
     /// The network's parametrisation under this objective.

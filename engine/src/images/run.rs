@@ -139,9 +139,10 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let t_setup = Instant::now();
     let split: Split = super::load(&cfg.data)?;
     let (h, w, d) = (split.h, split.w, split.dim());
-    let (sd, cond, b) = (cfg.objective.sigma_data, cfg.model.class_cond(), cfg.train.batch);
+    let (cond, b) = (cfg.model.class_cond(), cfg.train.batch);
     let varmap = VarMap::new();
     let objective = Objective::new(&cfg.objective, &split);
+    let sd = objective.sigma_data;
     let precond = objective.precond();
     let net = super::build(&cfg.model, precond, 1, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
@@ -197,11 +198,14 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
         ("parameters".into(), super::parameters(&varmap) as f64),
         ("n_train".into(), split.n_train() as f64),
         ("n_held_out".into(), split.held_labels.len() as f64),
+        ("n_judge".into(), split.judge_labels.len() as f64),
+        ("sigma_data".into(), sd),
         ("train_images_per_second".into(), (steps_done as f64 * b as f64) / train_seconds.max(1e-9)),
         ("train_seconds".into(), train_seconds),
         ("eval_seconds".into(), trained.eval_seconds),
         ("setup_seconds".into(), setup_seconds),
     ];
+    metrics.extend(crate::eval::split::split_metrics(split.seed, split.classes, &split.train_labels, &split.held_labels, &split.judge_labels));
     if let Some(&top) = objective.ladder.first() {
         metrics.extend([("ladder_levels".into(), objective.ladder.len() as f64), ("ladder_sigma_max".into(), top)]);
     }
@@ -231,12 +235,13 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
     if status == TrialStatus::Ok {
         let t = Instant::now();
-        metrics.extend(digit_metrics(
+        metrics.extend(crate::eval::digits::digit_metrics(
             cfg,
             &split,
             net.as_ref(),
             fast_forward.as_mut().map(|f| f.as_mut() as &mut dyn BufferDenoiser),
-            &eval,
+            &eval.x,
+            &eval.labels,
             &samples_out,
             &labels_out,
             &dev,
@@ -354,111 +359,4 @@ fn pixel_metrics(samples: &[Vec<f32>], real: &[f32], symmetric: bool) -> Vec<(St
         ("real_pixel_std".into(), rs),
         ("pixels_in_range".into(), flat.iter().filter(|&&v| (lo - 0.05..=hi + 0.05).contains(&v)).count() as f64 / flat.len().max(1) as f64),
     ]
-}
-
-/// σ levels and draws per level of the "which digit" test (antithetic noise pairs).
-pub const WHICH_SIGMAS: [f32; 3] = [0.2, 0.5, 1.0];
-const WHICH_PER_SIGMA: usize = 2;
-/// Held-out images the "which digit" test classifies (10 conditional passes per draw each).
-const WHICH_IMAGES: usize = 1000;
-
-/// The digit metrics, by the machine's cached CNN classifier (trained once per data set on the
-/// trial's training part): its held-out accuracy; for class-conditional samples, the fraction
-/// it reads as the requested digit; the Fréchet distance in its penultimate features between
-/// samples and held-out images, next to the same distance for as many real training images
-/// (the floor); "which digit" by the score model's lowest conditional denoising loss; and a
-/// 10×10 PNG grid of samples (one row per digit) added to `files`.
-#[allow(clippy::too_many_arguments)]
-fn digit_metrics(
-    cfg: &ImageTrial,
-    split: &Split,
-    net: &dyn ImageNet,
-    mut fast_forward: Option<&mut dyn BufferDenoiser>,
-    eval: &EvalSet,
-    samples: &[Vec<f32>],
-    labels: &[u32],
-    dev: &Device,
-    files: &mut Vec<(String, &'static str, Vec<u8>)>,
-) -> Result<Vec<(String, f64)>, EngineError> {
-    use crate::eval::interval::proportion_metrics;
-    use crate::eval::{by_denoising, classifier, fid, png};
-    let (h, w, d) = (split.h, split.w, split.dim());
-    // The classifier works on [−1, 1] pixels.
-    let to_sym = |v: &[f32]| -> Vec<f32> { if split.symmetric { v.to_vec() } else { v.iter().map(|x| 2.0 * x - 1.0).collect() } };
-    let train = to_sym(&split.to_floats(&split.train_pixels));
-    let held = to_sym(&eval.x);
-    let held_labels: Vec<u8> = eval.labels.iter().map(|&l| l as u8).collect();
-    let cls_err = |e: classifier::ClassifierError| EngineError::Metric(e.to_string());
-    let cache = classifier::default_cache_dir();
-    let clf = classifier::load_or_train(&cache, &train, &split.train_labels, h, w, &classifier::ClassifierConfig::default(), &Device::Cpu).map_err(cls_err)?;
-    let accuracy = clf.accuracy(&held, &held_labels).map_err(cls_err)?;
-    let mut m = proportion_metrics("classifier_accuracy", (accuracy * held_labels.len() as f64).round() as usize, held_labels.len());
-    let held_feat = clf.features(&held).map_err(cls_err)?;
-    let fd = clf.feature_dim();
-
-    if !samples.is_empty() {
-        let flat: Vec<f32> = to_sym(&samples.iter().flatten().copied().collect::<Vec<f32>>()).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
-        let pred = clf.predict(&flat).map_err(cls_err)?;
-        if cfg.model.class_cond() {
-            let hit = pred.iter().zip(labels).filter(|(p, l)| **p as u32 == **l).count();
-            m.extend(proportion_metrics("class_match", hit, pred.len()));
-        }
-        let feat = clf.features(&flat).map_err(cls_err)?;
-        m.push(("fid".into(), fid::frechet_distance(&feat, &held_feat, fd)));
-        // The floor: as many real training images (the last ones, nearest the held-out tail).
-        let k = samples.len().min(split.n_train());
-        let real = &train[(split.n_train() - k) * d..];
-        m.push(("fid_real_floor".into(), fid::frechet_distance(&clf.features(real).map_err(cls_err)?, &held_feat, fd)));
-        // The grid: up to 10 samples of each digit, one row per digit (in order when unconditional).
-        let mut pick: Vec<f32> = Vec::new();
-        let mut count = 0;
-        if cfg.model.class_cond() {
-            for c in 0..10u32 {
-                for (s, _) in samples.iter().zip(labels).filter(|(_, l)| **l == c).take(10) {
-                    pick.extend(to_sym(s));
-                    count += 1;
-                }
-            }
-        } else {
-            for s in samples.iter().take(100) {
-                pick.extend(to_sym(s));
-                count += 1;
-            }
-        }
-        let (gray, gw, gh) = png::grid(&pick, count, h, w, 10, 2);
-        files.push(("samples.png".into(), "image/png", png::encode_gray(&gray, gw, gh)));
-    }
-
-    if cfg.model.class_cond() {
-        let n = eval.labels.len().min(WHICH_IMAGES);
-        let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
-        let score = |x: &[f32], sig: &[f32], lab: &[u8]| -> candle_core::Result<Vec<f32>> {
-            if let Some(fwd) = fast_forward.as_deref_mut() {
-                let labels: Vec<u32> = lab.iter().map(|&l| l as u32).collect();
-                let mut out = vec![0.0f32; x.len()];
-                fwd.denoise(x, sig, &labels, &mut out);
-                for (i, &s) in sig.iter().enumerate() {
-                    for (o, &xv) in out[i * d..(i + 1) * d].iter_mut().zip(&x[i * d..(i + 1) * d]) {
-                        *o = (*o - xv) / (s * s);
-                    }
-                }
-                return Ok(out);
-            }
-            let mut out = Vec::with_capacity(x.len());
-            for start in (0..lab.len()).step_by(CHUNK) {
-                let end = (start + CHUNK).min(lab.len());
-                let xt = tensor(&x[start * d..end * d], h, w, dev)?;
-                let st = Tensor::from_slice(&sig[start..end], end - start, dev)?;
-                let lt = Tensor::from_vec(lab[start..end].iter().map(|&l| l as u32).collect::<Vec<u32>>(), end - start, dev)?;
-                let den = net.denoise(&xt, &st, Some(&lt))?.detach();
-                let sc = (den - &xt)?.broadcast_div(&st.sqr()?.reshape((end - start, 1, 1, 1))?)?;
-                out.extend(sc.flatten_all()?.to_vec1::<f32>()?);
-            }
-            Ok(out)
-        };
-        let pred = by_denoising::classify_by_denoising(10, &eval.x[..n * d], h, w, &draws, score)?;
-        let hit = pred.iter().zip(&eval.labels).filter(|(p, l)| **p as u32 == **l).count();
-        m.extend(proportion_metrics("which_digit_accuracy", hit, n));
-    }
-    Ok(m)
 }
