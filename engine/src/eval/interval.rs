@@ -16,7 +16,8 @@ pub fn wilson(hits: usize, n: usize) -> (f64, f64) {
     let p = hits as f64 / nf;
     let centre = (p + z2 / (2.0 * nf)) / (1.0 + z2 / nf);
     let half = Z95 / (1.0 + z2 / nf) * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt();
-    ((centre - half).max(0.0), (centre + half).min(1.0))
+    // At 0 or n hits the end is exactly 0 or 1 (the formula leaves rounding residue there).
+    (if hits == 0 { 0.0 } else { (centre - half).max(0.0) }, if hits >= n { 1.0 } else { (centre + half).min(1.0) })
 }
 
 /// A proportion as metrics: `name` (hits/n), `name_lo`, `name_hi` (Wilson 95%) and `name_n`.
