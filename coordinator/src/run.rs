@@ -69,6 +69,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
     std::fs::create_dir_all(&opts.out).with_context(|| format!("failed to create {}", opts.out.display()))?;
     let mut state = State::open(&db_path(&opts.out), sweep.retries + 1, sweep.timeout).context("failed to open the state database")?;
     let sync = state.sync(&sweep, opts.retry_failed).context("failed to record the sweep")?;
+    state.set_rule(sweep.early_stop.clone());
     if !opts.quiet {
         eprintln!(
             "sweep `{}`: {} trials ({} new, {} already finished, {} re-queued, {} no longer in the sweep)",
