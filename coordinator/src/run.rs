@@ -210,7 +210,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);
             let waiting = if shortage > 0 { format!(" — waiting: {shortage} trial(s) need a GPU (gpu = true) and no GPU worker is connected") } else { String::new() };
-            bar.set_message(format!("done {} running {} failed {} queued {}{waiting}", c.done, c.running, c.failed, c.queued));
+            bar.set_message(format!("done {} pruned {} running {} failed {} queued {}{waiting}", c.done, c.pruned, c.running, c.failed, c.queued));
             if shortage > 0 && !warned_gpu && !opts.quiet {
                 warned_gpu = true;
                 bar.suspend(|| {
