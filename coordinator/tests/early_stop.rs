@@ -158,10 +158,10 @@ fn decisions_are_kept_in_the_database_across_a_restart() {
         let mut st = open(&dir, &sweep);
         let w = st.atomic(|s| s.register(&Registration { name: "w".into(), slots: 3, ..Default::default() })).unwrap().unwrap();
         let h: Vec<(String, u64)> = (0..3).map(|_| lease(&mut st, &w)).collect();
-        assert_eq!(report(&mut st, &w, &h[0].0, h[0].1, 1, 1.0).0, false);
-        assert_eq!(report(&mut st, &w, &h[1].0, h[1].1, 1, 0.5).0, false);
+        assert!(!report(&mut st, &w, &h[0].0, h[0].1, 1, 1.0).0);
+        assert!(!report(&mut st, &w, &h[1].0, h[1].1, 1, 0.5).0);
         // Checkpoint 2 of trial 0 is between rungs: no decision.
-        assert_eq!(report(&mut st, &w, &h[0].0, h[0].1, 2, 0.9).0, false);
+        assert!(!report(&mut st, &w, &h[0].0, h[0].1, 2, 0.9).0);
         (h, w)
     };
     // A new coordinator on the same database: the decisions made are the history it decides from.
