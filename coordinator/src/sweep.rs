@@ -15,11 +15,19 @@
 //! [[variants]]              # extra trials: each entry is a dotted key whose value replaces
 //! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
 //! gpu = true                # not a trial key: this variant's trials need a GPU worker
+//! [search]                  # configurations drawn from a space (search.rs): crossed with the
+//! kind = "random"           # grid × zip points like one more axis; "grid" | "random" | "sobol"
+//! trials = 16
+//! [search.space]
+//! "train.lr" = { log_uniform = [1e-4, 1e-2] }
+//! [early_stop]              # stop trials at checkpoints (early_stop.rs): "asha" | "median"
+//! kind = "asha"
+//! metric = "l_esm"
 //! [launcher.slurm]          # settings of `--launcher slurm` (launch/slurm.rs), checked by it;
 //! partition = "gpu"         # its flags win. Likewise [launcher.ssh] (hosts = ["node1:2"]),
 //! time = "2:00:00"          # [launcher.pbs] (queue, walltime), … (one table per launcher)
 //! ```
-//! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
+//! Trials = (grid × zip groups × search draws ∪ variants) × seeds. Every expanded trial is validated by the
 //! trial schema (`schema`: the rules the engine runs by, without building the engine) before
 //! anything runs; errors name the file, line, column, key and the expansion. Each dotted key
 //! is set by at most one axis (a `[grid]` key or one `[[zip]]` group; a key and a dotted
