@@ -45,10 +45,6 @@ pub const MAX_DIM: u32 = 1 << 16;
 pub const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Most artifact names one report may list.
 pub const MAX_REPORT_ARTIFACTS: usize = 64;
-/// Reports with more than this many bytes to parse (metrics, curve, samples, data) are
-/// checked against their attempt's holder before anything in them is parsed; smaller ones
-/// cost less to parse than the check, and are checked in the transaction that records them.
-pub const PRECHECK_BYTES: usize = 16 << 10;
 /// Longest `--lease-secs`: one day.
 pub const MAX_LEASE_SECS: f64 = 86_400.0;
 

@@ -10,9 +10,8 @@
 //! metrics, …) is not refused but recorded as a failed attempt with the reason.
 //!
 //! Every field is bounded first ([`crate::limits`]: `RESOURCE_EXHAUSTED` over a limit,
-//! `INVALID_ARGUMENT` when malformed), and a report with more than
-//! [`crate::limits::PRECHECK_BYTES`] to parse is checked against its attempt's holder before
-//! any of it is parsed. A transient storage error (busy database, full disk, I/O) answers
+//! `INVALID_ARGUMENT` when malformed), and every report is checked against its attempt's
+//! holder before any of it is parsed (and again, atomically, when it is recorded). A transient storage error (busy database, full disk, I/O) answers
 //! `UNAVAILABLE`, which workers retry: a finished result is never dropped for it.
 
 use std::collections::HashMap;
@@ -61,6 +60,8 @@ pub struct Shared {
     pub activity: tokio::sync::watch::Sender<u64>,
     /// Leases ask workers to report each checkpoint (the sweep has an `[early_stop]` rule).
     pub report_checkpoints: AtomicBool,
+    /// Longest an upload may go without a chunk ([`UPLOAD_IDLE`]; tests shorten it).
+    pub upload_idle: Duration,
 }
 
 /// Longest an upload may go without a chunk.
@@ -87,6 +88,7 @@ impl Shared {
             cancel_all: AtomicBool::new(false),
             activity: tokio::sync::watch::channel(0).0,
             report_checkpoints,
+            upload_idle: UPLOAD_IDLE,
         })
     }
 
@@ -216,12 +218,6 @@ fn check_report(r: &pb::ReportRequest) -> Result<(), Exceeded> {
     Ok(())
 }
 
-/// Bytes of a report that parsing reads (see [`crate::limits::PRECHECK_BYTES`]).
-fn parsed_bytes(r: &pb::ReportRequest) -> usize {
-    let points = |p: &Option<pb::Points>| p.as_ref().map_or(0, |p| p.f32_le.len());
-    r.metrics_json.len() + r.curve_json.len() + points(&r.samples) + points(&r.data)
-}
-
 /// The sizes of a registration's fields, and its GPU count against its GPU list.
 fn check_registration(r: &pb::RegisterRequest) -> Result<(), Refused> {
     limits::text("name", &r.name, limits::MAX_NAME_BYTES)?;
@@ -339,9 +335,9 @@ impl SweepRpc for Service {
         let mut r = req.into_inner();
         let s = &self.0;
         check_report(&r).map_err(limit_status)?;
-        // Who sends it, before parsing anything sizeable; checked again with the report,
-        // atomically.
-        if parsed_bytes(&r) > limits::PRECHECK_BYTES {
+        // Who sends it, before parsing anything: only an attempt's holder costs the coordinator
+        // a parse. Checked again with the report, atomically.
+        {
             let (worker, attempt, hash) = (r.worker_id.clone(), r.attempt_id, r.trial_hash.clone());
             s.checked(move |st| st.check_holder(&worker, attempt, &hash)).await?;
         }
@@ -456,9 +452,10 @@ impl SweepRpc for Service {
         }
         let mut upload = self.0.artifacts.begin(attempt, &first.name, &first.media_type, first.total_bytes).await.map_err(upload_status)?;
         upload.write(&first.data).await.map_err(upload_status)?;
-        // An upload that stops sending is dropped (its file removed) after UPLOAD_IDLE.
-        let idle = |name: &str| Status::deadline_exceeded(format!("artifact `{name}`: no data for {} s", UPLOAD_IDLE.as_secs()));
-        while let Some(chunk) = tokio::time::timeout(UPLOAD_IDLE, chunks.message()).await.map_err(|_| idle(&first.name))?? {
+        // An upload that stops sending is dropped (its file removed) after `upload_idle`.
+        let limit = self.0.upload_idle;
+        let idle = |name: &str| Status::deadline_exceeded(format!("artifact `{name}`: no data for {:.1} s", limit.as_secs_f64()));
+        while let Some(chunk) = tokio::time::timeout(limit, chunks.message()).await.map_err(|_| idle(&first.name))?? {
             if chunk.attempt_id != attempt || chunk.worker_id != worker {
                 return Err(Status::invalid_argument(format!("artifact `{}`: a chunk of another attempt or worker in the stream of attempt {attempt}", first.name)));
             }

@@ -274,11 +274,21 @@ fn registrations_and_reports_are_bounded() {
             change(&mut r);
             refused(what, c.report(r).await, Code::ResourceExhausted, field);
         }
-        // A stranger's report: refused as not the holder, its (malformed, large) curve unread.
+        // A stranger's report: refused as not the holder before anything in it is parsed,
+        // whatever its size: a malformed curve, small or large, and metrics over their limit
+        // (which a parse would refuse as RESOURCE_EXHAUSTED) all answer PERMISSION_DENIED.
         let stranger = c.register(hello("stranger")).await.unwrap().into_inner().worker_id;
-        let mut r = report_of(&stranger, &l);
-        r.curve_json = format!("[{}", "x".repeat(limits::PRECHECK_BYTES));
-        refused("a stranger's report", c.report(r).await, Code::PermissionDenied, "leased to another worker");
+        let mut metrics = 0;
+        for change in [
+            Box::new(|r: &mut pb::ReportRequest| r.curve_json = "[x".into()) as Edit,
+            Box::new(|r: &mut pb::ReportRequest| r.curve_json = format!("[{}", "x".repeat(1 << 20))),
+            Box::new(|r: &mut pb::ReportRequest| r.metrics_json = format!("{{{}}}", (0..=limits::MAX_METRICS).map(|i| format!("\"m{i}\": 1")).collect::<Vec<_>>().join(","))),
+        ] {
+            let mut r = report_of(&stranger, &l);
+            change(&mut r);
+            metrics += 1;
+            refused(&format!("a stranger's report #{metrics}"), c.report(r).await, Code::PermissionDenied, "leased to another worker");
+        }
         let r = c.report(report_of(&g, &l)).await.unwrap().into_inner();
         assert!(r.recorded, "{r:?}");
     });
@@ -286,4 +296,71 @@ fn registrations_and_reports_are_bounded() {
     assert_eq!(query::<i64>(&dir, "SELECT gpus FROM workers WHERE name = 'g'"), 1);
     assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 1);
     assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts"), 1, "the refused reports closed nothing");
+}
+
+/// Item 9: an upload that stops sending is dropped after the idle limit (DEADLINE_EXCEEDED, its
+/// temporary file removed, its slot freed), and an attempt has at most
+/// `MAX_ACTIVE_UPLOADS` uploads open at once: one more is refused while they are.
+#[test]
+fn idle_uploads_time_out_and_open_uploads_are_bounded() {
+    use coordinator::artifacts::MAX_ACTIVE_UPLOADS;
+    let dir = tmpdir("idle-uploads");
+    let (st, sweep) = setup(&dir, 1, 0);
+    let mut shared = Shared::new(st, &sweep.trials, 60.0, Artifacts::new(&dir, DEFAULT_MAX_BYTES));
+    Arc::get_mut(&mut shared).expect("not shared yet").upload_idle = Duration::from_millis(400);
+    let partial = dir.join("artifacts/.partial");
+    let files_in = |d: &Path| walk(d).len();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, shared.clone(), async {
+            let _ = stopped.await;
+        }));
+        let mut c = SweepClient::connect(url).await.unwrap();
+        let w = c.register(hello("w")).await.unwrap().into_inner().worker_id;
+        let l = lease_rpc(&mut c, &w).await;
+        let first =
+            |name: &str| pb::ArtifactChunk { worker_id: w.clone(), attempt_id: l.attempt_id, name: name.into(), total_bytes: 10, data: b"abc".to_vec(), ..Default::default() };
+        // Uploads that send one chunk and then nothing, their senders kept open.
+        let mut held = Vec::new();
+        let mut calls = Vec::new();
+        for i in 0..MAX_ACTIVE_UPLOADS {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(first(&format!("idle{i}.bin"))).await.unwrap();
+            held.push(tx);
+            let mut c = c.clone();
+            calls.push(tokio::spawn(async move { c.upload_artifact(tokio_stream::wrappers::ReceiverStream::new(rx)).await }));
+        }
+        let started = std::time::Instant::now();
+        // Both open (their temporary files exist), so one more is refused.
+        while files_in(&partial) < MAX_ACTIVE_UPLOADS && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(files_in(&partial), MAX_ACTIVE_UPLOADS, "the open uploads' temporary files");
+        let extra = c.upload_artifact(tokio_stream::iter(vec![first("extra.bin")])).await;
+        refused("an upload beyond the open ones", extra, Code::ResourceExhausted, "uploads going on");
+        for call in calls {
+            refused("an idle upload", call.await.unwrap(), Code::DeadlineExceeded, "no data for 0.4 s");
+        }
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(10), "dropped after the idle limit, not held: {waited:?}");
+        assert_eq!(files_in(&partial), 0, "the idle uploads' files are removed");
+        drop(held);
+        // Their slots are free again: a complete upload goes through.
+        let mut done = first("model.bin");
+        done.total_bytes = 3;
+        let reply = c.upload_artifact(tokio_stream::iter(vec![done])).await.unwrap().into_inner();
+        assert_eq!(reply.bytes, 3);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    });
+    shared.store.close();
+}
+
+/// Every file under `d` (none when it does not exist).
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(d) else { return Vec::new() };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
