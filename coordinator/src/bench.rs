@@ -261,7 +261,14 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
 }
 
 fn null_lease() -> pb::LeaseReply {
-    let lease = pb::Lease { trial_hash: "0".repeat(16), attempt_id: 1, trial_toml: "[sleep]\nseconds = 0.001\n".into(), deadline_unix: 0.0, heartbeat_seconds: 1.0 };
+    let lease = pb::Lease {
+        trial_hash: "0".repeat(16),
+        attempt_id: 1,
+        trial_toml: "[sleep]\nseconds = 0.001\n".into(),
+        deadline_unix: 0.0,
+        heartbeat_seconds: 1.0,
+        report_checkpoints: false,
+    };
     pb::LeaseReply { reply: Some(lease_reply::Reply::Lease(lease)) }
 }
 
@@ -286,6 +293,9 @@ impl SweepRpc for NullService {
     }
     async fn cancel(&self, _: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
         Ok(Response::new(pb::CancelReply {}))
+    }
+    async fn checkpoint(&self, _: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointReply>, Status> {
+        Ok(Response::new(pb::CheckpointReply { stop: false, note: String::new() }))
     }
     async fn upload_artifact(&self, r: Request<tonic::Streaming<pb::ArtifactChunk>>) -> Result<Response<pb::ArtifactReply>, Status> {
         let mut chunks = r.into_inner();

@@ -304,7 +304,8 @@ fn run_token() -> Result<String, ExitCode> {
 
 fn print_summary(s: &results::Summary, out: &std::path::Path) {
     let respawns = if s.respawns > 0 { format!("; {} local worker respawn(s), see report.md", s.respawns) } else { String::new() };
-    eprintln!("{} trials: {} done, {} failed; results in {}{respawns}", s.trials, s.done, s.failed, out.display());
+    let pruned = if s.pruned > 0 { format!(", {} pruned", s.pruned) } else { String::new() };
+    eprintln!("{} trials: {} done{pruned}, {} failed; results in {}{respawns}", s.trials, s.done, s.failed, out.display());
     for (claim, scope, verdict) in &s.claims {
         eprintln!("  {claim} [{scope}]: {verdict}");
     }
@@ -509,7 +510,7 @@ fn status_text(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<(String
     let c = st.counts()?;
     // `failed` counts every finished trial without a usable result (diverged and timed out
     // too), as the run summary does.
-    writeln!(o, "{} trials: {} done, {} running, {} queued, {} failed", c.total(), c.done, c.running, c.queued, c.failed)?;
+    writeln!(o, "{} trials: {} done, {} pruned, {} running, {} queued, {} failed", c.total(), c.done, c.pruned, c.running, c.queued, c.failed)?;
     let shortage = st.gpu_shortage()?;
     if shortage > 0 {
         writeln!(o, "waiting for a GPU worker: {shortage} queued trial(s) need a GPU (gpu = true) and no worker with a GPU has registered since the run started")?;

@@ -69,6 +69,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
     std::fs::create_dir_all(&opts.out).with_context(|| format!("failed to create {}", opts.out.display()))?;
     let mut state = State::open(&db_path(&opts.out), sweep.retries + 1, sweep.timeout).context("failed to open the state database")?;
     let sync = state.sync(&sweep, opts.retry_failed).context("failed to record the sweep")?;
+    state.set_rule(sweep.early_stop.clone());
     if !opts.quiet {
         eprintln!(
             "sweep `{}`: {} trials ({} new, {} already finished, {} re-queued, {} no longer in the sweep)",
@@ -209,7 +210,7 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             bar.set_length(c.total() as u64);
             bar.set_position(c.finished() as u64);
             let waiting = if shortage > 0 { format!(" — waiting: {shortage} trial(s) need a GPU (gpu = true) and no GPU worker is connected") } else { String::new() };
-            bar.set_message(format!("done {} running {} failed {} queued {}{waiting}", c.done, c.running, c.failed, c.queued));
+            bar.set_message(format!("done {} pruned {} running {} failed {} queued {}{waiting}", c.done, c.pruned, c.running, c.failed, c.queued));
             if shortage > 0 && !warned_gpu && !opts.quiet {
                 warned_gpu = true;
                 bar.suspend(|| {

@@ -58,6 +58,8 @@ pub struct Shared {
     /// Bumped after every change a person watching the run would see (a registration, a
     /// lease, a report, a cancel, an expiry, a respawn): the dashboard's live feed.
     pub activity: tokio::sync::watch::Sender<u64>,
+    /// Leases ask workers to report each checkpoint (the sweep has an `[early_stop]` rule).
+    pub report_checkpoints: AtomicBool,
     /// Longest an upload may go without a chunk ([`UPLOAD_IDLE`]; tests shorten it).
     pub upload_idle: Duration,
 }
@@ -74,6 +76,7 @@ const LONG_POLL: Duration = Duration::from_secs(5);
 impl Shared {
     /// Serves `trials` (the loaded sweep's) from `state`.
     pub fn new(state: State, trials: &[Trial], lease_secs: f64, artifacts: Artifacts) -> Arc<Shared> {
+        let report_checkpoints = AtomicBool::new(state.rule().is_some());
         Arc::new(Shared {
             artifacts,
             store: Store::new(state),
@@ -84,6 +87,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             cancel_all: AtomicBool::new(false),
             activity: tokio::sync::watch::channel(0).0,
+            report_checkpoints,
             upload_idle: UPLOAD_IDLE,
         })
     }
@@ -110,7 +114,14 @@ impl Shared {
 
     fn lease_of(&self, l: Lease) -> Result<lease_reply::Reply, Status> {
         let toml = self.trials.get(&l.hash).cloned().ok_or_else(|| Status::internal(format!("trial {} is not in the loaded sweep", l.hash)))?;
-        Ok(lease_reply::Reply::Lease(pb::Lease { trial_hash: l.hash, attempt_id: l.attempt, trial_toml: toml, deadline_unix: l.deadline, heartbeat_seconds: self.heartbeat_secs }))
+        Ok(lease_reply::Reply::Lease(pb::Lease {
+            trial_hash: l.hash,
+            attempt_id: l.attempt,
+            trial_toml: toml,
+            deadline_unix: l.deadline,
+            heartbeat_seconds: self.heartbeat_secs,
+            report_checkpoints: self.report_checkpoints.load(Ordering::Relaxed),
+        }))
     }
 
     /// One lease attempt: a lease, "done" (nothing queued, nothing running, or stopping), or
@@ -159,7 +170,7 @@ pub struct Service(pub Arc<Shared>);
 /// one row at a time, each row kept as its JSON text.
 fn to_domain(r: &mut pb::ReportRequest) -> Result<AttemptResult, Exceeded> {
     let status = match sweep_proto::status_from_wire(r.status) {
-        Ok(s @ (TrialStatus::Done | TrialStatus::Diverged | TrialStatus::Cancelled | TrialStatus::Failed)) => s,
+        Ok(s @ (TrialStatus::Done | TrialStatus::Diverged | TrialStatus::Cancelled | TrialStatus::Failed | TrialStatus::Pruned)) => s,
         Ok(s) => return Ok(AttemptResult::malformed(&format!("status {s}; {}", r.error), r.wall_seconds)),
         Err(e) => return Ok(AttemptResult::malformed(&format!("{e}; {}", r.error), r.wall_seconds)),
     };
@@ -335,7 +346,7 @@ impl SweepRpc for Service {
         let mut result = to_domain(&mut r).map_err(limit_status)?.checked(s.required_metrics.get(&r.trial_hash).map(Vec::as_slice));
         let (kept, missing) = s.artifacts.lookup(r.attempt_id, &r.artifacts);
         result.artifacts = kept;
-        let with_result = matches!(result.status, TrialStatus::Done | TrialStatus::Diverged);
+        let with_result = matches!(result.status, TrialStatus::Done | TrialStatus::Diverged | TrialStatus::Pruned);
         // With lease_next, the report and the next lease are one atomic change (one job).
         let lease_next = r.lease_next && !s.stopping.load(Ordering::SeqCst);
         let (attempt, hash, worker, secs) = (r.attempt_id, r.trial_hash, r.worker_id, s.lease_secs);
@@ -393,6 +404,30 @@ impl SweepRpc for Service {
         self.0.touched();
         self.0.artifacts.discard(r.attempt_id);
         Ok(Response::new(pb::CancelReply {}))
+    }
+
+    async fn checkpoint(&self, req: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointReply>, Status> {
+        let r = req.into_inner();
+        worker_id(&r.worker_id)?;
+        limits::text("trial_hash", &r.trial_hash, limits::MAX_ID_BYTES).map_err(limit_status)?;
+        limits::at_most("metrics", r.metrics.len(), limits::MAX_CURVE_KEYS, "entries").map_err(limit_status)?;
+        limits::at_most("index", r.index as usize, limits::MAX_CURVE_ROWS, "checkpoints").map_err(limit_status)?;
+        let mut metrics: Vec<(String, f64)> = Vec::with_capacity(r.metrics.len());
+        for (k, v) in &r.metrics {
+            limits::text("a metric name", k, limits::MAX_KEY_BYTES).map_err(limit_status)?;
+            metrics.push((k.clone(), *v));
+        }
+        metrics.sort_by(|a, b| a.0.cmp(&b.0));
+        let json = serde_json::Value::Object(
+            metrics.iter().map(|(k, v)| (k.clone(), serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, serde_json::Value::Number))).collect(),
+        )
+        .to_string();
+        let (worker, attempt, hash, index, step, last) = (r.worker_id, r.attempt_id, r.trial_hash, r.index, r.step, r.step >= r.total_steps);
+        let (stop, note) = self.0.checked(move |st| st.checkpoint(&worker, attempt, &hash, index, step, last, &json, &metrics)).await?;
+        if stop {
+            self.0.touched();
+        }
+        Ok(Response::new(pb::CheckpointReply { stop, note }))
     }
 
     /// Streams an artifact of a running attempt into a partial file (see `artifacts`).

@@ -83,7 +83,7 @@ impl AttemptResult {
         if !(self.wall_seconds.is_finite() && self.wall_seconds >= 0.0) {
             return Err(format!("wall_seconds is {}, not a finite number of seconds", self.wall_seconds));
         }
-        if !matches!(self.status, Status::Done | Status::Diverged) {
+        if !matches!(self.status, Status::Done | Status::Diverged | Status::Pruned) {
             return Ok(());
         }
         let metrics = match serde_json::from_str::<serde_json::Value>(&self.metrics_json) {
@@ -227,6 +227,8 @@ pub struct Counts {
     pub running: usize,
     pub done: usize,
     pub failed: usize,
+    /// Stopped early on the coordinator's word (`[early_stop]`).
+    pub pruned: usize,
 }
 
 impl Counts {
@@ -237,6 +239,7 @@ impl Counts {
             Status::Queued => self.queued += n,
             Status::Running => self.running += n,
             s if s.is_success() => self.done += n,
+            Status::Pruned => self.pruned += n,
             s if s.is_unusable() => self.failed += n,
             // Attempt outcomes never stand for a trial; count them as failed rather than lose them.
             _ => self.failed += n,
@@ -244,7 +247,7 @@ impl Counts {
     }
 
     pub fn finished(&self) -> usize {
-        self.done + self.failed
+        self.done + self.failed + self.pruned
     }
     pub fn total(&self) -> usize {
         self.queued + self.running + self.finished()
@@ -266,6 +269,8 @@ pub struct State {
     /// Set when a change may wake a waiting lease: a trial went back to the queue or an attempt
     /// ended (the sweep may be complete). The store clears it after each commit.
     pub(crate) woke: bool,
+    /// The sweep's `[early_stop]` rule (None: checkpoints are not reported).
+    rule: Option<crate::early_stop::Rule>,
 }
 
 /// A worker as it registers (the domain form of `RegisterRequest`).
@@ -296,7 +301,7 @@ impl State {
             Ok(())
         };
         setup().map_err(|source| LayoutError::Sql { path: path.to_path_buf(), source })?;
-        Ok(State { conn, max_attempts, timeout, woke: false })
+        Ok(State { conn, max_attempts, timeout, woke: false, rule: None })
     }
 
     /// How long a statement waits for another writer's lock before failing with SQLITE_BUSY
@@ -632,8 +637,13 @@ impl State {
             return Ok(Ok(false));
         }
         let trial = a.trial;
+        if r.status == Status::Pruned && self.stop_decision(hash)?.is_none() {
+            // Only the coordinator stops a trial early.
+            self.close_attempt(attempt, trial, Status::Failed, "malformed report: pruned, but the coordinator never answered stop for this trial")?;
+            return Ok(Ok(true));
+        }
         Ok(Ok(match r.status {
-            Status::Done | Status::Diverged => {
+            Status::Done | Status::Diverged | Status::Pruned => {
                 self.woke = true;
                 let status = r.status.as_str();
                 let tx = &self.conn;
@@ -666,6 +676,104 @@ impl State {
             _ => {
                 self.close_attempt(attempt, trial, Status::Failed, &r.error)?;
                 true
+            }
+        }))
+    }
+
+    /// Sets the sweep's early-stopping rule (checkpoints are then answered by it).
+    pub fn set_rule(&mut self, rule: Option<crate::early_stop::Rule>) {
+        self.rule = rule;
+    }
+
+    /// The sweep's early-stopping rule, if any.
+    pub fn rule(&self) -> Option<&crate::early_stop::Rule> {
+        self.rule.as_ref()
+    }
+
+    /// The checkpoint of `hash`'s stop decision, if it has one.
+    pub fn stop_decision(&self, hash: &str) -> rusqlite::Result<Option<u32>> {
+        self.conn
+            .prepare_cached("SELECT checkpoint FROM decisions WHERE trial_hash = ?1 AND decision = 'stop' ORDER BY id LIMIT 1")?
+            .query_row(params![hash], |r| r.get(0))
+            .optional()
+    }
+
+    /// The history the rule decides from, as committed (decisions in the order they were
+    /// made; checkpoint values only for the median rule, which needs them).
+    fn history(&self, with_checkpoints: bool) -> rusqlite::Result<crate::early_stop::MemHistory> {
+        use crate::early_stop::Decision;
+        let mut h = crate::early_stop::MemHistory::default();
+        let mut st = self.conn.prepare_cached("SELECT trial_hash, rung, checkpoint, value, cutoff, decision FROM decisions ORDER BY id")?;
+        let rows = st.query_map([], |r| {
+            Ok(Decision { trial: r.get(0)?, rung: r.get(1)?, checkpoint: r.get(2)?, value: r.get(3)?, cutoff: r.get(4)?, stop: r.get::<_, String>(5)? == "stop" })
+        })?;
+        for d in rows {
+            h.decisions.push(d?);
+        }
+        if with_checkpoints {
+            let mut st = self.conn.prepare_cached("SELECT trial_hash, idx, value FROM checkpoints WHERE value IS NOT NULL ORDER BY trial_id, idx")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, f64>(2)?)))?;
+            for c in rows {
+                h.checkpoints.push(c?);
+            }
+        }
+        Ok(h)
+    }
+
+    /// A checkpoint of a running attempt of `worker` (refused as [`State::report`] is): kept
+    /// in `checkpoints`, answered by the sweep's rule and, when a decision was due, the
+    /// decision kept in `decisions` — in the same transaction. Returns (stop, note). An
+    /// attempt that no longer runs, or a sweep without a rule, is answered "continue" and
+    /// nothing is recorded; the `last` checkpoint (the end of training) is recorded but not
+    /// decided on.
+    pub fn checkpoint(
+        &mut self,
+        worker: &str,
+        attempt: u64,
+        hash: &str,
+        index: u32,
+        step: u64,
+        last: bool,
+        metrics_json: &str,
+        metrics: &[(String, f64)],
+    ) -> rusqlite::Result<Result<(bool, String), Refusal>> {
+        let a = match self.held(worker, attempt)? {
+            Ok(a) => a,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if a.hash != hash {
+            return Ok(Err(Refusal::WrongTrial { attempt, holds: a.hash, claimed: hash.to_string() }));
+        }
+        let Some(rule) = self.rule.clone() else { return Ok(Ok((false, "this sweep does not stop trials early".into()))) };
+        if a.outcome != Status::Running || a.has_result {
+            return Ok(Ok((false, format!("attempt {attempt} is {}: nothing recorded", a.outcome))));
+        }
+        let value = metrics.iter().find(|(k, _)| *k == rule.metric).map(|(_, v)| *v).filter(|v| v.is_finite());
+        let t = now();
+        Self::exec(
+            &self.conn,
+            "INSERT OR IGNORE INTO checkpoints(trial_id, idx, trial_hash, attempt_id, step, at, value, metrics_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![a.trial, index, hash, attempt as i64, step as i64, t, value, metrics_json],
+        )?;
+        let Some(value) = value else {
+            return Ok(Ok((false, format!("`{}` not reported or not finite at checkpoint {index}: no decision", rule.metric))));
+        };
+        if last {
+            return Ok(Ok((false, "the last checkpoint: no decision".into())));
+        }
+        let history = self.history(rule.kind == crate::early_stop::Kind::Median)?;
+        Ok(Ok(match rule.decide(&history, hash, index, value) {
+            crate::early_stop::Verdict::Continue => (false, String::new()),
+            crate::early_stop::Verdict::Stopped => (true, "stopped before: stop again".into()),
+            crate::early_stop::Verdict::Decided(d) => {
+                let decision = if d.stop { "stop" } else { "continue" };
+                Self::exec(
+                    &self.conn,
+                    "INSERT INTO decisions(trial_id, trial_hash, attempt_id, rule, metric, rung, checkpoint, step, value, cutoff, decision, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    params![a.trial, hash, attempt as i64, rule.kind.as_str(), rule.metric, d.rung, d.checkpoint, step as i64, d.value, d.cutoff, decision, t],
+                )?;
+                let cutoff = d.cutoff.map_or("none yet".to_string(), |c| format!("{c:.6}"));
+                (d.stop, format!("{} rung {}: {} = {:.6} vs cutoff {cutoff}: {decision}", rule.kind.as_str(), d.rung, rule.metric, d.value))
             }
         }))
     }

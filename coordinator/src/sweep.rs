@@ -15,11 +15,19 @@
 //! [[variants]]              # extra trials: each entry is a dotted key whose value replaces
 //! "objective.kind" = "ism"  # the base's; variants are crossed with the seeds too
 //! gpu = true                # not a trial key: this variant's trials need a GPU worker
+//! [search]                  # configurations drawn from a space (search.rs): crossed with the
+//! kind = "random"           # grid × zip points like one more axis; "grid" | "random" | "sobol"
+//! trials = 16
+//! [search.space]
+//! "train.lr" = { log_uniform = [1e-4, 1e-2] }
+//! [early_stop]              # stop trials at checkpoints (early_stop.rs): "asha" | "median"
+//! kind = "asha"
+//! metric = "l_esm"
 //! [launcher.slurm]          # settings of `--launcher slurm` (launch/slurm.rs), checked by it;
 //! partition = "gpu"         # its flags win. Likewise [launcher.ssh] (hosts = ["node1:2"]),
 //! time = "2:00:00"          # [launcher.pbs] (queue, walltime), … (one table per launcher)
 //! ```
-//! Trials = (grid × zip groups ∪ variants) × seeds. Every expanded trial is validated by the
+//! Trials = (grid × zip groups × search draws ∪ variants) × seeds. Every expanded trial is validated by the
 //! trial schema (`schema`: the rules the engine runs by, without building the engine) before
 //! anything runs; errors name the file, line, column, key and the expansion. Each dotted key
 //! is set by at most one axis (a `[grid]` key or one `[[zip]]` group; a key and a dotted
@@ -75,6 +83,8 @@ struct RawSweep {
     variants: Vec<toml::Table>,
     #[serde(default)]
     launcher: crate::launch::LauncherTables,
+    search: Option<toml::Table>,
+    early_stop: Option<toml::Table>,
 }
 fn d_timeout() -> f64 {
     3600.0
@@ -96,6 +106,8 @@ pub struct Trial {
     pub label: String,
     /// The metrics every `done` result must carry ([`schema::metrics::required_metrics`]).
     pub required_metrics: Vec<&'static str>,
+    /// The metrics each of its checkpoints reports ([`schema::metrics::checkpoint_metrics`]).
+    pub checkpoint_metrics: Vec<&'static str>,
     /// Leased only to workers with a GPU (the sweep's `gpu`, or its variant's).
     pub gpu: bool,
 }
@@ -112,6 +124,10 @@ pub struct Sweep {
     pub trials: Vec<Trial>,
     /// `[launcher.*]`: launcher settings (checked; not part of any trial).
     pub launcher: crate::launch::LauncherTables,
+    /// `[search]`: the search space its configurations were drawn from, if any.
+    pub search: Option<crate::search::Space>,
+    /// `[early_stop]`: the rule that stops trials at checkpoints, if any.
+    pub early_stop: Option<crate::early_stop::Rule>,
 }
 
 /// Sets a dotted key in a TOML table, creating tables on the way.
@@ -168,6 +184,7 @@ enum Origin {
     Grid(String),
     Zip(usize, String),
     Variant(usize, String),
+    Search(String),
     Seeds,
 }
 
@@ -244,17 +261,29 @@ impl Sweep {
         if raw.seeds.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(invalid(&["seeds"], "seeds", "the list is empty (give at least one seed, or leave `seeds` out)".into(), None));
         }
-        // Each key is set by one axis: a grid key, or one zip group.
-        let axes: Vec<Origin> =
-            raw.grid.keys().map(|k| Origin::Grid(k.clone())).chain(raw.zip.iter().enumerate().flat_map(|(i, z)| z.keys().map(move |k| Origin::Zip(i, k.clone())))).collect();
+        let search = match &raw.search {
+            Some(t) => Some(crate::search::parse(t).map_err(|e| {
+                let segs: Vec<&str> = e.segs.iter().map(String::as_str).collect();
+                invalid(&segs, &e.segs.join("."), e.message, None)
+            })?),
+            None => None,
+        };
+        // Each key is set by one axis: a grid key, one zip group, or the search space.
+        let axes: Vec<Origin> = raw
+            .grid
+            .keys()
+            .map(|k| Origin::Grid(k.clone()))
+            .chain(raw.zip.iter().enumerate().flat_map(|(i, z)| z.keys().map(move |k| Origin::Zip(i, k.clone()))))
+            .chain(search.iter().flat_map(|s| s.keys.iter().map(|(k, _)| Origin::Search(k.clone()))))
+            .collect();
         for (j, b) in axes.iter().enumerate() {
             for a in &axes[..j] {
                 let (ka, kb) = (a.key(), b.key());
-                let same_group = matches!((a, b), (Origin::Zip(x, _), Origin::Zip(y, _)) if x == y);
+                let same_group = matches!((a, b), (Origin::Zip(x, _), Origin::Zip(y, _)) if x == y) || matches!((a, b), (Origin::Search(_), Origin::Search(_)));
                 if !same_group && overlaps(ka, kb) {
                     let (segs, key) = origin_path(b);
                     let what = if ka == kb { "is also set" } else { "overlaps the key set" };
-                    let message = format!("{what} by `{}`: each key may be varied by one [grid] key or one [[zip]] group only", origin_path(a).1);
+                    let message = format!("{what} by `{}`: each key may be varied by one [grid] key, one [[zip]] group or the [search.space] only", origin_path(a).1);
                     return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, message, None));
                 }
             }
@@ -274,6 +303,14 @@ impl Sweep {
                 if let Some((k, v)) = z.iter().next() {
                     factors.push((vec![format!("zip[{i}]"), k.clone()], format!("zip[{i}]"), v.len()));
                 }
+            }
+            if let Some(s) = &search {
+                let (segs, key) = if s.kind == crate::search::Kind::Grid {
+                    (vec!["search".into(), "space".into()], "search.space")
+                } else {
+                    (vec!["search".into(), "trials".into()], "search.trials")
+                };
+                factors.push((segs, key.into(), usize::try_from(s.len()).unwrap_or(usize::MAX)));
             }
             let product: u128 = factors.iter().fold(1u128, |p, (_, _, n)| p.saturating_mul(*n as u128));
             let points = product.saturating_add(raw.variants.len() as u128);
@@ -332,6 +369,19 @@ impl Sweep {
                 })
                 .collect();
         }
+        if let Some(space) = &search {
+            let drawn = space.draw();
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    drawn.iter().map(move |d| {
+                        let mut q = p.clone();
+                        q.extend(d.iter().map(|(k, v)| (k.clone(), v.clone(), Origin::Search(k.clone()))));
+                        q
+                    })
+                })
+                .collect();
+        }
         // Each entry of a variant is a dotted key whose value replaces the base's, except
         // `gpu`, which says what the variant's trials need (default: the sweep's `gpu`).
         let mut point_gpu = vec![raw.gpu; points.len()];
@@ -384,16 +434,35 @@ impl Sweep {
                     return Err(invalid(&segs.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &key, e.message.clone(), Some(label)));
                 }
                 let required_metrics = config.as_ref().map(TrialConfig::required_metrics).unwrap_or_default();
+                let checkpoint_metrics = config.as_ref().map(TrialConfig::checkpoint_metrics).unwrap_or_default();
                 let hash = trial_hash(&t);
                 if !seen.insert(hash.clone()) {
                     continue; // the same trial twice (e.g. a variant equal to a grid point)
                 }
                 let toml = toml::to_string(&t).map_err(|e| invalid(&["base"], "base", e.to_string(), None))?;
-                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label, required_metrics, gpu });
+                trials.push(Trial { hash, idx: trials.len(), toml, flat: flatten(&t), label, required_metrics, checkpoint_metrics, gpu });
             }
         }
         let name = raw.name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()));
-        Ok(Sweep { name, file: path.to_path_buf(), source: src.to_string(), timeout: raw.timeout, retries: raw.retries, gpu: raw.gpu, trials, launcher: raw.launcher })
+        let early_stop = match &raw.early_stop {
+            Some(t) => crate::early_stop::Rule::parse(t, &trials).map_err(|e| {
+                let segs: Vec<&str> = e.segs.iter().map(String::as_str).collect();
+                invalid(&segs, &e.segs.join("."), e.message, None)
+            })?,
+            None => None,
+        };
+        Ok(Sweep {
+            name,
+            file: path.to_path_buf(),
+            source: src.to_string(),
+            timeout: raw.timeout,
+            retries: raw.retries,
+            gpu: raw.gpu,
+            trials,
+            launcher: raw.launcher,
+            search,
+            early_stop,
+        })
     }
 }
 
@@ -401,7 +470,7 @@ impl Origin {
     /// The dotted trial key it sets (empty for the seeds).
     fn key(&self) -> &str {
         match self {
-            Origin::Grid(k) | Origin::Zip(_, k) | Origin::Variant(_, k) => k,
+            Origin::Grid(k) | Origin::Zip(_, k) | Origin::Variant(_, k) | Origin::Search(k) => k,
             Origin::Seeds => "",
         }
     }
@@ -418,6 +487,7 @@ fn origin_path(o: &Origin) -> (Vec<String>, String) {
         Origin::Grid(k) => (vec!["grid".into(), k.clone()], format!("grid.{k}")),
         Origin::Zip(i, k) => (vec![format!("zip[{i}]"), k.clone()], format!("zip[{i}].{k}")),
         Origin::Variant(i, k) => (vec![format!("variants[{i}]"), k.clone()], format!("variants[{i}].{k}")),
+        Origin::Search(k) => (vec!["search".into(), "space".into(), k.clone()], format!("search.space.{k}")),
         Origin::Seeds => (vec!["seeds".into()], "seeds".into()),
     }
 }

@@ -357,3 +357,47 @@ fn oversized_and_undecodable_messages_are_refused_and_the_run_goes_on() {
     assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts"), 2, "one attempt per trial: the refused messages made none");
     assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM attempts WHERE outcome = 'done'"), 2);
 }
+
+/// Checkpoint about an attempt is refused as Heartbeat is (another worker's, an unknown one,
+/// another trial), and over its bounds (metrics, names, index); a sweep without `[early_stop]`
+/// answers continue and records nothing; a PRUNED report the coordinator never asked for is a
+/// failed attempt, not a result.
+#[test]
+fn checkpoints_are_bound_bounded_and_pruning_is_the_coordinators_call() {
+    let dir = tmpdir("checkpoint");
+    with_server(&dir, SLEEP, |mut c| async move {
+        let (w1, w2) = (register(&mut c, "a").await, register(&mut c, "b").await);
+        let l = lease(&mut c, &w1).await;
+        let ck = |worker: &str, attempt: u64, hash: &str| pb::CheckpointRequest {
+            worker_id: worker.into(),
+            attempt_id: attempt,
+            trial_hash: hash.into(),
+            index: 1,
+            step: 10,
+            total_steps: 100,
+            metrics: [("l_esm".to_string(), 0.5)].into_iter().collect(),
+        };
+        refused("another worker's attempt", c.checkpoint(ck(&w2, l.attempt_id, &l.trial_hash)).await, Code::PermissionDenied, &["another worker"]);
+        refused("an unknown attempt", c.checkpoint(ck(&w1, 9999, &l.trial_hash)).await, Code::NotFound, &["unknown attempt"]);
+        refused("another trial", c.checkpoint(ck(&w1, l.attempt_id, "beef")).await, Code::FailedPrecondition, &["not beef"]);
+        let mut many = ck(&w1, l.attempt_id, &l.trial_hash);
+        many.metrics = (0..300).map(|i| (format!("m{i}"), 1.0)).collect();
+        refused("too many metrics", c.checkpoint(many).await, Code::ResourceExhausted, &["metrics"]);
+        let mut long = ck(&w1, l.attempt_id, &l.trial_hash);
+        long.metrics = [("x".repeat(1000), 1.0)].into_iter().collect();
+        refused("a long metric name", c.checkpoint(long).await, Code::ResourceExhausted, &["metric name"]);
+        let mut far = ck(&w1, l.attempt_id, &l.trial_hash);
+        far.index = u32::MAX;
+        refused("an index past any curve", c.checkpoint(far).await, Code::ResourceExhausted, &["index"]);
+        let r = c.checkpoint(ck(&w1, l.attempt_id, &l.trial_hash)).await.unwrap().into_inner();
+        assert!(!r.stop && r.note.contains("does not stop trials early"), "{r:?}");
+        assert!(!l.report_checkpoints, "no [early_stop]: leases do not ask for checkpoints");
+        let mut pruned = done(&w1, &l);
+        pruned.status = sweep_proto::status_to_wire(Status::Pruned);
+        c.report(pruned).await.unwrap();
+    });
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM checkpoints") + query::<i64>(&dir, "SELECT COUNT(*) FROM decisions"), 0);
+    assert_eq!(query::<i64>(&dir, "SELECT COUNT(*) FROM results"), 0);
+    let err: String = query(&dir, "SELECT error FROM attempts");
+    assert!(err.contains("never answered stop"), "{err}");
+}

@@ -39,6 +39,7 @@ impl From<schema::Status> for pb::Status {
             S::Expired => pb::Status::Expired,
             S::Cancelled => pb::Status::Cancelled,
             S::Ignored => pb::Status::Ignored,
+            S::Pruned => pb::Status::Pruned,
         }
     }
 }
@@ -58,6 +59,7 @@ impl TryFrom<pb::Status> for schema::Status {
             pb::Status::Expired => S::Expired,
             pb::Status::Cancelled => S::Cancelled,
             pb::Status::Ignored => S::Ignored,
+            pb::Status::Pruned => S::Pruned,
         })
     }
 }

@@ -168,17 +168,37 @@ pub fn evaluate(state: &State) -> Vec<ClaimRow> {
             out.extend(dsm_esm_sigma_offset(scope, trials));
         }
     }
-    for (scope, trials) in &by_scope {
-        if has(trials, &|t| t.metric("dsm_sigma").is_none() && t.metric("l_ism").is_some()) {
-            out.push(ism_at_best(scope, trials));
+    // Claims about final quality read trials that ran to their end: a pruned trial's last
+    // checkpoint is a valid θ (the offset claims above use it) but not a finished model.
+    for (scope, all) in &by_scope {
+        let (trials, pruned) = finished_only(all);
+        if has(&trials, &|t| t.metric("dsm_sigma").is_none() && t.metric("l_ism").is_some()) {
+            out.push(say_pruned(ism_at_best(scope, &trials), pruned));
         }
     }
-    for (scope, trials) in &by_scope {
-        if has(trials, &|t| matches!(t.config_display("sampler.kind").as_deref(), Some("annealed_langevin" | "langevin"))) {
-            out.extend(annealed_vs_plain(scope, trials));
+    for (scope, all) in &by_scope {
+        let (trials, pruned) = finished_only(all);
+        if has(&trials, &|t| matches!(t.config_display("sampler.kind").as_deref(), Some("annealed_langevin" | "langevin"))) {
+            out.extend(annealed_vs_plain(scope, &trials).into_iter().map(|r| say_pruned(r, pruned)));
         }
     }
     out
+}
+
+/// The trials that were not stopped early, and how many were.
+fn finished_only<'a>(trials: &[&'a Trial]) -> (Vec<&'a Trial>, usize) {
+    let kept: Vec<&Trial> = trials.iter().copied().filter(|t| t.status != schema::Status::Pruned).collect();
+    let pruned = trials.len() - kept.len();
+    (kept, pruned)
+}
+
+/// Says in a final-quality claim's details that pruned trials were left out.
+fn say_pruned(mut row: ClaimRow, pruned: usize) -> ClaimRow {
+    if pruned > 0 {
+        let sep = if row.details.is_empty() { "" } else { "; " };
+        row.details = format!("{}{sep}finished trials only ({pruned} pruned trial(s) left out: stopped early, not final models)", row.details);
+    }
+    row
 }
 
 /// `claims.csv`'s frame: `claim, scope, verdict`, the numbers (`statistic, tolerance, value,

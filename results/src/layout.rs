@@ -21,7 +21,12 @@
 //! database written before them gets them (empty) when the coordinator opens it, and readers
 //! treat a missing one as empty. `workers`: the worker ids the coordinator issued (attempts
 //! are bound to them). `events`: run-level notes such as a respawned local worker (`kind` =
-//! `respawn`), listed in the report.
+//! `respawn`), listed in the report. Two more for early stopping (`[early_stop]`):
+//! `checkpoints`, each checkpoint a worker reported as it happened (the rule's metric as
+//! `value`, NULL when not finite, and every metric as JSON), and `decisions`, every rung
+//! decision (trial, rung, checkpoint, value, the cutoff it was compared with — NULL when there
+//! was none yet —, `continue` or `stop`, time), written in the transaction that answers the
+//! worker.
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +47,8 @@ CREATE TABLE IF NOT EXISTS samples(trial_id INTEGER PRIMARY KEY, trial_hash TEXT
 CREATE TABLE IF NOT EXISTS artifacts(trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, name TEXT NOT NULL, media_type TEXT NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (trial_id, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workers(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, registered_at REAL NOT NULL, cores INTEGER NOT NULL, gpus INTEGER NOT NULL, version TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints(trial_id INTEGER NOT NULL, idx INTEGER NOT NULL, trial_hash TEXT NOT NULL, attempt_id INTEGER NOT NULL, step INTEGER NOT NULL, at REAL NOT NULL, value REAL, metrics_json TEXT NOT NULL, PRIMARY KEY (trial_id, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decisions(id INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL, trial_hash TEXT NOT NULL, attempt_id INTEGER NOT NULL, rule TEXT NOT NULL, metric TEXT NOT NULL, rung INTEGER NOT NULL, checkpoint INTEGER NOT NULL, step INTEGER NOT NULL, value REAL NOT NULL, cutoff REAL, decision TEXT NOT NULL, at REAL NOT NULL);
 ";
 
 /// Columns added to layout 3 after its tables were first written, as (table, column, SQL

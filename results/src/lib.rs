@@ -45,6 +45,8 @@ pub struct Summary {
     /// Of those, trials finished without one ([`schema::Status::is_unusable`]: `failed`,
     /// `timeout`, `diverged`).
     pub failed: usize,
+    /// Of those, trials stopped early (`pruned`: their checkpoints are results).
+    pub pruned: usize,
     /// Dead local workers replaced, over every run of this database (`events` of kind
     /// `respawn`).
     pub respawns: usize,
@@ -69,12 +71,20 @@ pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError
     let mut curves = table::curves_frame(&state).map_err(frame_err("curves.parquet"))?;
     table::write_parquet(&mut curves, &out_dir.join("curves.parquet"))?;
 
+    // Early stopping: every decision, when the sweep stops trials early.
+    let mut files: Vec<&str> = FILES.to_vec();
+    if state.adaptive.early_stop.is_some() || !state.decisions.is_empty() {
+        let mut decisions = table::decisions_frame(&state).map_err(frame_err("decisions.csv"))?;
+        table::write_csv(&mut decisions, &out_dir.join("decisions.csv"))?;
+        files.push("decisions.csv");
+    }
+
     let claim_rows = claims::evaluate(&state);
     let mut claims_df = claims::claims_frame(&claim_rows).map_err(frame_err("claims.csv"))?;
     table::write_csv(&mut claims_df, &out_dir.join("claims.csv"))?;
 
     let plots = plots::write_plots(&state, out_dir)?;
-    let md = report::render(&state, &claim_rows, &plots, &FILES);
+    let md = report::render(&state, &claim_rows, &plots, &files);
     let report_path = out_dir.join("report.md");
     std::fs::write(&report_path, md).map_err(|source| ResultsError::Io { path: report_path, source })?;
 
@@ -84,6 +94,7 @@ pub fn write_all(db_path: &Path, out_dir: &Path) -> Result<Summary, ResultsError
         trials: in_sweep.len(),
         done: in_sweep.iter().filter(|t| t.status.is_success()).count(),
         failed: in_sweep.iter().filter(|t| t.status.is_unusable()).count(),
+        pruned: in_sweep.iter().filter(|t| t.status == schema::Status::Pruned).count(),
         respawns: state.count_events("respawn"),
     })
 }

@@ -26,6 +26,7 @@ const CREATE_TRIAL: u8 = 4;
 /// `TrialState` values.
 const RUNNING: u8 = 0;
 const COMPLETE: u8 = 1;
+const PRUNED: u8 = 2;
 const FAIL: u8 = 3;
 const WAITING: u8 = 4;
 /// The `worker_id` of every record (no Optuna process owns these trials).
@@ -67,6 +68,7 @@ fn state_of(t: &Trial, value: Option<f64>) -> u8 {
         Status::Queued => WAITING,
         Status::Running => RUNNING,
         Status::Done if value.is_some() => COMPLETE,
+        Status::Pruned => PRUNED,
         _ => FAIL,
     }
 }

@@ -57,7 +57,179 @@ pub fn write_plots(state: &State, out_dir: &Path) -> Result<Vec<Plot>, ResultsEr
             plots.push(Plot { title: format!("{metric} vs σ_max, {scope}"), rel_path: rel(&file) });
         }
     }
+    adaptive_plots(state, &dir, &mut names, &mut plots)?;
     Ok(plots)
+}
+
+/// The metric the adaptive plots show: the early-stopping rule's, else the first of a few
+/// quality metrics the trials carry.
+pub fn adaptive_metric(state: &State) -> Option<String> {
+    if let Some((_, m, _)) = &state.adaptive.early_stop {
+        return Some(m.clone());
+    }
+    ["l_esm", "eval_loss", "fd"].into_iter().find(|m| state.in_sweep().any(|t| t.metric(m).is_some())).map(String::from)
+}
+
+/// Plots of searched keys and of early stopping: the rule's metric per checkpoint for pruned
+/// and surviving trials; the metric against each searched key (log axis where the space is
+/// log); a parallel-coordinates plot of the searched keys coloured by the metric.
+fn adaptive_plots(state: &State, dir: &Path, names: &mut FileNames, plots: &mut Vec<Plot>) -> Result<(), ResultsError> {
+    let Some(metric) = adaptive_metric(state) else { return Ok(()) };
+    let trials: Vec<&Trial> = state.in_sweep().collect();
+    if state.adaptive.early_stop.is_some() {
+        let file = names.unique(&format!("{metric}_per_checkpoint_pruned_vs_surviving"));
+        if draw_or_skip(dir, &file, |p| pruned_vs_surviving(p, &metric, &trials))? {
+            plots.push(Plot { title: format!("{metric} per checkpoint: pruned (grey) vs surviving trials"), rel_path: rel(&file) });
+        }
+    }
+    for (key, log) in &state.adaptive.search {
+        let file = names.unique(&format!("{metric}_vs_{}", slug(key)));
+        if draw_or_skip(dir, &file, |p| metric_vs_key(p, &metric, key, *log, &trials))? {
+            plots.push(Plot { title: format!("{metric} vs `{key}`{}", if *log { " (log axis)" } else { "" }), rel_path: rel(&file) });
+        }
+    }
+    if state.adaptive.search.len() >= 2 {
+        let file = names.unique(&format!("parallel_coordinates_{metric}"));
+        if draw_or_skip(dir, &file, |p| parallel_coordinates(p, &metric, &state.adaptive.search, &trials))? {
+            plots.push(Plot { title: format!("searched keys, one line per finished trial, coloured by {metric} (blue: best)"), rel_path: rel(&file) });
+        }
+    }
+    Ok(())
+}
+
+/// A config value as a number on its axis (log10 for log keys); None when not a positive
+/// number on a log axis or not a number at all.
+fn axis_value(t: &Trial, key: &str, log: bool) -> Option<f64> {
+    let v = t.config.get(key)?.as_f64()?;
+    if log { (v > 0.0).then(|| v.log10()) } else { v.is_finite().then_some(v) }
+}
+
+fn pruned_vs_surviving(path: &Path, metric: &str, trials: &[&Trial]) -> DrawResult {
+    let lines: Vec<(bool, Vec<(f64, f64)>)> = trials
+        .iter()
+        .filter(|t| t.status.has_checkpoints())
+        .map(|t| {
+            let pts: Vec<(f64, f64)> = t.curve.iter().filter_map(|r| Some((*r.get("step")?, r.get(metric).copied().filter(|v| v.is_finite())?))).collect();
+            (t.status == schema::Status::Pruned, pts)
+        })
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    let all = || lines.iter().flat_map(|(_, p)| p.iter().copied());
+    let (Some((x0, x1)), Some((y0, y1))) = (padded(all().map(|p| p.0)), padded(all().map(|p| p.1))) else { return Ok(false) };
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{metric} per checkpoint"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart.configure_mesh().x_desc("training step").y_desc(metric).draw()?;
+    let grey = RGBColor(150, 150, 150).mix(0.7);
+    let blue = RGBColor(30, 90, 200);
+    let (mut pruned_label, mut kept_label) = (false, false);
+    for (pruned, pts) in &lines {
+        let style = if *pruned { grey.stroke_width(1) } else { blue.stroke_width(2) };
+        let series = chart.draw_series(LineSeries::new(pts.iter().copied(), style))?;
+        if *pruned && !pruned_label {
+            pruned_label = true;
+            series.label(format!("pruned ({})", lines.iter().filter(|l| l.0).count())).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+        } else if !*pruned && !kept_label {
+            kept_label = true;
+            series
+                .label(format!("ran to the end ({})", lines.iter().filter(|l| !l.0).count()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+        }
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn metric_vs_key(path: &Path, metric: &str, key: &str, log: bool, trials: &[&Trial]) -> DrawResult {
+    // Finished trials with their final value; pruned ones (hollow) with their last checkpoint's.
+    let pts: Vec<(bool, f64, f64)> = trials.iter().filter_map(|t| Some((t.status == schema::Status::Pruned, axis_value(t, key, log)?, t.metric(metric)?))).collect();
+    let (Some((x0, x1)), Some((y0, y1))) = (padded(pts.iter().map(|p| p.1)), padded(pts.iter().map(|p| p.2))) else { return Ok(false) };
+    let root = SVGBackend::new(path, (700, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{metric} vs {key}"), ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let fmt = move |v: &f64| if log { crate::claims::fmt_num(10f64.powf(*v)) } else { crate::claims::fmt_num(*v) };
+    chart.configure_mesh().x_desc(if log { format!("{key} (log scale)") } else { key.to_string() }).y_desc(metric).x_label_formatter(&fmt).draw()?;
+    let blue = RGBColor(30, 90, 200);
+    let grey = RGBColor(130, 130, 130);
+    chart
+        .draw_series(pts.iter().filter(|p| !p.0).map(|p| Circle::new((p.1, p.2), 4, blue.filled())))?
+        .label("final value")
+        .legend(move |(x, y)| Circle::new((x + 10, y), 4, blue.filled()));
+    chart
+        .draw_series(pts.iter().filter(|p| p.0).map(|p| Circle::new((p.1, p.2), 4, grey.stroke_width(1))))?
+        .label("pruned: last checkpoint")
+        .legend(move |(x, y)| Circle::new((x + 10, y), 4, grey.stroke_width(1)));
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn parallel_coordinates(path: &Path, metric: &str, keys: &[(String, bool)], trials: &[&Trial]) -> DrawResult {
+    // Each key's axis spans its values among the finished trials (log10 for log keys).
+    let finished: Vec<(&Trial, f64)> = trials.iter().filter(|t| t.status.is_success()).filter_map(|t| Some((*t, t.metric(metric)?))).collect();
+    let spans: Vec<Option<(f64, f64)>> = keys
+        .iter()
+        .map(|(k, log)| {
+            let vs: Vec<f64> = finished.iter().filter_map(|(t, _)| axis_value(t, k, *log)).collect();
+            let (lo, hi) = vs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            (lo <= hi).then_some((lo, hi))
+        })
+        .collect();
+    let (m0, m1) = finished.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, m)| (lo.min(*m), hi.max(*m)));
+    if finished.is_empty() || spans.iter().all(Option::is_none) {
+        return Ok(false);
+    }
+    let n = keys.len();
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("searched keys coloured by {metric} ({} = blue … {} = red)", crate::claims::fmt_num(m0), crate::claims::fmt_num(m1)), ("sans-serif", 16))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(40)
+        .build_cartesian_2d(-0.2..(n as f64 - 0.8), -0.05..1.05)?;
+    let labels: Vec<String> = keys.iter().map(|(k, log)| if *log { format!("{k} (log)") } else { k.clone() }).collect();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|v| labels.get(v.round().max(0.0) as usize).filter(|_| (v - v.round()).abs() < 1e-6).cloned().unwrap_or_default())
+        .y_desc("position on each key's range (min … max)")
+        .draw()?;
+    for i in 0..n {
+        chart.draw_series(LineSeries::new(vec![(i as f64, 0.0), (i as f64, 1.0)], BLACK.stroke_width(1)))?;
+    }
+    // Worst first, so the best lines are drawn on top.
+    let mut order = finished.clone();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (t, m) in order {
+        let f = if m1 > m0 { (m - m0) / (m1 - m0) } else { 0.0 };
+        let color = RGBColor((40.0 + 200.0 * f) as u8, 60, (240.0 - 200.0 * f) as u8);
+        let pts: Vec<(f64, f64)> = keys
+            .iter()
+            .zip(&spans)
+            .enumerate()
+            .filter_map(|(i, ((k, log), span))| {
+                let (lo, hi) = (*span)?;
+                let v = axis_value(t, k, *log)?;
+                Some((i as f64, if hi > lo { (v - lo) / (hi - lo) } else { 0.5 }))
+            })
+            .collect();
+        chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))?;
+    }
+    root.present()?;
+    Ok(true)
 }
 
 fn rel(file: &str) -> String {

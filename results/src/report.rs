@@ -107,6 +107,7 @@ pub fn render(state: &State, claims: &[ClaimRow], plots: &[Plot], files: &[&str]
     }
     let _ = writeln!(md, "State database: `{}`\n", state.path.display());
     trials_section(&mut md, state);
+    early_stop_section(&mut md, state);
     claims_section(&mut md, claims);
     crate::targets::targets_section(&mut md, state);
     key_tables(&mut md, state);
@@ -139,6 +140,51 @@ fn trials_section(md: &mut String, state: &State) {
         state.trials.len() - in_sweep.len(),
     );
     let _ = writeln!(md, "One row per trial: [`trials.csv`](trials.csv), [`trials.parquet`](trials.parquet); per checkpoint: [`curves.parquet`](curves.parquet).\n");
+}
+
+/// The early-stopping rule, how many trials reached each rung and were stopped there, and the
+/// training steps spent against training every trial to the end.
+fn early_stop_section(md: &mut String, state: &State) {
+    let Some((kind, metric, mode)) = &state.adaptive.early_stop else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## Early stopping
+"
+    );
+    let in_sweep: Vec<&Trial> = state.in_sweep().collect();
+    let pruned = in_sweep.iter().filter(|t| t.status == schema::Status::Pruned).count();
+    let _ = writeln!(
+        md,
+        "Rule: `{}` on `{}` ({mode}); {pruned} of {} trial(s) pruned. Every decision (trial, rung, value, the cutoff it was compared with, decision, time) is in [`decisions.csv`](decisions.csv). A pruned trial keeps its curve and its last checkpoint's metrics: the offset claims use its checkpoints (each is a valid θ); the claims about final quality use finished trials only.\n",
+        kind.replace('`', "'"),
+        metric.replace('`', "'"),
+        in_sweep.len()
+    );
+    let mut rungs: BTreeMap<i64, (BTreeSet<i64>, usize, usize)> = BTreeMap::new();
+    for d in &state.decisions {
+        let e = rungs.entry(d.rung).or_default();
+        e.0.insert(d.checkpoint);
+        e.1 += 1;
+        if d.decision == "stop" {
+            e.2 += 1;
+        }
+    }
+    if !rungs.is_empty() {
+        let _ = writeln!(md, "| rung | at checkpoint(s) | reached | stopped | continued |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for (rung, (cks, reached, stopped)) in &rungs {
+            let cks: Vec<String> = cks.iter().map(|c| c.to_string()).collect();
+            let _ = writeln!(md, "| {rung} | {} | {reached} | {stopped} | {} |", cks.join(", "), reached - stopped);
+        }
+        let _ = writeln!(md);
+    }
+    let planned: f64 = in_sweep.iter().filter(|t| t.status.is_finished()).filter_map(|t| t.config.get("train.steps").and_then(|v| v.as_f64())).sum();
+    let spent: f64 = in_sweep.iter().filter(|t| t.status.is_finished()).filter_map(|t| t.metric("steps_done")).sum();
+    if planned > 0.0 {
+        let _ = writeln!(md, "Training steps spent: {} of the {} that training every finished trial to the end takes ({:.1}%).\n", spent, planned, 100.0 * spent / planned);
+    }
 }
 
 fn claims_section(md: &mut String, claims: &[ClaimRow]) {

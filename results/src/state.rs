@@ -23,6 +23,61 @@ pub struct SweepInfo {
     pub name: String,
     pub file: String,
     pub updated_at: f64,
+    /// The sweep file's text as the coordinator last loaded it.
+    pub source: String,
+}
+
+/// One early-stopping decision (`decisions` table): a trial reached a rung (ASHA: k, at
+/// checkpoint grace·eta^k; median: the checkpoint) and was compared with the cutoff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub trial_hash: String,
+    pub attempt_id: i64,
+    pub rule: String,
+    pub metric: String,
+    pub rung: i64,
+    pub checkpoint: i64,
+    pub step: i64,
+    pub value: f64,
+    /// None: nothing to compare with yet (the first trial at a rung).
+    pub cutoff: Option<f64>,
+    /// `continue` or `stop`.
+    pub decision: String,
+    pub at: f64,
+}
+
+/// What the sweep file's `[search]` and `[early_stop]` say, for the report (the coordinator
+/// checked them when it loaded the file).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Adaptive {
+    /// Searched keys and whether each is drawn on a log scale (`log_uniform`).
+    pub search: Vec<(String, bool)>,
+    /// `kind` of `[search]` (`grid`, `random`, `sobol`).
+    pub search_kind: Option<String>,
+    /// (`kind`, `metric`, `mode`) of `[early_stop]`, when it stops trials.
+    pub early_stop: Option<(String, String, String)>,
+}
+
+impl Adaptive {
+    /// Reads the two tables from a sweep file's text (anything unreadable counts as absent).
+    pub fn from_source(src: &str) -> Adaptive {
+        let Ok(v) = src.parse::<toml::Table>() else { return Adaptive::default() };
+        let mut out = Adaptive::default();
+        if let Some(search) = v.get("search").and_then(|s| s.as_table()) {
+            out.search_kind = Some(search.get("kind").and_then(|k| k.as_str()).unwrap_or("grid").to_string());
+            if let Some(space) = search.get("space").and_then(|s| s.as_table()) {
+                out.search = space.iter().map(|(k, d)| (k.clone(), d.as_table().is_some_and(|t| t.contains_key("log_uniform")))).collect();
+            }
+        }
+        if let Some(es) = v.get("early_stop").and_then(|s| s.as_table()) {
+            let get = |k: &str, d: &str| es.get(k).and_then(|v| v.as_str()).unwrap_or(d).to_string();
+            let kind = get("kind", "none");
+            if kind != "none" {
+                out.early_stop = Some((kind, get("metric", ""), get("mode", "min")));
+            }
+        }
+        out
+    }
 }
 
 /// The final result of a trial (`results` table).
@@ -157,6 +212,10 @@ pub struct State {
     pub events: Vec<Event>,
     /// In the order they registered.
     pub workers: Vec<Worker>,
+    /// Early-stopping decisions in the order they were made.
+    pub decisions: Vec<Decision>,
+    /// The sweep file's search space and early-stopping rule.
+    pub adaptive: Adaptive,
 }
 
 impl State {
@@ -174,6 +233,8 @@ impl State {
         let mut artifacts = reader.artifacts()?;
         let events = reader.events()?;
         let workers = reader.workers()?;
+        let decisions = reader.decisions()?;
+        let adaptive = sweep.as_ref().map(|s| Adaptive::from_source(&s.source)).unwrap_or_default();
         for t in &mut trials {
             t.artifacts = artifacts.remove(&t.hash).unwrap_or_default();
             t.result = results.remove(&t.hash);
@@ -182,7 +243,7 @@ impl State {
             t.last_error = errors.remove(&t.hash);
         }
         trials.sort_by(|a, b| a.idx.cmp(&b.idx).then_with(|| a.hash.cmp(&b.hash)));
-        Ok(State { path: db_path.to_path_buf(), sweep, trials, events, workers })
+        Ok(State { path: db_path.to_path_buf(), sweep, trials, events, workers, decisions, adaptive })
     }
 
     /// How many events of `kind` the database holds.
@@ -224,8 +285,8 @@ impl Reader<'_> {
 
     fn sweep(&self) -> Result<Option<SweepInfo>, ResultsError> {
         let err = self.query_err("the sweep row");
-        let mut stmt = self.conn.prepare("SELECT name, file, updated_at FROM sweep WHERE id = 1").map_err(&err)?;
-        let mut rows = stmt.query_map([], |r| Ok(SweepInfo { name: r.get(0)?, file: r.get(1)?, updated_at: r.get(2)? })).map_err(&err)?;
+        let mut stmt = self.conn.prepare("SELECT name, file, updated_at, source FROM sweep WHERE id = 1").map_err(&err)?;
+        let mut rows = stmt.query_map([], |r| Ok(SweepInfo { name: r.get(0)?, file: r.get(1)?, updated_at: r.get(2)?, source: r.get(3)? })).map_err(&err)?;
         rows.next().transpose().map_err(err)
     }
 
@@ -368,6 +429,36 @@ impl Reader<'_> {
         }
         let mut stmt = self.conn.prepare("SELECT at, kind, detail FROM events ORDER BY id").map_err(&err)?;
         let rows = stmt.query_map([], |r| Ok(Event { at: r.get(0)?, kind: r.get(1)?, detail: r.get(2)? })).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+
+    /// Early-stopping decisions; none when the table does not exist (a database written
+    /// before it).
+    fn decisions(&self) -> Result<Vec<Decision>, ResultsError> {
+        let err = self.query_err("decisions");
+        let exists = self.conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").and_then(|mut s| s.exists([])).map_err(&err)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt =
+            self.conn.prepare("SELECT trial_hash, attempt_id, rule, metric, rung, checkpoint, step, value, cutoff, decision, at FROM decisions ORDER BY id").map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Decision {
+                    trial_hash: r.get(0)?,
+                    attempt_id: r.get(1)?,
+                    rule: r.get(2)?,
+                    metric: r.get(3)?,
+                    rung: r.get(4)?,
+                    checkpoint: r.get(5)?,
+                    step: r.get(6)?,
+                    value: r.get(7)?,
+                    cutoff: r.get(8)?,
+                    decision: r.get(9)?,
+                    at: r.get(10)?,
+                })
+            })
+            .map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(err)
     }
 

@@ -83,6 +83,29 @@ pub fn curves_frame(state: &State) -> PolarsResult<DataFrame> {
 }
 
 /// The union of config keys over `trials`, sorted.
+/// `decisions.csv`'s frame: one row per early-stopping decision, in the order they were made:
+/// trial_hash, attempt_id, rule, metric, rung, checkpoint, step, value, cutoff (null: nothing
+/// to compare with yet), decision (`continue`/`stop`), at (unix seconds).
+pub fn decisions_frame(state: &State) -> PolarsResult<DataFrame> {
+    let d = &state.decisions;
+    DataFrame::new(
+        d.len(),
+        vec![
+            Column::new("trial_hash".into(), d.iter().map(|x| x.trial_hash.as_str()).collect::<Vec<_>>()),
+            Column::new("attempt_id".into(), d.iter().map(|x| x.attempt_id).collect::<Vec<_>>()),
+            Column::new("rule".into(), d.iter().map(|x| x.rule.as_str()).collect::<Vec<_>>()),
+            Column::new("metric".into(), d.iter().map(|x| x.metric.as_str()).collect::<Vec<_>>()),
+            Column::new("rung".into(), d.iter().map(|x| x.rung).collect::<Vec<_>>()),
+            Column::new("checkpoint".into(), d.iter().map(|x| x.checkpoint).collect::<Vec<_>>()),
+            Column::new("step".into(), d.iter().map(|x| x.step).collect::<Vec<_>>()),
+            Column::new("value".into(), d.iter().map(|x| x.value).collect::<Vec<_>>()),
+            Column::new("cutoff".into(), d.iter().map(|x| x.cutoff).collect::<Vec<_>>()),
+            Column::new("decision".into(), d.iter().map(|x| x.decision.as_str()).collect::<Vec<_>>()),
+            Column::new("at".into(), d.iter().map(|x| x.at).collect::<Vec<_>>()),
+        ],
+    )
+}
+
 pub fn config_keys<'a>(trials: impl Iterator<Item = &'a Trial>) -> BTreeSet<String> {
     trials.flat_map(|t| t.config.keys().cloned()).collect()
 }

@@ -64,7 +64,34 @@ pub fn required_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
     keys
 }
 
+/// The metrics every checkpoint of `cfg` reports (the curve's columns but `step`, as the
+/// engine's checkpoint evaluators name them), which an `[early_stop]` rule may compare trials
+/// by. `train_loss` is the mean loss of the last training step (not defined at step 0).
+pub fn checkpoint_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
+    let t = match cfg {
+        TrialConfig::Sleep(_) => return vec![],
+        TrialConfig::Image(_) => return vec!["train_loss", "eval_loss"],
+        TrialConfig::Train(t) => t,
+    };
+    let mut keys = vec!["train_loss"];
+    if t.data.caps().exact_score {
+        keys.extend_from_slice(&["l_esm", "l_esm_se", "l_ism", "l_ism_se", "gap", "gap_se", "c_true", "c_se"]);
+        if t.noise.is_some() {
+            keys.extend_from_slice(&["l_dsm", "l_esm_sigma", "dsm_gap", "dsm_gap_se", "dsm_gap_se_raw", "c_dsm", "c_dsm_se", "dsm_sigma"]);
+        }
+    }
+    if matches!(t.objective.kind, ObjectiveKind::Ssm | ObjectiveKind::SsmVr) {
+        keys.extend_from_slice(&["l_ssm", "l_ssm_se"]);
+    }
+    keys
+}
+
 impl TrialConfig {
+    /// See [`checkpoint_metrics`].
+    pub fn checkpoint_metrics(&self) -> Vec<&'static str> {
+        checkpoint_metrics(self)
+    }
+
     /// See [`required_metrics`].
     pub fn required_metrics(&self) -> Vec<&'static str> {
         required_metrics(self)

@@ -28,11 +28,14 @@ pub enum Status {
     Cancelled,
     /// Attempt: its report arrived after the trial already had a result.
     Ignored,
+    /// Finished early on the coordinator's word (`[early_stop]`): its checkpoints are valid
+    /// results (curve and last checkpoint's metrics kept), it just did not train to the end.
+    Pruned,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] =
-        [Status::Queued, Status::Running, Status::Done, Status::Diverged, Status::Failed, Status::Timeout, Status::Expired, Status::Cancelled, Status::Ignored];
+    pub const ALL: [Status; 10] =
+        [Status::Queued, Status::Running, Status::Done, Status::Diverged, Status::Failed, Status::Timeout, Status::Expired, Status::Cancelled, Status::Ignored, Status::Pruned];
 
     /// The text kept in the state database and written in tables.
     pub fn as_str(self) -> &'static str {
@@ -46,12 +49,13 @@ impl Status {
             Status::Expired => "expired",
             Status::Cancelled => "cancelled",
             Status::Ignored => "ignored",
+            Status::Pruned => "pruned",
         }
     }
 
     /// A trial in this status will not be leased again (without `--retry-failed`).
     pub fn is_finished(self) -> bool {
-        matches!(self, Status::Done | Status::Diverged | Status::Failed | Status::Timeout)
+        matches!(self, Status::Done | Status::Diverged | Status::Failed | Status::Timeout | Status::Pruned)
     }
 
     /// Finished with a usable result: only `Done`.
@@ -59,9 +63,17 @@ impl Status {
         self == Status::Done
     }
 
-    /// Finished without a usable result (counted as failed in summaries and reports).
+    /// Finished without a usable result (counted as failed in summaries and reports). A
+    /// pruned trial is neither a success nor unusable: its checkpoints are results, its end
+    /// (sampling, final metrics) never came.
     pub fn is_unusable(self) -> bool {
-        self.is_finished() && !self.is_success()
+        self.is_finished() && !self.is_success() && self != Status::Pruned
+    }
+
+    /// Its recorded checkpoints are valid results (every checkpoint of a done, diverged or
+    /// pruned trial up to where it stopped).
+    pub fn has_checkpoints(self) -> bool {
+        matches!(self, Status::Done | Status::Diverged | Status::Pruned)
     }
 }
 
@@ -96,7 +108,8 @@ mod tests {
         assert!("leased".parse::<Status>().is_err());
         // The classification every crate relies on.
         let finished: Vec<_> = Status::ALL.into_iter().filter(|s| s.is_finished()).collect();
-        assert_eq!(finished, [Status::Done, Status::Diverged, Status::Failed, Status::Timeout]);
+        assert_eq!(finished, [Status::Done, Status::Diverged, Status::Failed, Status::Timeout, Status::Pruned]);
+        assert!(!Status::Pruned.is_unusable() && !Status::Pruned.is_success());
         assert!(Status::Diverged.is_unusable() && !Status::Diverged.is_success());
     }
 }

@@ -368,6 +368,29 @@ async fn agent(url: &str, args: &AgentArgs, token: Token, place: &Placement, mut
 struct Shared {
     progress: Mutex<outcome::Progress>,
     cancel: AtomicBool,
+    /// The coordinator answered "stop" to a checkpoint: the cancelled run ends `pruned`.
+    pruned: AtomicBool,
+}
+
+/// A checkpoint on its way from the training thread to the coordinator: (curve row, step,
+/// total steps, metrics, where the answer goes: true = stop).
+type CheckpointMsg = (u32, u64, u64, Vec<(String, f64)>, std::sync::mpsc::Sender<bool>);
+
+/// How long the training thread waits for the coordinator's answer to a checkpoint before it
+/// trains on (the checkpoint then goes undecided).
+const CHECKPOINT_ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// The metrics of a checkpoint as a progress report carries them (None for progress between
+/// checkpoints and while sampling); `train_loss` added where the runner reports it apart.
+fn checkpoint_metrics(p: &outcome::Progress) -> Option<Vec<(String, f64)>> {
+    if p.latest.is_empty() || p.latest.iter().any(|(k, _)| k == "sampling_step") {
+        return None;
+    }
+    let mut m = p.latest.clone();
+    if !m.iter().any(|(k, _)| k == "train_loss") {
+        m.push(("train_loss".into(), p.train_loss));
+    }
+    Some(m)
 }
 
 /// How long a stopping worker tries to give its attempt back.
@@ -385,8 +408,16 @@ async fn run_lease(
     stop: &mut watch::Receiver<Option<&'static str>>,
 ) -> anyhow::Result<Option<pb::LeaseReply>> {
     let started = Instant::now();
-    let shared = Arc::new(Shared { progress: Mutex::new(outcome::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }), cancel: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        progress: Mutex::new(outcome::Progress { step: 0, total_steps: 0, train_loss: f64::NAN, latest: vec![] }),
+        cancel: AtomicBool::new(false),
+        pruned: AtomicBool::new(false),
+    });
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<TrialOutcome, String>>();
+    // With `report_checkpoints`, the training thread hands each checkpoint over and waits for
+    // the coordinator's answer before the next step (a stop then ends the run right there).
+    let (ck_tx, mut ck_rx) = tokio::sync::mpsc::unbounded_channel::<CheckpointMsg>();
+    let ck_tx = lease.report_checkpoints.then_some(ck_tx);
     {
         let shared = shared.clone();
         let src = lease.trial_toml.clone();
@@ -396,7 +427,18 @@ async fn run_lease(
                 let cfg = TrialConfig::from_value(&v).map_err(|e| format!("invalid trial: {e}"))?;
                 // Opened on this thread: a CUDA device's stream belongs to the thread using it.
                 let dev = device::open(ordinal).map_err(|e| e.to_string())?;
-                trial::run_trial(&cfg, &dev, &mut |p| *shared.progress.lock().expect("progress lock") = p.clone(), &shared.cancel).map_err(|e| e.to_string())
+                let mut index = 0u32;
+                let mut on_progress = |p: &outcome::Progress| {
+                    *shared.progress.lock().expect("progress lock") = p.clone();
+                    let (Some(ck_tx), Some(metrics)) = (&ck_tx, checkpoint_metrics(p)) else { return };
+                    let (answer, answered) = std::sync::mpsc::channel();
+                    if ck_tx.send((index, p.step, p.total_steps, metrics, answer)).is_ok() && answered.recv_timeout(CHECKPOINT_ANSWER_WITHIN) == Ok(true) {
+                        shared.pruned.store(true, Ordering::Relaxed);
+                        shared.cancel.store(true, Ordering::Relaxed);
+                    }
+                    index += 1;
+                };
+                trial::run_trial(&cfg, &dev, &mut on_progress, &shared.cancel).map_err(|e| e.to_string())
             })();
             let _ = tx.send(out);
         });
@@ -405,6 +447,34 @@ async fn run_lease(
     let outcome = loop {
         tokio::select! {
             r = &mut rx => break r.unwrap_or_else(|_| Err("trial thread panicked".into())),
+            Some((index, step, total_steps, metrics, answer)) = ck_rx.recv() => {
+                let req = pb::CheckpointRequest {
+                    worker_id: id.into(),
+                    attempt_id: lease.attempt_id,
+                    trial_hash: lease.trial_hash.clone(),
+                    index,
+                    step,
+                    total_steps,
+                    metrics: metrics.into_iter().collect(),
+                };
+                let asked = retry_status(args, "checkpoint", || {
+                    let mut c = client.clone();
+                    let r = req.clone();
+                    async move { c.checkpoint(r).await }
+                });
+                // Unanswered (the coordinator gone for longer, or refusing): train on.
+                let stop = match tokio::time::timeout(CHECKPOINT_ANSWER_WITHIN, asked).await {
+                    Ok(Ok(Ok(r))) => {
+                        let r = r.into_inner();
+                        if r.stop {
+                            eprintln!("worker: trial {} stopped at checkpoint {index} (step {step}): {}", short(&lease.trial_hash), r.note);
+                        }
+                        r.stop
+                    }
+                    _ => false,
+                };
+                let _ = answer.send(stop);
+            }
             sig = stopped(stop) => {
                 shared.cancel.store(true, Ordering::Relaxed);
                 let req = pb::CancelRequest { worker_id: id.into(), attempt_id: lease.attempt_id };
@@ -432,8 +502,9 @@ async fn run_lease(
     // (over the coordinator's size limit) is logged and the report goes on without it.
     // Other files the trial made (sample grids) go the same way.
     let mut files: Vec<(String, &'static str, Vec<u8>)> = Vec::new();
+    let pruned = shared.pruned.load(Ordering::Relaxed);
     if let Ok(o) = &outcome
-        && o.status != TrialStatus::Cancelled
+        && (o.status != TrialStatus::Cancelled || pruned)
     {
         match weights_safetensors(&o.weights) {
             Ok(Some(bytes)) => files.push(("model.safetensors".into(), "application/x-safetensors", bytes)),
@@ -447,6 +518,10 @@ async fn run_lease(
         Err(e) => eprintln!("worker: trial {} failed: {e}", short(&lease.trial_hash)),
     }
     let mut report = to_report(id, &lease, outcome, started.elapsed().as_secs_f64());
+    // Stopped on the coordinator's word: its checkpoints are results, the run is `pruned`.
+    if pruned && report.status == status_to_wire(Status::Cancelled) {
+        report.status = status_to_wire(Status::Pruned);
+    }
     for (name, media_type, bytes) in files {
         match upload(client, id, lease.attempt_id, &name, media_type, bytes, args).await {
             Ok(()) => report.artifacts.push(name),
@@ -653,6 +728,9 @@ mod tests {
             Err(tonic::Status::new(script.remove(0), "scripted refusal"))
         }
         async fn cancel(&self, _: tonic::Request<pb::CancelRequest>) -> Result<tonic::Response<pb::CancelReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("test"))
+        }
+        async fn checkpoint(&self, _: tonic::Request<pb::CheckpointRequest>) -> Result<tonic::Response<pb::CheckpointReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("test"))
         }
         async fn upload_artifact(&self, _: tonic::Request<tonic::Streaming<pb::ArtifactChunk>>) -> Result<tonic::Response<pb::ArtifactReply>, tonic::Status> {

@@ -3,7 +3,8 @@
 //! produced by real trials of the engine, for each kind of trial the list distinguishes: a
 //! sleep trial; exact data without a ladder or a sampler; SSM with a plain sampler; DSM with a
 //! ladder and annealed Langevin; an energy model. A key added to the list that the engine does
-//! not produce, or a key the engine stops producing, fails here.
+//! not produce, or a key the engine stops producing, fails here. Likewise the metrics each
+//! checkpoint reports ([`schema::metrics::checkpoint_metrics`], what `[early_stop]` may use).
 
 use std::sync::atomic::AtomicBool;
 
@@ -17,7 +18,21 @@ const TRAIN: &str =
 /// Runs `src` to completion and checks its metrics against the required keys.
 fn check(src: &str) {
     let cfg = TrialConfig::from_value(&toml::from_str(src).unwrap()).unwrap_or_else(|e| panic!("{e}\n{src}"));
-    let out = run_trial(&cfg, &engine::device::open(None).unwrap(), &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    // The keys of every checkpoint's progress report (what an `[early_stop]` rule reads).
+    let mut checkpoints: Vec<Vec<String>> = Vec::new();
+    let mut on_progress = |p: &engine::outcome::Progress| {
+        if !p.latest.is_empty() && !p.latest.iter().any(|(k, _)| k == "sampling_step") {
+            checkpoints.push(p.latest.iter().map(|(k, _)| k.clone()).collect());
+        }
+    };
+    let out = run_trial(&cfg, &engine::device::open(None).unwrap(), &mut on_progress, &AtomicBool::new(false)).unwrap();
+    for keys in &checkpoints {
+        for key in cfg.checkpoint_metrics() {
+            assert!(key == "train_loss" || keys.iter().any(|k| k == key), "checkpoint metric `{key}` not reported at a checkpoint of:\n{src}\n(got {keys:?})");
+        }
+    }
+    let is_sleep = matches!(cfg, TrialConfig::Sleep(_));
+    assert_eq!(checkpoints.is_empty(), is_sleep, "{src}");
     assert_eq!(out.status, TrialStatus::Ok, "{src}");
     for key in cfg.required_metrics() {
         let v = out.metric(key).unwrap_or_else(|| panic!("required metric `{key}` not produced by:\n{src}\n(got {:?})", out.metrics));

@@ -52,6 +52,8 @@ pub struct Progress {
     pub running: usize,
     pub queued: usize,
     pub failed: usize,
+    /// Stopped early (`[early_stop]`).
+    pub pruned: usize,
 }
 
 impl Progress {
@@ -63,6 +65,7 @@ impl Progress {
                 Status::Queued => p.queued += 1,
                 Status::Running => p.running += 1,
                 s if s.is_success() => p.done += 1,
+                Status::Pruned => p.pruned += 1,
                 _ => p.failed += 1,
             }
         }
@@ -70,7 +73,7 @@ impl Progress {
     }
 
     pub fn finished(&self) -> usize {
-        self.done + self.failed
+        self.done + self.failed + self.pruned
     }
 }
 
@@ -187,7 +190,7 @@ pub fn run_json(state: &State, running: &[RunningAttempt], info: &RunInfo) -> Va
         "now": info.now,
         "progress": {
             "total": progress.total, "done": progress.done, "running": progress.running,
-            "queued": progress.queued, "failed": progress.failed,
+            "queued": progress.queued, "failed": progress.failed, "pruned": progress.pruned,
         },
         "rate_per_second": num(rate),
         "eta_seconds": num(eta),
