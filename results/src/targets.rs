@@ -240,7 +240,15 @@ mod tests {
         guided_ok.extend([("class_match", 0.985), ("class_match_lo", 0.9755), ("class_match_hi", 0.99)]);
         let mut plain: Vec<(&str, f64)> = common.to_vec();
         plain.extend([("class_match", 0.96), ("class_match_lo", 0.947), ("class_match_hi", 0.97)]);
-        let state = State { trials: vec![trial(&guided_ok, 2.0), trial(&plain, 1.0)], path: std::path::PathBuf::new(), sweep: None, decisions: vec![], adaptive: Default::default(), events: vec![], workers: vec![] };
+        let state = State {
+            trials: vec![trial(&guided_ok, 2.0), trial(&plain, 1.0)],
+            path: std::path::PathBuf::new(),
+            sweep: None,
+            decisions: vec![],
+            adaptive: Default::default(),
+            events: vec![],
+            workers: vec![],
+        };
         let mut md = String::new();
         targets_section(&mut md, &state);
         assert!(md.contains("## Digit targets"), "{md}");
@@ -252,7 +260,10 @@ mod tests {
         assert!(md.contains("floor: met by 2 of 2 trial(s)"), "{md}");
         // No image trial, no section.
         let mut none = String::new();
-        targets_section(&mut none, &State { trials: vec![], path: std::path::PathBuf::new(), sweep: None, decisions: vec![], adaptive: Default::default(), events: vec![], workers: vec![] });
+        targets_section(
+            &mut none,
+            &State { trials: vec![], path: std::path::PathBuf::new(), sweep: None, decisions: vec![], adaptive: Default::default(), events: vec![], workers: vec![] },
+        );
         assert!(none.is_empty());
     }
 }
