@@ -3,7 +3,8 @@
 //!    loop lease → report as fast as they can; reports round trips (lease + report) per second.
 //!    The piggybacked run is also measured with a browser connected to the run's dashboard: a
 //!    client that does what the page does (holds `/api/events` open and fetches `/api/run` after
-//!    each `change`, one fetch at a time), so the ratio shows what a watcher costs the scheduler.
+//!    each `change`, one fetch at a time), the page loaded before the run starts, so the ratio
+//!    shows what a watcher costs the scheduler.
 //! 2. Overhead: `run` of a sweep of T one-second sleep trials with W local workers against the
 //!    ideal ceil(T/W) seconds.
 
@@ -140,11 +141,19 @@ impl Watcher {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // Stopped by `stop` once the browser has stopped.
         let server = tokio::spawn(crate::dashboard::serve(bound.listener, bound.dashboard, std::future::pending()));
-        let client = tokio::spawn(browse(addr, token, stopped));
+        let fetched = Arc::new(AtomicU64::new(0));
+        let client = tokio::spawn(browse(addr, token, stopped, fetched.clone()));
+        // The page is open (its first answer read) before the measured run starts.
+        let t = Instant::now();
+        while fetched.load(Ordering::Relaxed) == 0 {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(120) && !client.is_finished(), "the browser read no /api/run answer");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(Watcher { stop, server, client })
     }
 
-    /// Stops the browser and the dashboard; the number of `/api/run` answers read.
+    /// Stops the browser and the dashboard; the number of `/api/run` answers read after the
+    /// first (those during the measured run).
     async fn stop(self) -> anyhow::Result<u64> {
         let _ = self.stop.send(true);
         let fetches = self.client.await??;
@@ -164,7 +173,7 @@ async fn get(addr: std::net::SocketAddr, path: &str, token: &str) -> anyhow::Res
     Ok(body.len())
 }
 
-async fn browse(addr: std::net::SocketAddr, token: String, mut stopped: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u64> {
+async fn browse(addr: std::net::SocketAddr, token: String, mut stopped: tokio::sync::watch::Receiver<bool>, fetched: Arc<AtomicU64>) -> anyhow::Result<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut events = tokio::net::TcpStream::connect(addr).await?;
     events.write_all(format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await?;
@@ -181,6 +190,7 @@ async fn browse(addr: std::net::SocketAddr, token: String, mut stopped: tokio::s
                 }
                 get(addr, "/api/run", &token).await?;
                 fetches += 1;
+                fetched.store(fetches, Ordering::Relaxed);
             }
         })
     };
@@ -198,7 +208,7 @@ async fn browse(addr: std::net::SocketAddr, token: String, mut stopped: tokio::s
             }
         }
     }
-    fetcher.await?
+    Ok(fetcher.await??.saturating_sub(1))
 }
 
 fn remove_db(db: &Path) {

@@ -8,6 +8,14 @@
 //! `change` event after each change of the run, fed by [`crate::service::Shared::activity`],
 //! at most one per [`MIN_EVENT_GAP`]; the page then fetches `/api/run`).
 //!
+//! Cost to the run: rebuilding `/api/run` reads the whole database, which grows with the
+//! sweep. A live dashboard rebuilds at most [`DUTY`] of the time: after a rebuild that took T,
+//! the next waits until T·(1/DUTY − 1) has passed (a run of 1,000 trials rebuilds in a few
+//! milliseconds, so every [`MIN_EVENT_GAP`]; a database of 80,000 trials every half minute).
+//! Change events wait for that too, and `/api/run` answers the last build meanwhile; once the
+//! run is over the next request rebuilds at once. So a watching browser costs the scheduler
+//! about DUTY of one core whatever the sweep's size (`coordinator bench`, BENCHMARKS.md).
+//!
 //! Access: a fresh random token per dashboard. The printed link carries it
 //! (`/?token=T`, the Jupyter convention); the answer sets it as an HttpOnly, SameSite=Strict
 //! cookie and redirects to the address without it. Every route answers 401 without the cookie
@@ -41,6 +49,9 @@ const APP_CSS: &str = include_str!("assets/app.css");
 /// Least time between two `change` events of one event stream (a burst of reports is one
 /// event, and one rebuild of `/api/run`).
 pub const MIN_EVENT_GAP: Duration = Duration::from_millis(300);
+
+/// Most of the time a live dashboard spends rebuilding `/api/run` (see the module doc).
+pub const DUTY: f64 = 0.02;
 
 /// A comment line on an idle event stream this often keeps proxies from closing it.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -78,6 +89,8 @@ struct Built {
 
 struct Cache {
     built: Option<Built>,
+    /// When the last rebuild ended and how long it took.
+    last_build: Option<(std::time::Instant, Duration)>,
     /// Unix seconds and finished trials when the dashboard first looked (rate and ETA).
     first: Option<(f64, usize)>,
 }
@@ -120,7 +133,7 @@ pub async fn bind(addr: &str, db: PathBuf, live: Option<Live>) -> Result<Bound, 
     let token = crate::auth::new_token().map_err(DashboardError::Token)?;
     let url = format!("http://{local}/?token={token}");
     let cookie = format!("scoresweep_dashboard_{}", local.port());
-    let dashboard = Arc::new(Dashboard { db, token, cookie, live, cache: tokio::sync::Mutex::new(Cache { built: None, first: None }) });
+    let dashboard = Arc::new(Dashboard { db, token, cookie, live, cache: tokio::sync::Mutex::new(Cache { built: None, last_build: None, first: None }) });
     Ok(Bound { listener, dashboard, url })
 }
 
@@ -262,7 +275,7 @@ impl Dashboard {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
                 }
             }
-            "/api/events" => self.events(),
+            "/api/events" => self.clone().events(),
             _ => text(StatusCode::NOT_FOUND, format!("no page {path}\n")),
         }
     }
@@ -271,9 +284,13 @@ impl Dashboard {
     async fn built(self: &Arc<Self>) -> anyhow::Result<(Bytes, Arc<results::state::State>)> {
         let mut cache = self.cache.lock().await;
         let seq = self.live.as_ref().map_or(0, |l| *l.activity.borrow());
-        if let Some(b) = cache.built.as_ref().filter(|b| b.seq == seq) {
+        // The last build while the run goes on and the rebuild budget is spent (module doc).
+        let running = self.live.as_ref().is_some_and(|l| l.activity.has_changed().is_ok());
+        let resting = running && Self::rest_until(&cache).is_some_and(|t| t > std::time::Instant::now());
+        if let Some(b) = cache.built.as_ref().filter(|b| b.seq == seq || resting) {
             return Ok((b.json.clone(), b.state.clone()));
         }
+        let started = std::time::Instant::now();
         let (db, live, lease_secs, first) = (self.db.clone(), self.live.is_some(), self.live.as_ref().map(|l| l.lease_secs), cache.first);
         let (json, state, first) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let state = results::state::State::load(&db)?;
@@ -287,12 +304,18 @@ impl Dashboard {
         .await??;
         cache.first = Some(first);
         cache.built = Some(Built { seq, json: json.clone(), state: state.clone() });
+        cache.last_build = Some((std::time::Instant::now(), started.elapsed()));
         Ok((json, state))
+    }
+
+    /// Until when the next rebuild waits: T·(1/DUTY − 1) after a rebuild that took T.
+    fn rest_until(cache: &Cache) -> Option<std::time::Instant> {
+        cache.last_build.map(|(ended, took)| ended + took.mul_f64(1.0 / DUTY - 1.0))
     }
 
     /// `/api/events`: `change` at once and after each change of the run; `end` when the run
     /// is over (or, for a finished run, at once).
-    fn events(&self) -> Response<Body> {
+    fn events(self: Arc<Self>) -> Response<Body> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         let frame = |s: String| Ok(Frame::data(Bytes::from(s)));
         let activity = self.live.as_ref().map(|l| l.activity.clone());
@@ -320,6 +343,11 @@ impl Dashboard {
                     }
                 }
                 tokio::time::sleep(MIN_EVENT_GAP).await;
+                // Announced once a fetch would rebuild (module doc).
+                let rest = Self::rest_until(&*self.cache.lock().await);
+                if let Some(t) = rest {
+                    tokio::time::sleep_until(t.into()).await;
+                }
                 let seq = *activity.borrow_and_update();
                 if tx.send(frame(format!("event: change\ndata: {seq}\n\n"))).await.is_err() {
                     return;
