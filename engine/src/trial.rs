@@ -123,7 +123,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     let columns = evals.iter().flat_map(|e| e.columns().iter().map(|c| c.to_string())).collect();
     let trained = train::run(
         trainer.as_mut(),
-        Schedule { steps: cfg.train.steps, eval_every: cfg.train.eval_every },
+        Schedule { steps: cfg.train.steps, eval_every: cfg.train.eval_every, lr: cfg.train.lr, lr_schedule: cfg.train.lr_schedule },
         &mut |rng: &mut Rng| Batch { x: plan.next_batch(rng), labels: Vec::new() },
         &mut train_rng,
         Checkpoints { columns, evaluate: &mut evaluate },

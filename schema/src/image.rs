@@ -30,7 +30,7 @@
 //!              #      | "ssm" | "ssm_vr": sliced score matching on the ladder (noise; MLP only)
 //!              # every kind: sigma_data (0.5, EDM's; "data": the training images' RMS,
 //!              # ≈ 0.96 for MNIST in [−1, 1]), label_dropout (classifier-free guidance)
-//! [train]      # steps, batch, lr, ema (decay), eval_every
+//! [train]      # steps, batch, lr, lr_schedule, warmup (as toy trials), ema (decay), eval_every
 //! steps = 2000
 //! [eval]       # n: held-out images the metrics use
 //! [sampler]    # kind = "heun" (probability-flow ODE, EDM ρ schedule) | "euler_maruyama"
@@ -180,6 +180,8 @@ struct RawImageTrain {
     lr: Option<f64>,
     ema: Option<f64>,
     eval_every: Option<u64>,
+    lr_schedule: Option<crate::lr::LrDecay>,
+    warmup: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -357,6 +359,8 @@ pub struct ImageTrain {
     pub steps: u64,
     pub batch: usize,
     pub lr: f64,
+    /// How the rate changes over the steps (default constant).
+    pub lr_schedule: crate::lr::LrSchedule,
     /// EMA decay of the weights used for sampling and metrics (0: none).
     pub ema: f64,
     pub eval_every: u64,
@@ -585,7 +589,14 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
         return Err(field("train.ema", format!("must be in [0, 1) (got {ema})")));
     }
     let eval_every = t.eval_every.filter(|&e| e > 0).unwrap_or(t.steps.max(1));
-    let train = ImageTrain { steps: t.steps, batch: in_range("train.batch", t.batch.unwrap_or(128), 1, 65_536)?, lr: positive("train.lr", t.lr.unwrap_or(1e-3))?, ema, eval_every };
+    let train = ImageTrain {
+        steps: t.steps,
+        batch: in_range("train.batch", t.batch.unwrap_or(128), 1, 65_536)?,
+        lr: positive("train.lr", t.lr.unwrap_or(1e-3))?,
+        lr_schedule: crate::lr::LrSchedule::new(t.lr_schedule, t.warmup, t.steps)?,
+        ema,
+        eval_every,
+    };
 
     let eval_n = in_range("eval.n", raw.eval.n.unwrap_or(held_out), 2, held_out).map_err(|e| field(&e.key, format!("{} (at most data.held_out)", e.message)))?;
 

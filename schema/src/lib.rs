@@ -11,6 +11,7 @@
 //! - [`status`]: the one status enum of trials and attempts shared by the proto, the
 //!   coordinator and the results;
 //! - [`noise`]: the noise ladder (`objective.noise`) of toy and image trials;
+//! - [`lr`]: the learning-rate schedule (`train.lr_schedule`, `train.warmup`) of both families;
 //! - [`sampler`]: the sampler kinds (`sampler.kind`) of toy and image trials;
 //! - [`validate`]: the helpers every module validates with ([`validate::FieldError`] on a dotted
 //!   key, range checks); it imports no other module, so the others never import one another
@@ -21,6 +22,7 @@ pub mod caps;
 pub mod data;
 pub mod image;
 pub mod locate;
+pub mod lr;
 pub mod metrics;
 pub mod noise;
 pub mod sampler;

@@ -15,7 +15,8 @@
 //! kind = "dsm"
 //! noise = { ladder = "geometric", sigma_max = 10.0, sigma_min = 0.1, levels = 10 }
 //! #       { ladder = "list", sigmas = [1.0, 0.5] } | { ladder = "auto", sigma_min = 0.01, levels = 10 }
-//! [train]      # steps, batch, lr, eval_every, n_train (fixed training set; default: fresh samples)
+//! [train]      # steps, batch, lr, lr_schedule = constant | cosine | linear, warmup (steps),
+//!              # eval_every, n_train (fixed training set; default: fresh samples)
 //! steps = 3000
 //! [eval]       # n, dsm_sigma, c_samples
 //! [sampler]    # kind = annealed_langevin | langevin | score_ascent | none; steps_per_level; steps;
@@ -226,6 +227,8 @@ struct RawTrain {
     #[serde(default)]
     eval_every: u64,
     n_train: Option<usize>,
+    lr_schedule: Option<crate::lr::LrDecay>,
+    warmup: Option<u64>,
 }
 fn d_batch() -> usize {
     256
@@ -399,6 +402,8 @@ pub struct TrainSpec {
     pub steps: u64,
     pub batch: usize,
     pub lr: f64,
+    /// How the rate changes over the steps (default constant).
+    pub lr_schedule: crate::lr::LrSchedule,
     /// Evaluate every this many steps (and at step 0 and at the end).
     pub eval_every: u64,
     pub n_train: Option<usize>,
@@ -639,7 +644,8 @@ fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
         in_range("train.n_train", n, 2, MAX_POINTS)?;
     }
     let eval_every = if t.eval_every == 0 { t.steps.max(1) } else { t.eval_every };
-    let train = TrainSpec { steps: t.steps, batch: t.batch, lr: t.lr, eval_every, n_train: t.n_train };
+    let lr_schedule = crate::lr::LrSchedule::new(t.lr_schedule, t.warmup, t.steps)?;
+    let train = TrainSpec { steps: t.steps, batch: t.batch, lr: t.lr, lr_schedule, eval_every, n_train: t.n_train };
 
     let e = raw.eval.unwrap_or_default();
     let n_eval = in_range("eval.n", e.n.unwrap_or(if dim <= 2 { 100_000 } else { 20_000 }), 2, MAX_POINTS)?;
@@ -850,6 +856,10 @@ kind = "annealed_langevin"
         let pc = GOOD.replace("kind = \"annealed_langevin\"", "kind = \"pc\"\nsnr = 0.2");
         let want = SamplerSpec::Pc { n: 2000, steps: 100, snr: 0.2 };
         assert_eq!(TrialConfig::from_str_at(&pc, Path::new("t.toml")).unwrap().train().unwrap().sampler, want);
+        assert!(t.train.lr_schedule.is_constant(), "constant by default");
+        let cos = GOOD.replace("steps = 100", "steps = 100\nlr_schedule = \"cosine\"\nwarmup = 10");
+        let s = TrialConfig::from_str_at(&cos, Path::new("t.toml")).unwrap().train().unwrap().train.lr_schedule;
+        assert_eq!(s, crate::lr::LrSchedule { decay: crate::lr::LrDecay::Cosine, warmup: 10 });
         let heun = GOOD.replace("annealed_langevin", "heun");
         assert_eq!(TrialConfig::from_str_at(&heun, Path::new("t.toml")).unwrap().train().unwrap().sampler, SamplerSpec::Heun { n: 2000, steps: 18 });
     }
@@ -864,6 +874,8 @@ kind = "annealed_langevin"
             (GOOD.replace("steps = 100", "steps = 100\nlearning_rate = 0.1"), "train.learning_rate", 12, "unknown field"),
             (GOOD.replace("preset = \"ncsn2d\"", "preset = \"moons\""), "data.preset", 4, "unknown preset"),
             (GOOD.replace("steps = 100", "steps = \"many\""), "train.steps", 11, "invalid type"),
+            (GOOD.replace("steps = 100", "steps = 100\nlr_schedule = \"exponential\""), "train.lr_schedule", 12, "unknown variant `exponential`"),
+            (GOOD.replace("steps = 100", "steps = 100\nwarmup = 500"), "train.warmup", 12, "at most train.steps (100)"),
             (GOOD.replace("[train]\nsteps = 100\n", ""), "train", 1, "required"),
             (GOOD.replace("seed = 3", "seed = = 3"), "<syntax>", 2, ""),
             (GOOD.replace("noise = { ladder = \"geometric\", sigma_max = 10.0, sigma_min = 0.1, levels = 10 }", ""), "objective.noise", 7, "needs a noise ladder"),
@@ -927,7 +939,7 @@ n = 20
         assert_eq!((t.data.preset.as_str(), t.data.held_out, t.data.symmetric, t.data.dequantize), ("mnist", 500, true, true));
         assert_eq!(t.model, ImageModel::Mlp(ImageMlpSpec { hidden: 64, depth: 2, emb: 64, class_cond: true }));
         assert_eq!(t.objective, ImageObjective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: crate::image::SigmaData::Value(0.5), label_dropout: 0.1 });
-        assert_eq!(t.train, ImageTrain { steps: 10, batch: 128, lr: 1e-3, ema: 0.999, eval_every: 10 });
+        assert_eq!(t.train, ImageTrain { steps: 10, batch: 128, lr: 1e-3, lr_schedule: Default::default(), ema: 0.999, eval_every: 10 });
         assert_eq!(t.eval_n, 500, "every held-out image by default");
         assert_eq!(t.sampler, ImageSampler { kind: ImageSamplerKind::Heun, schedule: Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 }, guidance: 1.0, n: 20 });
         // The Langevin default step: 0.2·σ_min².
@@ -953,6 +965,8 @@ n = 20
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"edm\"\nsigma_min = 0.1"), "objective.sigma_min", 10, 1, "does not apply to kind = \"edm\""),
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ve\"\nsigma_min = 5.0\nsigma_max = 1.0"), "objective.sigma_max", 11, 1, "must exceed"),
             (GOOD_IMAGE.replace("steps = 10", "steps = 10\nema = 1.5"), "train.ema", 12, 1, "[0, 1)"),
+            (GOOD_IMAGE.replace("steps = 10", "steps = 10\nlr_schedule = \"step\""), "train.lr_schedule", 12, 1, "unknown variant `step`"),
+            (GOOD_IMAGE.replace("steps = 10", "steps = 10\nwarmup = 11"), "train.warmup", 12, 1, "at most train.steps"),
             (GOOD_IMAGE.replace("n = 20", "n = 25"), "sampler.n", 14, 1, "multiple of 10"),
             (GOOD_IMAGE.replace("n = 20", "n = 20\nguidance = 2.0").replace("kind = \"edm\"", "kind = \"edm\"\nlabel_dropout = 0.0"), "sampler.guidance", 16, 1, "label_dropout"),
             (GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"langevin\"\neps = 1e-5"), "sampler.eps", 14, 1, "cannot be stable"),

@@ -179,7 +179,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     };
     let trained = train::run(
         trainer.as_mut(),
-        Schedule { steps: cfg.train.steps, eval_every: cfg.train.eval_every },
+        Schedule { steps: cfg.train.steps, eval_every: cfg.train.eval_every, lr: cfg.train.lr, lr_schedule: cfg.train.lr_schedule },
         &mut batches,
         &mut Rng::stream(cfg.seed, Stream::Train),
         Checkpoints { columns: vec!["eval_loss".into()], evaluate: &mut evaluate },

@@ -67,6 +67,11 @@ impl Trainer for Autograd<'_> {
         Ok(loss)
     }
 
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.opt.set_learning_rate(lr);
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<()> {
         Ok(())
     }

@@ -40,6 +40,10 @@ pub trait Trainer {
     /// Training step number `step` (1-based: the EMA's warm-up counts it) on the clean batch,
     /// drawing perturbations and probes from `rng`; returns the loss before the update.
     fn step(&mut self, batch: &Batch, rng: &mut Rng, step: u64) -> Result<f64>;
+    /// The learning rate of the steps from now on (the train loop's schedule sets it before
+    /// each step unless the schedule is constant; until then the rate the trainer was built
+    /// with holds).
+    fn set_lr(&mut self, lr: f64) -> Result<()>;
     /// Writes the weights to evaluate into the model's variables.
     fn sync(&mut self) -> Result<()>;
     /// Undoes what `sync` changed that training reads (autograd with an EMA swaps the training
@@ -96,6 +100,8 @@ pub trait ToyStep {
     fn train(&mut self, x0: &[f64], d: usize, objective: &TrainObjective, rng: &mut Rng) -> Result<f64>;
     /// Writes the weights into the model's variables.
     fn store(&self, model: &MlpScore, varmap: &VarMap) -> Result<()>;
+    /// The Adam learning rate of the next updates.
+    fn set_lr(&mut self, lr: f64);
 }
 
 /// A [`ToyStep`] with the model whose variables it writes back.
@@ -113,6 +119,11 @@ impl<S: ToyStep> Trainer for Fast<'_, S> {
 
     fn step(&mut self, batch: &Batch, rng: &mut Rng, _step: u64) -> Result<f64> {
         self.step.train(&batch.x, self.model.arch.dim, &self.objective, rng)
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.step.set_lr(lr);
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {

@@ -20,12 +20,24 @@ use crate::data::Batch;
 use crate::outcome::{Progress, TrialStatus};
 use crate::rng::Rng;
 
-/// How long a run trains and how often it evaluates.
+/// How long a run trains, how often it evaluates and at what learning rate.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     pub steps: u64,
     /// At least 1.
     pub eval_every: u64,
+    /// The base rate (the one the trainer was built with).
+    pub lr: f64,
+    /// Step t's rate is `lr · lr_schedule.factor(t, steps)`, set before the step; a constant
+    /// schedule never calls [`Trainer::set_lr`].
+    pub lr_schedule: schema::lr::LrSchedule,
+}
+
+impl Schedule {
+    /// A constant rate (the trainer's own).
+    pub fn constant(steps: u64, eval_every: u64, lr: f64) -> Schedule {
+        Schedule { steps, eval_every, lr, lr_schedule: schema::lr::LrSchedule::default() }
+    }
 }
 
 /// The checkpoint values of a trial: their column names and the function computing them on
@@ -57,7 +69,7 @@ impl Trained {
     }
 }
 
-/// Trains `trainer` for `schedule.steps` steps on batches drawn by `batches` from `rng` (the
+/// Trains `trainer` for `schedule.steps` steps at the schedule's rates on batches drawn by `batches` from `rng` (the
 /// trial's training stream, which the trainer's own draws then continue), with the cadence,
 /// checkpoints, cancel and divergence rules of the module docs.
 pub fn run(
@@ -69,7 +81,7 @@ pub fn run(
     progress: &mut dyn FnMut(&Progress),
     cancel: &AtomicBool,
 ) -> Result<Trained> {
-    let Schedule { steps, eval_every } = schedule;
+    let Schedule { steps, eval_every, lr, lr_schedule } = schedule;
     let eval_every = eval_every.max(1);
     let mut columns: Vec<String> = vec!["step".into(), "train_loss".into()];
     columns.extend(checkpoints.columns);
@@ -106,6 +118,9 @@ pub fn run(
             break;
         }
         let batch = batches(rng);
+        if !lr_schedule.is_constant() {
+            trainer.set_lr(lr * lr_schedule.factor(step + 1, steps))?;
+        }
         let loss = trainer.step(&batch, rng, step + 1)?;
         if !loss.is_finite() {
             out.status = TrialStatus::Diverged { step };
@@ -143,6 +158,10 @@ mod tests {
             rng.uniform();
             Ok(self.losses[(step - 1) as usize])
         }
+        fn set_lr(&mut self, lr: f64) -> Result<()> {
+            self.calls.push(format!("lr {lr}"));
+            Ok(())
+        }
         fn sync(&mut self) -> Result<()> {
             self.synced = true;
             self.calls.push("sync".into());
@@ -156,6 +175,10 @@ mod tests {
     }
 
     fn go(losses: Vec<f64>, steps: u64, every: u64, values: &mut dyn FnMut() -> Result<Vec<f64>>, cancel_after: Option<u64>) -> (Trained, Vec<String>, Vec<Progress>) {
+        go_at(Schedule::constant(steps, every, 1.0), losses, values, cancel_after)
+    }
+
+    fn go_at(schedule: Schedule, losses: Vec<f64>, values: &mut dyn FnMut() -> Result<Vec<f64>>, cancel_after: Option<u64>) -> (Trained, Vec<String>, Vec<Progress>) {
         let mut t = Scripted { losses, calls: vec![], synced: false };
         let mut n = 0.0;
         let mut batches = |_: &mut Rng| {
@@ -170,9 +193,7 @@ mod tests {
                 cancel.store(true, Ordering::Relaxed);
             }
         };
-        let trained =
-            run(&mut t, Schedule { steps, eval_every: every }, &mut batches, &mut Rng::new(0), Checkpoints { columns: vec!["v".into()], evaluate: values }, &mut progress, &cancel)
-                .unwrap();
+        let trained = run(&mut t, schedule, &mut batches, &mut Rng::new(0), Checkpoints { columns: vec!["v".into()], evaluate: values }, &mut progress, &cancel).unwrap();
         (trained, t.calls, seen)
     }
 
@@ -217,6 +238,25 @@ mod tests {
         let (t, _, _) = go(vec![1.0; 6], 6, 3, &mut values, None);
         assert_eq!(t.status, TrialStatus::Diverged { step: 3 });
         assert_eq!(t.rows.len(), 2);
+    }
+
+    /// A decaying schedule tells the trainer each step's rate before the step, from the
+    /// closed form; a constant one never calls `set_lr` (checked by the test above).
+    #[test]
+    fn a_schedule_sets_each_steps_rate_before_the_step() {
+        use schema::lr::{LrDecay, LrSchedule};
+        let schedule = Schedule { steps: 4, eval_every: 10, lr: 0.2, lr_schedule: LrSchedule { decay: LrDecay::Cosine, warmup: 2 } };
+        let (_, calls, _) = go_at(schedule, vec![1.0; 4], &mut || Ok(vec![0.0]), None);
+        let steps: Vec<&String> = calls.iter().filter(|c| c.starts_with("lr") || c.starts_with("step")).collect();
+        let pi = std::f64::consts::PI;
+        // Step t: 0.2 · min(1, t/2) · ½(1 + cos(π (t−1)/4)).
+        let want: Vec<String> = (1..=4u64)
+            .flat_map(|t| {
+                let f = (t as f64 / 2.0).min(1.0) * 0.5 * (1.0 + (pi * (t - 1) as f64 / 4.0).cos());
+                [format!("lr {}", 0.2 * f), format!("step {t} x={t}")]
+            })
+            .collect();
+        assert_eq!(steps.iter().map(|s| s.as_str()).collect::<Vec<_>>(), want.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     }
 
     #[test]

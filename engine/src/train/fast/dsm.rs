@@ -129,6 +129,10 @@ impl crate::train::ToyStep for FastDsm {
         Ok(self.step(&p.xt, &p.eps, &p.sigma))
     }
 
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     fn store(&self, model: &MlpScore, varmap: &candle_nn::VarMap) -> Result<()> {
         FastDsm::store(self, model, varmap)
     }

@@ -287,6 +287,11 @@ impl FastImageMlp {
     }
 
     /// Writes the EMA weights into the VarMap's variables.
+    /// The AdamW learning rate of the next steps.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     pub fn store_ema(&self, varmap: &VarMap) -> Result<()> {
         self.write(varmap, self.ema.iter().map(|v| &v[..]))
     }

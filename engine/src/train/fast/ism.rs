@@ -217,6 +217,10 @@ impl crate::train::ToyStep for FastIsm {
         Ok(self.step(&x, sig.as_deref()))
     }
 
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     fn store(&self, model: &MlpScore, varmap: &candle_nn::VarMap) -> Result<()> {
         FastIsm::store(self, model, varmap)
     }

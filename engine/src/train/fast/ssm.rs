@@ -122,6 +122,10 @@ impl crate::train::ToyStep for FastSsm {
         Ok(self.step(&x, &v, sig.as_deref()))
     }
 
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     fn store(&self, model: &MlpScore, varmap: &candle_nn::VarMap) -> Result<()> {
         FastSsm::store(self, model, varmap)
     }
