@@ -818,6 +818,40 @@ impl Drop for Browser {
     }
 }
 
+/// Starts headless Chromium on `profile` and connects to its page over the DevTools protocol
+/// (runtime, log and page events on).
+async fn open_browser(chromium: &Path, profile: &Path) -> (Browser, Cdp) {
+    let mut child = std::process::Command::new(chromium)
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        .args(["--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1400,1800"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let browser = Browser(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let browser_ws = tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(30))).expect("Chromium printed no DevTools address");
+    let devtools = browser_ws.strip_prefix("ws://").unwrap().split('/').next().unwrap().to_string();
+    let pages = http(&devtools, "GET", "/json/list", &[]).await.json();
+    let page = pages.as_array().unwrap().iter().find(|p| p["type"] == "page").unwrap_or_else(|| panic!("no page in {pages}"));
+    let mut cdp = Cdp::connect(page["webSocketDebuggerUrl"].as_str().unwrap()).await;
+    for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
+        cdp.call(domain, serde_json::json!({})).await;
+    }
+    (browser, cdp)
+}
+
 /// Headless Chromium opens the printed link of a running sweep: the trial rows appear, a
 /// trial changes status live after a report, the claims table and a curve are drawn, a
 /// `<script>` device string shows as text, and the console has no errors. The screenshot's
@@ -830,34 +864,7 @@ fn headless_chromium_follows_a_running_sweep() {
     with_run(&dir, |mut c, addr, link| {
         let dir = &dir;
         async move {
-            let mut child = std::process::Command::new(&chromium)
-                .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
-                .args(["--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1400,1800"])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg("about:blank")
-                .stderr(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let stderr = child.stderr.take().unwrap();
-            let _browser = Browser(child);
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                        let _ = tx.send(url.trim().to_string());
-                    }
-                }
-            });
-            let browser_ws = rx.recv_timeout(Duration::from_secs(30)).expect("Chromium printed no DevTools address");
-            let devtools = browser_ws.strip_prefix("ws://").unwrap().split('/').next().unwrap().to_string();
-            let pages = http(&devtools, "GET", "/json/list", &[]).await.json();
-            let page = pages.as_array().unwrap().iter().find(|p| p["type"] == "page").unwrap_or_else(|| panic!("no page in {pages}"));
-            let mut cdp = Cdp::connect(page["webSocketDebuggerUrl"].as_str().unwrap()).await;
-            for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
-                cdp.call(domain, serde_json::json!({})).await;
-            }
+            let (_browser, mut cdp) = open_browser(&chromium, &profile).await;
             let worker = register(&mut c, "w", EVIL_DEVICE).await;
             let first = lease(&mut c, &worker).await;
             report(&mut c, &worker, &first, 0).await;
@@ -883,6 +890,59 @@ fn headless_chromium_follows_a_running_sweep() {
             assert_eq!(cdp.eval("document.querySelectorAll('img').length").await, 0, "no element from a device string");
             let shot = cdp.call("Page.captureScreenshot", serde_json::json!({"format": "png"})).await;
             let png = dir.join("dashboard.png");
+            std::fs::write(&png, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+            eprintln!("screenshot: {}", png.display());
+            let errors = cdp.errors();
+            assert!(errors.is_empty(), "console errors: {errors:#?}");
+        }
+    });
+}
+
+/// Headless Chromium on a running ASHA sweep of image trials: the done trial's sample grid
+/// loads as a picture of its size, its artifacts are listed by name, the decisions table shows
+/// the rung-0 decisions (one more appears live after a checkpoint), the pruned trial is counted
+/// and coloured and the status filter picks it, and the console has no errors.
+#[test]
+fn headless_chromium_shows_an_image_trials_grid_and_the_decisions() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tmpdir("browser-images");
+    let profile = dir.join("profile");
+    with_sweep(&dir, IMAGE_SWEEP, |mut c, _, link| {
+        let dir = &dir;
+        async move {
+            let (_browser, mut cdp) = open_browser(&chromium, &profile).await;
+            let (a, b, running, worker) = image_trials(&mut c).await;
+            cdp.call("Page.navigate", serde_json::json!({"url": link})).await;
+            cdp.wait_for("document.querySelectorAll('#trials tbody tr').length === 3", Duration::from_secs(20)).await;
+            // The grid: the done trial's samples.png, loaded (a picture of the size sent).
+            let img = "document.querySelector('#samples img.grid')";
+            cdp.wait_for(&format!("!!{img} && {img}.complete && {img}.naturalWidth > 0"), Duration::from_secs(5)).await;
+            assert_eq!(cdp.eval(&format!("[{img}.naturalWidth, {img}.naturalHeight]")).await, serde_json::json!([GRID_W, GRID_H]));
+            assert_eq!(cdp.eval(&format!("{img}.dataset.hash")).await, a.trial_hash.as_str());
+            cdp.wait_for("document.querySelectorAll('#artifacts li a').length === 2", Duration::from_secs(3)).await;
+            assert_eq!(cdp.eval("[...document.querySelectorAll('#artifacts li a')].map((a) => a.textContent)").await, serde_json::json!([NOTES, "samples.png"]));
+            // The decisions, the latest first; the pruned trial counted, coloured, filtered.
+            cdp.wait_for("document.querySelectorAll('#decisions tbody tr').length === 2 && !document.querySelector('#decisions-section').hidden", Duration::from_secs(3)).await;
+            assert_eq!(cdp.eval("[...document.querySelectorAll('#decisions tbody tr')].map((r) => r.dataset.decision)").await, serde_json::json!(["stop", "continue"]));
+            assert_eq!(cdp.eval("document.querySelector('#decisions tbody tr').dataset.trial").await, b.trial_hash.as_str());
+            let reason = cdp.eval("document.querySelector('#decisions tbody tr td:last-child').textContent").await;
+            assert_eq!(reason, "eval_loss = 5 is worse than the cutoff 1 (mode min)");
+            let counts = cdp.eval("document.getElementById('counts').textContent").await;
+            assert!(counts.as_str().unwrap().starts_with("2 / 3 finished: 1 done, 1 pruned, 0 failed; 1 running"), "{counts}");
+            let pruned_row = format!("document.querySelector('#trials tr[data-hash=\"{}\"]')", b.trial_hash);
+            assert_eq!(cdp.eval(&format!("{pruned_row}.dataset.status")).await, "pruned");
+            assert_eq!(cdp.eval(&format!("getComputedStyle({pruned_row}.querySelector('.status-pruned')).color")).await, "rgb(142, 68, 173)");
+            cdp.eval("(() => { const s = document.getElementById('status-filter'); s.value = 'pruned'; s.dispatchEvent(new Event('change')); })()").await;
+            assert_eq!(cdp.eval("[...document.querySelectorAll('#trials tbody tr')].map((r) => r.dataset.hash)").await, serde_json::json!([b.trial_hash]));
+            // A checkpoint of the running trial shows as a decision within a second or so.
+            let t0 = Instant::now();
+            assert!(!checkpoint(&mut c, &worker, &running, 1, 0.5).await.stop);
+            cdp.wait_for("document.querySelectorAll('#decisions tbody tr').length === 3", Duration::from_secs(3)).await;
+            eprintln!("browser: a decision showed on the page after {:?}", t0.elapsed());
+            assert_eq!(cdp.eval("document.querySelector('#decisions tbody tr').dataset.trial").await, running.trial_hash.as_str());
+            assert_eq!(cdp.eval("document.querySelectorAll('img').length").await, 1, "the grid is the page's only picture");
+            let shot = cdp.call("Page.captureScreenshot", serde_json::json!({"format": "png"})).await;
+            let png = dir.join("dashboard-images.png");
             std::fs::write(&png, base64_decode(shot["data"].as_str().unwrap())).unwrap();
             eprintln!("screenshot: {}", png.display());
             let errors = cdp.errors();
