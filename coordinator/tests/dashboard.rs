@@ -950,3 +950,139 @@ fn headless_chromium_shows_an_image_trials_grid_and_the_decisions() {
         }
     });
 }
+
+// ---- the terminal -------------------------------------------------------------------------
+
+/// `coordinator status --watch DIR` off a terminal: its frames (a blank line between two), as
+/// they come, and the process.
+struct Watch {
+    child: std::process::Child,
+    frames: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watch {
+    fn start(dir: &Path) -> Watch {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .args(["status", "--watch"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, frames) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut frame = String::new();
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.is_empty() {
+                    let _ = tx.send(std::mem::take(&mut frame));
+                } else {
+                    frame.push_str(&line);
+                    frame.push('\n');
+                }
+            }
+            if !frame.is_empty() {
+                let _ = tx.send(frame);
+            }
+        });
+        Watch { child, frames, seen: Vec::new() }
+    }
+
+    /// Waits (at most `limit`) for a frame that contains every one of `parts`; returns it.
+    fn frame_with(&mut self, parts: &[&str], limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let left = limit.saturating_sub(t0.elapsed());
+            let frame = tokio::task::block_in_place(|| self.frames.recv_timeout(left))
+                .unwrap_or_else(|e| panic!("no frame with {parts:?} after {limit:?} ({e}); frames: {:#?}", self.seen));
+            self.seen.push(frame.clone());
+            if parts.iter().all(|p| frame.contains(p)) {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its status, and every frame it printed.
+    fn exit(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("status --watch still running after {limit:?}; frames: {:#?}", self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.seen.extend(self.frames.iter());
+        (status, self.seen)
+    }
+}
+
+#[test]
+fn status_watch_follows_a_run_until_it_ends() {
+    let dir = tmpdir("watch");
+    with_run(&dir, |mut c, _, _| {
+        let dir = &dir;
+        async move {
+            let mut watch = Watch::start(dir);
+            watch.frame_with(&["4 trials: 0 done, 0 pruned, 0 running, 4 queued, 0 failed"], Duration::from_secs(5));
+            let worker = register(&mut c, "w", "cpu").await;
+            let first = lease(&mut c, &worker).await;
+            // Redrawn within about a second: the count, the worker, the running attempt.
+            let t0 = Instant::now();
+            let frame = watch.frame_with(
+                &["0 done, 0 pruned, 1 running, 3 queued", "workers (1):", "cpu, 1 core(s): 0 result(s)", &format!("running: trial {} on ", &first.trial_hash[..10])],
+                Duration::from_secs(3),
+            );
+            eprintln!("status --watch: a lease showed after {:?}", t0.elapsed());
+            assert!(!frame.contains('\x1b'), "off a terminal, no escape sequences: {frame:?}");
+            report(&mut c, &worker, &first, 0).await;
+            watch.frame_with(&["1 done, 0 pruned, 0 running, 3 queued", "cpu, 1 core(s): 1 result(s)"], Duration::from_secs(3));
+            for k in 1..4 {
+                let l = lease(&mut c, &worker).await;
+                report(&mut c, &worker, &l, k).await;
+            }
+            // The run is over: the last frame says so and the watch ends by itself.
+            let (status, frames) = watch.exit(Duration::from_secs(5));
+            assert!(status.success(), "{status}");
+            let last = frames.last().unwrap();
+            assert!(last.starts_with("4 trials: 4 done, 0 pruned, 0 running, 0 queued, 0 failed\n"), "{last}");
+            assert!(!last.contains("running: trial"), "{last}");
+            assert!(frames.len() >= 4, "{frames:#?}");
+        }
+    });
+    // On a finished run it prints once and exits.
+    let t0 = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator")).args(["status", "--watch"]).arg(&dir).output().unwrap();
+    assert!(out.status.success() && t0.elapsed() < Duration::from_secs(3), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("4 trials: 4 done, 0 pruned, 0 running, 0 queued, 0 failed\nworkers (1):\n") && !text.contains("\n\n"), "{text}");
+}
+
+#[test]
+fn status_watch_ends_with_a_run_stopped_early() {
+    let dir = tmpdir("watch-stopped");
+    with_run(&dir, |_, _, _| {
+        let dir = &dir;
+        async move {
+            // What `run` records: its start, and its end however it ends.
+            let mut st = State::open(&dir.join("state.db"), 1, 60.0).unwrap();
+            st.note("start", "the coordinator started the run").unwrap();
+            let mut watch = Watch::start(dir);
+            let frame = watch.frame_with(&["4 trials: 0 done, 0 pruned, 0 running, 4 queued, 0 failed"], Duration::from_secs(5));
+            assert!(!frame.contains("not going on"), "{frame}");
+            // Two more frames while it goes on: redrawn every second.
+            watch.frame_with(&["4 queued"], Duration::from_secs(3));
+            watch.frame_with(&["4 queued"], Duration::from_secs(3));
+            st.note("end", "stopped with 4 trial(s) queued and 0 running").unwrap();
+            let (status, frames) = watch.exit(Duration::from_secs(3));
+            assert!(status.success(), "{status}");
+            let last = frames.last().unwrap();
+            assert!(last.contains("4 queued") && last.contains("the run is not going on"), "{last}");
+        }
+    });
+}
