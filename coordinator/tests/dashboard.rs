@@ -3,6 +3,10 @@
 //! event stream announces a report within a second; `/api/run` carries what workers sent as
 //! data (a `<script>` device string included) and the numbers the claims are computed from;
 //! a finished run served from its database shows the numbers of claims.csv and report.md;
+//! `/api/artifact` serves only the artifacts recorded for a trial (404 for anything else,
+//! traversal included) and `/api/run` carries an ASHA sweep's decisions and pruned trials;
+//! headless Chromium follows a running sweep and shows an image trial's sample grid and the
+//! decisions; `coordinator status --watch` follows a run until it ends;
 //! `coordinator export optuna` writes a journal that Optuna itself loads as the same study.
 
 use std::collections::BTreeMap;

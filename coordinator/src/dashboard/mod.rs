@@ -3,10 +3,22 @@
 //!
 //! HTTP/1.1 on hyper (already in the build through tonic), one listener of its own. Routes:
 //! `/` (the page), `/app.js`, `/app.css` (the page's script and style, compiled into the
-//! binary: nothing is fetched from elsewhere), `/api/run` (the run as JSON, see [`snapshot`]),
-//! `/api/trial?hash=H` (one trial's curve and samples), `/api/events` (server-sent events: a
-//! `change` event after each change of the run, fed by [`crate::service::Shared::activity`],
-//! at most one per [`MIN_EVENT_GAP`]; the page then fetches `/api/run`).
+//! binary: nothing is fetched from elsewhere), `/api/run` (the run as JSON, see [`snapshot`]:
+//! progress with the pruned count, trials with their sample grid's name, claims, workers,
+//! early-stopping decisions), `/api/trial?hash=H` (one trial's curve, samples and artifact
+//! names), `/api/artifact?hash=H&name=N` (a file the trial's worker uploaded, see below),
+//! `/api/events` (server-sent events: a `change` event after each change of the run, fed by
+//! [`crate::service::Shared::activity`], at most one per [`MIN_EVENT_GAP`]; the page then
+//! fetches `/api/run`).
+//!
+//! Artifacts: `/api/artifact` serves `<out>/artifacts/H/N` only when the state database's
+//! `artifacts` table records name `N` for trial `H` (the full hash; both values strictly
+//! percent-decoded — `%` and two hex digits, `+` a plus sign — and compared byte for byte);
+//! anything else, `../state.db` encoded or not included, answers 404 and opens no file. A
+//! picture (PNG, JPEG, GIF, WebP: [`snapshot::image_type`]) is served as its image type, which
+//! the page shows as an image trial's sample grid; any other file as
+//! `application/octet-stream` with `Content-Disposition: attachment`, whatever media type its
+//! worker gave. The file is streamed in [`ARTIFACT_CHUNK`] frames, never read whole.
 //!
 //! Cost to the run: rebuilding `/api/run` reads the whole database, which grows with the
 //! sweep. A live dashboard rebuilds at most [`DUTY`] of the time: after a rebuild that took T,
