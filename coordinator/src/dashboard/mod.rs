@@ -470,3 +470,35 @@ impl Dashboard {
         answer(StatusCode::OK, "text/event-stream", StreamBody::new(ReceiverStream::new(rx)).boxed_unsync())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("samples.png").as_deref(), Some("samples.png"));
+        assert_eq!(percent_decode("a%20b%2Bc+d%C3%A9").as_deref(), Some("a b+c+dé"));
+        assert_eq!(percent_decode("..%2F..%2fstate.db").as_deref(), Some("../../state.db"));
+        assert_eq!(percent_decode("%252F").as_deref(), Some("%2F"), "decoded once");
+        for bad in ["%", "a%2", "%zz", "%+1", "%-1", "%FF", "%C3", "%e9"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn attachment_names_the_file_exactly_and_in_ascii() {
+        assert_eq!(attachment("notes (v2) é.txt"), "attachment; filename=\"notes (v2) _.txt\"; filename*=UTF-8''notes%20%28v2%29%20%C3%A9.txt");
+        assert_eq!(attachment("a\"b;c.bin"), "attachment; filename=\"a_b_c.bin\"; filename*=UTF-8''a%22b%3Bc.bin");
+    }
+
+    #[test]
+    fn only_pictures_are_images() {
+        assert_eq!(snapshot::image_type("samples.png", "application/octet-stream"), Some("image/png"));
+        assert_eq!(snapshot::image_type("GRID.JPG", ""), Some("image/jpeg"));
+        assert_eq!(snapshot::image_type("grid", "image/webp; q=1"), Some("image/webp"));
+        for (name, media) in [("x.svg", "image/svg+xml"), ("x.html", "text/html"), ("x.txt", "text/plain"), ("png", "")] {
+            assert_eq!(snapshot::image_type(name, media), None, "{name}");
+        }
+    }
+}
