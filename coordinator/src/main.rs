@@ -117,7 +117,8 @@ enum Command {
         /// Also one line per trial: status, worker and device.
         #[arg(long)]
         trials: bool,
-        /// Redraw every second, in place, until no trial is queued or running.
+        /// Redraw every second (in place on a terminal) until the run ends: nothing queued or
+        /// running, or its coordinator stopped.
         #[arg(long)]
         watch: bool,
     },
@@ -475,8 +476,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// `status`: once, or with `--watch` redrawn in place every second until no trial is queued
-/// or running (or Ctrl-C).
+/// `status`: once, or with `--watch` redrawn every second until the run ends: no trial is
+/// queued or running, or its coordinator recorded its end (or Ctrl-C). On a terminal each
+/// frame replaces the last in place; otherwise the frames follow each other, a blank line
+/// between two.
 fn status(dir: &std::path::Path, per_trial: bool, watch: bool) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     let terminal = std::io::stdout().is_terminal();
@@ -518,6 +521,12 @@ fn status_text(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<(String
     let running = st.running()?;
     drop(st);
     let state = results::state::State::load(&db)?;
+    // The run's coordinator recorded its end (a run stopped early, or one of before these
+    // events, is over once nothing is queued or running).
+    let ended = state.events.iter().rev().find(|e| e.kind == "start" || e.kind == "end").is_some_and(|e| e.kind == "end");
+    if ended && c.queued + c.running > 0 {
+        writeln!(o, "the run is not going on: its coordinator stopped with trials left (run the sweep again to resume)")?;
+    }
     let mut by_worker: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for r in state.in_sweep().filter_map(|t| t.result.as_ref()) {
         *by_worker.entry(r.worker.as_str()).or_default() += 1;
@@ -551,7 +560,7 @@ fn status_text(dir: &std::path::Path, per_trial: bool) -> anyhow::Result<(String
             writeln!(o, "  {} #{:<4} {:<9}{on}", t.short_hash(), t.idx, t.status.as_str())?;
         }
     }
-    Ok((o, c.queued + c.running == 0))
+    Ok((o, ended || c.queued + c.running == 0))
 }
 
 fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: usize, worker_bin: &std::path::Path) -> anyhow::Result<()> {

@@ -96,7 +96,10 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
     let shared = Shared::new(state, &sweep.trials, opts.lease_secs, artifacts);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async {
+    // `start` and `end` events bracket the run, however it ends (`status --watch` stops at the
+    // end of an interrupted run too).
+    let _ = rt.block_on(shared.store.call(|st| st.note("start", "the coordinator started the run")));
+    let outcome = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&opts.listen).await.with_context(|| format!("failed to listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
         let (host, warning) = crate::address::advertised_host(addr, opts.advertise.as_deref(), opts.remote_workers);
@@ -272,7 +275,13 @@ pub fn run(opts: &RunOptions, sweep: Sweep, mut launcher: Option<Box<dyn Launche
             let _ = task.await;
         }
         anyhow::Ok(())
-    })?;
+    });
+    let _ = rt.block_on(shared.store.call(|st| {
+        let c = st.counts()?;
+        let detail = if c.queued + c.running == 0 { "every trial finished".to_string() } else { format!("stopped with {} trial(s) queued and {} running", c.queued, c.running) };
+        st.note("end", &detail)
+    }));
+    outcome?;
     let recorded = rt.block_on(shared.store.call(|st| st.recorded_artifacts()));
     shared.store.close();
     if let Ok(recorded) = recorded {

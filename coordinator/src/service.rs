@@ -424,9 +424,8 @@ impl SweepRpc for Service {
         .to_string();
         let (worker, attempt, hash, index, step, last) = (r.worker_id, r.attempt_id, r.trial_hash, r.index, r.step, r.step >= r.total_steps);
         let (stop, note) = self.0.checked(move |st| st.checkpoint(&worker, attempt, &hash, index, step, last, &json, &metrics)).await?;
-        if stop {
-            self.0.touched();
-        }
+        // A checkpoint may have recorded a decision (continue or stop): the dashboard shows it.
+        self.0.touched();
         Ok(Response::new(pb::CheckpointReply { stop, note }))
     }
 

@@ -3,6 +3,10 @@
 //! event stream announces a report within a second; `/api/run` carries what workers sent as
 //! data (a `<script>` device string included) and the numbers the claims are computed from;
 //! a finished run served from its database shows the numbers of claims.csv and report.md;
+//! `/api/artifact` serves only the artifacts recorded for a trial (404 for anything else,
+//! traversal included) and `/api/run` carries an ASHA sweep's decisions and pruned trials;
+//! headless Chromium follows a running sweep and shows an image trial's sample grid and the
+//! decisions; `coordinator status --watch` follows a run until it ends;
 //! `coordinator export optuna` writes a journal that Optuna itself loads as the same study.
 
 use std::collections::BTreeMap;
@@ -33,10 +37,11 @@ fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
-/// An HTTP answer: status, headers (names lowercased), body.
+/// An HTTP answer: status, headers (names lowercased), body (as bytes, and as text).
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
+    bytes: Vec<u8>,
     body: String,
 }
 
@@ -70,6 +75,7 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) ->
     let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string())).collect();
     let mut body = Vec::new();
     match headers.iter().find(|(k, _)| k == "content-length") {
+        _ if method == "HEAD" => {}
         Some((_, n)) => {
             body.resize(n.parse().unwrap(), 0);
             s.read_exact(&mut body).await.unwrap();
@@ -78,8 +84,7 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) ->
             s.read_to_end(&mut body).await.unwrap();
         }
     }
-    let body = String::from_utf8(body).unwrap();
-    Reply { status, headers, body }
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), bytes: body }
 }
 
 /// An open event stream, positioned after the answer's headers.
@@ -157,11 +162,17 @@ fn cookie_of(r: &Reply) -> String {
 /// Runs the sweep's server and a live dashboard; `f` gets a client, the dashboard's address
 /// and its printed link.
 fn with_run<Fut: std::future::Future<Output = ()>>(dir: &Path, f: impl FnOnce(Client, String, String) -> Fut) {
+    with_sweep(dir, SWEEP, f)
+}
+
+/// [`with_run`] of the sweep file `text` (its `[early_stop]` rule in force, as `run` sets it).
+fn with_sweep<Fut: std::future::Future<Output = ()>>(dir: &Path, text: &str, f: impl FnOnce(Client, String, String) -> Fut) {
     let path = dir.join("sweep.toml");
-    std::fs::write(&path, SWEEP).unwrap();
-    let sweep = Sweep::parse(SWEEP, &path).unwrap();
+    std::fs::write(&path, text).unwrap();
+    let sweep = Sweep::parse(text, &path).unwrap();
     let mut st = State::open(&dir.join("state.db"), sweep.retries + 1, sweep.timeout).unwrap();
     st.sync(&sweep, false).unwrap();
+    st.set_rule(sweep.early_stop.clone());
     let shared = Shared::new(st, &sweep.trials, 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
@@ -188,7 +199,7 @@ fn with_run<Fut: std::future::Future<Output = ()>>(dir: &Path, f: impl FnOnce(Cl
     shared.store.close();
 }
 
-const ROUTES: [&str; 6] = ["/", "/app.js", "/app.css", "/api/run", "/api/trial?hash=0", "/api/events"];
+const ROUTES: [&str; 7] = ["/", "/app.js", "/app.css", "/api/run", "/api/trial?hash=0", "/api/artifact?hash=0&name=samples.png", "/api/events"];
 
 #[test]
 fn every_route_needs_the_token_and_the_page_follows_the_run_live() {
@@ -337,6 +348,253 @@ fn a_finished_run_shows_the_numbers_of_claims_csv_and_report_md() {
         let _ = stop.send(());
         dash.await.unwrap();
     });
+}
+
+// ---- image trials and early stopping -------------------------------------------------------
+
+/// Three image trials (the MNIST MLP denoiser, never trained here: the test plays the worker)
+/// stopped early by ASHA on `eval_loss`.
+const IMAGE_SWEEP: &str = "name = \"img\"\nretries = 0\n[base]\nseed = 0\n[base.data]\npreset = \"mnist\"\nheld_out = 1000\nlimit = 3000\n[base.model]\nkind = \"mlp\"\nhidden = 32\n[base.objective]\nkind = \"edm\"\n[base.train]\nsteps = 30\nbatch = 64\nlr = 1e-3\neval_every = 10\n[base.eval]\nn = 500\n[base.sampler]\nkind = \"heun\"\nn = 100\n[grid]\n\"train.lr\" = [0.001, 0.002, 0.003]\n[early_stop]\nkind = \"asha\"\nmetric = \"eval_loss\"\neta = 3\n";
+/// The sample grid's size (a picture of GRID_W × GRID_H gray pixels).
+const GRID_W: u32 = 40;
+const GRID_H: u32 = 20;
+/// A file that is not a picture, its name needing percent-encoding in a query.
+const NOTES: &str = "notes (v2) é+ü.txt";
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A grayscale PNG of `w` × `h` pixels (zlib with stored blocks: no compressor needed).
+fn png_gray(w: u32, h: u32, px: impl Fn(u32, u32) -> u8) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for y in 0..h {
+        raw.push(0);
+        raw.extend((0..w).map(|x| px(x, y)));
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        let n = b.len() as u16;
+        z.extend(n.to_le_bytes());
+        z.extend((!n).to_le_bytes());
+        z.extend(*b);
+    }
+    let (mut a, mut s) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + u32::from(x)) % 65521;
+        s = (s + a) % 65521;
+    }
+    z.extend(((s << 16) | a).to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend(data);
+        png.extend(&c);
+        png.extend(crc32(&c).to_be_bytes());
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &z);
+    chunk(b"IEND", &[]);
+    png
+}
+
+fn grid_png() -> Vec<u8> {
+    png_gray(GRID_W, GRID_H, |x, y| ((x * 7 + y * 13) % 256) as u8)
+}
+
+/// The notes file: 300 kB, several frames of the streamed answer.
+fn notes() -> Vec<u8> {
+    (0..300_000u32).map(|i| b"0123456789abcdef\n"[(i % 17) as usize]).collect()
+}
+
+async fn upload(c: &mut Client, worker: &str, attempt: u64, name: &str, media_type: &str, data: Vec<u8>) {
+    let chunk = pb::ArtifactChunk { worker_id: worker.into(), attempt_id: attempt, name: name.into(), media_type: media_type.into(), total_bytes: data.len() as u64, data };
+    c.upload_artifact(tokio_stream::iter(vec![chunk])).await.unwrap();
+}
+
+async fn checkpoint(c: &mut Client, worker: &str, l: &pb::Lease, index: u32, eval_loss: f64) -> pb::CheckpointReply {
+    let r = pb::CheckpointRequest {
+        worker_id: worker.into(),
+        attempt_id: l.attempt_id,
+        trial_hash: l.trial_hash.clone(),
+        index,
+        step: 10 * u64::from(index),
+        metrics: [("eval_loss".to_string(), eval_loss), ("train_loss".to_string(), eval_loss)].into(),
+        total_steps: 30,
+    };
+    c.checkpoint(r).await.unwrap().into_inner()
+}
+
+/// An image trial's report: `status` (done or pruned), its checkpoints so far, its artifacts.
+async fn image_report(c: &mut Client, worker: &str, l: &pb::Lease, status: Status, losses: &[f64], artifacts: &[&str]) {
+    let curve: Vec<Value> = losses.iter().enumerate().map(|(i, v)| serde_json::json!({"step": 10 * i, "eval_loss": v})).collect();
+    let last = losses.last().copied().unwrap_or(f64::NAN);
+    let metrics = serde_json::json!({"steps_done": 10 * (losses.len() - 1), "eval_loss": last, "train_seconds": 0.1, "eval_seconds": 0.1, "parameters": 1000, "nfe": 18, "sample_seconds": 0.1});
+    let r = pb::ReportRequest {
+        worker_id: worker.into(),
+        attempt_id: l.attempt_id,
+        trial_hash: l.trial_hash.clone(),
+        status: sweep_proto::status_to_wire(status),
+        metrics_json: metrics.to_string(),
+        curve_json: Value::Array(curve).to_string(),
+        wall_seconds: 0.3,
+        device: "cpu".into(),
+        artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    assert!(c.report(r).await.unwrap().into_inner().recorded);
+}
+
+/// The image sweep played out: trial A reaches rung 0 first (continue, nothing to compare
+/// with), uploads its sample grid and the notes and is done; trial B is worse at rung 0 (stop)
+/// and reports pruned; trial C is leased and running. Returns (A, B, C) and the worker.
+async fn image_trials(c: &mut Client) -> (pb::Lease, pb::Lease, pb::Lease, String) {
+    let worker = register(c, "w", "cpu").await;
+    let a = lease(c, &worker).await;
+    assert!(a.report_checkpoints, "[early_stop]: leases ask for checkpoints");
+    let r = checkpoint(c, &worker, &a, 1, 1.0).await;
+    assert!(!r.stop, "{r:?}");
+    upload(c, &worker, a.attempt_id, "samples.png", "image/png", grid_png()).await;
+    upload(c, &worker, a.attempt_id, NOTES, "text/html", notes()).await;
+    image_report(c, &worker, &a, Status::Done, &[2.0, 1.0, 0.8, 0.7], &["samples.png", NOTES]).await;
+    let b = lease(c, &worker).await;
+    let r = checkpoint(c, &worker, &b, 1, 5.0).await;
+    assert!(r.stop, "5 is worse than rung 0's cutoff 1: {r:?}");
+    image_report(c, &worker, &b, Status::Pruned, &[6.0, 5.0], &[]).await;
+    let cc = lease(c, &worker).await;
+    (a, b, cc, worker)
+}
+
+/// A query value percent-encoded as `encodeURIComponent` does.
+fn encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+#[test]
+fn artifacts_and_decisions_are_served_with_the_token_only() {
+    let dir = tmpdir("artifacts");
+    with_sweep(&dir, IMAGE_SWEEP, |mut c, addr, link| {
+        let dir = &dir;
+        async move {
+            let (a, b, _, _) = image_trials(&mut c).await;
+            let grid = format!("/api/artifact?hash={}&name=samples.png", a.trial_hash);
+            assert_eq!(http(&addr, "GET", &grid, &[]).await.status, 401, "an artifact without the token");
+            let token = link.split_once("?token=").unwrap().1.to_string();
+            let cookie = cookie_of(&http(&addr, "GET", &format!("/?token={token}"), &[]).await);
+            let with = [("Cookie", cookie.as_str())];
+
+            // The sample grid: a picture, byte for byte, as image/png.
+            let r = http(&addr, "GET", &grid, &with).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.header("content-type"), Some("image/png"));
+            assert_eq!(r.header("content-disposition"), None);
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+            assert_eq!(r.bytes, grid_png());
+            let bearer = format!("Bearer {token}");
+            assert_eq!(http(&addr, "GET", &grid, &[("Authorization", &bearer)]).await.status, 200);
+            let head = http(&addr, "HEAD", &grid, &with).await;
+            assert_eq!((head.status, head.header("content-length")), (200, Some(grid_png().len().to_string().as_str())));
+            assert_eq!(http(&addr, "POST", &grid, &with).await.status, 405);
+            // The notes: a download whatever media type the worker said (text/html here), its
+            // name percent-decoded from the query; 300 kB, streamed whole.
+            let notes_url = format!("/api/artifact?hash={}&name={}", a.trial_hash, encode(NOTES));
+            let r = http(&addr, "GET", &notes_url, &with).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+            let disposition = r.header("content-disposition").unwrap();
+            assert!(disposition.starts_with("attachment;") && disposition.ends_with("filename*=UTF-8''notes%20%28v2%29%20%C3%A9%2B%C3%BC.txt"), "{disposition}");
+            assert_eq!(r.header("content-length"), Some("300000"));
+            assert_eq!(r.bytes, notes());
+            // The hash may be percent-encoded too.
+            let encoded_hash: String = a.trial_hash.bytes().map(|b| format!("%{b:02x}")).collect();
+            assert_eq!(http(&addr, "GET", &format!("/api/artifact?hash={encoded_hash}&name=samples.png"), &with).await.status, 200);
+
+            // Nothing but a recorded name of that trial: a file put beside it, the database, a
+            // name of another trial, traversal (plain and percent-encoded), a `+` for a space,
+            // a stray `%`, bytes that are not UTF-8, the short hash, another case.
+            std::fs::write(dir.join("artifacts").join(&a.trial_hash).join("extra.png"), grid_png()).unwrap();
+            let h = &a.trial_hash;
+            let refused = [
+                format!("hash={h}&name=extra.png"),
+                format!("hash={h}&name=../../state.db"),
+                format!("hash={h}&name=..%2F..%2Fstate.db"),
+                format!("hash={h}&name=%2E%2E%2F%2E%2E%2Fstate.db"),
+                format!("hash={h}&name=..%252F..%252Fstate.db"),
+                format!("hash={h}&name=%2Fetc%2Fpasswd"),
+                "hash=..&name=state.db".to_string(),
+                "hash=..%2F..&name=state.db".to_string(),
+                "hash=&name=state.db".to_string(),
+                format!("hash={}&name=samples.png", b.trial_hash),
+                format!("hash={}&name=samples.png", &h[..10]),
+                format!("hash={h}&name=SAMPLES.PNG"),
+                format!("hash={h}&name=samples.png%00"),
+                format!("hash={h}&name=samples%2.png"),
+                format!("hash={h}&name=samples.png%"),
+                format!("hash={h}&name=%FF%FE"),
+                format!("hash={h}&name={}", encode(NOTES).replace("%20", "+")),
+                format!("hash={h}&name={}", encode(NOTES).replace("%2B", "+").replace("%20", " ").replace(' ', "%2520")),
+            ];
+            for q in &refused {
+                let r = http(&addr, "GET", &format!("/api/artifact?{q}"), &with).await;
+                assert_eq!(r.status, 404, "{q}: {}", r.body);
+                assert!(!r.bytes.starts_with(b"SQLite") && !r.bytes.starts_with(b"\x89PNG"), "{q}");
+            }
+            for path in ["/api/artifact/../state.db", "/api/artifact/..%2Fstate.db", "/state.db", "/artifacts/x/samples.png"] {
+                assert_eq!(http(&addr, "GET", path, &with).await.status, 404, "{path}");
+            }
+            assert_eq!(http(&addr, "GET", &format!("/api/artifact?hash={h}"), &with).await.status, 400);
+            // Recorded, but its file gone: 404 too.
+            std::fs::remove_file(dir.join("artifacts").join(h).join("samples.png")).unwrap();
+            assert_eq!(http(&addr, "GET", &grid, &with).await.status, 404);
+            std::fs::write(dir.join("artifacts").join(h).join("samples.png"), grid_png()).unwrap();
+
+            // /api/trial names the artifacts; /api/run each trial's grid, the decisions, the
+            // pruned trial.
+            let trial = http(&addr, "GET", &format!("/api/trial?hash={h}"), &with).await.json();
+            let names: Vec<(&str, bool)> = trial["artifacts"].as_array().unwrap().iter().map(|x| (x["name"].as_str().unwrap(), x["image"].as_bool().unwrap())).collect();
+            assert_eq!(names, [(NOTES, false), ("samples.png", true)]);
+            assert_eq!(trial["grid"], "samples.png");
+            let run = http(&addr, "GET", "/api/run", &with).await.json();
+            let by_hash = |hash: &str| run["trials"].as_array().unwrap().iter().find(|t| t["hash"] == hash).unwrap().clone();
+            assert_eq!(by_hash(&a.trial_hash)["grid"], "samples.png");
+            assert_eq!(by_hash(&b.trial_hash)["grid"], Value::Null);
+            assert_eq!(by_hash(&b.trial_hash)["status"], "pruned");
+            assert_eq!(run["progress"]["pruned"], 1);
+            assert_eq!(run["progress"]["done"], 1);
+            assert_eq!(run["progress"]["running"], 1);
+            assert_eq!(run["early_stop"], serde_json::json!({"kind": "asha", "metric": "eval_loss", "mode": "min"}));
+            assert_eq!(run["decisions_total"], 2);
+            let d = run["decisions"].as_array().unwrap();
+            assert_eq!(d.len(), 2);
+            assert_eq!(
+                (d[0]["trial"].as_str(), d[0]["decision"].as_str(), d[0]["rung"].as_i64(), d[0]["checkpoint"].as_i64()),
+                (Some(h.as_str()), Some("continue"), Some(0), Some(1))
+            );
+            assert_eq!((d[0]["value"].as_f64(), &d[0]["cutoff"]), (Some(1.0), &Value::Null));
+            assert_eq!((d[1]["trial"].as_str(), d[1]["decision"].as_str(), d[1]["step"].as_i64()), (Some(b.trial_hash.as_str()), Some("stop"), Some(10)));
+            assert_eq!((d[1]["value"].as_f64(), d[1]["cutoff"].as_f64()), (Some(5.0), Some(1.0)));
+            assert_eq!(d[1]["reason"], "eval_loss = 5 is worse than the cutoff 1 (mode min)");
+            assert_eq!(d[1]["short"], by_hash(&b.trial_hash)["short"]);
+        }
+    });
+    // decisions.csv says the same.
+    results::write_all(&dir.join("state.db"), &dir).unwrap();
+    let csv = std::fs::read_to_string(dir.join("decisions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.lines().nth(2).unwrap().contains(",stop,"), "{csv}");
 }
 
 /// The sweep's trials by hash, with the swept keys' values.
@@ -564,6 +822,40 @@ impl Drop for Browser {
     }
 }
 
+/// Starts headless Chromium on `profile` and connects to its page over the DevTools protocol
+/// (runtime, log and page events on).
+async fn open_browser(chromium: &Path, profile: &Path) -> (Browser, Cdp) {
+    let mut child = std::process::Command::new(chromium)
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        .args(["--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1400,1800"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let browser = Browser(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let browser_ws = tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(30))).expect("Chromium printed no DevTools address");
+    let devtools = browser_ws.strip_prefix("ws://").unwrap().split('/').next().unwrap().to_string();
+    let pages = http(&devtools, "GET", "/json/list", &[]).await.json();
+    let page = pages.as_array().unwrap().iter().find(|p| p["type"] == "page").unwrap_or_else(|| panic!("no page in {pages}"));
+    let mut cdp = Cdp::connect(page["webSocketDebuggerUrl"].as_str().unwrap()).await;
+    for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
+        cdp.call(domain, serde_json::json!({})).await;
+    }
+    (browser, cdp)
+}
+
 /// Headless Chromium opens the printed link of a running sweep: the trial rows appear, a
 /// trial changes status live after a report, the claims table and a curve are drawn, a
 /// `<script>` device string shows as text, and the console has no errors. The screenshot's
@@ -576,34 +868,7 @@ fn headless_chromium_follows_a_running_sweep() {
     with_run(&dir, |mut c, addr, link| {
         let dir = &dir;
         async move {
-            let mut child = std::process::Command::new(&chromium)
-                .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
-                .args(["--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1400,1800"])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg("about:blank")
-                .stderr(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let stderr = child.stderr.take().unwrap();
-            let _browser = Browser(child);
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                        let _ = tx.send(url.trim().to_string());
-                    }
-                }
-            });
-            let browser_ws = rx.recv_timeout(Duration::from_secs(30)).expect("Chromium printed no DevTools address");
-            let devtools = browser_ws.strip_prefix("ws://").unwrap().split('/').next().unwrap().to_string();
-            let pages = http(&devtools, "GET", "/json/list", &[]).await.json();
-            let page = pages.as_array().unwrap().iter().find(|p| p["type"] == "page").unwrap_or_else(|| panic!("no page in {pages}"));
-            let mut cdp = Cdp::connect(page["webSocketDebuggerUrl"].as_str().unwrap()).await;
-            for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
-                cdp.call(domain, serde_json::json!({})).await;
-            }
+            let (_browser, mut cdp) = open_browser(&chromium, &profile).await;
             let worker = register(&mut c, "w", EVIL_DEVICE).await;
             let first = lease(&mut c, &worker).await;
             report(&mut c, &worker, &first, 0).await;
@@ -633,6 +898,195 @@ fn headless_chromium_follows_a_running_sweep() {
             eprintln!("screenshot: {}", png.display());
             let errors = cdp.errors();
             assert!(errors.is_empty(), "console errors: {errors:#?}");
+        }
+    });
+}
+
+/// Headless Chromium on a running ASHA sweep of image trials: the done trial's sample grid
+/// loads as a picture of its size, its artifacts are listed by name, the decisions table shows
+/// the rung-0 decisions (one more appears live after a checkpoint), the pruned trial is counted
+/// and coloured and the status filter picks it, and the console has no errors.
+#[test]
+fn headless_chromium_shows_an_image_trials_grid_and_the_decisions() {
+    let Some(chromium) = chromium() else { return };
+    let dir = tmpdir("browser-images");
+    let profile = dir.join("profile");
+    with_sweep(&dir, IMAGE_SWEEP, |mut c, _, link| {
+        let dir = &dir;
+        async move {
+            let (_browser, mut cdp) = open_browser(&chromium, &profile).await;
+            let (a, b, running, worker) = image_trials(&mut c).await;
+            cdp.call("Page.navigate", serde_json::json!({"url": link})).await;
+            cdp.wait_for("document.querySelectorAll('#trials tbody tr').length === 3", Duration::from_secs(20)).await;
+            // The grid: the done trial's samples.png, loaded (a picture of the size sent).
+            let img = "document.querySelector('#samples img.grid')";
+            cdp.wait_for(&format!("!!{img} && {img}.complete && {img}.naturalWidth > 0"), Duration::from_secs(5)).await;
+            assert_eq!(cdp.eval(&format!("[{img}.naturalWidth, {img}.naturalHeight]")).await, serde_json::json!([GRID_W, GRID_H]));
+            assert_eq!(cdp.eval(&format!("{img}.dataset.hash")).await, a.trial_hash.as_str());
+            cdp.wait_for("document.querySelectorAll('#artifacts li a').length === 2", Duration::from_secs(3)).await;
+            assert_eq!(cdp.eval("[...document.querySelectorAll('#artifacts li a')].map((a) => a.textContent)").await, serde_json::json!([NOTES, "samples.png"]));
+            // The decisions, the latest first; the pruned trial counted, coloured, filtered.
+            cdp.wait_for("document.querySelectorAll('#decisions tbody tr').length === 2 && !document.querySelector('#decisions-section').hidden", Duration::from_secs(3)).await;
+            assert_eq!(cdp.eval("[...document.querySelectorAll('#decisions tbody tr')].map((r) => r.dataset.decision)").await, serde_json::json!(["stop", "continue"]));
+            assert_eq!(cdp.eval("document.querySelector('#decisions tbody tr').dataset.trial").await, b.trial_hash.as_str());
+            let reason = cdp.eval("document.querySelector('#decisions tbody tr td:last-child').textContent").await;
+            assert_eq!(reason, "eval_loss = 5 is worse than the cutoff 1 (mode min)");
+            let counts = cdp.eval("document.getElementById('counts').textContent").await;
+            assert!(counts.as_str().unwrap().starts_with("2 / 3 finished: 1 done, 1 pruned, 0 failed; 1 running"), "{counts}");
+            let pruned_row = format!("document.querySelector('#trials tr[data-hash=\"{}\"]')", b.trial_hash);
+            assert_eq!(cdp.eval(&format!("{pruned_row}.dataset.status")).await, "pruned");
+            assert_eq!(cdp.eval(&format!("getComputedStyle({pruned_row}.querySelector('.status-pruned')).color")).await, "rgb(142, 68, 173)");
+            cdp.eval("(() => { const s = document.getElementById('status-filter'); s.value = 'pruned'; s.dispatchEvent(new Event('change')); })()").await;
+            assert_eq!(cdp.eval("[...document.querySelectorAll('#trials tbody tr')].map((r) => r.dataset.hash)").await, serde_json::json!([b.trial_hash]));
+            // A checkpoint of the running trial shows as a decision within a second or so.
+            let t0 = Instant::now();
+            assert!(!checkpoint(&mut c, &worker, &running, 1, 0.5).await.stop);
+            cdp.wait_for("document.querySelectorAll('#decisions tbody tr').length === 3", Duration::from_secs(3)).await;
+            eprintln!("browser: a decision showed on the page after {:?}", t0.elapsed());
+            assert_eq!(cdp.eval("document.querySelector('#decisions tbody tr').dataset.trial").await, running.trial_hash.as_str());
+            assert_eq!(cdp.eval("document.querySelectorAll('img').length").await, 1, "the grid is the page's only picture");
+            let shot = cdp.call("Page.captureScreenshot", serde_json::json!({"format": "png"})).await;
+            let png = dir.join("dashboard-images.png");
+            std::fs::write(&png, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+            eprintln!("screenshot: {}", png.display());
+            let errors = cdp.errors();
+            assert!(errors.is_empty(), "console errors: {errors:#?}");
+        }
+    });
+}
+
+// ---- the terminal -------------------------------------------------------------------------
+
+/// `coordinator status --watch DIR` off a terminal: its frames (a blank line between two), as
+/// they come, and the process.
+struct Watch {
+    child: std::process::Child,
+    frames: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watch {
+    fn start(dir: &Path) -> Watch {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .args(["status", "--watch"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, frames) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut frame = String::new();
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.is_empty() {
+                    let _ = tx.send(std::mem::take(&mut frame));
+                } else {
+                    frame.push_str(&line);
+                    frame.push('\n');
+                }
+            }
+            if !frame.is_empty() {
+                let _ = tx.send(frame);
+            }
+        });
+        Watch { child, frames, seen: Vec::new() }
+    }
+
+    /// Waits (at most `limit`) for a frame that contains every one of `parts`; returns it.
+    fn frame_with(&mut self, parts: &[&str], limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let left = limit.saturating_sub(t0.elapsed());
+            let frame = tokio::task::block_in_place(|| self.frames.recv_timeout(left))
+                .unwrap_or_else(|e| panic!("no frame with {parts:?} after {limit:?} ({e}); frames: {:#?}", self.seen));
+            self.seen.push(frame.clone());
+            if parts.iter().all(|p| frame.contains(p)) {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its status, and every frame it printed.
+    fn exit(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("status --watch still running after {limit:?}; frames: {:#?}", self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.seen.extend(self.frames.iter());
+        (status, self.seen)
+    }
+}
+
+#[test]
+fn status_watch_follows_a_run_until_it_ends() {
+    let dir = tmpdir("watch");
+    with_run(&dir, |mut c, _, _| {
+        let dir = &dir;
+        async move {
+            let mut watch = Watch::start(dir);
+            watch.frame_with(&["4 trials: 0 done, 0 pruned, 0 running, 4 queued, 0 failed"], Duration::from_secs(5));
+            let worker = register(&mut c, "w", "cpu").await;
+            let first = lease(&mut c, &worker).await;
+            // Redrawn within about a second: the count, the worker, the running attempt.
+            let t0 = Instant::now();
+            let frame = watch.frame_with(
+                &["0 done, 0 pruned, 1 running, 3 queued", "workers (1):", "cpu, 1 core(s): 0 result(s)", &format!("running: trial {} on ", &first.trial_hash[..10])],
+                Duration::from_secs(3),
+            );
+            eprintln!("status --watch: a lease showed after {:?}", t0.elapsed());
+            assert!(!frame.contains('\x1b'), "off a terminal, no escape sequences: {frame:?}");
+            report(&mut c, &worker, &first, 0).await;
+            watch.frame_with(&["1 done, 0 pruned, 0 running, 3 queued", "cpu, 1 core(s): 1 result(s)"], Duration::from_secs(3));
+            for k in 1..4 {
+                let l = lease(&mut c, &worker).await;
+                report(&mut c, &worker, &l, k).await;
+            }
+            // The run is over: the last frame says so and the watch ends by itself.
+            let (status, frames) = watch.exit(Duration::from_secs(5));
+            assert!(status.success(), "{status}");
+            let last = frames.last().unwrap();
+            assert!(last.starts_with("4 trials: 4 done, 0 pruned, 0 running, 0 queued, 0 failed\n"), "{last}");
+            assert!(!last.contains("running: trial"), "{last}");
+            assert!(frames.len() >= 4, "{frames:#?}");
+        }
+    });
+    // On a finished run it prints once and exits.
+    let t0 = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator")).args(["status", "--watch"]).arg(&dir).output().unwrap();
+    assert!(out.status.success() && t0.elapsed() < Duration::from_secs(3), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("4 trials: 4 done, 0 pruned, 0 running, 0 queued, 0 failed\nworkers (1):\n") && !text.contains("\n\n"), "{text}");
+}
+
+#[test]
+fn status_watch_ends_with_a_run_stopped_early() {
+    let dir = tmpdir("watch-stopped");
+    with_run(&dir, |_, _, _| {
+        let dir = &dir;
+        async move {
+            // What `run` records: its start, and its end however it ends.
+            let mut st = State::open(&dir.join("state.db"), 1, 60.0).unwrap();
+            st.note("start", "the coordinator started the run").unwrap();
+            let mut watch = Watch::start(dir);
+            let frame = watch.frame_with(&["4 trials: 0 done, 0 pruned, 0 running, 4 queued, 0 failed"], Duration::from_secs(5));
+            assert!(!frame.contains("not going on"), "{frame}");
+            // Two more frames while it goes on: redrawn every second.
+            watch.frame_with(&["4 queued"], Duration::from_secs(3));
+            watch.frame_with(&["4 queued"], Duration::from_secs(3));
+            st.note("end", "stopped with 4 trial(s) queued and 0 running").unwrap();
+            let (status, frames) = watch.exit(Duration::from_secs(3));
+            assert!(status.success(), "{status}");
+            let last = frames.last().unwrap();
+            assert!(last.contains("4 queued") && last.contains("the run is not going on"), "{last}");
         }
     });
 }

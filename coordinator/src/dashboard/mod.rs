@@ -3,10 +3,22 @@
 //!
 //! HTTP/1.1 on hyper (already in the build through tonic), one listener of its own. Routes:
 //! `/` (the page), `/app.js`, `/app.css` (the page's script and style, compiled into the
-//! binary: nothing is fetched from elsewhere), `/api/run` (the run as JSON, see [`snapshot`]),
-//! `/api/trial?hash=H` (one trial's curve and samples), `/api/events` (server-sent events: a
-//! `change` event after each change of the run, fed by [`crate::service::Shared::activity`],
-//! at most one per [`MIN_EVENT_GAP`]; the page then fetches `/api/run`).
+//! binary: nothing is fetched from elsewhere), `/api/run` (the run as JSON, see [`snapshot`]:
+//! progress with the pruned count, trials with their sample grid's name, claims, workers,
+//! early-stopping decisions), `/api/trial?hash=H` (one trial's curve, samples and artifact
+//! names), `/api/artifact?hash=H&name=N` (a file the trial's worker uploaded, see below),
+//! `/api/events` (server-sent events: a `change` event after each change of the run, fed by
+//! [`crate::service::Shared::activity`], at most one per [`MIN_EVENT_GAP`]; the page then
+//! fetches `/api/run`).
+//!
+//! Artifacts: `/api/artifact` serves `<out>/artifacts/H/N` only when the state database's
+//! `artifacts` table records name `N` for trial `H` (the full hash; both values strictly
+//! percent-decoded — `%` and two hex digits, `+` a plus sign — and compared byte for byte);
+//! anything else, `../state.db` encoded or not included, answers 404 and opens no file. A
+//! picture (PNG, JPEG, GIF, WebP: [`snapshot::image_type`]) is served as its image type, which
+//! the page shows as an image trial's sample grid; any other file as
+//! `application/octet-stream` with `Content-Disposition: attachment`, whatever media type its
+//! worker gave. The file is streamed in [`ARTIFACT_CHUNK`] frames, never read whole.
 //!
 //! Cost to the run: rebuilding `/api/run` reads the whole database, which grows with the
 //! sweep. A live dashboard rebuilds at most [`DUTY`] of the time: after a rebuild that took T,
@@ -205,10 +217,53 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     answer(status, "text/plain; charset=utf-8", full(message.into()))
 }
 
-/// The value of `name` in a query string (values here are hex: no percent-decoding needed).
+/// The value of `name` in a query string, as sent (the first, when it comes more than once).
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
+
+/// `s` percent-decoded strictly (RFC 3986: `%` and two hex digits; `+` is a plus sign, as
+/// `encodeURIComponent` writes a space `%20`); None for a stray `%` or bytes that are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (hi, lo) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A query value, percent-decoded (None when absent or not strictly decodable).
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query_param(query, name).and_then(percent_decode)
+}
+
+/// `Content-Disposition: attachment` with the name as RFC 6266/5987 say (an ASCII fallback in
+/// `filename`, the exact name percent-encoded in `filename*`).
+fn attachment(name: &str) -> String {
+    let ascii: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "._- ()".contains(c) { c } else { '_' }).collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+/// Bytes read from an artifact's file per frame of its answer.
+const ARTIFACT_CHUNK: usize = 64 << 10;
 
 impl Dashboard {
     fn token_ok(&self, given: &str) -> bool {
@@ -263,10 +318,9 @@ impl Dashboard {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
             },
             "/api/trial" => {
-                let Some(hash) = query_param(&query, "hash") else {
+                let Some(hash) = query_value(&query, "hash") else {
                     return text(StatusCode::BAD_REQUEST, "/api/trial needs ?hash=TRIAL_HASH\n");
                 };
-                let hash = hash.to_string();
                 match self.built().await {
                     Ok((_, state)) => match snapshot::trial(&state, &hash) {
                         Some(v) => answer(StatusCode::OK, "application/json", full(v.to_string())),
@@ -275,6 +329,7 @@ impl Dashboard {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
                 }
             }
+            "/api/artifact" => self.artifact(&query, *req.method() == Method::HEAD).await,
             "/api/events" => self.clone().events(),
             _ => text(StatusCode::NOT_FOUND, format!("no page {path}\n")),
         }
@@ -306,6 +361,64 @@ impl Dashboard {
         cache.built = Some(Built { seq, json: json.clone(), state: state.clone() });
         cache.last_build = Some((std::time::Instant::now(), started.elapsed()));
         Ok((json, state))
+    }
+
+    /// `/api/artifact?hash=H&name=N`: a file the trial's worker uploaded, served only when the
+    /// state database records `N` for trial `H` (full hash; both strictly percent-decoded and
+    /// compared byte for byte), else 404 — no other path is ever opened. Streamed from the file
+    /// in [`ARTIFACT_CHUNK`] frames; a picture as its image type, anything else as a download.
+    async fn artifact(&self, query: &str, head: bool) -> Response<Body> {
+        let (Some(hash), Some(name)) = (query_param(query, "hash"), query_param(query, "name")) else {
+            return text(StatusCode::BAD_REQUEST, "/api/artifact needs ?hash=TRIAL_HASH&name=NAME\n");
+        };
+        let not_found = || text(StatusCode::NOT_FOUND, "no such artifact: /api/artifact serves the files recorded for a trial (see /api/trial)\n");
+        let (Some(hash), Some(name)) = (percent_decode(hash), percent_decode(name)) else {
+            return not_found();
+        };
+        let db = self.db.clone();
+        let found = match tokio::task::spawn_blocking(move || snapshot::recorded_artifact(&db, &hash, &name)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read the run: {e}\n")),
+        };
+        let Some(found) = found else { return not_found() };
+        // Recorded, but the move into place may not have happened yet (artifacts.rs).
+        let Ok(file) = tokio::fs::File::open(&found.path).await else {
+            return text(StatusCode::NOT_FOUND, "this artifact is recorded but its file is not in place (yet)\n");
+        };
+        let Some(len) = file.metadata().await.ok().filter(|m| m.is_file()).map(|m| m.len()) else {
+            return not_found();
+        };
+        let body = if head {
+            full(Bytes::new())
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut file = file;
+                loop {
+                    let mut buf = vec![0u8; ARTIFACT_CHUNK];
+                    match file.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.send(Ok(Frame::data(Bytes::from(buf)))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            StreamBody::new(ReceiverStream::new(rx)).boxed_unsync()
+        };
+        let mut r = answer(StatusCode::OK, found.image.unwrap_or("application/octet-stream"), body);
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+        if found.image.is_none() {
+            let v = header::HeaderValue::from_str(&attachment(&found.name)).unwrap_or(header::HeaderValue::from_static("attachment"));
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+        r
     }
 
     /// Until when the next rebuild waits: T·(1/DUTY − 1) after a rebuild that took T.
@@ -355,5 +468,37 @@ impl Dashboard {
             }
         });
         answer(StatusCode::OK, "text/event-stream", StreamBody::new(ReceiverStream::new(rx)).boxed_unsync())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("samples.png").as_deref(), Some("samples.png"));
+        assert_eq!(percent_decode("a%20b%2Bc+d%C3%A9").as_deref(), Some("a b+c+dé"));
+        assert_eq!(percent_decode("..%2F..%2fstate.db").as_deref(), Some("../../state.db"));
+        assert_eq!(percent_decode("%252F").as_deref(), Some("%2F"), "decoded once");
+        for bad in ["%", "a%2", "%zz", "%+1", "%-1", "%FF", "%C3", "%e9"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn attachment_names_the_file_exactly_and_in_ascii() {
+        assert_eq!(attachment("notes (v2) é.txt"), "attachment; filename=\"notes (v2) _.txt\"; filename*=UTF-8''notes%20%28v2%29%20%C3%A9.txt");
+        assert_eq!(attachment("a\"b;c.bin"), "attachment; filename=\"a_b_c.bin\"; filename*=UTF-8''a%22b%3Bc.bin");
+    }
+
+    #[test]
+    fn only_pictures_are_images() {
+        assert_eq!(snapshot::image_type("samples.png", "application/octet-stream"), Some("image/png"));
+        assert_eq!(snapshot::image_type("GRID.JPG", ""), Some("image/jpeg"));
+        assert_eq!(snapshot::image_type("grid", "image/webp; q=1"), Some("image/webp"));
+        for (name, media) in [("x.svg", "image/svg+xml"), ("x.html", "text/html"), ("x.txt", "text/plain"), ("png", "")] {
+            assert_eq!(snapshot::image_type(name, media), None, "{name}");
+        }
     }
 }

@@ -5,14 +5,17 @@
 //! page only ever puts them into the document as text.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use results::state::{State, Trial, worker_display};
+use results::state::{Decision, State, Trial, worker_display};
 use schema::Status;
 use serde_json::{Value, json};
 
 /// Most sample and data points `/api/trial` sends per trial (the scatter needs no more).
 pub const MAX_POINTS: usize = 2000;
+
+/// Most early-stopping decisions `/api/run` sends: the latest (`decisions_total` counts all).
+pub const MAX_DECISIONS: usize = 1000;
 
 /// A running attempt (`attempts` row with outcome `running`).
 #[derive(Debug, Clone)]
@@ -37,6 +40,55 @@ pub fn running_attempts(db: &Path) -> rusqlite::Result<Vec<RunningAttempt>> {
         Ok(RunningAttempt { trial: r.get(0)?, worker: worker_display(&r.get::<_, String>(1)?), device: r.get(2)?, leased_at: r.get(3)?, deadline: r.get(4)? })
     })?;
     rows.collect()
+}
+
+/// An artifact [`recorded_artifact`] found: where its file is, and how to serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundArtifact {
+    pub name: String,
+    pub path: PathBuf,
+    /// Its image type, when the page may show it ([`image_type`]).
+    pub image: Option<&'static str>,
+}
+
+/// The content type of an artifact the page shows as a picture: by its name's extension, else
+/// by the media type its worker gave, out of PNG, JPEG, GIF and WebP only (never SVG or HTML:
+/// a worker's file is never rendered as a document). None: anything else (a download).
+pub fn image_type(name: &str, media_type: &str) -> Option<&'static str> {
+    const IMAGES: [(&str, &str); 5] = [("png", "image/png"), ("jpg", "image/jpeg"), ("jpeg", "image/jpeg"), ("gif", "image/gif"), ("webp", "image/webp")];
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let by_name = IMAGES.iter().find(|(e, _)| ext.as_deref() == Some(*e)).map(|(_, t)| *t);
+    let media = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    by_name.or_else(|| IMAGES.iter().find(|(_, t)| *t == media).map(|(_, t)| *t))
+}
+
+/// The artifact `name` of trial `hash` (full hash), when the state database records it for
+/// that trial (compared byte for byte); None otherwise, and for a name or hash that could
+/// leave `<out>/artifacts/<hash>/` (a database written by hand).
+pub fn recorded_artifact(db: &Path, hash: &str, name: &str) -> rusqlite::Result<Option<FoundArtifact>> {
+    use rusqlite::OptionalExtension;
+    let conn = results::layout::open_read_only(db)?;
+    let table = conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'artifacts'")?.exists([])?;
+    if !table {
+        return Ok(None);
+    }
+    let row: Option<(String, String, String)> = conn
+        .query_row("SELECT trial_hash, name, media_type FROM artifacts WHERE trial_hash = ?1 AND name = ?2 LIMIT 1", [hash, name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((hash, name, media_type)) = row else { return Ok(None) };
+    if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_alphanumeric()) || crate::artifacts::check_name(&name).is_err() {
+        return Ok(None);
+    }
+    let out = db.parent().unwrap_or(Path::new("."));
+    let path = out.join("artifacts").join(&hash).join(&name);
+    Ok(Some(FoundArtifact { image: image_type(&name, &media_type), name, path }))
+}
+
+/// The picture the page shows for a trial: its first image artifact named `samples…`, else its
+/// first image artifact.
+fn grid(t: &Trial) -> Option<&str> {
+    let images = || t.artifacts.iter().filter(|a| image_type(&a.name, &a.media_type).is_some());
+    images().find(|a| a.name.starts_with("samples")).or_else(|| images().next()).map(|a| a.name.as_str())
 }
 
 /// A finite number, or JSON null.
@@ -119,6 +171,36 @@ fn trial_json(t: &Trial, keys: &[String]) -> Value {
         "curve_columns": columns,
         "checkpoints": t.curve.len(),
         "has_samples": t.samples.is_some(),
+        "grid": grid(t),
+    })
+}
+
+/// Why a decision went the way it did, in words, from what was recorded.
+pub fn reason(d: &Decision, mode: Option<&str>) -> String {
+    let value = results::claims::fmt_num(d.value);
+    let mode = mode.map(|m| format!(" (mode {m})")).unwrap_or_default();
+    match d.cutoff {
+        None => format!("first trial at rung {}: nothing to compare {} = {value} with", d.rung, d.metric),
+        Some(c) if d.decision == "stop" => format!("{} = {value} is worse than the cutoff {}{mode}", d.metric, results::claims::fmt_num(c)),
+        Some(c) => format!("{} = {value} is not worse than the cutoff {}{mode}", d.metric, results::claims::fmt_num(c)),
+    }
+}
+
+fn decision_json(d: &Decision, short: &BTreeMap<&str, &str>, mode: Option<&str>) -> Value {
+    json!({
+        "trial": d.trial_hash,
+        "short": short.get(d.trial_hash.as_str()).copied().unwrap_or(d.trial_hash.as_str()),
+        "attempt": d.attempt_id,
+        "rule": d.rule,
+        "metric": d.metric,
+        "rung": d.rung,
+        "checkpoint": d.checkpoint,
+        "step": d.step,
+        "value": num(Some(d.value)),
+        "cutoff": num(d.cutoff),
+        "decision": d.decision,
+        "reason": reason(d, mode),
+        "at": num(Some(d.at)),
     })
 }
 
@@ -183,6 +265,8 @@ pub fn run_json(state: &State, running: &[RunningAttempt], info: &RunInfo) -> Va
             })
         })
         .collect();
+    let mode = state.adaptive.early_stop.as_ref().map(|(_, _, m)| m.as_str());
+    let decisions: Vec<Value> = state.decisions[state.decisions.len().saturating_sub(MAX_DECISIONS)..].iter().map(|d| decision_json(d, &short, mode)).collect();
     let events: Vec<Value> = state.events.iter().map(|e| json!({"at": e.at, "kind": e.kind, "detail": e.detail})).collect();
     json!({
         "sweep": state.sweep.as_ref().map(|s| json!({"name": s.name, "file": s.file})),
@@ -203,6 +287,9 @@ pub fn run_json(state: &State, running: &[RunningAttempt], info: &RunInfo) -> Va
         "workers": workers,
         "running": running_json,
         "claims": claims,
+        "early_stop": state.adaptive.early_stop.as_ref().map(|(kind, metric, mode)| json!({"kind": kind, "metric": metric, "mode": mode})),
+        "decisions": decisions,
+        "decisions_total": state.decisions.len(),
         "events": events,
     })
 }
@@ -219,5 +306,7 @@ pub fn trial(state: &State, hash: &str) -> Option<Value> {
     let t = state.trials.iter().find(|t| t.hash == hash || t.short_hash() == hash)?;
     let curve: Vec<BTreeMap<&str, Value>> = t.curve.iter().map(|r| r.iter().map(|(k, v)| (k.as_str(), num(Some(*v)))).collect()).collect();
     let samples = t.samples.as_ref().map(|s| json!({"dim": s.dim, "samples": thin(&s.samples), "data": thin(&s.data)}));
-    Some(json!({"hash": t.hash, "short": t.short_hash(), "status": t.status.as_str(), "curve": curve, "samples": samples}))
+    let artifacts: Vec<Value> =
+        t.artifacts.iter().map(|a| json!({"name": a.name, "media_type": a.media_type, "bytes": a.bytes, "image": image_type(&a.name, &a.media_type).is_some()})).collect();
+    Some(json!({"hash": t.hash, "short": t.short_hash(), "status": t.status.as_str(), "curve": curve, "samples": samples, "artifacts": artifacts, "grid": grid(t)}))
 }

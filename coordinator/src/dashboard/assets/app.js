@@ -69,9 +69,10 @@ function renderRun(r) {
   $("sweep-name").textContent = r.sweep ? r.sweep.name : "";
   $("sweep-file").textContent = r.sweep ? r.sweep.file : "";
   const p = r.progress;
-  const finished = p.done + p.failed;
+  const finished = p.done + p.failed + p.pruned;
   $("progress-bar").style.width = p.total ? `${(100 * finished) / p.total}%` : "0";
-  $("counts").textContent = `${finished} / ${p.total} finished: ${p.done} done, ${p.failed} failed; ${p.running} running, ${p.queued} queued` +
+  const pruned = p.pruned || r.early_stop ? `, ${p.pruned} pruned` : "";
+  $("counts").textContent = `${finished} / ${p.total} finished: ${p.done} done${pruned}, ${p.failed} failed; ${p.running} running, ${p.queued} queued` +
     (r.respawns ? `; ${r.respawns} worker respawn(s)` : "") + (r.out_of_sweep ? `; ${r.out_of_sweep} trial(s) no longer in the sweep` : "");
   $("rate").textContent = r.rate_per_second != null ? `${fmt(r.rate_per_second * 60)} trials/min, ETA ${duration(r.eta_seconds)}` : "";
 }
@@ -91,6 +92,23 @@ function renderWorkers(r) {
     el("td", {}, w.current.join(", ")), el("td", {}, ago(w.last_heartbeat, r.now)), el("td", { class: "num" }, w.results))));
   replaceRows($("events").tBodies[0], r.events.slice(-50).map((e) => el("tr", {},
     el("td", {}, new Date(e.at * 1000).toLocaleTimeString()), el("td", {}, e.kind), el("td", {}, e.detail))));
+}
+
+// Early-stopping decisions, the latest first (shown when the sweep has a rule or decisions).
+function renderDecisions(r) {
+  const shown = !!r.early_stop || r.decisions.length > 0;
+  $("decisions-section").hidden = !shown;
+  if (!shown) return;
+  const es = r.early_stop;
+  const stops = r.decisions.filter((d) => d.decision === "stop").length;
+  $("decisions-rule").textContent = (es ? `${es.kind} on ${es.metric} (${es.mode}); ` : "") +
+    `${r.decisions_total} decision(s), ${r.progress.pruned} trial(s) pruned` +
+    (r.decisions_total > r.decisions.length ? `; the latest ${r.decisions.length} shown (${stops} stop)` : "");
+  replaceRows($("decisions").tBodies[0], r.decisions.slice().reverse().map((d) => el("tr", { "data-trial": d.trial, "data-decision": d.decision },
+    el("td", {}, d.at != null ? new Date(d.at * 1000).toLocaleTimeString() : ""), el("td", {}, d.short),
+    el("td", { class: "num" }, d.rung), el("td", { class: "num" }, d.checkpoint), el("td", { class: "num" }, d.step),
+    el("td", {}, d.metric), el("td", { class: "num" }, fmt(d.value)), el("td", { class: "num" }, fmt(d.cutoff)),
+    el("td", { class: "decision-" + d.decision }, d.decision), el("td", { class: "details" }, d.reason))));
 }
 
 // ---- the trial table ----------------------------------------------------------------------
@@ -145,8 +163,17 @@ function renderTrials(r) {
   }
   $("trials").tHead.replaceChildren(head);
   const keep = matcher($("filter").value);
+  const statuses = [...new Set(r.trials.map((t) => t.status))].sort();
+  const pick = $("status-filter");
+  const wanted = pick.value;
+  const listed = [...pick.options].slice(1).map((o) => o.value);
+  if (listed.join("\n") !== statuses.join("\n")) {
+    pick.replaceChildren(el("option", { value: "" }, "every status"), ...statuses.map((s) => el("option", { value: s, class: "status-" + s }, s)));
+    pick.value = statuses.includes(wanted) ? wanted : "";
+  }
+  const status = pick.value;
   const sortCol = cols.find((c) => c.key === view.sort.key) || cols[0];
-  const rows = r.trials.filter((t) => keep(t, cols));
+  const rows = r.trials.filter((t) => (!status || t.status === status) && keep(t, cols));
   rows.sort((a, b) => (view.sort.desc ? -1 : 1) * compare(sortCol.get(a), sortCol.get(b)));
   $("shown").textContent = rows.length > MAX_ROWS ? `showing ${MAX_ROWS} of ${rows.length} matching` : `${rows.length} of ${r.trials.length}`;
   const plotted = new Set(plottedTrials(r).map((t) => t.hash));
@@ -293,14 +320,42 @@ function renderParallel(r) {
   box.replaceChildren(root);
 }
 
+// The trial whose samples are shown: the first plotted one with a sample grid (an image
+// trial's picture) or samples, else the first such trial of the run.
+function samplesTrial(r) {
+  const has = (t) => t.grid != null || t.has_samples;
+  return plottedTrials(r).find(has) || r.trials.find(has);
+}
+
+function artifactUrl(hash, name) {
+  return `/api/artifact?hash=${encodeURIComponent(hash)}&name=${encodeURIComponent(name)}`;
+}
+
+// The files the shown trial's worker uploaded, as links (names as text).
+function renderArtifacts(t) {
+  const list = t ? view.trials.get(t.hash)?.data?.artifacts || [] : [];
+  replaceRows($("artifacts"), list.map((a) => el("li", {}, el("a", { href: artifactUrl(t.hash, a.name) }, a.name), ` (${a.bytes} bytes${a.image ? "" : ", download"})`)));
+}
+
 function renderSamples(r) {
   const box = $("samples");
-  const t = plottedTrials(r).find((t) => t.has_samples && view.trials.get(t.hash)?.data?.samples);
+  const t = samplesTrial(r);
+  renderArtifacts(t);
+  if (t && t.grid != null) {
+    // An image trial: its sample grid, as uploaded (kept, not reloaded, while it is the same).
+    $("samples-trial").textContent = `trial ${t.short}: ${t.grid}`;
+    const src = artifactUrl(t.hash, t.grid);
+    const shown = box.querySelector("img.grid");
+    if (!shown || shown.getAttribute("src") !== src) {
+      box.replaceChildren(el("img", { class: "grid", src, alt: `${t.grid} of trial ${t.short}`, "data-hash": t.hash }));
+    }
+    return;
+  }
   const w = 480, h = 400, m = { l: 50, r: 20, t: 20, b: 30 };
   const root = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img" });
-  if (!t) {
+  if (!t || !view.trials.get(t.hash)?.data?.samples) {
     $("samples-trial").textContent = "";
-    root.append(svg("text", { x: w / 2, y: h / 2, "text-anchor": "middle" }, "no plotted trial has samples yet"));
+    root.append(svg("text", { x: w / 2, y: h / 2, "text-anchor": "middle" }, "no trial has samples yet"));
     box.replaceChildren(root);
     return;
   }
@@ -325,7 +380,8 @@ async function renderPlots() {
   if (!r) return;
   fillSelect($("curve-metric"), r.curve_columns.filter((c) => c !== "step"), ["gap", "loss", "train_loss"]);
   fillSelect($("pc-metric"), r.metrics, ["l_esm", "loss", "gap"]);
-  const want = plottedTrials(r).filter((t) => {
+  const shown = samplesTrial(r);
+  const want = plottedTrials(r).concat(shown && !plottedTrials(r).includes(shown) ? [shown] : []).filter((t) => {
     const have = view.trials.get(t.hash);
     return !have || have.checkpoints !== t.checkpoints || have.status !== t.status;
   });
@@ -352,6 +408,7 @@ async function refresh() {
     renderClaims(r);
     renderTrials(r);
     renderWorkers(r);
+    renderDecisions(r);
     await renderPlots();
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   } catch (e) {
@@ -377,6 +434,7 @@ function connect() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("filter").addEventListener("input", () => view.run && renderTrials(view.run));
+  $("status-filter").addEventListener("change", () => view.run && renderTrials(view.run));
   $("curve-metric").addEventListener("change", () => view.run && renderCurves(view.run));
   $("pc-metric").addEventListener("change", () => view.run && renderParallel(view.run));
   refresh();
