@@ -13,6 +13,7 @@ use crate::rng::Rng;
 
 pub mod idx;
 pub mod mixture;
+pub mod shapes;
 
 pub use mixture::Mixture;
 

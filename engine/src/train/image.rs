@@ -26,8 +26,8 @@ pub struct ImageSetup<'a> {
     pub objective: Objective,
     /// The probability of replacing a label by the null class (classifier-free guidance).
     pub label_dropout: f64,
-    pub h: usize,
-    pub w: usize,
+    /// The image shape (C, H, W).
+    pub shape: (usize, usize, usize),
     pub batch: usize,
     pub lr: f64,
     /// The EMA decay.
@@ -38,13 +38,14 @@ pub struct ImageSetup<'a> {
 /// The hand-derived step for the net on CPU under a denoising objective, else candle's
 /// autograd (the registry of image trainers).
 pub fn build<'a>(s: ImageSetup<'a>) -> Result<Box<dyn Trainer + 'a>> {
-    let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: s.h * s.w };
+    let (c, h, w) = s.shape;
+    let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: c * h * w };
     if crate::device::fast_paths(&s.device) && s.objective.is_denoising() {
         let precond = s.objective.precond();
         match s.model {
-            ImageModel::Mlp(spec) => return Ok(Box::new(FastImage { step: FastImageMlp::new(spec, s.h * s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws })),
+            ImageModel::Mlp(spec) => return Ok(Box::new(FastImage { step: FastImageMlp::new(spec, c * h * w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws })),
             ImageModel::Unet(spec) => {
-                return Ok(Box::new(FastImage { step: FastUnet::trainer(spec, precond, 1, s.h, s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws }));
+                return Ok(Box::new(FastImage { step: FastUnet::trainer(spec, precond, c, h, w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws }));
             }
         }
     }
@@ -185,8 +186,8 @@ pub struct ImageAutograd<'a> {
     swapped: bool,
     draws: ImageDraws,
     cond: bool,
-    h: usize,
-    w: usize,
+    /// The image shape (C, H, W).
+    shape: (usize, usize, usize),
     device: Device,
 }
 
@@ -195,7 +196,7 @@ impl<'a> ImageAutograd<'a> {
         let vars = s.varmap.all_vars();
         let opt = AdamW::new(vars.clone(), ParamsAdamW { lr: s.lr, weight_decay: 0.0, ..Default::default() })?;
         let ema = Ema::new(&vars, s.ema)?;
-        Ok(ImageAutograd { net: s.net, opt, ema, swapped: false, draws, cond: s.model.class_cond(), h: s.h, w: s.w, device: s.device })
+        Ok(ImageAutograd { net: s.net, opt, ema, swapped: false, draws, cond: s.model.class_cond(), shape: s.shape, device: s.device })
     }
 }
 
@@ -205,18 +206,18 @@ impl Trainer for ImageAutograd<'_> {
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut Rng, step: u64) -> Result<f64> {
-        let (h, w, dev) = (self.h, self.w, &self.device);
+        let (shape, dev) = (self.shape, &self.device);
         let d = self.draws.draw(batch, rng);
         let b = d.labels.len();
-        let x = tensor(&d.x, h, w, dev)?;
-        let e = tensor(&d.eps, h, w, dev)?;
+        let x = tensor(&d.x, shape, dev)?;
+        let e = tensor(&d.eps, shape, dev)?;
         let sig = Tensor::from_vec(d.sigmas, b, dev)?;
         let lab = if self.cond { Some(Tensor::from_vec(d.labels, b, dev)?) } else { None };
         let loss = match self.draws.objective.kind {
             ImageObjectiveKind::Ssm { vr, .. } => {
-                let v: Vec<f32> = (0..b * h * w).map(|_| rng.rademacher() as f32).collect();
+                let v: Vec<f32> = (0..b * self.draws.dim).map(|_| rng.rademacher() as f32).collect();
                 let xt = (&x + e.broadcast_mul(&sig.reshape((b, 1, 1, 1))?)?)?;
-                ssm_losses(self.net, &xt, &tensor(&v, h, w, dev)?, &sig, vr, lab.as_ref())?.mean_all()?
+                ssm_losses(self.net, &xt, &tensor(&v, shape, dev)?, &sig, vr, lab.as_ref())?.mean_all()?
             }
             _ => edm_losses(self.net, &x, &e, &sig, &Tensor::from_vec(d.weights, b, dev)?, lab.as_ref())?.mean_all()?,
         };
@@ -269,8 +270,18 @@ mod tests {
         };
         let (vm_fast, vm_auto) = (VarMap::new(), VarMap::new());
         let (net_fast, net_auto) = (net_for(&vm_fast), net_for(&vm_auto));
-        let setup =
-            |net, varmap| ImageSetup { model: &model, net, varmap, objective: objective.clone(), label_dropout: 0.5, h, w, batch: b, lr: 1e-2, ema: 0.9, device: Device::Cpu };
+        let setup = |net, varmap| ImageSetup {
+            model: &model,
+            net,
+            varmap,
+            objective: objective.clone(),
+            label_dropout: 0.5,
+            shape: (1, h, w),
+            batch: b,
+            lr: 1e-2,
+            ema: 0.9,
+            device: Device::Cpu,
+        };
         let mut fast = build(setup(net_fast.as_ref(), &vm_fast)).unwrap();
         assert_eq!(fast.name(), "fast_image_mlp", "the CPU picks the hand-derived step");
         let s = setup(net_auto.as_ref(), &vm_auto);
