@@ -255,16 +255,24 @@ mod tests {
 
     /// The image MLP's hand-derived trainer and candle's autograd, built from the same
     /// weights and fed the same batches and stream, draw the same numbers (the streams stay
-    /// in step), report the same losses and end with the same EMA weights.
+    /// in step), report the same losses and end with the same EMA weights: on grayscale
+    /// images, and on colour ones whose 48 values outnumber the 16 hidden units (with the odd
+    /// depth, the case whose second step once indexed a buffer of the hidden width).
     #[test]
     fn the_fast_image_step_and_autograd_draw_and_train_alike() {
+        for c in [1, 3] {
+            fast_and_autograd_alike(c);
+        }
+    }
+
+    fn fast_and_autograd_alike(c: usize) {
         let (h, w, b) = (4, 4, 6);
         let spec = ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true };
         let model = ImageModel::Mlp(spec);
         let objective = Objective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: 0.5, ladder: vec![] };
         let dev = Device::Cpu;
         let net_for = |varmap: &VarMap| {
-            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, 1, h, w, varmap, &dev).unwrap();
+            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, c, h, w, varmap, &dev).unwrap();
             images::init_weights(varmap, &mut Rng::new(11)).unwrap();
             net
         };
@@ -276,7 +284,7 @@ mod tests {
             varmap,
             objective: objective.clone(),
             label_dropout: 0.5,
-            shape: (1, h, w),
+            shape: (c, h, w),
             batch: b,
             lr: 1e-2,
             ema: 0.9,
@@ -285,13 +293,13 @@ mod tests {
         let mut fast = build(setup(net_fast.as_ref(), &vm_fast)).unwrap();
         assert_eq!(fast.name(), "fast_image_mlp", "the CPU picks the hand-derived step");
         let s = setup(net_auto.as_ref(), &vm_auto);
-        let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: h * w };
+        let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: c * h * w };
         let mut auto: Box<dyn Trainer> = Box::new(ImageAutograd::new(s, draws).unwrap());
 
         let mut data = Rng::new(5);
         let (mut rf, mut ra) = (Rng::new(9), Rng::new(9));
         for step in 1..=4 {
-            let batch = Batch { x: (0..b * h * w).map(|_| (2.0 * data.uniform() - 1.0) as f32 as f64).collect(), labels: (0..b).map(|i| (i % 10) as u32).collect() };
+            let batch = Batch { x: (0..b * c * h * w).map(|_| (2.0 * data.uniform() - 1.0) as f32 as f64).collect(), labels: (0..b).map(|i| (i % 10) as u32).collect() };
             let (lf, la) = (fast.step(&batch, &mut rf, step).unwrap(), auto.step(&batch, &mut ra, step).unwrap());
             assert!((lf - la).abs() <= 1e-4 * la.abs().max(1.0), "step {step}: fast {lf} autograd {la}");
         }
