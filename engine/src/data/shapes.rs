@@ -17,9 +17,6 @@ pub const SHAPES3_SEED: u64 = 0x5348_4150_4533;
 /// The classes, in label order.
 pub const CLASSES: [&str; 6] = ["square", "disc", "triangle", "cross", "hbar", "vbar"];
 
-/// Where `shapes3` says it comes from (no file: generated).
-pub const ORIGIN: &str = "<generated>/shapes3";
-
 /// The `shapes3` preset's set: [`generate`]`(SHAPES3_N, SHAPES3_SIDE, SHAPES3_SEED)`.
 pub fn shapes3() -> ImageSet {
     generate(SHAPES3_N, SHAPES3_SIDE, SHAPES3_SEED)

@@ -130,7 +130,8 @@ pub fn digit_metrics(
 
     if cfg.model.class_cond() {
         let n = held_labels.len().min(WHICH_IMAGES);
-        let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
+        // The test sees an image as its C·H·W values: C·H rows of W (H×W for grayscale).
+        let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, split.c * h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
         let score = |x: &[f32], sig: &[f32], lab: &[u8]| -> candle_core::Result<Vec<f32>> {
             if let Some(fwd) = fast_forward.as_deref_mut() {
                 let labels: Vec<u32> = lab.iter().map(|&l| l as u32).collect();
@@ -155,7 +156,7 @@ pub fn digit_metrics(
             }
             Ok(out)
         };
-        let pred = by_denoising::classify_by_denoising(10, &held[..n * d], h, w, &draws, score)?;
+        let pred = by_denoising::classify_by_denoising(10, &held[..n * d], split.c * h, w, &draws, score)?;
         let hit = pred.iter().zip(held_labels).filter(|(p, l)| **p as u32 == **l).count();
         m.extend(proportion_metrics("which_digit_accuracy", hit, n));
     }

@@ -178,10 +178,10 @@ pub fn load(spec: &ImageData) -> std::result::Result<Split, IdxError> {
 /// Where a trial's images come from, for messages: the directory, the embedded copy or the
 /// generator.
 pub fn data_origin(spec: &ImageData) -> std::path::PathBuf {
-    match (&spec.dir, spec.preset.as_str()) {
-        (Some(dir), _) => dir.clone(),
-        (None, "shapes3") => crate::data::shapes::ORIGIN.into(),
-        (None, _) => idx::EMBEDDED_MNIST_ORIGIN.into(),
+    match &spec.dir {
+        Some(dir) => dir.clone(),
+        None if schema::image::GENERATED_PRESETS.contains(&spec.preset.as_str()) => format!("<generated>/{}", spec.preset).into(),
+        None => idx::EMBEDDED_MNIST_ORIGIN.into(),
     }
 }
 
