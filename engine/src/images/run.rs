@@ -1,9 +1,11 @@
-//! Runs one image trial: load and split the IDX set, build the net and its trainer
-//! (`train::image`: the hand-derived step on CPU, else candle's autograd), train it through
-//! the one train loop (`train::run`) with the held-out denoising loss at fixed (σ, noise)
-//! draws as its checkpoint value, then sample with the EMA weights (one tenth of the images
-//! per class for a class-conditional model, with classifier-free guidance when asked) and
-//! compute the metrics. Every random number comes from the trial seed's streams.
+//! Runs one image trial: load and split the image set (its shape (C, H, W) sizes everything
+//! after), build the net and its trainer (`train::image`: the hand-derived step on CPU, else
+//! candle's autograd), train it through the one train loop (`train::run`) with the held-out
+//! denoising loss at fixed (σ, noise) draws as its checkpoint value, then sample with the EMA
+//! weights (equal runs of each class for a class-conditional model, with classifier-free
+//! guidance when asked) and compute the metrics: the digit judge's where the set has it, else
+//! `digit_metrics_skipped` = 1; the sample grid for every set. Every random number comes from
+//! the trial seed's streams.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
