@@ -302,7 +302,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
         return Ok(BenchResult { case, dim: d, batch, ms, peak_mib: peak_mib() });
     }
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() })?;
-    let xt = images::tensor(&x0, h, w, &dev)?;
+    let xt = images::tensor(&x0, (1, h, w), &dev)?;
     let lt = Tensor::from_vec(labels, batch, &dev)?;
     let ms = median_ms(
         || {
@@ -310,7 +310,7 @@ fn run_image(case: Case, iters: usize) -> Result<BenchResult> {
             let loss = images::objective::edm_losses(
                 net.as_ref(),
                 &xt,
-                &images::tensor(&eps, h, w, &dev)?,
+                &images::tensor(&eps, (1, h, w), &dev)?,
                 &Tensor::from_vec(sigma, batch, &dev)?,
                 &Tensor::from_vec(weight, batch, &dev)?,
                 Some(&lt),

@@ -47,11 +47,12 @@ const LEAD_METRICS: [&str; 19] = [
 /// ran rather than what it reached (counts, the resolved ladder and step size, throughput), and
 /// reference values of the data rather than of the model (the real images' pixel statistics,
 /// the FID of real against real images, the classifier's accuracy on real images, a mixture's
-/// true weights). Standard errors (`*_se`), interval ends and counts (`*_lo`, `*_hi`, `*_n`),
+/// true weights), and the flag of an image set without the digit judge (`digit_metrics_skipped`:
+/// its trials simply lack the judge's columns). Standard errors (`*_se`), interval ends and counts (`*_lo`, `*_hi`, `*_n`),
 /// the split's and the judge's description (`split_*`, `judge_*`), per-component weights
 /// (`mode_w_*`, `true_w_*`), rates (`*_per_second*`) and timings other than `train_seconds`
 /// are left out by name too.
-const CONTEXT_METRICS: [&str; 17] = [
+const CONTEXT_METRICS: [&str; 18] = [
     "steps_done",
     "n_train",
     "n_held_out",
@@ -69,6 +70,7 @@ const CONTEXT_METRICS: [&str; 17] = [
     "real_pixel_std",
     "classifier_accuracy",
     "sigma_data",
+    "digit_metrics_skipped",
 ];
 
 /// Whether `name` gets a column in the key tables (see [`CONTEXT_METRICS`]).

@@ -524,6 +524,34 @@ fn image_trials_get_their_metrics_in_the_key_tables_and_their_sample_grids() {
     assert!(!grids.contains("model.safetensors"), "{grids}");
 }
 
+/// Trials on a colour set without the digit judge (`shapes3`: no classifier, class_match,
+/// FID or "which digit"; `digit_metrics_skipped` = 1): the report renders, their key tables
+/// show what they carry (not the flag), their grids show, and no digit-target row is made
+/// for them.
+#[test]
+fn image_trials_without_the_digit_judge_report_what_they_carry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::new(dir.path());
+    let cfg = |model: &str| json!({"data.preset": "shapes3", "model.kind": model, "objective.kind": "edm", "sampler.kind": "heun", "seed": 0});
+    for (i, (id, model, loss)) in [("shp1aaaaaa", "unet", 0.3), ("shp2bbbbbb", "mlp", 0.4)].into_iter().enumerate() {
+        db.trial(id, i as i64, cfg(model), true, Status::Done, None);
+        db.result(id, json!({"steps_done": 50.0, "eval_loss": loss, "nfe": 11.0, "memorisation": 0.0, "digit_metrics_skipped": 1.0, "train_seconds": 1.0}));
+        db.artifact(id, "samples.png", 1234, &"cd".repeat(32));
+    }
+    let out = dir.path().join("out");
+    write_all(&db.path, &out).unwrap();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let tables = report_section(&report, "## Key tables");
+    assert!(tables.contains("| scope | model.kind | n | eval_loss | memorisation | nfe | train_seconds |"), "{tables}");
+    assert!(tables.contains("| data.preset=shapes3 | unet | 1 | 0.3 |"), "{tables}");
+    for absent in ["digit_metrics_skipped", "fid", "class_match", "which_digit"] {
+        assert!(!tables.contains(absent), "{absent} in the key tables:\n{tables}");
+    }
+    let grids = report_section(&report, "## Sample grids");
+    assert!(grids.contains("![samples.png of shp1aaaaaa](artifacts/shp1aaaaaa/samples.png)"), "{grids}");
+    assert!(!report.contains("## Digit targets"), "no digit targets without the judge:\n{report}");
+}
+
 /// A toy sweep without pictures has no sample-grid section.
 #[test]
 fn toy_sweeps_have_no_sample_grid_section() {

@@ -1,4 +1,5 @@
-//! Image trials (MNIST, Fashion-MNIST and other IDX sets): their own raw form and validated
+//! Image trials (MNIST, Fashion-MNIST and other IDX sets; `shapes3`, colour shapes made by
+//! the engine): their own raw form and validated
 //! [`ImageTrial`], chosen when `data.preset` names an image set. The sections mirror the toy
 //! trials' (`data`, `model`, `objective`, `train`, `eval`, `sampler`) with the keys that apply
 //! to images; unknown keys are refused with their dotted path like everywhere else, the kinds
@@ -9,7 +10,8 @@
 //!
 //! ```toml
 //! seed = 0
-//! [data]       # preset = "mnist" | "fashion" | "idx" (dir required)
+//! [data]       # preset = "mnist" | "fashion" | "idx" (dir required) | "shapes3" (16×16 RGB
+//!              #   coloured shapes, 6 classes, generated: no dir; no digit judge)
 //! preset = "mnist"
 //! dir = "/data/mnist"          # default: $SCORESWEEP_MNIST, else MNIST's test split shipped in
 //!                               # the binary (mnist); $SCORESWEEP_FASHION, else
@@ -52,7 +54,10 @@ use crate::sampler::SamplerKind;
 use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive};
 
 /// The data presets that make a trial an image trial.
-pub const IMAGE_PRESETS: [&str; 3] = ["mnist", "fashion", "idx"];
+pub const IMAGE_PRESETS: [&str; 4] = ["mnist", "fashion", "idx", "shapes3"];
+
+/// The image presets made by code (the engine's `data::shapes`): they read no directory.
+pub const GENERATED_PRESETS: [&str; 1] = ["shapes3"];
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -223,7 +228,8 @@ pub struct ImageTrial {
 pub struct ImageData {
     pub preset: String,
     /// The directory of IDX files; `None`: MNIST's test split compiled into the binary (the
-    /// `mnist` preset's default, from the repository's `data/mnist/`).
+    /// `mnist` preset's default, from the repository's `data/mnist/`), or a generated set's
+    /// (`shapes3`) own images.
     pub dir: Option<PathBuf>,
     pub held_out: usize,
     /// Images kept for the digit judge (never trained on by the score model); `None`: 10,000
@@ -435,6 +441,7 @@ fn default_dir(preset: &str) -> Option<Option<PathBuf>> {
     match preset {
         "mnist" => Some(std::env::var_os("SCORESWEEP_MNIST").map(PathBuf::from)),
         "fashion" => Some(Some(std::env::var_os("SCORESWEEP_FASHION").map_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from))),
+        p if GENERATED_PRESETS.contains(&p) => Some(None),
         _ => None,
     }
 }
@@ -442,6 +449,9 @@ fn default_dir(preset: &str) -> Option<Option<PathBuf>> {
 pub(crate) fn validate(raw: RawImageTrial) -> Result<ImageTrial, FieldError> {
     let d = raw.data;
     let dir = match d.dir {
+        Some(_) if GENERATED_PRESETS.contains(&d.preset.as_str()) => {
+            return Err(field("data.dir", format!("does not apply to preset `{}` (its images are generated, not read)", d.preset)));
+        }
         Some(s) if s.is_empty() => return Err(field("data.dir", "must not be empty")),
         Some(s) => Some(PathBuf::from(s)),
         None => default_dir(&d.preset).ok_or_else(|| field("data.dir", format!("is required for preset `{}`", d.preset)))?,

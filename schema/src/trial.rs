@@ -286,12 +286,21 @@ struct RawSleep {
 
 // ---------------------------------------------------------------- validated form
 
+/// The toy data presets (Gaussian mixtures).
+pub const TOY_PRESETS: [&str; 5] = ["seed1d", "ncsn2d", "ring8", "iso", "custom"];
+
+/// The error for a `data.preset` that names no data set, listing the ones there are.
+fn unknown_preset(name: &str) -> FieldError {
+    let images = crate::image::IMAGE_PRESETS.join(", ");
+    field("data.preset", format!("unknown preset `{name}` (expected {}; image sets: {images})", TOY_PRESETS.join(", ")))
+}
+
 /// A validated trial: a scheduler benchmark that only sleeps, or a training trial.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrialConfig {
     Sleep(SleepTrial),
     Train(Box<TrainTrial>),
-    /// An image trial (`data.preset` = mnist, fashion or idx): see [`crate::image`].
+    /// An image trial (`data.preset` = mnist, fashion, idx or shapes3): see [`crate::image`].
     Image(Box<ImageTrial>),
 }
 
@@ -534,6 +543,13 @@ fn check_memory(dim: usize, sets: &[(&'static str, usize)], hidden: usize, depth
 impl TrialConfig {
     /// Validate a trial given as a TOML table (a sweep's `[base]` with expansions applied).
     pub fn from_value(v: &toml::Value) -> Result<TrialConfig, FieldError> {
+        // An unknown preset is named as such, before the toy schema refuses an image key.
+        if let Some(p) = v.get("data").and_then(|d| d.get("preset")).and_then(|p| p.as_str())
+            && !TOY_PRESETS.contains(&p)
+            && !crate::image::IMAGE_PRESETS.contains(&p)
+        {
+            return Err(unknown_preset(p));
+        }
         if crate::image::is_image(v) {
             let raw: RawImageTrial = serde_path_to_error::deserialize(v.clone()).map_err(raw_error)?;
             return Ok(TrialConfig::Image(Box::new(crate::image::validate(raw)?)));
@@ -790,7 +806,7 @@ fn validate_data(d: &RawData) -> Result<DataSpec, FieldError> {
             }
             MixtureSpec { dim, weights: w, means, stds }
         }
-        other => return Err(field("data.preset", format!("unknown preset `{other}` (expected seed1d, ncsn2d, ring8, iso or custom)"))),
+        other => return Err(unknown_preset(other)),
     };
     Ok(DataSpec::Mixture { preset: d.preset.clone(), mixture: mix })
 }
@@ -996,6 +1012,18 @@ n = 20
             }
             assert!(e.to_string().starts_with(&format!("t.toml:{line}:{column}: key `{key}`: ")), "{e}");
         }
+    }
+
+    /// `shapes3` is an image preset without a directory: a trial naming it validates with
+    /// `dir` unset, and one giving a `dir` is refused at that key.
+    #[test]
+    fn shapes3_is_an_image_preset_without_a_directory() {
+        let t = image(&GOOD_IMAGE.replace("preset = \"mnist\"", "preset = \"shapes3\""));
+        assert_eq!((t.data.preset.as_str(), t.data.dir.as_ref()), ("shapes3", None));
+        let e = TrialConfig::from_str_at(&GOOD_IMAGE.replace("preset = \"mnist\"", "preset = \"shapes3\"\ndir = \"/x\""), Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("t.toml:4:1: key `data.dir`: does not apply to preset `shapes3`"), "{e}");
+        let e = TrialConfig::from_str_at(&GOOD_IMAGE.replace("preset = \"mnist\"", "preset = \"cifar\""), Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("t.toml:3:1: key `data.preset`: unknown preset `cifar`") && e.to_string().contains("shapes3"), "{e}");
     }
 
     /// Every committed image sweep's base, and the base with each of its grid values, zip

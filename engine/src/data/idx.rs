@@ -40,21 +40,35 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Labelled grayscale images, pixels row-major as stored (0 = background).
+/// Labelled images of shape (C, H, W): bytes 0..=255 (0 = background), each image
+/// channel-major (C planes of H rows of W), as the nets take them. IDX sets are grayscale
+/// (C = 1); a generated set ([`super::shapes`]) may be colour.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {
     pub n: usize,
+    /// Channels per image (1: grayscale, 3: RGB).
+    pub c: usize,
     pub h: usize,
     pub w: usize,
     pub pixels: Vec<u8>,
     pub labels: Vec<u8>,
-    /// The files read, in order.
+    /// The files read, in order (empty for a generated set).
     pub files: Vec<PathBuf>,
+    /// Whether the digit judge's metrics apply (`eval::digits`: a classifier of ten classes of
+    /// grayscale images trained on the judge part): true for the IDX sets, false for a set
+    /// whose classes are not the judge's to tell apart.
+    pub digit_judge: bool,
 }
 
 impl ImageSet {
+    /// Bytes per image: C·H·W.
     pub fn dim(&self) -> usize {
-        self.h * self.w
+        self.c * self.h * self.w
+    }
+
+    /// The image shape (C, H, W).
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.c, self.h, self.w)
     }
 
     /// The number of classes: one more than the largest label.
@@ -192,7 +206,7 @@ pub fn load_embedded_mnist() -> Result<ImageSet, IdxError> {
 /// Checks, parses and concatenates (images, labels) file pairs in order; `origin` names the
 /// set when it is empty.
 fn assemble(origin: &Path, splits: Vec<(RawFile, RawFile)>, sums: &Option<Sums>) -> Result<ImageSet, IdxError> {
-    let mut set = ImageSet { n: 0, h: 0, w: 0, pixels: Vec::new(), labels: Vec::new(), files: Vec::new() };
+    let mut set = ImageSet { n: 0, c: 1, h: 0, w: 0, pixels: Vec::new(), labels: Vec::new(), files: Vec::new(), digit_judge: true };
     for ((img_path, img_raw), (lab_path, lab_raw)) in splits {
         check_md5(&img_path, &img_raw, sums)?;
         check_md5(&lab_path, &lab_raw, sums)?;

@@ -4,7 +4,9 @@
 //! without one (images) gets no ESM objective and no ESM/ISM/quadrature columns.
 //!
 //! Adding a data set: one file in this folder implementing [`DataSource`], one variant in
-//! `schema::trial::DataSpec` (with its caps), and one line in [`build`].
+//! `schema::trial::DataSpec` (with its caps), and one line in [`build`]. An image set (any
+//! channel count: [`idx`], [`shapes`]) is one file here returning an [`idx::ImageSet`], one line
+//! in `images::load_set` and its name in `schema::image::IMAGE_PRESETS`.
 
 use schema::caps::DataCaps;
 use schema::trial::DataSpec;
@@ -13,6 +15,7 @@ use crate::rng::Rng;
 
 pub mod idx;
 pub mod mixture;
+pub mod shapes;
 
 pub use mixture::Mixture;
 

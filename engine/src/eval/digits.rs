@@ -12,8 +12,11 @@
 //!   ([`super::fid_bootstrap`]). When there are more samples than training images, a uniform
 //!   subset of the samples enters;
 //! - **memorisation** ([`super::memorisation`]);
-//! - **which digit** by the score model itself ([`super::by_denoising`]), Wilson interval;
-//! - `samples.png`, a 10×10 grid (one row per digit).
+//! - **which digit** by the score model itself ([`super::by_denoising`]), Wilson interval.
+//!
+//! Only sets whose classes the judge is for ([`Split::digit_judge`]: the IDX sets) get them;
+//! every image trial gets [`memorisation`] and the sample grid [`sample_grid`] (`samples.png`,
+//! one row per class, gray or RGB by the channel count).
 //!
 //! Draws: the FID's subsets from the trial seed's [`Stream::FidDraw`], its bootstrap from
 //! [`Stream::Bootstrap`], the "which digit" noise from [`Stream::Metrics`].
@@ -73,7 +76,7 @@ fn rows(x: &[f32], idx: &[usize], d: usize) -> Vec<f32> {
 
 /// The digit metrics (see the module): `held` are the held-out evaluation images on the
 /// trial's pixel scale with `held_labels`, `samples` one image each with their requested
-/// `labels`; the grid goes into `files`.
+/// `labels`.
 #[allow(clippy::too_many_arguments)]
 pub fn digit_metrics(
     cfg: &ImageTrial,
@@ -85,17 +88,17 @@ pub fn digit_metrics(
     samples: &[Vec<f32>],
     labels: &[u32],
     dev: &Device,
-    files: &mut Vec<(String, &'static str, Vec<u8>)>,
 ) -> Result<Vec<(String, f64)>, EngineError> {
     let (h, w, d) = (split.h, split.w, split.dim());
+    let shape = split.shape();
     // The classifier works on [−1, 1] pixels.
-    let to_sym = |v: &[f32]| -> Vec<f32> { if split.symmetric { v.to_vec() } else { v.iter().map(|x| 2.0 * x - 1.0).collect() } };
+    let to_sym = |v: &[f32]| -> Vec<f32> { to_symmetric(split, v) };
     let train = to_sym(&split.to_floats(&split.train_pixels));
     let held_sym = to_sym(held);
     let held_u8: Vec<u8> = held_labels.iter().map(|&l| l as u8).collect();
     let cls_err = |e: classifier::ClassifierError| EngineError::Metric(e.to_string());
     let (judge_x, judge_y, disjoint) = judge_part(split, &to_sym);
-    let jcfg = judge_config(judge_y.len());
+    let jcfg = ClassifierConfig { in_channels: split.c, ..judge_config(judge_y.len()) };
     let clf = classifier::load_or_train(&classifier::default_cache_dir(), &judge_x, &judge_y, h, w, &jcfg, &Device::Cpu).map_err(cls_err)?;
     let mut m: Vec<(String, f64)> =
         vec![("judge_n".into(), judge_y.len() as f64), ("judge_disjoint".into(), if disjoint { 1.0 } else { 0.0 }), ("judge_epochs".into(), jcfg.epochs as f64)];
@@ -122,31 +125,13 @@ pub fn digit_metrics(
         let est = fid_bootstrap::fid_with_floor(&feat, &real_feat, &held_feat, fd, fid_bootstrap::BOOTSTRAP_REPS, &mut Rng::stream(cfg.seed, Stream::Bootstrap));
         m.extend(est.metrics());
         // Memorisation: nearest training images of the samples and of held-out images.
-        let n_ref = held_u8.len().min(MEMORISATION_REFERENCE);
-        m.extend(memorisation::memorisation_metrics(&flat, &held_sym[..n_ref * d], &train, d));
-        // The grid: up to 10 samples of each digit, one row per digit (in order when unconditional).
-        let mut pick: Vec<f32> = Vec::new();
-        let mut count = 0;
-        if cfg.model.class_cond() {
-            for c in 0..10u32 {
-                for (s, _) in samples.iter().zip(labels).filter(|(_, l)| **l == c).take(10) {
-                    pick.extend(to_sym(s));
-                    count += 1;
-                }
-            }
-        } else {
-            for s in samples.iter().take(100) {
-                pick.extend(to_sym(s));
-                count += 1;
-            }
-        }
-        let (gray, gw, gh) = png::grid(&pick, count, h, w, 10, 2);
-        files.push(("samples.png".into(), "image/png", png::encode_gray(&gray, gw, gh)));
+        m.extend(memorisation_of(&flat, &held_sym, &train, d));
     }
 
     if cfg.model.class_cond() {
         let n = held_labels.len().min(WHICH_IMAGES);
-        let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
+        // The test sees an image as its C·H·W values: C·H rows of W (H×W for grayscale).
+        let draws = by_denoising::draws(&WHICH_SIGMAS, WHICH_PER_SIGMA, split.c * h, w, &mut Rng::stream(cfg.seed, Stream::Metrics));
         let score = |x: &[f32], sig: &[f32], lab: &[u8]| -> candle_core::Result<Vec<f32>> {
             if let Some(fwd) = fast_forward.as_deref_mut() {
                 let labels: Vec<u32> = lab.iter().map(|&l| l as u32).collect();
@@ -162,7 +147,7 @@ pub fn digit_metrics(
             let mut out = Vec::with_capacity(x.len());
             for start in (0..lab.len()).step_by(CHUNK) {
                 let end = (start + CHUNK).min(lab.len());
-                let xt = tensor(&x[start * d..end * d], h, w, dev)?;
+                let xt = tensor(&x[start * d..end * d], shape, dev)?;
                 let st = Tensor::from_slice(&sig[start..end], end - start, dev)?;
                 let lt = Tensor::from_vec(lab[start..end].iter().map(|&l| l as u32).collect::<Vec<u32>>(), end - start, dev)?;
                 let den = net.denoise(&xt, &st, Some(&lt))?.detach();
@@ -171,11 +156,63 @@ pub fn digit_metrics(
             }
             Ok(out)
         };
-        let pred = by_denoising::classify_by_denoising(10, &held[..n * d], h, w, &draws, score)?;
+        let pred = by_denoising::classify_by_denoising(10, &held[..n * d], split.c * h, w, &draws, score)?;
         let hit = pred.iter().zip(held_labels).filter(|(p, l)| **p as u32 == **l).count();
         m.extend(proportion_metrics("which_digit_accuracy", hit, n));
     }
     Ok(m)
+}
+
+/// Pixels on the trial's scale mapped to [−1, 1] (the judge's and the grid's scale).
+fn to_symmetric(split: &Split, v: &[f32]) -> Vec<f32> {
+    if split.symmetric { v.to_vec() } else { v.iter().map(|x| 2.0 * x - 1.0).collect() }
+}
+
+/// Memorisation of `samples` (clamped to [−1, 1]) against the training images `train`, with
+/// up to [`MEMORISATION_REFERENCE`] of the held-out images `held` as the reference (all on
+/// [−1, 1], `d` values per image).
+fn memorisation_of(samples: &[f32], held: &[f32], train: &[f32], d: usize) -> Vec<(String, f64)> {
+    let n_ref = (held.len() / d.max(1)).min(MEMORISATION_REFERENCE);
+    memorisation::memorisation_metrics(samples, &held[..n_ref * d], train, d)
+}
+
+/// The memorisation metrics ([`super::memorisation`]) of an image trial's samples, for any
+/// image set: `held` are the held-out evaluation images on the trial's pixel scale; nothing
+/// without samples.
+pub fn memorisation(split: &Split, held: &[f32], samples: &[Vec<f32>]) -> Vec<(String, f64)> {
+    if samples.is_empty() {
+        return Vec::new();
+    }
+    let flat: Vec<f32> = to_symmetric(split, &samples.iter().flatten().copied().collect::<Vec<f32>>()).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+    let train = to_symmetric(split, &split.to_floats(&split.train_pixels));
+    memorisation_of(&flat, &to_symmetric(split, held), &train, split.dim())
+}
+
+/// `samples.png`: up to 10 samples of each class, one row per class in class order (the first
+/// 100 in order for an unconditional model), 10 per row, gray for 1 channel and RGB for 3
+/// (None without samples or for another channel count).
+pub fn sample_grid(split: &Split, class_cond: bool, samples: &[Vec<f32>], labels: &[u32]) -> Option<(String, &'static str, Vec<u8>)> {
+    let (c, h, w) = split.shape();
+    if samples.is_empty() || !matches!(c, 1 | 3) {
+        return None;
+    }
+    let mut pick: Vec<f32> = Vec::new();
+    let mut count = 0;
+    if class_cond {
+        for class in 0..split.classes as u32 {
+            for (s, _) in samples.iter().zip(labels).filter(|(_, l)| **l == class).take(10) {
+                pick.extend(to_symmetric(split, s));
+                count += 1;
+            }
+        }
+    } else {
+        for s in samples.iter().take(100) {
+            pick.extend(to_symmetric(split, s));
+            count += 1;
+        }
+    }
+    let (levels, gw, gh) = png::grid_channels(&pick, count, c, h, w, 10, 2);
+    Some(("samples.png".into(), "image/png", png::encode(&levels, c, gw, gh)))
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ mod tests {
     fn digits() -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let set = crate::data::idx::load_embedded_mnist().unwrap();
         let d = set.dim();
-        let seed = split::split_seed(set.n, set.h, set.w, &set.labels);
+        let seed = split::split_seed(set.n, set.shape(), &set.labels);
         let parts = split::stratified(&set.labels, 2000, 0, Some(3000), seed).unwrap();
         let px = |idx: &[usize]| -> Vec<f32> { idx.iter().flat_map(|&i| set.pixels[i * d..(i + 1) * d].iter().map(|&b| (b as f32 + 0.5) / 128.0 - 1.0)).collect() };
         (px(&parts.train), px(&parts.held[..1000]), px(&parts.held[1000..]))

@@ -31,9 +31,10 @@ pub fn default_judge(n: usize) -> usize {
     if n >= 50_000 { 10_000 } else { n / 5 }
 }
 
-/// The data set's split seed: FNV-1a (64 bits) of a tag, the image count, size and every
-/// label, folded to 32 bits (so it is exact as a metric).
-pub fn split_seed(n: usize, h: usize, w: usize, labels: &[u8]) -> u32 {
+/// The data set's split seed: FNV-1a (64 bits) of a tag, the image count, shape (C, H, W) and
+/// every label, folded to 32 bits (so it is exact as a metric). The channel count enters only
+/// when it is not 1, so grayscale sets keep the seeds they always had.
+pub fn split_seed(n: usize, (c, h, w): (usize, usize, usize), labels: &[u8]) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -44,6 +45,10 @@ pub fn split_seed(n: usize, h: usize, w: usize, labels: &[u8]) -> u32 {
     eat(b"scoresweep split v1");
     for v in [n as u64, h as u64, w as u64] {
         eat(&v.to_le_bytes());
+    }
+    if c != 1 {
+        eat(b"channels");
+        eat(&(c as u64).to_le_bytes());
     }
     eat(labels);
     (hash ^ (hash >> 32)) as u32
@@ -174,7 +179,7 @@ mod tests {
     fn stratified_parts_are_disjoint_and_proportional() {
         let labels = ordered_labels();
         let n = labels.len();
-        let seed = split_seed(n, 28, 28, &labels);
+        let seed = split_seed(n, (1, 28, 28), &labels);
         let s = stratified(&labels, 400, 300, None, seed).unwrap();
         assert_eq!((s.held.len(), s.judge.len(), s.train.len()), (400, 300, n - 700));
         let mut all: Vec<usize> = s.held.iter().chain(&s.judge).chain(&s.train).copied().collect();
@@ -218,12 +223,13 @@ mod tests {
     #[test]
     fn seed_depends_on_the_data_set() {
         let labels = ordered_labels();
-        let a = split_seed(labels.len(), 28, 28, &labels);
-        assert_eq!(a, split_seed(labels.len(), 28, 28, &labels));
+        let a = split_seed(labels.len(), (1, 28, 28), &labels);
+        assert_eq!(a, split_seed(labels.len(), (1, 28, 28), &labels));
         let mut other = labels.clone();
         other.swap(0, labels.len() - 1);
-        assert_ne!(a, split_seed(labels.len(), 28, 28, &other));
-        assert_ne!(a, split_seed(labels.len(), 27, 28, &labels));
+        assert_ne!(a, split_seed(labels.len(), (1, 28, 28), &other));
+        assert_ne!(a, split_seed(labels.len(), (1, 27, 28), &labels));
+        assert_ne!(a, split_seed(labels.len(), (3, 28, 28), &labels));
         let m = split_metrics(a, 10, &[0, 1, 1], &[2], &[]);
         assert_eq!(m[0], ("split_seed".to_string(), a as f64));
         assert!(m.contains(&("split_train_1".to_string(), 2.0)) && m.contains(&("split_held_2".to_string(), 1.0)));

@@ -1,5 +1,6 @@
-//! Image trials: an IDX set split into training, held-out and judge parts (stratified by class,
-//! [`crate::eval::split`]), a U-Net or MLP
+//! Image trials: an image set of shape (C, H, W) — IDX files, or one made by code such as
+//! [`crate::data::shapes`], chosen by preset in [`load_set`] — split into training, held-out
+//! and judge parts (stratified by class, [`crate::eval::split`]), a U-Net or MLP
 //! denoiser trained with one of the image objectives (EDM by default; with an EMA of its
 //! weights), sampled by the crate's samplers (`samplers`: the nets are denoisers D(x; σ)).
 //!
@@ -84,10 +85,10 @@ impl Precond {
 pub trait ImageNet {
     fn precond(&self) -> Precond;
 
-    /// F(x; c_noise, labels): x is (N, 1, H, W), c_noise (N,), labels (N,) u32 or None.
+    /// F(x; c_noise, labels): x is (N, C, H, W), c_noise (N,), labels (N,) u32 or None.
     fn raw(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Result<Tensor>;
 
-    /// F and its forward tangent J_F·v at x along v (both (N, 1, H, W)): the networks that
+    /// F and its forward tangent J_F·v at x along v (both (N, C, H, W)): the networks that
     /// can train with sliced score matching (the MLP).
     fn raw_tangent(&self, _x: &Tensor, _v: &Tensor, _c_noise: &Tensor, _labels: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         Err(candle_core::Error::Msg("this network has no forward tangents (sliced score matching needs model.kind = \"mlp\")".into()))
@@ -136,9 +137,13 @@ pub fn frequency_values(k: usize) -> Vec<f32> {
 /// An image set split for a trial ([`crate::eval::split`]): the training part, the held-out
 /// part and the judge's part, stratified by class by a permutation seeded per data set.
 pub struct Split {
+    /// The image shape (C, H, W): every image is C·H·W bytes, channel-major.
+    pub c: usize,
     pub h: usize,
     pub w: usize,
     pub classes: usize,
+    /// Whether the digit judge's metrics apply ([`ImageSet::digit_judge`]).
+    pub digit_judge: bool,
     pub train_pixels: Vec<u8>,
     pub train_labels: Vec<u8>,
     pub held_pixels: Vec<u8>,
@@ -153,33 +158,49 @@ pub struct Split {
     pub dequantize: bool,
 }
 
-/// Loads `spec.dir` (or the embedded MNIST test split) and splits it.
-pub fn load(spec: &ImageData) -> std::result::Result<Split, IdxError> {
-    let set = match &spec.dir {
-        Some(dir) => idx::load_dir(dir)?,
-        None => idx::load_embedded_mnist()?,
-    };
-    split(set, spec).map_err(|message| IdxError::Corrupt { path: data_origin(spec), message })
+/// The image sets by preset: one line per set made by code; every other preset (`mnist`,
+/// `fashion`, `idx`) reads IDX files from `spec.dir` (or the embedded MNIST test split).
+pub fn load_set(spec: &ImageData) -> std::result::Result<ImageSet, IdxError> {
+    match spec.preset.as_str() {
+        "shapes3" => Ok(crate::data::shapes::shapes3()),
+        _ => match &spec.dir {
+            Some(dir) => idx::load_dir(dir),
+            None => idx::load_embedded_mnist(),
+        },
+    }
 }
 
-/// Where a trial's images come from, for messages: the directory or the embedded copy.
+/// Loads the trial's image set ([`load_set`]) and splits it.
+pub fn load(spec: &ImageData) -> std::result::Result<Split, IdxError> {
+    split(load_set(spec)?, spec).map_err(|message| IdxError::Corrupt { path: data_origin(spec), message })
+}
+
+/// Where a trial's images come from, for messages: the directory, the embedded copy or the
+/// generator.
 pub fn data_origin(spec: &ImageData) -> std::path::PathBuf {
-    spec.dir.clone().unwrap_or_else(|| idx::EMBEDDED_MNIST_ORIGIN.into())
+    match &spec.dir {
+        Some(dir) => dir.clone(),
+        None if schema::image::GENERATED_PRESETS.contains(&spec.preset.as_str()) => format!("<generated>/{}", spec.preset).into(),
+        None => idx::EMBEDDED_MNIST_ORIGIN.into(),
+    }
 }
 
 /// Splits a loaded set by the trial's data spec ([`crate::eval::split::stratified`]).
 pub fn split(set: ImageSet, spec: &ImageData) -> std::result::Result<Split, String> {
     use crate::eval::split as sp;
     let d = set.dim();
-    let judge = spec.judge.unwrap_or_else(|| sp::default_judge(set.n));
-    let seed = sp::split_seed(set.n, set.h, set.w, &set.labels);
+    // A set without the digit judge keeps no judge part unless asked.
+    let judge = spec.judge.unwrap_or_else(|| if set.digit_judge { sp::default_judge(set.n) } else { 0 });
+    let seed = sp::split_seed(set.n, set.shape(), &set.labels);
     let parts = sp::stratified(&set.labels, spec.held_out, judge, spec.limit, seed)?;
     let pixels = |idx: &[usize]| -> Vec<u8> { idx.iter().flat_map(|&i| set.pixels[i * d..(i + 1) * d].iter().copied()).collect() };
     let labels = |idx: &[usize]| -> Vec<u8> { idx.iter().map(|&i| set.labels[i]).collect() };
     Ok(Split {
+        c: set.c,
         h: set.h,
         w: set.w,
         classes: set.classes().max(1),
+        digit_judge: set.digit_judge,
         train_pixels: pixels(&parts.train),
         train_labels: labels(&parts.train),
         held_pixels: pixels(&parts.held),
@@ -193,8 +214,14 @@ pub fn split(set: ImageSet, spec: &ImageData) -> std::result::Result<Split, Stri
 }
 
 impl Split {
+    /// Values per image: C·H·W.
     pub fn dim(&self) -> usize {
-        self.h * self.w
+        self.c * self.h * self.w
+    }
+
+    /// The image shape (C, H, W).
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.c, self.h, self.w)
     }
 
     pub fn n_train(&self) -> usize {
@@ -261,7 +288,7 @@ pub fn init_weights(varmap: &VarMap, rng: &mut Rng) -> Result<()> {
     Ok(())
 }
 
-/// Images as a (N, 1, H, W) tensor.
-pub fn tensor(x: &[f32], h: usize, w: usize, dev: &Device) -> Result<Tensor> {
-    Tensor::from_slice(x, (x.len() / (h * w), 1, h, w), dev)
+/// Images of shape (C, H, W), channel-major each, as a (N, C, H, W) tensor.
+pub fn tensor(x: &[f32], (c, h, w): (usize, usize, usize), dev: &Device) -> Result<Tensor> {
+    Tensor::from_slice(x, (x.len() / (c * h * w), c, h, w), dev)
 }

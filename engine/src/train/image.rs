@@ -26,8 +26,8 @@ pub struct ImageSetup<'a> {
     pub objective: Objective,
     /// The probability of replacing a label by the null class (classifier-free guidance).
     pub label_dropout: f64,
-    pub h: usize,
-    pub w: usize,
+    /// The image shape (C, H, W).
+    pub shape: (usize, usize, usize),
     pub batch: usize,
     pub lr: f64,
     /// The EMA decay.
@@ -38,13 +38,14 @@ pub struct ImageSetup<'a> {
 /// The hand-derived step for the net on CPU under a denoising objective, else candle's
 /// autograd (the registry of image trainers).
 pub fn build<'a>(s: ImageSetup<'a>) -> Result<Box<dyn Trainer + 'a>> {
-    let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: s.h * s.w };
+    let (c, h, w) = s.shape;
+    let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: c * h * w };
     if crate::device::fast_paths(&s.device) && s.objective.is_denoising() {
         let precond = s.objective.precond();
         match s.model {
-            ImageModel::Mlp(spec) => return Ok(Box::new(FastImage { step: FastImageMlp::new(spec, s.h * s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws })),
+            ImageModel::Mlp(spec) => return Ok(Box::new(FastImage { step: FastImageMlp::new(spec, c * h * w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws })),
             ImageModel::Unet(spec) => {
-                return Ok(Box::new(FastImage { step: FastUnet::trainer(spec, precond, 1, s.h, s.w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws }));
+                return Ok(Box::new(FastImage { step: FastUnet::trainer(spec, precond, c, h, w, s.varmap, s.batch, s.lr, s.ema)?, varmap: s.varmap, draws }));
             }
         }
     }
@@ -198,8 +199,8 @@ pub struct ImageAutograd<'a> {
     swapped: bool,
     draws: ImageDraws,
     cond: bool,
-    h: usize,
-    w: usize,
+    /// The image shape (C, H, W).
+    shape: (usize, usize, usize),
     device: Device,
 }
 
@@ -208,7 +209,7 @@ impl<'a> ImageAutograd<'a> {
         let vars = s.varmap.all_vars();
         let opt = AdamW::new(vars.clone(), ParamsAdamW { lr: s.lr, weight_decay: 0.0, ..Default::default() })?;
         let ema = Ema::new(&vars, s.ema)?;
-        Ok(ImageAutograd { net: s.net, opt, ema, swapped: false, draws, cond: s.model.class_cond(), h: s.h, w: s.w, device: s.device })
+        Ok(ImageAutograd { net: s.net, opt, ema, swapped: false, draws, cond: s.model.class_cond(), shape: s.shape, device: s.device })
     }
 }
 
@@ -218,18 +219,18 @@ impl Trainer for ImageAutograd<'_> {
     }
 
     fn step(&mut self, batch: &Batch, rng: &mut Rng, step: u64) -> Result<f64> {
-        let (h, w, dev) = (self.h, self.w, &self.device);
+        let (shape, dev) = (self.shape, &self.device);
         let d = self.draws.draw(batch, rng);
         let b = d.labels.len();
-        let x = tensor(&d.x, h, w, dev)?;
-        let e = tensor(&d.eps, h, w, dev)?;
+        let x = tensor(&d.x, shape, dev)?;
+        let e = tensor(&d.eps, shape, dev)?;
         let sig = Tensor::from_vec(d.sigmas, b, dev)?;
         let lab = if self.cond { Some(Tensor::from_vec(d.labels, b, dev)?) } else { None };
         let loss = match self.draws.objective.kind {
             ImageObjectiveKind::Ssm { vr, .. } => {
-                let v: Vec<f32> = (0..b * h * w).map(|_| rng.rademacher() as f32).collect();
+                let v: Vec<f32> = (0..b * self.draws.dim).map(|_| rng.rademacher() as f32).collect();
                 let xt = (&x + e.broadcast_mul(&sig.reshape((b, 1, 1, 1))?)?)?;
-                ssm_losses(self.net, &xt, &tensor(&v, h, w, dev)?, &sig, vr, lab.as_ref())?.mean_all()?
+                ssm_losses(self.net, &xt, &tensor(&v, shape, dev)?, &sig, vr, lab.as_ref())?.mean_all()?
             }
             _ => edm_losses(self.net, &x, &e, &sig, &Tensor::from_vec(d.weights, b, dev)?, lab.as_ref())?.mean_all()?,
         };
@@ -272,36 +273,54 @@ mod tests {
 
     /// The image MLP's hand-derived trainer and candle's autograd, built from the same
     /// weights and fed the same batches and stream, draw the same numbers (the streams stay
-    /// in step), report the same losses and end with the same EMA weights — also when the
-    /// learning rate changes between steps (`set_lr`, as a decaying schedule does), which a
-    /// third trainer left at the constant rate shows to matter.
+    /// in step), report the same losses and end with the same EMA weights: on grayscale
+    /// images, and on colour ones whose 48 values outnumber the 16 hidden units (with the odd
+    /// depth, the case whose second step once indexed a buffer of the hidden width) — also
+    /// when the learning rate changes between steps (`set_lr`, as a decaying schedule does),
+    /// which a third trainer left at the constant rate shows to matter.
     #[test]
     fn the_fast_image_step_and_autograd_draw_and_train_alike() {
+        for c in [1, 3] {
+            fast_and_autograd_alike(c);
+        }
+    }
+
+    fn fast_and_autograd_alike(c: usize) {
         let (h, w, b) = (4, 4, 6);
         let spec = ImageMlpSpec { hidden: 16, depth: 1, emb: 8, class_cond: true };
         let model = ImageModel::Mlp(spec);
         let objective = Objective { kind: ImageObjectiveKind::Edm { p_mean: -1.2, p_std: 1.2 }, sigma_data: 0.5, ladder: vec![] };
         let dev = Device::Cpu;
         let net_for = |varmap: &VarMap| {
-            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, 1, h, w, varmap, &dev).unwrap();
+            let net = images::build(&model, Precond::Edm { sigma_data: 0.5 }, c, h, w, varmap, &dev).unwrap();
             images::init_weights(varmap, &mut Rng::new(11)).unwrap();
             net
         };
         let (vm_fast, vm_auto, vm_plain) = (VarMap::new(), VarMap::new(), VarMap::new());
         let (net_fast, net_auto, net_plain) = (net_for(&vm_fast), net_for(&vm_auto), net_for(&vm_plain));
-        let setup =
-            |net, varmap| ImageSetup { model: &model, net, varmap, objective: objective.clone(), label_dropout: 0.5, h, w, batch: b, lr: 1e-2, ema: 0.9, device: Device::Cpu };
+        let setup = |net, varmap| ImageSetup {
+            model: &model,
+            net,
+            varmap,
+            objective: objective.clone(),
+            label_dropout: 0.5,
+            shape: (c, h, w),
+            batch: b,
+            lr: 1e-2,
+            ema: 0.9,
+            device: Device::Cpu,
+        };
         let mut fast = build(setup(net_fast.as_ref(), &vm_fast)).unwrap();
         assert_eq!(fast.name(), "fast_image_mlp", "the CPU picks the hand-derived step");
         let s = setup(net_auto.as_ref(), &vm_auto);
-        let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: h * w };
+        let draws = ImageDraws { objective: s.objective.clone(), label_dropout: s.label_dropout, dim: c * h * w };
         let mut auto: Box<dyn Trainer> = Box::new(ImageAutograd::new(s, draws).unwrap());
         let mut plain = build(setup(net_plain.as_ref(), &vm_plain)).unwrap();
 
         let mut data = Rng::new(5);
         let (mut rf, mut ra, mut rp) = (Rng::new(9), Rng::new(9), Rng::new(9));
         for step in 1..=4 {
-            let batch = Batch { x: (0..b * h * w).map(|_| (2.0 * data.uniform() - 1.0) as f32 as f64).collect(), labels: (0..b).map(|i| (i % 10) as u32).collect() };
+            let batch = Batch { x: (0..b * c * h * w).map(|_| (2.0 * data.uniform() - 1.0) as f32 as f64).collect(), labels: (0..b).map(|i| (i % 10) as u32).collect() };
             let lr = 1e-2 * [1.0, 0.5, 0.25, 0.1][step as usize - 1];
             fast.set_lr(lr).unwrap();
             auto.set_lr(lr).unwrap();

@@ -168,10 +168,15 @@ impl FastImageMlp {
         }
         let ns = slices.clamp(1, batch.max(1));
         let rows = batch.div_ceil(ns);
+        // The hidden activations, `g` and `g2` trade places (the forward swaps each new
+        // activation with `g2`, the backward swaps `g` and `g2` once per hidden layer), so any of
+        // them may hold the output's gradient (rows × dim) next step: each gets rows × max(hidden,
+        // dim). (Sized by their first role, an odd depth with hidden < dim left the output's
+        // gradient a hidden-sized buffer on the second step.)
         let wmax = spec.hidden.max(dim);
         let shards = (0..ns)
             .map(|_| Shard {
-                h: dims[..dims.len() - 1].iter().map(|&w| vec![0.0; rows * w]).collect(),
+                h: dims[..dims.len() - 1].iter().enumerate().map(|(l, &w)| vec![0.0; rows * if l == 0 { w } else { wmax }]).collect(),
                 d: dims[1..dims.len() - 1].iter().map(|&w| vec![0.0; rows * w]).collect(),
                 out: vec![0.0; rows * dim],
                 g: vec![0.0; rows * wmax],
