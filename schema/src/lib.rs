@@ -3,10 +3,16 @@
 //! Invariant), so the coordinator validates trials with exactly the rules the engine runs by
 //! without building the engine.
 //!
-//! - [`trial`]: the trial file (raw TOML → validated [`trial::TrialConfig`], sections as tagged
-//!   enums, located errors);
+//! - [`trial`]: the one validated trial type of both families ([`trial::TrialConfig`],
+//!   [`trial::Trial`]: data, model, objective, train, eval and sampler sections as tagged enums
+//!   spanning mixtures and images);
+//! - [`form`]: the trial file: its raw serde forms (mixtures, images) and their validation into
+//!   a `Trial`, errors located at file:line:column;
+//! - [`image`]: the image variants of the sections (image sets, denoiser nets, denoising
+//!   objectives, samplers over EDM's schedule);
 //! - [`data`]: data-set presets as plain numbers ([`data::MixtureSpec`]);
-//! - [`caps`]: what each model kind can compute and what each objective needs of a model;
+//! - [`caps`]: what each data set and model kind offers and what each model and objective
+//!   needs of them ("X needs Y", across both families);
 //! - [`metrics`]: the metric keys every successful result of a trial must carry;
 //! - [`status`]: the one status enum of trials and attempts shared by the proto, the
 //!   coordinator and the results;
@@ -14,12 +20,13 @@
 //! - [`lr`]: the learning-rate schedule (`train.lr_schedule`, `train.warmup`) of both families;
 //! - [`sampler`]: the sampler kinds (`sampler.kind`) of toy and image trials;
 //! - [`validate`]: the helpers every module validates with ([`validate::FieldError`] on a dotted
-//!   key, range checks); it imports no other module, so the others never import one another
-//!   in a cycle (tests/tidy.rs checks);
+//!   key, range checks); a leaf, as are `noise`, `lr`, `sampler` and `data`, so the others
+//!   never import one another in a cycle (tests/tidy.rs checks);
 //! - [`locate`]: line and column of a dotted key in TOML source.
 
 pub mod caps;
 pub mod data;
+pub mod form;
 pub mod image;
 pub mod locate;
 pub mod lr;
@@ -31,5 +38,6 @@ pub mod trial;
 pub mod validate;
 
 pub use status::Status;
-pub use trial::{ConfigError, TrialConfig};
+pub use form::ConfigError;
+pub use trial::{Trial, TrialConfig};
 pub use validate::FieldError;

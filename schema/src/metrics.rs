@@ -9,7 +9,7 @@
 //! left out. `worker/tests/required_metrics.rs` runs real trials and checks that their metrics
 //! contain every key listed here, so the list cannot drift from the engine.
 
-use crate::trial::{ObjectiveKind, SamplerSpec, TrialConfig};
+use crate::trial::{DataSpec, SamplerSpec, TrialConfig};
 
 /// Of a sleep trial.
 pub const SLEEP: &[&str] = &["slept_seconds"];
@@ -36,26 +36,26 @@ pub fn required_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
     let t = match cfg {
         TrialConfig::Sleep(_) => return SLEEP.to_vec(),
         TrialConfig::Train(t) => t,
-        TrialConfig::Image(t) => {
-            let mut keys = IMAGE.to_vec();
-            if t.sampler.kind != crate::image::ImageSamplerKind::None {
-                keys.extend_from_slice(IMAGE_SAMPLER);
-            }
-            return keys;
-        }
     };
+    if let DataSpec::Images(_) = t.data {
+        let mut keys = IMAGE.to_vec();
+        if !matches!(t.sampler, SamplerSpec::None) {
+            keys.extend_from_slice(IMAGE_SAMPLER);
+        }
+        return keys;
+    }
     let mut keys = TRAIN.to_vec();
     let exact = t.data.caps().exact_score;
     if exact {
         keys.extend_from_slice(GAPS);
-        if t.noise.is_some() {
+        if t.conditional() {
             keys.extend_from_slice(DSM_GAPS);
         }
     }
-    if matches!(t.objective.kind, ObjectiveKind::Ssm | ObjectiveKind::SsmVr) {
+    if t.objective.is_score_ssm() {
         keys.extend_from_slice(SSM);
     }
-    if t.noise.is_some() {
+    if t.conditional() {
         keys.extend_from_slice(LADDER);
     }
     if !matches!(t.sampler, SamplerSpec::None) {
@@ -70,17 +70,19 @@ pub fn required_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
 pub fn checkpoint_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
     let t = match cfg {
         TrialConfig::Sleep(_) => return vec![],
-        TrialConfig::Image(_) => return vec!["train_loss", "eval_loss"],
         TrialConfig::Train(t) => t,
     };
+    if let DataSpec::Images(_) = t.data {
+        return vec!["train_loss", "eval_loss"];
+    }
     let mut keys = vec!["train_loss"];
     if t.data.caps().exact_score {
         keys.extend_from_slice(&["l_esm", "l_esm_se", "l_ism", "l_ism_se", "gap", "gap_se", "c_true", "c_se"]);
-        if t.noise.is_some() {
+        if t.conditional() {
             keys.extend_from_slice(&["l_dsm", "l_esm_sigma", "dsm_gap", "dsm_gap_se", "dsm_gap_se_raw", "c_dsm", "c_dsm_se", "dsm_sigma"]);
         }
     }
-    if matches!(t.objective.kind, ObjectiveKind::Ssm | ObjectiveKind::SsmVr) {
+    if t.objective.is_score_ssm() {
         keys.extend_from_slice(&["l_ssm", "l_ssm_se"]);
     }
     keys

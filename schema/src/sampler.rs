@@ -1,6 +1,7 @@
-//! The samplers a trial can name (`sampler.kind`): one list for toy and image trials, parsed
-//! by both raw forms; each family's validation then builds its own settings (a toy trial walks
-//! its noise ladder, an image trial EDM's ρ schedule) and refuses the kinds it has no use for.
+//! The samplers a trial can name (`sampler.kind`): one list for both families, parsed by both
+//! raw forms; validation then builds the family's settings (`trial::LadderSampler` walks the
+//! noise ladder of mixture data, `image::ImageSampler` EDM's ρ schedule) and refuses the kinds
+//! it has no use for.
 //! A leaf module: it imports no other schema module.
 
 use serde::Deserialize;
