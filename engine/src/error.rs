@@ -11,6 +11,9 @@ pub enum EngineError {
     /// An image set that is missing, truncated or fails its checksum (before any training).
     #[error(transparent)]
     Data(#[from] crate::data::idx::IdxError),
+    /// Sections that do not go together (validation refuses such trials first: `schema::caps`).
+    #[error("invalid trial: {0}")]
+    Invalid(String),
     /// A metric that could not be computed (e.g. the digit classifier's cache).
     #[error("metric failed: {0}")]
     Metric(String),

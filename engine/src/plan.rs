@@ -4,7 +4,7 @@
 //! the σ of the DSM gap, and the device. The runner then only follows the plan.
 
 use candle_core::Device;
-use schema::trial::{NoiseSpec, SamplerSpec, StepSize, TrainTrial};
+use schema::trial::{LadderSampler, NoiseSpec, StepSize, Trial};
 
 use crate::data::DataSource;
 use crate::ladder;
@@ -28,7 +28,7 @@ impl Ladder {
 }
 
 pub struct TrialPlan<'a> {
-    pub cfg: &'a TrainTrial,
+    pub cfg: &'a Trial,
     pub data: &'a dyn DataSource,
     pub device: Device,
     /// A fixed training set of `train.n_train` points (None: fresh points every step).
@@ -44,16 +44,18 @@ impl<'a> TrialPlan<'a> {
     /// `data` is the source built from `cfg.data` (`data::build`). Returns the plan and the
     /// trial's training stream after drawing the fixed training set (if any), which the
     /// batches and the trainer's draws continue.
-    pub fn resolve(cfg: &'a TrainTrial, data: &'a dyn DataSource, device: Device) -> (Self, Rng) {
+    pub fn resolve(cfg: &'a Trial, data: &'a dyn DataSource, device: Device) -> (Self, Rng) {
         let mut train_rng = Rng::stream(cfg.seed, Stream::Train);
         let train_set = cfg.train.n_train.map(|n| data.sample(n, &mut train_rng).x);
-        let ladder = cfg.noise.as_ref().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
-        let eps = match (&cfg.sampler, &ladder) {
-            (SamplerSpec::None | SamplerSpec::Heun { .. } | SamplerSpec::EulerMaruyama { .. } | SamplerSpec::Pc { .. } | SamplerSpec::Ddim { .. }, _) => None,
+        let ladder = cfg.noise().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
+        let eps = match (cfg.sampler.ladder(), &ladder) {
+            (None | Some(LadderSampler::Heun { .. } | LadderSampler::EulerMaruyama { .. } | LadderSampler::Pc { .. } | LadderSampler::Ddim { .. }), _) => None,
             (
-                SamplerSpec::AnnealedLangevin { eps, steps_per_level, .. }
-                | SamplerSpec::Langevin { eps, steps_per_level, .. }
-                | SamplerSpec::ScoreAscent { eps, steps_per_level, .. },
+                Some(
+                    LadderSampler::AnnealedLangevin { eps, steps_per_level, .. }
+                    | LadderSampler::Langevin { eps, steps_per_level, .. }
+                    | LadderSampler::ScoreAscent { eps, steps_per_level, .. },
+                ),
                 l,
             ) => Some(match (eps, l) {
                 (StepSize::Fixed(e), _) => *e,
@@ -63,7 +65,7 @@ impl<'a> TrialPlan<'a> {
             }),
         };
         let dsm_sigma = match (&ladder, data.exact()) {
-            (Some(l), Some(_)) => Some(cfg.eval.dsm_sigma.unwrap_or(l.sigmas[l.sigmas.len() / 2])),
+            (Some(l), Some(_)) => Some(cfg.eval.gaps.as_ref().and_then(|g| g.dsm_sigma).unwrap_or(l.sigmas[l.sigmas.len() / 2])),
             _ => None,
         };
         (TrialPlan { cfg, data, device, train_set, ladder, eps, dsm_sigma }, train_rng)

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use schema::trial::{ObjectiveKind, SleepTrial, TrainTrial, TrialConfig};
+use schema::trial::{DataSpec, LadderSampler, ObjectiveKind, SleepTrial, Trial, TrialConfig};
 
 use crate::data::Batch;
 pub use crate::error::EngineError;
@@ -29,8 +29,10 @@ use crate::train::{self, Checkpoints, Schedule, TrainSetup};
 pub fn run_trial(cfg: &TrialConfig, device: &Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
     match cfg {
         TrialConfig::Sleep(s) => Ok(sleep_trial(s, progress, cancel)),
-        TrialConfig::Train(t) => run_training(t, device.clone(), progress, cancel),
-        TrialConfig::Image(t) => crate::images::run::run_image_trial(t, device.clone(), progress, cancel),
+        TrialConfig::Train(t) => match &t.data {
+            DataSpec::Mixture { .. } => run_training(t, device.clone(), progress, cancel),
+            DataSpec::Images(_) => crate::images::run::run_image_trial(t, device.clone(), progress, cancel),
+        },
     }
 }
 
@@ -79,23 +81,25 @@ fn checkpoints(plan: &TrialPlan, objective: &TrainObjective) -> candle_core::Res
         None => EvalSet::new(&eval_pts, &eval_pts, d, dev)?,
     };
     let xs = set.xs.clone();
-    if let Some(mix) = plan.data.exact() {
-        let (c, c_se) = mix.score_norm_constant(cfg.eval.c_samples, &mut c_rng);
-        out.push(Box::new(EsmIsmGap { set, sigma: plan.sigma_clean(), trace_chunk: cfg.objective.trace_chunk, c, c_se }));
+    if let (Some(mix), Some(gaps)) = (plan.data.exact(), &cfg.eval.gaps) {
+        let (c, c_se) = mix.score_norm_constant(gaps.c_samples, &mut c_rng);
+        out.push(Box::new(EsmIsmGap { set, sigma: plan.sigma_clean(), trace_chunk: objective.trace_chunk, c, c_se }));
         if let Some(sig) = plan.dsm_sigma {
             let set = gaps::dsm_eval_set(mix, sig, cfg.eval.n, &mut eval_rng, dev)?;
-            let (c, c_se) = gaps::dsm_constant(mix, sig, cfg.eval.c_samples, &mut c_rng);
+            let (c, c_se) = gaps::dsm_constant(mix, sig, gaps.c_samples, &mut c_rng);
             out.push(Box::new(DsmGap { set, c, c_se }));
         }
     }
-    if matches!(cfg.objective.kind, ObjectiveKind::Ssm | ObjectiveKind::SsmVr) {
+    if matches!(objective.kind, ObjectiveKind::Ssm | ObjectiveKind::SsmVr) {
         out.push(Box::new(SsmLoss { xs, sigma: plan.sigma_clean(), objective: objective.clone(), seed }));
     }
     Ok(out)
 }
 
-fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
-    let data = crate::data::build(&cfg.data);
+fn run_training(cfg: &Trial, device: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+    let (Some(data), Some(spec)) = (crate::data::build(&cfg.data), cfg.objective.score()) else {
+        return Err(EngineError::Invalid("a mixture trial needs mixture data and a score objective (schema::caps refuses the rest)".into()));
+    };
     let (plan, mut train_rng) = TrialPlan::resolve(cfg, data.as_ref(), device.clone());
     let d = plan.dim();
     let seed = cfg.seed;
@@ -104,7 +108,7 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     let varmap = VarMap::new();
     let model = models::build(&cfg.model, d, cfg.conditional(), &varmap, &mut Rng::stream(seed, Stream::Init), &device)?;
     let objective =
-        TrainObjective { kind: cfg.objective.kind, sigmas: sigmas.clone(), probes: cfg.objective.probes, probe: cfg.objective.probe, trace_chunk: cfg.objective.trace_chunk };
+        TrainObjective { kind: spec.kind, sigmas: sigmas.clone(), probes: spec.probes, probe: spec.probe, trace_chunk: spec.trace_chunk };
 
     let t_eval0 = Instant::now();
     let evals = checkpoints(&plan, &objective)?;
@@ -152,8 +156,9 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     let mut samples_out = Vec::new();
     let mut data_out = Vec::new();
     let mut status = trained.status;
-    let sampler = samplers::build(cfg.sampler.name(), &sampler_params(cfg, sigmas.as_deref(), plan.eps.unwrap_or(0.0)));
-    if let (TrialStatus::Ok, Some(sampler), Some(n)) = (status, sampler, sampler_n(cfg)) {
+    let ladder_sampler = cfg.sampler.ladder();
+    let sampler = samplers::build(cfg.sampler.name(), &sampler_params(ladder_sampler, sigmas.as_deref(), plan.eps.unwrap_or(0.0)));
+    if let (TrialStatus::Ok, Some(sampler), Some(n)) = (status, sampler, ladder_sampler.map(LadderSampler::n)) {
         let mut srng = Rng::stream(seed, Stream::Sampler);
         let mut x = samplers::start(sampler.as_ref(), n, d, &mut srng);
         let mut scorer = samplers::scorer_for(model.as_ref(), &device)?;
@@ -220,32 +225,21 @@ fn run_training(cfg: &TrainTrial, device: Device, progress: &mut dyn FnMut(&Prog
     })
 }
 
-/// How many chains the sampler runs (None without a sampler).
-fn sampler_n(cfg: &TrainTrial) -> Option<usize> {
-    use schema::trial::SamplerSpec;
-    match &cfg.sampler {
-        SamplerSpec::None => None,
-        SamplerSpec::AnnealedLangevin { init, .. } | SamplerSpec::Langevin { init, .. } | SamplerSpec::ScoreAscent { init, .. } => Some(init.n),
-        SamplerSpec::Heun { n, .. } | SamplerSpec::EulerMaruyama { n, .. } | SamplerSpec::Pc { n, .. } | SamplerSpec::Ddim { n, .. } => Some(*n),
-    }
-}
-
 /// What the sampler of a toy trial is built from: the Langevin family walks its noise ladder
 /// (descending; None for a clean-score model) with the resolved step size `eps` from the
 /// uniform box; the ODE/SDE samplers walk EDM's ρ schedule between the ladder's ends.
-fn sampler_params(cfg: &TrainTrial, ladder: Option<&[f64]>, eps: f64) -> samplers::Params {
-    use schema::trial::SamplerSpec;
+fn sampler_params(sampler: Option<&LadderSampler>, ladder: Option<&[f64]>, eps: f64) -> samplers::Params {
     let mut p = samplers::Params { sigmas: ladder.map(<[f64]>::to_vec), eps, steps: 0, steps_per_level: 1, denoise: false, snr: 0.0, start: samplers::Start::Noise };
-    match &cfg.sampler {
-        SamplerSpec::None => {}
-        SamplerSpec::AnnealedLangevin { init, steps_per_level, denoise, .. } => {
+    let Some(sampler) = sampler else { return p };
+    match sampler {
+        LadderSampler::AnnealedLangevin { init, steps_per_level, denoise, .. } => {
             (p.steps_per_level, p.denoise, p.start) = (*steps_per_level, *denoise, samplers::Start::Box(init.box_half));
         }
-        SamplerSpec::Langevin { init, steps, .. } | SamplerSpec::ScoreAscent { init, steps, .. } => (p.steps, p.start) = (*steps, samplers::Start::Box(init.box_half)),
-        SamplerSpec::Heun { steps, .. } | SamplerSpec::EulerMaruyama { steps, .. } | SamplerSpec::Pc { steps, .. } | SamplerSpec::Ddim { steps, .. } => {
+        LadderSampler::Langevin { init, steps, .. } | LadderSampler::ScoreAscent { init, steps, .. } => (p.steps, p.start) = (*steps, samplers::Start::Box(init.box_half)),
+        LadderSampler::Heun { steps, .. } | LadderSampler::EulerMaruyama { steps, .. } | LadderSampler::Pc { steps, .. } | LadderSampler::Ddim { steps, .. } => {
             // EDM's ρ = 7 schedule between the ladder's ends (validation requires a ladder).
             p.sigmas = ladder.map(|l| samplers::rho_schedule(l[0], l[l.len() - 1], *steps, 7.0));
-            if let SamplerSpec::Pc { snr, .. } = &cfg.sampler {
+            if let LadderSampler::Pc { snr, .. } = sampler {
                 p.snr = *snr;
             }
         }

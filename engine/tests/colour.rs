@@ -24,10 +24,11 @@ fn shapes_trial(model: &str, objective: &str, steps: u64, sampler: &str) -> Stri
     )
 }
 
-fn run(src: &str) -> (TrialOutcome, schema::image::ImageTrial) {
+fn run(src: &str) -> (TrialOutcome, schema::Trial) {
     let cfg = TrialConfig::from_str_at(src, Path::new("colour.toml")).unwrap();
     let o = trial::run_trial(&cfg, &Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
-    let TrialConfig::Image(img) = cfg else { panic!("shapes3 makes an image trial") };
+    let TrialConfig::Train(img) = cfg else { panic!("shapes3 makes a training trial") };
+    assert!(img.data.images().is_some(), "shapes3 is an image set");
     (o, *img)
 }
 
@@ -48,7 +49,7 @@ fn eval_curve(o: &TrialOutcome) -> Vec<f64> {
 /// What every shapes3 trial must show: status ok, the trainer, a held-out loss below
 /// `factor` × the untrained net's, finite samples of 3×16×16 asking for the six classes, an
 /// RGB grid of one row per class, the digit judge's metrics skipped.
-fn check(o: &TrialOutcome, cfg: &schema::image::ImageTrial, trainer: &str, factor: f64) {
+fn check(o: &TrialOutcome, cfg: &schema::Trial, trainer: &str, factor: f64) {
     let what = &o.trainer;
     assert_eq!(o.status, TrialStatus::Ok, "{what}");
     assert_eq!(o.trainer, trainer);
@@ -59,7 +60,7 @@ fn check(o: &TrialOutcome, cfg: &schema::image::ImageTrial, trainer: &str, facto
     assert!(after < factor * before, "{what}: held-out loss {before} → {after} (must fall below {factor} of it)");
     assert!(o.metric("train_loss").unwrap().is_finite());
     // Samples: N images of 3×16×16, finite.
-    let n = cfg.sampler.n;
+    let n = cfg.sampler.images().expect("an image sampler").n;
     assert_eq!(o.samples.len(), n, "{what}");
     assert!(o.samples.iter().all(|s| s.len() == D && s.iter().all(|v| v.is_finite())), "{what}: samples not finite 3×16×16");
     let flat: Vec<f32> = o.samples.iter().flatten().copied().collect();

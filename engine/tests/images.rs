@@ -142,12 +142,10 @@ fn sigma_data_is_measured_from_the_training_images() {
     let whole = (set.pixels.iter().map(|&b| ((b as f64 + 0.5) / 128.0 - 1.0).powi(2)).sum::<f64>() / set.pixels.len() as f64).sqrt();
     assert!((whole - 0.96).abs() < 0.01, "MNIST's RMS in [−1, 1]: {whole}");
     let src = image_trial_with("kind = \"mlp\"", "kind = \"edm\"\nsigma_data = \"data\"", 1, "kind = \"heun\"");
-    let cfg = match TrialConfig::from_str_at(&src, Path::new("t.toml")).unwrap() {
-        TrialConfig::Image(c) => c,
-        other => panic!("not an image trial: {other:?}"),
-    };
-    let split = engine::images::load(&cfg.data).unwrap();
-    let o = Objective::new(&cfg.objective, &split);
+    let cfg = TrialConfig::from_str_at(&src, Path::new("t.toml")).unwrap();
+    let cfg = cfg.train().expect("a training trial");
+    let split = engine::images::load(cfg.data.images().expect("image data")).unwrap();
+    let o = Objective::new(cfg.objective.denoiser().expect("a denoising objective"), &split);
     assert!((o.sigma_data - whole).abs() < 0.01 * whole, "{} vs {whole}", o.sigma_data);
     assert_eq!(o.precond(), engine::images::Precond::Edm { sigma_data: o.sigma_data });
 }

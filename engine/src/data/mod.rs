@@ -4,7 +4,7 @@
 //! without one (images) gets no ESM objective and no ESM/ISM/quadrature columns.
 //!
 //! Adding a data set: one file in this folder implementing [`DataSource`], one variant in
-//! `schema::trial::DataSpec` (with its caps), and one line in [`build`]. An image set (any
+//! `schema::trial::DataSpec` (with its caps and its raw form in `schema::form::toy`), and one line in [`build`]. An image set (any
 //! channel count: [`idx`], [`shapes`]) is one file here returning an [`idx::ImageSet`], one line
 //! in `images::load_set` and its name in `schema::image::IMAGE_PRESETS`.
 
@@ -69,10 +69,11 @@ impl DataSource for MixtureSource {
     }
 }
 
-/// The registry: one line per data kind.
-pub fn build(spec: &DataSpec) -> Box<dyn DataSource> {
+/// The registry: one line per data kind; None for an image set, which `images::load` reads.
+pub fn build(spec: &DataSpec) -> Option<Box<dyn DataSource>> {
     match spec {
-        DataSpec::Mixture { preset, mixture } => Box::new(MixtureSource { label: preset.clone(), mixture: mixture.clone().into() }),
+        DataSpec::Mixture { preset, mixture } => Some(Box::new(MixtureSource { label: preset.clone(), mixture: mixture.clone().into() })),
+        DataSpec::Images(_) => None,
     }
 }
 
@@ -86,12 +87,12 @@ mod tests {
         let specs =
             vec![DataSpec::Mixture { preset: "ncsn2d".into(), mixture: MixtureSpec::ncsn2d() }, DataSpec::Mixture { preset: "iso".into(), mixture: MixtureSpec::iso(5, 3, 4.0) }];
         for spec in specs {
-            let src = build(&spec);
+            let src = build(&spec).unwrap();
             assert_eq!(src.caps(), spec.caps());
-            assert_eq!(src.dim(), spec.dim());
+            assert_eq!(src.dim(), spec.mixture().unwrap().dim);
             assert_eq!(src.label(), spec.label());
             let b = src.sample(5, &mut Rng::new(1));
-            assert_eq!(b.x.len(), 5 * spec.dim());
+            assert_eq!(b.x.len(), 5 * src.dim());
         }
     }
 }

@@ -22,7 +22,7 @@
 //! [`Stream::Bootstrap`], the "which digit" noise from [`Stream::Metrics`].
 
 use candle_core::{Device, Tensor};
-use schema::image::ImageTrial;
+use schema::trial::Trial;
 
 use super::classifier::{self, ClassifierConfig};
 use super::interval::proportion_metrics;
@@ -79,7 +79,7 @@ fn rows(x: &[f32], idx: &[usize], d: usize) -> Vec<f32> {
 /// `labels`.
 #[allow(clippy::too_many_arguments)]
 pub fn digit_metrics(
-    cfg: &ImageTrial,
+    cfg: &Trial,
     split: &Split,
     net: &dyn ImageNet,
     mut fast_forward: Option<&mut dyn BufferDenoiser>,

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use schema::image::{ImageModel, ImageSampler, ImageSamplerKind, ImageTrial};
+use schema::image::{ImageModel, ImageSampler, ImageSamplerKind};
+use schema::trial::Trial;
 
 use super::guided::{BufferDenoiser, FastGuided, Guided, guided_passes};
 use super::objective::{Objective, edm_losses, edm_weight};
@@ -143,31 +144,34 @@ fn sampler_params(s: &ImageSampler) -> Params {
 }
 
 /// Runs an image trial on `dev`.
-pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+pub fn run_image_trial(cfg: &Trial, dev: Device, progress: &mut dyn FnMut(&Progress), cancel: &AtomicBool) -> Result<TrialOutcome, EngineError> {
+    let (Some(data), Some(model), Some(denoiser)) = (cfg.data.images(), cfg.model.image(), cfg.objective.denoiser()) else {
+        return Err(EngineError::Invalid("an image trial needs image data, an image net and a denoising objective (schema::caps refuses the rest)".into()));
+    };
     let t_setup = Instant::now();
-    let split: Split = super::load(&cfg.data)?;
+    let split: Split = super::load(data)?;
     let (shape, d) = (split.shape(), split.dim());
     let (c, h, w) = shape;
     let (cond, b) = (cfg.model.class_cond(), cfg.train.batch);
     let varmap = VarMap::new();
-    let objective = Objective::new(&cfg.objective, &split);
+    let objective = Objective::new(denoiser, &split);
     let sd = objective.sigma_data;
     let precond = objective.precond();
-    let net = super::build(&cfg.model, precond, c, h, w, &varmap, &dev)?;
+    let net = super::build(model, precond, c, h, w, &varmap, &dev)?;
     init_weights(&varmap, &mut Rng::stream(cfg.seed, Stream::Init))?;
     if cond && let Some(&bad) = split.train_labels.iter().chain(&split.held_labels).find(|&&l| l as u32 >= NULL_CLASS) {
         let message = format!("label {bad}: class-conditional image models take labels 0 to 9");
-        return Err(EngineError::Data(crate::data::idx::IdxError::Corrupt { path: super::data_origin(&cfg.data), message }));
+        return Err(EngineError::Data(crate::data::idx::IdxError::Corrupt { path: super::data_origin(data), message }));
     }
-    let eval = EvalSet::draw(&split, cfg.eval_n, cfg.seed);
+    let eval = EvalSet::draw(&split, cfg.eval.n, cfg.seed);
     let setup_seconds = t_setup.elapsed().as_secs_f64();
 
     let mut trainer = train::image::build(ImageSetup {
-        model: &cfg.model,
+        model,
         net: net.as_ref(),
         varmap: &varmap,
         objective: objective.clone(),
-        label_dropout: cfg.objective.label_dropout,
+        label_dropout: denoiser.label_dropout,
         shape,
         batch: b,
         lr: cfg.train.lr,
@@ -176,7 +180,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
     })?;
     // The held-out loss on the EMA weights (which `sync` leaves in the VarMap).
     let mut evaluate = || -> candle_core::Result<Vec<f64>> {
-        Ok(vec![match buffer_net(&cfg.model, precond, shape, &varmap, &dev)? {
+        Ok(vec![match buffer_net(model, precond, shape, &varmap, &dev)? {
             Some(mut fwd) => eval_loss_buffers(fwd.as_mut(), &eval, d, sd, cond),
             None => eval_loss(net.as_ref(), &eval, shape, sd, cond, &dev)?,
         }])
@@ -220,7 +224,7 @@ pub fn run_image_trial(cfg: &ImageTrial, dev: Device, progress: &mut dyn FnMut(&
 
     // Sampling with the EMA weights (the train loop leaves them in the VarMap), on the CPU
     // through the plain-buffer forward pass.
-    let mut fast_forward = buffer_net(&cfg.model, precond, shape, &varmap, &dev)?;
+    let mut fast_forward = buffer_net(model, precond, shape, &varmap, &dev)?;
     let mut samples_out: Vec<Vec<f32>> = Vec::new();
     let mut labels_out: Vec<u32> = Vec::new();
     if status == TrialStatus::Ok
@@ -303,7 +307,7 @@ struct SampledImages {
 /// class-conditional model gets the `classes` in equal runs.
 #[allow(clippy::too_many_arguments)]
 fn sample(
-    cfg: &ImageTrial,
+    cfg: &Trial,
     net: &dyn ImageNet,
     mut fast: Option<&mut dyn BufferDenoiser>,
     (c, h, w): (usize, usize, usize),
@@ -311,15 +315,16 @@ fn sample(
     dev: &Device,
     cancel: &AtomicBool,
 ) -> Result<Option<SampledImages>, EngineError> {
-    let Some(sampler) = samplers::build(cfg.sampler.name(), &sampler_params(&cfg.sampler)) else { return Ok(None) };
+    let Some(spec) = cfg.sampler.images() else { return Ok(None) };
+    let Some(sampler) = samplers::build(spec.name(), &sampler_params(spec)) else { return Ok(None) };
     let t = Instant::now();
     let d = c * h * w;
     let cond = cfg.model.class_cond();
-    let n = cfg.sampler.n;
+    let n = spec.n;
     let labels: Vec<u32> = if cond { class_runs(n, classes) } else { vec![NULL_CLASS; n] };
     let mut srng = Rng::stream(cfg.seed, Stream::Sampler);
     // An unconditional model has no null class to guide with: its one pass is its model.
-    let scale = if cond { cfg.sampler.guidance } else { 1.0 };
+    let scale = if cond { spec.guidance } else { 1.0 };
     let mut out = SampledImages { images: Vec::new(), labels: Vec::new(), nfe: 0, seconds: 0.0, diverged: None, cancelled: false };
     for start in (0..n).step_by(CHUNK) {
         let end = (start + CHUNK).min(n);

@@ -53,7 +53,7 @@ pub trait ScoreModel: Any {
 
     /// What this instance offers, as the schema declares capabilities.
     fn caps(&self) -> ModelCaps {
-        ModelCaps { tangents: self.tangents().is_some(), closed_trace: self.closed_trace().is_some() }
+        ModelCaps { tangents: self.tangents().is_some(), closed_trace: self.closed_trace().is_some(), net: schema::caps::Net::Score }
     }
 }
 
@@ -80,6 +80,7 @@ pub fn build(spec: &ModelSpec, dim: usize, conditional: bool, varmap: &VarMap, r
     Ok(match spec {
         ModelSpec::Mlp(m) => Box::new(MlpScore::new(arch(m), varmap, rng, dev)?),
         ModelSpec::EnergyMlp(m) => Box::new(EnergyNet::new(arch(m), varmap, rng, dev)?),
+        ModelSpec::Image(m) => candle_core::bail!("model `{}` is an image net: `images::build` builds it", m.name()),
     })
 }
 
