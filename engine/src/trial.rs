@@ -107,8 +107,7 @@ fn run_training(cfg: &Trial, device: Device, progress: &mut dyn FnMut(&Progress)
 
     let varmap = VarMap::new();
     let model = models::build(&cfg.model, d, cfg.conditional(), &varmap, &mut Rng::stream(seed, Stream::Init), &device)?;
-    let objective =
-        TrainObjective { kind: spec.kind, sigmas: sigmas.clone(), probes: spec.probes, probe: spec.probe, trace_chunk: spec.trace_chunk };
+    let objective = TrainObjective { kind: spec.kind, sigmas: sigmas.clone(), probes: spec.probes, probe: spec.probe, trace_chunk: spec.trace_chunk };
 
     let t_eval0 = Instant::now();
     let evals = checkpoints(&plan, &objective)?;

@@ -179,21 +179,14 @@ pub enum ImageSamplerKind {
     /// The reverse VE SDE by Euler–Maruyama: N evaluations.
     EulerMaruyama,
     /// Reverse-SDE predictor plus one Langevin corrector step at signal-to-noise ratio `snr`.
-    Pc {
-        snr: f64,
-    },
+    Pc { snr: f64 },
     /// NCSN's annealed Langevin dynamics over the schedule's levels: `steps_per_level` steps
     /// x ← x + α S + √(2α) z with α = eps·σ_i²/σ_min² at each level, then a final denoising
     /// step x ← D(x; σ_min): N·steps_per_level + 1 evaluations.
-    AnnealedLangevin {
-        steps_per_level: usize,
-        eps: f64,
-    },
+    AnnealedLangevin { steps_per_level: usize, eps: f64 },
     /// Plain Langevin x ← x + eps S + √(2 eps) z at σ_min for `steps` steps, from uniform
     /// pixels in [−1, 1]: N evaluations.
-    Langevin {
-        eps: f64,
-    },
+    Langevin { eps: f64 },
     /// DDIM with η = 0: x ← D + (σ_{i+1}/σ_i)(x − D) over the schedule and a final 0: N
     /// evaluations.
     Ddim,

@@ -37,7 +37,7 @@ pub mod status;
 pub mod trial;
 pub mod validate;
 
-pub use status::Status;
 pub use form::ConfigError;
+pub use status::Status;
 pub use trial::{Trial, TrialConfig};
 pub use validate::FieldError;

@@ -413,50 +413,22 @@ impl SamplerSpec {
 pub enum LadderSampler {
     /// NCSN: `steps_per_level` steps at each level with α_i = ε σ_i²/σ_L², then optionally
     /// x + σ_L² S(x, σ_L).
-    AnnealedLangevin {
-        init: Init,
-        steps_per_level: usize,
-        eps: StepSize,
-        denoise: bool,
-    },
+    AnnealedLangevin { init: Init, steps_per_level: usize, eps: StepSize, denoise: bool },
     /// `steps` steps x ← x + α S + √(2α) z (NCSN's convention, as annealed Langevin's) at the
     /// smallest σ (or the unconditional score).
-    Langevin {
-        init: Init,
-        steps: usize,
-        eps: StepSize,
-        steps_per_level: usize,
-    },
+    Langevin { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
     /// `steps` steps x ← x + α S.
-    ScoreAscent {
-        init: Init,
-        steps: usize,
-        eps: StepSize,
-        steps_per_level: usize,
-    },
+    ScoreAscent { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
     /// The probability-flow ODE by Heun's steps (EDM) over `steps` levels of EDM's ρ = 7
     /// schedule between the ladder's largest and smallest σ, from σ_max z: 2·steps − 1
     /// evaluations.
-    Heun {
-        n: usize,
-        steps: usize,
-    },
+    Heun { n: usize, steps: usize },
     /// The reverse VE SDE by Euler–Maruyama over the same schedule: `steps` evaluations.
-    EulerMaruyama {
-        n: usize,
-        steps: usize,
-    },
+    EulerMaruyama { n: usize, steps: usize },
     /// Euler–Maruyama plus one Langevin corrector step at signal-to-noise ratio `snr`.
-    Pc {
-        n: usize,
-        steps: usize,
-        snr: f64,
-    },
+    Pc { n: usize, steps: usize, snr: f64 },
     /// DDIM (η = 0) over the same schedule: `steps` evaluations.
-    Ddim {
-        n: usize,
-        steps: usize,
-    },
+    Ddim { n: usize, steps: usize },
 }
 
 impl LadderSampler {

@@ -47,9 +47,7 @@ use serde::Deserialize;
 
 use super::kinds::{ModelKind, ObjectiveName};
 use crate::caps::{self, Points};
-use crate::image::{
-    GENERATED_PRESETS, ImageData, ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind, ImageSampler, ImageSamplerKind, Schedule, SigmaData, UnetSpec,
-};
+use crate::image::{GENERATED_PRESETS, ImageData, ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind, ImageSampler, ImageSamplerKind, Schedule, SigmaData, UnetSpec};
 use crate::noise::{NoiseSpec, RawNoise, validate_noise};
 use crate::sampler::SamplerKind;
 use crate::trial::{DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, SamplerSpec, TrainSpec, Trial};
@@ -412,14 +410,7 @@ mod tests {
     fn image_objectives_need_what_caps_declares() {
         let mlp = ModelSpec::Image(ImageModel::Mlp(ImageMlpSpec { hidden: 8, depth: 1, emb: 8, class_cond: true }));
         let unet = ModelSpec::Image(ImageModel::Unet(UnetSpec { channels: 8, mults: vec![1], blocks: 1, emb: 8, groups: 1, class_cond: true }));
-        let all = [
-            ObjectiveName::Edm,
-            ObjectiveName::Dsm,
-            ObjectiveName::Ve,
-            ObjectiveName::Vp,
-            ObjectiveName::Ssm,
-            ObjectiveName::SsmVr,
-        ];
+        let all = [ObjectiveName::Edm, ObjectiveName::Dsm, ObjectiveName::Ve, ObjectiveName::Vp, ObjectiveName::Ssm, ObjectiveName::SsmVr];
         for kind in all {
             for (model, ladder) in [(&mlp, true), (&mlp, false), (&unet, true), (&unet, false)] {
                 let got = caps::check(kind.name(), kind.needs_on_images(), model.name(), model.caps(), "mnist", crate::image::IMAGE_DATA_CAPS, ladder).err().map(|e| e.key);
@@ -436,4 +427,3 @@ mod tests {
         }
     }
 }
-

@@ -16,7 +16,6 @@ pub mod image;
 pub mod kinds;
 pub mod toy;
 
-
 /// A trial file that could not be read or is invalid, located in the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -277,7 +276,13 @@ n = 20
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"dsm\""), "objective.noise", 8, 2, "dsm needs a noise ladder"),
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ssm\""), "objective.noise", 8, 2, "ssm needs a noise ladder"),
             // Kinds and keys of the mixture family, refused by `caps` or as not applying.
-            (GOOD_IMAGE.replace("kind = \"mlp\"\nhidden = 64", "kind = \"energy_mlp\""), "model.kind", 6, 1, "model `energy_mlp` takes vectors (a Gaussian mixture), and data `mnist` is images"),
+            (
+                GOOD_IMAGE.replace("kind = \"mlp\"\nhidden = 64", "kind = \"energy_mlp\""),
+                "model.kind",
+                6,
+                1,
+                "model `energy_mlp` takes vectors (a Gaussian mixture), and data `mnist` is images",
+            ),
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"esm\""), "objective.kind", 9, 1, "needs the exact score of the data, and data `mnist` has none"),
             (GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ism\""), "objective.kind", 9, 1, "`ism` trains a score net S(x, σ), and model `mlp` on data `mnist` is a denoiser"),
             (GOOD_IMAGE.replace("steps = 10", "steps = 10\nn_train = 100"), "train.n_train", 12, 1, "applies to mixture data only"),

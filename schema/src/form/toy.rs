@@ -42,8 +42,8 @@ use crate::data::MixtureSpec;
 use crate::noise::{NoiseSpec, RawNoise, validate_noise};
 use crate::sampler::SamplerKind;
 use crate::trial::{
-    Activation, DataSpec, EvalSpec, GapEval, Init, LadderSampler, MlpSpec, ModelSpec, ObjectiveSpec, ProbeDist, SamplerSpec, ScoreObjective, SleepTrial, StepSize, TrainSpec, Trial,
-    TrialConfig,
+    Activation, DataSpec, EvalSpec, GapEval, Init, LadderSampler, MlpSpec, ModelSpec, ObjectiveSpec, ProbeDist, SamplerSpec, ScoreObjective, SleepTrial, StepSize, TrainSpec,
+    Trial, TrialConfig,
 };
 use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive, required};
 
@@ -454,4 +454,3 @@ fn validate_data(d: &RawData) -> Result<(DataSpec, MixtureSpec), FieldError> {
     };
     Ok((DataSpec::Mixture { preset: d.preset.clone(), mixture: mix.clone() }, mix))
 }
-
