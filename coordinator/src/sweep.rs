@@ -6,7 +6,7 @@
 //! retries = 1               # extra attempts after a failure or an expired lease
 //! gpu = false               # each trial needs a GPU worker (a variant may say otherwise)
 //! repeats = 2               # seeds base.seed, base.seed+1, … (or: seeds = [0, 7])
-//! [base]                    # one trial in the trial schema (schema/src/trial.rs)
+//! [base]                    # one trial in the trial schema (schema/src/form/)
 //! [grid]                    # cartesian product over dotted keys
 //! "objective.noise.sigma_max" = [1.0, 5.0, 20.0]
 //! [[zip]]                   # lists that vary together (one zip group per [[zip]])
