@@ -132,4 +132,15 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn image_trials_require_the_image_lists() {
+        let image = |sampler: &str| {
+            cfg(&format!("[data]\npreset = \"mnist\"\n[model]\nkind = \"mlp\"\n[objective]\nkind = \"edm\"\n[train]\nsteps = 1\n[sampler]\nkind = \"{sampler}\"\n"))
+        };
+        let with_sampler: Vec<&str> = IMAGE.iter().chain(IMAGE_SAMPLER).copied().collect();
+        assert_eq!(image("heun").required_metrics(), with_sampler);
+        assert_eq!(image("none").required_metrics(), IMAGE.to_vec());
+        assert_eq!(image("heun").checkpoint_metrics(), vec!["train_loss", "eval_loss"]);
+    }
 }
