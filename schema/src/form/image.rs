@@ -191,9 +191,9 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<Trial, FieldError> {
     let data = DataSpec::Images(data);
 
     let m = raw.model;
-    if m.kind == ModelKind::EnergyMlp {
-        caps::check_points(m.kind.name(), Points::Vectors, data.label(), data.points())?;
-    }
+    // Every kind parses (one list for both families); one that takes vectors is refused here.
+    let takes = if m.kind == ModelKind::EnergyMlp { Points::Vectors } else { Points::Images };
+    caps::check_points(m.kind.name(), takes, data.label(), data.points())?;
     let class_cond = m.class_cond.unwrap_or(true);
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
         let given = [

@@ -258,9 +258,9 @@ pub(crate) fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
     let dim = mixture.dim;
 
     let m = required("model", raw.model)?;
-    if m.kind == ModelKind::Unet {
-        caps::check_points(m.kind.name(), Points::Images, data.label(), data.points())?;
-    }
+    // Every kind parses (one list for both families); one that takes images is refused here.
+    let takes = if m.kind == ModelKind::Unet { Points::Images } else { Points::Vectors };
+    caps::check_points(m.kind.name(), takes, data.label(), data.points())?;
     in_range("model.hidden", m.hidden, 1, MAX_HIDDEN)?;
     in_range("model.depth", m.depth, 1, 16)?;
     let mlp = MlpSpec { hidden: m.hidden, depth: m.depth, activation: m.activation, scale_by_sigma: m.scale_by_sigma };
