@@ -4,7 +4,8 @@
 //! the σ of the DSM gap, and the device. The runner then only follows the plan.
 
 use candle_core::Device;
-use schema::trial::{LadderSampler, NoiseSpec, StepSize, Trial};
+use schema::sampler::StepSize;
+use schema::trial::{NoiseSpec, Trial};
 
 use crate::data::DataSource;
 use crate::ladder;
@@ -48,22 +49,12 @@ impl<'a> TrialPlan<'a> {
         let mut train_rng = Rng::stream(cfg.seed, Stream::Train);
         let train_set = cfg.train.n_train.map(|n| data.sample(n, &mut train_rng).x);
         let ladder = cfg.noise().map(|n| resolve_ladder(n, data, train_set.as_deref(), cfg.seed));
-        let eps = match (cfg.sampler.ladder(), &ladder) {
-            (None | Some(LadderSampler::Heun { .. } | LadderSampler::EulerMaruyama { .. } | LadderSampler::Pc { .. } | LadderSampler::Ddim { .. }), _) => None,
-            (
-                Some(
-                    LadderSampler::AnnealedLangevin { eps, steps_per_level, .. }
-                    | LadderSampler::Langevin { eps, steps_per_level, .. }
-                    | LadderSampler::ScoreAscent { eps, steps_per_level, .. },
-                ),
-                l,
-            ) => Some(match (eps, l) {
-                (StepSize::Fixed(e), _) => *e,
-                (StepSize::Auto, Some(l)) => ladder::ncsnv2_step_size(l.smallest(), l.gamma, *steps_per_level),
-                // Validation refuses `auto` without a ladder; fall back to the schema default.
-                (StepSize::Auto, None) => 2e-5,
-            }),
-        };
+        let eps = cfg.sampler.as_ref().and_then(|s| s.method.eps()).map(|eps| match (eps, &ladder) {
+            (StepSize::Fixed(e), _) => e,
+            (StepSize::Auto { steps_per_level }, Some(l)) => ladder::ncsnv2_step_size(l.smallest(), l.gamma, steps_per_level),
+            // Validation refuses `auto` without a ladder; fall back to the schema default.
+            (StepSize::Auto { .. }, None) => 2e-5,
+        });
         let dsm_sigma = match (&ladder, data.exact()) {
             (Some(l), Some(_)) => Some(cfg.eval.gaps.as_ref().and_then(|g| g.dsm_sigma).unwrap_or(l.sigmas[l.sigmas.len() / 2])),
             _ => None,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use schema::trial::{DataSpec, LadderSampler, ObjectiveKind, SleepTrial, Trial, TrialConfig};
+use schema::trial::{DataSpec, ObjectiveKind, SleepTrial, Trial, TrialConfig};
 
 use crate::data::Batch;
 pub use crate::error::EngineError;
@@ -155,9 +155,8 @@ fn run_training(cfg: &Trial, device: Device, progress: &mut dyn FnMut(&Progress)
     let mut samples_out = Vec::new();
     let mut data_out = Vec::new();
     let mut status = trained.status;
-    let ladder_sampler = cfg.sampler.ladder();
-    let sampler = samplers::build(cfg.sampler.name(), &sampler_params(ladder_sampler, sigmas.as_deref(), plan.eps.unwrap_or(0.0)));
-    if let (TrialStatus::Ok, Some(sampler), Some(n)) = (status, sampler, ladder_sampler.map(LadderSampler::n)) {
+    let sampler = cfg.sampler.as_ref().and_then(|s| Some((samplers::build(s.name(), &samplers::Params::of(s, sigmas.as_deref(), plan.eps.unwrap_or(0.0)))?, s.n)));
+    if let (TrialStatus::Ok, Some((sampler, n))) = (status, sampler) {
         let mut srng = Rng::stream(seed, Stream::Sampler);
         let mut x = samplers::start(sampler.as_ref(), n, d, &mut srng);
         let mut scorer = samplers::scorer_for(model.as_ref(), &device)?;
@@ -222,26 +221,4 @@ fn run_training(cfg: &Trial, device: Device, progress: &mut dyn FnMut(&Progress)
         device: crate::device::label(&device),
         trainer: trainer_name,
     })
-}
-
-/// What the sampler of a toy trial is built from: the Langevin family walks its noise ladder
-/// (descending; None for a clean-score model) with the resolved step size `eps` from the
-/// uniform box; the ODE/SDE samplers walk EDM's ρ schedule between the ladder's ends.
-fn sampler_params(sampler: Option<&LadderSampler>, ladder: Option<&[f64]>, eps: f64) -> samplers::Params {
-    let mut p = samplers::Params { sigmas: ladder.map(<[f64]>::to_vec), eps, steps: 0, steps_per_level: 1, denoise: false, snr: 0.0, start: samplers::Start::Noise };
-    let Some(sampler) = sampler else { return p };
-    match sampler {
-        LadderSampler::AnnealedLangevin { init, steps_per_level, denoise, .. } => {
-            (p.steps_per_level, p.denoise, p.start) = (*steps_per_level, *denoise, samplers::Start::Box(init.box_half));
-        }
-        LadderSampler::Langevin { init, steps, .. } | LadderSampler::ScoreAscent { init, steps, .. } => (p.steps, p.start) = (*steps, samplers::Start::Box(init.box_half)),
-        LadderSampler::Heun { steps, .. } | LadderSampler::EulerMaruyama { steps, .. } | LadderSampler::Pc { steps, .. } | LadderSampler::Ddim { steps, .. } => {
-            // EDM's ρ = 7 schedule between the ladder's ends (validation requires a ladder).
-            p.sigmas = ladder.map(|l| samplers::rho_schedule(l[0], l[l.len() - 1], *steps, 7.0));
-            if let LadderSampler::Pc { snr, .. } = sampler {
-                p.snr = *snr;
-            }
-        }
-    }
-    p
 }

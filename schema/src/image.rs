@@ -1,8 +1,8 @@
 //! The image family's validated sections: the image sets ([`ImageData`]), the denoiser nets
 //! ([`ImageModel`]: an MLP on the flattened pixels or a U-Net), the denoising objectives
-//! ([`ImageObjective`]) and the samplers over EDM's ρ schedule ([`ImageSampler`]), each the
-//! image variant of a [`crate::trial::Trial`] section (`DataSpec::Images`, `ModelSpec::Image`,
-//! `ObjectiveSpec::Denoiser`, `SamplerSpec::Images`). The file format and its validation are
+//! ([`ImageObjective`]), each the image variant of a [`crate::trial::Trial`] section
+//! (`DataSpec::Images`, `ModelSpec::Image`, `ObjectiveSpec::Denoiser`); the sampler is one type
+//! for both families ([`crate::sampler::Sampler`]). The file format and its validation are
 //! `form::image`'s.
 
 use std::path::PathBuf;
@@ -159,60 +159,6 @@ impl ImageObjectiveKind {
             ImageObjectiveKind::Vp { .. } => "vp",
             ImageObjectiveKind::Ssm { vr: false, .. } => "ssm",
             ImageObjectiveKind::Ssm { vr: true, .. } => "ssm_vr",
-        }
-    }
-}
-
-/// The sampler's noise schedule: σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Schedule {
-    pub steps: usize,
-    pub sigma_min: f64,
-    pub sigma_max: f64,
-    pub rho: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ImageSamplerKind {
-    /// The probability-flow ODE, Heun's 2nd-order steps (EDM Algorithm 1): 2N − 1 evaluations.
-    Heun,
-    /// The reverse VE SDE by Euler–Maruyama: N evaluations.
-    EulerMaruyama,
-    /// Reverse-SDE predictor plus one Langevin corrector step at signal-to-noise ratio `snr`.
-    Pc { snr: f64 },
-    /// NCSN's annealed Langevin dynamics over the schedule's levels: `steps_per_level` steps
-    /// x ← x + α S + √(2α) z with α = eps·σ_i²/σ_min² at each level, then a final denoising
-    /// step x ← D(x; σ_min): N·steps_per_level + 1 evaluations.
-    AnnealedLangevin { steps_per_level: usize, eps: f64 },
-    /// Plain Langevin x ← x + eps S + √(2 eps) z at σ_min for `steps` steps, from uniform
-    /// pixels in [−1, 1]: N evaluations.
-    Langevin { eps: f64 },
-    /// DDIM with η = 0: x ← D + (σ_{i+1}/σ_i)(x − D) over the schedule and a final 0: N
-    /// evaluations.
-    Ddim,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageSampler {
-    pub kind: ImageSamplerKind,
-    pub schedule: Schedule,
-    /// Classifier-free guidance scale s: D = D_uncond + s (D_cond − D_uncond); 0 is the
-    /// unconditional model, 1 (the default) the conditional one, s > 1 guided (w = s − 1 in
-    /// Ho & Salimans' D = (1 + w) D_cond − w D_uncond).
-    pub guidance: f64,
-    /// Images to generate (a multiple of 10 with a class-conditional model: n/10 per class).
-    pub n: usize,
-}
-
-impl ImageSampler {
-    pub fn name(&self) -> &'static str {
-        match self.kind {
-            ImageSamplerKind::Heun => "heun",
-            ImageSamplerKind::EulerMaruyama => "euler_maruyama",
-            ImageSamplerKind::Pc { .. } => "pc",
-            ImageSamplerKind::AnnealedLangevin { .. } => "annealed_langevin",
-            ImageSamplerKind::Langevin { .. } => "langevin",
-            ImageSamplerKind::Ddim => "ddim",
         }
     }
 }

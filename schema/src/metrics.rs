@@ -9,7 +9,7 @@
 //! left out. `worker/tests/required_metrics.rs` runs real trials and checks that their metrics
 //! contain every key listed here, so the list cannot drift from the engine.
 
-use crate::trial::{DataSpec, SamplerSpec, TrialConfig};
+use crate::trial::{DataSpec, TrialConfig};
 
 /// Of a sleep trial.
 pub const SLEEP: &[&str] = &["slept_seconds"];
@@ -39,7 +39,7 @@ pub fn required_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
     };
     if let DataSpec::Images(_) = t.data {
         let mut keys = IMAGE.to_vec();
-        if !matches!(t.sampler, SamplerSpec::None) {
+        if t.sampler.is_some() {
             keys.extend_from_slice(IMAGE_SAMPLER);
         }
         return keys;
@@ -58,7 +58,7 @@ pub fn required_metrics(cfg: &TrialConfig) -> Vec<&'static str> {
     if t.conditional() {
         keys.extend_from_slice(LADDER);
     }
-    if !matches!(t.sampler, SamplerSpec::None) {
+    if t.sampler.is_some() {
         keys.extend_from_slice(SAMPLER);
     }
     keys

@@ -2,7 +2,8 @@
 //! mixtures, denoisers on image sets), whose sections are tagged enums spanning both:
 //! [`DataSpec`] (a mixture or an image set), [`ModelSpec`] (`mlp`, `energy_mlp`, or an image net),
 //! [`ObjectiveSpec`] (score matching on a score net, or a weighted denoising loss on a denoiser),
-//! [`TrainSpec`], [`EvalSpec`] and [`SamplerSpec`]. Each variant holds only the fields that
+//! [`TrainSpec`], [`EvalSpec`] and the sampler ([`crate::sampler::Sampler`], one type for both
+//! families, `None` for no sampling). Each variant holds only the fields that
 //! apply to it, so the engine matches on what a trial is and never on placeholder values; which
 //! sections go together ("X needs Y") is [`crate::caps`]'s to check, and validation refuses the
 //! rest at the key to change. The file's raw forms and the validation that builds a `Trial` are
@@ -13,8 +14,9 @@ use serde::Deserialize;
 
 use crate::caps::{DataCaps, ModelCaps, Needs, Net, Points};
 use crate::data::MixtureSpec;
-use crate::image::{IMAGE_DATA_CAPS, ImageData, ImageModel, ImageObjective, ImageSampler};
+use crate::image::{IMAGE_DATA_CAPS, ImageData, ImageModel, ImageObjective};
 pub use crate::noise::NoiseSpec;
+use crate::sampler::Sampler;
 pub use crate::validate::{FieldError, field};
 
 // ---------------------------------------------------------------- plain enums of the file
@@ -108,8 +110,8 @@ pub struct SleepTrial {
 
 /// A training trial of either family: every section validated, every file-level default
 /// resolved, and the sections checked to go together (`caps`): mixture data with a vector
-/// model, a score objective and a ladder sampler; image data with an image net, a denoising
-/// objective and an image sampler.
+/// model and a score objective; image data with an image net and a denoising objective; either
+/// with a sampler of the kinds its family takes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trial {
     pub seed: u64,
@@ -119,7 +121,8 @@ pub struct Trial {
     pub objective: ObjectiveSpec,
     pub train: TrainSpec,
     pub eval: EvalSpec,
-    pub sampler: SamplerSpec,
+    /// None: `sampler.kind = "none"`.
+    pub sampler: Option<Sampler>,
 }
 
 impl TrialConfig {
@@ -352,103 +355,4 @@ pub struct GapEval {
     pub dsm_sigma: Option<f64>,
     /// Monte Carlo draws of the score-norm constants.
     pub c_samples: usize,
-}
-
-/// A Langevin step size: a number, or NCSNv2's rule for the ladder (`"auto"`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum StepSize {
-    Fixed(f64),
-    Auto,
-}
-
-/// Where chains start: n points uniform in [−box, box]^D.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Init {
-    pub n: usize,
-    pub box_half: f64,
-}
-
-/// How samples are drawn: not at all, or by one of the samplers (one list for both families,
-/// `sampler::SamplerKind`), over the noise ladder for mixture data or over EDM's ρ schedule
-/// for images.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SamplerSpec {
-    None,
-    /// A sampler for mixture data.
-    Ladder(LadderSampler),
-    /// A sampler for images: see [`ImageSampler`].
-    Images(ImageSampler),
-}
-
-impl SamplerSpec {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SamplerSpec::None => "none",
-            SamplerSpec::Ladder(s) => s.name(),
-            SamplerSpec::Images(s) => s.name(),
-        }
-    }
-
-    /// The mixture data's sampler, if any.
-    pub fn ladder(&self) -> Option<&LadderSampler> {
-        match self {
-            SamplerSpec::Ladder(s) => Some(s),
-            SamplerSpec::None | SamplerSpec::Images(_) => None,
-        }
-    }
-
-    /// The image sampler, if any.
-    pub fn images(&self) -> Option<&ImageSampler> {
-        match self {
-            SamplerSpec::Images(s) => Some(s),
-            SamplerSpec::None | SamplerSpec::Ladder(_) => None,
-        }
-    }
-}
-
-/// The samplers of mixture data (one variant per sampler): the Langevin family from a uniform
-/// box over the noise ladder, the ODE/SDE ones from σ_max z over EDM's ρ = 7 schedule between
-/// the ladder's ends.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LadderSampler {
-    /// NCSN: `steps_per_level` steps at each level with α_i = ε σ_i²/σ_L², then optionally
-    /// x + σ_L² S(x, σ_L).
-    AnnealedLangevin { init: Init, steps_per_level: usize, eps: StepSize, denoise: bool },
-    /// `steps` steps x ← x + α S + √(2α) z (NCSN's convention, as annealed Langevin's) at the
-    /// smallest σ (or the unconditional score).
-    Langevin { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
-    /// `steps` steps x ← x + α S.
-    ScoreAscent { init: Init, steps: usize, eps: StepSize, steps_per_level: usize },
-    /// The probability-flow ODE by Heun's steps (EDM) over `steps` levels of EDM's ρ = 7
-    /// schedule between the ladder's largest and smallest σ, from σ_max z: 2·steps − 1
-    /// evaluations.
-    Heun { n: usize, steps: usize },
-    /// The reverse VE SDE by Euler–Maruyama over the same schedule: `steps` evaluations.
-    EulerMaruyama { n: usize, steps: usize },
-    /// Euler–Maruyama plus one Langevin corrector step at signal-to-noise ratio `snr`.
-    Pc { n: usize, steps: usize, snr: f64 },
-    /// DDIM (η = 0) over the same schedule: `steps` evaluations.
-    Ddim { n: usize, steps: usize },
-}
-
-impl LadderSampler {
-    pub fn name(&self) -> &'static str {
-        match self {
-            LadderSampler::AnnealedLangevin { .. } => "annealed_langevin",
-            LadderSampler::Langevin { .. } => "langevin",
-            LadderSampler::ScoreAscent { .. } => "score_ascent",
-            LadderSampler::Heun { .. } => "heun",
-            LadderSampler::EulerMaruyama { .. } => "euler_maruyama",
-            LadderSampler::Pc { .. } => "pc",
-            LadderSampler::Ddim { .. } => "ddim",
-        }
-    }
-
-    /// How many chains it runs.
-    pub fn n(&self) -> usize {
-        match self {
-            LadderSampler::AnnealedLangevin { init, .. } | LadderSampler::Langevin { init, .. } | LadderSampler::ScoreAscent { init, .. } => init.n,
-            LadderSampler::Heun { n, .. } | LadderSampler::EulerMaruyama { n, .. } | LadderSampler::Pc { n, .. } | LadderSampler::Ddim { n, .. } => *n,
-        }
-    }
 }

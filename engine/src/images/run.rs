@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use schema::image::{ImageModel, ImageSampler, ImageSamplerKind};
+use schema::image::ImageModel;
+use schema::sampler::StepSize;
 use schema::trial::Trial;
 
 use super::guided::{BufferDenoiser, FastGuided, Guided, guided_passes};
@@ -23,7 +24,7 @@ use crate::data::Batch;
 use crate::error::EngineError;
 use crate::outcome::{Progress, TrialOutcome, TrialStatus};
 use crate::rng::{Rng, Stream};
-use crate::samplers::{self, Params, Start};
+use crate::samplers::{self, Params};
 use crate::train::fast::image::ImageForward;
 use crate::train::fast::unet::FastUnet;
 use crate::train::image::ImageSetup;
@@ -118,29 +119,6 @@ fn buffer_net(
         ImageModel::Mlp(spec) => Box::new(ImageForward::new(spec, c * h * w, precond, varmap)?),
         ImageModel::Unet(spec) => Box::new(FastUnet::inference(spec, precond, c, h, w, varmap, UNET_PASS)?),
     }))
-}
-
-/// What the sampler of an image trial is built from: EDM's ρ schedule as its levels, chains
-/// from σ_max z (plain Langevin: uniform in [−1, 1], over the pixel range, the toy trials'
-/// "scatter points everywhere").
-fn sampler_params(s: &ImageSampler) -> Params {
-    let sch = &s.schedule;
-    let mut p = Params {
-        sigmas: Some(samplers::rho_schedule(sch.sigma_max, sch.sigma_min, sch.steps, sch.rho)),
-        eps: 0.0,
-        steps: sch.steps,
-        steps_per_level: 1,
-        denoise: true,
-        snr: 0.0,
-        start: Start::Noise,
-    };
-    match s.kind {
-        ImageSamplerKind::Pc { snr } => p.snr = snr,
-        ImageSamplerKind::AnnealedLangevin { steps_per_level, eps } => (p.steps_per_level, p.eps) = (steps_per_level, eps),
-        ImageSamplerKind::Langevin { eps } => (p.eps, p.start) = (eps, Start::Box(1.0)),
-        _ => {}
-    }
-    p
 }
 
 /// Runs an image trial on `dev`.
@@ -315,8 +293,13 @@ fn sample(
     dev: &Device,
     cancel: &AtomicBool,
 ) -> Result<Option<SampledImages>, EngineError> {
-    let Some(spec) = cfg.sampler.images() else { return Ok(None) };
-    let Some(sampler) = samplers::build(spec.name(), &sampler_params(spec)) else { return Ok(None) };
+    let Some(spec) = &cfg.sampler else { return Ok(None) };
+    // An image trial's Langevin step is a number (validation resolves its default).
+    let eps = match spec.method.eps() {
+        Some(StepSize::Fixed(eps)) => eps,
+        Some(StepSize::Auto { .. }) | None => 0.0,
+    };
+    let Some(sampler) = samplers::build(spec.name(), &Params::of(spec, None, eps)) else { return Ok(None) };
     let t = Instant::now();
     let d = c * h * w;
     let cond = cfg.model.class_cond();

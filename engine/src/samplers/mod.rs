@@ -31,6 +31,7 @@ pub mod score_ascent;
 
 pub use annealed_langevin::AnnealedLangevin;
 pub use langevin::Langevin;
+pub use schema::sampler::Start;
 pub use score_ascent::ScoreAscent;
 
 /// A model as samplers see it, on row-major f32 points: the score, and the denoiser
@@ -152,15 +153,6 @@ pub struct Sampled {
     pub diverged: Option<Diverged>,
 }
 
-/// Where chains start.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Start {
-    /// Uniform in [−half, half]^D (a toy trial's `sampler.box`: "scatter points everywhere").
-    Box(f64),
-    /// σ_0 z, z ~ N(0, I), at the first level of the sampler's schedule.
-    Noise,
-}
-
 /// A sampler over chains of row-major points.
 pub trait Sampler {
     fn name(&self) -> &'static str;
@@ -219,6 +211,26 @@ pub struct Params {
 }
 
 impl Params {
+    /// The parameters of a trial's sampler `s`: its levels from the trial's resolved noise
+    /// `ladder` (descending; None for a clean-score model) or its own ρ schedule, and the
+    /// resolved Langevin step `eps` (0 for the samplers without one).
+    pub fn of(s: &schema::sampler::Sampler, ladder: Option<&[f64]>, eps: f64) -> Params {
+        use schema::sampler::{Ends, Levels, Method};
+        let sigmas = match s.levels {
+            Levels::Ladder => ladder.map(<[f64]>::to_vec),
+            Levels::Rho { steps, rho, ends: Ends::Ladder } => ladder.map(|l| rho_schedule(l[0], l[l.len() - 1], steps, rho)),
+            Levels::Rho { steps, rho, ends: Ends::Sigmas { min, max } } => Some(rho_schedule(max, min, steps, rho)),
+        };
+        let mut p = Params { sigmas, eps, steps: 0, steps_per_level: 1, denoise: false, snr: 0.0, start: s.start };
+        match s.method {
+            Method::AnnealedLangevin { steps_per_level, denoise, .. } => (p.steps_per_level, p.denoise) = (steps_per_level, denoise),
+            Method::Langevin { steps, .. } | Method::ScoreAscent { steps, .. } => p.steps = steps,
+            Method::Pc { snr } => p.snr = snr,
+            Method::Heun | Method::EulerMaruyama | Method::Ddim => {}
+        }
+        p
+    }
+
     /// The smallest level: where the samplers that stay at one level take the score.
     pub fn clean(&self) -> Option<f64> {
         self.sigmas.as_ref().and_then(|s| s.last().copied())

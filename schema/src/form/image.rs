@@ -47,10 +47,10 @@ use serde::Deserialize;
 
 use super::kinds::{ModelKind, ObjectiveName};
 use crate::caps::{self, Points};
-use crate::image::{GENERATED_PRESETS, ImageData, ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind, ImageSampler, ImageSamplerKind, Schedule, SigmaData, UnetSpec};
+use crate::image::{GENERATED_PRESETS, ImageData, ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind, SigmaData, UnetSpec};
 use crate::noise::{NoiseSpec, RawNoise, validate_noise};
-use crate::sampler::SamplerKind;
-use crate::trial::{DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, SamplerSpec, TrainSpec, Trial};
+use crate::sampler::{Ends, Levels, Method, Sampler, SamplerKind, Start, StepSize};
+use crate::trial::{DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, TrainSpec, Trial};
 use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive};
 
 #[derive(Deserialize, Debug)]
@@ -348,6 +348,7 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<Trial, FieldError> {
     if sigma_max <= sigma_min {
         return Err(field("sampler.sigma_max", format!("must exceed sampler.sigma_min ({sigma_max} ≤ {sigma_min})")));
     }
+    let steps = in_range("sampler.steps", s.steps.unwrap_or(if s.kind == SamplerKind::Heun { 18 } else { 100 }), 2, 100_000)?;
     // The Langevin step at σ_min: NCSN's 2e-5 at σ_L = 0.01 (0.2 σ_min²) unless given, and
     // below 2σ_min², beyond which no step can be stable.
     let eps = || -> Result<f64, FieldError> {
@@ -356,32 +357,33 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<Trial, FieldError> {
         Ok(eps)
     };
     // None: `kind = "none"` (its other keys are still checked).
-    let kind = match s.kind {
+    let method = match s.kind {
         SamplerKind::None => None,
-        SamplerKind::Heun => Some(ImageSamplerKind::Heun),
-        SamplerKind::EulerMaruyama => Some(ImageSamplerKind::EulerMaruyama),
-        SamplerKind::Pc => Some(ImageSamplerKind::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? }),
-        SamplerKind::AnnealedLangevin => {
-            Some(ImageSamplerKind::AnnealedLangevin { steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?, eps: eps()? })
-        }
-        SamplerKind::Langevin => Some(ImageSamplerKind::Langevin { eps: eps()? }),
-        SamplerKind::Ddim => Some(ImageSamplerKind::Ddim),
+        SamplerKind::Heun => Some(Method::Heun),
+        SamplerKind::EulerMaruyama => Some(Method::EulerMaruyama),
+        SamplerKind::Pc => Some(Method::Pc { snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? }),
+        SamplerKind::AnnealedLangevin => Some(Method::AnnealedLangevin {
+            steps_per_level: in_range("sampler.steps_per_level", s.steps_per_level.unwrap_or(10), 1, 10_000)?,
+            eps: StepSize::Fixed(eps()?),
+            denoise: true,
+        }),
+        // `sampler.steps` steps at σ_min, the schedule's last level.
+        SamplerKind::Langevin => Some(Method::Langevin { steps, eps: StepSize::Fixed(eps()?) }),
+        SamplerKind::Ddim => Some(Method::Ddim),
         SamplerKind::ScoreAscent => {
             return Err(field("sampler.kind", "score_ascent is a toy-trial sampler; image trials take heun, euler_maruyama, pc, ddim, annealed_langevin, langevin or none"));
         }
     };
-    if s.snr.is_some() && !matches!(kind, Some(ImageSamplerKind::Pc { .. })) {
+    if s.snr.is_some() && s.kind != SamplerKind::Pc {
         return Err(field("sampler.snr", "applies to kind = \"pc\" only"));
     }
-    if s.steps_per_level.is_some() && !matches!(kind, Some(ImageSamplerKind::AnnealedLangevin { .. })) {
+    if s.steps_per_level.is_some() && s.kind != SamplerKind::AnnealedLangevin {
         return Err(field("sampler.steps_per_level", "applies to kind = \"annealed_langevin\" only"));
     }
-    if s.eps.is_some() && !matches!(kind, Some(ImageSamplerKind::AnnealedLangevin { .. } | ImageSamplerKind::Langevin { .. })) {
+    if s.eps.is_some() && !matches!(s.kind, SamplerKind::AnnealedLangevin | SamplerKind::Langevin) {
         return Err(field("sampler.eps", "applies to kind = \"annealed_langevin\" or \"langevin\" only"));
     }
-    let default_steps = if kind == Some(ImageSamplerKind::Heun) { 18 } else { 100 };
-    let schedule =
-        Schedule { steps: in_range("sampler.steps", s.steps.unwrap_or(default_steps), 2, 100_000)?, sigma_min, sigma_max, rho: positive("sampler.rho", s.rho.unwrap_or(7.0))? };
+    let levels = Levels::Rho { steps, rho: positive("sampler.rho", s.rho.unwrap_or(7.0))?, ends: Ends::Sigmas { min: sigma_min, max: sigma_max } };
     let guidance = s.guidance.unwrap_or(1.0);
     if !(guidance.is_finite() && guidance >= 0.0) {
         return Err(field("sampler.guidance", format!("must be a finite number ≥ 0 (got {guidance})")));
@@ -393,10 +395,10 @@ pub(crate) fn validate(raw: RawImageTrial) -> Result<Trial, FieldError> {
     if model.class_cond() && n % 10 != 0 {
         return Err(field("sampler.n", format!("must be a multiple of 10 with a class-conditional model (n/10 per class; got {n})")));
     }
-    let sampler = match kind {
-        None => SamplerSpec::None,
-        Some(kind) => SamplerSpec::Images(ImageSampler { kind, schedule, guidance, n }),
-    };
+    // Plain Langevin starts from uniform pixels in [−1, 1] (the toy trials' "scatter points
+    // everywhere"), the others from σ_max z.
+    let start = if s.kind == SamplerKind::Langevin { Start::Box(1.0) } else { Start::Noise };
+    let sampler = method.map(|method| Sampler { method, n, start, levels, guidance });
     let eval = EvalSpec { n: eval_n, gaps: None };
     Ok(Trial { seed: raw.seed, name: raw.name, data, model, objective, train, eval, sampler })
 }

@@ -75,9 +75,10 @@ pub fn is_image(v: &toml::Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{ImageData, ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind, ImageSampler, ImageSamplerKind, Schedule};
+    use crate::image::{ImageData, ImageMlpSpec, ImageModel, ImageObjective, ImageObjectiveKind};
     use crate::noise::NoiseSpec;
-    use crate::trial::{DataSpec, LadderSampler, ModelSpec, ObjectiveSpec, SamplerSpec, SleepTrial, StepSize, TrainSpec, Trial};
+    use crate::sampler::{Ends, Levels, Method, Sampler, Start, StepSize};
+    use crate::trial::{DataSpec, ModelSpec, ObjectiveSpec, SleepTrial, TrainSpec, Trial};
 
     const GOOD: &str = r#"
 seed = 3
@@ -119,28 +120,28 @@ kind = "annealed_langevin"
         assert_eq!(t.seed, 3);
         assert_eq!(t.noise(), Some(&NoiseSpec::Geometric { sigma_max: 10.0, sigma_min: 0.1, levels: 10 }));
         assert_eq!(t.eval.n, 100_000);
-        match &t.sampler {
-            SamplerSpec::Ladder(LadderSampler::AnnealedLangevin { steps_per_level, eps, init, denoise }) => {
-                assert_eq!((*steps_per_level, *eps, *denoise), (100, StepSize::Fixed(2e-5), true));
-                assert_eq!(init.n, 2000);
-                assert!((init.box_half - (5.0 + 6.0 - 3.0)).abs() < 1e-12);
-            }
+        let sampler = t.sampler.as_ref().expect("a sampler");
+        assert_eq!(sampler.method, Method::AnnealedLangevin { steps_per_level: 100, eps: StepSize::Fixed(2e-5), denoise: true });
+        assert_eq!((sampler.n, &sampler.levels, sampler.guidance), (2000, &Levels::Ladder, 1.0));
+        match sampler.start {
+            Start::Box(half) => assert!((half - (5.0 + 6.0 - 3.0)).abs() < 1e-12),
             other => panic!("{other:?}"),
         }
-        let plain = GOOD.replace("annealed_langevin", "langevin");
-        match TrialConfig::from_str_at(&plain, Path::new("t.toml")).unwrap().train().unwrap().sampler {
-            SamplerSpec::Ladder(LadderSampler::Langevin { steps, .. }) => assert_eq!(steps, 1000, "levels × steps_per_level"),
-            ref other => panic!("{other:?}"),
-        }
+        let method = |src: &str| TrialConfig::from_str_at(src, Path::new("t.toml")).unwrap().train().unwrap().sampler.as_ref().unwrap().method.clone();
+        assert_eq!(method(&GOOD.replace("annealed_langevin", "langevin")), Method::Langevin { steps: 1000, eps: StepSize::Fixed(2e-5) }, "levels × steps_per_level");
+        let auto = GOOD.replace("kind = \"annealed_langevin\"", "kind = \"annealed_langevin\"\neps = \"auto\"\nsteps_per_level = 5");
+        assert_eq!(method(&auto), Method::AnnealedLangevin { steps_per_level: 5, eps: StepSize::Auto { steps_per_level: 5 }, denoise: true });
         let pc = GOOD.replace("kind = \"annealed_langevin\"", "kind = \"pc\"\nsnr = 0.2");
-        let want = SamplerSpec::Ladder(LadderSampler::Pc { n: 2000, steps: 100, snr: 0.2 });
-        assert_eq!(TrialConfig::from_str_at(&pc, Path::new("t.toml")).unwrap().train().unwrap().sampler, want);
+        let ladder_rho = |steps| Levels::Rho { steps, rho: 7.0, ends: Ends::Ladder };
+        let want = Sampler { method: Method::Pc { snr: 0.2 }, n: 2000, start: Start::Noise, levels: ladder_rho(100), guidance: 1.0 };
+        assert_eq!(TrialConfig::from_str_at(&pc, Path::new("t.toml")).unwrap().train().unwrap().sampler, Some(want));
         assert!(t.train.lr_schedule.is_constant(), "constant by default");
         let cos = GOOD.replace("steps = 100", "steps = 100\nlr_schedule = \"cosine\"\nwarmup = 10");
         let s = TrialConfig::from_str_at(&cos, Path::new("t.toml")).unwrap().train().unwrap().train.lr_schedule;
         assert_eq!(s, crate::lr::LrSchedule { decay: crate::lr::LrDecay::Cosine, warmup: 10 });
         let heun = GOOD.replace("annealed_langevin", "heun");
-        assert_eq!(TrialConfig::from_str_at(&heun, Path::new("t.toml")).unwrap().train().unwrap().sampler, SamplerSpec::Ladder(LadderSampler::Heun { n: 2000, steps: 18 }));
+        let want = Sampler { method: Method::Heun, n: 2000, start: Start::Noise, levels: ladder_rho(18), guidance: 1.0 };
+        assert_eq!(TrialConfig::from_str_at(&heun, Path::new("t.toml")).unwrap().train().unwrap().sampler, Some(want));
     }
 
     /// Table of bad inputs: (edit of GOOD, expected key, line, message fragment).
@@ -230,14 +231,19 @@ n = 20
         assert_eq!(t.objective, ObjectiveSpec::Denoiser(edm));
         assert_eq!(t.train, TrainSpec { steps: 10, batch: 128, lr: 1e-3, lr_schedule: Default::default(), ema: 0.999, eval_every: 10, n_train: None });
         assert_eq!((t.eval.n, &t.eval.gaps), (500, &None), "every held-out image by default; no exact score, no gaps");
-        let heun = ImageSampler { kind: ImageSamplerKind::Heun, schedule: Schedule { steps: 18, sigma_min: 0.002, sigma_max: 80.0, rho: 7.0 }, guidance: 1.0, n: 20 };
-        assert_eq!(t.sampler, SamplerSpec::Images(heun));
+        let edm_rho = |steps| Levels::Rho { steps, rho: 7.0, ends: Ends::Sigmas { min: 0.002, max: 80.0 } };
+        let heun = Sampler { method: Method::Heun, n: 20, start: Start::Noise, levels: edm_rho(18), guidance: 1.0 };
+        assert_eq!(t.sampler, Some(heun));
         // The Langevin default step: 0.2·σ_min².
         let al = image(&GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"annealed_langevin\""));
-        assert_eq!(al.sampler.images().unwrap().kind, ImageSamplerKind::AnnealedLangevin { steps_per_level: 10, eps: 0.2 * 0.002 * 0.002 });
+        let al = al.sampler.unwrap();
+        assert_eq!(al.method, Method::AnnealedLangevin { steps_per_level: 10, eps: StepSize::Fixed(0.2 * 0.002 * 0.002), denoise: true });
+        assert_eq!((al.start, al.levels), (Start::Noise, edm_rho(100)));
+        let plain = image(&GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"langevin\"\nsteps = 30")).sampler.unwrap();
+        assert_eq!((plain.method, plain.start), (Method::Langevin { steps: 30, eps: StepSize::Fixed(0.2 * 0.002 * 0.002) }, Start::Box(1.0)), "from uniform pixels, at σ_min");
         let ssm = image(&GOOD_IMAGE.replace("kind = \"edm\"", "kind = \"ssm_vr\"\nnoise = { ladder = \"list\", sigmas = [1.0, 0.1] }"));
         assert_eq!(ssm.objective.denoiser().unwrap().kind, ImageObjectiveKind::Ssm { noise: NoiseSpec::List(vec![1.0, 0.1]), vr: true });
-        assert_eq!(image(&GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"none\"")).sampler, SamplerSpec::None);
+        assert_eq!(image(&GOOD_IMAGE.replace("kind = \"heun\"", "kind = \"none\"")).sampler, None);
     }
 
     /// Table of bad image trials: (edit of GOOD_IMAGE, key, line, column, message fragment). Each

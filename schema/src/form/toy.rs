@@ -40,11 +40,8 @@ use super::kinds::{ModelKind, ObjectiveName};
 use crate::caps::{self, Points};
 use crate::data::MixtureSpec;
 use crate::noise::{NoiseSpec, RawNoise, validate_noise};
-use crate::sampler::SamplerKind;
-use crate::trial::{
-    Activation, DataSpec, EvalSpec, GapEval, Init, LadderSampler, MlpSpec, ModelSpec, ObjectiveSpec, ProbeDist, SamplerSpec, ScoreObjective, SleepTrial, StepSize, TrainSpec,
-    Trial, TrialConfig,
-};
+use crate::sampler::{Ends, Levels, Method, Sampler, SamplerKind, Start, StepSize};
+use crate::trial::{Activation, DataSpec, EvalSpec, GapEval, MlpSpec, ModelSpec, ObjectiveSpec, ProbeDist, ScoreObjective, SleepTrial, TrainSpec, Trial, TrialConfig};
 use crate::validate::{FieldError, field, in_range, langevin_step_is_stable, positive, required};
 
 // ---------------------------------------------------------------- raw form (mirrors the file)
@@ -326,7 +323,7 @@ pub(crate) fn validate(raw: RawTrial) -> Result<TrialConfig, FieldError> {
     Ok(TrialConfig::Train(Box::new(Trial { seed: raw.seed, name: raw.name, data, model, objective, train, eval, sampler })))
 }
 
-fn validate_sampler(s: &RawSampler, mixture: &MixtureSpec, noise: Option<&NoiseSpec>) -> Result<SamplerSpec, FieldError> {
+fn validate_sampler(s: &RawSampler, mixture: &MixtureSpec, noise: Option<&NoiseSpec>) -> Result<Option<Sampler>, FieldError> {
     in_range("sampler.steps_per_level", s.steps_per_level, 1, 1_000_000)?;
     in_range("sampler.n", s.n, 1, MAX_POINTS)?;
     let eps = match &s.eps {
@@ -336,7 +333,7 @@ fn validate_sampler(s: &RawSampler, mixture: &MixtureSpec, noise: Option<&NoiseS
             if noise.is_none() {
                 return Err(field("sampler.eps", "\"auto\" needs a noise ladder (objective.noise)"));
             }
-            StepSize::Auto
+            StepSize::Auto { steps_per_level: s.steps_per_level }
         }
         Some(RawEps::Word(w)) => return Err(field("sampler.eps", format!("must be a positive number or \"auto\" (got \"{w}\")"))),
     };
@@ -365,21 +362,29 @@ fn validate_sampler(s: &RawSampler, mixture: &MixtureSpec, noise: Option<&NoiseS
     let ode_steps = || in_range("sampler.steps", s.steps.unwrap_or(if s.kind == K::Heun { 18 } else { 100 }), 2, 100_000);
     let steps = in_range("sampler.steps", s.steps.unwrap_or(levels * s.steps_per_level), 1, 100_000_000)?;
     let box_half = positive("sampler.box", s.box_half.unwrap_or_else(|| mixture.extent() - 3.0 * mixture.max_std()))?;
-    let init = Init { n: s.n, box_half };
-    Ok(SamplerSpec::Ladder(match s.kind {
-        SamplerKind::None => return Ok(SamplerSpec::None),
+    let langevin = |method: Method| Sampler { method, n: s.n, start: Start::Box(box_half), levels: Levels::Ladder, guidance: 1.0 };
+    // The ODE/SDE samplers walk EDM's ρ = 7 schedule between the ladder's ends from σ_max z.
+    let ode_sde = |method: Method| -> Result<Sampler, FieldError> {
+        Ok(Sampler { method, n: s.n, start: Start::Noise, levels: Levels::Rho { steps: ode_steps()?, rho: 7.0, ends: Ends::Ladder }, guidance: 1.0 })
+    };
+    Ok(Some(match s.kind {
+        SamplerKind::None => return Ok(None),
         SamplerKind::AnnealedLangevin => {
             if noise.is_none() {
                 return Err(field("sampler.kind", "annealed_langevin needs a noise ladder (objective.noise)"));
             }
-            LadderSampler::AnnealedLangevin { init, steps_per_level: s.steps_per_level, eps, denoise: s.denoise }
+            langevin(Method::AnnealedLangevin { steps_per_level: s.steps_per_level, eps, denoise: s.denoise })
         }
-        SamplerKind::Langevin => LadderSampler::Langevin { init, steps, eps, steps_per_level: s.steps_per_level },
-        SamplerKind::ScoreAscent => LadderSampler::ScoreAscent { init, steps, eps, steps_per_level: s.steps_per_level },
-        SamplerKind::Heun => LadderSampler::Heun { n: s.n, steps: ode_steps()? },
-        SamplerKind::EulerMaruyama => LadderSampler::EulerMaruyama { n: s.n, steps: ode_steps()? },
-        SamplerKind::Pc => LadderSampler::Pc { n: s.n, steps: ode_steps()?, snr: positive("sampler.snr", s.snr.unwrap_or(0.16))? },
-        SamplerKind::Ddim => LadderSampler::Ddim { n: s.n, steps: ode_steps()? },
+        SamplerKind::Langevin => langevin(Method::Langevin { steps, eps }),
+        SamplerKind::ScoreAscent => langevin(Method::ScoreAscent { steps, eps }),
+        SamplerKind::Heun => ode_sde(Method::Heun)?,
+        SamplerKind::EulerMaruyama => ode_sde(Method::EulerMaruyama)?,
+        SamplerKind::Pc => {
+            let steps = ode_steps()?;
+            let snr = positive("sampler.snr", s.snr.unwrap_or(0.16))?;
+            Sampler { method: Method::Pc { snr }, n: s.n, start: Start::Noise, levels: Levels::Rho { steps, rho: 7.0, ends: Ends::Ladder }, guidance: 1.0 }
+        }
+        SamplerKind::Ddim => ode_sde(Method::Ddim)?,
     }))
 }
 
