@@ -60,7 +60,7 @@ fn check(o: &TrialOutcome, cfg: &schema::Trial, trainer: &str, factor: f64) {
     assert!(after < factor * before, "{what}: held-out loss {before} → {after} (must fall below {factor} of it)");
     assert!(o.metric("train_loss").unwrap().is_finite());
     // Samples: N images of 3×16×16, finite.
-    let n = cfg.sampler.images().expect("an image sampler").n;
+    let n = cfg.sampler.as_ref().expect("a sampler").n;
     assert_eq!(o.samples.len(), n, "{what}");
     assert!(o.samples.iter().all(|s| s.len() == D && s.iter().all(|v| v.is_finite())), "{what}: samples not finite 3×16×16");
     let flat: Vec<f32> = o.samples.iter().flatten().copied().collect();

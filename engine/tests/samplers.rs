@@ -111,12 +111,12 @@ fn every_sampler_recovers_a_mixture_from_its_exact_perturbed_score() {
     assert!((w[0] - 0.5).abs() < 0.05, "plain Langevin: mode weights {w:?}");
 }
 
-/// The registry builds every sampler a trial file can name, toy or image (a schema variant
-/// without its registry line would make a trial skip sampling).
+/// The registry builds every sampler a trial file can name, toy or image, from the parameters
+/// of its validated spec (a schema variant without its registry line would make a trial skip
+/// sampling).
 #[test]
 fn the_registry_builds_every_sampler_the_schema_accepts() {
     use schema::trial::TrialConfig;
-    let p = samplers::Params { sigmas: Some(vec![2.0, 1.0]), eps: 0.1, steps: 3, steps_per_level: 2, denoise: true, snr: 0.16, start: samplers::Start::Noise };
     let toy = |kind: &str| {
         format!(
             "[data]\npreset = \"ncsn2d\"\n[model]\nkind = \"mlp\"\n[objective]\nkind = \"dsm\"\nnoise = {{ ladder = \"geometric\", sigma_max = 2.0, sigma_min = 1.0, levels = 2 }}\n[train]\nsteps = 1\n[sampler]\nkind = \"{kind}\"\n"
@@ -128,11 +128,12 @@ fn the_registry_builds_every_sampler_the_schema_accepts() {
     let kinds = ["annealed_langevin", "langevin", "score_ascent", "heun", "euler_maruyama", "pc", "ddim"];
     let mut seen = 0;
     for src in kinds.iter().map(|k| toy(k)).chain(kinds.iter().map(|k| image(k))) {
-        let name = match TrialConfig::from_str_at(&src, std::path::Path::new("t.toml")) {
-            Ok(TrialConfig::Train(t)) => t.sampler.name(),
+        let spec = match TrialConfig::from_str_at(&src, std::path::Path::new("t.toml")) {
+            Ok(TrialConfig::Train(t)) => t.sampler.expect("a sampler"),
             _ => continue, // a kind this family does not offer (score ascent for images)
         };
-        let s = samplers::build(name, &p).unwrap_or_else(|| panic!("no registry line for {name}"));
+        let name = spec.name();
+        let s = samplers::build(name, &samplers::Params::of(&spec, Some(&[2.0, 1.0]), 0.1)).unwrap_or_else(|| panic!("no registry line for {name}"));
         assert_eq!(s.name(), name);
         seen += 1;
     }
