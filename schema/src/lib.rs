@@ -4,12 +4,12 @@
 //! without building the engine.
 //!
 //! - [`trial`]: the one validated trial type of both families ([`trial::TrialConfig`],
-//!   [`trial::Trial`]: data, model, objective, train, eval and sampler sections as tagged enums
-//!   spanning mixtures and images);
+//!   [`trial::Trial`]: data, model, objective, train, eval and sampler sections, each one type
+//!   or tagged enum spanning mixtures and images);
 //! - [`form`]: the trial file: its raw serde forms (mixtures, images) and their validation into
 //!   a `Trial`, errors located at file:line:column;
 //! - [`image`]: the image variants of the sections (image sets, denoiser nets, denoising
-//!   objectives, samplers over EDM's schedule);
+//!   objectives);
 //! - [`data`]: data-set presets as plain numbers ([`data::MixtureSpec`]);
 //! - [`caps`]: what each data set and model kind offers and what each model and objective
 //!   needs of them ("X needs Y", across both families);
@@ -18,7 +18,8 @@
 //!   coordinator and the results;
 //! - [`noise`]: the noise ladder (`objective.noise`) of toy and image trials;
 //! - [`lr`]: the learning-rate schedule (`train.lr_schedule`, `train.warmup`) of both families;
-//! - [`sampler`]: the sampler kinds (`sampler.kind`) of toy and image trials;
+//! - [`sampler`]: the sampler kinds (`sampler.kind`) and the one validated sampler of toy and
+//!   image trials ([`sampler::Sampler`]: a method per kind, its chains, start, levels, guidance);
 //! - [`validate`]: the helpers every module validates with ([`validate::FieldError`] on a dotted
 //!   key, range checks); a leaf, as are `noise`, `lr`, `sampler` and `data`, so the others
 //!   never import one another in a cycle (tests/tidy.rs checks);
