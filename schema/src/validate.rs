@@ -66,5 +66,11 @@ pub(crate) fn raw_error(e: serde_path_to_error::Error<toml::de::Error>) -> Field
     {
         key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
     }
+    // toml's words for a number, boolean or table where a name (an enum's variant) belongs.
+    let msg = if msg == "invalid type: unit variant, expected string only" {
+        "must be one of this key's names, as a quoted string (e.g. kind = \"mlp\"), not a number, boolean, array or table".to_string()
+    } else {
+        msg
+    };
     FieldError { key, message: msg }
 }

@@ -154,6 +154,8 @@ kind = "annealed_langevin"
             (GOOD.replace("steps = 100", "steps = 100\nlearning_rate = 0.1"), "train.learning_rate", 12, "unknown field"),
             (GOOD.replace("preset = \"ncsn2d\"", "preset = \"moons\""), "data.preset", 4, "unknown preset"),
             (GOOD.replace("steps = 100", "steps = \"many\""), "train.steps", 11, "invalid type"),
+            (GOOD.replace("kind = \"mlp\"", "kind = 3"), "model.kind", 6, "as a quoted string"),
+            (GOOD.replace("steps = 100", "steps = 100\nlr_schedule = 3"), "train.lr_schedule", 12, "as a quoted string"),
             (GOOD.replace("steps = 100", "steps = 100\nlr_schedule = \"exponential\""), "train.lr_schedule", 12, "unknown variant `exponential`"),
             (GOOD.replace("steps = 100", "steps = 100\nwarmup = 500"), "train.warmup", 12, "at most train.steps (100)"),
             (GOOD.replace("[train]\nsteps = 100\n", ""), "train", 1, "required"),
