@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Brings up what the cluster tests (tests/cluster.rs) run against, on this machine:
-#   - a one-node Slurm cluster (munged, slurmctld, slurmd; Debian's slurm 22.05 packages), as in
-#     ../shared/slurm-single-node.md;
+#   - a one-node Slurm cluster (munged, slurmctld, slurmd; Debian's slurm 22.05 packages);
 #   - an sshd on 127.0.0.1:$SCORESWEEP_SSHD_PORT (default 2222) from a generated configuration,
 #     host key and client key under $SCORESWEEP_CLUSTER_DIR (default ~/.cache/scoresweep-cluster),
 #     which also gets `ssh_config` (host `scoresweep-ssh`, BatchMode, that key) for the tests.

@@ -136,11 +136,21 @@ pub struct Upload<'a> {
     total: u64,
 }
 
+/// Where the run in `out` keeps trial `trial_hash`'s recorded artifact `name`:
+/// `<out>/artifacts/<trial_hash>/<name>` (what [`Artifacts::path`] answers for that run).
+pub fn kept_path(out: &Path, trial_hash: &str, name: &str) -> PathBuf {
+    root(out).join(trial_hash).join(name)
+}
+
+fn root(out: &Path) -> PathBuf {
+    out.join("artifacts")
+}
+
 impl Artifacts {
     /// Artifacts under `<out>/artifacts`, each at most `max_bytes`.
     pub fn new(out: &Path, max_bytes: u64) -> Artifacts {
         Artifacts {
-            root: out.join("artifacts"),
+            root: root(out),
             max_bytes,
             uploads: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
@@ -154,7 +164,7 @@ impl Artifacts {
         self.root.join(".partial").join(attempt.to_string())
     }
 
-    /// Where a recorded artifact lives.
+    /// Where a recorded artifact lives ([`kept_path`]).
     pub fn path(&self, trial_hash: &str, name: &str) -> PathBuf {
         self.root.join(trial_hash).join(name)
     }

@@ -57,15 +57,6 @@ impl LrSchedule {
         };
         warm * decay
     }
-
-    /// The name written in files (`constant`, `cosine`, `linear`).
-    pub fn name(&self) -> &'static str {
-        match self.decay {
-            LrDecay::Constant => "constant",
-            LrDecay::Cosine => "cosine",
-            LrDecay::Linear => "linear",
-        }
-    }
 }
 
 #[cfg(test)]

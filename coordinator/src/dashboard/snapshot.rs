@@ -79,8 +79,7 @@ pub fn recorded_artifact(db: &Path, hash: &str, name: &str) -> rusqlite::Result<
     if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_alphanumeric()) || crate::artifacts::check_name(&name).is_err() {
         return Ok(None);
     }
-    let out = db.parent().unwrap_or(Path::new("."));
-    let path = out.join("artifacts").join(&hash).join(&name);
+    let path = crate::artifacts::kept_path(db.parent().unwrap_or(Path::new(".")), &hash, &name);
     Ok(Some(FoundArtifact { image: image_type(&name, &media_type), name, path }))
 }
 

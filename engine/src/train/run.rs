@@ -33,13 +33,6 @@ pub struct Schedule {
     pub lr_schedule: schema::lr::LrSchedule,
 }
 
-impl Schedule {
-    /// A constant rate (the trainer's own).
-    pub fn constant(steps: u64, eval_every: u64, lr: f64) -> Schedule {
-        Schedule { steps, eval_every, lr, lr_schedule: schema::lr::LrSchedule::default() }
-    }
-}
-
 /// The checkpoint values of a trial: their column names and the function computing them on
 /// the weights the trainer's `sync` left in the model.
 pub struct Checkpoints<'e> {
@@ -175,7 +168,7 @@ mod tests {
     }
 
     fn go(losses: Vec<f64>, steps: u64, every: u64, values: &mut dyn FnMut() -> Result<Vec<f64>>, cancel_after: Option<u64>) -> (Trained, Vec<String>, Vec<Progress>) {
-        go_at(Schedule::constant(steps, every, 1.0), losses, values, cancel_after)
+        go_at(Schedule { steps, eval_every: every, lr: 1.0, lr_schedule: Default::default() }, losses, values, cancel_after)
     }
 
     fn go_at(schedule: Schedule, losses: Vec<f64>, values: &mut dyn FnMut() -> Result<Vec<f64>>, cancel_after: Option<u64>) -> (Trained, Vec<String>, Vec<Progress>) {
