@@ -3,8 +3,11 @@
 //!    loop lease → report as fast as they can; reports round trips (lease + report) per second.
 //!    The piggybacked run is also measured with a browser connected to the run's dashboard: a
 //!    client that does what the page does (holds `/api/events` open and fetches `/api/run` after
-//!    each `change`, one fetch at a time), the page loaded before the run starts, so the ratio
-//!    shows what a watcher costs the scheduler.
+//!    each `change`, one fetch at a time), twice: with the page loaded before the run starts
+//!    (what an open page costs between rebuilds), and with the page opening as the run starts,
+//!    so that a rebuild of `/api/run` falls inside the measured window (what a rebuild costs
+//!    while it runs). Together they give the steady state, which no short run can show
+//!    directly (see [`RoundTrips::steady_loss`]).
 //! 2. Overhead: `run` of a sweep of T one-second sleep trials with W local workers against the
 //!    ideal ceil(T/W) seconds.
 
@@ -47,14 +50,66 @@ pub struct RoundTrips {
     pub piggyback: f64,
     /// The no-op baseline, piggybacked.
     pub piggyback_baseline: f64,
-    /// The real service, piggybacked, with a browser connected to its dashboard.
+    /// The real service, piggybacked, with a browser connected to its dashboard (the page
+    /// loaded before the run).
     pub piggyback_browser: f64,
     /// `/api/run` answers that browser read during its run.
     pub browser_fetches: u64,
+    /// The real service, piggybacked, with the page opening as the run starts.
+    pub piggyback_opening: f64,
+    /// Seconds of the opening run's measured window during which `/api/run` was rebuilt.
+    pub opening_rebuild_seconds: f64,
+    /// The measured window of the runs, seconds.
+    pub window_seconds: f64,
     /// Mean requests per commit in the piggybacked run (group commit at work).
     pub batch_mean: f64,
     /// Share of the piggybacked run's wall time the store spent running batches.
     pub store_busy: f64,
+}
+
+impl RoundTrips {
+    /// Round trips lost while a rebuild runs, as a share of the scheduler's rate: what the
+    /// opening page lost beyond the open one, spread over the window's rebuild seconds. None
+    /// when no rebuild fell in the window.
+    pub fn rebuild_cost(&self) -> Option<f64> {
+        (self.opening_rebuild_seconds > 0.0).then(|| (self.piggyback_browser - self.piggyback_opening) / self.piggyback * self.window_seconds / self.opening_rebuild_seconds)
+    }
+
+    /// The share of round trips a watching page costs in the steady state of a long run: the
+    /// open page's loss between rebuilds, plus the rebuild cost for the share of the time a
+    /// live dashboard rebuilds (at most [`crate::dashboard::DUTY`]). A run as short as a bench
+    /// run never reaches that state on its own: its database must hold more trials than the
+    /// run leases, so one rebuild of it sets the next one further off than the run lasts.
+    pub fn steady_loss(&self) -> Option<f64> {
+        Some(1.0 - self.piggyback_browser / self.piggyback + crate::dashboard::DUTY * self.rebuild_cost()?)
+    }
+}
+
+/// The mean of `v` and its 95% interval (Student's t; the mean alone for one value).
+pub fn mean_interval(v: &[f64]) -> (f64, f64, f64) {
+    // t quantiles at 0.975 for 1..=30 degrees of freedom; 1.96 beyond.
+    const T975: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    let n = v.len();
+    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (mean, mean, mean);
+    }
+    let se = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 / n as f64).sqrt();
+    let t = T975.get(n - 2).copied().unwrap_or(1.96);
+    (mean, mean - t * se, mean + t * se)
+}
+
+/// How the piggybacked run is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Browser {
+    None,
+    /// The page loaded (its first `/api/run` read) before the run starts.
+    Open,
+    /// The page opens as the run starts.
+    Opening,
 }
 
 /// Round trips per second with `clients` concurrent clients for about `seconds` each, against
@@ -82,32 +137,40 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> a
         let mut state = State::open(&template, 1, 600.0)?;
         state.sync(&sweep, false)?;
     }
-    let real = |piggyback: bool, browser: bool| -> anyhow::Result<(f64, crate::store::StoreStats, u64)> {
+    // (rate, store stats, /api/run answers read, window seconds, rebuild seconds in it)
+    let real = |piggyback: bool, browser: Browser| -> anyhow::Result<(f64, crate::store::StoreStats, u64, f64, f64)> {
         let db = dir.join("rt.db");
         remove_db(&db);
         std::fs::copy(&template, &db)?;
         let shared = Shared::new(State::open(&db, 1, 600.0)?, &sweep.trials, 60.0, Artifacts::new(dir, DEFAULT_MAX_BYTES));
-        let (rate, fetches) = rt.block_on(async {
-            let watcher = if browser { Some(Watcher::start(&shared, &db).await?) } else { None };
-            let rate = drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback).await?;
-            let fetches = match watcher {
-                Some(w) => w.stop().await?,
-                None => 0,
+        let (rate, fetches, window, rebuilding) = rt.block_on(async {
+            let watcher = match browser {
+                Browser::None => None,
+                b => Some(Watcher::start(&shared, &db, b == Browser::Open).await?),
             };
-            anyhow::Ok((rate, fetches))
+            let (rate, window) = drive(SweepServer::new(Service(shared.clone())), clients, seconds, piggyback).await?;
+            let (fetches, rebuilding) = match watcher {
+                Some(w) => w.stop(window).await?,
+                None => (0, 0.0),
+            };
+            anyhow::Ok((rate, fetches, window.1.duration_since(window.0).as_secs_f64(), rebuilding))
         })?;
         let stats = shared.store.stats();
         shared.store.close();
-        Ok((rate, stats, fetches))
+        Ok((rate, stats, fetches, window, rebuilding))
     };
-    let baseline = |piggyback: bool| rt.block_on(drive(SweepServer::new(NullService), clients, seconds, piggyback));
+    let baseline = |piggyback: bool| rt.block_on(drive(SweepServer::new(NullService), clients, seconds, piggyback)).map(|(rate, _)| rate);
+    // One run first, not counted: the first run of a process is slower (caches, allocator).
+    real(true, Browser::None)?;
     let mut out = Vec::with_capacity(repeat);
     for _ in 0..repeat.max(1) {
-        let (two_calls, _, _) = real(false, false)?;
+        let (two_calls, ..) = real(false, Browser::None)?;
         let two_calls_baseline = baseline(false)?;
-        let (piggyback, st, _) = real(true, false)?;
         let piggyback_baseline = baseline(true)?;
-        let (piggyback_browser, _, browser_fetches) = real(true, true)?;
+        // The three piggybacked runs side by side.
+        let (piggyback, st, ..) = real(true, Browser::None)?;
+        let (piggyback_browser, _, browser_fetches, ..) = real(true, Browser::Open)?;
+        let (piggyback_opening, _, _, window_seconds, opening_rebuild_seconds) = real(true, Browser::Opening)?;
         out.push(RoundTrips {
             two_calls,
             two_calls_baseline,
@@ -115,6 +178,9 @@ pub fn round_trips(dir: &Path, clients: usize, seconds: f64, repeat: usize) -> a
             piggyback_baseline,
             piggyback_browser,
             browser_fetches,
+            piggyback_opening,
+            opening_rebuild_seconds,
+            window_seconds,
             batch_mean: st.requests as f64 / st.batches.max(1) as f64,
             store_busy: st.busy_seconds / seconds,
         });
@@ -130,35 +196,38 @@ struct Watcher {
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     client: tokio::task::JoinHandle<anyhow::Result<u64>>,
+    dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl Watcher {
-    async fn start(shared: &Arc<Shared>, db: &Path) -> anyhow::Result<Watcher> {
+    /// `loaded`: return once the page has read its first `/api/run` answer (else at once).
+    async fn start(shared: &Arc<Shared>, db: &Path, loaded: bool) -> anyhow::Result<Watcher> {
         let live = crate::dashboard::Live { activity: shared.activity.subscribe(), lease_secs: shared.lease_secs };
         let bound = crate::dashboard::bind("127.0.0.1:0", db.to_path_buf(), Some(live)).await?;
         let addr = bound.listener.local_addr()?;
         let token = bound.url.split_once("token=").map(|(_, t)| t.to_string()).unwrap_or_default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let dashboard = bound.dashboard.clone();
         // Stopped by `stop` once the browser has stopped.
         let server = tokio::spawn(crate::dashboard::serve(bound.listener, bound.dashboard, std::future::pending()));
         let fetched = Arc::new(AtomicU64::new(0));
         let client = tokio::spawn(browse(addr, token, stopped, fetched.clone()));
-        // The page is open (its first answer read) before the measured run starts.
         let t = Instant::now();
-        while fetched.load(Ordering::Relaxed) == 0 {
+        while loaded && fetched.load(Ordering::Relaxed) == 0 {
             anyhow::ensure!(t.elapsed() < Duration::from_secs(120) && !client.is_finished(), "the browser read no /api/run answer");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(Watcher { stop, server, client })
+        Ok(Watcher { stop, server, client, dashboard })
     }
 
-    /// Stops the browser and the dashboard; the number of `/api/run` answers read after the
-    /// first (those during the measured run).
-    async fn stop(self) -> anyhow::Result<u64> {
+    /// Stops the browser and the dashboard: the `/api/run` answers read during the run (after
+    /// the first), and the seconds of `window` during which `/api/run` was being rebuilt.
+    async fn stop(self, window: (Instant, Instant)) -> anyhow::Result<(u64, f64)> {
         let _ = self.stop.send(true);
         let fetches = self.client.await??;
         self.server.abort();
-        Ok(fetches)
+        let rebuilding = self.dashboard.rebuild_spans().iter().map(|&(a, b)| b.min(window.1).saturating_duration_since(a.max(window.0)).as_secs_f64()).sum();
+        Ok((fetches, rebuilding))
     }
 }
 
@@ -217,8 +286,9 @@ fn remove_db(db: &Path) {
     }
 }
 
-/// Serves `svc` on a loopback port and runs `clients` lease → report loops against it.
-async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, piggyback: bool) -> anyhow::Result<f64> {
+/// Serves `svc` on a loopback port and runs `clients` lease → report loops against it: round
+/// trips per second, and the measured window.
+async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, piggyback: bool) -> anyhow::Result<(f64, (Instant, Instant))> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -264,10 +334,11 @@ async fn drive<S: SweepRpc>(svc: SweepServer<S>, clients: usize, seconds: f64, p
     for t in tasks {
         t.await??;
     }
-    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let end = Instant::now();
+    let rate = done.load(Ordering::Relaxed) as f64 / (end - start).as_secs_f64();
     let _ = stop_tx.send(());
     let _ = server.await;
-    Ok(rate)
+    Ok((rate, (start, end)))
 }
 
 fn null_lease() -> pb::LeaseReply {
@@ -343,4 +414,52 @@ pub fn overhead(dir: &Path, trials: usize, workers: usize, worker_bin: &Path) ->
     run(&opts, sweep, Some(Box::new(launcher)))?;
     let wall = start.elapsed().as_secs_f64();
     Ok((wall, trials.div_ceil(workers) as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trips(plain: f64, open: f64, opening: f64, rebuilding: f64) -> RoundTrips {
+        RoundTrips {
+            two_calls: 0.0,
+            two_calls_baseline: 0.0,
+            piggyback: plain,
+            piggyback_baseline: 0.0,
+            piggyback_browser: open,
+            browser_fetches: 0,
+            piggyback_opening: opening,
+            opening_rebuild_seconds: rebuilding,
+            window_seconds: 2.0,
+            batch_mean: 0.0,
+            store_busy: 0.0,
+        }
+    }
+
+    #[test]
+    fn steady_state_adds_the_duty_share_of_a_rebuilds_cost() {
+        // A rebuild for 1 s of a 2 s window halves the rate while it runs: 1,000 → 750 overall.
+        let r = trips(1000.0, 1000.0, 750.0, 1.0);
+        assert!((r.rebuild_cost().unwrap() - 0.5).abs() < 1e-12);
+        assert!((r.steady_loss().unwrap() - crate::dashboard::DUTY * 0.5).abs() < 1e-12);
+        // The open page's own loss adds to it.
+        let r = trips(1000.0, 990.0, 740.0, 1.0);
+        assert!((r.steady_loss().unwrap() - (0.01 + crate::dashboard::DUTY * 0.5)).abs() < 1e-12);
+        // No rebuild inside the window: nothing to say about the steady state.
+        assert_eq!(trips(1000.0, 1000.0, 1000.0, 0.0).steady_loss(), None);
+    }
+
+    #[test]
+    fn mean_interval_is_students_t() {
+        // 1, 2, 3: mean 2, SD 1, SE 1/√3, t(2 d.f., 0.975) = 4.303.
+        let (m, lo, hi) = mean_interval(&[1.0, 2.0, 3.0]);
+        let half = 4.303 / 3f64.sqrt();
+        assert!((m - 2.0).abs() < 1e-12 && (lo - (2.0 - half)).abs() < 1e-9 && (hi - (2.0 + half)).abs() < 1e-9);
+        assert_eq!(mean_interval(&[5.0]), (5.0, 5.0, 5.0));
+        // Beyond 31 values the normal quantile.
+        let v: Vec<f64> = (0..40).map(|i| (i % 2) as f64).collect();
+        let (m, lo, _) = mean_interval(&v);
+        let se = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 39.0 / 40.0).sqrt();
+        assert!((m - lo - 1.96 * se).abs() < 1e-12);
+    }
 }

@@ -26,7 +26,10 @@
 //! milliseconds, so every [`MIN_EVENT_GAP`]; a database of 80,000 trials every half minute).
 //! Change events wait for that too, and `/api/run` answers the last build meanwhile; once the
 //! run is over the next request rebuilds at once. So a watching browser costs the scheduler
-//! about DUTY of one core whatever the sweep's size (`coordinator bench`, BENCHMARKS.md).
+//! about DUTY of one core whatever the sweep's size. `coordinator bench` measures the two
+//! parts, an open page between rebuilds and the round trips lost while a rebuild runs (the
+//! rebuild spans are kept for it, [`Dashboard::rebuild_spans`]), and their steady-state sum
+//! (BENCHMARKS.md).
 //!
 //! Access: a fresh random token per dashboard. The printed link carries it
 //! (`/?token=T`, the Jupyter convention); the answer sets it as an HttpOnly, SameSite=Strict
@@ -118,7 +121,13 @@ pub struct Dashboard {
     /// A tokio mutex: held while a rebuild runs on the blocking pool, so that concurrent
     /// requests wait for that one rebuild rather than starting their own.
     cache: tokio::sync::Mutex<Cache>,
+    /// When the latest rebuilds began and ended (at most [`REBUILD_LOG`]), for
+    /// `coordinator bench` to tell how much of its measured window was spent rebuilding.
+    rebuilds: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, std::time::Instant)>>,
 }
+
+/// Rebuilds a dashboard remembers ([`Dashboard::rebuild_spans`]).
+const REBUILD_LOG: usize = 64;
 
 /// A bound dashboard, ready for [`serve`].
 pub struct Bound {
@@ -145,7 +154,8 @@ pub async fn bind(addr: &str, db: PathBuf, live: Option<Live>) -> Result<Bound, 
     let token = crate::auth::new_token().map_err(DashboardError::Token)?;
     let url = format!("http://{local}/?token={token}");
     let cookie = format!("scoresweep_dashboard_{}", local.port());
-    let dashboard = Arc::new(Dashboard { db, token, cookie, live, cache: tokio::sync::Mutex::new(Cache { built: None, last_build: None, first: None }) });
+    let dashboard =
+        Arc::new(Dashboard { db, token, cookie, live, cache: tokio::sync::Mutex::new(Cache { built: None, last_build: None, first: None }), rebuilds: Default::default() });
     Ok(Bound { listener, dashboard, url })
 }
 
@@ -359,8 +369,20 @@ impl Dashboard {
         .await??;
         cache.first = Some(first);
         cache.built = Some(Built { seq, json: json.clone(), state: state.clone() });
-        cache.last_build = Some((std::time::Instant::now(), started.elapsed()));
+        let ended = std::time::Instant::now();
+        cache.last_build = Some((ended, ended - started));
+        if let Ok(mut log) = self.rebuilds.lock() {
+            if log.len() == REBUILD_LOG {
+                log.pop_front();
+            }
+            log.push_back((started, ended));
+        }
         Ok((json, state))
+    }
+
+    /// When the latest rebuilds of `/api/run` began and ended, oldest first.
+    pub fn rebuild_spans(&self) -> Vec<(std::time::Instant, std::time::Instant)> {
+        self.rebuilds.lock().map(|l| l.iter().copied().collect()).unwrap_or_default()
     }
 
     /// `/api/artifact?hash=H&name=N`: a file the trial's worker uploaded, served only when the
