@@ -585,23 +585,11 @@ fn bench(clients: usize, seconds: f64, repeat: usize, trials: usize, workers: us
     // three runs of each repetition side by side.
     println!("  {:<42} {:>9} {:>16} {:>7}", "", "browser", "no browser", "ratio");
     for (i, r) in runs.iter().enumerate() {
-        println!(
-            "  {:<42} {:>9.0} {:>16.0} {:>7.3}  ({} /api/run answers read)",
-            format!("piggybacked, page open #{}", i + 1),
-            r.piggyback_browser,
-            r.piggyback,
-            r.piggyback_browser / r.piggyback,
-            r.browser_fetches
-        );
-        println!(
-            "  {:<42} {:>9.0} {:>16.0} {:>7.3}  (rebuilding /api/run {:.2} s of the {:.2} s window)",
-            format!("piggybacked, page opening #{}", i + 1),
-            r.piggyback_opening,
-            r.piggyback,
-            r.piggyback_opening / r.piggyback,
-            r.opening_rebuild_seconds,
-            r.window_seconds
-        );
+        let open = format!("{} /api/run answers read", r.browser_fetches);
+        let opening = format!("rebuilding /api/run {:.2} s of the {:.2} s window", r.opening_rebuild_seconds, r.window_seconds);
+        for (page, rate, note) in [("open", r.piggyback_browser, open), ("opening", r.piggyback_opening, opening)] {
+            println!("  {:<42} {rate:>9.0} {:>16.0} {:>7.3}  ({note})", format!("piggybacked, page {page} #{}", i + 1), r.piggyback, rate / r.piggyback);
+        }
     }
     let open: Vec<f64> = runs.iter().map(|r| r.piggyback_browser / r.piggyback).collect();
     let (m, lo, hi) = coordinator::bench::mean_interval(&open);
